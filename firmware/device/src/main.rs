@@ -1,0 +1,68 @@
+//! Cortex-M4F firmware: runs the scanside int8 core's fully connected kernel on the built-in
+//! layer in `demo_layer.rs`, logs the result with defmt and exits through semihosting with
+//! success only when the output equals the host reference's bit for bit.
+#![no_std]
+#![no_main]
+
+use cortex_m_rt::{entry, exception, ExceptionFrame};
+use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
+use defmt_semihosting as _;
+use panic_probe as _;
+use scanside_firmware::{fully_connected, PerChannelRequant};
+
+mod demo_layer;
+
+#[entry]
+fn main() -> ! {
+    defmt::info!(
+        "scanside firmware: int8 fully connected {=usize} -> {=usize}",
+        demo_layer::PARAMS.input_len,
+        demo_layer::PARAMS.output_len
+    );
+    #[cfg(feature = "panic-demo")]
+    panic!("panic-demo: deliberate panic");
+
+    let mut output = [0_i8; demo_layer::OUTPUT_LEN];
+    let requant = PerChannelRequant {
+        multipliers: &demo_layer::MULTIPLIERS,
+        shifts: &demo_layer::SHIFTS,
+    };
+    let status = match fully_connected(
+        &demo_layer::PARAMS,
+        &demo_layer::INPUT,
+        &demo_layer::WEIGHTS,
+        &demo_layer::BIAS,
+        requant,
+        &mut output,
+    ) {
+        Ok(()) => {
+            defmt::info!("output = {=[i8]}", output);
+            if output == demo_layer::EXPECTED {
+                defmt::info!("PASS: bit-exact with the host reference");
+                EXIT_SUCCESS
+            } else {
+                defmt::error!("FAIL: expected {=[i8]}", demo_layer::EXPECTED);
+                EXIT_FAILURE
+            }
+        }
+        Err(e) => {
+            defmt::error!("kernel refused the layer: {}", e);
+            EXIT_FAILURE
+        }
+    };
+    debug::exit(status);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+// A panic (panic-probe traps with `udf`) or any fault lands here: leave QEMU with a failure
+// status instead of spinning forever.
+#[allow(unsafe_code)]
+#[exception]
+unsafe fn HardFault(_frame: &ExceptionFrame) -> ! {
+    debug::exit(EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}

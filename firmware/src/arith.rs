@@ -1,0 +1,146 @@
+//! Fixed-point requantisation arithmetic (TensorFlow Lite compatible).
+//!
+//! A real scale `s = input_scale * weight_scale / output_scale` is stored as a Q31 multiplier
+//! `m` in `[2^30, 2^31)` and a power-of-two `shift`, so that `s ≈ m * 2^(shift - 31)`. The
+//! device then rescales an int32 accumulator with integer operations only.
+
+/// Splits a positive real scale into a Q31 multiplier and a shift (`s ≈ m · 2^(shift−31)`).
+///
+/// Runs at export time on the host; it uses only core float arithmetic so it also builds
+/// without `std`. Returns `(0, 0)` for zero, negative, non-finite or vanishingly small scales
+/// (they would round to zero anyway) and saturates scales of 2^30 and above, which no sane
+/// quantised layer produces.
+pub fn quantize_multiplier(real_multiplier: f64) -> (i32, i32) {
+    if !(real_multiplier.is_finite() && real_multiplier > 0.0) {
+        return (0, 0);
+    }
+    // frexp by hand: bring q into [0.5, 1) and count the power of two taken out.
+    let mut q = real_multiplier;
+    let mut shift: i32 = 0;
+    while q >= 1.0 {
+        q /= 2.0;
+        shift += 1;
+    }
+    while q < 0.5 {
+        q *= 2.0;
+        shift -= 1;
+    }
+    // Round half away from zero; q is positive here.
+    let mut q_fixed = (q * 2_147_483_648.0 + 0.5) as i64;
+    if q_fixed == 1 << 31 {
+        q_fixed /= 2;
+        shift += 1;
+    }
+    if shift < -31 {
+        return (0, 0);
+    }
+    if shift > 30 {
+        return (i32::MAX, 30);
+    }
+    (q_fixed as i32, shift)
+}
+
+/// `round(a * b / 2^31)` with saturation of the single overflowing case, as in gemmlowp.
+#[inline]
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = i64::from(a) * i64::from(b);
+    let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+    // Division (not a shift) truncates toward zero, which the nudge above relies on.
+    ((ab + nudge) / (1_i64 << 31)) as i32
+}
+
+/// `x / 2^exponent` rounded to nearest, ties away from zero. `exponent` must be in `0..=31`.
+#[inline]
+pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
+    debug_assert!((0..=31).contains(&exponent));
+    let mask = ((1_i64 << exponent) - 1) as i32;
+    let remainder = x & mask;
+    let threshold = (mask >> 1) + i32::from(x < 0);
+    (x >> exponent) + i32::from(remainder > threshold)
+}
+
+/// Rescales an int32 accumulator by the fixed-point pair from [`quantize_multiplier`].
+/// `shift` must be in `-31..=30` (checked by the kernels before they call this).
+#[inline]
+pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
+    let left_shift = if shift > 0 { shift } else { 0 };
+    let right_shift = if shift > 0 { 0 } else { -shift };
+    let scaled = x.saturating_mul(1 << left_shift);
+    rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(scaled, multiplier),
+        right_shift,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real(multiplier: i32, shift: i32) -> f64 {
+        f64::from(multiplier) * libm_pow2(shift - 31)
+    }
+
+    fn libm_pow2(e: i32) -> f64 {
+        let mut v = 1.0;
+        for _ in 0..e.unsigned_abs() {
+            v = if e > 0 { v * 2.0 } else { v / 2.0 };
+        }
+        v
+    }
+
+    #[test]
+    fn quantize_multiplier_round_trips_within_one_part_in_two_to_the_thirty() {
+        for &s in &[1.0e-6, 0.000_123, 0.0034, 0.25, 0.5, 0.999_999_9, 1.0, 3.75, 1234.5] {
+            let (m, shift) = quantize_multiplier(s);
+            assert!((1 << 30..=i32::MAX).contains(&m), "{s}: multiplier {m} not normalised");
+            let rel = (real(m, shift) - s).abs() / s;
+            assert!(rel < 1e-9, "{s}: got {} (rel err {rel})", real(m, shift));
+        }
+    }
+
+    #[test]
+    fn quantize_multiplier_rejects_unusable_scales() {
+        assert_eq!(quantize_multiplier(0.0), (0, 0));
+        assert_eq!(quantize_multiplier(-1.0), (0, 0));
+        assert_eq!(quantize_multiplier(f64::NAN), (0, 0));
+        assert_eq!(quantize_multiplier(1e-30), (0, 0));
+    }
+
+    #[test]
+    fn rounding_divide_rounds_half_away_from_zero() {
+        assert_eq!(rounding_divide_by_pot(5, 1), 3);
+        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
+        assert_eq!(rounding_divide_by_pot(4, 1), 2);
+        assert_eq!(rounding_divide_by_pot(-7, 2), -2);
+        assert_eq!(rounding_divide_by_pot(7, 0), 7);
+    }
+
+    #[test]
+    fn high_mul_saturates_the_single_overflow_case() {
+        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
+        assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29);
+    }
+
+    #[test]
+    fn requantisation_matches_float_rounding_on_a_sweep() {
+        for &s in &[0.0007, 0.013, 0.4, 0.77, 2.5] {
+            let (m, shift) = quantize_multiplier(s);
+            // TFLite rounds twice (high-mul, then shift): within one step of the exact product,
+            // and equal to that double rounding recomputed exactly in f64 (|x·m| < 2^53 here):
+            // the high-mul rounds ties up (gemmlowp's nudge), the shift rounds them away from 0.
+            let round_half_away = |v: f64| if v >= 0.0 { (v + 0.5).floor() } else { -((-v + 0.5).floor()) };
+            for x in (-200_000..200_000).step_by(997) {
+                let got = multiply_by_quantized_multiplier(x, m, shift);
+                let want = f64::from(x) * s;
+                assert!((f64::from(got) - want).abs() < 1.0, "{x}*{s}: {got}");
+                let left = f64::from(1_i32 << shift.max(0));
+                let high = (f64::from(x) * left * f64::from(m) / 2_147_483_648.0 + 0.5).floor();
+                let twice = round_half_away(high / f64::from(1_i32 << (-shift).max(0)));
+                assert_eq!(f64::from(got), twice, "{x}*{s}");
+            }
+        }
+    }
+}

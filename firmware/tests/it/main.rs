@@ -1,0 +1,3 @@
+//! Host integration tests of the int8 core.
+
+mod device_layer;

@@ -1,0 +1,159 @@
+//! Model bundles: a directory holding the exported model and a JSON manifest that carries
+//! everything needed to use it — input size, preprocessing, class names, the model's sha256 and
+//! the provenance of training. The manifest format is defined here, once, and the trainer
+//! writes it through [`write_bundle`].
+//!
+//! Loading reads each file once into memory and checks the model bytes against the manifest's
+//! hash before anything parses them; the parsed model is built from those same bytes.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::persist::{read, write_atomically};
+use crate::preprocess::PreprocessConfig;
+use crate::{Error, Result};
+
+/// The manifest's file name inside a bundle directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The manifest format this runtime reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A bundle's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleManifest {
+    /// [`FORMAT_VERSION`] when written.
+    pub format_version: u32,
+    /// The fp32 ONNX model.
+    pub model: ModelEntry,
+    /// How to turn an image into the model's input.
+    pub preprocess: PreprocessConfig,
+    /// Class names in the order of the model's outputs.
+    pub class_names: Vec<String>,
+    /// Where the model came from.
+    pub provenance: Provenance,
+}
+
+/// One model file in the bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// File name inside the bundle directory (no directories).
+    pub file: String,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+    /// ONNX opset the model was written with.
+    pub opset: i64,
+    /// Name of the single input (`N×C×H×W` float32).
+    pub input_name: String,
+    /// Name of the single output (`N×classes` float32 logits).
+    pub output_name: String,
+}
+
+/// Provenance: what produced the model, from what, with which settings and results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// Program and version that wrote the bundle.
+    pub created_by: String,
+    /// Seconds since the Unix epoch at export.
+    pub created_unix_s: u64,
+    /// The resolved training configuration (fine-tuning and, nested, pretraining).
+    pub training_config: serde_json::Value,
+    /// The evaluation report of the exported checkpoint, when one was made.
+    #[serde(default)]
+    pub evaluation: Option<serde_json::Value>,
+}
+
+/// A loaded, hash-verified bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: BundleManifest,
+    /// The model file's bytes (verified against `manifest.model.sha256`).
+    pub model_bytes: Vec<u8>,
+}
+
+impl Bundle {
+    /// Reads and checks a bundle directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let bad = |path: &Path, reason: String| Error::Bundle { path: path.to_path_buf(), reason };
+        if !dir.is_dir() {
+            return Err(bad(dir, "not a directory (a bundle is a directory with manifest.json)".into()));
+        }
+        let manifest_bytes = read(&manifest_path)?;
+        let manifest: BundleManifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| bad(&manifest_path, format!("malformed manifest: {e}")))?;
+        manifest.validate(&manifest_path)?;
+        let model_path = dir.join(&manifest.model.file);
+        let model_bytes = read(&model_path)?;
+        let actual = sha256_hex(&model_bytes);
+        if actual != manifest.model.sha256 {
+            return Err(bad(
+                &model_path,
+                format!(
+                    "sha256 {actual} does not match the manifest's {} (model replaced or corrupted)",
+                    manifest.model.sha256
+                ),
+            ));
+        }
+        Ok(Self { dir: dir.to_path_buf(), manifest, model_bytes })
+    }
+
+    /// Path of the model file.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.model.file)
+    }
+
+    /// A short, stable identifier of the model: the first 12 hex digits of its sha256.
+    pub fn model_id(&self) -> &str {
+        &self.manifest.model.sha256[..12]
+    }
+}
+
+impl BundleManifest {
+    /// Checks internal consistency; `path` names the manifest in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |reason: String| Err(Error::Bundle { path: path.to_path_buf(), reason });
+        if self.format_version != FORMAT_VERSION {
+            return bad(format!(
+                "format_version {} is not supported (this runtime reads {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        let file = Path::new(&self.model.file);
+        if file.components().count() != 1 || file.file_name().is_none() {
+            return bad(format!("model.file {:?} must be a plain file name inside the bundle", self.model.file));
+        }
+        if self.model.sha256.len() != 64 || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad("model.sha256 must be 64 hex digits".into());
+        }
+        if self.class_names.len() < 2 {
+            return bad("class_names must list at least two classes".into());
+        }
+        self.preprocess.validate(path)
+    }
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a bundle directory: the model first, then the manifest (each atomically), so a
+/// reader never finds a manifest pointing at a missing or partial model. The manifest's
+/// `model.sha256` is set from `model_bytes`.
+pub fn write_bundle(dir: &Path, mut manifest: BundleManifest, model_bytes: &[u8]) -> Result<BundleManifest> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    manifest.model.sha256 = sha256_hex(model_bytes);
+    manifest.validate(&dir.join(MANIFEST_FILE))?;
+    write_atomically(&dir.join(&manifest.model.file), model_bytes)?;
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    write_atomically(&dir.join(MANIFEST_FILE), &json)?;
+    Ok(manifest)
+}

@@ -1,0 +1,125 @@
+//! Inference with tract: the bundle's ONNX model is parsed from the verified bytes, given its
+//! fixed input shape, optimised and made runnable once; then each image runs through it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tract_onnx::prelude::*;
+
+use crate::bundle::Bundle;
+use crate::preprocess::{preprocess, PreprocessConfig};
+use crate::report::{ScreeningResult, Timings};
+use crate::{decode, Error, Result};
+
+/// A runnable classifier built from a bundle's model.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    plan: Arc<TypedRunnableModel>,
+    shape: [usize; 4],
+    num_classes: usize,
+    model_path: PathBuf,
+}
+
+impl Classifier {
+    /// Parses, shapes, optimises and checks the bundle's model against its manifest.
+    pub fn load(bundle: &Bundle) -> Result<Self> {
+        let model_path = bundle.model_path();
+        let p = &bundle.manifest.preprocess;
+        let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
+        let model_err = |e: TractError| Error::Model { path: model_path.clone(), reason: format!("{e:#}") };
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut bundle.model_bytes.as_slice())
+            .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(model_err)?;
+        let output_fact = plan.model().output_fact(0).map_err(model_err)?;
+        let dims: Option<Vec<usize>> = output_fact.shape.as_concrete().map(|s| s.to_vec());
+        let num_classes = bundle.manifest.class_names.len();
+        if dims.as_deref() != Some(&[1, num_classes][..]) {
+            return Err(Error::Bundle {
+                path: model_path,
+                reason: format!(
+                    "model output shape {:?} does not match the manifest's {num_classes} classes",
+                    output_fact.shape
+                ),
+            });
+        }
+        Ok(Self { plan, shape, num_classes, model_path })
+    }
+
+    /// Runs one preprocessed `C×H×W` input and returns the logits.
+    pub fn logits(&self, input: &[f32]) -> Result<Vec<f32>> {
+        let err = |reason: String| Error::Model { path: self.model_path.clone(), reason };
+        let tensor = Tensor::from_shape(&self.shape, input).map_err(|e| err(format!("{e:#}")))?;
+        let outputs = self.plan.run(tvec!(tensor.into())).map_err(|e| err(format!("{e:#}")))?;
+        let view = outputs[0].to_plain_array_view::<f32>().map_err(|e| err(format!("{e:#}")))?;
+        let logits: Vec<f32> = view.iter().copied().collect();
+        if logits.len() != self.num_classes {
+            return Err(err(format!("model returned {} values, {} expected", logits.len(), self.num_classes)));
+        }
+        Ok(logits)
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Decode → preprocess → infer → report for one bundle; load once, screen many.
+#[derive(Debug, Clone)]
+pub struct Screener {
+    classifier: Classifier,
+    preprocess: PreprocessConfig,
+    class_names: Vec<String>,
+    model_id: String,
+}
+
+impl Screener {
+    /// Prepares a screener from a verified bundle.
+    pub fn new(bundle: &Bundle) -> Result<Self> {
+        Ok(Self {
+            classifier: Classifier::load(bundle)?,
+            preprocess: bundle.manifest.preprocess.clone(),
+            class_names: bundle.manifest.class_names.clone(),
+            model_id: bundle.model_id().to_string(),
+        })
+    }
+
+    /// Screens one image file.
+    pub fn screen_file(&self, path: &Path) -> Result<ScreeningResult> {
+        let t0 = Instant::now();
+        let image = decode::decode_file(path)?;
+        let t1 = Instant::now();
+        let input = preprocess(&image, &self.preprocess, path)?;
+        let t2 = Instant::now();
+        let logits = self.classifier.logits(&input)?;
+        let t3 = Instant::now();
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        Ok(ScreeningResult::new(
+            path,
+            &self.model_id,
+            &self.class_names,
+            &logits,
+            image.source,
+            Timings { decode_ms: ms(t0, t1), preprocess_ms: ms(t1, t2), infer_ms: ms(t2, t3) },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softmax;
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_logits() {
+        let p = softmax(&[1000.0, 1001.0, 999.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[1] > p[0] && p[0] > p[2]);
+    }
+}

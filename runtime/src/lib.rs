@@ -1,0 +1,73 @@
+//! scanside's edge runtime: reads PNG/JPEG/DICOM images, applies the preprocessing recorded in a
+//! model bundle, runs the exported ONNX model with tract and reports per-class probabilities.
+//!
+//! The runtime never depends on burn: a bundle (manifest + ONNX model) is the whole contract
+//! between the workstation trainer and the edge. The trainer depends on this crate for that
+//! contract ([`bundle::BundleManifest`], [`preprocess::PreprocessConfig`]) and for the image
+//! decoder, so that training and screening see exactly the same pixels.
+#![warn(missing_docs)]
+
+pub mod bundle;
+pub mod decode;
+pub mod infer;
+pub mod persist;
+pub mod preprocess;
+pub mod report;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the runtime, each variant naming the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not an image format the runtime reads.
+    #[error("{path}: not a PNG, JPEG or DICOM file ({reason})")]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+    /// The image could not be decoded (truncated, corrupt, unsupported encoding).
+    #[error("{path}: cannot decode image: {reason}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A bundle's manifest is missing, malformed or inconsistent with its model.
+    #[error("{path}: invalid bundle: {reason}")]
+    Bundle {
+        /// The manifest or model file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// tract could not load or run the model.
+    #[error("{path}: model error: {reason}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// tract's explanation.
+        reason: String,
+    },
+    /// Preprocessing settings cannot be applied to this image.
+    #[error("{path}: cannot preprocess: {reason}")]
+    Preprocess {
+        /// The image file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Result alias for the runtime.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

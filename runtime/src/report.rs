@@ -1,0 +1,96 @@
+//! Screening results: one JSON object per image, with per-class probabilities in the model's
+//! class order, the top class, the model's id and where the time went.
+
+use std::path::Path;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::decode::SourceInfo;
+use crate::infer::softmax;
+
+/// Milliseconds spent in each stage for one image.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Timings {
+    /// Reading and decoding the file.
+    pub decode_ms: f64,
+    /// Resizing and normalising.
+    pub preprocess_ms: f64,
+    /// Running the model.
+    pub infer_ms: f64,
+}
+
+/// The result of screening one image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScreeningResult {
+    /// The input file as given.
+    pub file: String,
+    /// [`crate::bundle::Bundle::model_id`] of the model used.
+    pub model_id: String,
+    /// The most probable class.
+    pub top_class: String,
+    /// Its probability.
+    pub top_probability: f32,
+    /// Every class's probability, in the model's class order.
+    #[serde(serialize_with = "ordered_map")]
+    pub probabilities: Vec<(String, f32)>,
+    /// The raw model outputs.
+    pub logits: Vec<f32>,
+    /// What was decoded.
+    pub source: SourceInfo,
+    /// Per-stage timings.
+    pub timings: Timings,
+}
+
+impl ScreeningResult {
+    /// Builds a result from the model's logits.
+    pub fn new(
+        path: &Path,
+        model_id: &str,
+        class_names: &[String],
+        logits: &[f32],
+        source: SourceInfo,
+        timings: Timings,
+    ) -> Self {
+        let probs = softmax(logits);
+        let top = probs
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, &p)| if p > probs[best] { i } else { best });
+        Self {
+            file: path.display().to_string(),
+            model_id: model_id.to_string(),
+            top_class: class_names[top].clone(),
+            top_probability: probs[top],
+            probabilities: class_names.iter().cloned().zip(probs).collect(),
+            logits: logits.to_vec(),
+            source,
+            timings,
+        }
+    }
+}
+
+fn ordered_map<S: Serializer>(pairs: &[(String, f32)], s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_keeps_class_order_and_picks_the_top_class() {
+        let names = vec!["b".to_string(), "a".to_string()];
+        let t = Timings { decode_ms: 1.0, preprocess_ms: 0.5, infer_ms: 2.0 };
+        let r = ScreeningResult::new(Path::new("x.png"), "abc", &names, &[0.0, 2.0], SourceInfo::Jpeg, t);
+        assert_eq!(r.top_class, "a");
+        let json = serde_json::to_string(&r).unwrap();
+        let b = json.find("\"b\":").unwrap();
+        let a = json.find("\"a\":").unwrap();
+        assert!(b < a, "{json}");
+    }
+}

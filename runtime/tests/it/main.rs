@@ -1,0 +1,6 @@
+//! Integration tests of the runtime: the `scanside` binary on real files and bad input, and the
+//! DICOM decoder on files written with dicom-rs.
+
+mod cli;
+mod dicom;
+mod util;

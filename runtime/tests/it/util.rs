@@ -1,0 +1,129 @@
+//! Fixtures: a tiny ONNX classifier with a valid bundle, and DICOM files.
+
+use std::path::Path;
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use prost::Message;
+use scanside_runtime::bundle::{write_bundle, BundleManifest, ModelEntry, Provenance, FORMAT_VERSION};
+use scanside_runtime::preprocess::PreprocessConfig;
+use tract_onnx::pb;
+
+/// Input side of the fixture model.
+pub const SIZE: u32 = 4;
+
+/// Writes a bundle whose model is `logits = W · flatten(x) + b` on 3×4×4 inputs, 2 classes:
+/// class "bright" scores `mean(x) - 0.5`, class "dark" `0.5 - mean(x)`.
+pub fn write_linear_bundle(dir: &Path) {
+    let n = (3 * SIZE * SIZE) as usize;
+    let mut weight = Vec::with_capacity(n * 2);
+    for _ in 0..n {
+        weight.extend([-1.0_f32 / n as f32, 1.0 / n as f32]);
+    }
+    let float = |name: &str, dims: &[i64], values: &[f32]| pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    };
+    let info = |name: &str, dims: &[i64]| {
+        use pb::tensor_shape_proto::{dimension::Value, Dimension};
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: pb::tensor_proto::DataType::Float as i32,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims.iter().map(|&d| Dimension { value: Some(Value::DimValue(d)), ..Default::default() }).collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    };
+    let axis = pb::AttributeProto {
+        name: "axis".into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: 1,
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: "fixture".into(),
+        node: vec![node("Flatten", &["input"], "flat", vec![axis]), node("Gemm", &["flat", "w", "b"], "logits", vec![])],
+        initializer: vec![float("w", &[n as i64, 2], &weight), float("b", &[2], &[0.5, -0.5])],
+        input: vec![info("input", &[1, 3, SIZE as i64, SIZE as i64])],
+        output: vec![info("logits", &[1, 2])],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 7,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    let manifest = BundleManifest {
+        format_version: FORMAT_VERSION,
+        model: ModelEntry {
+            file: "model.onnx".into(),
+            sha256: String::new(),
+            opset: 13,
+            input_name: "input".into(),
+            output_name: "logits".into(),
+        },
+        preprocess: PreprocessConfig::new(SIZE, 3, vec![0.0; 3], vec![1.0; 3]),
+        class_names: vec!["dark".into(), "bright".into()],
+        provenance: Provenance {
+            created_by: "runtime test fixture".into(),
+            created_unix_s: 0,
+            training_config: serde_json::json!({}),
+            evaluation: None,
+        },
+    };
+    write_bundle(dir, manifest, &model.encode_to_vec()).unwrap();
+}
+
+/// Writes a 16-bit MONOCHROME DICOM file (explicit VR little endian) with optional window.
+pub fn write_dicom(path: &Path, photometric: &str, pixels: &[u16], rows: u16, cols: u16, window: Option<(f64, f64)>) {
+    let mut obj = InMemDicomObject::from_element_iter([
+        DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.2.1125.1.1")),
+        DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CR")),
+        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1_u16)),
+        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from(photometric)),
+        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
+        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)),
+        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16_u16)),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12_u16)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11_u16)),
+        DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0_u16)),
+        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.iter().copied().collect())),
+    ]);
+    if let Some((center, width)) = window {
+        obj.put(DataElement::new(tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from(center.to_string())));
+        obj.put(DataElement::new(tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from(width.to_string())));
+    }
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
+                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.1125.1.1"),
+        )
+        .unwrap();
+    file.write_to_file(path).unwrap();
+}
+
+/// Writes an RGB PNG filled with one gray level.
+pub fn write_png(path: &Path, level: u8) {
+    image::RgbImage::from_pixel(9, 7, image::Rgb([level, level, level])).save(path).unwrap();
+}

@@ -1,0 +1,64 @@
+//! The end-to-end path on images this test draws itself, so it always runs (no real data
+//! needed). It proves plumbing and equivalence, not learning quality.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::util::{compare_runtime_with_burn, run_pipeline};
+
+/// Writes a HAM10000-style folder: two classes (bright disc "mel" vs faint ring "nv") on a
+/// textured background, 2 images per lesion.
+fn write_synthetic_ham(dir: &Path, lesions: usize) {
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let mut csv = String::from("lesion_id,image_id,dx,dx_type,age,sex,localization\n");
+    for lesion in 0..lesions {
+        let dx = if lesion % 2 == 0 { "mel" } else { "nv" };
+        for view in 0..2 {
+            let id = format!("SYN_{lesion:04}_{view}");
+            let img = image::RgbImage::from_fn(40, 30, |x, y| {
+                let (dx_, dy_) = (x as f32 - 20.0 - view as f32, y as f32 - 15.0);
+                let r = (dx_ * dx_ + dy_ * dy_).sqrt();
+                let texture = ((x * 7 + y * 13 + lesion as u32 * 5) % 23) as u8;
+                let lesion_px = if dx == "mel" { r < 8.0 } else { (6.0..8.0).contains(&r) };
+                if lesion_px {
+                    image::Rgb([60 + texture, 30, 20])
+                } else {
+                    image::Rgb([200 + texture / 2, 160, 140])
+                }
+            });
+            img.save(dir.join("images").join(format!("{id}.jpg"))).unwrap();
+            writeln!(csv, "L{lesion:04},{id},{dx},histo,50,male,back").unwrap();
+        }
+    }
+    std::fs::write(dir.join("metadata.csv"), csv).unwrap();
+}
+
+#[test]
+fn synthetic_images_travel_pretrain_finetune_export_screen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_synthetic_ham(&data, 40);
+    let out = tmp.path().join("run");
+    let result = run_pipeline(&data, &out, 16, 12).unwrap();
+    assert!(result.export.max_abs_logit_diff <= 1e-4, "{:?}", result.export);
+    assert!(result.test.metrics.n > 0);
+    let (max_diff, agree, n) = compare_runtime_with_burn(&data, &out, 8).unwrap();
+    assert!(max_diff <= 1e-4, "runtime vs burn probabilities differ by {max_diff}");
+    assert_eq!(agree, n, "top classes disagree");
+}
+
+#[test]
+fn a_bundle_whose_model_was_replaced_is_refused_with_the_file_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_synthetic_ham(&data, 20);
+    let out = tmp.path().join("run");
+    let result = run_pipeline(&data, &out, 16, 2).unwrap();
+    let model = result.bundle.join("model.onnx");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&model, bytes).unwrap();
+    let err = scanside_runtime::bundle::Bundle::load(&result.bundle).unwrap_err().to_string();
+    assert!(err.contains("model.onnx") && err.contains("sha256"), "{err}");
+}

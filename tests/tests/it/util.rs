@@ -1,0 +1,82 @@
+//! Shared helpers: a tiny pipeline configuration, and the burn-vs-runtime comparison.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use scanside_runtime::bundle::Bundle;
+use scanside_runtime::infer::Screener;
+use scanside_trainer::data::{load_images, make_split, open_dataset, ImageRef, Partition};
+use scanside_trainer::evaluate::{evaluate_run, load_finetuned, predict, EvalReport};
+use scanside_trainer::export::{export_run, ExportReport};
+use scanside_trainer::finetune::{finetune, FinetuneConfig};
+use scanside_trainer::pretrain::{pretrain, PretrainConfig};
+use scanside_trainer::runlog::save_json;
+
+pub type Train = Autodiff<Flex>;
+
+/// Where the shared real data lives, if anywhere.
+pub fn shared_data() -> Option<PathBuf> {
+    let root = std::env::var_os("SCANSIDE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    root.join("ham10000/metadata.csv").is_file().then_some(root)
+}
+
+pub struct PipelineResult {
+    pub bundle: PathBuf,
+    pub export: ExportReport,
+    pub test: EvalReport,
+    pub pretrain_losses: (f32, f32),
+}
+
+/// Runs the whole training path quickly on `data` into `out`.
+pub fn run_pipeline(data: &Path, out: &Path, image_size: u32, steps: usize) -> anyhow::Result<PipelineResult> {
+    let device = Default::default();
+    let index = open_dataset(data)?;
+    let split_path = out.join("split.json");
+    save_json(&split_path, &make_split(&index, 3, [0.6, 0.2, 0.2])?)?;
+
+    let mut pre = PretrainConfig::new(data.to_path_buf(), split_path.clone());
+    pre.image_size = image_size;
+    pre.model.width_multiplier = 0.125;
+    pre.batch_size = 16;
+    pre.epochs = 50;
+    pre.max_steps = Some(steps);
+    let pre_summary = pretrain::<Train>(&pre, &out.join("pretrain"), &device)?;
+
+    let mut fine = FinetuneConfig::new(data.to_path_buf(), split_path, Some(out.join("pretrain")));
+    fine.batch_size = 16;
+    fine.epochs = 2;
+    fine.max_steps = Some(steps);
+    finetune::<Train>(&fine, &out.join("finetune"), &device)?;
+    let test = evaluate_run::<Flex>(&out.join("finetune"), Partition::Test, &device)?;
+    let bundle = out.join("bundle");
+    let export = export_run::<Flex>(&out.join("finetune"), &bundle, 4, &device)?;
+    Ok(PipelineResult { bundle, export, test, pretrain_losses: (pre_summary.first_loss, pre_summary.final_loss) })
+}
+
+/// Screens the first `n` test images with the runtime and with burn; returns the largest
+/// probability difference and how many top classes agreed.
+pub fn compare_runtime_with_burn(data: &Path, out: &Path, n: usize) -> anyhow::Result<(f32, usize, usize)> {
+    let device = Default::default();
+    let (config, model) = load_finetuned::<Flex>(&out.join("finetune"), &device)?;
+    let preprocess = config.preprocess.clone().unwrap();
+    let index = open_dataset(data)?;
+    let split = scanside_trainer::data::SplitFile::load(&config.split, &index)?;
+    let test: Vec<usize> = split.indices(&index, Partition::Test).into_iter().take(n).collect();
+    let images = load_images(&index, &test, &preprocess)?;
+    let burn_probs = predict(&model, &images, &preprocess, &device);
+    let screener = Screener::new(&Bundle::load(&out.join("bundle"))?)?;
+    let mut max_diff = 0.0_f32;
+    let mut agree = 0;
+    for (k, &i) in test.iter().enumerate() {
+        let ImageRef::File(path) = &index.samples[i].image else { anyhow::bail!("file dataset expected") };
+        let result = screener.screen_file(path)?;
+        for ((_, p), q) in result.probabilities.iter().zip(&burn_probs[k]) {
+            max_diff = max_diff.max((p - q).abs());
+        }
+        let burn_top = scanside_trainer::evaluate::argmax(&burn_probs[k]);
+        agree += usize::from(result.top_class == config.class_names[burn_top]);
+    }
+    Ok((max_diff, agree, test.len()))
+}

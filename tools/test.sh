@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The project's test command (README): formatting, lints, host tests, firmware on QEMU,
+# aarch64 cross tests. Prints each step's wall time; stops at the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n--- %s\n' "$*"; STEP_START=$(date +%s); }
+done_step() { printf -- '--- ok (%ss)\n' "$(( $(date +%s) - STEP_START ))"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+(cd firmware/device && cargo fmt --check)
+done_step
+
+step "the runtime must not depend on burn"
+if cargo tree -p scanside-runtime --edges normal,build | grep -q '^.*burn'; then
+  echo "scanside-runtime depends on burn:"; cargo tree -p scanside-runtime -i burn || true; exit 1
+fi
+done_step
+
+step "cargo clippy (workspace, all targets, -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+done_step
+
+step "cargo test --workspace"
+cargo test --workspace
+done_step
+
+step "firmware core builds for thumbv7em-none-eabihf (no_std, with defmt)"
+cargo build -p scanside-firmware --target thumbv7em-none-eabihf --features defmt
+done_step
+
+step "firmware on QEMU mps2-an386: golden output and status"
+(
+  cd firmware/device
+  cargo clippy --release -- -D warnings
+  log=$(mktemp)
+  cargo run --release 2>/dev/null | tee "$log"
+  while IFS= read -r line; do
+    grep -qF -- "$line" "$log" || { echo "firmware output lacks: $line"; exit 1; }
+  done < expected.log
+  echo "firmware output matches expected.log"
+  if cargo run --release --features panic-demo >/dev/null 2>&1; then
+    echo "a panicking firmware exited QEMU with success"; exit 1
+  fi
+  echo "a panicking firmware exits QEMU with failure (no hang)"
+)
+done_step
+
+step "aarch64: runtime tests under qemu-aarch64"
+cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu
+done_step
+
+echo
+echo "all checks passed"

@@ -1,0 +1,310 @@
+//! Export: writes a fine-tuned classifier as an ONNX fp32 model (opset 13, BatchNorm folded
+//! into the convolutions) inside a bundle directory with its manifest, then proves the export:
+//! the runtime loads the bundle and reproduces the burn model's logits on real images.
+//!
+//! burn has no ONNX export, so the graph is built here from the model's weights with the ONNX
+//! protobuf types that tract-onnx already compiles (`tract_onnx::pb`), encoded with prost.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
+use burn::nn::BatchNorm;
+use burn::tensor::backend::Backend;
+use prost::Message;
+use scanside_runtime::bundle::{write_bundle, Bundle, BundleManifest, ModelEntry, Provenance, FORMAT_VERSION};
+use scanside_runtime::infer::Classifier as RuntimeClassifier;
+use scanside_runtime::preprocess::normalize_in_place;
+use serde::Serialize;
+use tract_onnx::pb;
+
+use crate::data::{load_images, open_dataset, Partition, SplitFile};
+use crate::evaluate::load_finetuned;
+use crate::model::{input_tensor, to_vec, BasicBlock, Classifier};
+use crate::runlog::load_json;
+use crate::{Error, Result};
+
+/// ONNX opset written.
+pub const OPSET: i64 = 13;
+/// Largest logit difference accepted between burn and the exported model.
+pub const LOGIT_TOLERANCE: f32 = 1e-4;
+const MODEL_FILE: &str = "model.onnx";
+const INPUT_NAME: &str = "input";
+const OUTPUT_NAME: &str = "logits";
+
+/// What an export wrote and how closely the runtime reproduced the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// The model's sha256.
+    pub model_sha256: String,
+    /// Size of the ONNX file.
+    pub model_bytes: usize,
+    /// Images compared between burn and the runtime.
+    pub checked_images: usize,
+    /// Largest absolute logit difference seen.
+    pub max_abs_logit_diff: f32,
+}
+
+/// A convolution with BatchNorm folded in: `W' = W·γ/σ`, `b' = β − μ·γ/σ`.
+struct FoldedConv {
+    weight: Vec<f32>,
+    shape: [usize; 4],
+    bias: Vec<f32>,
+    stride: usize,
+    padding: usize,
+}
+
+fn fold<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>) -> FoldedConv {
+    let shape = conv.weight.val().dims();
+    let mut weight = to_vec(conv.weight.val());
+    let gamma = to_vec(bn.gamma.val());
+    let beta = to_vec(bn.beta.val());
+    let mean = to_vec(bn.running_mean.value());
+    let var = to_vec(bn.running_var.value());
+    let conv_bias = conv.bias.as_ref().map(|b: &Param<_>| to_vec(b.val()));
+    let per_out = shape[1] * shape[2] * shape[3];
+    let mut bias = Vec::with_capacity(shape[0]);
+    for o in 0..shape[0] {
+        let scale = gamma[o] / (var[o] + bn.epsilon as f32).sqrt();
+        weight[o * per_out..(o + 1) * per_out].iter_mut().for_each(|w| *w *= scale);
+        let b0 = conv_bias.as_ref().map_or(0.0, |b| b[o]);
+        bias.push(beta[o] + (b0 - mean[o]) * scale);
+    }
+    FoldedConv { weight, shape, bias, stride: conv.stride[0], padding: shape[2] / 2 }
+}
+
+/// Accumulates nodes and initialisers of the ONNX graph.
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    counter: usize,
+}
+
+impl GraphBuilder {
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}_{}", self.counter)
+    }
+
+    fn constant(&mut self, name: &str, dims: &[usize], values: Vec<f32>) -> String {
+        self.initializers.push(pb::TensorProto {
+            name: name.to_string(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    fn node(&mut self, op: &str, inputs: Vec<String>, attributes: Vec<pb::AttributeProto>) -> String {
+        let output = self.fresh(&op.to_lowercase());
+        self.nodes.push(pb::NodeProto {
+            name: output.clone(),
+            op_type: op.to_string(),
+            input: inputs,
+            output: vec![output.clone()],
+            attribute: attributes,
+            ..Default::default()
+        });
+        output
+    }
+
+    fn conv(&mut self, input: String, c: &FoldedConv, name: &str) -> String {
+        let w = self.constant(&format!("{name}.weight"), &c.shape, c.weight.clone());
+        let b = self.constant(&format!("{name}.bias"), &[c.shape[0]], c.bias.clone());
+        let p = c.padding as i64;
+        let k = c.shape[2] as i64;
+        let attrs = vec![
+            ints("kernel_shape", &[k, k]),
+            ints("strides", &[c.stride as i64, c.stride as i64]),
+            ints("pads", &[p, p, p, p]),
+        ];
+        self.node("Conv", vec![input, w, b], attrs)
+    }
+
+    fn relu(&mut self, input: String) -> String {
+        self.node("Relu", vec![input], vec![])
+    }
+
+    fn block<B: Backend>(&mut self, input: String, block: &BasicBlock<B>, name: &str) -> String {
+        let shortcut = match &block.downsample {
+            Some(d) => self.conv(input.clone(), &fold(&d.conv, &d.bn), &format!("{name}.downsample")),
+            None => input.clone(),
+        };
+        let y = self.conv(input, &fold(&block.conv1, &block.bn1), &format!("{name}.conv1"));
+        let y = self.relu(y);
+        let y = self.conv(y, &fold(&block.conv2, &block.bn2), &format!("{name}.conv2"));
+        let sum = self.node("Add", vec![y, shortcut], vec![]);
+        self.relu(sum)
+    }
+}
+
+fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_string(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, value: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_string(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
+}
+
+fn tensor_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => Value::DimValue(*v as i64),
+                None => Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Serialises a classifier as an ONNX model taking `N×C×H×W` normalised images and returning
+/// `N×classes` logits.
+pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> Vec<u8> {
+    let mut g = GraphBuilder::default();
+    let backbone = &model.backbone;
+    let y = g.conv(INPUT_NAME.to_string(), &fold(&backbone.stem_conv, &backbone.stem_bn), "stem");
+    let mut y = g.relu(y);
+    if let Some(pool) = &backbone.stem_pool {
+        let attrs = vec![
+            ints("kernel_shape", &[pool.kernel_size[0] as i64, pool.kernel_size[1] as i64]),
+            ints("strides", &[pool.stride[0] as i64, pool.stride[1] as i64]),
+            ints("pads", &[1, 1, 1, 1]),
+        ];
+        y = g.node("MaxPool", vec![y], attrs);
+    }
+    for (i, block) in backbone.blocks.iter().enumerate() {
+        y = g.block(y, block, &format!("block{i}"));
+    }
+    let pooled = g.node("GlobalAveragePool", vec![y], vec![]);
+    let flat = g.node("Flatten", vec![pooled], vec![int("axis", 1)]);
+    // burn's Linear stores its weight as [in, out], which is Gemm's B without transposition.
+    let [fin, fout] = model.head.weight.val().dims();
+    let w = g.constant("head.weight", &[fin, fout], to_vec(model.head.weight.val()));
+    let b = g.constant(
+        "head.bias",
+        &[fout],
+        model.head.bias.as_ref().map_or(vec![0.0; fout], |b| to_vec(b.val())),
+    );
+    let logits = g.node("Gemm", vec![flat, w, b], vec![]);
+    // Rename the last output to the public output name.
+    if let Some(last) = g.nodes.last_mut() {
+        last.output = vec![OUTPUT_NAME.to_string()];
+    }
+    let _ = logits;
+    let [c, h, w] = input_chw;
+    let graph = pb::GraphProto {
+        name: "scanside_classifier".into(),
+        node: g.nodes,
+        initializer: g.initializers,
+        input: vec![tensor_info(INPUT_NAME, &[None, Some(c), Some(h), Some(w)])],
+        output: vec![tensor_info(OUTPUT_NAME, &[None, Some(fout)])],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 7,
+        producer_name: "scanside-train".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+/// Exports a fine-tuned run to a bundle directory and checks it on `check_images` validation
+/// images (at least one).
+pub fn export_run<B: Backend>(run: &Path, bundle_dir: &Path, check_images: usize, device: &B::Device) -> Result<ExportReport> {
+    let (config, model) = load_finetuned::<B>(run, device)?;
+    let preprocess = config.preprocess.clone().expect("checked by load_finetuned");
+    let chw = [preprocess.channels as usize, preprocess.height as usize, preprocess.width as usize];
+    let onnx = onnx_bytes(&model, chw);
+    let evaluation: Option<serde_json::Value> = ["eval-test.json", "eval-val.json"]
+        .iter()
+        .map(|f| run.join(f))
+        .find(|p| p.is_file())
+        .map(|p| load_json(&p))
+        .transpose()?;
+    let manifest = BundleManifest {
+        format_version: FORMAT_VERSION,
+        model: ModelEntry {
+            file: MODEL_FILE.into(),
+            sha256: String::new(),
+            opset: OPSET,
+            input_name: INPUT_NAME.into(),
+            output_name: OUTPUT_NAME.into(),
+        },
+        preprocess: preprocess.clone(),
+        class_names: config.class_names.clone(),
+        provenance: Provenance {
+            created_by: format!("scanside-train {}", env!("CARGO_PKG_VERSION")),
+            created_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            training_config: serde_json::to_value(&config).expect("config serialises"),
+            evaluation,
+        },
+    };
+    let manifest = write_bundle(bundle_dir, manifest, &onnx)?;
+
+    // Prove it: the runtime loads the bundle and matches burn on real validation images.
+    let bundle = Bundle::load(bundle_dir)?;
+    let runtime = RuntimeClassifier::load(&bundle)?;
+    let index = open_dataset(&config.dataset)?;
+    let split = SplitFile::load(&config.split, &index)?;
+    let val = split.indices(&index, Partition::Val);
+    let take: Vec<usize> = val.iter().copied().take(check_images.max(1)).collect();
+    let images = load_images(&index, &take, &preprocess)?;
+    let burn_logits = to_vec(model.forward(input_tensor::<B>(images.pixels.clone(), &preprocess, device)));
+    let classes = config.class_names.len();
+    let mut max_diff = 0.0_f32;
+    for i in 0..images.len() {
+        let mut input = images.image(i).to_vec();
+        normalize_in_place(&mut input, &preprocess);
+        let logits = runtime.logits(&input)?;
+        for (a, b) in logits.iter().zip(&burn_logits[i * classes..(i + 1) * classes]) {
+            max_diff = max_diff.max((a - b).abs());
+        }
+    }
+    if max_diff > LOGIT_TOLERANCE {
+        return Err(Error::ExportMismatch(format!(
+            "{}: tract's logits differ from burn's by {max_diff:e} (> {LOGIT_TOLERANCE:e})",
+            bundle_dir.display()
+        )));
+    }
+    Ok(ExportReport {
+        bundle: bundle_dir.to_path_buf(),
+        model_sha256: manifest.model.sha256,
+        model_bytes: onnx.len(),
+        checked_images: images.len(),
+        max_abs_logit_diff: max_diff,
+    })
+}

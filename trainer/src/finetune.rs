@@ -1,0 +1,213 @@
+//! Supervised fine-tuning: a linear head on the backbone (pretrained by [`crate::pretrain`] or
+//! freshly initialised), trained end to end with cross-entropy on the training partition. The
+//! checkpoint with the best validation macro AUC is kept.
+//!
+//! Writes `config.json`, `model.mpk` and `metrics.jsonl` into the run directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use scanside_runtime::preprocess::PreprocessConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::augment::{augment_batch, AugmentConfig, Geometry};
+use crate::data::{load_images, open_dataset, Partition, SplitFile};
+use crate::evaluate::{predict, ClassificationMetrics};
+use crate::model::{input_tensor, Classifier, ResNetConfig};
+use crate::pretrain::{learning_rate_at, load_training_images, PretrainConfig, BACKBONE_FILE};
+use crate::runlog::{load_json, load_weights, progress, save_json, save_weights, MetricsLog};
+use crate::{Error, Result};
+
+/// Weights file of a fine-tuning run.
+pub const MODEL_FILE: &str = "model.mpk";
+
+/// Fine-tuning settings; the resolved form is saved as `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Dataset folder or file.
+    pub dataset: PathBuf,
+    /// Split file.
+    pub split: PathBuf,
+    /// Pretraining run directory to start from; `None` trains from scratch.
+    pub pretrained: Option<PathBuf>,
+    /// The pretraining run's resolved config (filled in when `pretrained` is set).
+    pub pretrain_config: Option<PretrainConfig>,
+    /// Backbone (taken from the pretraining run when there is one).
+    pub model: ResNetConfig,
+    /// Input size in pixels (taken from the pretraining run when there is one).
+    pub image_size: u32,
+    /// Preprocessing (taken from the pretraining run, or resolved from the training images).
+    pub preprocess: Option<PreprocessConfig>,
+    /// Class names in label order (filled in from the dataset).
+    pub class_names: Vec<String>,
+    /// Training augmentations.
+    pub augment: AugmentConfig,
+    /// Passes over the training images.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    pub learning_rate: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Warm-up fraction of the cosine schedule.
+    pub warmup_fraction: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Stop after this many steps; all epochs when absent.
+    pub max_steps: Option<usize>,
+}
+
+impl FinetuneConfig {
+    /// Defaults for a dataset and split.
+    pub fn new(dataset: PathBuf, split: PathBuf, pretrained: Option<PathBuf>) -> Self {
+        Self {
+            dataset,
+            split,
+            pretrained,
+            pretrain_config: None,
+            model: ResNetConfig::default(),
+            image_size: 32,
+            preprocess: None,
+            class_names: Vec::new(),
+            augment: AugmentConfig::finetune(),
+            epochs: 5,
+            batch_size: 64,
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            warmup_fraction: 0.05,
+            seed: 0,
+            max_steps: None,
+        }
+    }
+}
+
+/// What a fine-tuning run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneSummary {
+    /// Run directory.
+    pub dir: PathBuf,
+    /// Epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// Its validation metrics.
+    pub best_val: ClassificationMetrics,
+    /// Steps taken.
+    pub steps: usize,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Fine-tunes and writes the run directory `out`.
+pub fn finetune<B: AutodiffBackend>(request: &FinetuneConfig, out: &Path, device: &B::Device) -> Result<FinetuneSummary> {
+    let bad = |reason: String| Error::Config { path: out.to_path_buf(), reason };
+    let mut config = request.clone();
+    if let Some(dir) = &request.pretrained {
+        let pre: PretrainConfig = load_json(&dir.join("config.json"))?;
+        config.model = pre.model.clone();
+        config.image_size = pre.image_size;
+        config.preprocess = pre.preprocess.clone();
+        config.pretrain_config = Some(pre);
+    }
+    config.model.validate().map_err(bad)?;
+    if config.batch_size < 2 || config.epochs == 0 {
+        return Err(bad("fine-tuning needs batch_size ≥ 2 and epochs ≥ 1".into()));
+    }
+    std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
+    let (train, preprocess) = load_training_images(
+        &config.dataset,
+        &config.split,
+        config.image_size,
+        config.model.in_channels,
+        config.preprocess.clone(),
+    )?;
+    let index = open_dataset(&config.dataset)?;
+    let split = SplitFile::load(&config.split, &index)?;
+    let val = load_images(&index, &split.indices(&index, Partition::Val), &preprocess)?;
+    config.preprocess = Some(preprocess.clone());
+    config.class_names = index.class_names.clone();
+    save_json(&out.join("config.json"), &config)?;
+
+    B::seed(device, config.seed);
+    let mut backbone = config.model.init::<B>(device);
+    if let Some(dir) = &config.pretrained {
+        backbone = load_weights(backbone, &dir.join(BACKBONE_FILE), device)?;
+    }
+    let classes = config.class_names.len();
+    let mut model = Classifier::new(backbone, config.model.feature_dim(), classes, device);
+    let mut optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let geometry = Geometry {
+        channels: preprocess.channels as usize,
+        height: preprocess.height as usize,
+        width: preprocess.width as usize,
+    };
+    let batch_size = config.batch_size.min(train.len());
+    let steps_per_epoch = train.len() / batch_size;
+    let total = (steps_per_epoch * config.epochs).min(config.max_steps.unwrap_or(usize::MAX));
+    let mut log = MetricsLog::open(out)?;
+    let bar = progress(total as u64, "finetune");
+    let started = Instant::now();
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut step = 0;
+    let mut best: Option<(usize, ClassificationMetrics)> = None;
+    for epoch in 0..config.epochs {
+        if step >= total {
+            break;
+        }
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed ^ (epoch as u64 + 1)));
+        let mut epoch_loss = 0.0;
+        let mut epoch_steps = 0;
+        for batch in order.chunks_exact(batch_size) {
+            if step >= total {
+                break;
+            }
+            let sources: Vec<&[f32]> = batch.iter().map(|&i| train.image(i)).collect();
+            let step_seed = config.seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
+            let views = augment_batch(&sources, geometry, &config.augment, step_seed, 0);
+            let x = input_tensor::<B>(views, &preprocess, device);
+            let labels: Vec<i64> = batch.iter().map(|&i| train.labels[i] as i64).collect();
+            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            let loss_value: f32 = loss.clone().into_data().iter::<f32>().next().unwrap_or(f32::NAN);
+            if !loss_value.is_finite() {
+                return Err(bad(format!("loss became {loss_value} at step {step}; lower the learning rate")));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let lr = learning_rate_at(step, total, config.learning_rate, config.warmup_fraction);
+            model = optimizer.step(lr, model, grads);
+            log.write(&json!({"stage": "finetune", "epoch": epoch, "step": step, "loss": loss_value, "lr": lr}))?;
+            bar.set_message(format!("epoch {epoch} loss {loss_value:.3}"));
+            bar.inc(1);
+            epoch_loss += loss_value;
+            epoch_steps += 1;
+            step += 1;
+        }
+        let probabilities = predict(&model.valid(), &val, &preprocess, device);
+        let metrics = ClassificationMetrics::compute(&probabilities, &val.labels, classes);
+        log.write(&json!({
+            "stage": "finetune", "epoch": epoch,
+            "train_loss": epoch_loss / epoch_steps.max(1) as f32,
+            "val_accuracy": metrics.accuracy, "val_macro_auc": metrics.macro_auc,
+        }))?;
+        let better = best.as_ref().is_none_or(|(_, b)| metrics.macro_auc.unwrap_or(0.0) > b.macro_auc.unwrap_or(0.0));
+        if better {
+            save_weights(model.valid(), &out.join(MODEL_FILE))?;
+            best = Some((epoch, metrics));
+        }
+    }
+    bar.finish_and_clear();
+    let (best_epoch, best_val) = best.ok_or_else(|| bad("no epoch completed".into()))?;
+    let summary = FinetuneSummary { dir: out.to_path_buf(), best_epoch, best_val, steps: step, seconds: started.elapsed().as_secs_f64() };
+    log.write(&json!({"stage": "finetune", "summary": &summary}))?;
+    Ok(summary)
+}

@@ -1,0 +1,259 @@
+//! Models: a ResNet backbone (18 or 34 layers, width multiplier, small-input stem for 28–128 px
+//! images), the classifier (backbone + linear head) and the SimCLR network (backbone + 2-layer
+//! projection head).
+//!
+//! The layer structure here is mirrored by [`crate::export`], which writes the same network as
+//! ONNX with BatchNorm folded into the convolutions.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Backbone architecture, saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResNetConfig {
+    /// 18 or 34.
+    pub depth: usize,
+    /// Multiplies the standard widths 64/128/256/512 (at least 8 channels per stage).
+    pub width_multiplier: f32,
+    /// Input channels.
+    pub in_channels: usize,
+    /// 3×3 stride-1 stem without max-pool (for 28–128 px inputs) instead of 7×7/2 + max-pool.
+    pub small_input_stem: bool,
+}
+
+impl Default for ResNetConfig {
+    fn default() -> Self {
+        Self { depth: 18, width_multiplier: 0.25, in_channels: 3, small_input_stem: true }
+    }
+}
+
+impl ResNetConfig {
+    /// Channels of the four stages.
+    pub fn widths(&self) -> [usize; 4] {
+        [64, 128, 256, 512].map(|w| ((w as f32 * self.width_multiplier).round() as usize).max(8))
+    }
+
+    /// Basic blocks per stage.
+    pub fn blocks_per_stage(&self) -> Option<[usize; 4]> {
+        match self.depth {
+            18 => Some([2, 2, 2, 2]),
+            34 => Some([3, 4, 6, 3]),
+            _ => None,
+        }
+    }
+
+    /// Length of the pooled feature vector.
+    pub fn feature_dim(&self) -> usize {
+        self.widths()[3]
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.blocks_per_stage().is_none() {
+            return Err(format!("ResNet depth {} is not supported (18 or 34)", self.depth));
+        }
+        if !(self.width_multiplier > 0.0 && self.width_multiplier <= 4.0) {
+            return Err(format!("width multiplier {} is out of (0, 4]", self.width_multiplier));
+        }
+        if !(self.in_channels == 1 || self.in_channels == 3) {
+            return Err(format!("{} input channels: 1 or 3 expected", self.in_channels));
+        }
+        Ok(())
+    }
+
+    /// Builds the backbone with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
+        let widths = self.widths();
+        let blocks = self.blocks_per_stage().expect("validated config");
+        let stem = if self.small_input_stem {
+            conv(self.in_channels, widths[0], 3, 1, device)
+        } else {
+            conv(self.in_channels, widths[0], 7, 2, device)
+        };
+        let mut stages = Vec::new();
+        let mut channels = widths[0];
+        for (stage, (&width, &count)) in widths.iter().zip(&blocks).enumerate() {
+            for b in 0..count {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                stages.push(BasicBlock::new(channels, width, stride, device));
+                channels = width;
+            }
+        }
+        ResNet {
+            stem_conv: stem,
+            stem_bn: BatchNormConfig::new(widths[0]).init(device),
+            stem_pool: (!self.small_input_stem).then(|| {
+                MaxPool2dConfig::new([3, 3])
+                    .with_strides([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init()
+            }),
+            blocks: stages,
+        }
+    }
+}
+
+fn conv<B: Backend>(cin: usize, cout: usize, k: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
+    let p = k / 2;
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(false)
+        .init(device)
+}
+
+/// Projection shortcut of a block that changes shape.
+#[derive(Module, Debug)]
+pub struct Downsample<B: Backend> {
+    /// 1×1 convolution.
+    pub conv: Conv2d<B>,
+    /// Its BatchNorm.
+    pub bn: BatchNorm<B>,
+}
+
+/// ResNet basic block: two 3×3 convolutions with BatchNorm, ReLU, and a residual connection.
+#[derive(Module, Debug)]
+pub struct BasicBlock<B: Backend> {
+    /// First 3×3 convolution (carries the stride).
+    pub conv1: Conv2d<B>,
+    /// Its BatchNorm.
+    pub bn1: BatchNorm<B>,
+    /// Second 3×3 convolution.
+    pub conv2: Conv2d<B>,
+    /// Its BatchNorm.
+    pub bn2: BatchNorm<B>,
+    /// Shortcut projection when the shape changes.
+    pub downsample: Option<Downsample<B>>,
+}
+
+impl<B: Backend> BasicBlock<B> {
+    fn new(cin: usize, cout: usize, stride: usize, device: &B::Device) -> Self {
+        Self {
+            conv1: conv(cin, cout, 3, stride, device),
+            bn1: BatchNormConfig::new(cout).init(device),
+            conv2: conv(cout, cout, 3, 1, device),
+            bn2: BatchNormConfig::new(cout).init(device),
+            downsample: (stride != 1 || cin != cout).then(|| Downsample {
+                conv: conv(cin, cout, 1, stride, device),
+                bn: BatchNormConfig::new(cout).init(device),
+            }),
+        }
+    }
+
+    /// Applies the block.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let y = relu(self.bn1.forward(self.conv1.forward(x)));
+        let y = self.bn2.forward(self.conv2.forward(y));
+        relu(y + shortcut)
+    }
+}
+
+/// The ResNet backbone: stem, residual stages, global average pooling.
+#[derive(Module, Debug)]
+pub struct ResNet<B: Backend> {
+    /// Stem convolution.
+    pub stem_conv: Conv2d<B>,
+    /// Stem BatchNorm.
+    pub stem_bn: BatchNorm<B>,
+    /// Max-pool of the ImageNet stem (absent in the small-input stem).
+    pub stem_pool: Option<MaxPool2d>,
+    /// All basic blocks, stage after stage.
+    pub blocks: Vec<BasicBlock<B>>,
+}
+
+impl<B: Backend> ResNet<B> {
+    /// `N×C×H×W` images to `N×features` pooled features.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut y = relu(self.stem_bn.forward(self.stem_conv.forward(x)));
+        if let Some(pool) = &self.stem_pool {
+            y = pool.forward(y);
+        }
+        for block in &self.blocks {
+            y = block.forward(y);
+        }
+        let [n, c, h, w] = y.dims();
+        y.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+    }
+}
+
+/// Backbone + linear classification head: outputs logits.
+#[derive(Module, Debug)]
+pub struct Classifier<B: Backend> {
+    /// Feature extractor.
+    pub backbone: ResNet<B>,
+    /// Linear head.
+    pub head: Linear<B>,
+}
+
+impl<B: Backend> Classifier<B> {
+    /// A classifier around a backbone, with a fresh head.
+    pub fn new(backbone: ResNet<B>, feature_dim: usize, classes: usize, device: &B::Device) -> Self {
+        Self { backbone, head: LinearConfig::new(feature_dim, classes).init(device) }
+    }
+
+    /// `N×C×H×W` images to `N×classes` logits.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.head.forward(self.backbone.forward(x))
+    }
+}
+
+/// SimCLR network: backbone + 2-layer MLP projection head.
+#[derive(Module, Debug)]
+pub struct SimClr<B: Backend> {
+    /// Feature extractor (what fine-tuning keeps).
+    pub backbone: ResNet<B>,
+    /// Hidden projection layer.
+    pub projection_hidden: Linear<B>,
+    /// Output projection layer.
+    pub projection_out: Linear<B>,
+}
+
+impl<B: Backend> SimClr<B> {
+    /// A SimCLR network with a `feature_dim → feature_dim → projection_dim` head.
+    pub fn new(config: &ResNetConfig, projection_dim: usize, device: &B::Device) -> Self {
+        let f = config.feature_dim();
+        Self {
+            backbone: config.init(device),
+            projection_hidden: LinearConfig::new(f, f).init(device),
+            projection_out: LinearConfig::new(f, projection_dim).init(device),
+        }
+    }
+
+    /// Images to projections `z`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let h = self.backbone.forward(x);
+        self.projection_out.forward(relu(self.projection_hidden.forward(h)))
+    }
+}
+
+/// Normalises a batch of `C×H×W` images (values in `[0, 1]`) with the run's preprocessing and
+/// puts it on the device as an `N×C×H×W` tensor.
+pub fn input_tensor<B: Backend>(
+    mut pixels: Vec<f32>,
+    preprocess: &scanside_runtime::preprocess::PreprocessConfig,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let per_image = preprocess.input_len();
+    let n = pixels.len() / per_image;
+    for image in pixels.chunks_mut(per_image) {
+        scanside_runtime::preprocess::normalize_in_place(image, preprocess);
+    }
+    let shape = [n, preprocess.channels as usize, preprocess.height as usize, preprocess.width as usize];
+    Tensor::from_data(burn::tensor::TensorData::new(pixels, shape), device)
+}
+
+/// Reads a float tensor back as a `Vec<f32>`.
+pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
