@@ -24,7 +24,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 done_step
 
 step "cargo test --workspace"
-cargo test --workspace
+fixture=$(mktemp -d)
+SCANSIDE_EXPORT_FIXTURE="$fixture/bundle" cargo test --workspace
+done_step
+
+step "exported ONNX checked by onnx.checker and onnxruntime"
+python3 tools/check_onnx.py "$fixture/bundle" "$fixture/bundle/check.json"
+rm -rf "$fixture"
 done_step
 
 step "firmware core builds for thumbv7em-none-eabihf (no_std, with defmt)"

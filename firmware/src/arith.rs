@@ -93,9 +93,22 @@ mod tests {
 
     #[test]
     fn quantize_multiplier_round_trips_within_one_part_in_two_to_the_thirty() {
-        for &s in &[1.0e-6, 0.000_123, 0.0034, 0.25, 0.5, 0.999_999_9, 1.0, 3.75, 1234.5] {
+        for &s in &[
+            1.0e-6,
+            0.000_123,
+            0.0034,
+            0.25,
+            0.5,
+            0.999_999_9,
+            1.0,
+            3.75,
+            1234.5,
+        ] {
             let (m, shift) = quantize_multiplier(s);
-            assert!((1 << 30..=i32::MAX).contains(&m), "{s}: multiplier {m} not normalised");
+            assert!(
+                (1 << 30..=i32::MAX).contains(&m),
+                "{s}: multiplier {m} not normalised"
+            );
             let rel = (real(m, shift) - s).abs() / s;
             assert!(rel < 1e-9, "{s}: got {} (rel err {rel})", real(m, shift));
         }
@@ -120,8 +133,14 @@ mod tests {
 
     #[test]
     fn high_mul_saturates_the_single_overflow_case() {
-        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
-        assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+            i32::MAX
+        );
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
+            1 << 29
+        );
     }
 
     #[test]
@@ -131,7 +150,13 @@ mod tests {
             // TFLite rounds twice (high-mul, then shift): within one step of the exact product,
             // and equal to that double rounding recomputed exactly in f64 (|x·m| < 2^53 here):
             // the high-mul rounds ties up (gemmlowp's nudge), the shift rounds them away from 0.
-            let round_half_away = |v: f64| if v >= 0.0 { (v + 0.5).floor() } else { -((-v + 0.5).floor()) };
+            let round_half_away = |v: f64| {
+                if v >= 0.0 {
+                    (v + 0.5).floor()
+                } else {
+                    -((-v + 0.5).floor())
+                }
+            };
             for x in (-200_000..200_000).step_by(997) {
                 let got = multiply_by_quantized_multiplier(x, m, shift);
                 let want = f64::from(x) * s;

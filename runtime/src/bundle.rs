@@ -82,9 +82,15 @@ impl Bundle {
     /// Reads and checks a bundle directory.
     pub fn load(dir: &Path) -> Result<Self> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let bad = |path: &Path, reason: String| Error::Bundle { path: path.to_path_buf(), reason };
+        let bad = |path: &Path, reason: String| Error::Bundle {
+            path: path.to_path_buf(),
+            reason,
+        };
         if !dir.is_dir() {
-            return Err(bad(dir, "not a directory (a bundle is a directory with manifest.json)".into()));
+            return Err(bad(
+                dir,
+                "not a directory (a bundle is a directory with manifest.json)".into(),
+            ));
         }
         let manifest_bytes = read(&manifest_path)?;
         let manifest: BundleManifest = serde_json::from_slice(&manifest_bytes)
@@ -102,7 +108,11 @@ impl Bundle {
                 ),
             ));
         }
-        Ok(Self { dir: dir.to_path_buf(), manifest, model_bytes })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            model_bytes,
+        })
     }
 
     /// Path of the model file.
@@ -119,7 +129,12 @@ impl Bundle {
 impl BundleManifest {
     /// Checks internal consistency; `path` names the manifest in errors.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| Err(Error::Bundle { path: path.to_path_buf(), reason });
+        let bad = |reason: String| {
+            Err(Error::Bundle {
+                path: path.to_path_buf(),
+                reason,
+            })
+        };
         if self.format_version != FORMAT_VERSION {
             return bad(format!(
                 "format_version {} is not supported (this runtime reads {FORMAT_VERSION})",
@@ -128,9 +143,14 @@ impl BundleManifest {
         }
         let file = Path::new(&self.model.file);
         if file.components().count() != 1 || file.file_name().is_none() {
-            return bad(format!("model.file {:?} must be a plain file name inside the bundle", self.model.file));
+            return bad(format!(
+                "model.file {:?} must be a plain file name inside the bundle",
+                self.model.file
+            ));
         }
-        if self.model.sha256.len() != 64 || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if self.model.sha256.len() != 64
+            || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return bad("model.sha256 must be 64 hex digits".into());
         }
         if self.class_names.len() < 2 {
@@ -142,14 +162,24 @@ impl BundleManifest {
 
 /// Lower-case hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Writes a bundle directory: the model first, then the manifest (each atomically), so a
 /// reader never finds a manifest pointing at a missing or partial model. The manifest's
 /// `model.sha256` is set from `model_bytes`.
-pub fn write_bundle(dir: &Path, mut manifest: BundleManifest, model_bytes: &[u8]) -> Result<BundleManifest> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+pub fn write_bundle(
+    dir: &Path,
+    mut manifest: BundleManifest,
+    model_bytes: &[u8],
+) -> Result<BundleManifest> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     manifest.model.sha256 = sha256_hex(model_bytes);
     manifest.validate(&dir.join(MANIFEST_FILE))?;
     write_atomically(&dir.join(&manifest.model.file), model_bytes)?;

@@ -103,7 +103,8 @@ fn decode_raster(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
         image::ImageFormat::Png => SourceInfo::Png { bit_depth: 0 },
         _ => SourceInfo::Jpeg,
     };
-    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| decode_error(path, e))?;
+    let img =
+        image::load_from_memory_with_format(bytes, format).map_err(|e| decode_error(path, e))?;
     let (width, height) = (img.width(), img.height());
     if width == 0 || height == 0 {
         return Err(decode_error(path, "image has no pixels"));
@@ -122,11 +123,20 @@ fn decode_raster(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
     } else {
         (1, img.to_luma32f().into_raw())
     };
-    Ok(DecodedImage { width, height, channels, pixels, source })
+    Ok(DecodedImage {
+        width,
+        height,
+        channels,
+        pixels,
+        source,
+    })
 }
 
 fn decode_dicom(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
-    let err = |reason: String| Error::Decode { path: path.to_path_buf(), reason };
+    let err = |reason: String| Error::Decode {
+        path: path.to_path_buf(),
+        reason,
+    };
     let obj = dicom_object::from_reader(&bytes[128..])
         .map_err(|e| err(format!("malformed DICOM: {e}")))?;
     let modality = obj
@@ -158,17 +168,27 @@ fn decode_dicom(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
     }
     let (channels, pixels, windowing) = match (&photometric, samples) {
         (PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2, 1) => {
-            let window = pixel.window().ok().flatten().and_then(|w| w.first().copied());
+            let window = pixel
+                .window()
+                .ok()
+                .flatten()
+                .and_then(|w| w.first().copied());
             let (mut mapped, how) = match window {
                 Some(w) if w.width >= 1.0 => (
-                    values.iter().map(|&v| linear_window(f64::from(v), w.center, w.width)).collect(),
+                    values
+                        .iter()
+                        .map(|&v| linear_window(f64::from(v), w.center, w.width))
+                        .collect(),
                     format!("window center {} width {}", w.center, w.width),
                 ),
                 _ => {
                     let (lo, hi) = min_max(&values);
                     let span = if hi > lo { hi - lo } else { 1.0 };
                     (
-                        values.iter().map(|&v| (v - lo) / span).collect::<Vec<f32>>(),
+                        values
+                            .iter()
+                            .map(|&v| (v - lo) / span)
+                            .collect::<Vec<f32>>(),
                         format!("min-max {lo}..{hi}"),
                     )
                 }
@@ -180,7 +200,11 @@ fn decode_dicom(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
         }
         (PhotometricInterpretation::Rgb, 3) => {
             let max = ((1_u32 << bits_stored.min(16)) - 1) as f32;
-            (3, values.iter().map(|&v| (v / max).clamp(0.0, 1.0)).collect(), "full range".into())
+            (
+                3,
+                values.iter().map(|&v| (v / max).clamp(0.0, 1.0)).collect(),
+                "full range".into(),
+            )
         }
         (other, n) => {
             return Err(err(format!(
@@ -219,11 +243,16 @@ fn linear_window(x: f64, center: f64, width: f64) -> f32 {
 fn min_max(values: &[f32]) -> (f32, f32) {
     values
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 fn decode_error(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::Decode { path: path.to_path_buf(), reason: reason.to_string() }
+    Error::Decode {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -250,9 +279,13 @@ mod tests {
 
     #[test]
     fn empty_and_unknown_files_get_a_clear_error() {
-        let e = decode_bytes(Path::new("x.png"), b"").unwrap_err().to_string();
+        let e = decode_bytes(Path::new("x.png"), b"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.png") && e.contains("empty"), "{e}");
-        let e = decode_bytes(Path::new("y.bin"), b"hello").unwrap_err().to_string();
+        let e = decode_bytes(Path::new("y.bin"), b"hello")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("y.bin") && e.contains("not a PNG"), "{e}");
     }
 
@@ -260,7 +293,8 @@ mod tests {
     fn truncated_png_is_a_decode_error_not_a_panic() {
         let mut png = Vec::new();
         let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8, y as u8, 7]));
-        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
         let e = decode_bytes(Path::new("cut.png"), &png[..png.len() / 2]).unwrap_err();
         assert!(matches!(e, Error::Decode { .. }), "{e}");
     }
@@ -271,9 +305,13 @@ mod tests {
             image::Luma([x as u16 * 20_000])
         });
         let mut png = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
         let d = decode_bytes(Path::new("g16.png"), &png).unwrap();
-        assert_eq!((d.channels, d.source.clone()), (1, SourceInfo::Png { bit_depth: 16 }));
+        assert_eq!(
+            (d.channels, d.source.clone()),
+            (1, SourceInfo::Png { bit_depth: 16 })
+        );
         assert!((d.pixels[1] - 20_000.0 / 65_535.0).abs() < 1e-6);
     }
 }

@@ -27,7 +27,10 @@ impl Classifier {
         let model_path = bundle.model_path();
         let p = &bundle.manifest.preprocess;
         let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
-        let model_err = |e: TractError| Error::Model { path: model_path.clone(), reason: format!("{e:#}") };
+        let model_err = |e: TractError| Error::Model {
+            path: model_path.clone(),
+            reason: format!("{e:#}"),
+        };
         let plan = tract_onnx::onnx()
             .model_for_read(&mut bundle.model_bytes.as_slice())
             .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
@@ -46,18 +49,35 @@ impl Classifier {
                 ),
             });
         }
-        Ok(Self { plan, shape, num_classes, model_path })
+        Ok(Self {
+            plan,
+            shape,
+            num_classes,
+            model_path,
+        })
     }
 
     /// Runs one preprocessed `C×H×W` input and returns the logits.
     pub fn logits(&self, input: &[f32]) -> Result<Vec<f32>> {
-        let err = |reason: String| Error::Model { path: self.model_path.clone(), reason };
+        let err = |reason: String| Error::Model {
+            path: self.model_path.clone(),
+            reason,
+        };
         let tensor = Tensor::from_shape(&self.shape, input).map_err(|e| err(format!("{e:#}")))?;
-        let outputs = self.plan.run(tvec!(tensor.into())).map_err(|e| err(format!("{e:#}")))?;
-        let view = outputs[0].to_plain_array_view::<f32>().map_err(|e| err(format!("{e:#}")))?;
+        let outputs = self
+            .plan
+            .run(tvec!(tensor.into()))
+            .map_err(|e| err(format!("{e:#}")))?;
+        let view = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| err(format!("{e:#}")))?;
         let logits: Vec<f32> = view.iter().copied().collect();
         if logits.len() != self.num_classes {
-            return Err(err(format!("model returned {} values, {} expected", logits.len(), self.num_classes)));
+            return Err(err(format!(
+                "model returned {} values, {} expected",
+                logits.len(),
+                self.num_classes
+            )));
         }
         Ok(logits)
     }
@@ -107,7 +127,11 @@ impl Screener {
             &self.class_names,
             &logits,
             image.source,
-            Timings { decode_ms: ms(t0, t1), preprocess_ms: ms(t1, t2), infer_ms: ms(t2, t3) },
+            Timings {
+                decode_ms: ms(t0, t1),
+                preprocess_ms: ms(t1, t2),
+                infer_ms: ms(t2, t3),
+            },
         ))
     }
 }

@@ -11,7 +11,10 @@ use crate::{Error, Result};
 
 /// Atomically replaces `path` with `bytes`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -19,7 +22,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io(std::io::Error::other("path has no file name")))?;
-    let tmp = dir.join(format!(".{}.{}.part", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.part",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -39,7 +46,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Reads a whole file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -53,7 +63,10 @@ mod tests {
         write_atomically(&target, b"old").unwrap();
         write_atomically(&target, b"new").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -61,7 +74,9 @@ mod tests {
     fn failure_names_the_file_and_keeps_the_old_content() {
         let dir = tempfile::tempdir().unwrap();
         let missing_dir = dir.path().join("no/such/dir/out.json");
-        let err = write_atomically(&missing_dir, b"x").unwrap_err().to_string();
+        let err = write_atomically(&missing_dir, b"x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("out.json"), "{err}");
     }
 }

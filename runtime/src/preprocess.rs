@@ -46,7 +46,14 @@ pub enum ResizeMethod {
 impl PreprocessConfig {
     /// A config for `size × size` inputs with the given channel count and normalisation.
     pub fn new(size: u32, channels: u32, mean: Vec<f32>, std: Vec<f32>) -> Self {
-        Self { height: size, width: size, channels, mean, std, resize: ResizeMethod::StretchBilinear }
+        Self {
+            height: size,
+            width: size,
+            channels,
+            mean,
+            std,
+            resize: ResizeMethod::StretchBilinear,
+        }
     }
 
     /// Number of floats in one input tensor.
@@ -56,17 +63,30 @@ impl PreprocessConfig {
 
     /// Checks the settings are usable; `path` names the file they came from.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| Err(Error::Bundle { path: path.to_path_buf(), reason });
+        let bad = |reason: String| {
+            Err(Error::Bundle {
+                path: path.to_path_buf(),
+                reason,
+            })
+        };
         if !(self.channels == 1 || self.channels == 3) {
-            return bad(format!("preprocess.channels must be 1 or 3, not {}", self.channels));
+            return bad(format!(
+                "preprocess.channels must be 1 or 3, not {}",
+                self.channels
+            ));
         }
         if self.height == 0 || self.width == 0 || self.height > 4096 || self.width > 4096 {
-            return bad(format!("preprocess size {}x{} is out of range", self.width, self.height));
+            return bad(format!(
+                "preprocess size {}x{} is out of range",
+                self.width, self.height
+            ));
         }
         if self.mean.len() != self.channels as usize || self.std.len() != self.channels as usize {
             return bad("preprocess.mean and preprocess.std need one value per channel".into());
         }
-        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.mean.iter().any(|m| !m.is_finite()) {
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || self.mean.iter().any(|m| !m.is_finite())
+        {
             return bad("preprocess.std must be positive and mean finite".into());
         }
         Ok(())
@@ -75,12 +95,19 @@ impl PreprocessConfig {
 
 /// Resizes and converts channels: `C×H×W` values still in `[0, 1]` (not normalised).
 /// The trainer caches this form and normalises per batch after augmentation.
-pub fn to_model_pixels(image: &DecodedImage, config: &PreprocessConfig, path: &Path) -> Result<Vec<f32>> {
+pub fn to_model_pixels(
+    image: &DecodedImage,
+    config: &PreprocessConfig,
+    path: &Path,
+) -> Result<Vec<f32>> {
     let expected = image.width as usize * image.height as usize * image.channels as usize;
     if image.pixels.len() != expected || image.width == 0 || image.height == 0 {
         return Err(Error::Preprocess {
             path: path.to_path_buf(),
-            reason: format!("decoded buffer has {} samples, {expected} expected", image.pixels.len()),
+            reason: format!(
+                "decoded buffer has {} samples, {expected} expected",
+                image.pixels.len()
+            ),
         });
     }
     let (w, h) = (image.width, image.height);
@@ -101,10 +128,12 @@ pub fn to_model_pixels(image: &DecodedImage, config: &PreprocessConfig, path: &P
     };
     let (nw, nh) = (config.width, config.height);
     let hwc: Vec<f32> = if config.channels == 1 {
-        let buf = ImageBuffer::<Luma<f32>, _>::from_raw(w, h, gray_or_rgb).expect("length checked above");
+        let buf =
+            ImageBuffer::<Luma<f32>, _>::from_raw(w, h, gray_or_rgb).expect("length checked above");
         resize(&buf, nw, nh).into_raw()
     } else {
-        let buf = ImageBuffer::<Rgb<f32>, _>::from_raw(w, h, gray_or_rgb).expect("length checked above");
+        let buf =
+            ImageBuffer::<Rgb<f32>, _>::from_raw(w, h, gray_or_rgb).expect("length checked above");
         resize(&buf, nw, nh).into_raw()
     };
     let c = config.channels as usize;
@@ -139,7 +168,11 @@ pub fn normalize_in_place(chw: &mut [f32], config: &PreprocessConfig) {
 }
 
 /// The full path from decoded image to model input.
-pub fn preprocess(image: &DecodedImage, config: &PreprocessConfig, path: &Path) -> Result<Vec<f32>> {
+pub fn preprocess(
+    image: &DecodedImage,
+    config: &PreprocessConfig,
+    path: &Path,
+) -> Result<Vec<f32>> {
     let mut chw = to_model_pixels(image, config, path)?;
     normalize_in_place(&mut chw, config);
     Ok(chw)
@@ -152,7 +185,13 @@ mod tests {
 
     fn image(w: u32, h: u32, channels: u32, f: impl Fn(usize) -> f32) -> DecodedImage {
         let n = (w * h * channels) as usize;
-        DecodedImage { width: w, height: h, channels, pixels: (0..n).map(f).collect(), source: SourceInfo::Jpeg }
+        DecodedImage {
+            width: w,
+            height: h,
+            channels,
+            pixels: (0..n).map(f).collect(),
+            source: SourceInfo::Jpeg,
+        }
     }
 
     #[test]
@@ -163,7 +202,12 @@ mod tests {
         let x = preprocess(&img, &cfg, Path::new("t")).unwrap();
         assert_eq!(x.len(), 12);
         for (ch, want) in [-2.0_f32, 0.0, 2.0].iter().enumerate() {
-            assert!(x[ch * 4..ch * 4 + 4].iter().all(|v| (v - want).abs() < 1e-5), "{x:?}");
+            assert!(
+                x[ch * 4..ch * 4 + 4]
+                    .iter()
+                    .all(|v| (v - want).abs() < 1e-5),
+                "{x:?}"
+            );
         }
     }
 
@@ -173,7 +217,12 @@ mod tests {
         let x = to_model_pixels(&image(1, 1, 1, |_| 0.25), &to_rgb, Path::new("t")).unwrap();
         assert_eq!(x, vec![0.25, 0.25, 0.25]);
         let to_gray = PreprocessConfig::new(1, 1, vec![0.0], vec![1.0]);
-        let x = to_model_pixels(&image(1, 1, 3, |i| [1.0, 0.0, 0.0][i]), &to_gray, Path::new("t")).unwrap();
+        let x = to_model_pixels(
+            &image(1, 1, 3, |i| [1.0, 0.0, 0.0][i]),
+            &to_gray,
+            Path::new("t"),
+        )
+        .unwrap();
         assert!((x[0] - 0.299).abs() < 1e-6);
     }
 
@@ -181,7 +230,13 @@ mod tests {
     fn validate_rejects_mismatched_normalisation() {
         let mut cfg = PreprocessConfig::new(32, 3, vec![0.5; 3], vec![0.2; 3]);
         cfg.std = vec![0.2; 2];
-        let e = cfg.validate(Path::new("manifest.json")).unwrap_err().to_string();
-        assert!(e.contains("manifest.json") && e.contains("one value per channel"), "{e}");
+        let e = cfg
+            .validate(Path::new("manifest.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("manifest.json") && e.contains("one value per channel"),
+            "{e}"
+        );
     }
 }

@@ -85,8 +85,19 @@ mod tests {
     #[test]
     fn json_keeps_class_order_and_picks_the_top_class() {
         let names = vec!["b".to_string(), "a".to_string()];
-        let t = Timings { decode_ms: 1.0, preprocess_ms: 0.5, infer_ms: 2.0 };
-        let r = ScreeningResult::new(Path::new("x.png"), "abc", &names, &[0.0, 2.0], SourceInfo::Jpeg, t);
+        let t = Timings {
+            decode_ms: 1.0,
+            preprocess_ms: 0.5,
+            infer_ms: 2.0,
+        };
+        let r = ScreeningResult::new(
+            Path::new("x.png"),
+            "abc",
+            &names,
+            &[0.0, 2.0],
+            SourceInfo::Jpeg,
+            t,
+        );
         assert_eq!(r.top_class, "a");
         let json = serde_json::to_string(&r).unwrap();
         let b = json.find("\"b\":").unwrap();

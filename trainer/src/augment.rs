@@ -118,16 +118,25 @@ pub fn augment_batch(
     stream: u64,
 ) -> Vec<f32> {
     let mut out = vec![0.0; sources.len() * geometry.len()];
-    out.par_chunks_mut(geometry.len()).zip(sources.par_iter()).enumerate().for_each(|(i, (dst, src))| {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(stream.wrapping_mul(1 << 32).wrapping_add(i as u64));
-        augment_one(src, dst, geometry, config, &mut rng);
-    });
+    out.par_chunks_mut(geometry.len())
+        .zip(sources.par_iter())
+        .enumerate()
+        .for_each(|(i, (dst, src))| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(stream.wrapping_mul(1 << 32).wrapping_add(i as u64));
+            augment_one(src, dst, geometry, config, &mut rng);
+        });
     out
 }
 
 /// Augments one image into `dst`.
-pub fn augment_one(src: &[f32], dst: &mut [f32], g: Geometry, config: &AugmentConfig, rng: &mut impl Rng) {
+pub fn augment_one(
+    src: &[f32],
+    dst: &mut [f32],
+    g: Geometry,
+    config: &AugmentConfig,
+    rng: &mut impl Rng,
+) {
     let (h, w) = (g.height as f32, g.width as f32);
     // Random resized crop: choose an area fraction and aspect ratio, then place the box.
     let (mut ch, mut cw) = (h, w);
@@ -199,7 +208,11 @@ fn bilinear(plane: &[f32], w: usize, h: usize, x: f32, y: f32) -> f32 {
 mod tests {
     use super::*;
 
-    const G: Geometry = Geometry { channels: 3, height: 8, width: 8 };
+    const G: Geometry = Geometry {
+        channels: 3,
+        height: 8,
+        width: 8,
+    };
 
     fn ramp() -> Vec<f32> {
         (0..G.len()).map(|i| (i % 64) as f32 / 64.0).collect()
@@ -221,14 +234,21 @@ mod tests {
         let a = augment_batch(&[&src, &src], G, &cfg, 9, 0);
         assert_eq!(a, augment_batch(&[&src, &src], G, &cfg, 9, 0));
         assert_ne!(a, augment_batch(&[&src, &src], G, &cfg, 9, 1));
-        assert_ne!(a[..G.len()], a[G.len()..], "two images of one batch drew the same view");
+        assert_ne!(
+            a[..G.len()],
+            a[G.len()..],
+            "two images of one batch drew the same view"
+        );
         assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 
     #[test]
     fn horizontal_flip_mirrors_columns() {
         let src = ramp();
-        let cfg = AugmentConfig { hflip: 1.0, ..AugmentConfig::none() };
+        let cfg = AugmentConfig {
+            hflip: 1.0,
+            ..AugmentConfig::none()
+        };
         let out = augment_batch(&[&src], G, &cfg, 0, 0);
         assert!((out[0] - src[7]).abs() < 1e-6 && (out[7] - src[0]).abs() < 1e-6);
     }

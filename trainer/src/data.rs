@@ -98,7 +98,9 @@ impl std::str::FromStr for Partition {
             "train" => Ok(Partition::Train),
             "val" => Ok(Partition::Val),
             "test" => Ok(Partition::Test),
-            other => Err(format!("unknown split {other:?}: expected train, val or test")),
+            other => Err(format!(
+                "unknown split {other:?}: expected train, val or test"
+            )),
         }
     }
 }
@@ -110,7 +112,10 @@ pub fn open_dataset(path: &Path) -> Result<DatasetIndex> {
     } else if path.is_file() && path.extension().is_some_and(|e| e == "npz") {
         read_medmnist(path)
     } else if !path.exists() {
-        Err(Error::Data { path: path.to_path_buf(), reason: "does not exist".into() })
+        Err(Error::Data {
+            path: path.to_path_buf(),
+            reason: "does not exist".into(),
+        })
     } else {
         Err(Error::Data {
             path: path.to_path_buf(),
@@ -124,16 +129,25 @@ pub fn open_dataset(path: &Path) -> Result<DatasetIndex> {
 fn read_ham10000(dir: &Path) -> Result<DatasetIndex> {
     let csv_path = dir.join("metadata.csv");
     let csv_bytes = scanside_runtime::persist::read(&csv_path)?;
-    let bad = |reason: String| Error::Data { path: csv_path.clone(), reason };
-    let mut reader = csv::Reader::from_reader(csv_bytes.as_slice());
-    let headers = reader.headers().map_err(|e| bad(format!("unreadable header: {e}")))?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| bad(format!("no column {name:?} (columns: {})", headers.iter().collect::<Vec<_>>().join(", "))))
+    let bad = |reason: String| Error::Data {
+        path: csv_path.clone(),
+        reason,
     };
-    let (lesion_col, image_col, dx_col) = (column("lesion_id")?, column("image_id")?, column("dx")?);
+    let mut reader = csv::Reader::from_reader(csv_bytes.as_slice());
+    let headers = reader
+        .headers()
+        .map_err(|e| bad(format!("unreadable header: {e}")))?
+        .clone();
+    let column = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            bad(format!(
+                "no column {name:?} (columns: {})",
+                headers.iter().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    };
+    let (lesion_col, image_col, dx_col) =
+        (column("lesion_id")?, column("image_id")?, column("dx")?);
     let mut hasher = Sha256::new();
     hasher.update(&csv_bytes);
     let mut samples = Vec::new();
@@ -144,16 +158,31 @@ fn read_ham10000(dir: &Path) -> Result<DatasetIndex> {
         let label = HAM10000_CLASSES
             .iter()
             .position(|c| *c == dx)
-            .ok_or_else(|| bad(format!("row {}: unknown dx {dx:?} (known: {})", row + 2, HAM10000_CLASSES.join(", "))))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "row {}: unknown dx {dx:?} (known: {})",
+                    row + 2,
+                    HAM10000_CLASSES.join(", ")
+                ))
+            })?;
         if id.is_empty() || group.is_empty() {
             return Err(bad(format!("row {}: empty image_id or lesion_id", row + 2)));
         }
         let file = dir.join("images").join(format!("{id}.jpg"));
         let size = std::fs::metadata(&file)
-            .map_err(|e| Error::Data { path: file.clone(), reason: format!("listed in metadata.csv but unreadable: {e}") })?
+            .map_err(|e| Error::Data {
+                path: file.clone(),
+                reason: format!("listed in metadata.csv but unreadable: {e}"),
+            })?
             .len();
         hasher.update(format!("{id}:{size}\n").as_bytes());
-        samples.push(Sample { id, group, label, image: ImageRef::File(file), official: None });
+        samples.push(Sample {
+            id,
+            group,
+            label,
+            image: ImageRef::File(file),
+            official: None,
+        });
     }
     if samples.is_empty() {
         return Err(bad("lists no images".into()));
@@ -184,14 +213,21 @@ fn medmnist_class_names(stem: &str, classes: usize) -> Vec<String> {
 
 fn read_medmnist(path: &Path) -> Result<DatasetIndex> {
     let bytes = scanside_runtime::persist::read(path)?;
-    let bad = |reason: String| Error::Data { path: path.to_path_buf(), reason };
+    let bad = |reason: String| Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut archive = npyz::npz::NpzArchive::new(std::io::Cursor::new(&bytes))
         .map_err(|e| bad(format!("not a readable npz archive: {e}")))?;
     let mut samples = Vec::new();
     let mut pixels = Vec::new();
     let mut geometry: Option<(u32, u32, u32)> = None;
     let mut max_label = 0;
-    for (partition, name) in [(Partition::Train, "train"), (Partition::Val, "val"), (Partition::Test, "test")] {
+    for (partition, name) in [
+        (Partition::Train, "train"),
+        (Partition::Val, "val"),
+        (Partition::Test, "test"),
+    ] {
         let images = archive
             .by_name(&format!("{name}_images"))
             .map_err(|e| bad(format!("{name}_images: {e}")))?
@@ -200,14 +236,22 @@ fn read_medmnist(path: &Path) -> Result<DatasetIndex> {
         let (n, h, w, c) = match shape.as_slice() {
             [n, h, w] => (*n, *h, *w, 1),
             [n, h, w, c] if *c == 1 || *c == 3 => (*n, *h, *w, *c),
-            other => return Err(bad(format!("{name}_images has shape {other:?}, expected N×H×W or N×H×W×3"))),
+            other => {
+                return Err(bad(format!(
+                    "{name}_images has shape {other:?}, expected N×H×W or N×H×W×3"
+                )))
+            }
         };
         let g = (h as u32, w as u32, c as u32);
         if geometry.is_some_and(|prev| prev != g) {
-            return Err(bad(format!("{name}_images has a different image size from train")));
+            return Err(bad(format!(
+                "{name}_images has a different image size from train"
+            )));
         }
         geometry = Some(g);
-        let data: Vec<u8> = images.into_vec().map_err(|e| bad(format!("{name}_images: {e} (uint8 expected)")))?;
+        let data: Vec<u8> = images
+            .into_vec()
+            .map_err(|e| bad(format!("{name}_images: {e} (uint8 expected)")))?;
         let labels = archive
             .by_name(&format!("{name}_labels"))
             .map_err(|e| bad(format!("{name}_labels: {e}")))?
@@ -219,10 +263,12 @@ fn read_medmnist(path: &Path) -> Result<DatasetIndex> {
                  (multi-label npz files are not supported yet)"
             )));
         }
-        let labels: Vec<i64> = read_labels(labels).map_err(|e| bad(format!("{name}_labels: {e}")))?;
+        let labels: Vec<i64> =
+            read_labels(labels).map_err(|e| bad(format!("{name}_labels: {e}")))?;
         let base = samples.len();
         for (i, &label) in labels.iter().enumerate() {
-            let label = usize::try_from(label).map_err(|_| bad(format!("{name}_labels[{i}] = {label} is negative")))?;
+            let label = usize::try_from(label)
+                .map_err(|_| bad(format!("{name}_labels[{i}] = {label} is negative")))?;
             max_label = max_label.max(label);
             let id = format!("{name}-{i}");
             samples.push(Sample {
@@ -239,29 +285,43 @@ fn read_medmnist(path: &Path) -> Result<DatasetIndex> {
     if samples.is_empty() {
         return Err(bad("holds no images".into()));
     }
-    let stem = path.file_name().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let stem = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     Ok(DatasetIndex {
         root: path.to_path_buf(),
         layout: "medmnist".into(),
         class_names: medmnist_class_names(&stem, max_label + 1),
         samples,
         content_sha256: hex(&Sha256::digest(&bytes)),
-        arrays: Some(ArrayImages { pixels, height, width, channels }),
+        arrays: Some(ArrayImages {
+            pixels,
+            height,
+            width,
+            channels,
+        }),
     })
 }
 
 fn read_labels<R: std::io::Read>(npy: npyz::NpyFile<R>) -> std::result::Result<Vec<i64>, String> {
     use npyz::{DType, TypeChar};
     match npy.dtype() {
-        DType::Plain(t) if t.type_char() == TypeChar::Uint && t.size_field() == 1 => {
-            Ok(npy.into_vec::<u8>().map_err(|e| e.to_string())?.into_iter().map(i64::from).collect())
-        }
+        DType::Plain(t) if t.type_char() == TypeChar::Uint && t.size_field() == 1 => Ok(npy
+            .into_vec::<u8>()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(i64::from)
+            .collect()),
         DType::Plain(t) if t.type_char() == TypeChar::Int && t.size_field() == 8 => {
             npy.into_vec::<i64>().map_err(|e| e.to_string())
         }
-        DType::Plain(t) if t.type_char() == TypeChar::Int && t.size_field() == 4 => {
-            Ok(npy.into_vec::<i32>().map_err(|e| e.to_string())?.into_iter().map(i64::from).collect())
-        }
+        DType::Plain(t) if t.type_char() == TypeChar::Int && t.size_field() == 4 => Ok(npy
+            .into_vec::<i32>()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(i64::from)
+            .collect()),
         other => Err(format!("unsupported label dtype {}", other.descr())),
     }
 }
@@ -316,8 +376,15 @@ impl SplitFile {
                 ),
             });
         }
-        if let Some(s) = index.samples.iter().find(|s| !split.assignments.contains_key(&s.id)) {
-            return Err(Error::Config { path: path.to_path_buf(), reason: format!("sample {} has no partition", s.id) });
+        if let Some(s) = index
+            .samples
+            .iter()
+            .find(|s| !split.assignments.contains_key(&s.id))
+        {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                reason: format!("sample {} has no partition", s.id),
+            });
         }
         Ok(split)
     }
@@ -343,7 +410,12 @@ pub fn make_split(index: &DatasetIndex, seed: u64, fractions: [f64; 3]) -> Resul
             assignments.insert(s.id.clone(), s.official.expect("checked above"));
         }
     } else {
-        grouped_by = if index.layout == "ham10000" { "lesion_id" } else { "group" }.to_string();
+        grouped_by = if index.layout == "ham10000" {
+            "lesion_id"
+        } else {
+            "group"
+        }
+        .to_string();
         // group -> (label, image count), in first-seen order for determinism.
         let mut order: Vec<String> = Vec::new();
         let mut groups: HashMap<&str, (usize, usize)> = HashMap::new();
@@ -359,7 +431,10 @@ pub fn make_split(index: &DatasetIndex, seed: u64, fractions: [f64; 3]) -> Resul
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut group_partition: HashMap<String, Partition> = HashMap::new();
         for label in 0..index.class_names.len() {
-            let mut members: Vec<&String> = order.iter().filter(|g| groups[g.as_str()].0 == label).collect();
+            let mut members: Vec<&String> = order
+                .iter()
+                .filter(|g| groups[g.as_str()].0 == label)
+                .collect();
             members.shuffle(&mut rng);
             let total: usize = members.iter().map(|g| groups[g.as_str()].1).sum();
             let train_target = fractions[0] * total as f64;
@@ -455,9 +530,16 @@ impl ImageSet {
 }
 
 /// Decodes and resizes the given samples in parallel; the first failure names its file.
-pub fn load_images(index: &DatasetIndex, which: &[usize], preprocess: &PreprocessConfig) -> Result<ImageSet> {
+pub fn load_images(
+    index: &DatasetIndex,
+    which: &[usize],
+    preprocess: &PreprocessConfig,
+) -> Result<ImageSet> {
     if which.is_empty() {
-        return Err(Error::Data { path: index.root.clone(), reason: "the selected partition holds no images".into() });
+        return Err(Error::Data {
+            path: index.root.clone(),
+            reason: "the selected partition holds no images".into(),
+        });
     }
     let bar = progress(which.len() as u64, "decode");
     let decoded: Vec<Result<Vec<f32>>> = which
@@ -494,13 +576,19 @@ pub fn load_images(index: &DatasetIndex, which: &[usize], preprocess: &Preproces
 }
 
 fn array_image(index: &DatasetIndex, k: usize) -> DecodedImage {
-    let a = index.arrays.as_ref().expect("array samples come with arrays");
+    let a = index
+        .arrays
+        .as_ref()
+        .expect("array samples come with arrays");
     let len = (a.height * a.width * a.channels) as usize;
     DecodedImage {
         width: a.width,
         height: a.height,
         channels: a.channels,
-        pixels: a.pixels[k * len..(k + 1) * len].iter().map(|&v| f32::from(v) / 255.0).collect(),
+        pixels: a.pixels[k * len..(k + 1) * len]
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect(),
         source: SourceInfo::Png { bit_depth: 8 },
     }
 }
@@ -541,13 +629,24 @@ mod tests {
         let mut by_group: HashMap<&str, Partition> = HashMap::new();
         for s in &index.samples {
             let p = split.assignments[&s.id];
-            assert_eq!(*by_group.entry(&s.group).or_insert(p), p, "group {} split", s.group);
+            assert_eq!(
+                *by_group.entry(&s.group).or_insert(p),
+                p,
+                "group {} split",
+                s.group
+            );
         }
         for label in 0..3 {
             let of_label: Vec<_> = index.samples.iter().filter(|s| s.label == label).collect();
-            let train = of_label.iter().filter(|s| split.assignments[&s.id] == Partition::Train).count();
+            let train = of_label
+                .iter()
+                .filter(|s| split.assignments[&s.id] == Partition::Train)
+                .count();
             let frac = train as f64 / of_label.len() as f64;
-            assert!((frac - 0.7).abs() < 0.05, "label {label}: train fraction {frac}");
+            assert!(
+                (frac - 0.7).abs() < 0.05,
+                "label {label}: train fraction {frac}"
+            );
         }
     }
 
@@ -557,7 +656,12 @@ mod tests {
         let index = synthetic_index(&groups);
         let a = make_split(&index, 1, [0.7, 0.15, 0.15]).unwrap();
         assert_eq!(a, make_split(&index, 1, [0.7, 0.15, 0.15]).unwrap());
-        assert_ne!(a.assignments, make_split(&index, 2, [0.7, 0.15, 0.15]).unwrap().assignments);
+        assert_ne!(
+            a.assignments,
+            make_split(&index, 2, [0.7, 0.15, 0.15])
+                .unwrap()
+                .assignments
+        );
     }
 
     #[test]
@@ -570,14 +674,22 @@ mod tests {
         let mut other = index.clone();
         other.content_sha256 = "1".repeat(64);
         let e = SplitFile::load(&path, &other).unwrap_err().to_string();
-        assert!(e.contains("split.json") && e.contains("different data"), "{e}");
+        assert!(
+            e.contains("split.json") && e.contains("different data"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_fractions_and_missing_datasets_are_clear_errors() {
         let index = synthetic_index(&[(0, 1)]);
         assert!(make_split(&index, 1, [0.5, 0.5, 0.5]).is_err());
-        let e = open_dataset(Path::new("/no/such/data")).unwrap_err().to_string();
-        assert!(e.contains("/no/such/data") && e.contains("does not exist"), "{e}");
+        let e = open_dataset(Path::new("/no/such/data"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/no/such/data") && e.contains("does not exist"),
+            "{e}"
+        );
     }
 }

@@ -23,7 +23,8 @@ use crate::runlog::save_json;
 use crate::{Error, Result};
 
 /// Where the official DermaMNIST (28 px) file is published.
-pub const DERMAMNIST_URL: &str = "https://zenodo.org/records/10519652/files/dermamnist.npz?download=1";
+pub const DERMAMNIST_URL: &str =
+    "https://zenodo.org/records/10519652/files/dermamnist.npz?download=1";
 /// Its published MD5.
 pub const DERMAMNIST_MD5: &str = "0744692d530f8e62ec473284d019b0c7";
 
@@ -36,6 +37,8 @@ pub struct DemoConfig {
     pub data: Option<PathBuf>,
     /// Input size.
     pub image_size: u32,
+    /// ResNet-18 width multiplier.
+    pub width_multiplier: f32,
     /// Pretraining epochs.
     pub pretrain_epochs: usize,
     /// Fine-tuning epochs.
@@ -120,7 +123,10 @@ fn cache_dir() -> PathBuf {
 
 fn md5_hex(path: &Path) -> Result<String> {
     let bytes = scanside_runtime::persist::read(path)?;
-    Ok(Md5::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(Md5::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Downloads DermaMNIST with `curl` (present on every machine we target; it keeps a TLS stack
@@ -134,16 +140,30 @@ fn download_dermamnist(dest: &Path) -> Result<()> {
          SCANSIDE_DATA, or download {DERMAMNIST_URL} (MD5 {DERMAMNIST_MD5}) to {}",
         dest.display()
     );
-    eprintln!("scanside-train: no local dataset; downloading DermaMNIST to {}", dest.display());
+    eprintln!(
+        "scanside-train: no local dataset; downloading DermaMNIST to {}",
+        dest.display()
+    );
     let status = Command::new("curl")
-        .args(["--fail", "--location", "--silent", "--show-error", "--max-time", "600", "--output"])
+        .args([
+            "--fail",
+            "--location",
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "600",
+            "--output",
+        ])
         .arg(&part)
         .arg(DERMAMNIST_URL)
         .status();
     let ok = matches!(status, Ok(s) if s.success());
     if !ok {
         let _ = std::fs::remove_file(&part);
-        return Err(Error::Data { path: dest.to_path_buf(), reason: format!("download failed; {how_to}") });
+        return Err(Error::Data {
+            path: dest.to_path_buf(),
+            reason: format!("download failed; {how_to}"),
+        });
     }
     let got = md5_hex(&part)?;
     if got != DERMAMNIST_MD5 {
@@ -157,7 +177,10 @@ fn download_dermamnist(dest: &Path) -> Result<()> {
 }
 
 /// Runs the demo.
-pub fn run_demo<B: AutodiffBackend>(config: &DemoConfig, device: &B::Device) -> Result<DemoSummary> {
+pub fn run_demo<B: AutodiffBackend>(
+    config: &DemoConfig,
+    device: &B::Device,
+) -> Result<DemoSummary> {
     let started = Instant::now();
     let data = locate_data(config.data.as_deref())?;
     let out = &config.out;
@@ -171,13 +194,17 @@ pub fn run_demo<B: AutodiffBackend>(config: &DemoConfig, device: &B::Device) -> 
     eprintln!("[2/6] SimCLR pretraining (labels unused)");
     let mut pre = PretrainConfig::new(data.clone(), split_path.clone());
     pre.image_size = config.image_size;
+    pre.model.width_multiplier = config.width_multiplier;
+    // Small batches keep the step rate up on a 2-core CPU; NT-Xent still sees 126 negatives.
+    pre.batch_size = 64;
     pre.epochs = config.pretrain_epochs;
     pre.max_steps = config.max_steps;
     pre.seed = config.seed;
     let pretrain_summary = pretrain::<B>(&pre, &out.join("pretrain"), device)?;
 
     eprintln!("[3/6] fine-tuning");
-    let mut fine = FinetuneConfig::new(data.clone(), split_path.clone(), Some(out.join("pretrain")));
+    let mut fine =
+        FinetuneConfig::new(data.clone(), split_path.clone(), Some(out.join("pretrain")));
     fine.epochs = config.finetune_epochs;
     fine.max_steps = config.max_steps;
     fine.seed = config.seed;
@@ -235,7 +262,11 @@ fn screen_with_runtime<B: AutodiffBackend>(
             picked.push(i);
         }
     }
-    let rest: Vec<usize> = test.iter().copied().filter(|i| !picked.contains(i)).collect();
+    let rest: Vec<usize> = test
+        .iter()
+        .copied()
+        .filter(|i| !picked.contains(i))
+        .collect();
     picked.extend(rest);
     picked.truncate(config.screen_images.max(1));
     // Array datasets are written out as PNG so the runtime reads real files.
@@ -262,7 +293,10 @@ fn screen_with_runtime<B: AutodiffBackend>(
     if !output.status.success() {
         return Err(Error::Config {
             path: binary,
-            reason: format!("screen failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
+            reason: format!(
+                "screen failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
         });
     }
     // The same images through the burn model, for the probability comparison.
@@ -270,17 +304,24 @@ fn screen_with_runtime<B: AutodiffBackend>(
     let preprocess = fine.preprocess.clone().expect("completed run");
     let images = crate::data::load_images(index, &picked, &preprocess)?;
     let burn_probs = crate::evaluate::predict(&model, &images, &preprocess, device);
-    let lines: Vec<&str> = std::str::from_utf8(&output.stdout).unwrap_or("").lines().collect();
+    let lines: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap_or("")
+        .lines()
+        .collect();
     let mut screened = Vec::new();
     for ((line, &i), burn) in lines.iter().zip(&picked).zip(&burn_probs) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::Config { path: bundle.to_path_buf(), reason: format!("runtime printed bad JSON: {e}") })?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Config {
+            path: bundle.to_path_buf(),
+            reason: format!("runtime printed bad JSON: {e}"),
+        })?;
         let probs = v["probabilities"].as_object().cloned().unwrap_or_default();
         let max_diff = fine
             .class_names
             .iter()
             .zip(burn)
-            .map(|(c, &p)| (probs.get(c).and_then(|x| x.as_f64()).unwrap_or(f64::NAN) - f64::from(p)).abs())
+            .map(|(c, &p)| {
+                (probs.get(c).and_then(|x| x.as_f64()).unwrap_or(f64::NAN) - f64::from(p)).abs()
+            })
             .fold(0.0, f64::max);
         screened.push(ScreenedImage {
             file: v["file"].as_str().unwrap_or("").to_string(),
@@ -297,7 +338,11 @@ fn write_array_png(index: &crate::data::DatasetIndex, k: usize, path: &Path) -> 
     let a = index.arrays.as_ref().expect("array dataset");
     let len = (a.height * a.width * a.channels) as usize;
     let data = a.pixels[k * len..(k + 1) * len].to_vec();
-    let color = if a.channels == 3 { image::ExtendedColorType::Rgb8 } else { image::ExtendedColorType::L8 };
+    let color = if a.channels == 3 {
+        image::ExtendedColorType::Rgb8
+    } else {
+        image::ExtendedColorType::L8
+    };
     let mut png = Vec::new();
     image::ImageEncoder::write_image(
         image::codecs::png::PngEncoder::new(&mut png),
@@ -306,7 +351,10 @@ fn write_array_png(index: &crate::data::DatasetIndex, k: usize, path: &Path) -> 
         a.height,
         color,
     )
-    .map_err(|e| Error::Data { path: path.to_path_buf(), reason: e.to_string() })?;
+    .map_err(|e| Error::Data {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     scanside_runtime::persist::write_atomically(path, &png)?;
     Ok(())
 }
@@ -320,14 +368,20 @@ impl DemoSummary {
         s += &format!("  split (grouped, stratified): {:?}\n", self.split_counts);
         s += &format!(
             "  pretrain: {} SimCLR steps, NT-Xent {:.3} -> {:.3}, {:.0} img/s\n",
-            self.pretrain.steps, self.pretrain.first_loss, self.pretrain.final_loss, self.pretrain.images_per_second
+            self.pretrain.steps,
+            self.pretrain.first_loss,
+            self.pretrain.final_loss,
+            self.pretrain.images_per_second
         );
         s += &format!(
             "  finetune: {} steps, best epoch {}, val accuracy {:.3}, val macro AUC {}\n",
             self.finetune.steps,
             self.finetune.best_epoch,
             self.finetune.best_val.accuracy,
-            self.finetune.best_val.macro_auc.map_or("n/a".into(), |v| format!("{v:.3}"))
+            self.finetune
+                .best_val
+                .macro_auc
+                .map_or("n/a".into(), |v| format!("{v:.3}"))
         );
         s += &format!(
             "  test ({} images): top-1 accuracy {:.3}, macro AUC {}\n",

@@ -36,7 +36,11 @@ impl ClassificationMetrics {
     /// Computes the metrics from per-image class probabilities.
     pub fn compute(probabilities: &[Vec<f32>], labels: &[usize], classes: usize) -> Self {
         let n = labels.len();
-        let correct = probabilities.iter().zip(labels).filter(|(p, &y)| argmax(p) == y).count();
+        let correct = probabilities
+            .iter()
+            .zip(labels)
+            .filter(|(p, &y)| argmax(p) == y)
+            .count();
         let per_class_auc: Vec<Option<f64>> = (0..classes)
             .map(|c| {
                 let scores: Vec<f32> = probabilities.iter().map(|p| p[c]).collect();
@@ -50,7 +54,8 @@ impl ClassificationMetrics {
         Self {
             n,
             accuracy: correct as f64 / n.max(1) as f64,
-            macro_auc: (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64),
+            macro_auc: (!defined.is_empty())
+                .then(|| defined.iter().sum::<f64>() / defined.len() as f64),
             per_class_auc,
             class_counts,
         }
@@ -59,7 +64,10 @@ impl ClassificationMetrics {
 
 /// Index of the largest value (the first on ties).
 pub fn argmax(values: &[f32]) -> usize {
-    values.iter().enumerate().fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
+    values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
 }
 
 /// ROC AUC by the Mann–Whitney statistic with average ranks for ties; `None` when either class
@@ -106,9 +114,15 @@ pub fn predict<B: Backend>(
 }
 
 /// A fine-tuned run loaded back: its resolved config and its model.
-pub fn load_finetuned<B: Backend>(run: &Path, device: &B::Device) -> Result<(FinetuneConfig, Classifier<B>)> {
+pub fn load_finetuned<B: Backend>(
+    run: &Path,
+    device: &B::Device,
+) -> Result<(FinetuneConfig, Classifier<B>)> {
     let config: FinetuneConfig = load_json(&run.join("config.json"))?;
-    config.model.validate().map_err(|reason| Error::Config { path: run.join("config.json"), reason })?;
+    config.model.validate().map_err(|reason| Error::Config {
+        path: run.join("config.json"),
+        reason,
+    })?;
     if config.preprocess.is_none() || config.class_names.is_empty() {
         return Err(Error::Config {
             path: run.join("config.json"),
@@ -116,7 +130,12 @@ pub fn load_finetuned<B: Backend>(run: &Path, device: &B::Device) -> Result<(Fin
         });
     }
     let backbone = config.model.init::<B>(device);
-    let model = Classifier::new(backbone, config.model.feature_dim(), config.class_names.len(), device);
+    let model = Classifier::new(
+        backbone,
+        config.model.feature_dim(),
+        config.class_names.len(),
+        device,
+    );
     let model = load_weights(model, &run.join(MODEL_FILE), device)?;
     Ok((config, model))
 }
@@ -141,18 +160,38 @@ impl EvalReport {
         let fmt = |v: Option<f64>| v.map_or("   n/a".to_string(), |v| format!("{v:6.3}"));
         let mut s = format!("{:<10} {:>6} {:>6}\n", "class", "n", "AUC");
         for (c, name) in self.class_names.iter().enumerate() {
-            s += &format!("{:<10} {:>6} {}\n", name, m.class_counts[c], fmt(m.per_class_auc[c]));
+            s += &format!(
+                "{:<10} {:>6} {}\n",
+                name,
+                m.class_counts[c],
+                fmt(m.per_class_auc[c])
+            );
         }
-        s += &format!("{:<10} {:>6} {}  (macro one-vs-rest)\n", "all", m.n, fmt(m.macro_auc));
-        s += &format!("top-1 accuracy {:.3} on {} {:?} images\n", m.accuracy, m.n, self.partition);
+        s += &format!(
+            "{:<10} {:>6} {}  (macro one-vs-rest)\n",
+            "all",
+            m.n,
+            fmt(m.macro_auc)
+        );
+        s += &format!(
+            "top-1 accuracy {:.3} on {} {:?} images\n",
+            m.accuracy, m.n, self.partition
+        );
         s
     }
 }
 
 /// Evaluates a fine-tuned run on a partition of its split and writes the report.
-pub fn evaluate_run<B: Backend>(run: &Path, partition: Partition, device: &B::Device) -> Result<EvalReport> {
+pub fn evaluate_run<B: Backend>(
+    run: &Path,
+    partition: Partition,
+    device: &B::Device,
+) -> Result<EvalReport> {
     let (config, model) = load_finetuned::<B>(run, device)?;
-    let preprocess = config.preprocess.clone().expect("checked by load_finetuned");
+    let preprocess = config
+        .preprocess
+        .clone()
+        .expect("checked by load_finetuned");
     let index = open_dataset(&config.dataset)?;
     let split = SplitFile::load(&config.split, &index)?;
     let images = load_images(&index, &split.indices(&index, partition), &preprocess)?;
@@ -161,9 +200,19 @@ pub fn evaluate_run<B: Backend>(run: &Path, partition: Partition, device: &B::De
         run: run.to_path_buf(),
         partition,
         class_names: config.class_names.clone(),
-        metrics: ClassificationMetrics::compute(&probabilities, &images.labels, config.class_names.len()),
+        metrics: ClassificationMetrics::compute(
+            &probabilities,
+            &images.labels,
+            config.class_names.len(),
+        ),
     };
-    let name = format!("eval-{}.json", serde_json::to_value(partition).expect("enum").as_str().unwrap_or("split"));
+    let name = format!(
+        "eval-{}.json",
+        serde_json::to_value(partition)
+            .expect("enum")
+            .as_str()
+            .unwrap_or("split")
+    );
     save_json(&run.join(name), &report)?;
     Ok(report)
 }
@@ -184,7 +233,11 @@ mod tests {
 
     #[test]
     fn metrics_skip_undefined_classes_in_the_macro_mean() {
-        let probs = vec![vec![0.9, 0.1, 0.0], vec![0.2, 0.8, 0.0], vec![0.6, 0.4, 0.0]];
+        let probs = vec![
+            vec![0.9, 0.1, 0.0],
+            vec![0.2, 0.8, 0.0],
+            vec![0.6, 0.4, 0.0],
+        ];
         let m = ClassificationMetrics::compute(&probs, &[0, 1, 1], 3);
         assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(m.per_class_auc[2], None);

@@ -12,7 +12,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use prost::Message;
-use scanside_runtime::bundle::{write_bundle, Bundle, BundleManifest, ModelEntry, Provenance, FORMAT_VERSION};
+use scanside_runtime::bundle::{
+    write_bundle, Bundle, BundleManifest, ModelEntry, Provenance, FORMAT_VERSION,
+};
 use scanside_runtime::infer::Classifier as RuntimeClassifier;
 use scanside_runtime::preprocess::normalize_in_place;
 use serde::Serialize;
@@ -68,11 +70,19 @@ fn fold<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>) -> FoldedConv {
     let mut bias = Vec::with_capacity(shape[0]);
     for o in 0..shape[0] {
         let scale = gamma[o] / (var[o] + bn.epsilon as f32).sqrt();
-        weight[o * per_out..(o + 1) * per_out].iter_mut().for_each(|w| *w *= scale);
+        weight[o * per_out..(o + 1) * per_out]
+            .iter_mut()
+            .for_each(|w| *w *= scale);
         let b0 = conv_bias.as_ref().map_or(0.0, |b| b[o]);
         bias.push(beta[o] + (b0 - mean[o]) * scale);
     }
-    FoldedConv { weight, shape, bias, stride: conv.stride[0], padding: shape[2] / 2 }
+    FoldedConv {
+        weight,
+        shape,
+        bias,
+        stride: conv.stride[0],
+        padding: shape[2] / 2,
+    }
 }
 
 /// Accumulates nodes and initialisers of the ONNX graph.
@@ -100,7 +110,12 @@ impl GraphBuilder {
         name.to_string()
     }
 
-    fn node(&mut self, op: &str, inputs: Vec<String>, attributes: Vec<pb::AttributeProto>) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: Vec<String>,
+        attributes: Vec<pb::AttributeProto>,
+    ) -> String {
         let output = self.fresh(&op.to_lowercase());
         self.nodes.push(pb::NodeProto {
             name: output.clone(),
@@ -132,10 +147,18 @@ impl GraphBuilder {
 
     fn block<B: Backend>(&mut self, input: String, block: &BasicBlock<B>, name: &str) -> String {
         let shortcut = match &block.downsample {
-            Some(d) => self.conv(input.clone(), &fold(&d.conv, &d.bn), &format!("{name}.downsample")),
+            Some(d) => self.conv(
+                input.clone(),
+                &fold(&d.conv, &d.bn),
+                &format!("{name}.downsample"),
+            ),
             None => input.clone(),
         };
-        let y = self.conv(input, &fold(&block.conv1, &block.bn1), &format!("{name}.conv1"));
+        let y = self.conv(
+            input,
+            &fold(&block.conv1, &block.bn1),
+            &format!("{name}.conv1"),
+        );
         let y = self.relu(y);
         let y = self.conv(y, &fold(&block.conv2, &block.bn2), &format!("{name}.conv2"));
         let sum = self.node("Add", vec![y, shortcut], vec![]);
@@ -191,11 +214,18 @@ fn tensor_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
 pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> Vec<u8> {
     let mut g = GraphBuilder::default();
     let backbone = &model.backbone;
-    let y = g.conv(INPUT_NAME.to_string(), &fold(&backbone.stem_conv, &backbone.stem_bn), "stem");
+    let y = g.conv(
+        INPUT_NAME.to_string(),
+        &fold(&backbone.stem_conv, &backbone.stem_bn),
+        "stem",
+    );
     let mut y = g.relu(y);
     if let Some(pool) = &backbone.stem_pool {
         let attrs = vec![
-            ints("kernel_shape", &[pool.kernel_size[0] as i64, pool.kernel_size[1] as i64]),
+            ints(
+                "kernel_shape",
+                &[pool.kernel_size[0] as i64, pool.kernel_size[1] as i64],
+            ),
             ints("strides", &[pool.stride[0] as i64, pool.stride[1] as i64]),
             ints("pads", &[1, 1, 1, 1]),
         ];
@@ -212,7 +242,11 @@ pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> V
     let b = g.constant(
         "head.bias",
         &[fout],
-        model.head.bias.as_ref().map_or(vec![0.0; fout], |b| to_vec(b.val())),
+        model
+            .head
+            .bias
+            .as_ref()
+            .map_or(vec![0.0; fout], |b| to_vec(b.val())),
     );
     let logits = g.node("Gemm", vec![flat, w, b], vec![]);
     // Rename the last output to the public output name.
@@ -233,7 +267,10 @@ pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> V
         ir_version: 7,
         producer_name: "scanside-train".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
         graph: Some(graph),
         ..Default::default()
     };
@@ -242,10 +279,22 @@ pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> V
 
 /// Exports a fine-tuned run to a bundle directory and checks it on `check_images` validation
 /// images (at least one).
-pub fn export_run<B: Backend>(run: &Path, bundle_dir: &Path, check_images: usize, device: &B::Device) -> Result<ExportReport> {
+pub fn export_run<B: Backend>(
+    run: &Path,
+    bundle_dir: &Path,
+    check_images: usize,
+    device: &B::Device,
+) -> Result<ExportReport> {
     let (config, model) = load_finetuned::<B>(run, device)?;
-    let preprocess = config.preprocess.clone().expect("checked by load_finetuned");
-    let chw = [preprocess.channels as usize, preprocess.height as usize, preprocess.width as usize];
+    let preprocess = config
+        .preprocess
+        .clone()
+        .expect("checked by load_finetuned");
+    let chw = [
+        preprocess.channels as usize,
+        preprocess.height as usize,
+        preprocess.width as usize,
+    ];
     let onnx = onnx_bytes(&model, chw);
     let evaluation: Option<serde_json::Value> = ["eval-test.json", "eval-val.json"]
         .iter()
@@ -283,14 +332,21 @@ pub fn export_run<B: Backend>(run: &Path, bundle_dir: &Path, check_images: usize
     let val = split.indices(&index, Partition::Val);
     let take: Vec<usize> = val.iter().copied().take(check_images.max(1)).collect();
     let images = load_images(&index, &take, &preprocess)?;
-    let burn_logits = to_vec(model.forward(input_tensor::<B>(images.pixels.clone(), &preprocess, device)));
+    let burn_logits = to_vec(model.forward(input_tensor::<B>(
+        images.pixels.clone(),
+        &preprocess,
+        device,
+    )));
     let classes = config.class_names.len();
     let mut max_diff = 0.0_f32;
     for i in 0..images.len() {
         let mut input = images.image(i).to_vec();
         normalize_in_place(&mut input, &preprocess);
         let logits = runtime.logits(&input)?;
-        for (a, b) in logits.iter().zip(&burn_logits[i * classes..(i + 1) * classes]) {
+        for (a, b) in logits
+            .iter()
+            .zip(&burn_logits[i * classes..(i + 1) * classes])
+        {
             max_diff = max_diff.max((a - b).abs());
         }
     }

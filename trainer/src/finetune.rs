@@ -108,8 +108,15 @@ pub struct FinetuneSummary {
 }
 
 /// Fine-tunes and writes the run directory `out`.
-pub fn finetune<B: AutodiffBackend>(request: &FinetuneConfig, out: &Path, device: &B::Device) -> Result<FinetuneSummary> {
-    let bad = |reason: String| Error::Config { path: out.to_path_buf(), reason };
+pub fn finetune<B: AutodiffBackend>(
+    request: &FinetuneConfig,
+    out: &Path,
+    device: &B::Device,
+) -> Result<FinetuneSummary> {
+    let bad = |reason: String| Error::Config {
+        path: out.to_path_buf(),
+        reason,
+    };
     let mut config = request.clone();
     if let Some(dir) = &request.pretrained {
         let pre: PretrainConfig = load_json(&dir.join("config.json"))?;
@@ -144,7 +151,9 @@ pub fn finetune<B: AutodiffBackend>(request: &FinetuneConfig, out: &Path, device
     }
     let classes = config.class_names.len();
     let mut model = Classifier::new(backbone, config.model.feature_dim(), classes, device);
-    let mut optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay)
+        .init();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let geometry = Geometry {
         channels: preprocess.channels as usize,
@@ -164,7 +173,9 @@ pub fn finetune<B: AutodiffBackend>(request: &FinetuneConfig, out: &Path, device
         if step >= total {
             break;
         }
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed ^ (epoch as u64 + 1)));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            config.seed ^ (epoch as u64 + 1),
+        ));
         let mut epoch_loss = 0.0;
         let mut epoch_steps = 0;
         for batch in order.chunks_exact(batch_size) {
@@ -172,15 +183,25 @@ pub fn finetune<B: AutodiffBackend>(request: &FinetuneConfig, out: &Path, device
                 break;
             }
             let sources: Vec<&[f32]> = batch.iter().map(|&i| train.image(i)).collect();
-            let step_seed = config.seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
+            let step_seed = config
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step as u64);
             let views = augment_batch(&sources, geometry, &config.augment, step_seed, 0);
             let x = input_tensor::<B>(views, &preprocess, device);
             let labels: Vec<i64> = batch.iter().map(|&i| train.labels[i] as i64).collect();
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
             let loss = loss_fn.forward(model.forward(x), y);
-            let loss_value: f32 = loss.clone().into_data().iter::<f32>().next().unwrap_or(f32::NAN);
+            let loss_value: f32 = loss
+                .clone()
+                .into_data()
+                .iter::<f32>()
+                .next()
+                .unwrap_or(f32::NAN);
             if !loss_value.is_finite() {
-                return Err(bad(format!("loss became {loss_value} at step {step}; lower the learning rate")));
+                return Err(bad(format!(
+                    "loss became {loss_value} at step {step}; lower the learning rate"
+                )));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let lr = learning_rate_at(step, total, config.learning_rate, config.warmup_fraction);
@@ -199,7 +220,9 @@ pub fn finetune<B: AutodiffBackend>(request: &FinetuneConfig, out: &Path, device
             "train_loss": epoch_loss / epoch_steps.max(1) as f32,
             "val_accuracy": metrics.accuracy, "val_macro_auc": metrics.macro_auc,
         }))?;
-        let better = best.as_ref().is_none_or(|(_, b)| metrics.macro_auc.unwrap_or(0.0) > b.macro_auc.unwrap_or(0.0));
+        let better = best
+            .as_ref()
+            .is_none_or(|(_, b)| metrics.macro_auc.unwrap_or(0.0) > b.macro_auc.unwrap_or(0.0));
         if better {
             save_weights(model.valid(), &out.join(MODEL_FILE))?;
             best = Some((epoch, metrics));
@@ -207,7 +230,13 @@ pub fn finetune<B: AutodiffBackend>(request: &FinetuneConfig, out: &Path, device
     }
     bar.finish_and_clear();
     let (best_epoch, best_val) = best.ok_or_else(|| bad("no epoch completed".into()))?;
-    let summary = FinetuneSummary { dir: out.to_path_buf(), best_epoch, best_val, steps: step, seconds: started.elapsed().as_secs_f64() };
+    let summary = FinetuneSummary {
+        dir: out.to_path_buf(),
+        best_epoch,
+        best_val,
+        steps: step,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     log.write(&json!({"stage": "finetune", "summary": &summary}))?;
     Ok(summary)
 }

@@ -30,7 +30,12 @@ pub struct ResNetConfig {
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        Self { depth: 18, width_multiplier: 0.25, in_channels: 3, small_input_stem: true }
+        Self {
+            depth: 18,
+            width_multiplier: 0.25,
+            in_channels: 3,
+            small_input_stem: true,
+        }
     }
 }
 
@@ -57,13 +62,22 @@ impl ResNetConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), String> {
         if self.blocks_per_stage().is_none() {
-            return Err(format!("ResNet depth {} is not supported (18 or 34)", self.depth));
+            return Err(format!(
+                "ResNet depth {} is not supported (18 or 34)",
+                self.depth
+            ));
         }
         if !(self.width_multiplier > 0.0 && self.width_multiplier <= 4.0) {
-            return Err(format!("width multiplier {} is out of (0, 4]", self.width_multiplier));
+            return Err(format!(
+                "width multiplier {} is out of (0, 4]",
+                self.width_multiplier
+            ));
         }
         if !(self.in_channels == 1 || self.in_channels == 3) {
-            return Err(format!("{} input channels: 1 or 3 expected", self.in_channels));
+            return Err(format!(
+                "{} input channels: 1 or 3 expected",
+                self.in_channels
+            ));
         }
         Ok(())
     }
@@ -100,7 +114,13 @@ impl ResNetConfig {
     }
 }
 
-fn conv<B: Backend>(cin: usize, cout: usize, k: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
+fn conv<B: Backend>(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
     let p = k / 2;
     Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
@@ -198,8 +218,16 @@ pub struct Classifier<B: Backend> {
 
 impl<B: Backend> Classifier<B> {
     /// A classifier around a backbone, with a fresh head.
-    pub fn new(backbone: ResNet<B>, feature_dim: usize, classes: usize, device: &B::Device) -> Self {
-        Self { backbone, head: LinearConfig::new(feature_dim, classes).init(device) }
+    pub fn new(
+        backbone: ResNet<B>,
+        feature_dim: usize,
+        classes: usize,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            backbone,
+            head: LinearConfig::new(feature_dim, classes).init(device),
+        }
     }
 
     /// `N×C×H×W` images to `N×classes` logits.
@@ -233,7 +261,8 @@ impl<B: Backend> SimClr<B> {
     /// Images to projections `z`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let h = self.backbone.forward(x);
-        self.projection_out.forward(relu(self.projection_hidden.forward(h)))
+        self.projection_out
+            .forward(relu(self.projection_hidden.forward(h)))
     }
 }
 
@@ -249,7 +278,12 @@ pub fn input_tensor<B: Backend>(
     for image in pixels.chunks_mut(per_image) {
         scanside_runtime::preprocess::normalize_in_place(image, preprocess);
     }
-    let shape = [n, preprocess.channels as usize, preprocess.height as usize, preprocess.width as usize];
+    let shape = [
+        n,
+        preprocess.channels as usize,
+        preprocess.height as usize,
+        preprocess.width as usize,
+    ];
     Tensor::from_data(burn::tensor::TensorData::new(pixels, shape), device)
 }
 

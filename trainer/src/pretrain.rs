@@ -130,7 +130,9 @@ pub fn nt_xent_loss<B: Backend>(z: Tensor<B, 2>, temperature: f32) -> Tensor<B, 
     let logits = similarity.mask_fill(mask, -1.0e9);
     let positives: Vec<i64> = (0..rows).map(|i| ((i + n) % rows) as i64).collect();
     let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(positives, [rows]), &device);
-    CrossEntropyLossConfig::new().init(&device).forward(logits, targets)
+    CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits, targets)
 }
 
 /// Loads the training partition and resolves preprocessing from its statistics when unset.
@@ -145,22 +147,38 @@ pub fn load_training_images(
     let split = SplitFile::load(split, &index)?;
     let train = split.indices(&index, Partition::Train);
     let unnormalised = preprocess.clone().unwrap_or_else(|| {
-        PreprocessConfig::new(image_size, channels as u32, vec![0.0; channels], vec![1.0; channels])
+        PreprocessConfig::new(
+            image_size,
+            channels as u32,
+            vec![0.0; channels],
+            vec![1.0; channels],
+        )
     });
     let images = load_images(&index, &train, &unnormalised)?;
     let resolved = match preprocess {
         Some(p) => p,
         None => {
             let (mean, std) = images.channel_stats(channels);
-            PreprocessConfig { mean, std, ..unnormalised }
+            PreprocessConfig {
+                mean,
+                std,
+                ..unnormalised
+            }
         }
     };
     Ok((images, resolved))
 }
 
 /// Runs SimCLR pretraining and writes the run directory `out`.
-pub fn pretrain<B: AutodiffBackend>(config: &PretrainConfig, out: &Path, device: &B::Device) -> Result<PretrainSummary> {
-    let bad = |reason: String| Error::Config { path: out.to_path_buf(), reason };
+pub fn pretrain<B: AutodiffBackend>(
+    config: &PretrainConfig,
+    out: &Path,
+    device: &B::Device,
+) -> Result<PretrainSummary> {
+    let bad = |reason: String| Error::Config {
+        path: out.to_path_buf(),
+        reason,
+    };
     config.model.validate().map_err(bad)?;
     if config.batch_size < 2 || config.epochs == 0 {
         return Err(bad("pretraining needs batch_size ≥ 2 and epochs ≥ 1".into()));
@@ -180,12 +198,17 @@ pub fn pretrain<B: AutodiffBackend>(config: &PretrainConfig, out: &Path, device:
             config.batch_size
         )));
     }
-    let resolved = PretrainConfig { preprocess: Some(preprocess.clone()), ..config.clone() };
+    let resolved = PretrainConfig {
+        preprocess: Some(preprocess.clone()),
+        ..config.clone()
+    };
     save_json(&out.join("config.json"), &resolved)?;
 
     B::seed(device, config.seed);
     let mut model = SimClr::<B>::new(&config.model, config.projection_dim, device);
-    let mut optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay)
+        .init();
     let geometry = Geometry {
         channels: preprocess.channels as usize,
         height: preprocess.height as usize,
@@ -200,20 +223,38 @@ pub fn pretrain<B: AutodiffBackend>(config: &PretrainConfig, out: &Path, device:
     let mut order: Vec<usize> = (0..images.len()).collect();
     let mut step = 0;
     'epochs: for epoch in 0..config.epochs {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed ^ (epoch as u64 + 1)));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            config.seed ^ (epoch as u64 + 1),
+        ));
         for batch in order.chunks_exact(config.batch_size) {
             if step >= total {
                 break 'epochs;
             }
             let sources: Vec<&[f32]> = batch.iter().map(|&i| images.image(i)).collect();
-            let step_seed = config.seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
+            let step_seed = config
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step as u64);
             let mut views = augment_batch(&sources, geometry, &config.augment, step_seed, 0);
-            views.extend(augment_batch(&sources, geometry, &config.augment, step_seed, 1));
+            views.extend(augment_batch(
+                &sources,
+                geometry,
+                &config.augment,
+                step_seed,
+                1,
+            ));
             let x = input_tensor::<B>(views, &preprocess, device);
             let loss = nt_xent_loss(model.forward(x), config.temperature);
-            let loss_value: f32 = loss.clone().into_data().iter::<f32>().next().unwrap_or(f32::NAN);
+            let loss_value: f32 = loss
+                .clone()
+                .into_data()
+                .iter::<f32>()
+                .next()
+                .unwrap_or(f32::NAN);
             if !loss_value.is_finite() {
-                return Err(bad(format!("loss became {loss_value} at step {step}; lower the learning rate")));
+                return Err(bad(format!(
+                    "loss became {loss_value} at step {step}; lower the learning rate"
+                )));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let lr = learning_rate_at(step, total, config.learning_rate, config.warmup_fraction);
@@ -260,15 +301,25 @@ mod tests {
             TensorData::new(vec![1.0_f32, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0], [4, 2]),
             &device,
         );
-        let good: f32 = nt_xent_loss(aligned, 0.1).into_data().iter::<f32>().next().unwrap();
-        let bad: f32 = nt_xent_loss(crossed, 0.1).into_data().iter::<f32>().next().unwrap();
+        let good: f32 = nt_xent_loss(aligned, 0.1)
+            .into_data()
+            .iter::<f32>()
+            .next()
+            .unwrap();
+        let bad: f32 = nt_xent_loss(crossed, 0.1)
+            .into_data()
+            .iter::<f32>()
+            .next()
+            .unwrap();
         assert!(good < 0.01, "aligned loss {good}");
         assert!(bad > 5.0, "crossed loss {bad}");
     }
 
     #[test]
     fn learning_rate_warms_up_then_decays_to_zero() {
-        let lr: Vec<f64> = (0..100).map(|s| learning_rate_at(s, 100, 1.0, 0.1)).collect();
+        let lr: Vec<f64> = (0..100)
+            .map(|s| learning_rate_at(s, 100, 1.0, 0.1))
+            .collect();
         assert!((lr[9] - 1.0).abs() < 1e-9 && lr[0] < 0.2);
         assert!(lr[50] < 1.0 && lr[99] < 0.01);
     }

@@ -24,7 +24,11 @@ impl MetricsLog {
     /// Opens (appending) `dir/metrics.jsonl`.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
         Ok(Self { file, path })
     }
 
@@ -49,8 +53,10 @@ pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Loads a JSON config, naming the file on failure.
 pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = scanside_runtime::persist::read(path)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Config { path: path.to_path_buf(), reason: format!("malformed JSON: {e}") })
+    serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        reason: format!("malformed JSON: {e}"),
+    })
 }
 
 /// Saves module weights to `path` (which must end in `.mpk`) atomically: burn writes into a
@@ -62,7 +68,10 @@ pub fn save_weights<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     module
         .save_file(stem.clone(), &recorder)
-        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
+        .map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     let written = stem.with_extension("mpk");
     let result = std::fs::rename(&written, path).map_err(io_error(path));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -70,14 +79,24 @@ pub fn save_weights<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<
 }
 
 /// Loads weights saved by [`save_weights`] into `module`.
-pub fn load_weights<B: Backend, M: Module<B>>(module: M, path: &Path, device: &B::Device) -> Result<M> {
+pub fn load_weights<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M> {
     if !path.is_file() {
-        return Err(Error::Checkpoint { path: path.to_path_buf(), reason: "file not found".into() });
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: "file not found".into(),
+        });
     }
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     module
         .load_file(path.to_path_buf(), &recorder, device)
-        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
+        .map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 fn tempdir_in(dir: &Path) -> Result<PathBuf> {
@@ -90,7 +109,10 @@ fn tempdir_in(dir: &Path) -> Result<PathBuf> {
             Err(e) => return Err(io_error(&candidate)(e)),
         }
     }
-    Err(Error::Io { path: dir.to_path_buf(), source: std::io::Error::other("no free temp name") })
+    Err(Error::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other("no free temp name"),
+    })
 }
 
 /// A progress bar for `len` steps, hidden when stderr is not a terminal (CI, tests).

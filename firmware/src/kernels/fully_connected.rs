@@ -127,7 +127,10 @@ mod tests {
             &input,
             &weights,
             &bias,
-            PerChannelRequant { multipliers: &mults, shifts: &shifts },
+            PerChannelRequant {
+                multipliers: &mults,
+                shifts: &shifts,
+            },
             &mut out,
         )
         .unwrap();
@@ -139,7 +142,11 @@ mod tests {
             }
             let want = (real / output_scale).round() + f64::from(output_zero_point);
             let want = want.clamp(-128.0, 127.0);
-            assert!((f64::from(out[o]) - want).abs() <= 1.0, "channel {o}: {} vs {want}", out[o]);
+            assert!(
+                (f64::from(out[o]) - want).abs() <= 1.0,
+                "channel {o}: {} vs {want}",
+                out[o]
+            );
         }
     }
 
@@ -154,7 +161,10 @@ mod tests {
             &[127, 127],
             &[127, 127, -128, -128],
             &[0, 0],
-            PerChannelRequant { multipliers: &[m, m], shifts: &[s, s] },
+            PerChannelRequant {
+                multipliers: &[m, m],
+                shifts: &[s, s],
+            },
             &mut out,
         )
         .unwrap();
@@ -164,7 +174,10 @@ mod tests {
     #[test]
     fn rejects_mismatched_lengths_and_bad_shifts_without_panicking() {
         let p = params(2, 1);
-        let rq = PerChannelRequant { multipliers: &[1 << 30], shifts: &[0] };
+        let rq = PerChannelRequant {
+            multipliers: &[1 << 30],
+            shifts: &[0],
+        };
         let mut out = [0_i8; 1];
         assert_eq!(
             fully_connected(&p, &[1], &[1, 1], &[0], rq, &mut out),
@@ -174,7 +187,10 @@ mod tests {
             fully_connected(&p, &[1, 1], &[1], &[0], rq, &mut out),
             Err(KernelError::ShapeMismatch)
         );
-        let bad = PerChannelRequant { multipliers: &[1 << 30], shifts: &[31] };
+        let bad = PerChannelRequant {
+            multipliers: &[1 << 30],
+            shifts: &[31],
+        };
         assert_eq!(
             fully_connected(&p, &[1, 1], &[1, 1], &[0], bad, &mut out),
             Err(KernelError::ShiftOutOfRange)

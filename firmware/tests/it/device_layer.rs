@@ -14,7 +14,10 @@ fn reference_output() -> [i8; demo_layer::OUTPUT_LEN] {
         &demo_layer::INPUT,
         &demo_layer::WEIGHTS,
         &demo_layer::BIAS,
-        PerChannelRequant { multipliers: &demo_layer::MULTIPLIERS, shifts: &demo_layer::SHIFTS },
+        PerChannelRequant {
+            multipliers: &demo_layer::MULTIPLIERS,
+            shifts: &demo_layer::SHIFTS,
+        },
         &mut output,
     )
     .expect("the built-in layer is well formed");
@@ -32,7 +35,10 @@ fn device_expected_output_is_not_degenerate() {
     let out = reference_output();
     let distinct = out.iter().collect::<std::collections::BTreeSet<_>>().len();
     assert!(distinct >= 5, "only {distinct} distinct outputs: {out:?}");
-    assert!(out.iter().all(|&v| v > -128 && v < 127), "saturated outputs: {out:?}");
+    assert!(
+        out.iter().all(|&v| v > -128 && v < 127),
+        "saturated outputs: {out:?}"
+    );
 }
 
 #[test]

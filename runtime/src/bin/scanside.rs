@@ -12,7 +12,11 @@ use scanside_runtime::bundle::Bundle;
 use scanside_runtime::infer::Screener;
 
 #[derive(Parser)]
-#[command(name = "scanside", version, about = "Screen medical images offline with a scanside model bundle")]
+#[command(
+    name = "scanside",
+    version,
+    about = "Screen medical images offline with a scanside model bundle"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for file in &files {
                 match screener.screen_file(file) {
                     Ok(result) => {
-                        let line = serde_json::to_string(&result).context("serialising a result")?;
+                        let line =
+                            serde_json::to_string(&result).context("serialising a result")?;
                         if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
                             if e.kind() == io::ErrorKind::BrokenPipe {
                                 return Ok(ExitCode::SUCCESS);

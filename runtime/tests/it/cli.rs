@@ -7,7 +7,10 @@ use std::process::{Command, Output};
 use crate::util::{write_dicom, write_linear_bundle, write_png};
 
 fn scanside(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scanside")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_scanside"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -22,13 +25,25 @@ fn screen_prints_one_json_object_per_png_jpeg_and_dicom_image() {
     let bright = dir.path().join("bright.png");
     write_png(&bright, 240);
     let dark = dir.path().join("dark.jpg");
-    image::RgbImage::from_pixel(9, 7, image::Rgb([10, 10, 10])).save(&dark).unwrap();
+    image::RgbImage::from_pixel(9, 7, image::Rgb([10, 10, 10]))
+        .save(&dark)
+        .unwrap();
     let dcm = dir.path().join("ct.dcm");
     write_dicom(&dcm, "MONOCHROME2", &[4000; 16], 4, 4, None);
-    let out = scanside(&[Path::new("screen"), Path::new("--bundle"), &bundle, &bright, &dark, &dcm]);
+    let out = scanside(&[
+        Path::new("screen"),
+        Path::new("--bundle"),
+        &bundle,
+        &bright,
+        &dark,
+        &dcm,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["top_class"], "bright");
     assert_eq!(lines[1]["top_class"], "dark");
@@ -50,7 +65,13 @@ fn a_truncated_image_is_named_the_others_still_screened_and_exit_is_1() {
     let bytes = std::fs::read(&good).unwrap();
     let cut = dir.path().join("cut.png");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let out = scanside(&[Path::new("screen"), Path::new("--bundle"), &bundle, &cut, &good]);
+    let out = scanside(&[
+        Path::new("screen"),
+        Path::new("--bundle"),
+        &bundle,
+        &cut,
+        &good,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cut.png"), "{}", stderr(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
@@ -62,11 +83,21 @@ fn a_missing_file_and_a_missing_bundle_are_named() {
     let bundle = dir.path().join("bundle");
     write_linear_bundle(&bundle);
     let missing = dir.path().join("nope.png");
-    let out = scanside(&[Path::new("screen"), Path::new("--bundle"), &bundle, &missing]);
+    let out = scanside(&[
+        Path::new("screen"),
+        Path::new("--bundle"),
+        &bundle,
+        &missing,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nope.png"), "{}", stderr(&out));
 
-    let out = scanside(&[Path::new("screen"), Path::new("--bundle"), &dir.path().join("no-bundle"), &missing]);
+    let out = scanside(&[
+        Path::new("screen"),
+        Path::new("--bundle"),
+        &dir.path().join("no-bundle"),
+        &missing,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no-bundle"), "{}", stderr(&out));
 }
@@ -93,7 +124,8 @@ fn a_manifest_whose_classes_do_not_match_the_model_is_refused() {
     let bundle = dir.path().join("bundle");
     write_linear_bundle(&bundle);
     let path = bundle.join("manifest.json");
-    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     manifest["class_names"] = serde_json::json!(["a", "b", "c"]);
     std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let img = dir.path().join("x.png");

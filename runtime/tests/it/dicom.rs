@@ -11,7 +11,14 @@ fn monochrome2_with_a_window_maps_the_window_to_zero_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.dcm");
     // center 1000, width 1001: ≤ 499.5 -> 0, > 1499.5 -> 1, linear between (PS3.3 C.11.2.1.2.1)
-    write_dicom(&path, "MONOCHROME2", &[0, 500, 1000, 4095], 2, 2, Some((1000.0, 1001.0)));
+    write_dicom(
+        &path,
+        "MONOCHROME2",
+        &[0, 500, 1000, 4095],
+        2,
+        2,
+        Some((1000.0, 1001.0)),
+    );
     let img = decode_file(&path).unwrap();
     assert_eq!((img.width, img.height, img.channels), (2, 2, 1));
     assert_eq!(img.pixels[0], 0.0);
@@ -19,7 +26,12 @@ fn monochrome2_with_a_window_maps_the_window_to_zero_one() {
     assert!((img.pixels[2] - 0.5005).abs() < 1e-3, "{:?}", img.pixels);
     assert_eq!(img.pixels[3], 1.0);
     match img.source {
-        SourceInfo::Dicom { modality, bits_stored, ref windowing, .. } => {
+        SourceInfo::Dicom {
+            modality,
+            bits_stored,
+            ref windowing,
+            ..
+        } => {
             assert_eq!(modality.as_deref(), Some("CR"));
             assert_eq!(bits_stored, 12);
             assert!(windowing.contains("center 1000"), "{windowing}");
@@ -43,6 +55,8 @@ fn a_truncated_dicom_file_is_a_clear_error() {
     let path = dir.path().join("t.dcm");
     write_dicom(&path, "MONOCHROME2", &[7; 64 * 64], 64, 64, None);
     let bytes = std::fs::read(&path).unwrap();
-    let err = decode_bytes(Path::new("t.dcm"), &bytes[..bytes.len() - 2000]).unwrap_err().to_string();
+    let err = decode_bytes(Path::new("t.dcm"), &bytes[..bytes.len() - 2000])
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("t.dcm: cannot decode image"), "{err}");
 }

@@ -6,7 +6,9 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use prost::Message;
-use scanside_runtime::bundle::{write_bundle, BundleManifest, ModelEntry, Provenance, FORMAT_VERSION};
+use scanside_runtime::bundle::{
+    write_bundle, BundleManifest, ModelEntry, Provenance, FORMAT_VERSION,
+};
 use scanside_runtime::preprocess::PreprocessConfig;
 use tract_onnx::pb;
 
@@ -36,7 +38,13 @@ pub fn write_linear_bundle(dir: &Path) {
                 value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
                     elem_type: pb::tensor_proto::DataType::Float as i32,
                     shape: Some(pb::TensorShapeProto {
-                        dim: dims.iter().map(|&d| Dimension { value: Some(Value::DimValue(d)), ..Default::default() }).collect(),
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                value: Some(Value::DimValue(d)),
+                                ..Default::default()
+                            })
+                            .collect(),
                     }),
                 })),
                 ..Default::default()
@@ -44,12 +52,14 @@ pub fn write_linear_bundle(dir: &Path) {
             ..Default::default()
         }
     };
-    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute,
-        ..Default::default()
+    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| {
+        pb::NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        }
     };
     let axis = pb::AttributeProto {
         name: "axis".into(),
@@ -59,15 +69,24 @@ pub fn write_linear_bundle(dir: &Path) {
     };
     let graph = pb::GraphProto {
         name: "fixture".into(),
-        node: vec![node("Flatten", &["input"], "flat", vec![axis]), node("Gemm", &["flat", "w", "b"], "logits", vec![])],
-        initializer: vec![float("w", &[n as i64, 2], &weight), float("b", &[2], &[0.5, -0.5])],
+        node: vec![
+            node("Flatten", &["input"], "flat", vec![axis]),
+            node("Gemm", &["flat", "w", "b"], "logits", vec![]),
+        ],
+        initializer: vec![
+            float("w", &[n as i64, 2], &weight),
+            float("b", &[2], &[0.5, -0.5]),
+        ],
         input: vec![info("input", &[1, 3, SIZE as i64, SIZE as i64])],
         output: vec![info("logits", &[1, 2])],
         ..Default::default()
     };
     let model = pb::ModelProto {
         ir_version: 7,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
         graph: Some(graph),
         ..Default::default()
     };
@@ -93,24 +112,59 @@ pub fn write_linear_bundle(dir: &Path) {
 }
 
 /// Writes a 16-bit MONOCHROME DICOM file (explicit VR little endian) with optional window.
-pub fn write_dicom(path: &Path, photometric: &str, pixels: &[u16], rows: u16, cols: u16, window: Option<(f64, f64)>) {
+pub fn write_dicom(
+    path: &Path,
+    photometric: &str,
+    pixels: &[u16],
+    rows: u16,
+    cols: u16,
+    window: Option<(f64, f64)>,
+) {
     let mut obj = InMemDicomObject::from_element_iter([
-        DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)),
-        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.2.1125.1.1")),
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE),
+        ),
+        DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.826.0.1.3680043.2.1125.1.1"),
+        ),
         DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CR")),
         DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1_u16)),
-        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from(photometric)),
+        DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from(photometric),
+        ),
         DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
         DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)),
         DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16_u16)),
         DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12_u16)),
         DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11_u16)),
-        DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0_u16)),
-        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.iter().copied().collect())),
+        DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0_u16),
+        ),
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(pixels.iter().copied().collect()),
+        ),
     ]);
     if let Some((center, width)) = window {
-        obj.put(DataElement::new(tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from(center.to_string())));
-        obj.put(DataElement::new(tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from(width.to_string())));
+        obj.put(DataElement::new(
+            tags::WINDOW_CENTER,
+            VR::DS,
+            PrimitiveValue::from(center.to_string()),
+        ));
+        obj.put(DataElement::new(
+            tags::WINDOW_WIDTH,
+            VR::DS,
+            PrimitiveValue::from(width.to_string()),
+        ));
     }
     let file = obj
         .with_meta(
@@ -125,5 +179,7 @@ pub fn write_dicom(path: &Path, photometric: &str, pixels: &[u16], rows: u16, co
 
 /// Writes an RGB PNG filled with one gray level.
 pub fn write_png(path: &Path, level: u8) {
-    image::RgbImage::from_pixel(9, 7, image::Rgb([level, level, level])).save(path).unwrap();
+    image::RgbImage::from_pixel(9, 7, image::Rgb([level, level, level]))
+        .save(path)
+        .unwrap();
 }

@@ -22,13 +22,24 @@ fn ham10000_slice_pretrain_finetune_export_screen() {
         writeln!(slice, "{line}").unwrap();
     }
     std::fs::write(data.join("metadata.csv"), slice).unwrap();
-    std::os::unix::fs::symlink(ham.join("images").canonicalize().unwrap(), data.join("images")).unwrap();
+    std::os::unix::fs::symlink(
+        ham.join("images").canonicalize().unwrap(),
+        data.join("images"),
+    )
+    .unwrap();
 
     let out = tmp.path().join("run");
     let result = run_pipeline(&data, &out, 32, 6).unwrap();
     assert!(result.pretrain_losses.0.is_finite() && result.pretrain_losses.1.is_finite());
-    assert!(result.export.max_abs_logit_diff <= 1e-4, "{:?}", result.export);
+    assert!(
+        result.export.max_abs_logit_diff <= 1e-4,
+        "{:?}",
+        result.export
+    );
     let (max_diff, agree, n) = compare_runtime_with_burn(&data, &out, 6).unwrap();
-    assert!(max_diff <= 1e-4, "runtime vs burn probabilities differ by {max_diff} on real images");
+    assert!(
+        max_diff <= 1e-4,
+        "runtime vs burn probabilities differ by {max_diff} on real images"
+    );
     assert_eq!(agree, n);
 }

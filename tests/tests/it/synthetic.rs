@@ -19,14 +19,19 @@ fn write_synthetic_ham(dir: &Path, lesions: usize) {
                 let (dx_, dy_) = (x as f32 - 20.0 - view as f32, y as f32 - 15.0);
                 let r = (dx_ * dx_ + dy_ * dy_).sqrt();
                 let texture = ((x * 7 + y * 13 + lesion as u32 * 5) % 23) as u8;
-                let lesion_px = if dx == "mel" { r < 8.0 } else { (6.0..8.0).contains(&r) };
+                let lesion_px = if dx == "mel" {
+                    r < 8.0
+                } else {
+                    (6.0..8.0).contains(&r)
+                };
                 if lesion_px {
                     image::Rgb([60 + texture, 30, 20])
                 } else {
                     image::Rgb([200 + texture / 2, 160, 140])
                 }
             });
-            img.save(dir.join("images").join(format!("{id}.jpg"))).unwrap();
+            img.save(dir.join("images").join(format!("{id}.jpg")))
+                .unwrap();
             writeln!(csv, "L{lesion:04},{id},{dx},histo,50,male,back").unwrap();
         }
     }
@@ -40,10 +45,17 @@ fn synthetic_images_travel_pretrain_finetune_export_screen() {
     write_synthetic_ham(&data, 40);
     let out = tmp.path().join("run");
     let result = run_pipeline(&data, &out, 16, 12).unwrap();
-    assert!(result.export.max_abs_logit_diff <= 1e-4, "{:?}", result.export);
+    assert!(
+        result.export.max_abs_logit_diff <= 1e-4,
+        "{:?}",
+        result.export
+    );
     assert!(result.test.metrics.n > 0);
     let (max_diff, agree, n) = compare_runtime_with_burn(&data, &out, 8).unwrap();
-    assert!(max_diff <= 1e-4, "runtime vs burn probabilities differ by {max_diff}");
+    assert!(
+        max_diff <= 1e-4,
+        "runtime vs burn probabilities differ by {max_diff}"
+    );
     assert_eq!(agree, n, "top classes disagree");
 }
 
@@ -59,6 +71,11 @@ fn a_bundle_whose_model_was_replaced_is_refused_with_the_file_named() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(&model, bytes).unwrap();
-    let err = scanside_runtime::bundle::Bundle::load(&result.bundle).unwrap_err().to_string();
-    assert!(err.contains("model.onnx") && err.contains("sha256"), "{err}");
+    let err = scanside_runtime::bundle::Bundle::load(&result.bundle)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.onnx") && err.contains("sha256"),
+        "{err}"
+    );
 }

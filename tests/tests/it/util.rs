@@ -30,7 +30,12 @@ pub struct PipelineResult {
 }
 
 /// Runs the whole training path quickly on `data` into `out`.
-pub fn run_pipeline(data: &Path, out: &Path, image_size: u32, steps: usize) -> anyhow::Result<PipelineResult> {
+pub fn run_pipeline(
+    data: &Path,
+    out: &Path,
+    image_size: u32,
+    steps: usize,
+) -> anyhow::Result<PipelineResult> {
     let device = Default::default();
     let index = open_dataset(data)?;
     let split_path = out.join("split.json");
@@ -52,25 +57,40 @@ pub fn run_pipeline(data: &Path, out: &Path, image_size: u32, steps: usize) -> a
     let test = evaluate_run::<Flex>(&out.join("finetune"), Partition::Test, &device)?;
     let bundle = out.join("bundle");
     let export = export_run::<Flex>(&out.join("finetune"), &bundle, 4, &device)?;
-    Ok(PipelineResult { bundle, export, test, pretrain_losses: (pre_summary.first_loss, pre_summary.final_loss) })
+    Ok(PipelineResult {
+        bundle,
+        export,
+        test,
+        pretrain_losses: (pre_summary.first_loss, pre_summary.final_loss),
+    })
 }
 
 /// Screens the first `n` test images with the runtime and with burn; returns the largest
 /// probability difference and how many top classes agreed.
-pub fn compare_runtime_with_burn(data: &Path, out: &Path, n: usize) -> anyhow::Result<(f32, usize, usize)> {
+pub fn compare_runtime_with_burn(
+    data: &Path,
+    out: &Path,
+    n: usize,
+) -> anyhow::Result<(f32, usize, usize)> {
     let device = Default::default();
     let (config, model) = load_finetuned::<Flex>(&out.join("finetune"), &device)?;
     let preprocess = config.preprocess.clone().unwrap();
     let index = open_dataset(data)?;
     let split = scanside_trainer::data::SplitFile::load(&config.split, &index)?;
-    let test: Vec<usize> = split.indices(&index, Partition::Test).into_iter().take(n).collect();
+    let test: Vec<usize> = split
+        .indices(&index, Partition::Test)
+        .into_iter()
+        .take(n)
+        .collect();
     let images = load_images(&index, &test, &preprocess)?;
     let burn_probs = predict(&model, &images, &preprocess, &device);
     let screener = Screener::new(&Bundle::load(&out.join("bundle"))?)?;
     let mut max_diff = 0.0_f32;
     let mut agree = 0;
     for (k, &i) in test.iter().enumerate() {
-        let ImageRef::File(path) = &index.samples[i].image else { anyhow::bail!("file dataset expected") };
+        let ImageRef::File(path) = &index.samples[i].image else {
+            anyhow::bail!("file dataset expected")
+        };
         let result = screener.screen_file(path)?;
         for ((_, p), q) in result.probabilities.iter().zip(&burn_probs[k]) {
             max_diff = max_diff.max((p - q).abs());

@@ -25,7 +25,11 @@ type Inner = burn::backend::NdArray;
 type Train = burn::backend::Autodiff<Inner>;
 
 #[derive(Parser)]
-#[command(name = "scanside-train", version, about = "Self-supervised pretraining, fine-tuning and export of medical image classifiers")]
+#[command(
+    name = "scanside-train",
+    version,
+    about = "Self-supervised pretraining, fine-tuning and export of medical image classifiers"
+)]
 struct Cli {
     /// Compute device: `cpu`, or `cuda:N` in builds with the `cuda` feature.
     #[arg(long, global = true, default_value = "cpu")]
@@ -80,7 +84,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Pretraining run directory to start from.
-        #[arg(long, conflicts_with = "from_scratch", required_unless_present = "from_scratch")]
+        #[arg(
+            long,
+            conflicts_with = "from_scratch",
+            required_unless_present = "from_scratch"
+        )]
         pretrained: Option<PathBuf>,
         /// Start from random weights.
         #[arg(long)]
@@ -120,9 +128,12 @@ enum Command {
         /// Dataset (default: $SCANSIDE_DATA/ham10000, ../shared/data/ham10000, or DermaMNIST).
         #[arg(long)]
         data: Option<PathBuf>,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 28)]
         image_size: u32,
-        #[arg(long, default_value_t = 3)]
+        /// ResNet-18 width multiplier.
+        #[arg(long, default_value_t = 0.125)]
+        width: f32,
+        #[arg(long, default_value_t = 2)]
         pretrain_epochs: usize,
         #[arg(long, default_value_t = 4)]
         finetune_epochs: usize,
@@ -196,11 +207,21 @@ fn parse_device<B: burn::tensor::backend::Backend>(s: &str) -> anyhow::Result<B:
 
 fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Result<()> {
     match command {
-        Command::Split { data, out, seed, fractions } => {
+        Command::Split {
+            data,
+            out,
+            seed,
+            fractions,
+        } => {
             let index = open_dataset(&data)?;
             let split = make_split(&index, seed, [fractions[0], fractions[1], fractions[2]])?;
             save_json(&out, &split)?;
-            let groups = index.samples.iter().map(|s| &s.group).collect::<std::collections::HashSet<_>>().len();
+            let groups = index
+                .samples
+                .iter()
+                .map(|s| &s.group)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
             println!(
                 "{}: {} images in {groups} groups ({}) -> {:?}, written to {}",
                 data.display(),
@@ -210,7 +231,15 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
                 out.display()
             );
         }
-        Command::Pretrain { data, out, train, depth, width, image_size, temperature } => {
+        Command::Pretrain {
+            data,
+            out,
+            train,
+            depth,
+            width,
+            image_size,
+            temperature,
+        } => {
             let mut config = PretrainConfig::new(data.data, data.split);
             config.model.depth = depth;
             config.model.width_multiplier = width;
@@ -224,7 +253,14 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             let summary = pretrain::<B>(&config, &out, device)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
-        Command::Finetune { data, out, pretrained, from_scratch, train, image_size } => {
+        Command::Finetune {
+            data,
+            out,
+            pretrained,
+            from_scratch,
+            train,
+            image_size,
+        } => {
             if !from_scratch && pretrained.is_none() {
                 bail!("finetune needs --pretrained DIR or --from-scratch");
             }
@@ -242,15 +278,31 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             let report = evaluate_run::<B::InnerBackend>(&run, split, device)?;
             print!("{}", report.table());
         }
-        Command::Export { run, out, check_images } => {
+        Command::Export {
+            run,
+            out,
+            check_images,
+        } => {
             let report = export_run::<B::InnerBackend>(&run, &out, check_images, device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::Demo { out, data, image_size, pretrain_epochs, finetune_epochs, max_steps, screen, runtime, seed } => {
+        Command::Demo {
+            out,
+            data,
+            image_size,
+            width,
+            pretrain_epochs,
+            finetune_epochs,
+            max_steps,
+            screen,
+            runtime,
+            seed,
+        } => {
             let config = DemoConfig {
                 out,
                 data,
                 image_size,
+                width_multiplier: width,
                 pretrain_epochs,
                 finetune_epochs,
                 max_steps,
