@@ -55,7 +55,12 @@ step "firmware on QEMU mps2-an386: golden output and status"
 done_step
 
 step "aarch64: runtime tests under qemu-aarch64"
-cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu
+SCANSIDE_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+  cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu
+file target/aarch64-unknown-linux-gnu/debug/scanside 2>/dev/null || true
+echo "glibc symbol versions needed by the aarch64 scanside binary:"
+aarch64-linux-gnu-objdump -T target/aarch64-unknown-linux-gnu/debug/scanside \
+  | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1
 done_step
 
 echo

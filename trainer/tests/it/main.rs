@@ -106,6 +106,12 @@ fn a_truncated_image_is_named_when_training_reads_it() {
         .collect();
     let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
     write_ham(dir.path(), "lesion_id,image_id,dx", &rows);
+    // Truncate every image so whichever lands in train is broken. Splitting reads no pixels.
+    for i in 0..30 {
+        let p = dir.path().join(format!("images/I{i}.jpg"));
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    }
     let split = dir.path().join("split.json");
     let data = dir.path().to_str().unwrap();
     assert!(
@@ -113,12 +119,6 @@ fn a_truncated_image_is_named_when_training_reads_it() {
             .status
             .success()
     );
-    // Truncate every image so whichever lands in train is broken.
-    for i in 0..30 {
-        let p = dir.path().join(format!("images/I{i}.jpg"));
-        let bytes = std::fs::read(&p).unwrap();
-        std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
-    }
     let run = dir.path().join("pre");
     let out = train(&[
         "pretrain",
@@ -148,6 +148,43 @@ fn finetune_without_a_starting_point_and_unknown_flags_are_usage_errors() {
     let out = train(&["evaluate", "--run", "r", "--split", "holdout"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown split"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_split_made_for_other_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ham(
+        dir.path(),
+        "lesion_id,image_id,dx",
+        &["L1,I1,nv", "L2,I2,mel", "L3,I3,nv"],
+    );
+    let split = dir.path().join("split.json");
+    let data = dir.path().to_str().unwrap();
+    assert!(
+        train(&["split", "--data", data, "--out", split.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // The data changes after the split was made: an image is replaced.
+    image::RgbImage::from_pixel(9, 9, image::Rgb([1, 2, 3]))
+        .save(dir.path().join("images/I2.jpg"))
+        .unwrap();
+    let pre = dir.path().join("pre");
+    let out = train(&[
+        "pretrain",
+        "--data",
+        data,
+        "--split",
+        split.to_str().unwrap(),
+        "--out",
+        pre.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("split was made for different data"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
