@@ -57,6 +57,46 @@ fn synthetic_images_travel_pretrain_finetune_export_screen() {
         "runtime vs burn probabilities differ by {max_diff}"
     );
     assert_eq!(agree, n, "top classes disagree");
+    // CI hands this bundle to onnxruntime (tools/check_onnx.py) for an independent check.
+    if let Some(dest) = std::env::var_os("SCANSIDE_EXPORT_FIXTURE") {
+        write_onnxruntime_fixture(&data, &out, Path::new(&dest)).unwrap();
+    }
+}
+
+/// Copies the bundle to `dest` with `check.json`: a batch of real inputs and burn's logits.
+fn write_onnxruntime_fixture(data: &Path, out: &Path, dest: &Path) -> anyhow::Result<()> {
+    use burn::backend::Flex;
+    use scanside_trainer::data::{load_images, open_dataset, Partition, SplitFile};
+    use scanside_trainer::evaluate::load_finetuned;
+    use scanside_trainer::model::{input_tensor, to_vec};
+    let device = Default::default();
+    let (config, model) = load_finetuned::<Flex>(&out.join("finetune"), &device)?;
+    let preprocess = config.preprocess.clone().unwrap();
+    let index = open_dataset(data)?;
+    let split = SplitFile::load(&config.split, &index)?;
+    let which: Vec<usize> = split
+        .indices(&index, Partition::Val)
+        .into_iter()
+        .take(4)
+        .collect();
+    let images = load_images(&index, &which, &preprocess)?;
+    let x = input_tensor::<Flex>(images.pixels.clone(), &preprocess, &device);
+    let logits = to_vec(model.forward(x));
+    let mut inputs = images.pixels.clone();
+    for chunk in inputs.chunks_mut(images.sample_len) {
+        scanside_runtime::preprocess::normalize_in_place(chunk, &preprocess);
+    }
+    std::fs::create_dir_all(dest)?;
+    for file in ["manifest.json", "model.onnx"] {
+        std::fs::copy(out.join("bundle").join(file), dest.join(file))?;
+    }
+    let classes = config.class_names.len();
+    let check = serde_json::json!({
+        "inputs": inputs.chunks(images.sample_len).collect::<Vec<_>>(),
+        "logits": logits.chunks(classes).collect::<Vec<_>>(),
+    });
+    std::fs::write(dest.join("check.json"), serde_json::to_vec(&check)?)?;
+    Ok(())
 }
 
 #[test]
