@@ -90,6 +90,8 @@ fn write_onnxruntime_fixture(data: &Path, out: &Path, dest: &Path) -> anyhow::Re
     for file in ["manifest.json", "model.onnx"] {
         std::fs::copy(out.join("bundle").join(file), dest.join(file))?;
     }
+    // One input image, for screening with the native and the cross-compiled runtime binaries.
+    std::fs::copy(&images.sources[0], dest.join("sample.jpg"))?;
     let classes = config.class_names.len();
     let check = serde_json::json!({
         "inputs": inputs.chunks(images.sample_len).collect::<Vec<_>>(),
