@@ -97,6 +97,15 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// The model-input geometry a preprocessing config produces.
+    pub fn of(preprocess: &scanside_runtime::preprocess::PreprocessConfig) -> Self {
+        Self {
+            channels: preprocess.channels as usize,
+            height: preprocess.height as usize,
+            width: preprocess.width as usize,
+        }
+    }
+
     /// Floats per image.
     pub fn len(&self) -> usize {
         self.channels * self.height * self.width

@@ -155,11 +155,7 @@ pub fn finetune<B: AutodiffBackend>(
         .with_weight_decay(config.weight_decay)
         .init();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let geometry = Geometry {
-        channels: preprocess.channels as usize,
-        height: preprocess.height as usize,
-        width: preprocess.width as usize,
-    };
+    let geometry = Geometry::of(&preprocess);
     let batch_size = config.batch_size.min(train.len());
     let steps_per_epoch = train.len() / batch_size;
     let total = (steps_per_epoch * config.epochs).min(config.max_steps.unwrap_or(usize::MAX));

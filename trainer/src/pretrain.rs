@@ -209,11 +209,7 @@ pub fn pretrain<B: AutodiffBackend>(
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
         .init();
-    let geometry = Geometry {
-        channels: preprocess.channels as usize,
-        height: preprocess.height as usize,
-        width: preprocess.width as usize,
-    };
+    let geometry = Geometry::of(&preprocess);
     let steps_per_epoch = images.len() / config.batch_size;
     let total = (steps_per_epoch * config.epochs).min(config.max_steps.unwrap_or(usize::MAX));
     let mut log = MetricsLog::open(out)?;
