@@ -97,6 +97,38 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
     }
 }
 
+/// The DICOM attributes that group images by case, read without decoding pixels.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DicomIdentity {
+    /// (0010,0020) Patient ID.
+    pub patient_id: Option<String>,
+    /// (0020,000D) Study Instance UID.
+    pub study_uid: Option<String>,
+}
+
+/// Reads a DICOM file's header up to the pixel data: who and which study it belongs to.
+pub fn read_dicom_identity(path: &Path) -> Result<DicomIdentity> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| Error::Decode {
+            path: path.to_path_buf(),
+            reason: format!("malformed DICOM header: {e}"),
+        })?;
+    let text = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    Ok(DicomIdentity {
+        patient_id: text(tags::PATIENT_ID),
+        study_uid: text(tags::STUDY_INSTANCE_UID),
+    })
+}
+
 fn decode_raster(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
     let format = image::guess_format(bytes).map_err(|e| decode_error(path, e))?;
     let source = match format {

@@ -9,6 +9,8 @@
 
 pub mod bundle;
 pub mod decode;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod infer;
 pub mod persist;
 pub mod preprocess;

@@ -258,7 +258,10 @@ fn screen_with_runtime<B: AutodiffBackend>(
     let test = split.indices(index, Partition::Test);
     let mut picked: Vec<usize> = Vec::new();
     for class in 0..index.class_names.len() {
-        if let Some(&i) = test.iter().find(|&&i| index.samples[i].label == class) {
+        if let Some(&i) = test
+            .iter()
+            .find(|&&i| index.samples[i].target.class() == Some(class))
+        {
             picked.push(i);
         }
     }
@@ -325,7 +328,10 @@ fn screen_with_runtime<B: AutodiffBackend>(
             .fold(0.0, f64::max);
         screened.push(ScreenedImage {
             file: v["file"].as_str().unwrap_or("").to_string(),
-            truth: index.class_names[index.samples[i].label].clone(),
+            truth: index.samples[i]
+                .target
+                .class()
+                .map_or_else(String::new, |c| index.class_names[c].clone()),
             predicted: v["top_class"].as_str().unwrap_or("").to_string(),
             probability: v["top_probability"].as_f64().unwrap_or(f64::NAN),
             max_prob_diff_vs_burn: max_diff,

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use scanside_runtime::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{load_images, open_dataset, ImageSet, Partition, SplitFile};
+use crate::data::{load_images_with, open_split, ImageSet, Partition};
 use crate::finetune::{FinetuneConfig, MODEL_FILE};
 use crate::model::{input_tensor, to_vec, Classifier};
 use crate::runlog::{load_json, load_weights, save_json};
@@ -192,19 +192,24 @@ pub fn evaluate_run<B: Backend>(
         .preprocess
         .clone()
         .expect("checked by load_finetuned");
-    let index = open_dataset(&config.dataset)?;
-    let split = SplitFile::load(&config.split, &index)?;
-    let images = load_images(&index, &split.indices(&index, partition), &preprocess)?;
+    let (index, split) = open_split(&config.split, Some(&config.dataset))?;
+    let images = load_images_with(
+        &index,
+        &split.indices(&index, partition),
+        &preprocess,
+        config.skip_bad,
+    )?;
+    crate::pretrain::report_skipped(&images);
+    let labels = images.class_labels().ok_or_else(|| Error::Data {
+        path: index.root().to_path_buf(),
+        reason: "multi-label data cannot be evaluated with a softmax classifier".into(),
+    })?;
     let probabilities = predict(&model, &images, &preprocess, device);
     let report = EvalReport {
         run: run.to_path_buf(),
         partition,
         class_names: config.class_names.clone(),
-        metrics: ClassificationMetrics::compute(
-            &probabilities,
-            &images.labels,
-            config.class_names.len(),
-        ),
+        metrics: ClassificationMetrics::compute(&probabilities, &labels, config.class_names.len()),
     };
     let name = format!(
         "eval-{}.json",

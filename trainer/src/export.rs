@@ -20,7 +20,7 @@ use scanside_runtime::preprocess::normalize_in_place;
 use serde::Serialize;
 use tract_onnx::pb;
 
-use crate::data::{load_images, open_dataset, Partition, SplitFile};
+use crate::data::{load_images_with, open_split, Partition};
 use crate::evaluate::load_finetuned;
 use crate::model::{input_tensor, to_vec, BasicBlock, Classifier};
 use crate::runlog::load_json;
@@ -327,11 +327,10 @@ pub fn export_run<B: Backend>(
     // Prove it: the runtime loads the bundle and matches burn on real validation images.
     let bundle = Bundle::load(bundle_dir)?;
     let runtime = RuntimeClassifier::load(&bundle)?;
-    let index = open_dataset(&config.dataset)?;
-    let split = SplitFile::load(&config.split, &index)?;
+    let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     let val = split.indices(&index, Partition::Val);
     let take: Vec<usize> = val.iter().copied().take(check_images.max(1)).collect();
-    let images = load_images(&index, &take, &preprocess)?;
+    let images = load_images_with(&index, &take, &preprocess, config.skip_bad)?;
     let burn_logits = to_vec(model.forward(input_tensor::<B>(
         images.pixels.clone(),
         &preprocess,

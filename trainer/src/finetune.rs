@@ -5,6 +5,7 @@
 //! Writes `config.json`, `model.mpk` and `metrics.jsonl` into the run directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -12,18 +13,18 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use scanside_runtime::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
-use crate::data::{load_images, open_dataset, Partition, SplitFile};
+use crate::data::{load_images_with, open_split, Partition, Prefetch, Task};
 use crate::evaluate::{predict, ClassificationMetrics};
 use crate::model::{input_tensor, Classifier, ResNetConfig};
-use crate::pretrain::{learning_rate_at, load_training_images, PretrainConfig, BACKBONE_FILE};
+use crate::pretrain::{
+    batch_schedule, learning_rate_at, load_training_images, report_skipped, step_seed,
+    PretrainConfig, BACKBONE_FILE,
+};
 use crate::runlog::{load_json, load_weights, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
 
@@ -34,10 +35,16 @@ pub const MODEL_FILE: &str = "model.mpk";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneConfig {
-    /// Dataset folder or file.
+    /// Dataset folder or file (the split file's source, or where that data moved to).
     pub dataset: PathBuf,
     /// Split file.
     pub split: PathBuf,
+    /// Fraction of the training partition's labels used (its nested, stratified subset).
+    #[serde(default = "all_labels")]
+    pub label_fraction: f64,
+    /// Leave unreadable images out (listing each) instead of stopping.
+    #[serde(default)]
+    pub skip_bad: bool,
     /// Pretraining run directory to start from; `None` trains from scratch.
     pub pretrained: Option<PathBuf>,
     /// The pretraining run's resolved config (filled in when `pretrained` is set).
@@ -74,6 +81,8 @@ impl FinetuneConfig {
         Self {
             dataset,
             split,
+            label_fraction: 1.0,
+            skip_bad: false,
             pretrained,
             pretrain_config: None,
             model: ResNetConfig::default(),
@@ -90,6 +99,10 @@ impl FinetuneConfig {
             max_steps: None,
         }
     }
+}
+
+fn all_labels() -> f64 {
+    1.0
 }
 
 /// What a fine-tuning run produced.
@@ -130,16 +143,38 @@ pub fn finetune<B: AutodiffBackend>(
         return Err(bad("fine-tuning needs batch_size ≥ 2 and epochs ≥ 1".into()));
     }
     std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
+    if !(config.label_fraction > 0.0 && config.label_fraction <= 1.0) {
+        return Err(bad(format!(
+            "label fraction {} must be in (0, 1]",
+            config.label_fraction
+        )));
+    }
+    let (index, split) = open_split(&config.split, Some(&config.dataset))?;
+    if index.task != Task::MultiClass {
+        return Err(Error::Data {
+            path: index.root().to_path_buf(),
+            reason: "multi-label data: fine-tuning here trains a softmax classifier; per-finding \
+                     sigmoid fine-tuning is not available yet"
+                .into(),
+        });
+    }
     let (train, preprocess) = load_training_images(
-        &config.dataset,
-        &config.split,
+        &index,
+        &split.labeled_subset(&index, config.label_fraction),
         config.image_size,
         config.model.in_channels,
         config.preprocess.clone(),
+        config.skip_bad,
     )?;
-    let index = open_dataset(&config.dataset)?;
-    let split = SplitFile::load(&config.split, &index)?;
-    let val = load_images(&index, &split.indices(&index, Partition::Val), &preprocess)?;
+    let val = load_images_with(
+        &index,
+        &split.indices(&index, Partition::Val),
+        &preprocess,
+        config.skip_bad,
+    )?;
+    report_skipped(&val);
+    let train_labels = train.class_labels().expect("multi-class checked above");
+    let val_labels = val.class_labels().expect("multi-class checked above");
     config.preprocess = Some(preprocess.clone());
     config.class_names = index.class_names.clone();
     save_json(&out.join("config.json"), &config)?;
@@ -162,30 +197,28 @@ pub fn finetune<B: AutodiffBackend>(
     let mut log = MetricsLog::open(out)?;
     let bar = progress(total as u64, "finetune");
     let started = Instant::now();
-    let mut order: Vec<usize> = (0..train.len()).collect();
+    let schedule = batch_schedule(train.len(), batch_size, config.epochs, config.seed, total);
+    let train = Arc::new(train);
+    let loader = {
+        let (train, augment, seed) = (train.clone(), config.augment.clone(), config.seed);
+        let schedule = schedule.clone();
+        Prefetch::spawn(schedule.len(), 2, move |step| {
+            let sources: Vec<&[f32]> = schedule[step].iter().map(|&i| train.image(i)).collect();
+            augment_batch(&sources, geometry, &augment, step_seed(seed, step), 0)
+        })
+    };
+    let mut loader = loader.zip(schedule.iter());
     let mut step = 0;
     let mut best: Option<(usize, ClassificationMetrics)> = None;
     for epoch in 0..config.epochs {
         if step >= total {
             break;
         }
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            config.seed ^ (epoch as u64 + 1),
-        ));
         let mut epoch_loss = 0.0;
         let mut epoch_steps = 0;
-        for batch in order.chunks_exact(batch_size) {
-            if step >= total {
-                break;
-            }
-            let sources: Vec<&[f32]> = batch.iter().map(|&i| train.image(i)).collect();
-            let step_seed = config
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(step as u64);
-            let views = augment_batch(&sources, geometry, &config.augment, step_seed, 0);
+        for (views, batch) in loader.by_ref().take(steps_per_epoch) {
             let x = input_tensor::<B>(views, &preprocess, device);
-            let labels: Vec<i64> = batch.iter().map(|&i| train.labels[i] as i64).collect();
+            let labels: Vec<i64> = batch.iter().map(|&i| train_labels[i] as i64).collect();
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
             let loss = loss_fn.forward(model.forward(x), y);
             let loss_value: f32 = loss
@@ -210,7 +243,7 @@ pub fn finetune<B: AutodiffBackend>(
             step += 1;
         }
         let probabilities = predict(&model.valid(), &val, &preprocess, device);
-        let metrics = ClassificationMetrics::compute(&probabilities, &val.labels, classes);
+        let metrics = ClassificationMetrics::compute(&probabilities, &val_labels, classes);
         log.write(&json!({
             "stage": "finetune", "epoch": epoch,
             "train_loss": epoch_loss / epoch_steps.max(1) as f32,

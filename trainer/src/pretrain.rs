@@ -6,6 +6,7 @@
 //! `metrics.jsonl` into the run directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
-use crate::data::{load_images, open_dataset, ImageSet, Partition, SplitFile};
+use crate::data::{load_images_with, open_split, DatasetIndex, ImageSet, Partition, Prefetch};
 use crate::model::{input_tensor, ResNetConfig, SimClr};
 use crate::runlog::{progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
@@ -33,10 +34,13 @@ pub const BACKBONE_FILE: &str = "backbone.mpk";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainConfig {
-    /// Dataset folder or file.
+    /// Dataset folder or file (the split file's source, or where that data moved to).
     pub dataset: PathBuf,
     /// Split file (only its train partition is used).
     pub split: PathBuf,
+    /// Leave unreadable images out (listing each) instead of stopping.
+    #[serde(default)]
+    pub skip_bad: bool,
     /// Backbone.
     pub model: ResNetConfig,
     /// Input size in pixels (square).
@@ -71,6 +75,7 @@ impl PretrainConfig {
         Self {
             dataset,
             split,
+            skip_bad: false,
             model: ResNetConfig::default(),
             image_size: 32,
             preprocess: None,
@@ -135,17 +140,16 @@ pub fn nt_xent_loss<B: Backend>(z: Tensor<B, 2>, temperature: f32) -> Tensor<B, 
         .forward(logits, targets)
 }
 
-/// Loads the training partition and resolves preprocessing from its statistics when unset.
+/// Loads the given samples and resolves preprocessing from their statistics when unset.
+/// With `skip_bad`, unreadable images are listed on stderr and left out.
 pub fn load_training_images(
-    dataset: &Path,
-    split: &Path,
+    index: &DatasetIndex,
+    which: &[usize],
     image_size: u32,
     channels: usize,
     preprocess: Option<PreprocessConfig>,
+    skip_bad: bool,
 ) -> Result<(ImageSet, PreprocessConfig)> {
-    let index = open_dataset(dataset)?;
-    let split = SplitFile::load(split, &index)?;
-    let train = split.indices(&index, Partition::Train);
     let unnormalised = preprocess.clone().unwrap_or_else(|| {
         PreprocessConfig::new(
             image_size,
@@ -154,7 +158,8 @@ pub fn load_training_images(
             vec![1.0; channels],
         )
     });
-    let images = load_images(&index, &train, &unnormalised)?;
+    let images = load_images_with(index, which, &unnormalised, skip_bad)?;
+    report_skipped(&images);
     let resolved = match preprocess {
         Some(p) => p,
         None => {
@@ -167,6 +172,47 @@ pub fn load_training_images(
         }
     };
     Ok((images, resolved))
+}
+
+/// Lists images left out by `--skip-bad` on stderr.
+pub(crate) fn report_skipped(images: &ImageSet) {
+    for reason in &images.skipped {
+        eprintln!("skipped unreadable image: {reason}");
+    }
+    if !images.skipped.is_empty() {
+        eprintln!(
+            "skipped {} unreadable image(s); {} loaded",
+            images.skipped.len(),
+            images.len()
+        );
+    }
+}
+
+/// The batches of every step: a seeded shuffle per epoch, whole batches only.
+pub(crate) fn batch_schedule(
+    images: usize,
+    batch_size: usize,
+    epochs: usize,
+    seed: u64,
+    total: usize,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..images).collect();
+    let mut schedule = Vec::with_capacity(total);
+    for epoch in 0..epochs {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1)));
+        for batch in order.chunks_exact(batch_size) {
+            if schedule.len() == total {
+                return schedule;
+            }
+            schedule.push(batch.to_vec());
+        }
+    }
+    schedule
+}
+
+/// The augmentation seed of a step.
+pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(step as u64)
 }
 
 /// Runs SimCLR pretraining and writes the run directory `out`.
@@ -184,12 +230,14 @@ pub fn pretrain<B: AutodiffBackend>(
         return Err(bad("pretraining needs batch_size ≥ 2 and epochs ≥ 1".into()));
     }
     std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
+    let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     let (images, preprocess) = load_training_images(
-        &config.dataset,
-        &config.split,
+        &index,
+        &split.indices(&index, Partition::Train),
         config.image_size,
         config.model.in_channels,
         config.preprocess.clone(),
+        config.skip_bad,
     )?;
     if images.len() < config.batch_size {
         return Err(bad(format!(
@@ -216,52 +264,55 @@ pub fn pretrain<B: AutodiffBackend>(
     let bar = progress(total as u64, "pretrain");
     let started = Instant::now();
     let mut losses = Vec::with_capacity(total);
-    let mut order: Vec<usize> = (0..images.len()).collect();
-    let mut step = 0;
-    'epochs: for epoch in 0..config.epochs {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            config.seed ^ (epoch as u64 + 1),
-        ));
-        for batch in order.chunks_exact(config.batch_size) {
-            if step >= total {
-                break 'epochs;
-            }
-            let sources: Vec<&[f32]> = batch.iter().map(|&i| images.image(i)).collect();
-            let step_seed = config
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(step as u64);
-            let mut views = augment_batch(&sources, geometry, &config.augment, step_seed, 0);
+    let schedule = batch_schedule(
+        images.len(),
+        config.batch_size,
+        config.epochs,
+        config.seed,
+        total,
+    );
+    // Views for the next steps are augmented on a background thread while this one trains.
+    let images = Arc::new(images);
+    let loader = {
+        let (images, augment, seed) = (images.clone(), config.augment.clone(), config.seed);
+        Prefetch::spawn(schedule.len(), 2, move |step| {
+            let sources: Vec<&[f32]> = schedule[step].iter().map(|&i| images.image(i)).collect();
+            let mut views = augment_batch(&sources, geometry, &augment, step_seed(seed, step), 0);
             views.extend(augment_batch(
                 &sources,
                 geometry,
-                &config.augment,
-                step_seed,
+                &augment,
+                step_seed(seed, step),
                 1,
             ));
-            let x = input_tensor::<B>(views, &preprocess, device);
-            let loss = nt_xent_loss(model.forward(x), config.temperature);
-            let loss_value: f32 = loss
-                .clone()
-                .into_data()
-                .iter::<f32>()
-                .next()
-                .unwrap_or(f32::NAN);
-            if !loss_value.is_finite() {
-                return Err(bad(format!(
-                    "loss became {loss_value} at step {step}; lower the learning rate"
-                )));
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = learning_rate_at(step, total, config.learning_rate, config.warmup_fraction);
-            model = optimizer.step(lr, model, grads);
-            losses.push(loss_value);
-            let rate = ((step + 1) * config.batch_size) as f64 / started.elapsed().as_secs_f64();
-            log.write(&json!({"stage": "pretrain", "epoch": epoch, "step": step, "loss": loss_value, "lr": lr, "images_per_s": rate}))?;
-            bar.set_message(format!("loss {loss_value:.3} lr {lr:.2e} {rate:.0} img/s"));
-            bar.inc(1);
-            step += 1;
+            views
+        })
+    };
+    let mut step = 0;
+    for views in loader {
+        let epoch = step / steps_per_epoch.max(1);
+        let x = input_tensor::<B>(views, &preprocess, device);
+        let loss = nt_xent_loss(model.forward(x), config.temperature);
+        let loss_value: f32 = loss
+            .clone()
+            .into_data()
+            .iter::<f32>()
+            .next()
+            .unwrap_or(f32::NAN);
+        if !loss_value.is_finite() {
+            return Err(bad(format!(
+                "loss became {loss_value} at step {step}; lower the learning rate"
+            )));
         }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = learning_rate_at(step, total, config.learning_rate, config.warmup_fraction);
+        model = optimizer.step(lr, model, grads);
+        losses.push(loss_value);
+        let rate = ((step + 1) * config.batch_size) as f64 / started.elapsed().as_secs_f64();
+        log.write(&json!({"stage": "pretrain", "epoch": epoch, "step": step, "loss": loss_value, "lr": lr, "images_per_s": rate}))?;
+        bar.set_message(format!("loss {loss_value:.3} lr {lr:.2e} {rate:.0} img/s"));
+        bar.inc(1);
+        step += 1;
     }
     bar.finish_and_clear();
     save_weights(model.valid().backbone, &out.join(BACKBONE_FILE))?;

@@ -2,9 +2,6 @@
 
 use std::path::Path;
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use prost::Message;
 use scanside_runtime::bundle::{
     write_bundle, BundleManifest, ModelEntry, Provenance, FORMAT_VERSION,
@@ -120,61 +117,17 @@ pub fn write_dicom(
     cols: u16,
     window: Option<(f64, f64)>,
 ) {
-    let mut obj = InMemDicomObject::from_element_iter([
-        DataElement::new(
-            tags::SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE),
-        ),
-        DataElement::new(
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from("1.2.826.0.1.3680043.2.1125.1.1"),
-        ),
-        DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CR")),
-        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1_u16)),
-        DataElement::new(
-            tags::PHOTOMETRIC_INTERPRETATION,
-            VR::CS,
-            PrimitiveValue::from(photometric),
-        ),
-        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
-        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)),
-        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16_u16)),
-        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12_u16)),
-        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11_u16)),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0_u16),
-        ),
-        DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(pixels.iter().copied().collect()),
-        ),
-    ]);
-    if let Some((center, width)) = window {
-        obj.put(DataElement::new(
-            tags::WINDOW_CENTER,
-            VR::DS,
-            PrimitiveValue::from(center.to_string()),
-        ));
-        obj.put(DataElement::new(
-            tags::WINDOW_WIDTH,
-            VR::DS,
-            PrimitiveValue::from(width.to_string()),
-        ));
-    }
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
-                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.1125.1.1"),
-        )
-        .unwrap();
-    file.write_to_file(path).unwrap();
+    scanside_runtime::fixtures::write_dicom(
+        path,
+        &scanside_runtime::fixtures::DicomFixture {
+            photometric,
+            pixels,
+            rows,
+            cols,
+            window,
+            patient_id: None,
+        },
+    );
 }
 
 /// Writes an RGB PNG filled with one gray level.

@@ -8,7 +8,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand};
-use scanside_trainer::data::{make_split, open_dataset, Partition};
+use scanside_trainer::augment::Preset;
+use scanside_trainer::data::{
+    bench_decode_augment, check_dataset, make_split, open_split, write_preview, BagStats,
+    CsvLabels, CsvSpec, Partition, PreviewConfig, SourceSpec, SplitFile, UncertaintyPolicy,
+    LABEL_FRACTIONS,
+};
 use scanside_trainer::demo::{run_demo, DemoConfig};
 use scanside_trainer::evaluate::evaluate_run;
 use scanside_trainer::export::export_run;
@@ -40,19 +45,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Make a grouped, stratified, seeded train/val/test split and save it.
-    Split {
-        /// Dataset: HAM10000 folder (metadata.csv + images/) or MedMNIST .npz.
-        #[arg(long)]
-        data: PathBuf,
-        /// Split file to write.
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Train, val and test fractions.
-        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.7, 0.15, 0.15])]
-        fractions: Vec<f64>,
+    /// Datasets: split, check, preview augmentations, benchmark loading.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
     },
     /// SimCLR pretraining on the training partition's images (labels unused).
     Pretrain {
@@ -75,6 +71,9 @@ enum Command {
         /// NT-Xent temperature.
         #[arg(long, default_value_t = 0.2)]
         temperature: f32,
+        /// Augmentation preset for the views.
+        #[arg(long, value_enum, default_value = "derm")]
+        preset: Preset,
     },
     /// Fine-tune a classifier from a pretraining run (or from scratch).
     Finetune {
@@ -98,6 +97,12 @@ enum Command {
         /// Input size when training from scratch.
         #[arg(long, default_value_t = 32)]
         image_size: u32,
+        /// Fraction of the training labels to use (nested, stratified subset of the split).
+        #[arg(long, default_value_t = 1.0)]
+        label_fraction: f64,
+        /// Augmentation preset (its fine-tuning set).
+        #[arg(long, value_enum, default_value = "derm")]
+        preset: Preset,
     },
     /// Evaluate a fine-tuned run: top-1 accuracy and macro one-vs-rest AUC.
     Evaluate {
@@ -151,14 +156,249 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Make a grouped, stratified, seeded train/val/test split with nested label-fraction
+    /// subsets, and save it with the data's content hash.
+    Split {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Split file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Train, val and test fractions.
+        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.7, 0.15, 0.15])]
+        fractions: Vec<f64>,
+    },
+    /// Read every image and report unreadable files, leaks between partitions, label counts
+    /// and imbalance; exit 1 on problems.
+    Check {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Split file to check (default: a fresh split with seed 0 and 70/15/15).
+        #[arg(long)]
+        split: Option<PathBuf>,
+        /// Also write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Write a PNG grid of original images and augmented views.
+    Preview {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Split file; images come from its training partition.
+        #[arg(long)]
+        split: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "derm")]
+        preset: Preset,
+        /// Show the fine-tuning augmentations instead of the self-supervised views.
+        #[arg(long)]
+        finetune: bool,
+        /// PNG file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows (images).
+        #[arg(long, default_value_t = 6)]
+        images: usize,
+        /// Augmented views per image.
+        #[arg(long, default_value_t = 6)]
+        views: usize,
+        /// Tile size in pixels.
+        #[arg(long, default_value_t = 96)]
+        size: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Benchmark decoding plus two augmented views per image (images/s on all cores).
+    Bench {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[arg(long, value_enum, default_value = "derm")]
+        preset: Preset,
+        /// Model input size.
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        /// Images to process (from the start of the dataset).
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// Timed repetitions (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+}
+
+/// Where the data is, and for CSV manifests which columns mean what.
+#[derive(Args)]
+struct SourceArgs {
+    /// Dataset: HAM10000 folder, NIH ChestX-ray14 folder, MedMNIST .npz, folder of class
+    /// sub-folders, or CSV manifest (with the column options).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// CSV: column holding image paths (relative to the manifest's folder or --image-root).
+    #[arg(long, help_heading = "CSV manifests")]
+    path_column: Option<String>,
+    /// CSV: folder the image paths are relative to.
+    #[arg(long, help_heading = "CSV manifests")]
+    image_root: Option<PathBuf>,
+    /// CSV: column holding the case / patient id (images of one case stay in one partition).
+    #[arg(long, help_heading = "CSV manifests")]
+    group_column: Option<String>,
+    /// CSV: column holding the class (multi-class), or the joined findings with
+    /// --label-separator (multi-label).
+    #[arg(long, help_heading = "CSV manifests")]
+    label_column: Option<String>,
+    /// CSV: separator between findings in --label-column, e.g. '|'.
+    #[arg(long, help_heading = "CSV manifests")]
+    label_separator: Option<String>,
+    /// CSV: the --label-column value meaning no finding, e.g. 'No Finding'.
+    #[arg(long, help_heading = "CSV manifests")]
+    no_finding: Option<String>,
+    /// CSV: one column per finding with CheXpert values 1 / 0 / -1 (uncertain) / blank.
+    #[arg(long, value_delimiter = ',', help_heading = "CSV manifests")]
+    finding_columns: Vec<String>,
+    /// CSV: class order (default: sorted distinct values).
+    #[arg(long, value_delimiter = ',', help_heading = "CSV manifests")]
+    classes: Vec<String>,
+    /// CSV: how uncertain (-1) findings become targets.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "u-ignore",
+        help_heading = "CSV manifests"
+    )]
+    uncertain: UncertaintyPolicy,
+}
+
+/// A command-line mistake: reported with exit code 2.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    Usage(message.into()).into()
+}
+
+impl SourceArgs {
+    fn csv_options_given(&self) -> bool {
+        self.path_column.is_some()
+            || self.image_root.is_some()
+            || self.group_column.is_some()
+            || self.label_column.is_some()
+            || self.label_separator.is_some()
+            || self.no_finding.is_some()
+            || !self.finding_columns.is_empty()
+            || !self.classes.is_empty()
+    }
+
+    /// The dataset's spec; `None` when no `--data` was given.
+    fn spec(&self) -> anyhow::Result<Option<SourceSpec>> {
+        let Some(data) = &self.data else {
+            if self.csv_options_given() {
+                return Err(usage("the CSV column options need --data MANIFEST.csv"));
+            }
+            return Ok(None);
+        };
+        let is_csv = data
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        if !is_csv {
+            if self.csv_options_given() {
+                return Err(usage(format!(
+                    "--data {}: the CSV column options apply only to a .csv manifest",
+                    data.display()
+                )));
+            }
+            return Ok(Some(SourceSpec::detect(data)?));
+        }
+        let path_column = self.path_column.clone().ok_or_else(|| {
+            usage(format!(
+                "--data {}: a CSV manifest needs --path-column",
+                data.display()
+            ))
+        })?;
+        let classes = (!self.classes.is_empty()).then(|| self.classes.clone());
+        let labels = match (&self.label_column, self.finding_columns.is_empty()) {
+            (Some(column), true) => match &self.label_separator {
+                None => {
+                    if self.no_finding.is_some() {
+                        return Err(usage("--no-finding needs --label-separator (multi-label)"));
+                    }
+                    CsvLabels::Class {
+                        column: column.clone(),
+                        classes,
+                    }
+                }
+                Some(separator) => CsvLabels::Joined {
+                    column: column.clone(),
+                    separator: separator.clone(),
+                    none_value: self.no_finding.clone(),
+                    classes,
+                },
+            },
+            (None, false) => {
+                if classes.is_some() || self.label_separator.is_some() {
+                    return Err(usage(
+                        "--finding-columns already names the classes; drop --classes and \
+                         --label-separator",
+                    ));
+                }
+                CsvLabels::Findings {
+                    columns: self.finding_columns.clone(),
+                }
+            }
+            _ => {
+                return Err(usage(format!(
+                    "--data {}: give either --label-column or --finding-columns",
+                    data.display()
+                )))
+            }
+        };
+        Ok(Some(SourceSpec::Csv(CsvSpec {
+            path: data.clone(),
+            image_root: self.image_root.clone(),
+            path_column,
+            path_template: "{}".into(),
+            group_column: self.group_column.clone(),
+            labels,
+            uncertainty: self.uncertain,
+        })))
+    }
+
+    fn required_spec(&self) -> anyhow::Result<SourceSpec> {
+        self.spec()?.ok_or_else(|| usage("--data is required"))
+    }
+}
+
 #[derive(Args)]
 struct DataArgs {
-    /// Dataset: HAM10000 folder or MedMNIST .npz.
-    #[arg(long)]
-    data: PathBuf,
-    /// Split file from `scanside-train split`.
+    /// Split file from `scanside-train data split` (it names the dataset).
     #[arg(long)]
     split: PathBuf,
+    /// The dataset, when it moved since the split was made (its content must not change).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Leave unreadable images out, listing each, instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+impl DataArgs {
+    /// The dataset path: `--data`, or the one the split file records.
+    fn dataset(&self) -> anyhow::Result<PathBuf> {
+        match &self.data {
+            Some(d) => Ok(d.clone()),
+            None => Ok(SplitFile::read(&self.split)?.source.path().to_path_buf()),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -180,10 +420,14 @@ struct TrainArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match parse_device::<Inner>(&cli.device).and_then(|device| run::<Train>(cli.command, &device)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("scanside-train: error: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
@@ -205,32 +449,9 @@ fn parse_device<B: burn::tensor::backend::Backend>(s: &str) -> anyhow::Result<B:
     Ok(Default::default())
 }
 
-fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Result<()> {
+fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Split {
-            data,
-            out,
-            seed,
-            fractions,
-        } => {
-            let index = open_dataset(&data)?;
-            let split = make_split(&index, seed, [fractions[0], fractions[1], fractions[2]])?;
-            save_json(&out, &split)?;
-            let groups = index
-                .samples
-                .iter()
-                .map(|s| &s.group)
-                .collect::<std::collections::HashSet<_>>()
-                .len();
-            println!(
-                "{}: {} images in {groups} groups ({}) -> {:?}, written to {}",
-                data.display(),
-                index.samples.len(),
-                split.grouped_by,
-                split.counts,
-                out.display()
-            );
-        }
+        Command::Data { command } => return run_data(command),
         Command::Pretrain {
             data,
             out,
@@ -239,8 +460,11 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             width,
             image_size,
             temperature,
+            preset,
         } => {
-            let mut config = PretrainConfig::new(data.data, data.split);
+            let mut config = PretrainConfig::new(data.dataset()?, data.split);
+            config.skip_bad = data.skip_bad;
+            config.augment = preset.ssl();
             config.model.depth = depth;
             config.model.width_multiplier = width;
             config.image_size = image_size;
@@ -260,11 +484,16 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             from_scratch,
             train,
             image_size,
+            label_fraction,
+            preset,
         } => {
             if !from_scratch && pretrained.is_none() {
                 bail!("finetune needs --pretrained DIR or --from-scratch");
             }
-            let mut config = FinetuneConfig::new(data.data, data.split, pretrained);
+            let mut config = FinetuneConfig::new(data.dataset()?, data.split, pretrained);
+            config.skip_bad = data.skip_bad;
+            config.label_fraction = label_fraction;
+            config.augment = preset.finetune();
             config.image_size = image_size;
             config.seed = train.seed;
             config.max_steps = train.max_steps;
@@ -314,5 +543,126 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             print!("{}", summary.render());
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_data(command: DataCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DataCommand::Split {
+            source,
+            out,
+            seed,
+            fractions,
+        } => {
+            let index = source.required_spec()?.open()?;
+            let split = make_split(&index, seed, [fractions[0], fractions[1], fractions[2]])?;
+            save_json(&out, &split)?;
+            let train = split.indices(&index, Partition::Train);
+            let bags = BagStats::of(&index, &train);
+            println!(
+                "{}: {} images in {} groups (grouped by {}) -> {:?}, written to {}",
+                index.root().display(),
+                index.samples.len(),
+                BagStats::of(&index, &(0..index.samples.len()).collect::<Vec<_>>()).bags,
+                split.grouped_by,
+                split.counts,
+                out.display()
+            );
+            println!(
+                "MICLe bags (train): {} bags, {} with >= 2 images ({} images)",
+                bags.bags, bags.multi_image_bags, bags.images_in_multi_image_bags
+            );
+            let subsets: Vec<String> = LABEL_FRACTIONS
+                .iter()
+                .map(|&f| format!("{}%: {}", f * 100.0, split.labeled_subset(&index, f).len()))
+                .collect();
+            println!("label-fraction subsets (images): {}", subsets.join(", "));
+        }
+        DataCommand::Check {
+            source,
+            split,
+            json,
+        } => {
+            let (index, split, label) = match (&split, source.spec()?) {
+                (Some(path), spec) => {
+                    let data = spec.as_ref().map(|s| s.path().to_path_buf());
+                    let (index, split) = open_split(path, data.as_deref())?;
+                    (index, split, path.display().to_string())
+                }
+                (None, Some(spec)) => {
+                    let index = spec.open()?;
+                    let split = make_split(&index, 0, [0.7, 0.15, 0.15])?;
+                    (
+                        index,
+                        split,
+                        "none given; a fresh split (seed 0, 70/15/15)".to_string(),
+                    )
+                }
+                (None, None) => return Err(usage("data check needs --data or --split")),
+            };
+            let report = check_dataset(&index, &split, &label);
+            print!("{}", report.render());
+            if let Some(path) = json {
+                save_json(&path, &report)?;
+            }
+            if !report.ok() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        DataCommand::Preview {
+            source,
+            split,
+            preset,
+            finetune,
+            out,
+            images,
+            views,
+            size,
+            seed,
+        } => {
+            let (index, which) = match (&split, source.spec()?) {
+                (Some(path), spec) => {
+                    let data = spec.as_ref().map(|s| s.path().to_path_buf());
+                    let (index, split) = open_split(path, data.as_deref())?;
+                    let train = split.indices(&index, Partition::Train);
+                    (index, train)
+                }
+                (None, Some(spec)) => {
+                    let index = spec.open()?;
+                    let all = (0..index.samples.len()).collect();
+                    (index, all)
+                }
+                (None, None) => return Err(usage("data preview needs --data or --split")),
+            };
+            let config = PreviewConfig {
+                preset,
+                finetune,
+                images,
+                views,
+                size,
+                seed,
+            };
+            let ids = write_preview(&index, &which, &config, &out)?;
+            println!(
+                "{}: {} images × (original + {views} {:?} views), rows: {}",
+                out.display(),
+                ids.len(),
+                preset,
+                ids.join(", ")
+            );
+        }
+        DataCommand::Bench {
+            source,
+            preset,
+            size,
+            images,
+            repeat,
+        } => {
+            let index = source.required_spec()?.open()?;
+            let which: Vec<usize> = (0..index.samples.len().min(images)).collect();
+            let result = bench_decode_augment(&index, &which, size, preset, repeat.max(1))?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

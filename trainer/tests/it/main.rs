@@ -1,17 +1,19 @@
 //! The `scanside-train` binary on bad input: one clear line naming the thing and the problem,
 //! exit 1 for failures and 2 for usage errors, and nothing half-written left behind.
 
+mod sources;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn train(args: &[&str]) -> Output {
+pub(crate) fn train(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_scanside-train"))
         .args(args)
         .output()
         .unwrap()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -32,6 +34,7 @@ fn write_ham(dir: &Path, header: &str, rows: &[&str]) {
 #[test]
 fn a_missing_dataset_is_named_and_exit_is_1() {
     let out = train(&[
+        "data",
         "split",
         "--data",
         "/no/such/ham",
@@ -52,6 +55,7 @@ fn an_unknown_class_column_is_named() {
     write_ham(dir.path(), "lesion_id,image_id,diagnosis", &["L1,I1,nv"]);
     let split = dir.path().join("split.json");
     let out = train(&[
+        "data",
         "split",
         "--data",
         dir.path().to_str().unwrap(),
@@ -72,6 +76,7 @@ fn an_unknown_label_and_an_empty_dataset_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     write_ham(dir.path(), "lesion_id,image_id,dx", &["L1,I1,wart"]);
     let out = train(&[
+        "data",
         "split",
         "--data",
         dir.path().to_str().unwrap(),
@@ -80,7 +85,7 @@ fn an_unknown_label_and_an_empty_dataset_are_clear_errors() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("unknown dx \"wart\""),
+        stderr(&out).contains("dx \"wart\" is not a known class"),
         "{}",
         stderr(&out)
     );
@@ -88,6 +93,7 @@ fn an_unknown_label_and_an_empty_dataset_are_clear_errors() {
     let empty = tempfile::tempdir().unwrap();
     write_ham(empty.path(), "lesion_id,image_id,dx", &[]);
     let out = train(&[
+        "data",
         "split",
         "--data",
         empty.path().to_str().unwrap(),
@@ -114,11 +120,16 @@ fn a_truncated_image_is_named_when_training_reads_it() {
     }
     let split = dir.path().join("split.json");
     let data = dir.path().to_str().unwrap();
-    assert!(
-        train(&["split", "--data", data, "--out", split.to_str().unwrap()])
-            .status
-            .success()
-    );
+    assert!(train(&[
+        "data",
+        "split",
+        "--data",
+        data,
+        "--out",
+        split.to_str().unwrap()
+    ])
+    .status
+    .success());
     let run = dir.path().join("pre");
     let out = train(&[
         "pretrain",
@@ -160,11 +171,16 @@ fn a_split_made_for_other_data_is_refused() {
     );
     let split = dir.path().join("split.json");
     let data = dir.path().to_str().unwrap();
-    assert!(
-        train(&["split", "--data", data, "--out", split.to_str().unwrap()])
-            .status
-            .success()
-    );
+    assert!(train(&[
+        "data",
+        "split",
+        "--data",
+        data,
+        "--out",
+        split.to_str().unwrap()
+    ])
+    .status
+    .success());
     // The data changes after the split was made: an image is replaced.
     image::RgbImage::from_pixel(9, 9, image::Rgb([1, 2, 3]))
         .save(dir.path().join("images/I2.jpg"))

@@ -1,0 +1,453 @@
+//! Data: every input format, leak-free splits, label-fraction subsets, MICLe bags, loading.
+//!
+//! A dataset is described by a [`SourceSpec`] (HAM10000 folder, NIH ChestX-ray14 folder, MedMNIST
+//! `.npz`, a folder of class sub-folders, or a CSV manifest with multi-class, separator-joined
+//! multi-label or CheXpert-style finding columns). Opening one gives a [`DatasetIndex`]: samples
+//! with their group (lesion / patient), target and where their pixels live, plus a content hash.
+//! [`split`] makes grouped, stratified, seeded splits with nested label-fraction subsets and saves
+//! them with the source spec and hash, so every later command reopens exactly the same data.
+//! Images are decoded and resized with the runtime's decoder and preprocessing, so training sees
+//! the pixels the edge will see.
+
+mod check;
+mod loader;
+mod preview;
+mod sources;
+mod split;
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use scanside_runtime::decode::{decode_file, DecodedImage, SourceInfo};
+use scanside_runtime::preprocess::{to_model_pixels, PreprocessConfig};
+use serde::{Deserialize, Serialize};
+
+pub use check::{check_dataset, CheckReport};
+pub use loader::{bench_decode_augment, LoaderBench, Prefetch};
+pub use preview::{write_preview, PreviewConfig};
+pub use sources::{
+    CsvLabels, CsvSpec, SourceSpec, HAM10000_CLASSES, NIH_FINDINGS, SUPPORTED_LAYOUTS,
+};
+pub use split::{
+    bags, make_split, open_split, BagStats, SplitFile, LABEL_FRACTIONS, SPLIT_FORMAT_VERSION,
+};
+
+use crate::runlog::progress;
+use crate::{Error, Result};
+
+/// Where one sample's pixels live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageRef {
+    /// An image file (PNG, JPEG or DICOM).
+    File(PathBuf),
+    /// Image `index` of the in-memory array of an `.npz` dataset.
+    Array(usize),
+}
+
+/// One finding's value in a multi-label source, as written by the labeller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finding {
+    /// Present (CheXpert `1`, or named in a joined label column).
+    Positive,
+    /// Absent (CheXpert `0`).
+    Negative,
+    /// Uncertain (CheXpert `-1`): resolved by an [`UncertaintyPolicy`].
+    Uncertain,
+    /// Not mentioned (CheXpert blank, or not named in a joined column): counted as absent.
+    Unmentioned,
+}
+
+/// What to do with uncertain findings (Irvin et al. 2019, CheXpert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UncertaintyPolicy {
+    /// Uncertain counts as positive.
+    UOnes,
+    /// Uncertain counts as negative.
+    UZeros,
+    /// Uncertain is left out of the loss and of the metrics (masked).
+    #[default]
+    UIgnore,
+}
+
+impl Finding {
+    /// The training target under a policy; `None` means masked out.
+    pub fn target(self, policy: UncertaintyPolicy) -> Option<f32> {
+        match (self, policy) {
+            (Finding::Positive, _) => Some(1.0),
+            (Finding::Negative | Finding::Unmentioned, _) => Some(0.0),
+            (Finding::Uncertain, UncertaintyPolicy::UOnes) => Some(1.0),
+            (Finding::Uncertain, UncertaintyPolicy::UZeros) => Some(0.0),
+            (Finding::Uncertain, UncertaintyPolicy::UIgnore) => None,
+        }
+    }
+}
+
+/// Per-finding targets and loss mask (1 = counts, 0 = ignored) under a policy.
+pub fn finding_targets(findings: &[Finding], policy: UncertaintyPolicy) -> (Vec<f32>, Vec<f32>) {
+    findings
+        .iter()
+        .map(|f| match f.target(policy) {
+            Some(t) => (t, 1.0),
+            None => (0.0, 0.0),
+        })
+        .unzip()
+}
+
+/// A sample's label.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// One class index into [`DatasetIndex::class_names`].
+    Class(usize),
+    /// One value per class name (multi-label).
+    Findings(Vec<Finding>),
+}
+
+impl Target {
+    /// The class index of a multi-class target.
+    pub fn class(&self) -> Option<usize> {
+        match self {
+            Target::Class(c) => Some(*c),
+            Target::Findings(_) => None,
+        }
+    }
+
+    /// Classes counted as present for statistics and stratification (uncertain counts as
+    /// present there, so that uncertain cases are spread over the partitions too).
+    pub fn present(&self) -> Vec<usize> {
+        match self {
+            Target::Class(c) => vec![*c],
+            Target::Findings(f) => f
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| matches!(f, Finding::Positive | Finding::Uncertain))
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+}
+
+/// Whether a dataset has one class per image or any number of findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Exactly one class per image (softmax).
+    MultiClass,
+    /// Zero or more findings per image (one sigmoid each).
+    MultiLabel,
+}
+
+/// One labelled sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Unique id (HAM10000 `image_id`, a manifest path, or `train-17` for arrays).
+    pub id: String,
+    /// Lesion / patient id: samples sharing it never straddle partitions.
+    pub group: String,
+    /// The label.
+    pub target: Target,
+    /// Where the pixels are.
+    pub image: ImageRef,
+    /// The partition the source itself assigns (MedMNIST), if any.
+    pub official: Option<Partition>,
+}
+
+/// Grayscale or RGB 8-bit images held in memory (MedMNIST arrays).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArrayImages {
+    /// `N × H × W × C` samples.
+    pub pixels: Vec<u8>,
+    /// Height.
+    pub height: u32,
+    /// Width.
+    pub width: u32,
+    /// 1 or 3.
+    pub channels: u32,
+}
+
+/// A dataset's samples and class names, without decoded pixels.
+#[derive(Debug, Clone)]
+pub struct DatasetIndex {
+    /// How it was read.
+    pub source: SourceSpec,
+    /// Multi-class or multi-label.
+    pub task: Task,
+    /// Class (or finding) names in label order.
+    pub class_names: Vec<String>,
+    /// How uncertain findings become targets (multi-label sources).
+    pub uncertainty: UncertaintyPolicy,
+    /// What groups samples (`lesion_id`, `patient_id`, ...), for reports.
+    pub grouped_by: String,
+    /// Samples, in source order.
+    pub samples: Vec<Sample>,
+    /// sha256 over the label file and the image list (names and sizes) or the npz bytes.
+    pub content_sha256: String,
+    /// The pixels of array datasets.
+    pub arrays: Option<ArrayImages>,
+}
+
+impl DatasetIndex {
+    /// The folder or file the data was read from.
+    pub fn root(&self) -> &Path {
+        self.source.path()
+    }
+
+    /// Images per class (multi-label: images where the finding is present or uncertain).
+    pub fn class_counts(&self, which: impl IntoIterator<Item = usize>) -> Vec<usize> {
+        let mut counts = vec![0; self.class_names.len()];
+        for i in which {
+            for c in self.samples[i].target.present() {
+                counts[c] += 1;
+            }
+        }
+        counts
+    }
+
+    /// Where sample `i` comes from, for messages and reports.
+    pub fn describe_sample(&self, i: usize) -> String {
+        match &self.samples[i].image {
+            ImageRef::File(p) => p.display().to_string(),
+            ImageRef::Array(_) => format!("{}#{}", self.root().display(), self.samples[i].id),
+        }
+    }
+
+    /// Decodes sample `i` without resizing.
+    pub fn decode(&self, i: usize) -> Result<DecodedImage> {
+        match &self.samples[i].image {
+            ImageRef::File(path) => Ok(decode_file(path)?),
+            ImageRef::Array(k) => Ok(array_image(self, *k)),
+        }
+    }
+}
+
+/// Opens a dataset given only its path, recognising the layout (see [`SourceSpec::detect`]).
+pub fn open_dataset(path: &Path) -> Result<DatasetIndex> {
+    SourceSpec::detect(path)?.open()
+}
+
+/// A partition of a split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partition {
+    /// Training (and the unlabeled pretraining pool).
+    Train,
+    /// Model selection.
+    Val,
+    /// Held out for reporting.
+    Test,
+}
+
+/// The three partitions in order.
+pub const PARTITIONS: [Partition; 3] = [Partition::Train, Partition::Val, Partition::Test];
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Partition::Train => "train",
+            Partition::Val => "val",
+            Partition::Test => "test",
+        })
+    }
+}
+
+impl std::str::FromStr for Partition {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "train" => Ok(Partition::Train),
+            "val" => Ok(Partition::Val),
+            "test" => Ok(Partition::Test),
+            other => Err(format!(
+                "unknown split {other:?}: expected train, val or test"
+            )),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decoded, resized images (`C×H×W`, values in `[0, 1]`, not normalised) with their targets.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    /// `len × sample_len` floats.
+    pub pixels: Vec<f32>,
+    /// Label per image.
+    pub targets: Vec<Target>,
+    /// Sample ids.
+    pub ids: Vec<String>,
+    /// Group (lesion / patient) per image, for MICLe bags.
+    pub groups: Vec<String>,
+    /// Where each image came from (file path or array id), for reports.
+    pub sources: Vec<String>,
+    /// Floats per image.
+    pub sample_len: usize,
+    /// Files that could not be read and were left out (`--skip-bad`), each with the reason.
+    pub skipped: Vec<String>,
+}
+
+impl ImageSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[f32] {
+        &self.pixels[i * self.sample_len..(i + 1) * self.sample_len]
+    }
+
+    /// Class index per image, for multi-class data; `None` for multi-label data.
+    pub fn class_labels(&self) -> Option<Vec<usize>> {
+        self.targets.iter().map(Target::class).collect()
+    }
+
+    /// Per-channel mean and standard deviation over all pixels (for the normalisation).
+    pub fn channel_stats(&self, channels: usize) -> (Vec<f32>, Vec<f32>) {
+        let plane = self.sample_len / channels;
+        let mut sum = vec![0.0_f64; channels];
+        let mut sq = vec![0.0_f64; channels];
+        for img in self.pixels.chunks_exact(self.sample_len) {
+            for (c, values) in img.chunks_exact(plane).enumerate() {
+                for &v in values {
+                    sum[c] += f64::from(v);
+                    sq[c] += f64::from(v) * f64::from(v);
+                }
+            }
+        }
+        let n = (self.len() * plane).max(1) as f64;
+        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+        let std = sq
+            .iter()
+            .zip(&sum)
+            .map(|(q, s)| ((q / n - (s / n).powi(2)).max(1e-8).sqrt()) as f32)
+            .collect();
+        (mean, std)
+    }
+}
+
+/// Decodes and resizes the given samples in parallel; the first failure names its file.
+pub fn load_images(
+    index: &DatasetIndex,
+    which: &[usize],
+    preprocess: &PreprocessConfig,
+) -> Result<ImageSet> {
+    load_images_with(index, which, preprocess, false)
+}
+
+/// Like [`load_images`]; with `skip_bad`, unreadable images are left out and listed in
+/// [`ImageSet::skipped`] instead of stopping the load.
+pub fn load_images_with(
+    index: &DatasetIndex,
+    which: &[usize],
+    preprocess: &PreprocessConfig,
+    skip_bad: bool,
+) -> Result<ImageSet> {
+    if which.is_empty() {
+        return Err(Error::Data {
+            path: index.root().to_path_buf(),
+            reason: "the selected partition holds no images".into(),
+        });
+    }
+    let bar = progress(which.len() as u64, "decode");
+    let decoded: Vec<Result<Vec<f32>>> = which
+        .par_iter()
+        .map(|&i| {
+            let image = index.decode(i)?;
+            let name = PathBuf::from(index.describe_sample(i));
+            let pixels = to_model_pixels(&image, preprocess, &name)?;
+            bar.inc(1);
+            Ok(pixels)
+        })
+        .collect();
+    bar.finish_and_clear();
+    let mut set = ImageSet {
+        pixels: Vec::with_capacity(which.len() * preprocess.input_len()),
+        targets: Vec::with_capacity(which.len()),
+        ids: Vec::with_capacity(which.len()),
+        groups: Vec::with_capacity(which.len()),
+        sources: Vec::with_capacity(which.len()),
+        sample_len: preprocess.input_len(),
+        skipped: Vec::new(),
+    };
+    for (&i, d) in which.iter().zip(decoded) {
+        let pixels = match d {
+            Ok(p) => p,
+            Err(e) if skip_bad => {
+                set.skipped.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let sample = &index.samples[i];
+        set.pixels.extend(pixels);
+        set.targets.push(sample.target.clone());
+        set.ids.push(sample.id.clone());
+        set.groups.push(sample.group.clone());
+        set.sources.push(index.describe_sample(i));
+    }
+    if set.is_empty() {
+        return Err(Error::Data {
+            path: index.root().to_path_buf(),
+            reason: format!("none of the {} selected images could be read", which.len()),
+        });
+    }
+    Ok(set)
+}
+
+fn array_image(index: &DatasetIndex, k: usize) -> DecodedImage {
+    let a = index
+        .arrays
+        .as_ref()
+        .expect("array samples come with arrays");
+    let len = (a.height * a.width * a.channels) as usize;
+    DecodedImage {
+        width: a.width,
+        height: a.height,
+        channels: a.channels,
+        pixels: a.pixels[k * len..(k + 1) * len]
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect(),
+        source: SourceInfo::Png { bit_depth: 8 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chexpert_policies_map_uncertain_as_documented() {
+        use Finding::*;
+        let findings = [Positive, Negative, Uncertain, Unmentioned];
+        assert_eq!(
+            finding_targets(&findings, UncertaintyPolicy::UOnes),
+            (vec![1.0, 0.0, 1.0, 0.0], vec![1.0; 4])
+        );
+        assert_eq!(
+            finding_targets(&findings, UncertaintyPolicy::UZeros),
+            (vec![1.0, 0.0, 0.0, 0.0], vec![1.0; 4])
+        );
+        assert_eq!(
+            finding_targets(&findings, UncertaintyPolicy::UIgnore),
+            (vec![1.0, 0.0, 0.0, 0.0], vec![1.0, 1.0, 0.0, 1.0])
+        );
+    }
+
+    #[test]
+    fn present_counts_uncertain_findings_for_stratification() {
+        use Finding::*;
+        let t = Target::Findings(vec![Negative, Uncertain, Positive, Unmentioned]);
+        assert_eq!(t.present(), vec![1, 2]);
+        assert_eq!(t.class(), None);
+        assert_eq!(Target::Class(4).present(), vec![4]);
+    }
+}
