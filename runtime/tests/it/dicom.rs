@@ -60,3 +60,30 @@ fn a_truncated_dicom_file_is_a_clear_error() {
         .to_string();
     assert!(err.starts_with("t.dcm: cannot decode image"), "{err}");
 }
+
+#[test]
+fn the_patient_id_is_read_from_the_header_without_decoding_pixels() {
+    use scanside_runtime::decode::read_dicom_identity;
+    use scanside_runtime::fixtures::{write_dicom, DicomFixture};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.dcm");
+    write_dicom(
+        &path,
+        &DicomFixture {
+            photometric: "MONOCHROME2",
+            pixels: &[1, 2, 3, 4],
+            rows: 2,
+            cols: 2,
+            window: None,
+            patient_id: Some("PAT-0042"),
+        },
+    );
+    assert_eq!(
+        read_dicom_identity(&path).unwrap().patient_id.as_deref(),
+        Some("PAT-0042")
+    );
+    let png = dir.path().join("x.png");
+    std::fs::write(&png, b"\x89PNG\r\n\x1a\n").unwrap();
+    let e = read_dicom_identity(&png).unwrap_err().to_string();
+    assert!(e.contains("x.png") && e.contains("DICOM"), "{e}");
+}
