@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{load_images_with, open_split, ImageSet, Partition};
 use crate::finetune::{FinetuneConfig, MODEL_FILE};
-use crate::model::{input_tensor, to_vec, Classifier};
+use crate::model::{input_tensor, to_vec, Classifier, ResNet};
 use crate::runlog::{load_json, load_weights, save_json};
 use crate::{Error, Result};
 
@@ -111,6 +111,101 @@ pub fn predict<B: Backend>(
         out.extend(probs.chunks_exact(classes).map(|c| c.to_vec()));
     }
     out
+}
+
+/// Backbone features of every image (`N × feature_dim`), in batches.
+pub fn embed<B: Backend>(
+    backbone: &ResNet<B>,
+    images: &ImageSet,
+    preprocess: &PreprocessConfig,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(images.len());
+    for start in (0..images.len()).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(images.len());
+        let pixels = images.pixels[start * images.sample_len..end * images.sample_len].to_vec();
+        let features = backbone.forward(input_tensor::<B>(pixels, preprocess, device));
+        let dim = features.dims()[1];
+        out.extend(to_vec(features).chunks_exact(dim).map(|c| c.to_vec()));
+    }
+    out
+}
+
+fn l2_normalised(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter().map(|x| x / norm).collect()
+}
+
+/// Weighted k-nearest-neighbour top-1 accuracy of `queries` against a labelled `bank`: cosine
+/// similarity, the `k` nearest vote with weight `exp(sim / temperature)` (Wu et al. 2018, the
+/// monitor solo-learn uses). Labels never reach training: this only measures the features.
+pub fn knn_accuracy(
+    bank: &[Vec<f32>],
+    bank_labels: &[usize],
+    queries: &[Vec<f32>],
+    query_labels: &[usize],
+    k: usize,
+    temperature: f32,
+) -> f64 {
+    let classes = bank_labels
+        .iter()
+        .chain(query_labels)
+        .max()
+        .map_or(0, |m| m + 1);
+    let bank: Vec<Vec<f32>> = bank.iter().map(|b| l2_normalised(b)).collect();
+    let correct = queries
+        .iter()
+        .zip(query_labels)
+        .filter(|(q, &label)| {
+            let q = l2_normalised(q);
+            let mut sims: Vec<(f32, usize)> = bank
+                .iter()
+                .zip(bank_labels)
+                .map(|(b, &l)| (b.iter().zip(&q).map(|(x, y)| x * y).sum::<f32>(), l))
+                .collect();
+            let k = k.min(sims.len());
+            if k == 0 {
+                return false;
+            }
+            sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+            let mut votes = vec![0.0_f64; classes];
+            for &(sim, l) in &sims[..k] {
+                votes[l] += f64::from(sim / temperature).exp();
+            }
+            argmax_f64(&votes) == label
+        })
+        .count();
+    correct as f64 / queries.len().max(1) as f64
+}
+
+fn argmax_f64(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// How spread out L2-normalised embeddings are: the mean per-dimension standard deviation times
+/// `√dim` — about 1 for embeddings spread over the sphere, → 0 when they collapse to a point.
+pub fn embedding_spread(features: &[Vec<f32>]) -> f64 {
+    let Some(dim) = features.first().map(Vec::len) else {
+        return 0.0;
+    };
+    let normalised: Vec<Vec<f32>> = features.iter().map(|f| l2_normalised(f)).collect();
+    let n = normalised.len() as f64;
+    let mean_std = (0..dim)
+        .map(|d| {
+            let mean = normalised.iter().map(|f| f64::from(f[d])).sum::<f64>() / n;
+            let var = normalised
+                .iter()
+                .map(|f| (f64::from(f[d]) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            var.sqrt()
+        })
+        .sum::<f64>()
+        / dim as f64;
+    mean_std * (dim as f64).sqrt()
 }
 
 /// A fine-tuned run loaded back: its resolved config and its model.
@@ -248,5 +343,33 @@ mod tests {
         assert_eq!(m.per_class_auc[2], None);
         assert_eq!(m.macro_auc, Some(1.0));
         assert_eq!(m.class_counts, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn knn_finds_the_class_of_nearby_points() {
+        let bank = vec![
+            vec![1.0, 0.1],
+            vec![0.9, 0.0],
+            vec![0.0, 1.0],
+            vec![0.1, 0.8],
+        ];
+        let labels = [0, 0, 1, 1];
+        let queries = vec![vec![1.0, 0.05], vec![0.05, 1.0], vec![1.0, 0.0]];
+        let acc = knn_accuracy(&bank, &labels, &queries, &[0, 1, 1], 2, 0.07);
+        assert!((acc - 2.0 / 3.0).abs() < 1e-9, "{acc}");
+    }
+
+    #[test]
+    fn spread_is_near_one_for_spread_embeddings_and_zero_for_collapsed_ones() {
+        let spread: Vec<Vec<f32>> = (0..400)
+            .map(|i| {
+                let a = i as f32 * 0.7;
+                vec![a.cos(), a.sin(), (a * 1.3).cos(), (a * 1.3).sin()]
+            })
+            .collect();
+        let s = embedding_spread(&spread);
+        assert!(s > 0.8 && s < 1.2, "{s}");
+        let collapsed = vec![vec![0.3, 0.4, 0.5, 0.1]; 100];
+        assert!(embedding_spread(&collapsed) < 1e-6);
     }
 }

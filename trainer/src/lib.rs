@@ -13,6 +13,7 @@ pub mod evaluate;
 pub mod export;
 pub mod finetune;
 pub mod model;
+pub mod optim;
 pub mod pretrain;
 pub mod runlog;
 

@@ -1,21 +1,34 @@
-//! Self-supervised pretraining without labels: SimCLR (two augmented views per image, a 2-layer
-//! projection head, NT-Xent loss with temperature) on the training partition's images; labels
-//! are never read here.
+//! Self-supervised pretraining without labels on the training partition's images.
 //!
-//! Writes `config.json` (the resolved config, preprocessing included), `backbone.mpk` and
-//! `metrics.jsonl` into the run directory.
+//! Methods ([`Method`]): **SimCLR** (two augmented views of each image, a 2-layer projection
+//! head, NT-Xent with temperature) and **MICLe** (Azizi et al. 2021: when an image's lesion or
+//! patient has other images, the positive pair is one view of it and one view of another image
+//! of the same case; otherwise two views of the image; same loss). Optimisers: AdamW, LARS
+//! (SimCLR's, see [`crate::optim`]) or SGD with momentum; linear warm-up then cosine decay.
+//!
+//! The engine checkpoints model and optimiser every `checkpoint_every` steps (augmentation and
+//! batch order derive from the seed and the step, so that is all the state there is) and
+//! [`resume_pretrain`] continues a killed run exactly where its last checkpoint left it. Every
+//! `health_every` epochs — and once before training, as the random-init baseline — it reports
+//! the backbone's weighted-kNN accuracy on the validation partition (labels only measure, they
+//! never train) and warns when embeddings collapse.
+//!
+//! Writes `config.json`, `backbone.mpk`, `metrics.jsonl` and `checkpoints/` into the run.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scanside_runtime::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
@@ -23,12 +36,28 @@ use serde_json::json;
 
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
 use crate::data::{load_images_with, open_split, DatasetIndex, ImageSet, Partition, Prefetch};
+use crate::evaluate::{embed, embedding_spread, knn_accuracy};
 use crate::model::{input_tensor, ResNetConfig, SimClr};
-use crate::runlog::{progress, save_json, save_weights, MetricsLog};
+use crate::optim::{Lars, OptimizerKind};
+use crate::runlog::{load_json, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
 
 /// File names inside a pretraining run directory.
 pub const BACKBONE_FILE: &str = "backbone.mpk";
+
+/// Below this embedding spread (see [`embedding_spread`]) the run warns of collapse.
+pub const COLLAPSE_SPREAD: f64 = 0.05;
+
+/// Self-supervised objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Two views of one image.
+    #[default]
+    Simclr,
+    /// Views of two different images of one lesion / patient when it has several.
+    Micle,
+}
 
 /// Pretraining settings; the resolved form is saved as `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +70,9 @@ pub struct PretrainConfig {
     /// Leave unreadable images out (listing each) instead of stopping.
     #[serde(default)]
     pub skip_bad: bool,
+    /// Objective.
+    #[serde(default)]
+    pub method: Method,
     /// Backbone.
     pub model: ResNetConfig,
     /// Input size in pixels (square).
@@ -53,10 +85,16 @@ pub struct PretrainConfig {
     pub epochs: usize,
     /// Images per step (each gives two views).
     pub batch_size: usize,
-    /// Peak learning rate (AdamW).
+    /// Optimiser.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate.
     pub learning_rate: f64,
-    /// Decoupled weight decay.
+    /// Weight decay (decoupled for AdamW; L2 on weights, not biases or BatchNorm, for LARS).
     pub weight_decay: f32,
+    /// Momentum (LARS and SGD).
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
     /// Fraction of steps spent in linear warm-up before cosine decay.
     pub warmup_fraction: f64,
     /// NT-Xent temperature.
@@ -67,6 +105,28 @@ pub struct PretrainConfig {
     pub seed: u64,
     /// Stop after this many steps (for quick runs); all epochs when absent.
     pub max_steps: Option<usize>,
+    /// Save a resumable checkpoint every this many steps (0: never).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Measure kNN accuracy and embedding spread every this many epochs (0: never).
+    #[serde(default = "default_health_every")]
+    pub health_every: usize,
+    /// At most this many training images form the kNN bank, and validation images the queries.
+    #[serde(default = "default_health_images")]
+    pub health_images: usize,
+}
+
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_checkpoint_every() -> usize {
+    200
+}
+fn default_health_every() -> usize {
+    1
+}
+fn default_health_images() -> usize {
+    2000
 }
 
 impl PretrainConfig {
@@ -76,21 +136,38 @@ impl PretrainConfig {
             dataset,
             split,
             skip_bad: false,
+            method: Method::Simclr,
             model: ResNetConfig::default(),
             image_size: 32,
             preprocess: None,
             augment: AugmentConfig::derm_ssl(),
             epochs: 10,
             batch_size: 128,
+            optimizer: OptimizerKind::Adamw,
             learning_rate: 1e-3,
             weight_decay: 1e-4,
+            momentum: default_momentum(),
             warmup_fraction: 0.1,
             temperature: 0.2,
             projection_dim: 128,
             seed: 0,
             max_steps: None,
+            checkpoint_every: default_checkpoint_every(),
+            health_every: default_health_every(),
+            health_images: default_health_images(),
         }
     }
+}
+
+/// The backbone's kNN accuracy and embedding spread at one point of training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// Steps done when measured.
+    pub after_steps: usize,
+    /// Weighted 20-NN top-1 accuracy of validation images against training images.
+    pub knn_accuracy: f64,
+    /// See [`embedding_spread`]: ~1 spread out, → 0 collapsed.
+    pub spread: f64,
 }
 
 /// What a pretraining run produced.
@@ -98,16 +175,22 @@ impl PretrainConfig {
 pub struct PretrainSummary {
     /// Run directory.
     pub dir: PathBuf,
+    /// Objective.
+    pub method: Method,
     /// Steps taken.
     pub steps: usize,
     /// Mean loss over the first epoch's steps.
     pub first_loss: f32,
     /// Mean loss over the last 10 % of steps.
     pub final_loss: f32,
-    /// Wall time.
+    /// Wall time of this invocation (a resumed run counts from the resume).
     pub seconds: f64,
     /// Throughput in images per second (two views count as one image).
     pub images_per_second: f64,
+    /// Fraction of MICLe pairs made of two different images (0 for SimCLR).
+    pub cross_image_pairs: f64,
+    /// Health before training (random init) and at the end; absent when disabled.
+    pub health: Vec<Health>,
 }
 
 /// Linear warm-up then cosine decay to zero.
@@ -215,11 +298,252 @@ pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
     seed.wrapping_mul(1_000_003).wrapping_add(step as u64)
 }
 
-/// Runs SimCLR pretraining and writes the run directory `out`.
+/// Where a checkpoint is and what it holds besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    /// Steps completed.
+    step: usize,
+    /// Folder under `checkpoints/`.
+    dir: String,
+    /// Loss of every completed step.
+    losses: Vec<f32>,
+    /// Health measurements so far.
+    health: Vec<Health>,
+    /// MICLe pairs so far: (cross-image, total).
+    pairs: (usize, usize),
+}
+
+const LATEST: &str = "checkpoints/latest.json";
+
+/// Runs pretraining from scratch and writes the run directory `out`.
 pub fn pretrain<B: AutodiffBackend>(
     config: &PretrainConfig,
     out: &Path,
     device: &B::Device,
+) -> Result<PretrainSummary> {
+    dispatch::<B>(config, out, device, None)
+}
+
+/// Continues the run in `out` from its latest checkpoint, with the configuration it was
+/// started with; the steps after the checkpoint are redone exactly.
+pub fn resume_pretrain<B: AutodiffBackend>(
+    out: &Path,
+    device: &B::Device,
+) -> Result<PretrainSummary> {
+    let config: PretrainConfig = load_json(&out.join("config.json"))?;
+    let state: CheckpointState = load_json(&out.join(LATEST)).map_err(|e| Error::Checkpoint {
+        path: out.join(LATEST),
+        reason: format!("no checkpoint to resume from ({e})"),
+    })?;
+    dispatch::<B>(&config, out, device, Some(state))
+}
+
+fn dispatch<B: AutodiffBackend>(
+    config: &PretrainConfig,
+    out: &Path,
+    device: &B::Device,
+    resume: Option<CheckpointState>,
+) -> Result<PretrainSummary> {
+    match config.optimizer {
+        OptimizerKind::Adamw => {
+            let optimizer = AdamWConfig::new()
+                .with_weight_decay(config.weight_decay)
+                .init::<B, SimClr<B>>();
+            run::<B, _>(config, out, device, optimizer, resume)
+        }
+        OptimizerKind::Lars => {
+            let optimizer = Lars {
+                momentum: config.momentum,
+                weight_decay: f64::from(config.weight_decay),
+                ..Lars::default()
+            }
+            .init::<B, SimClr<B>>();
+            run::<B, _>(config, out, device, optimizer, resume)
+        }
+        OptimizerKind::Sgd => {
+            let optimizer = SgdConfig::new()
+                .with_momentum(Some(MomentumConfig {
+                    momentum: config.momentum,
+                    dampening: 0.0,
+                    nesterov: false,
+                }))
+                .with_weight_decay(Some(burn::optim::decay::WeightDecayConfig {
+                    penalty: config.weight_decay,
+                }))
+                .init::<B, SimClr<B>>();
+            run::<B, _>(config, out, device, optimizer, resume)
+        }
+    }
+}
+
+/// MICLe partners: for each training image, the other images of its bag.
+fn bag_partners(images: &ImageSet) -> Vec<Vec<usize>> {
+    let mut by_group: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, g) in images.groups.iter().enumerate() {
+        by_group.entry(g.as_str()).or_default().push(i);
+    }
+    images
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            by_group[g.as_str()]
+                .iter()
+                .copied()
+                .filter(|&j| j != i)
+                .collect()
+        })
+        .collect()
+}
+
+/// Validation images and labels for the health signal (multi-class data only).
+struct HealthSet {
+    bank: Vec<usize>,
+    bank_labels: Vec<usize>,
+    queries: ImageSet,
+    query_labels: Vec<usize>,
+}
+
+fn health_set(
+    config: &PretrainConfig,
+    index: &DatasetIndex,
+    split: &crate::data::SplitFile,
+    train: &ImageSet,
+    preprocess: &PreprocessConfig,
+) -> Result<Option<HealthSet>> {
+    if config.health_every == 0 {
+        return Ok(None);
+    }
+    let Some(train_labels) = train.class_labels() else {
+        eprintln!("health: multi-label data, kNN accuracy is not measured");
+        return Ok(None);
+    };
+    let mut val = split.indices(index, Partition::Val);
+    if val.is_empty() {
+        return Ok(None);
+    }
+    val.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
+    val.truncate(config.health_images);
+    val.sort_unstable();
+    let queries = load_images_with(index, &val, preprocess, config.skip_bad)?;
+    let query_labels = queries.class_labels().expect("same dataset, multi-class");
+    let mut bank: Vec<usize> = (0..train.len()).collect();
+    bank.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed ^ 0x6b6e6e));
+    bank.truncate(config.health_images);
+    let bank_labels = bank.iter().map(|&i| train_labels[i]).collect();
+    Ok(Some(HealthSet {
+        bank,
+        bank_labels,
+        queries,
+        query_labels,
+    }))
+}
+
+fn measure_health<B: AutodiffBackend>(
+    model: &SimClr<B>,
+    set: &HealthSet,
+    train: &ImageSet,
+    preprocess: &PreprocessConfig,
+    device: &B::Device,
+    after_steps: usize,
+) -> Health {
+    let backbone = model.valid().backbone;
+    let bank_images = ImageSet {
+        pixels: set
+            .bank
+            .iter()
+            .flat_map(|&i| train.image(i).iter().copied())
+            .collect(),
+        targets: Vec::new(),
+        ids: Vec::new(),
+        groups: Vec::new(),
+        sources: Vec::new(),
+        sample_len: train.sample_len,
+        skipped: Vec::new(),
+    };
+    let bank = embed(&backbone, &bank_images, preprocess, device);
+    let queries = embed(&backbone, &set.queries, preprocess, device);
+    Health {
+        after_steps,
+        knn_accuracy: knn_accuracy(
+            &bank,
+            &set.bank_labels,
+            &queries,
+            &set.query_labels,
+            20,
+            0.07,
+        ),
+        spread: embedding_spread(&queries),
+    }
+}
+
+fn checkpoint_error(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |reason| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Writes `checkpoints/step-N/` (model + optimiser), then points `latest.json` at it, then
+/// removes older ones: a kill at any moment leaves the previous checkpoint usable.
+fn save_checkpoint<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
+    out: &Path,
+    model: &SimClr<B>,
+    optimizer: &O,
+    state: &mut CheckpointState,
+) -> Result<()> {
+    let root = out.join("checkpoints");
+    let name = format!("step-{:08}", state.step);
+    let partial = root.join(format!("{name}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(crate::io_error(&partial))?;
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    model
+        .clone()
+        .save_file(partial.join("model"), &recorder)
+        .map_err(|e| checkpoint_error(&partial)(e.to_string()))?;
+    Recorder::<B>::record(&recorder, optimizer.to_record(), partial.join("optimizer"))
+        .map_err(|e| checkpoint_error(&partial)(e.to_string()))?;
+    let done = root.join(&name);
+    let _ = std::fs::remove_dir_all(&done);
+    std::fs::rename(&partial, &done).map_err(crate::io_error(&done))?;
+    state.dir = name.clone();
+    save_json(&out.join(LATEST), state)?;
+    for entry in std::fs::read_dir(&root)
+        .map_err(crate::io_error(&root))?
+        .flatten()
+    {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with("step-") && file_name != name {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
+}
+
+fn load_checkpoint<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
+    out: &Path,
+    model: SimClr<B>,
+    optimizer: O,
+    state: &CheckpointState,
+    device: &B::Device,
+) -> Result<(SimClr<B>, O)> {
+    let dir = out.join("checkpoints").join(&state.dir);
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let model = model
+        .load_file(dir.join("model"), &recorder, device)
+        .map_err(|e| checkpoint_error(&dir)(e.to_string()))?;
+    let record = Recorder::<B>::load(&recorder, dir.join("optimizer"), device)
+        .map_err(|e| checkpoint_error(&dir)(e.to_string()))?;
+    Ok((model, optimizer.load_record(record)))
+}
+
+fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
+    config: &PretrainConfig,
+    out: &Path,
+    device: &B::Device,
+    optimizer: O,
+    resume: Option<CheckpointState>,
 ) -> Result<PretrainSummary> {
     let bad = |reason: String| Error::Config {
         path: out.to_path_buf(),
@@ -250,20 +574,44 @@ pub fn pretrain<B: AutodiffBackend>(
         preprocess: Some(preprocess.clone()),
         ..config.clone()
     };
-    save_json(&out.join("config.json"), &resolved)?;
+    if resume.is_none() {
+        save_json(&out.join("config.json"), &resolved)?;
+    }
+    let health_set = health_set(config, &index, &split, &images, &preprocess)?;
 
     B::seed(device, config.seed);
     let mut model = SimClr::<B>::new(&config.model, config.projection_dim, device);
-    let mut optimizer = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay)
-        .init();
+    let mut optimizer = optimizer;
+    let mut state = CheckpointState {
+        step: 0,
+        dir: String::new(),
+        losses: Vec::new(),
+        health: Vec::new(),
+        pairs: (0, 0),
+    };
+    if let Some(saved) = resume {
+        (model, optimizer) = load_checkpoint(out, model, optimizer, &saved, device)?;
+        MetricsLog::truncate_after(out, saved.step)?;
+        eprintln!("resuming {} from step {}", out.display(), saved.step);
+        state = saved;
+    }
     let geometry = Geometry::of(&preprocess);
     let steps_per_epoch = images.len() / config.batch_size;
     let total = (steps_per_epoch * config.epochs).min(config.max_steps.unwrap_or(usize::MAX));
     let mut log = MetricsLog::open(out)?;
+    if let (Some(set), 0) = (&health_set, state.step) {
+        let health = measure_health(&model, set, &images, &preprocess, device, 0);
+        log.write(&json!({"stage": "pretrain", "health": &health, "init": true}))?;
+        eprintln!(
+            "health before training: kNN accuracy {:.3}, spread {:.3}",
+            health.knn_accuracy, health.spread
+        );
+        state.health.push(health);
+    }
     let bar = progress(total as u64, "pretrain");
+    bar.set_position(state.step as u64);
     let started = Instant::now();
-    let mut losses = Vec::with_capacity(total);
+    let first_step = state.step;
     let schedule = batch_schedule(
         images.len(),
         config.batch_size,
@@ -273,23 +621,41 @@ pub fn pretrain<B: AutodiffBackend>(
     );
     // Views for the next steps are augmented on a background thread while this one trains.
     let images = Arc::new(images);
+    let partners = Arc::new(match config.method {
+        Method::Simclr => vec![Vec::new(); images.len()],
+        Method::Micle => bag_partners(&images),
+    });
     let loader = {
-        let (images, augment, seed) = (images.clone(), config.augment.clone(), config.seed);
-        Prefetch::spawn(schedule.len(), 2, move |step| {
-            let sources: Vec<&[f32]> = schedule[step].iter().map(|&i| images.image(i)).collect();
-            let mut views = augment_batch(&sources, geometry, &augment, step_seed(seed, step), 0);
+        let (images, partners) = (images.clone(), partners.clone());
+        let (augment, seed) = (config.augment.clone(), config.seed);
+        Prefetch::spawn(schedule.len() - first_step, 2, move |k| {
+            let step = first_step + k;
+            let batch = &schedule[step];
+            // MICLe: the second view comes from another image of the same case when there is one.
+            let mut rng = ChaCha8Rng::seed_from_u64(step_seed(seed, step) ^ 0x006d_6963_6c65);
+            let second: Vec<usize> = batch
+                .iter()
+                .map(|&i| match partners[i].len() {
+                    0 => i,
+                    n => partners[i][rng.random_range(0..n)],
+                })
+                .collect();
+            let cross = batch.iter().zip(&second).filter(|(a, b)| a != b).count();
+            let first: Vec<&[f32]> = batch.iter().map(|&i| images.image(i)).collect();
+            let other: Vec<&[f32]> = second.iter().map(|&i| images.image(i)).collect();
+            let mut views = augment_batch(&first, geometry, &augment, step_seed(seed, step), 0);
             views.extend(augment_batch(
-                &sources,
+                &other,
                 geometry,
                 &augment,
                 step_seed(seed, step),
                 1,
             ));
-            views
+            (views, cross)
         })
     };
-    let mut step = 0;
-    for views in loader {
+    for (views, cross) in loader {
+        let step = state.step;
         let epoch = step / steps_per_epoch.max(1);
         let x = input_tensor::<B>(views, &preprocess, device);
         let loss = nt_xent_loss(model.forward(x), config.temperature);
@@ -307,25 +673,60 @@ pub fn pretrain<B: AutodiffBackend>(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = learning_rate_at(step, total, config.learning_rate, config.warmup_fraction);
         model = optimizer.step(lr, model, grads);
-        losses.push(loss_value);
-        let rate = ((step + 1) * config.batch_size) as f64 / started.elapsed().as_secs_f64();
+        state.losses.push(loss_value);
+        state.pairs.0 += cross;
+        state.pairs.1 += config.batch_size;
+        state.step += 1;
+        let rate = ((state.step - first_step) * config.batch_size) as f64
+            / started.elapsed().as_secs_f64();
         log.write(&json!({"stage": "pretrain", "epoch": epoch, "step": step, "loss": loss_value, "lr": lr, "images_per_s": rate}))?;
         bar.set_message(format!("loss {loss_value:.3} lr {lr:.2e} {rate:.0} img/s"));
         bar.inc(1);
-        step += 1;
+        let epoch_done = state.step.is_multiple_of(steps_per_epoch.max(1));
+        let last = state.step == total;
+        if let Some(set) = &health_set {
+            let every = config.health_every;
+            if (epoch_done && (epoch + 1).is_multiple_of(every)) || last {
+                let health = measure_health(&model, set, &images, &preprocess, device, state.step);
+                log.write(&json!({"stage": "pretrain", "epoch": epoch, "health": &health}))?;
+                bar.println(format!(
+                    "epoch {epoch}: kNN accuracy {:.3}, spread {:.3}",
+                    health.knn_accuracy, health.spread
+                ));
+                if health.spread < COLLAPSE_SPREAD {
+                    bar.println(format!(
+                        "warning: embeddings are collapsing (spread {:.4} < {COLLAPSE_SPREAD}); \
+                         lower the learning rate or raise the temperature",
+                        health.spread
+                    ));
+                    log.write(&json!({"stage": "pretrain", "warning": "collapse", "spread": health.spread}))?;
+                }
+                state.health.push(health);
+            }
+        }
+        if config.checkpoint_every > 0
+            && state.step.is_multiple_of(config.checkpoint_every)
+            && !last
+        {
+            save_checkpoint(out, &model, &optimizer, &mut state)?;
+        }
     }
     bar.finish_and_clear();
     save_weights(model.valid().backbone, &out.join(BACKBONE_FILE))?;
     let seconds = started.elapsed().as_secs_f64();
+    let losses = &state.losses;
     let mean = |xs: &[f32]| xs.iter().sum::<f32>() / xs.len().max(1) as f32;
     let tail = (losses.len() / 10).max(1);
     let summary = PretrainSummary {
         dir: out.to_path_buf(),
-        steps: step,
+        method: config.method,
+        steps: state.step,
         first_loss: mean(&losses[..steps_per_epoch.min(losses.len())]),
         final_loss: mean(&losses[losses.len().saturating_sub(tail)..]),
         seconds,
-        images_per_second: (step * config.batch_size) as f64 / seconds,
+        images_per_second: ((state.step - first_step) * config.batch_size) as f64 / seconds,
+        cross_image_pairs: state.pairs.0 as f64 / state.pairs.1.max(1) as f64,
+        health: state.health.clone(),
     };
     log.write(&json!({"stage": "pretrain", "summary": &summary}))?;
     Ok(summary)

@@ -32,6 +32,39 @@ impl MetricsLog {
         Ok(Self { file, path })
     }
 
+    /// Drops the per-step records of steps `>= step` (and health measured after it) from
+    /// `dir/metrics.jsonl`, so that a resumed run's log reads as one uninterrupted run.
+    pub fn truncate_after(dir: &Path, step: usize) -> Result<()> {
+        let path = dir.join("metrics.jsonl");
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(());
+        };
+        let kept: Vec<&[u8]> = bytes
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .filter(|line| {
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+                    return false; // a line torn by the kill
+                };
+                let after_step = v
+                    .get("step")
+                    .and_then(|s| s.as_u64())
+                    .is_some_and(|s| s as usize >= step);
+                let later_health = v
+                    .pointer("/health/after_steps")
+                    .and_then(|s| s.as_u64())
+                    .is_some_and(|s| s as usize > step);
+                !(after_step || later_health)
+            })
+            .collect();
+        let mut text = kept.join(&b'\n');
+        if !text.is_empty() {
+            text.push(b'\n');
+        }
+        scanside_runtime::persist::write_atomically(&path, &text)?;
+        Ok(())
+    }
+
     /// Writes one record.
     pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
         let mut line = serde_json::to_vec(record).expect("JSON values serialise");

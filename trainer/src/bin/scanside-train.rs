@@ -18,7 +18,8 @@ use scanside_trainer::demo::{run_demo, DemoConfig};
 use scanside_trainer::evaluate::evaluate_run;
 use scanside_trainer::export::export_run;
 use scanside_trainer::finetune::{finetune, FinetuneConfig};
-use scanside_trainer::pretrain::{pretrain, PretrainConfig};
+use scanside_trainer::optim::OptimizerKind;
+use scanside_trainer::pretrain::{pretrain, resume_pretrain, Method, PretrainConfig};
 use scanside_trainer::runlog::save_json;
 
 #[cfg(feature = "cuda")]
@@ -50,13 +51,39 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
-    /// SimCLR pretraining on the training partition's images (labels unused).
+    /// Self-supervised pretraining (SimCLR or MICLe) on the training partition's images;
+    /// labels are never trained on (the health signal measures kNN accuracy with them).
     Pretrain {
-        #[command(flatten)]
-        data: DataArgs,
-        /// Run directory to write.
+        /// Split file from `scanside-train data split` (it names the dataset).
+        #[arg(long, required_unless_present = "resume")]
+        split: Option<PathBuf>,
+        /// The dataset, when it moved since the split was made.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Leave unreadable images out, listing each, instead of stopping.
+        #[arg(long)]
+        skip_bad: bool,
+        /// Run directory to write (or, with --resume, to continue).
         #[arg(long)]
         out: PathBuf,
+        /// Continue the run in --out from its latest checkpoint, with its saved configuration.
+        #[arg(long)]
+        resume: bool,
+        /// Self-supervised objective.
+        #[arg(long, value_enum, default_value = "simclr")]
+        method: Method,
+        /// Optimiser (default learning rates: AdamW 1e-3, LARS 0.3·batch/256, SGD 0.1·batch/256).
+        #[arg(long, value_enum, default_value = "adamw")]
+        optimizer: OptimizerKind,
+        /// Weight decay (default: 1e-4 for AdamW and SGD, 1e-6 for LARS).
+        #[arg(long)]
+        weight_decay: Option<f32>,
+        /// Save a resumable checkpoint every N steps (0: never).
+        #[arg(long, default_value_t = 200)]
+        checkpoint_every: usize,
+        /// Measure kNN accuracy and embedding spread every N epochs (0: never).
+        #[arg(long, default_value_t = 1)]
+        health_every: usize,
         #[command(flatten)]
         train: TrainArgs,
         /// ResNet depth (18 or 34).
@@ -453,8 +480,16 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
     match command {
         Command::Data { command } => return run_data(command),
         Command::Pretrain {
+            split,
             data,
+            skip_bad,
             out,
+            resume,
+            method,
+            optimizer,
+            weight_decay,
+            checkpoint_every,
+            health_every,
             train,
             depth,
             width,
@@ -462,8 +497,22 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             temperature,
             preset,
         } => {
-            let mut config = PretrainConfig::new(data.dataset()?, data.split);
-            config.skip_bad = data.skip_bad;
+            if resume {
+                let summary = resume_pretrain::<B>(&out, device)?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let split = split.ok_or_else(|| usage("pretrain needs --split (or --resume)"))?;
+            let dataset = match data {
+                Some(d) => d,
+                None => SplitFile::read(&split)?.source.path().to_path_buf(),
+            };
+            let mut config = PretrainConfig::new(dataset, split);
+            config.skip_bad = skip_bad;
+            config.method = method;
+            config.optimizer = optimizer;
+            config.checkpoint_every = checkpoint_every;
+            config.health_every = health_every;
             config.augment = preset.ssl();
             config.model.depth = depth;
             config.model.width_multiplier = width;
@@ -473,7 +522,16 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             config.max_steps = train.max_steps;
             config.epochs = train.epochs.unwrap_or(config.epochs);
             config.batch_size = train.batch_size.unwrap_or(config.batch_size);
-            config.learning_rate = train.lr.unwrap_or(config.learning_rate);
+            let scaled = config.batch_size as f64 / 256.0;
+            config.learning_rate = train.lr.unwrap_or(match optimizer {
+                OptimizerKind::Adamw => 1e-3,
+                OptimizerKind::Lars => 0.3 * scaled,
+                OptimizerKind::Sgd => 0.1 * scaled,
+            });
+            config.weight_decay = weight_decay.unwrap_or(match optimizer {
+                OptimizerKind::Lars => 1e-6,
+                _ => 1e-4,
+            });
             let summary = pretrain::<B>(&config, &out, device)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }

@@ -1,0 +1,195 @@
+//! The pretraining engine through the binary: a run killed with SIGKILL resumes from its last
+//! checkpoint and reproduces the uninterrupted loss curve; MICLe pairs different images of a
+//! case; LARS and the kNN health signal run end to end.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{stderr, train};
+
+/// Two classes of textured images, two images per "patient" (class folder / DICOM-free, so the
+/// group comes from a CSV manifest).
+fn write_cases(dir: &Path, cases: usize) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("img")).unwrap();
+    let mut csv = String::from("path,patient,label\n");
+    for case in 0..cases {
+        let label = case % 2;
+        for k in 0..2 {
+            let name = format!("img/{case}_{k}.png");
+            let img = image::RgbImage::from_fn(12, 12, |x, y| {
+                let v = ((x * (3 + label as u32) + y * (case as u32 % 5 + 1) + k * 7) % 16) as u8;
+                image::Rgb([v * 16, if label == 0 { 200 } else { 40 }, v * 8])
+            });
+            img.save(dir.join(&name)).unwrap();
+            csv += &format!("{name},p{case},{}\n", ["benign", "malignant"][label]);
+        }
+    }
+    let manifest = dir.join("labels.csv");
+    std::fs::write(&manifest, csv).unwrap();
+    let split = dir.join("split.json");
+    let out = train(&[
+        "data",
+        "split",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--path-column",
+        "path",
+        "--group-column",
+        "patient",
+        "--label-column",
+        "label",
+        "--out",
+        split.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    split
+}
+
+fn pretrain_args<'a>(split: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "pretrain",
+        "--split",
+        split,
+        "--out",
+        out,
+        "--image-size",
+        "12",
+        "--width",
+        "0.125",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "100",
+        "--seed",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// (step, loss) of every step in a run's metrics log.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect()
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_and_matches_the_uninterrupted_loss_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 24);
+    let split = split.to_str().unwrap();
+    let steps = "40";
+    let common = [
+        "--max-steps",
+        steps,
+        "--checkpoint-every",
+        "4",
+        "--health-every",
+        "0",
+    ];
+
+    let whole = dir.path().join("whole");
+    let out = train(&pretrain_args(split, whole.to_str().unwrap(), &common));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reference = losses(&whole);
+    assert_eq!(reference.len(), 40);
+
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scanside-train"))
+        .args(pretrain_args(split, killed.to_str().unwrap(), &common))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while losses(&killed).len() < 11 {
+        assert!(Instant::now() < deadline, "the run never reached step 10");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let before = losses(&killed).len();
+    assert!(
+        before < 40,
+        "killed too late to test anything ({before} steps)"
+    );
+    assert!(!killed.join("backbone.mpk").exists());
+
+    let out = train(&["pretrain", "--resume", "--out", killed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resumed = losses(&killed);
+    assert_eq!(
+        resumed.len(),
+        40,
+        "one record per step after resuming: {resumed:?}"
+    );
+    for ((s1, a), (s2, b)) in reference.iter().zip(&resumed) {
+        assert_eq!(s1, s2);
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "step {s1}: uninterrupted {a}, resumed {b}"
+        );
+    }
+    assert!(killed.join("backbone.mpk").exists());
+}
+
+#[test]
+fn micle_pairs_images_of_one_case_and_lars_with_health_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 16);
+    let split = split.to_str().unwrap();
+    let summary = |method: &str, optimizer: &str| {
+        let run = dir.path().join(format!("{method}-{optimizer}"));
+        let out = train(&pretrain_args(
+            split,
+            run.to_str().unwrap(),
+            &[
+                "--method",
+                method,
+                "--optimizer",
+                optimizer,
+                "--max-steps",
+                "6",
+            ],
+        ));
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let micle = summary("micle", "lars");
+    // Every case has two images, so every MICLe pair crosses images.
+    assert_eq!(micle["cross_image_pairs"].as_f64(), Some(1.0), "{micle}");
+    assert!(micle["final_loss"].as_f64().unwrap().is_finite());
+    let health = micle["health"].as_array().unwrap();
+    assert!(health.len() >= 2, "before training and at the end: {micle}");
+    for h in health {
+        let knn = h["knn_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&knn), "{h}");
+        assert!(h["spread"].as_f64().unwrap() > 0.0, "{h}");
+    }
+    let simclr = summary("simclr", "sgd");
+    assert_eq!(simclr["cross_image_pairs"].as_f64(), Some(0.0), "{simclr}");
+}
+
+#[test]
+fn resuming_a_run_without_checkpoints_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    let out = train(&[
+        "pretrain",
+        "--resume",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
+}
