@@ -26,7 +26,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -213,9 +213,13 @@ pub fn nt_xent_loss<B: Backend>(z: Tensor<B, 2>, temperature: f32) -> Tensor<B, 
     let norm = z.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-8);
     let z = z / norm;
     let similarity = z.clone().matmul(z.transpose()).div_scalar(temperature);
-    let diagonal: Vec<bool> = (0..rows * rows).map(|k| k / rows == k % rows).collect();
-    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(diagonal, [rows, rows]), &device);
-    let logits = similarity.mask_fill(mask, -1.0e9);
+    // Exclude each view's similarity with itself. An additive float mask rather than a Bool
+    // tensor: not every backend (candle) can build Bool tensors from host data.
+    let diagonal: Vec<f32> = (0..rows * rows)
+        .map(|k| if k / rows == k % rows { 1.0e9 } else { 0.0 })
+        .collect();
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(diagonal, [rows, rows]), &device);
+    let logits = similarity - mask;
     let positives: Vec<i64> = (0..rows).map(|i| ((i + n) % rows) as i64).collect();
     let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(positives, [rows]), &device);
     CrossEntropyLossConfig::new()

@@ -28,6 +28,13 @@ type Inner = burn::backend::Cuda;
 type Inner = burn::backend::Flex;
 #[cfg(all(not(feature = "cuda"), not(feature = "flex"), feature = "ndarray"))]
 type Inner = burn::backend::NdArray;
+#[cfg(all(
+    not(feature = "cuda"),
+    not(feature = "flex"),
+    not(feature = "ndarray"),
+    feature = "candle"
+))]
+type Inner = burn::backend::Candle;
 type Train = burn::backend::Autodiff<Inner>;
 
 #[derive(Parser)]
