@@ -113,18 +113,21 @@ pub fn predict<B: Backend>(
     out
 }
 
-/// Backbone features of every image (`N × feature_dim`), in batches.
+/// Backbone features of images given as consecutive `C×H×W` blocks of `sample_len` floats
+/// (`N × feature_dim`), in batches.
 pub fn embed<B: Backend>(
     backbone: &ResNet<B>,
-    images: &ImageSet,
+    pixels: &[f32],
+    sample_len: usize,
     preprocess: &PreprocessConfig,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
-    let mut out = Vec::with_capacity(images.len());
-    for start in (0..images.len()).step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(images.len());
-        let pixels = images.pixels[start * images.sample_len..end * images.sample_len].to_vec();
-        let features = backbone.forward(input_tensor::<B>(pixels, preprocess, device));
+    let n = pixels.len() / sample_len.max(1);
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(n);
+        let batch = pixels[start * sample_len..end * sample_len].to_vec();
+        let features = backbone.forward(input_tensor::<B>(batch, preprocess, device));
         let dim = features.dims()[1];
         out.extend(to_vec(features).chunks_exact(dim).map(|c| c.to_vec()));
     }

@@ -452,21 +452,26 @@ fn measure_health<B: AutodiffBackend>(
     after_steps: usize,
 ) -> Health {
     let backbone = model.valid().backbone;
-    let bank_images = ImageSet {
-        pixels: set
-            .bank
-            .iter()
-            .flat_map(|&i| train.image(i).iter().copied())
-            .collect(),
-        targets: Vec::new(),
-        ids: Vec::new(),
-        groups: Vec::new(),
-        sources: Vec::new(),
-        sample_len: train.sample_len,
-        skipped: Vec::new(),
-    };
-    let bank = embed(&backbone, &bank_images, preprocess, device);
-    let queries = embed(&backbone, &set.queries, preprocess, device);
+    let bank_pixels: Vec<f32> = set
+        .bank
+        .iter()
+        .flat_map(|&i| train.image(i).iter().copied())
+        .collect();
+    let bank = embed(
+        &backbone,
+        &bank_pixels,
+        train.sample_len,
+        preprocess,
+        device,
+    );
+    let queries = embed(
+        &backbone,
+        &set.queries.pixels,
+        set.queries.sample_len,
+        preprocess,
+        device,
+    );
+    debug_assert_eq!(bank.len(), set.bank_labels.len());
     Health {
         after_steps,
         knn_accuracy: knn_accuracy(

@@ -146,7 +146,7 @@ fn a_run_killed_with_sigkill_resumes_and_matches_the_uninterrupted_loss_curve() 
 #[test]
 fn micle_pairs_images_of_one_case_and_lars_with_health_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let split = write_cases(dir.path(), 16);
+    let split = write_cases(dir.path(), 40);
     let split = split.to_str().unwrap();
     let summary = |method: &str, optimizer: &str| {
         let run = dir.path().join(format!("{method}-{optimizer}"));
@@ -172,8 +172,10 @@ fn micle_pairs_images_of_one_case_and_lars_with_health_runs() {
     let health = micle["health"].as_array().unwrap();
     assert!(health.len() >= 2, "before training and at the end: {micle}");
     for h in health {
+        // Regression: the kNN bank was once empty, which reads as 0 accuracy. The two classes
+        // differ in their green channel, so even random-init features separate them.
         let knn = h["knn_accuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&knn), "{h}");
+        assert!((0.75..=1.0).contains(&knn), "{h}");
         assert!(h["spread"].as_f64().unwrap() > 0.0, "{h}");
     }
     let simclr = summary("simclr", "sgd");
