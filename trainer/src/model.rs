@@ -282,7 +282,22 @@ impl<B: Backend> Classifier<B> {
     }
 }
 
-/// SimCLR network: backbone + 2-layer MLP projection head.
+/// Side of the patch grid that masked reconstruction masks and predicts (`G×G` patches).
+pub const RECONSTRUCTION_GRID: usize = 8;
+
+/// Which optional heads a self-supervised network carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SslHeads {
+    /// SimSiam predictor on the projection.
+    pub predictor: bool,
+    /// 4-way rotation classifier on the backbone features.
+    pub rotation: bool,
+    /// Light decoder from backbone features to per-patch means (`C×G×G`).
+    pub reconstruction: bool,
+}
+
+/// Self-supervised network: backbone, 2-layer MLP projection head (SimCLR / MICLe / SimSiam),
+/// and the optional heads of the other objectives.
 #[derive(Module, Debug)]
 pub struct SimClr<B: Backend> {
     /// Feature extractor (what fine-tuning keeps).
@@ -291,24 +306,65 @@ pub struct SimClr<B: Backend> {
     pub projection_hidden: Linear<B>,
     /// Output projection layer.
     pub projection_out: Linear<B>,
+    /// SimSiam predictor, hidden layer.
+    pub predictor_hidden: Option<Linear<B>>,
+    /// SimSiam predictor, output layer.
+    pub predictor_out: Option<Linear<B>>,
+    /// Rotation classifier (0°, 90°, 180°, 270°).
+    pub rotation_head: Option<Linear<B>>,
+    /// Masked-patch decoder: features → `C·G·G` patch means.
+    pub decoder: Option<Linear<B>>,
 }
 
 impl<B: Backend> SimClr<B> {
-    /// A SimCLR network with a `feature_dim → feature_dim → projection_dim` head.
-    pub fn new(config: &ResNetConfig, projection_dim: usize, device: &B::Device) -> Self {
+    /// A network with a `feature_dim → feature_dim → projection_dim` projection head and the
+    /// requested extra heads.
+    pub fn new(
+        config: &ResNetConfig,
+        projection_dim: usize,
+        heads: SslHeads,
+        device: &B::Device,
+    ) -> Self {
         let f = config.feature_dim();
+        let hidden = (projection_dim / 2).max(8);
         Self {
             backbone: config.init(device),
             projection_hidden: LinearConfig::new(f, f).init(device),
             projection_out: LinearConfig::new(f, projection_dim).init(device),
+            predictor_hidden: heads
+                .predictor
+                .then(|| LinearConfig::new(projection_dim, hidden).init(device)),
+            predictor_out: heads
+                .predictor
+                .then(|| LinearConfig::new(hidden, projection_dim).init(device)),
+            rotation_head: heads.rotation.then(|| LinearConfig::new(f, 4).init(device)),
+            decoder: heads.reconstruction.then(|| {
+                LinearConfig::new(
+                    f,
+                    config.in_channels * RECONSTRUCTION_GRID * RECONSTRUCTION_GRID,
+                )
+                .init(device)
+            }),
         }
     }
 
     /// Images to projections `z`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let h = self.backbone.forward(x);
+        self.project(self.backbone.forward(x))
+    }
+
+    /// Backbone features to projections `z`.
+    pub fn project(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         self.projection_out
             .forward(relu(self.projection_hidden.forward(h)))
+    }
+
+    /// SimSiam prediction `p` from a projection (the identity without a predictor).
+    pub fn predict(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
+        match (&self.predictor_hidden, &self.predictor_out) {
+            (Some(a), Some(b)) => b.forward(relu(a.forward(z))),
+            _ => z,
+        }
     }
 }
 

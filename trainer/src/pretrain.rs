@@ -37,7 +37,7 @@ use serde_json::json;
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
 use crate::data::{load_images_with, open_split, DatasetIndex, ImageSet, Partition, Prefetch};
 use crate::evaluate::{embed, embedding_spread, knn_accuracy};
-use crate::model::{input_tensor, ResNetConfig, SimClr};
+use crate::model::{input_tensor, ResNetConfig, SimClr, SslHeads, RECONSTRUCTION_GRID};
 use crate::optim::{Lars, OptimizerKind};
 use crate::runlog::{load_json, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
@@ -59,6 +59,182 @@ pub enum Method {
     Micle,
 }
 
+/// Weights of the self-supervised objectives; a run minimises their weighted sum (the review
+/// of Huang et al. 2023 finds combinations beat single objectives). Zero turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Objectives {
+    /// NT-Xent between the two views (SimCLR or MICLe pairs) — the contrastive family.
+    pub contrastive: f32,
+    /// SimSiam: predictor + stop-gradient negative cosine, no negatives — works at small batch.
+    pub simsiam: f32,
+    /// Predict which of 0/90/180/270° a view was turned by — the innate-relationship family.
+    pub rotation: f32,
+    /// Masked-patch reconstruction: half of an 8×8 patch grid is blanked and a light decoder
+    /// predicts the blanked patches' means — the generative / self-prediction family.
+    pub reconstruction: f32,
+}
+
+impl Default for Objectives {
+    fn default() -> Self {
+        Self {
+            contrastive: 1.0,
+            simsiam: 0.0,
+            rotation: 0.0,
+            reconstruction: 0.0,
+        }
+    }
+}
+
+impl Objectives {
+    fn named(&self) -> [(&'static str, f32); 4] {
+        [
+            ("contrastive", self.contrastive),
+            ("simsiam", self.simsiam),
+            ("rotation", self.rotation),
+            ("reconstruction", self.reconstruction),
+        ]
+    }
+
+    /// Parses `name=weight` pairs, e.g. `contrastive=1,rotation=0.5`; unnamed objectives get 0.
+    pub fn parse(pairs: &[String]) -> std::result::Result<Self, String> {
+        let mut o = Objectives {
+            contrastive: 0.0,
+            ..Objectives::default()
+        };
+        for pair in pairs {
+            let (name, weight) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("objective {pair:?}: expected NAME=WEIGHT"))?;
+            let weight: f32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("objective {pair:?}: weight is not a number"))?;
+            let slot = match name.trim() {
+                "contrastive" => &mut o.contrastive,
+                "simsiam" => &mut o.simsiam,
+                "rotation" => &mut o.rotation,
+                "reconstruction" => &mut o.reconstruction,
+                other => return Err(format!(
+                    "unknown objective {other:?} (contrastive, simsiam, rotation, reconstruction)"
+                )),
+            };
+            *slot = weight;
+        }
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Weights must be finite, non-negative, and not all zero.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self
+            .named()
+            .iter()
+            .any(|(_, w)| !(w.is_finite() && *w >= 0.0))
+        {
+            return Err(format!("objective weights must be ≥ 0: {self:?}"));
+        }
+        if self.named().iter().all(|(_, w)| *w == 0.0) {
+            return Err("every objective weight is 0: nothing to learn".into());
+        }
+        Ok(())
+    }
+
+    /// The heads these objectives need.
+    pub fn heads(&self) -> SslHeads {
+        SslHeads {
+            predictor: self.simsiam > 0.0,
+            rotation: self.rotation > 0.0,
+            reconstruction: self.reconstruction > 0.0,
+        }
+    }
+}
+
+/// Negative cosine similarity of `p` with `z`, averaged (SimSiam's `D`); `z` is not
+/// differentiated through (stop-gradient).
+pub fn negative_cosine<B: Backend>(p: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 1> {
+    let z = z.detach();
+    let norm = |t: Tensor<B, 2>| {
+        let n = t.clone().square().sum_dim(1).sqrt().clamp_min(1e-8);
+        t / n
+    };
+    (norm(p) * norm(z)).sum_dim(1).mean().neg()
+}
+
+/// Turns a square `C×S×S` image by `quarter_turns × 90°`.
+pub fn rotate_quarter(chw: &[f32], channels: usize, side: usize, quarter_turns: usize) -> Vec<f32> {
+    let plane = side * side;
+    let mut out = vec![0.0; chw.len()];
+    for c in 0..channels {
+        for y in 0..side {
+            for x in 0..side {
+                let (sy, sx) = match quarter_turns % 4 {
+                    0 => (y, x),
+                    1 => (x, side - 1 - y),
+                    2 => (side - 1 - y, side - 1 - x),
+                    _ => (side - 1 - x, y),
+                };
+                out[c * plane + y * side + x] = chw[c * plane + sy * side + sx];
+            }
+        }
+    }
+    out
+}
+
+/// Blanks half of the `G×G` patches of a `C×H×W` view (to the normalisation mean, i.e. 0
+/// after normalising) and returns the per-patch means of the original (normalised) as targets
+/// with a mask of the blanked patches (`C·G·G` each).
+fn mask_patches(
+    view: &mut [f32],
+    preprocess: &PreprocessConfig,
+    rng: &mut impl Rng,
+) -> (Vec<f32>, Vec<f32>) {
+    let (c, h, w) = (
+        preprocess.channels as usize,
+        preprocess.height as usize,
+        preprocess.width as usize,
+    );
+    let g = RECONSTRUCTION_GRID;
+    let mut targets = vec![0.0; c * g * g];
+    let mut mask = vec![0.0; c * g * g];
+    let blanked: Vec<bool> = (0..g * g).map(|_| rng.random::<bool>()).collect();
+    for ch in 0..c {
+        for py in 0..g {
+            for px in 0..g {
+                let (y0, y1) = (py * h / g, (py + 1) * h / g);
+                let (x0, x1) = (px * w / g, (px + 1) * w / g);
+                let mut sum = 0.0;
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        let at = ch * h * w + y * w + x;
+                        sum += view[at];
+                        if blanked[py * g + px] {
+                            view[at] = preprocess.mean[ch];
+                        }
+                    }
+                }
+                let count = ((y1 - y0) * (x1 - x0)).max(1) as f32;
+                let k = ch * g * g + py * g + px;
+                targets[k] = (sum / count - preprocess.mean[ch]) / preprocess.std[ch];
+                mask[k] = f32::from(u8::from(blanked[py * g + px]));
+            }
+        }
+    }
+    (targets, mask)
+}
+
+/// One step's inputs, prepared on the loader thread.
+struct StepInputs {
+    /// Two views per image (`2N` images).
+    views: Vec<f32>,
+    /// MICLe pairs made of two different images.
+    cross: usize,
+    /// Turned views and how many quarter turns each.
+    rotated: Option<(Vec<f32>, Vec<i64>)>,
+    /// Masked views, patch-mean targets and mask.
+    masked: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+}
+
 /// Pretraining settings; the resolved form is saved as `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,9 +246,12 @@ pub struct PretrainConfig {
     /// Leave unreadable images out (listing each) instead of stopping.
     #[serde(default)]
     pub skip_bad: bool,
-    /// Objective.
+    /// How positive pairs are formed (for the contrastive and SimSiam objectives).
     #[serde(default)]
     pub method: Method,
+    /// Weights of the objectives summed into the loss.
+    #[serde(default)]
+    pub objectives: Objectives,
     /// Backbone.
     pub model: ResNetConfig,
     /// Input size in pixels (square).
@@ -137,6 +316,7 @@ impl PretrainConfig {
             split,
             skip_bad: false,
             method: Method::Simclr,
+            objectives: Objectives::default(),
             model: ResNetConfig::default(),
             image_size: 32,
             preprocess: None,
@@ -175,8 +355,10 @@ pub struct Health {
 pub struct PretrainSummary {
     /// Run directory.
     pub dir: PathBuf,
-    /// Objective.
+    /// Pair formation.
     pub method: Method,
+    /// Objective weights.
+    pub objectives: Objectives,
     /// Steps taken.
     pub steps: usize,
     /// Mean loss over the first epoch's steps.
@@ -559,6 +741,12 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         reason,
     };
     config.model.validate().map_err(bad)?;
+    config.objectives.validate().map_err(bad)?;
+    if config.objectives.rotation > 0.0 && config.image_size == 0 {
+        return Err(bad(
+            "rotation prediction needs a square, non-empty input".into()
+        ));
+    }
     if config.batch_size < 2 || config.epochs == 0 {
         return Err(bad("pretraining needs batch_size ≥ 2 and epochs ≥ 1".into()));
     }
@@ -589,7 +777,12 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     let health_set = health_set(config, &index, &split, &images, &preprocess)?;
 
     B::seed(device, config.seed);
-    let mut model = SimClr::<B>::new(&config.model, config.projection_dim, device);
+    let mut model = SimClr::<B>::new(
+        &config.model,
+        config.projection_dim,
+        config.objectives.heads(),
+        device,
+    );
     let mut optimizer = optimizer;
     let mut state = CheckpointState {
         step: 0,
@@ -636,7 +829,8 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     });
     let loader = {
         let (images, partners) = (images.clone(), partners.clone());
-        let (augment, seed) = (config.augment.clone(), config.seed);
+        let (augment, seed, objectives) = (config.augment.clone(), config.seed, config.objectives);
+        let preprocess = preprocess.clone();
         Prefetch::spawn(schedule.len() - first_step, 2, move |k| {
             let step = first_step + k;
             let batch = &schedule[step];
@@ -652,7 +846,8 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
             let cross = batch.iter().zip(&second).filter(|(a, b)| a != b).count();
             let first: Vec<&[f32]> = batch.iter().map(|&i| images.image(i)).collect();
             let other: Vec<&[f32]> = second.iter().map(|&i| images.image(i)).collect();
-            let mut views = augment_batch(&first, geometry, &augment, step_seed(seed, step), 0);
+            let view_a = augment_batch(&first, geometry, &augment, step_seed(seed, step), 0);
+            let mut views = view_a.clone();
             views.extend(augment_batch(
                 &other,
                 geometry,
@@ -660,20 +855,113 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
                 step_seed(seed, step),
                 1,
             ));
-            (views, cross)
+            let rotated = (objectives.rotation > 0.0).then(|| {
+                let mut turned = Vec::with_capacity(view_a.len());
+                let mut turns = Vec::with_capacity(batch.len());
+                for v in view_a.chunks_exact(geometry.len()) {
+                    let q = rng.random_range(0..4_usize);
+                    turned.extend(rotate_quarter(v, geometry.channels, geometry.width, q));
+                    turns.push(q as i64);
+                }
+                (turned, turns)
+            });
+            let masked = (objectives.reconstruction > 0.0).then(|| {
+                let mut blanked = view_a.clone();
+                let (mut targets, mut mask) = (Vec::new(), Vec::new());
+                for v in blanked.chunks_exact_mut(geometry.len()) {
+                    let (t, m) = mask_patches(v, &preprocess, &mut rng);
+                    targets.extend(t);
+                    mask.extend(m);
+                }
+                (blanked, targets, mask)
+            });
+            StepInputs {
+                views,
+                cross,
+                rotated,
+                masked,
+            }
         })
     };
-    for (views, cross) in loader {
-        let step = state.step;
-        let epoch = step / steps_per_epoch.max(1);
-        let x = input_tensor::<B>(views, &preprocess, device);
-        let loss = nt_xent_loss(model.forward(x), config.temperature);
-        let loss_value: f32 = loss
-            .clone()
+    let n = config.batch_size;
+    let scalar = |t: &Tensor<B, 1>| -> f32 {
+        t.clone()
             .into_data()
             .iter::<f32>()
             .next()
-            .unwrap_or(f32::NAN);
+            .unwrap_or(f32::NAN)
+    };
+    for inputs in loader {
+        let step = state.step;
+        let epoch = step / steps_per_epoch.max(1);
+        let cross = inputs.cross;
+        // One backbone pass over everything the objectives need: 2N views, then N turned, then
+        // N masked.
+        let mut pixels = inputs.views;
+        let mut rotation_labels = None;
+        let mut reconstruction = None;
+        if let Some((turned, turns)) = inputs.rotated {
+            pixels.extend(turned);
+            rotation_labels = Some(turns);
+        }
+        if let Some((blanked, targets, mask)) = inputs.masked {
+            pixels.extend(blanked);
+            reconstruction = Some((targets, mask));
+        }
+        let h = model
+            .backbone
+            .forward(input_tensor::<B>(pixels, &preprocess, device));
+        let feature_dim = h.dims()[1];
+        let views_h = h.clone().slice([0..2 * n, 0..feature_dim]);
+        let mut offset = 2 * n;
+        let mut parts: Vec<(&str, Tensor<B, 1>)> = Vec::new();
+        let objectives = config.objectives;
+        if objectives.contrastive > 0.0 || objectives.simsiam > 0.0 {
+            let z = model.project(views_h);
+            if objectives.contrastive > 0.0 {
+                parts.push((
+                    "contrastive",
+                    nt_xent_loss(z.clone(), config.temperature).mul_scalar(objectives.contrastive),
+                ));
+            }
+            if objectives.simsiam > 0.0 {
+                let dim = z.dims()[1];
+                let z1 = z.clone().slice([0..n, 0..dim]);
+                let z2 = z.clone().slice([n..2 * n, 0..dim]);
+                let p1 = model.predict(z1.clone());
+                let p2 = model.predict(z2.clone());
+                let loss = (negative_cosine(p1, z2) + negative_cosine(p2, z1)).mul_scalar(0.5);
+                parts.push(("simsiam", loss.mul_scalar(objectives.simsiam)));
+            }
+        }
+        if let (Some(turns), Some(head)) = (rotation_labels, &model.rotation_head) {
+            let logits = head.forward(h.clone().slice([offset..offset + n, 0..feature_dim]));
+            offset += n;
+            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(turns, [n]), device);
+            let loss = CrossEntropyLossConfig::new()
+                .init(device)
+                .forward(logits, y);
+            parts.push(("rotation", loss.mul_scalar(objectives.rotation)));
+        }
+        if let (Some((targets, mask)), Some(decoder)) = (reconstruction, &model.decoder) {
+            let out = decoder.forward(h.clone().slice([offset..offset + n, 0..feature_dim]));
+            let len = targets.len() / n;
+            let targets = Tensor::<B, 2>::from_data(TensorData::new(targets, [n, len]), device);
+            let blanked: f32 = mask.iter().sum::<f32>().max(1.0);
+            let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, len]), device);
+            let loss = ((out - targets).square() * mask).sum().div_scalar(blanked);
+            parts.push(("reconstruction", loss.mul_scalar(objectives.reconstruction)));
+        }
+        let components: serde_json::Map<String, serde_json::Value> = parts
+            .iter()
+            .map(|(name, t)| (name.to_string(), json!(scalar(t))))
+            .collect();
+        let loss = parts
+            .into_iter()
+            .map(|(_, t)| t)
+            .reduce(|a, b| a + b)
+            .expect("validated: at least one objective");
+        let loss_value = scalar(&loss);
         if !loss_value.is_finite() {
             return Err(bad(format!(
                 "loss became {loss_value} at step {step}; lower the learning rate"
@@ -688,7 +976,7 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         state.step += 1;
         let rate = ((state.step - first_step) * config.batch_size) as f64
             / started.elapsed().as_secs_f64();
-        log.write(&json!({"stage": "pretrain", "epoch": epoch, "step": step, "loss": loss_value, "lr": lr, "images_per_s": rate}))?;
+        log.write(&json!({"stage": "pretrain", "epoch": epoch, "step": step, "loss": loss_value, "objectives": components, "lr": lr, "images_per_s": rate}))?;
         bar.set_message(format!("loss {loss_value:.3} lr {lr:.2e} {rate:.0} img/s"));
         bar.inc(1);
         let epoch_done = state.step.is_multiple_of(steps_per_epoch.max(1));
@@ -729,6 +1017,7 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     let summary = PretrainSummary {
         dir: out.to_path_buf(),
         method: config.method,
+        objectives: config.objectives,
         steps: state.step,
         first_loss: mean(&losses[..steps_per_epoch.min(losses.len())]),
         final_loss: mean(&losses[losses.len().saturating_sub(tail)..]),
@@ -779,5 +1068,64 @@ mod tests {
             .collect();
         assert!((lr[9] - 1.0).abs() < 1e-9 && lr[0] < 0.2);
         assert!(lr[50] < 1.0 && lr[99] < 0.01);
+    }
+
+    #[test]
+    fn four_quarter_turns_are_the_identity_and_one_turns_columns_into_rows() {
+        let img: Vec<f32> = (0..2 * 9).map(|i| i as f32).collect();
+        let mut t = img.clone();
+        for _ in 0..4 {
+            t = rotate_quarter(&t, 2, 3, 1);
+        }
+        assert_eq!(t, img);
+        let once = rotate_quarter(&img, 2, 3, 1);
+        assert_eq!(&once[..3], &[2.0, 5.0, 8.0]);
+        assert_eq!(
+            rotate_quarter(&img, 2, 3, 2),
+            rotate_quarter(&once, 2, 3, 1)
+        );
+    }
+
+    #[test]
+    fn masking_blanks_patches_to_the_mean_and_targets_their_normalised_means() {
+        let pre = PreprocessConfig::new(16, 1, vec![0.5], vec![0.25]);
+        let mut view = vec![0.75_f32; 256];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (targets, mask) = mask_patches(&mut view, &pre, &mut rng);
+        assert_eq!(targets.len(), 64);
+        assert!(
+            targets.iter().all(|t| (t - 1.0).abs() < 1e-6),
+            "(0.75 - 0.5) / 0.25"
+        );
+        let blanked = mask.iter().filter(|&&m| m == 1.0).count();
+        assert!(blanked > 10 && blanked < 54, "{blanked} of 64");
+        let at_mean = view.iter().filter(|&&v| v == 0.5).count();
+        assert_eq!(
+            at_mean,
+            blanked * 4,
+            "each blanked 2×2 patch is set to the mean"
+        );
+    }
+
+    #[test]
+    fn objectives_parse_validate_and_name_their_heads() {
+        let o = Objectives::parse(&["contrastive=1".into(), "rotation=0.5".into()]).unwrap();
+        assert_eq!((o.contrastive, o.rotation, o.simsiam), (1.0, 0.5, 0.0));
+        assert!(o.heads().rotation && !o.heads().predictor);
+        assert!(Objectives::parse(&["contrastive=0".into()]).is_err());
+        assert!(Objectives::parse(&["jigsaw=1".into()]).is_err());
+        assert!(Objectives::parse(&["rotation=-1".into()]).is_err());
+    }
+
+    #[test]
+    fn negative_cosine_is_minus_one_for_aligned_vectors() {
+        let device = Default::default();
+        let p = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![1.0_f32, 2.0, -3.0, 0.5], [2, 2]),
+            &device,
+        );
+        let z = p.clone().mul_scalar(3.0);
+        let d: f32 = negative_cosine(p, z).into_scalar();
+        assert!((d + 1.0).abs() < 1e-6, "{d}");
     }
 }

@@ -19,7 +19,7 @@ use scanside_trainer::evaluate::evaluate_run;
 use scanside_trainer::export::export_run;
 use scanside_trainer::finetune::{finetune, FinetuneConfig};
 use scanside_trainer::optim::OptimizerKind;
-use scanside_trainer::pretrain::{pretrain, resume_pretrain, Method, PretrainConfig};
+use scanside_trainer::pretrain::{pretrain, resume_pretrain, Method, Objectives, PretrainConfig};
 use scanside_trainer::runlog::save_json;
 
 #[cfg(feature = "cuda")]
@@ -62,7 +62,7 @@ enum Command {
     /// labels are never trained on (the health signal measures kNN accuracy with them).
     Pretrain {
         /// Split file from `scanside-train data split` (it names the dataset).
-        #[arg(long, required_unless_present = "resume")]
+        #[arg(long, required_unless_present_any = ["resume", "config"])]
         split: Option<PathBuf>,
         /// The dataset, when it moved since the split was made.
         #[arg(long)]
@@ -76,6 +76,18 @@ enum Command {
         /// Continue the run in --out from its latest checkpoint, with its saved configuration.
         #[arg(long)]
         resume: bool,
+        /// The whole configuration from a TOML or JSON file (the fields of a run's
+        /// config.json; missing optional fields take their defaults).
+        #[arg(long, conflicts_with_all = [
+            "split", "data", "skip_bad", "method", "objective", "optimizer", "weight_decay",
+            "checkpoint_every", "health_every", "epochs", "batch_size", "lr", "seed",
+            "max_steps", "depth", "width", "image_size", "temperature", "preset", "resume",
+        ])]
+        config: Option<PathBuf>,
+        /// Objective weights NAME=WEIGHT, comma-separated or repeated (contrastive, simsiam,
+        /// rotation, reconstruction), e.g. contrastive=1,rotation=0.5. Default contrastive=1.
+        #[arg(long, value_delimiter = ',')]
+        objective: Vec<String>,
         /// Self-supervised objective.
         #[arg(long, value_enum, default_value = "simclr")]
         method: Method,
@@ -492,6 +504,8 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             skip_bad,
             out,
             resume,
+            config: config_file,
+            objective,
             method,
             optimizer,
             weight_decay,
@@ -509,6 +523,12 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
                 println!("{}", serde_json::to_string_pretty(&summary)?);
                 return Ok(ExitCode::SUCCESS);
             }
+            if let Some(file) = config_file {
+                let config = read_pretrain_config(&file)?;
+                let summary = pretrain::<B>(&config, &out, device)?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let split = split.ok_or_else(|| usage("pretrain needs --split (or --resume)"))?;
             let dataset = match data {
                 Some(d) => d,
@@ -517,6 +537,9 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             let mut config = PretrainConfig::new(dataset, split);
             config.skip_bad = skip_bad;
             config.method = method;
+            if !objective.is_empty() {
+                config.objectives = Objectives::parse(&objective).map_err(usage)?;
+            }
             config.optimizer = optimizer;
             config.checkpoint_every = checkpoint_every;
             config.health_every = health_every;
@@ -730,4 +753,19 @@ fn run_data(command: DataCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A pretraining configuration from TOML (by extension) or JSON.
+fn read_pretrain_config(path: &std::path::Path) -> anyhow::Result<PretrainConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let is_toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let config: PretrainConfig = if is_toml {
+        toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed JSON", path.display()))?
+    };
+    Ok(config)
 }

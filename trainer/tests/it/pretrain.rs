@@ -195,3 +195,82 @@ fn resuming_a_run_without_checkpoints_names_the_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
 }
+
+#[test]
+fn combined_objectives_run_from_a_toml_config_and_log_each_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 16);
+    let config = dir.path().join("combined.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+dataset = "{data}"
+split = "{split}"
+method = "micle"
+image_size = 16
+epochs = 100
+batch_size = 8
+learning_rate = 0.001
+weight_decay = 0.0001
+warmup_fraction = 0.1
+temperature = 0.2
+projection_dim = 32
+seed = 1
+max_steps = 3
+health_every = 0
+checkpoint_every = 0
+optimizer = "adamw"
+
+[objectives]
+contrastive = 1.0
+simsiam = 0.5
+rotation = 0.5
+reconstruction = 0.5
+
+[model]
+depth = 18
+width_multiplier = 0.125
+in_channels = 3
+small_input_stem = true
+
+[augment]
+crop_scale = [0.35, 1.0]
+"#,
+            data = dir.path().join("labels.csv").display(),
+            split = split.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("combined");
+    let out = train(&[
+        "pretrain",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let step: serde_json::Value = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v.get("objectives").is_some())
+        .unwrap();
+    for part in ["contrastive", "simsiam", "rotation", "reconstruction"] {
+        let v = step["objectives"][part].as_f64();
+        assert!(v.is_some_and(f64::is_finite), "{part}: {step}");
+    }
+    // A bad objective is a usage error.
+    let out = train(&[
+        "pretrain",
+        "--split",
+        split.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--objective",
+        "jigsaw=1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("jigsaw"), "{}", stderr(&out));
+}
