@@ -139,27 +139,21 @@ fn l2_normalised(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x / norm).collect()
 }
 
-/// Weighted k-nearest-neighbour top-1 accuracy of `queries` against a labelled `bank`: cosine
+/// Weighted k-nearest-neighbour predictions of `queries` against a labelled `bank`: cosine
 /// similarity, the `k` nearest vote with weight `exp(sim / temperature)` (Wu et al. 2018, the
 /// monitor solo-learn uses). Labels never reach training: this only measures the features.
-pub fn knn_accuracy(
+pub fn knn_predict(
     bank: &[Vec<f32>],
     bank_labels: &[usize],
     queries: &[Vec<f32>],
-    query_labels: &[usize],
     k: usize,
     temperature: f32,
-) -> f64 {
-    let classes = bank_labels
-        .iter()
-        .chain(query_labels)
-        .max()
-        .map_or(0, |m| m + 1);
+) -> Vec<Option<usize>> {
+    let classes = bank_labels.iter().max().map_or(0, |m| m + 1);
     let bank: Vec<Vec<f32>> = bank.iter().map(|b| l2_normalised(b)).collect();
-    let correct = queries
+    queries
         .iter()
-        .zip(query_labels)
-        .filter(|(q, &label)| {
+        .map(|q| {
             let q = l2_normalised(q);
             let mut sims: Vec<(f32, usize)> = bank
                 .iter()
@@ -168,17 +162,57 @@ pub fn knn_accuracy(
                 .collect();
             let k = k.min(sims.len());
             if k == 0 {
-                return false;
+                return None;
             }
             sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
             let mut votes = vec![0.0_f64; classes];
             for &(sim, l) in &sims[..k] {
                 votes[l] += f64::from(sim / temperature).exp();
             }
-            argmax_f64(&votes) == label
+            Some(argmax_f64(&votes))
         })
-        .count();
-    correct as f64 / queries.len().max(1) as f64
+        .collect()
+}
+
+/// Top-1 accuracy of [`knn_predict`].
+pub fn knn_accuracy(
+    bank: &[Vec<f32>],
+    bank_labels: &[usize],
+    queries: &[Vec<f32>],
+    query_labels: &[usize],
+    k: usize,
+    temperature: f32,
+) -> f64 {
+    let (accuracy, _) = knn_scores(bank, bank_labels, queries, query_labels, k, temperature);
+    accuracy
+}
+
+/// Top-1 accuracy and balanced accuracy (mean per-class recall, over classes present among the
+/// queries) of [`knn_predict`]: with 67 % of HAM10000 in one class, the second is the telling one.
+pub fn knn_scores(
+    bank: &[Vec<f32>],
+    bank_labels: &[usize],
+    queries: &[Vec<f32>],
+    query_labels: &[usize],
+    k: usize,
+    temperature: f32,
+) -> (f64, f64) {
+    let predicted = knn_predict(bank, bank_labels, queries, k, temperature);
+    let classes = query_labels.iter().max().map_or(0, |m| m + 1);
+    let (mut hit, mut seen) = (vec![0_usize; classes], vec![0_usize; classes]);
+    for (p, &y) in predicted.iter().zip(query_labels) {
+        seen[y] += 1;
+        hit[y] += usize::from(*p == Some(y));
+    }
+    let accuracy = hit.iter().sum::<usize>() as f64 / query_labels.len().max(1) as f64;
+    let recalls: Vec<f64> = hit
+        .iter()
+        .zip(&seen)
+        .filter(|(_, &n)| n > 0)
+        .map(|(&h, &n)| h as f64 / n as f64)
+        .collect();
+    let balanced = recalls.iter().sum::<f64>() / recalls.len().max(1) as f64;
+    (accuracy, balanced)
 }
 
 fn argmax_f64(v: &[f64]) -> usize {
@@ -209,6 +243,86 @@ pub fn embedding_spread(features: &[Vec<f32>]) -> f64 {
         .sum::<f64>()
         / dim as f64;
     mean_std * (dim as f64).sqrt()
+}
+
+/// kNN scores of a pretrained backbone's features (or of a random-init backbone of the same
+/// architecture), with every training image as the bank.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    /// Pretraining run.
+    pub run: PathBuf,
+    /// Whether the weights were the run's or a fresh random initialisation.
+    pub weights: String,
+    /// Images in the bank (the training partition).
+    pub bank: usize,
+    /// Per partition (val, test): images, 20-NN accuracy and balanced accuracy.
+    pub partitions: Vec<(Partition, usize, f64, f64)>,
+}
+
+/// Measures a pretraining run's backbone (or, with `random_init`, a fresh one seeded like the
+/// run) by weighted 20-NN on the validation and test partitions against all training images.
+pub fn probe_pretrained<B: Backend>(
+    run: &Path,
+    random_init: bool,
+    device: &B::Device,
+) -> Result<ProbeReport> {
+    use crate::pretrain::{PretrainConfig, BACKBONE_FILE};
+    let config: PretrainConfig = load_json(&run.join("config.json"))?;
+    let preprocess = config.preprocess.clone().ok_or_else(|| Error::Config {
+        path: run.join("config.json"),
+        reason: "no resolved preprocessing: not a completed pretraining run".into(),
+    })?;
+    B::seed(device, config.seed);
+    let mut backbone = config.model.init::<B>(device);
+    if !random_init {
+        backbone = load_weights(backbone, &run.join(BACKBONE_FILE), device)?;
+    }
+    let (index, split) = open_split(&config.split, Some(&config.dataset))?;
+    let labelled = |partition| -> Result<(ImageSet, Vec<usize>)> {
+        let images = load_images_with(
+            &index,
+            &split.indices(&index, partition),
+            &preprocess,
+            config.skip_bad,
+        )?;
+        let labels = images.class_labels().ok_or_else(|| Error::Data {
+            path: index.root().to_path_buf(),
+            reason: "kNN probing needs multi-class labels".into(),
+        })?;
+        Ok((images, labels))
+    };
+    let (train, train_labels) = labelled(Partition::Train)?;
+    let bank = embed(
+        &backbone,
+        &train.pixels,
+        train.sample_len,
+        &preprocess,
+        device,
+    );
+    let mut partitions = Vec::new();
+    for partition in [Partition::Val, Partition::Test] {
+        let (images, labels) = labelled(partition)?;
+        let queries = embed(
+            &backbone,
+            &images.pixels,
+            images.sample_len,
+            &preprocess,
+            device,
+        );
+        let (accuracy, balanced) = knn_scores(&bank, &train_labels, &queries, &labels, 20, 0.07);
+        partitions.push((partition, images.len(), accuracy, balanced));
+    }
+    Ok(ProbeReport {
+        run: run.to_path_buf(),
+        weights: if random_init {
+            "random init (seeded like the run)"
+        } else {
+            "pretrained"
+        }
+        .into(),
+        bank: train.len(),
+        partitions,
+    })
 }
 
 /// A fine-tuned run loaded back: its resolved config and its model.
@@ -360,6 +474,11 @@ mod tests {
         let queries = vec![vec![1.0, 0.05], vec![0.05, 1.0], vec![1.0, 0.0]];
         let acc = knn_accuracy(&bank, &labels, &queries, &[0, 1, 1], 2, 0.07);
         assert!((acc - 2.0 / 3.0).abs() < 1e-9, "{acc}");
+        let (_, balanced) = knn_scores(&bank, &labels, &queries, &[0, 1, 1], 2, 0.07);
+        assert!(
+            (balanced - 0.75).abs() < 1e-9,
+            "recall 1 for class 0, 1/2 for class 1"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use serde_json::json;
 
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
 use crate::data::{load_images_with, open_split, DatasetIndex, ImageSet, Partition, Prefetch};
-use crate::evaluate::{embed, embedding_spread, knn_accuracy};
+use crate::evaluate::{embed, embedding_spread, knn_scores};
 use crate::model::{input_tensor, ResNetConfig, SimClr, SslHeads, RECONSTRUCTION_GRID};
 use crate::optim::{Lars, OptimizerKind};
 use crate::runlog::{load_json, progress, save_json, save_weights, MetricsLog};
@@ -115,9 +115,11 @@ impl Objectives {
                 "simsiam" => &mut o.simsiam,
                 "rotation" => &mut o.rotation,
                 "reconstruction" => &mut o.reconstruction,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown objective {other:?} (contrastive, simsiam, rotation, reconstruction)"
-                )),
+                ))
+                }
             };
             *slot = weight;
         }
@@ -346,6 +348,9 @@ pub struct Health {
     pub after_steps: usize,
     /// Weighted 20-NN top-1 accuracy of validation images against training images.
     pub knn_accuracy: f64,
+    /// Its balanced accuracy (mean per-class recall).
+    #[serde(default)]
+    pub knn_balanced_accuracy: f64,
     /// See [`embedding_spread`]: ~1 spread out, → 0 collapsed.
     pub spread: f64,
 }
@@ -654,16 +659,18 @@ fn measure_health<B: AutodiffBackend>(
         device,
     );
     debug_assert_eq!(bank.len(), set.bank_labels.len());
+    let (knn_accuracy, knn_balanced_accuracy) = knn_scores(
+        &bank,
+        &set.bank_labels,
+        &queries,
+        &set.query_labels,
+        20,
+        0.07,
+    );
     Health {
         after_steps,
-        knn_accuracy: knn_accuracy(
-            &bank,
-            &set.bank_labels,
-            &queries,
-            &set.query_labels,
-            20,
-            0.07,
-        ),
+        knn_accuracy,
+        knn_balanced_accuracy,
         spread: embedding_spread(&queries),
     }
 }
@@ -987,8 +994,8 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
                 let health = measure_health(&model, set, &images, &preprocess, device, state.step);
                 log.write(&json!({"stage": "pretrain", "epoch": epoch, "health": &health}))?;
                 bar.println(format!(
-                    "epoch {epoch}: kNN accuracy {:.3}, spread {:.3}",
-                    health.knn_accuracy, health.spread
+                    "epoch {epoch}: kNN accuracy {:.3} (balanced {:.3}), spread {:.3}",
+                    health.knn_accuracy, health.knn_balanced_accuracy, health.spread
                 ));
                 if health.spread < COLLAPSE_SPREAD {
                     bar.println(format!(

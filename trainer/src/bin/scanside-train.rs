@@ -15,7 +15,7 @@ use scanside_trainer::data::{
     LABEL_FRACTIONS,
 };
 use scanside_trainer::demo::{run_demo, DemoConfig};
-use scanside_trainer::evaluate::evaluate_run;
+use scanside_trainer::evaluate::{evaluate_run, probe_pretrained};
 use scanside_trainer::export::export_run;
 use scanside_trainer::finetune::{finetune, FinetuneConfig};
 use scanside_trainer::optim::OptimizerKind;
@@ -149,6 +149,16 @@ enum Command {
         /// Augmentation preset (its fine-tuning set).
         #[arg(long, value_enum, default_value = "derm")]
         preset: Preset,
+    },
+    /// Measure a pretraining run's features: weighted 20-NN accuracy (and balanced accuracy) on
+    /// val and test against all training images; labels are used only to score.
+    Probe {
+        /// Pretraining run directory.
+        #[arg(long)]
+        pretrained: PathBuf,
+        /// Probe a fresh random-init backbone of the same architecture instead (the baseline).
+        #[arg(long)]
+        random_init: bool,
     },
     /// Evaluate a fine-tuned run: top-1 accuracy and macro one-vs-rest AUC.
     Evaluate {
@@ -590,6 +600,13 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             config.learning_rate = train.lr.unwrap_or(config.learning_rate);
             let summary = finetune::<B>(&config, &out, device)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Probe {
+            pretrained,
+            random_init,
+        } => {
+            let report = probe_pretrained::<B::InnerBackend>(&pretrained, random_init, device)?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::Evaluate { run, split } => {
             let report = evaluate_run::<B::InnerBackend>(&run, split, device)?;

@@ -180,6 +180,22 @@ fn micle_pairs_images_of_one_case_and_lars_with_health_runs() {
     }
     let simclr = summary("simclr", "sgd");
     assert_eq!(simclr["cross_image_pairs"].as_f64(), Some(0.0), "{simclr}");
+
+    // The probe scores saved features and the random-init baseline the same way.
+    for extra in [None, Some("--random-init")] {
+        let run = dir.path().join("micle-lars");
+        let mut args = vec!["probe", "--pretrained", run.to_str().unwrap()];
+        args.extend(extra);
+        let out = train(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let partitions = report["partitions"].as_array().unwrap();
+        assert_eq!(partitions.len(), 2, "{report}");
+        for p in partitions {
+            let accuracy = p[2].as_f64().unwrap();
+            assert!((0.5..=1.0).contains(&accuracy), "{report}");
+        }
+    }
 }
 
 #[test]
