@@ -22,7 +22,8 @@ rustup component list --installed | grep -q '^rustfmt' || rustup component add r
 
 command -v defmt-print >/dev/null || cargo install --locked defmt-print
 
-# onnx + onnxruntime validate the exported ONNX files independently of tract.
-python3 -c 'import onnx, onnxruntime, numpy' 2>/dev/null \
-  || python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy
+# onnx + onnxruntime validate the exported ONNX files independently of tract; safetensors
+# writes the torchvision-named weights the --init tests load.
+python3 -c 'import onnx, onnxruntime, numpy, safetensors' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy safetensors
 echo "setup: all tools present"

@@ -22,7 +22,7 @@ use tract_onnx::pb;
 
 use crate::data::{load_images_with, open_split, Partition};
 use crate::evaluate::load_finetuned;
-use crate::model::{input_tensor, to_vec, BasicBlock, Classifier};
+use crate::model::{input_tensor, to_vec, Block, Classifier};
 use crate::runlog::load_json;
 use crate::{Error, Result};
 
@@ -145,7 +145,7 @@ impl GraphBuilder {
         self.node("Relu", vec![input], vec![])
     }
 
-    fn block<B: Backend>(&mut self, input: String, block: &BasicBlock<B>, name: &str) -> String {
+    fn block<B: Backend>(&mut self, input: String, block: &Block<B>, name: &str) -> String {
         let shortcut = match &block.downsample {
             Some(d) => self.conv(
                 input.clone(),
@@ -160,7 +160,11 @@ impl GraphBuilder {
             &format!("{name}.conv1"),
         );
         let y = self.relu(y);
-        let y = self.conv(y, &fold(&block.conv2, &block.bn2), &format!("{name}.conv2"));
+        let mut y = self.conv(y, &fold(&block.conv2, &block.bn2), &format!("{name}.conv2"));
+        if let (Some(conv3), Some(bn3)) = (&block.conv3, &block.bn3) {
+            let x = self.relu(y);
+            y = self.conv(x, &fold(conv3, bn3), &format!("{name}.conv3"));
+        }
         let sum = self.node("Add", vec![y, shortcut], vec![]);
         self.relu(sum)
     }
@@ -362,4 +366,54 @@ pub fn export_run<B: Backend>(
         checked_images: images.len(),
         max_abs_logit_diff: max_diff,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ResNetConfig;
+    use burn::backend::Flex;
+    use burn::tensor::Tensor;
+    use tract_onnx::prelude::*;
+
+    /// Bottleneck blocks (conv3) and the ImageNet stem (max-pool) export like the basic ones:
+    /// tract reproduces burn's logits.
+    #[test]
+    fn resnet50_with_the_imagenet_stem_exports_to_the_same_logits() {
+        let device = Default::default();
+        let config = ResNetConfig {
+            depth: 50,
+            width_multiplier: 0.125,
+            in_channels: 3,
+            small_input_stem: false,
+        };
+        let model = Classifier::<Flex>::new(config.init(&device), config.feature_dim(), 5, &device);
+        let side = 32;
+        let input: Vec<f32> = (0..3 * side * side)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let expected = to_vec(model.forward(Tensor::<Flex, 4>::from_data(
+            burn::tensor::TensorData::new(input.clone(), [1, 3, side, side]),
+            &device,
+        )));
+        let bytes = onnx_bytes(&model, [3, side, side]);
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut bytes.as_slice())
+            .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, side, side]).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .unwrap();
+        let tensor = tract_onnx::prelude::Tensor::from_shape(&[1, 3, side, side], &input).unwrap();
+        let out = plan.run(tvec!(tensor.into())).unwrap();
+        let got: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(got.len(), 5);
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-4, "tract {got:?} vs burn {expected:?}");
+        }
+    }
 }

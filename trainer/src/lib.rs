@@ -12,6 +12,7 @@ pub mod demo;
 pub mod evaluate;
 pub mod export;
 pub mod finetune;
+pub mod imagenet;
 pub mod model;
 pub mod optim;
 pub mod pretrain;
@@ -52,6 +53,14 @@ pub enum Error {
         /// The checkpoint file.
         path: PathBuf,
         /// burn's explanation.
+        reason: String,
+    },
+    /// Pretrained weights cannot initialise the backbone.
+    #[error("{path}: cannot initialise the backbone from these weights: {reason}")]
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// What does not fit.
         reason: String,
     },
     /// The exported model does not reproduce the trained one.

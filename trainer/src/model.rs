@@ -1,5 +1,5 @@
-//! Models: a ResNet backbone (18 or 34 layers, width multiplier, small-input stem for 28–128 px
-//! images), the classifier (backbone + linear head) and the SimCLR network (backbone + 2-layer
+//! Models: a ResNet backbone (18, 34 or 50 layers, width multiplier, small-input stem for
+//! 28–128 px images; torchvision's layout so ImageNet weights load by name), the classifier (backbone + linear head) and the SimCLR network (backbone + 2-layer
 //! projection head).
 //!
 //! The layer structure here is mirrored by [`crate::export`], which writes the same network as
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResNetConfig {
-    /// 18 or 34.
+    /// 18, 34 (basic blocks) or 50 (bottleneck blocks).
     pub depth: usize,
     /// Multiplies the standard widths 64/128/256/512 (at least 8 channels per stage).
     pub width_multiplier: f32,
@@ -45,25 +45,39 @@ impl ResNetConfig {
         [64, 128, 256, 512].map(|w| ((w as f32 * self.width_multiplier).round() as usize).max(8))
     }
 
-    /// Basic blocks per stage.
+    /// Residual blocks per stage.
     pub fn blocks_per_stage(&self) -> Option<[usize; 4]> {
         match self.depth {
             18 => Some([2, 2, 2, 2]),
-            34 => Some([3, 4, 6, 3]),
+            34 | 50 => Some([3, 4, 6, 3]),
             _ => None,
+        }
+    }
+
+    /// Bottleneck blocks (1×1 → 3×3 → 1×1, four times wider out than in) instead of basic ones.
+    pub fn bottleneck(&self) -> bool {
+        self.depth >= 50
+    }
+
+    /// Channels a stage outputs: its width, ×4 for bottleneck blocks.
+    fn stage_out(&self, width: usize) -> usize {
+        if self.bottleneck() {
+            width * BOTTLENECK_EXPANSION
+        } else {
+            width
         }
     }
 
     /// Length of the pooled feature vector.
     pub fn feature_dim(&self) -> usize {
-        self.widths()[3]
+        self.stage_out(self.widths()[3])
     }
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), String> {
         if self.blocks_per_stage().is_none() {
             return Err(format!(
-                "ResNet depth {} is not supported (18 or 34)",
+                "ResNet depth {} is not supported (18, 34 or 50)",
                 self.depth
             ));
         }
@@ -96,8 +110,13 @@ impl ResNetConfig {
         for (stage, (&width, &count)) in widths.iter().zip(&blocks).enumerate() {
             for b in 0..count {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
-                stages.push(BasicBlock::new(channels, width, stride, device));
-                channels = width;
+                let block = if self.bottleneck() {
+                    Block::bottleneck(channels, width, stride, device)
+                } else {
+                    Block::basic(channels, width, stride, device)
+                };
+                stages.push(block);
+                channels = self.stage_out(width);
             }
         }
         ResNet {
@@ -184,32 +203,66 @@ pub struct Downsample<B: Backend> {
     pub bn: BatchNorm<B>,
 }
 
-/// ResNet basic block: two 3×3 convolutions with BatchNorm, ReLU, and a residual connection.
+/// Output channels of a bottleneck block per unit of its width.
+pub const BOTTLENECK_EXPANSION: usize = 4;
+
+/// A ResNet residual block, torchvision's layout and field names. Basic (ResNet-18/34): 3×3
+/// convolution carrying the stride, 3×3 convolution. Bottleneck (ResNet-50, "v1.5" like
+/// torchvision: the stride on the 3×3): 1×1 reduce, 3×3, 1×1 expand (`conv3`). BatchNorm after
+/// each, ReLU between, the shortcut added before the last ReLU.
 #[derive(Module, Debug)]
-pub struct BasicBlock<B: Backend> {
-    /// First 3×3 convolution (carries the stride).
+pub struct Block<B: Backend> {
+    /// First convolution (3×3 with the stride; 1×1 in a bottleneck).
     pub conv1: Conv2d<B>,
     /// Its BatchNorm.
     pub bn1: BatchNorm<B>,
-    /// Second 3×3 convolution.
+    /// Second convolution (3×3; carries the stride in a bottleneck).
     pub conv2: Conv2d<B>,
     /// Its BatchNorm.
     pub bn2: BatchNorm<B>,
+    /// Bottleneck expansion (1×1), absent in a basic block.
+    pub conv3: Option<Conv2d<B>>,
+    /// Its BatchNorm.
+    pub bn3: Option<BatchNorm<B>>,
     /// Shortcut projection when the shape changes.
     pub downsample: Option<Downsample<B>>,
 }
 
-impl<B: Backend> BasicBlock<B> {
-    fn new(cin: usize, cout: usize, stride: usize, device: &B::Device) -> Self {
+impl<B: Backend> Block<B> {
+    fn shortcut(
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        device: &B::Device,
+    ) -> Option<Downsample<B>> {
+        (stride != 1 || cin != cout).then(|| Downsample {
+            conv: conv(cin, cout, 1, stride, device),
+            bn: BatchNormConfig::new(cout).init(device),
+        })
+    }
+
+    fn basic(cin: usize, width: usize, stride: usize, device: &B::Device) -> Self {
         Self {
-            conv1: conv(cin, cout, 3, stride, device),
-            bn1: BatchNormConfig::new(cout).init(device),
-            conv2: conv(cout, cout, 3, 1, device),
-            bn2: BatchNormConfig::new(cout).init(device),
-            downsample: (stride != 1 || cin != cout).then(|| Downsample {
-                conv: conv(cin, cout, 1, stride, device),
-                bn: BatchNormConfig::new(cout).init(device),
-            }),
+            conv1: conv(cin, width, 3, stride, device),
+            bn1: BatchNormConfig::new(width).init(device),
+            conv2: conv(width, width, 3, 1, device),
+            bn2: BatchNormConfig::new(width).init(device),
+            conv3: None,
+            bn3: None,
+            downsample: Self::shortcut(cin, width, stride, device),
+        }
+    }
+
+    fn bottleneck(cin: usize, width: usize, stride: usize, device: &B::Device) -> Self {
+        let cout = width * BOTTLENECK_EXPANSION;
+        Self {
+            conv1: conv(cin, width, 1, 1, device),
+            bn1: BatchNormConfig::new(width).init(device),
+            conv2: conv(width, width, 3, stride, device),
+            bn2: BatchNormConfig::new(width).init(device),
+            conv3: Some(conv(width, cout, 1, 1, device)),
+            bn3: Some(BatchNormConfig::new(cout).init(device)),
+            downsample: Self::shortcut(cin, cout, stride, device),
         }
     }
 
@@ -220,7 +273,10 @@ impl<B: Backend> BasicBlock<B> {
             None => x.clone(),
         };
         let y = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
-        let y = batch_norm(&self.bn2, self.conv2.forward(y));
+        let mut y = batch_norm(&self.bn2, self.conv2.forward(y));
+        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
+            y = batch_norm(bn3, conv3.forward(relu(y)));
+        }
         relu(y + shortcut)
     }
 }
@@ -234,8 +290,8 @@ pub struct ResNet<B: Backend> {
     pub stem_bn: BatchNorm<B>,
     /// Max-pool of the ImageNet stem (absent in the small-input stem).
     pub stem_pool: Option<MaxPool2d>,
-    /// All basic blocks, stage after stage.
-    pub blocks: Vec<BasicBlock<B>>,
+    /// All residual blocks, stage after stage.
+    pub blocks: Vec<Block<B>>,
 }
 
 impl<B: Backend> ResNet<B> {

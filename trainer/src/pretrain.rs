@@ -23,7 +23,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -37,6 +37,7 @@ use serde_json::json;
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
 use crate::data::{load_images_with, open_split, DatasetIndex, ImageSet, Partition, Prefetch};
 use crate::evaluate::{embed, embedding_spread, knn_scores};
+use crate::imagenet::load_torchvision;
 use crate::model::{input_tensor, ResNetConfig, SimClr, SslHeads, RECONSTRUCTION_GRID};
 use crate::optim::{Lars, OptimizerKind};
 use crate::runlog::{load_json, progress, save_json, save_weights, MetricsLog};
@@ -237,6 +238,111 @@ struct StepInputs {
     masked: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
 }
 
+/// The inputs of one micro-batch: slices of a step's inputs, in the same layout.
+struct MicroBatch {
+    /// Images in this micro-batch.
+    images: usize,
+    /// Both views of its images: `images` first views, then their `images` second views.
+    views: Vec<f32>,
+    rotated: Option<(Vec<f32>, Vec<i64>)>,
+    masked: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+}
+
+impl StepInputs {
+    /// Micro-batch `k` of `count` (of `image_len` floats per image): the step's images cut into
+    /// `count` equal runs, every input cut alike.
+    fn micro_batch(&self, k: usize, count: usize, image_len: usize) -> MicroBatch {
+        let n = self.views.len() / image_len / 2;
+        let m = n / count;
+        let rows = |v: &[f32], per: usize| v[k * m * per..(k + 1) * m * per].to_vec();
+        let mut views = rows(&self.views[..n * image_len], image_len);
+        views.extend(rows(&self.views[n * image_len..], image_len));
+        MicroBatch {
+            images: m,
+            views,
+            rotated: self.rotated.as_ref().map(|(turned, turns)| {
+                (rows(turned, image_len), turns[k * m..(k + 1) * m].to_vec())
+            }),
+            masked: self.masked.as_ref().map(|(blanked, targets, mask)| {
+                let per = targets.len() / n;
+                (
+                    rows(blanked, image_len),
+                    rows(targets, per),
+                    rows(mask, per),
+                )
+            }),
+        }
+    }
+}
+
+/// Each weighted objective's loss on one micro-batch, from one backbone pass over everything
+/// the objectives need: `2m` views, then `m` turned, then `m` masked images.
+fn objective_losses<B: AutodiffBackend>(
+    model: &SimClr<B>,
+    batch: MicroBatch,
+    config: &PretrainConfig,
+    preprocess: &PreprocessConfig,
+    device: &B::Device,
+) -> Vec<(&'static str, Tensor<B, 1>)> {
+    let n = batch.images;
+    let mut pixels = batch.views;
+    let mut rotation_labels = None;
+    let mut reconstruction = None;
+    if let Some((turned, turns)) = batch.rotated {
+        pixels.extend(turned);
+        rotation_labels = Some(turns);
+    }
+    if let Some((blanked, targets, mask)) = batch.masked {
+        pixels.extend(blanked);
+        reconstruction = Some((targets, mask));
+    }
+    let h = model
+        .backbone
+        .forward(input_tensor::<B>(pixels, preprocess, device));
+    let feature_dim = h.dims()[1];
+    let views_h = h.clone().slice([0..2 * n, 0..feature_dim]);
+    let mut offset = 2 * n;
+    let mut parts: Vec<(&'static str, Tensor<B, 1>)> = Vec::new();
+    let objectives = config.objectives;
+    if objectives.contrastive > 0.0 || objectives.simsiam > 0.0 {
+        let z = model.project(views_h);
+        if objectives.contrastive > 0.0 {
+            parts.push((
+                "contrastive",
+                nt_xent_loss(z.clone(), config.temperature).mul_scalar(objectives.contrastive),
+            ));
+        }
+        if objectives.simsiam > 0.0 {
+            let dim = z.dims()[1];
+            let z1 = z.clone().slice([0..n, 0..dim]);
+            let z2 = z.clone().slice([n..2 * n, 0..dim]);
+            let p1 = model.predict(z1.clone());
+            let p2 = model.predict(z2.clone());
+            let loss = (negative_cosine(p1, z2) + negative_cosine(p2, z1)).mul_scalar(0.5);
+            parts.push(("simsiam", loss.mul_scalar(objectives.simsiam)));
+        }
+    }
+    if let (Some(turns), Some(head)) = (rotation_labels, &model.rotation_head) {
+        let logits = head.forward(h.clone().slice([offset..offset + n, 0..feature_dim]));
+        offset += n;
+        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(turns, [n]), device);
+        let loss = CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(logits, y);
+        parts.push(("rotation", loss.mul_scalar(objectives.rotation)));
+    }
+    if let (Some((targets, mask)), Some(decoder)) = (reconstruction, &model.decoder) {
+        let out = decoder.forward(h.clone().slice([offset..offset + n, 0..feature_dim]));
+        let len = targets.len() / n;
+        let targets = Tensor::<B, 2>::from_data(TensorData::new(targets, [n, len]), device);
+        let blanked: f32 = mask.iter().sum::<f32>().max(1.0);
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, len]), device);
+        let loss = ((out - targets).square() * mask).sum().div_scalar(blanked);
+        parts.push(("reconstruction", loss.mul_scalar(objectives.reconstruction)));
+    }
+    parts
+}
+
 /// Pretraining settings; the resolved form is saved as `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -295,6 +401,20 @@ pub struct PretrainConfig {
     /// At most this many training images form the kNN bank, and validation images the queries.
     #[serde(default = "default_health_images")]
     pub health_images: usize,
+    /// torchvision ImageNet weights (safetensors or PyTorch state dict) to start the backbone
+    /// from instead of random weights; needs the ImageNet stem.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Micro-batches per optimiser step: gradients of `batch_size / accumulation_steps` images
+    /// at a time are summed, so memory follows the micro-batch. NT-Xent's negatives and
+    /// BatchNorm's statistics come from each micro-batch, as in any accumulated contrastive
+    /// run; what grows with `batch_size` is the averaging of gradients.
+    #[serde(default = "default_accumulation_steps")]
+    pub accumulation_steps: usize,
+}
+
+fn default_accumulation_steps() -> usize {
+    1
 }
 
 fn default_momentum() -> f64 {
@@ -337,6 +457,8 @@ impl PretrainConfig {
             checkpoint_every: default_checkpoint_every(),
             health_every: default_health_every(),
             health_images: default_health_images(),
+            init: None,
+            accumulation_steps: default_accumulation_steps(),
         }
     }
 }
@@ -757,6 +879,16 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     if config.batch_size < 2 || config.epochs == 0 {
         return Err(bad("pretraining needs batch_size ≥ 2 and epochs ≥ 1".into()));
     }
+    let micro = config.batch_size / config.accumulation_steps.max(1);
+    if config.accumulation_steps == 0
+        || !config.batch_size.is_multiple_of(config.accumulation_steps)
+        || micro < 2
+    {
+        return Err(bad(format!(
+            "accumulation_steps {} must divide batch_size {} into micro-batches of at least 2 images",
+            config.accumulation_steps, config.batch_size
+        )));
+    }
     std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     let (images, preprocess) = load_training_images(
@@ -790,6 +922,18 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         config.objectives.heads(),
         device,
     );
+    let mut init_report = None;
+    if let (Some(file), None) = (&config.init, &resume) {
+        let (backbone, report) = load_torchvision::<B>(&config.model, file, device)?;
+        eprintln!(
+            "backbone initialised from {}: {} tensors loaded, {} ignored",
+            file.display(),
+            report.loaded,
+            report.ignored.len()
+        );
+        model.backbone = backbone;
+        init_report = Some(report);
+    }
     let mut optimizer = optimizer;
     let mut state = CheckpointState {
         step: 0,
@@ -808,6 +952,9 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     let steps_per_epoch = images.len() / config.batch_size;
     let total = (steps_per_epoch * config.epochs).min(config.max_steps.unwrap_or(usize::MAX));
     let mut log = MetricsLog::open(out)?;
+    if let Some(report) = &init_report {
+        log.write(&json!({"stage": "pretrain", "init_weights": report}))?;
+    }
     if let (Some(set), 0) = (&health_set, state.step) {
         let health = measure_health(&model, set, &images, &preprocess, device, 0);
         log.write(&json!({"stage": "pretrain", "health": &health, "init": true}))?;
@@ -890,7 +1037,6 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
             }
         })
     };
-    let n = config.batch_size;
     let scalar = |t: &Tensor<B, 1>| -> f32 {
         t.clone()
             .into_data()
@@ -902,79 +1048,35 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         let step = state.step;
         let epoch = step / steps_per_epoch.max(1);
         let cross = inputs.cross;
-        // One backbone pass over everything the objectives need: 2N views, then N turned, then
-        // N masked.
-        let mut pixels = inputs.views;
-        let mut rotation_labels = None;
-        let mut reconstruction = None;
-        if let Some((turned, turns)) = inputs.rotated {
-            pixels.extend(turned);
-            rotation_labels = Some(turns);
-        }
-        if let Some((blanked, targets, mask)) = inputs.masked {
-            pixels.extend(blanked);
-            reconstruction = Some((targets, mask));
-        }
-        let h = model
-            .backbone
-            .forward(input_tensor::<B>(pixels, &preprocess, device));
-        let feature_dim = h.dims()[1];
-        let views_h = h.clone().slice([0..2 * n, 0..feature_dim]);
-        let mut offset = 2 * n;
-        let mut parts: Vec<(&str, Tensor<B, 1>)> = Vec::new();
-        let objectives = config.objectives;
-        if objectives.contrastive > 0.0 || objectives.simsiam > 0.0 {
-            let z = model.project(views_h);
-            if objectives.contrastive > 0.0 {
-                parts.push((
-                    "contrastive",
-                    nt_xent_loss(z.clone(), config.temperature).mul_scalar(objectives.contrastive),
-                ));
+        let micro_batches = config.accumulation_steps;
+        let mut grads = GradientsAccumulator::<SimClr<B>>::new();
+        let mut loss_value = 0.0;
+        let mut components = serde_json::Map::new();
+        for micro in 0..micro_batches {
+            let batch = inputs.micro_batch(micro, micro_batches, geometry.len());
+            let parts = objective_losses(&model, batch, config, &preprocess, device);
+            let loss = parts
+                .iter()
+                .map(|(_, t)| t.clone())
+                .reduce(|a, b| a + b)
+                .expect("validated: at least one objective")
+                .div_scalar(micro_batches as f32);
+            let value = scalar(&loss);
+            if !value.is_finite() {
+                return Err(bad(format!(
+                    "loss became {value} at step {step}; lower the learning rate"
+                )));
             }
-            if objectives.simsiam > 0.0 {
-                let dim = z.dims()[1];
-                let z1 = z.clone().slice([0..n, 0..dim]);
-                let z2 = z.clone().slice([n..2 * n, 0..dim]);
-                let p1 = model.predict(z1.clone());
-                let p2 = model.predict(z2.clone());
-                let loss = (negative_cosine(p1, z2) + negative_cosine(p2, z1)).mul_scalar(0.5);
-                parts.push(("simsiam", loss.mul_scalar(objectives.simsiam)));
+            loss_value += value;
+            for (name, t) in &parts {
+                let sum = components.entry(name.to_string()).or_insert(json!(0.0));
+                *sum = json!(
+                    sum.as_f64().unwrap_or(0.0) + f64::from(scalar(t)) / micro_batches as f64
+                );
             }
+            grads.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
-        if let (Some(turns), Some(head)) = (rotation_labels, &model.rotation_head) {
-            let logits = head.forward(h.clone().slice([offset..offset + n, 0..feature_dim]));
-            offset += n;
-            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(turns, [n]), device);
-            let loss = CrossEntropyLossConfig::new()
-                .init(device)
-                .forward(logits, y);
-            parts.push(("rotation", loss.mul_scalar(objectives.rotation)));
-        }
-        if let (Some((targets, mask)), Some(decoder)) = (reconstruction, &model.decoder) {
-            let out = decoder.forward(h.clone().slice([offset..offset + n, 0..feature_dim]));
-            let len = targets.len() / n;
-            let targets = Tensor::<B, 2>::from_data(TensorData::new(targets, [n, len]), device);
-            let blanked: f32 = mask.iter().sum::<f32>().max(1.0);
-            let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, len]), device);
-            let loss = ((out - targets).square() * mask).sum().div_scalar(blanked);
-            parts.push(("reconstruction", loss.mul_scalar(objectives.reconstruction)));
-        }
-        let components: serde_json::Map<String, serde_json::Value> = parts
-            .iter()
-            .map(|(name, t)| (name.to_string(), json!(scalar(t))))
-            .collect();
-        let loss = parts
-            .into_iter()
-            .map(|(_, t)| t)
-            .reduce(|a, b| a + b)
-            .expect("validated: at least one objective");
-        let loss_value = scalar(&loss);
-        if !loss_value.is_finite() {
-            return Err(bad(format!(
-                "loss became {loss_value} at step {step}; lower the learning rate"
-            )));
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grads = grads.grads();
         let lr = learning_rate_at(step, total, config.learning_rate, config.warmup_fraction);
         model = optimizer.step(lr, model, grads);
         state.losses.push(loss_value);
@@ -1041,6 +1143,42 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
 mod tests {
     use super::*;
     use burn::backend::Flex;
+
+    #[test]
+    fn micro_batches_cut_every_input_alike_and_reassemble_the_step() {
+        let image_len = 3;
+        let n = 4;
+        // Image i's first view holds i, its second view 100 + i, turned 200 + i, masked 300 + i.
+        let fill = |base: f32| -> Vec<f32> {
+            (0..n)
+                .flat_map(|i| vec![base + i as f32; image_len])
+                .collect()
+        };
+        let mut views = fill(0.0);
+        views.extend(fill(100.0));
+        let inputs = StepInputs {
+            views,
+            cross: 0,
+            rotated: Some((fill(200.0), (0..n as i64).collect())),
+            masked: Some((fill(300.0), fill(400.0), fill(500.0))),
+        };
+        let first = |v: &[f32]| v.chunks(image_len).map(|c| c[0]).collect::<Vec<_>>();
+        for k in 0..2 {
+            let micro = inputs.micro_batch(k, 2, image_len);
+            let (a, b) = (2.0 * k as f32, 2.0 * k as f32 + 1.0);
+            assert_eq!(micro.images, 2);
+            assert_eq!(first(&micro.views), vec![a, b, 100.0 + a, 100.0 + b]);
+            let (turned, turns) = micro.rotated.unwrap();
+            assert_eq!(first(&turned), vec![200.0 + a, 200.0 + b]);
+            assert_eq!(turns, vec![a as i64, b as i64]);
+            let (blanked, targets, mask) = micro.masked.unwrap();
+            assert_eq!(first(&blanked), vec![300.0 + a, 300.0 + b]);
+            assert_eq!(first(&targets), vec![400.0 + a, 400.0 + b]);
+            assert_eq!(first(&mask), vec![500.0 + a, 500.0 + b]);
+        }
+        let whole = inputs.micro_batch(0, 1, image_len);
+        assert_eq!(whole.views, inputs.views);
+    }
 
     #[test]
     fn nt_xent_prefers_matching_views() {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use scanside_trainer::augment::Preset;
 use scanside_trainer::data::{
     bench_decode_augment, check_dataset, make_split, open_split, write_preview, BagStats,
@@ -82,6 +82,7 @@ enum Command {
             "split", "data", "skip_bad", "method", "objective", "optimizer", "weight_decay",
             "checkpoint_every", "health_every", "epochs", "batch_size", "lr", "seed",
             "max_steps", "depth", "width", "image_size", "temperature", "preset", "resume",
+            "stem", "init", "accumulate",
         ])]
         config: Option<PathBuf>,
         /// Objective weights NAME=WEIGHT, comma-separated or repeated (contrastive, simsiam,
@@ -105,12 +106,24 @@ enum Command {
         health_every: usize,
         #[command(flatten)]
         train: TrainArgs,
-        /// ResNet depth (18 or 34).
+        /// ResNet depth (18, 34 or 50).
         #[arg(long, default_value_t = 18)]
         depth: usize,
         /// Width multiplier of the ResNet stages.
         #[arg(long, default_value_t = 0.25)]
         width: f32,
+        /// Stem: `small` (3×3, stride 1, no max-pool; for 28–128 px) or torchvision's
+        /// `imagenet` (7×7 stride 2 + max-pool; needed by --init).
+        #[arg(long, value_enum, default_value = "small")]
+        stem: Stem,
+        /// Start from torchvision ImageNet weights (.safetensors, or a PyTorch .pth state dict)
+        /// of the same depth and width: the paper's ImageNet-then-medical recipe.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Gradient accumulation: split each batch into this many micro-batches (memory of one
+        /// micro-batch, one optimiser step per batch).
+        #[arg(long, default_value_t = 1)]
+        accumulate: usize,
         /// Input size in pixels.
         #[arg(long, default_value_t = 32)]
         image_size: u32,
@@ -457,6 +470,15 @@ impl DataArgs {
     }
 }
 
+/// ResNet stem.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Stem {
+    /// 3×3 stride-1 convolution, no max-pool.
+    Small,
+    /// torchvision's 7×7 stride-2 convolution + 3×3 stride-2 max-pool.
+    Imagenet,
+}
+
 #[derive(Args)]
 struct TrainArgs {
     #[arg(long)]
@@ -524,6 +546,9 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             train,
             depth,
             width,
+            stem,
+            init,
+            accumulate,
             image_size,
             temperature,
             preset,
@@ -556,6 +581,9 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             config.augment = preset.ssl();
             config.model.depth = depth;
             config.model.width_multiplier = width;
+            config.model.small_input_stem = stem == Stem::Small;
+            config.init = init;
+            config.accumulation_steps = accumulate;
             config.image_size = image_size;
             config.temperature = temperature;
             config.seed = train.seed;

@@ -1,6 +1,7 @@
 //! The `scanside-train` binary on bad input: one clear line naming the thing and the problem,
 //! exit 1 for failures and 2 for usage errors, and nothing half-written left behind.
 
+mod imagenet;
 mod pretrain;
 mod sources;
 

@@ -290,3 +290,70 @@ crop_scale = [0.35, 1.0]
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("jigsaw"), "{}", stderr(&out));
 }
+
+#[test]
+fn imagenet_init_and_gradient_accumulation_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 16);
+    let (split, run) = (split.to_str().unwrap(), dir.path().join("run"));
+    let weights = dir.path().join("tv");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let have_weights = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/torchvision_weights.py"))
+        .arg(&weights)
+        .args([
+            "--depth", "18", "--width", "0.125", "--size", "16", "--batch", "1",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let weights_file = weights.join("weights.safetensors");
+    let mut extra = vec![
+        "--max-steps",
+        "2",
+        "--accumulate",
+        "2",
+        "--health-every",
+        "0",
+        "--objective",
+        "contrastive=1,rotation=0.5,reconstruction=0.5",
+        "--stem",
+        "imagenet",
+    ];
+    if have_weights {
+        extra.extend(["--init", weights_file.to_str().unwrap()]);
+    } else {
+        eprintln!("--init part skipped: {python} with numpy and safetensors is needed");
+    }
+    let out = train(&pretrain_args(split, run.to_str().unwrap(), &extra));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let steps = losses(&run);
+    assert_eq!(steps.len(), 2, "one optimiser step per batch: {steps:?}");
+    assert!(steps.iter().all(|(_, l)| l.is_finite()));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["accumulation_steps"], 2);
+    if have_weights {
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let init: serde_json::Value = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find_map(|v| v.get("init_weights").cloned())
+            .expect("the loaded weights are recorded");
+        assert!(init["loaded"].as_u64().unwrap() > 50, "{init}");
+        assert!(init["ignored"].to_string().contains("fc.weight"), "{init}");
+    }
+
+    // Micro-batches must split the batch evenly.
+    let out = train(&pretrain_args(
+        split,
+        dir.path().join("bad").to_str().unwrap(),
+        &["--max-steps", "1", "--accumulate", "3"],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("accumulation_steps 3"),
+        "{}",
+        stderr(&out)
+    );
+}
