@@ -15,7 +15,7 @@ use md5::{Digest, Md5};
 use serde::Serialize;
 
 use crate::data::{make_split, open_dataset, ImageRef, Partition, SplitFile};
-use crate::evaluate::{evaluate_run, EvalReport};
+use crate::evaluate::{evaluate_run, EvalReport, EvalSettings};
 use crate::export::{export_run, ExportReport};
 use crate::finetune::{finetune, FinetuneConfig, FinetuneSummary};
 use crate::pretrain::{pretrain, PretrainConfig, PretrainSummary};
@@ -212,7 +212,8 @@ pub fn run_demo<B: AutodiffBackend>(
     let finetune_summary = finetune::<B>(&fine, &run, device)?;
 
     eprintln!("[4/6] evaluation on the held-out test partition");
-    let test = evaluate_run::<B::InnerBackend>(&run, Partition::Test, device)?;
+    let test =
+        evaluate_run::<B::InnerBackend>(&run, Partition::Test, &EvalSettings::default(), device)?;
 
     eprintln!("[5/6] export");
     let bundle = out.join("bundle");

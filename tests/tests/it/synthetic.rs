@@ -50,7 +50,7 @@ fn synthetic_images_travel_pretrain_finetune_export_screen() {
         "{:?}",
         result.export
     );
-    assert!(result.test.metrics.n > 0);
+    assert_evaluation_is_complete(&result.test);
     let (max_diff, agree, n) = compare_runtime_with_burn(&data, &out, 8).unwrap();
     assert!(
         max_diff <= 1e-4,
@@ -60,6 +60,30 @@ fn synthetic_images_travel_pretrain_finetune_export_screen() {
     // CI hands this bundle to onnxruntime (tools/check_onnx.py) for an independent check.
     if let Some(dest) = std::env::var_os("SCANSIDE_EXPORT_FIXTURE") {
         write_onnxruntime_fixture(&data, &out, Path::new(&dest)).unwrap();
+    }
+}
+
+/// The report carries every part of the evaluation, each consistent with the others.
+fn assert_evaluation_is_complete(test: &scanside_trainer::evaluate::EvalReport) {
+    let m = &test.metrics;
+    assert!(m.n > 0);
+    assert!(m.top3_accuracy >= m.accuracy);
+    let confusion_total: usize = m.confusion.iter().flatten().sum();
+    assert_eq!(confusion_total, m.n);
+    let intervals = test.intervals.as_ref().expect("bootstrap intervals");
+    let accuracy = intervals.accuracy.expect("accuracy interval");
+    assert_eq!(accuracy.estimate, m.accuracy);
+    assert!(accuracy.low <= accuracy.estimate && accuracy.estimate <= accuracy.high);
+    assert_eq!(intervals.resampled_by, "lesion_id");
+    let calibration = test.calibration.as_ref().expect("calibration");
+    assert!(calibration.temperature > 0.0 && calibration.temperature.is_finite());
+    let binned: usize = calibration.reliability_after.iter().map(|b| b.count).sum();
+    assert_eq!(binned, m.n);
+    assert_eq!(test.operating_points.len(), test.class_names.len());
+    for point in &test.operating_points {
+        if let (Some(_), Some(sensitivity)) = (point.threshold, point.val_sensitivity) {
+            assert!(sensitivity >= 0.95, "{point:?}");
+        }
     }
 }
 

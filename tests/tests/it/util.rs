@@ -6,7 +6,7 @@ use burn::backend::{Autodiff, Flex};
 use scanside_runtime::bundle::Bundle;
 use scanside_runtime::infer::Screener;
 use scanside_trainer::data::{load_images, make_split, open_dataset, ImageRef, Partition};
-use scanside_trainer::evaluate::{evaluate_run, load_finetuned, predict, EvalReport};
+use scanside_trainer::evaluate::{evaluate_run, load_finetuned, predict, EvalReport, EvalSettings};
 use scanside_trainer::export::{export_run, ExportReport};
 use scanside_trainer::finetune::{finetune, FinetuneConfig};
 use scanside_trainer::pretrain::{pretrain, PretrainConfig};
@@ -54,7 +54,12 @@ pub fn run_pipeline(
     fine.epochs = 2;
     fine.max_steps = Some(steps);
     finetune::<Train>(&fine, &out.join("finetune"), &device)?;
-    let test = evaluate_run::<Flex>(&out.join("finetune"), Partition::Test, &device)?;
+    let test = evaluate_run::<Flex>(
+        &out.join("finetune"),
+        Partition::Test,
+        &EvalSettings::default(),
+        &device,
+    )?;
     let bundle = out.join("bundle");
     let export = export_run::<Flex>(&out.join("finetune"), &bundle, 4, &device)?;
     Ok(PipelineResult {

@@ -1,5 +1,12 @@
-//! Evaluation of a fine-tuned model on one partition: top-1 accuracy, per-class and macro
-//! one-vs-rest ROC AUC. Prints a table and writes `eval-<partition>.json` into the run.
+//! Evaluation of a fine-tuned model on one partition: top-1/top-3 and balanced accuracy,
+//! per-class and macro one-vs-rest ROC AUC and the confusion matrix, 95 % bootstrap intervals
+//! resampled by lesion/patient, calibration before and after temperature scaling fitted on
+//! validation, and per-class operating points for a target sensitivity chosen on validation.
+//! Prints a table and writes `eval-<partition>.json` into the run. Also the kNN probe of
+//! pretrained features.
+
+pub mod calibration;
+pub mod metrics;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +37,15 @@ pub struct ClassificationMetrics {
     pub per_class_auc: Vec<Option<f64>>,
     /// Images per true class.
     pub class_counts: Vec<usize>,
+    /// Fraction with the true class among the three most probable.
+    #[serde(default)]
+    pub top3_accuracy: f64,
+    /// Mean per-class recall.
+    #[serde(default)]
+    pub balanced_accuracy: f64,
+    /// Counts `[true class][predicted class]`.
+    #[serde(default)]
+    pub confusion: Vec<Vec<usize>>,
 }
 
 impl ClassificationMetrics {
@@ -51,6 +67,7 @@ impl ClassificationMetrics {
         let defined: Vec<f64> = per_class_auc.iter().flatten().copied().collect();
         let mut class_counts = vec![0; classes];
         labels.iter().for_each(|&y| class_counts[y] += 1);
+        let predicted = metrics::predictions(probabilities);
         Self {
             n,
             accuracy: correct as f64 / n.max(1) as f64,
@@ -58,6 +75,9 @@ impl ClassificationMetrics {
                 .then(|| defined.iter().sum::<f64>() / defined.len() as f64),
             per_class_auc,
             class_counts,
+            top3_accuracy: metrics::top_k_accuracy(probabilities, labels, 3),
+            balanced_accuracy: metrics::balanced_accuracy(&predicted, labels, classes),
+            confusion: metrics::confusion_matrix(&predicted, labels, classes),
         }
     }
 }
@@ -101,14 +121,38 @@ pub fn predict<B: Backend>(
     preprocess: &PreprocessConfig,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
+    batched_outputs(model, images, preprocess, device, true)
+}
+
+/// Logits for every image of a set (inference mode, batched).
+pub fn predict_logits<B: Backend>(
+    model: &Classifier<B>,
+    images: &ImageSet,
+    preprocess: &PreprocessConfig,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    batched_outputs(model, images, preprocess, device, false)
+}
+
+fn batched_outputs<B: Backend>(
+    model: &Classifier<B>,
+    images: &ImageSet,
+    preprocess: &PreprocessConfig,
+    device: &B::Device,
+    probabilities: bool,
+) -> Vec<Vec<f32>> {
     let mut out = Vec::with_capacity(images.len());
     for start in (0..images.len()).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(images.len());
         let pixels = images.pixels[start * images.sample_len..end * images.sample_len].to_vec();
         let logits = model.forward(input_tensor::<B>(pixels, preprocess, device));
         let classes = logits.dims()[1];
-        let probs = to_vec(softmax(logits, 1));
-        out.extend(probs.chunks_exact(classes).map(|c| c.to_vec()));
+        let values = if probabilities {
+            to_vec(softmax(logits, 1))
+        } else {
+            to_vec(logits)
+        };
+        out.extend(values.chunks_exact(classes).map(|c| c.to_vec()));
     }
     out
 }
@@ -352,6 +396,62 @@ pub fn load_finetuned<B: Backend>(
     Ok((config, model))
 }
 
+/// How an evaluation is done.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalSettings {
+    /// Bootstrap resamples for the confidence intervals (0: none).
+    pub bootstrap: usize,
+    /// Seed of the resampling.
+    pub seed: u64,
+    /// Sensitivity each class's threshold must reach on validation.
+    pub target_sensitivity: f64,
+    /// Bins of the reliability diagram.
+    pub calibration_bins: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap: 1000,
+            seed: 0,
+            target_sensitivity: 0.95,
+            calibration_bins: 15,
+        }
+    }
+}
+
+/// 95 % percentile bootstrap intervals, resampling whole groups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intervals {
+    /// What was resampled (`lesion_id`, `patient_id`, ...).
+    pub resampled_by: String,
+    /// Groups in the evaluated partition.
+    pub groups: usize,
+    /// Resamples drawn.
+    pub resamples: usize,
+    /// Top-1 accuracy.
+    pub accuracy: Option<metrics::Interval>,
+    /// Balanced accuracy.
+    pub balanced_accuracy: Option<metrics::Interval>,
+    /// Macro one-vs-rest AUC.
+    pub macro_auc: Option<metrics::Interval>,
+}
+
+/// Calibration on the evaluated partition before and after temperature scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    /// Temperature fitted on the validation partition's logits.
+    pub temperature: f64,
+    /// Expected calibration error with the raw softmax.
+    pub ece_before: f64,
+    /// With the fitted temperature.
+    pub ece_after: f64,
+    /// Reliability diagram, raw softmax.
+    pub reliability_before: Vec<calibration::ReliabilityBin>,
+    /// Reliability diagram, temperature-scaled.
+    pub reliability_after: Vec<calibration::ReliabilityBin>,
+}
+
 /// The evaluation of a run on one partition, as written to `eval-<partition>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -361,8 +461,23 @@ pub struct EvalReport {
     pub partition: Partition,
     /// Class names.
     pub class_names: Vec<String>,
-    /// The metrics.
+    /// The metrics (of the raw softmax; temperature scaling changes neither ranks nor argmax).
     pub metrics: ClassificationMetrics,
+    /// Their confidence intervals.
+    #[serde(default)]
+    pub intervals: Option<Intervals>,
+    /// Calibration.
+    #[serde(default)]
+    pub calibration: Option<CalibrationReport>,
+    /// Target sensitivity of the operating points.
+    #[serde(default)]
+    pub target_sensitivity: Option<f64>,
+    /// One operating point per class (one-vs-rest on the calibrated probability).
+    #[serde(default)]
+    pub operating_points: Vec<calibration::OperatingPoint>,
+    /// The thresholds and temperature were fitted on this same partition (validation).
+    #[serde(default)]
+    pub in_sample: bool,
 }
 
 impl EvalReport {
@@ -370,25 +485,66 @@ impl EvalReport {
     pub fn table(&self) -> String {
         let m = &self.metrics;
         let fmt = |v: Option<f64>| v.map_or("   n/a".to_string(), |v| format!("{v:6.3}"));
-        let mut s = format!("{:<10} {:>6} {:>6}\n", "class", "n", "AUC");
+        let ci = |i: Option<metrics::Interval>| {
+            i.map_or(String::new(), |i| format!(" [{:.3}, {:.3}]", i.low, i.high))
+        };
+        let intervals = self.intervals.as_ref();
+        let mut s = format!(
+            "{:<10} {:>6} {:>6} {:>9} {:>6} {:>6}\n",
+            "class", "n", "AUC", "threshold", "sens", "spec"
+        );
         for (c, name) in self.class_names.iter().enumerate() {
+            let op = self.operating_points.get(c);
             s += &format!(
-                "{:<10} {:>6} {}\n",
+                "{:<10} {:>6} {} {:>9} {} {}\n",
                 name,
                 m.class_counts[c],
-                fmt(m.per_class_auc[c])
+                fmt(m.per_class_auc[c]),
+                op.and_then(|o| o.threshold)
+                    .map_or("n/a".to_string(), |t| format!("{t:.4}")),
+                fmt(op.and_then(|o| o.sensitivity)),
+                fmt(op.and_then(|o| o.specificity)),
             );
         }
         s += &format!(
-            "{:<10} {:>6} {}  (macro one-vs-rest)\n",
+            "{:<10} {:>6} {}{}  (macro one-vs-rest AUC)\n",
             "all",
             m.n,
-            fmt(m.macro_auc)
+            fmt(m.macro_auc),
+            ci(intervals.and_then(|i| i.macro_auc))
         );
         s += &format!(
-            "top-1 accuracy {:.3} on {} {:?} images\n",
-            m.accuracy, m.n, self.partition
+            "top-1 {:.3}{}  top-3 {:.3}  balanced {:.3}{}  on {} {:?} images\n",
+            m.accuracy,
+            ci(intervals.and_then(|i| i.accuracy)),
+            m.top3_accuracy,
+            m.balanced_accuracy,
+            ci(intervals.and_then(|i| i.balanced_accuracy)),
+            m.n,
+            self.partition
         );
+        if let Some(i) = intervals {
+            s += &format!(
+                "95 % intervals: {} bootstrap resamples of {} {} groups\n",
+                i.resamples, i.groups, i.resampled_by
+            );
+        }
+        if let Some(c) = &self.calibration {
+            s += &format!(
+                "calibration: ECE {:.3} -> {:.3} with temperature {:.3} fitted on val\n",
+                c.ece_before, c.ece_after, c.temperature
+            );
+        }
+        if let Some(t) = self.target_sensitivity {
+            s += &format!(
+                "thresholds: per class, the highest reaching sensitivity {t:.2} on val{}\n",
+                if self.in_sample {
+                    " (in-sample: this is val)"
+                } else {
+                    ""
+                }
+            );
+        }
         s
     }
 }
@@ -397,6 +553,7 @@ impl EvalReport {
 pub fn evaluate_run<B: Backend>(
     run: &Path,
     partition: Partition,
+    settings: &EvalSettings,
     device: &B::Device,
 ) -> Result<EvalReport> {
     let (config, model) = load_finetuned::<B>(run, device)?;
@@ -405,23 +562,125 @@ pub fn evaluate_run<B: Backend>(
         .clone()
         .expect("checked by load_finetuned");
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
-    let images = load_images_with(
-        &index,
-        &split.indices(&index, partition),
-        &preprocess,
-        config.skip_bad,
-    )?;
-    crate::pretrain::report_skipped(&images);
-    let labels = images.class_labels().ok_or_else(|| Error::Data {
-        path: index.root().to_path_buf(),
-        reason: "multi-label data cannot be evaluated with a softmax classifier".into(),
-    })?;
-    let probabilities = predict(&model, &images, &preprocess, device);
+    let load = |partition| -> Result<(ImageSet, Vec<usize>, Vec<Vec<f32>>)> {
+        let images = load_images_with(
+            &index,
+            &split.indices(&index, partition),
+            &preprocess,
+            config.skip_bad,
+        )?;
+        crate::pretrain::report_skipped(&images);
+        let labels = images.class_labels().ok_or_else(|| Error::Data {
+            path: index.root().to_path_buf(),
+            reason: "multi-label data cannot be evaluated with a softmax classifier".into(),
+        })?;
+        let logits = predict_logits(&model, &images, &preprocess, device);
+        Ok((images, labels, logits))
+    };
+    let (images, labels, logits) = load(partition)?;
+    let (val_labels, val_logits) = if partition == Partition::Val {
+        (labels.clone(), logits.clone())
+    } else {
+        let (_, l, z) = load(Partition::Val)?;
+        (l, z)
+    };
+    let classes = config.class_names.len();
+    let softmax_at = |z: &[Vec<f32>], t: f64| -> Vec<Vec<f32>> {
+        z.iter()
+            .map(|z| calibration::softmax_with_temperature(z, t))
+            .collect()
+    };
+    let probabilities = softmax_at(&logits, 1.0);
+    let metrics = ClassificationMetrics::compute(&probabilities, &labels, classes);
+
+    let intervals = (settings.bootstrap > 0).then(|| {
+        let members = metrics::group_members(&images.groups);
+        let predicted = metrics::predictions(&probabilities);
+        let accuracy = |idx: &[usize]| {
+            Some(
+                idx.iter().filter(|&&i| predicted[i] == labels[i]).count() as f64
+                    / idx.len().max(1) as f64,
+            )
+        };
+        let balanced = |idx: &[usize]| {
+            let p: Vec<usize> = idx.iter().map(|&i| predicted[i]).collect();
+            let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
+            Some(metrics::balanced_accuracy(&p, &y, classes))
+        };
+        let macro_auc = |idx: &[usize]| {
+            let aucs: Vec<f64> = (0..classes)
+                .filter_map(|c| {
+                    let scores: Vec<f32> = idx.iter().map(|&i| probabilities[i][c]).collect();
+                    let positive: Vec<bool> = idx.iter().map(|&i| labels[i] == c).collect();
+                    roc_auc(&scores, &positive)
+                })
+                .collect();
+            (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+        };
+        let (n, seed) = (settings.bootstrap, settings.seed);
+        Intervals {
+            resampled_by: index.grouped_by.clone(),
+            groups: members.len(),
+            resamples: n,
+            accuracy: metrics::group_bootstrap(&members, n, seed, accuracy),
+            balanced_accuracy: metrics::group_bootstrap(&members, n, seed, balanced),
+            macro_auc: metrics::group_bootstrap(&members, n, seed, macro_auc),
+        }
+    });
+
+    let temperature = calibration::fit_temperature(&val_logits, &val_labels);
+    let calibrated = softmax_at(&logits, temperature);
+    let (reliability_before, ece_before) =
+        calibration::reliability(&probabilities, &labels, settings.calibration_bins);
+    let (reliability_after, ece_after) =
+        calibration::reliability(&calibrated, &labels, settings.calibration_bins);
+    let val_calibrated = softmax_at(&val_logits, temperature);
+    let operating_points = config
+        .class_names
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let column = |p: &[Vec<f32>]| p.iter().map(|p| p[c]).collect::<Vec<f32>>();
+            let is_class = |y: &[usize]| y.iter().map(|&y| y == c).collect::<Vec<bool>>();
+            let (val_scores, val_positive) = (column(&val_calibrated), is_class(&val_labels));
+            let threshold = calibration::threshold_for_sensitivity(
+                &val_scores,
+                &val_positive,
+                settings.target_sensitivity,
+            );
+            let at = |scores: &[f32], positive: &[bool]| {
+                threshold.map_or((None, None), |t| {
+                    calibration::sensitivity_specificity(scores, positive, t)
+                })
+            };
+            let (val_sensitivity, val_specificity) = at(&val_scores, &val_positive);
+            let (sensitivity, specificity) = at(&column(&calibrated), &is_class(&labels));
+            calibration::OperatingPoint {
+                class: name.clone(),
+                threshold,
+                val_sensitivity,
+                val_specificity,
+                sensitivity,
+                specificity,
+            }
+        })
+        .collect();
     let report = EvalReport {
         run: run.to_path_buf(),
         partition,
         class_names: config.class_names.clone(),
-        metrics: ClassificationMetrics::compute(&probabilities, &labels, config.class_names.len()),
+        metrics,
+        intervals,
+        calibration: Some(CalibrationReport {
+            temperature,
+            ece_before,
+            ece_after,
+            reliability_before,
+            reliability_after,
+        }),
+        target_sensitivity: Some(settings.target_sensitivity),
+        operating_points,
+        in_sample: partition == Partition::Val,
     };
     let name = format!(
         "eval-{}.json",
