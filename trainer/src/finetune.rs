@@ -1,6 +1,8 @@
 //! Supervised fine-tuning: a linear head on the backbone (pretrained by [`crate::pretrain`] or
-//! freshly initialised), trained end to end with cross-entropy on the training partition. The
-//! checkpoint with the best validation macro AUC is kept.
+//! freshly initialised), trained end to end (`full`) or on frozen features (`linear-probe`)
+//! with cross-entropy on a label fraction of the training partition, optionally weighted
+//! against class imbalance. The checkpoint with the best validation macro AUC is kept; training
+//! stops early after `patience` epochs without improvement.
 //!
 //! Writes `config.json`, `model.mpk` and `metrics.jsonl` into the run directory.
 
@@ -19,7 +21,7 @@ use serde_json::json;
 
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
 use crate::data::{load_images_with, open_split, Partition, Prefetch, Task};
-use crate::evaluate::{predict, ClassificationMetrics};
+use crate::evaluate::{embed, predict, ClassificationMetrics};
 use crate::model::{input_tensor, Classifier, ResNetConfig};
 use crate::pretrain::{
     batch_schedule, learning_rate_at, load_training_images, report_skipped, step_seed,
@@ -73,6 +75,57 @@ pub struct FinetuneConfig {
     pub seed: u64,
     /// Stop after this many steps; all epochs when absent.
     pub max_steps: Option<usize>,
+    /// What is trained.
+    #[serde(default)]
+    pub mode: FinetuneMode,
+    /// Loss weights against class imbalance.
+    #[serde(default)]
+    pub class_weights: ClassWeights,
+    /// Stop after this many epochs without a better validation macro AUC (`None`: never).
+    #[serde(default)]
+    pub patience: Option<usize>,
+}
+
+/// What fine-tuning trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinetuneMode {
+    /// Backbone and head, end to end, on augmented images.
+    #[default]
+    Full,
+    /// The head only, on the frozen backbone's features of the unaugmented images (computed
+    /// once; BatchNorm uses its running statistics): the standard linear evaluation of
+    /// self-supervised features.
+    LinearProbe,
+}
+
+/// Cross-entropy class weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassWeights {
+    /// Every image counts the same.
+    #[default]
+    None,
+    /// Each class weighs `N / (K · n_class)` over the labelled training images, so every
+    /// class contributes equally (HAM10000: 67 % of images are naevi).
+    Balanced,
+}
+
+/// `N / (K · n_c)` per class from the training labels (0 for absent classes).
+pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f32> {
+    let mut counts = vec![0usize; classes];
+    labels.iter().for_each(|&y| counts[y] += 1);
+    let present = counts.iter().filter(|&&c| c > 0).count().max(1);
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                labels.len() as f32 / (present * c) as f32
+            }
+        })
+        .collect()
 }
 
 impl FinetuneConfig {
@@ -97,6 +150,9 @@ impl FinetuneConfig {
             warmup_fraction: 0.05,
             seed: 0,
             max_steps: None,
+            mode: FinetuneMode::Full,
+            class_weights: ClassWeights::None,
+            patience: None,
         }
     }
 }
@@ -189,7 +245,23 @@ pub fn finetune<B: AutodiffBackend>(
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
         .init();
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_weights(match config.class_weights {
+            ClassWeights::None => None,
+            ClassWeights::Balanced => Some(balanced_class_weights(&train_labels, classes)),
+        })
+        .init(device);
+    // Linear probe: the frozen backbone's features of every training image, once.
+    let frozen_features = (config.mode == FinetuneMode::LinearProbe).then(|| {
+        let features = embed(
+            &model.backbone.valid(),
+            &train.pixels,
+            train.sample_len,
+            &preprocess,
+            device,
+        );
+        (features[0].len(), features.concat())
+    });
     let geometry = Geometry::of(&preprocess);
     let batch_size = config.batch_size.min(train.len());
     let steps_per_epoch = train.len() / batch_size;
@@ -202,7 +274,12 @@ pub fn finetune<B: AutodiffBackend>(
     let loader = {
         let (train, augment, seed) = (train.clone(), config.augment.clone(), config.seed);
         let schedule = schedule.clone();
+        let frozen = config.mode == FinetuneMode::LinearProbe;
         Prefetch::spawn(schedule.len(), 2, move |step| {
+            if frozen {
+                // The head trains on precomputed features: no views to make.
+                return Vec::new();
+            }
             let sources: Vec<&[f32]> = schedule[step].iter().map(|&i| train.image(i)).collect();
             augment_batch(&sources, geometry, &augment, step_seed(seed, step), 0)
         })
@@ -217,10 +294,23 @@ pub fn finetune<B: AutodiffBackend>(
         let mut epoch_loss = 0.0;
         let mut epoch_steps = 0;
         for (views, batch) in loader.by_ref().take(steps_per_epoch) {
-            let x = input_tensor::<B>(views, &preprocess, device);
             let labels: Vec<i64> = batch.iter().map(|&i| train_labels[i] as i64).collect();
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
-            let loss = loss_fn.forward(model.forward(x), y);
+            let logits = match &frozen_features {
+                Some((dim, features)) => {
+                    let rows: Vec<f32> = batch
+                        .iter()
+                        .flat_map(|&i| features[i * dim..(i + 1) * dim].iter().copied())
+                        .collect();
+                    let h = Tensor::<B, 2>::from_data(
+                        TensorData::new(rows, [batch.len(), *dim]),
+                        device,
+                    );
+                    model.head.forward(h)
+                }
+                None => model.forward(input_tensor::<B>(views, &preprocess, device)),
+            };
+            let loss = loss_fn.forward(logits, y);
             let loss_value: f32 = loss
                 .clone()
                 .into_data()
@@ -256,6 +346,16 @@ pub fn finetune<B: AutodiffBackend>(
             save_weights(model.valid(), &out.join(MODEL_FILE))?;
             best = Some((epoch, metrics));
         }
+        let best_epoch = best.as_ref().map_or(epoch, |(e, _)| *e);
+        if config.patience.is_some_and(|p| epoch - best_epoch >= p) {
+            bar.println(format!(
+                "early stop after epoch {epoch}: no better val macro AUC since epoch {best_epoch}"
+            ));
+            log.write(
+                &json!({"stage": "finetune", "early_stop_epoch": epoch, "best_epoch": best_epoch}),
+            )?;
+            break;
+        }
     }
     bar.finish_and_clear();
     let (best_epoch, best_val) = best.ok_or_else(|| bad("no epoch completed".into()))?;
@@ -268,4 +368,25 @@ pub fn finetune<B: AutodiffBackend>(
     };
     log.write(&json!({"stage": "finetune", "summary": &summary}))?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_weights_make_every_present_class_weigh_the_same_in_total() {
+        let labels = [0, 0, 0, 0, 0, 0, 1, 1, 2, 0];
+        let w = balanced_class_weights(&labels, 4);
+        // 10 images, 3 present classes: 10/(3·7), 10/(3·2), 10/(3·1), absent 0.
+        assert!((w[0] - 10.0 / 21.0).abs() < 1e-6);
+        assert!((w[1] - 10.0 / 6.0).abs() < 1e-6);
+        assert!((w[2] - 10.0 / 3.0).abs() < 1e-6);
+        assert_eq!(w[3], 0.0);
+        let totals: Vec<f32> = [7.0, 2.0, 1.0].iter().zip(&w).map(|(n, w)| n * w).collect();
+        assert!(
+            totals.iter().all(|t| (t - totals[0]).abs() < 1e-5),
+            "{totals:?}"
+        );
+    }
 }

@@ -17,7 +17,7 @@ use scanside_trainer::data::{
 use scanside_trainer::demo::{run_demo, DemoConfig};
 use scanside_trainer::evaluate::{evaluate_run, probe_pretrained, EvalSettings};
 use scanside_trainer::export::export_run;
-use scanside_trainer::finetune::{finetune, FinetuneConfig};
+use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
 use scanside_trainer::optim::OptimizerKind;
 use scanside_trainer::pretrain::{pretrain, resume_pretrain, Method, Objectives, PretrainConfig};
 use scanside_trainer::runlog::save_json;
@@ -162,6 +162,15 @@ enum Command {
         /// Augmentation preset (its fine-tuning set).
         #[arg(long, value_enum, default_value = "derm")]
         preset: Preset,
+        /// `full` (backbone and head) or `linear-probe` (head on frozen features).
+        #[arg(long, value_enum, default_value = "full")]
+        mode: FinetuneMode,
+        /// Cross-entropy class weights: `none` or `balanced` (N / (K·n_class)).
+        #[arg(long, value_enum, default_value = "none")]
+        class_weights: ClassWeights,
+        /// Stop after N epochs without a better validation macro AUC.
+        #[arg(long)]
+        patience: Option<usize>,
     },
     /// Measure a pretraining run's features: weighted 20-NN accuracy (and balanced accuracy) on
     /// val and test against all training images; labels are used only to score.
@@ -620,6 +629,9 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             image_size,
             label_fraction,
             preset,
+            mode,
+            class_weights,
+            patience,
         } => {
             if !from_scratch && pretrained.is_none() {
                 bail!("finetune needs --pretrained DIR or --from-scratch");
@@ -628,6 +640,9 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             config.skip_bad = data.skip_bad;
             config.label_fraction = label_fraction;
             config.augment = preset.finetune();
+            config.mode = mode;
+            config.class_weights = class_weights;
+            config.patience = patience;
             config.image_size = image_size;
             config.seed = train.seed;
             config.max_steps = train.max_steps;

@@ -357,3 +357,64 @@ fn imagenet_init_and_gradient_accumulation_run_end_to_end() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_linear_probe_trains_the_head_only_with_balanced_weights_and_stops_early() {
+    use burn::backend::Flex;
+    use burn::tensor::Tensor;
+    use scanside_trainer::evaluate::load_finetuned;
+    use scanside_trainer::model::to_vec;
+    use scanside_trainer::runlog::load_weights;
+
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 16);
+    let (pre, probe) = (dir.path().join("pre"), dir.path().join("probe"));
+    let out = train(&pretrain_args(
+        split.to_str().unwrap(),
+        pre.to_str().unwrap(),
+        &["--max-steps", "2", "--health-every", "0"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&[
+        "finetune",
+        "--split",
+        split.to_str().unwrap(),
+        "--pretrained",
+        pre.to_str().unwrap(),
+        "--out",
+        probe.to_str().unwrap(),
+        "--mode",
+        "linear-probe",
+        "--class-weights",
+        "balanced",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-6",
+        "--patience",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = std::fs::read_to_string(probe.join("config.json")).unwrap();
+    assert!(config.contains("\"linear-probe\"") && config.contains("\"balanced\""));
+    // A learning rate this small cannot keep improving val AUC for 40 epochs: it stops early.
+    let metrics = std::fs::read_to_string(probe.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("early_stop_epoch"), "{metrics}");
+
+    // The backbone is the pretrained one, untouched (weights and BatchNorm statistics).
+    let device = Default::default();
+    let (config, model) = load_finetuned::<Flex>(&probe, &device).unwrap();
+    let pretrained = load_weights(
+        config.model.init::<Flex>(&device),
+        &pre.join("backbone.mpk"),
+        &device,
+    )
+    .unwrap();
+    let x = Tensor::<Flex, 4>::ones([2, 3, 12, 12], &device);
+    assert_eq!(
+        to_vec(model.backbone.forward(x.clone())),
+        to_vec(pretrained.forward(x))
+    );
+}
