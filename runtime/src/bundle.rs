@@ -32,8 +32,32 @@ pub struct BundleManifest {
     pub preprocess: PreprocessConfig,
     /// Class names in the order of the model's outputs.
     pub class_names: Vec<String>,
+    /// How logits become probabilities: one class (softmax) or independent findings (sigmoid).
+    #[serde(default)]
+    pub output: OutputActivation,
     /// Where the model came from.
     pub provenance: Provenance,
+}
+
+/// How a model's logits become probabilities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputActivation {
+    /// Exactly one class per image: probabilities sum to one.
+    #[default]
+    Softmax,
+    /// Any number of findings per image: one independent probability each.
+    Sigmoid,
+}
+
+impl OutputActivation {
+    /// Probabilities from logits.
+    pub fn probabilities(self, logits: &[f32]) -> Vec<f32> {
+        match self {
+            OutputActivation::Softmax => crate::infer::softmax(logits),
+            OutputActivation::Sigmoid => logits.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect(),
+        }
+    }
 }
 
 /// One model file in the bundle.

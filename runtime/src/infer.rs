@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, OutputActivation};
 use crate::preprocess::{preprocess, PreprocessConfig};
 use crate::report::{ScreeningResult, Timings};
 use crate::{decode, Error, Result};
@@ -97,6 +97,7 @@ pub struct Screener {
     classifier: Classifier,
     preprocess: PreprocessConfig,
     class_names: Vec<String>,
+    output: OutputActivation,
     model_id: String,
 }
 
@@ -107,6 +108,7 @@ impl Screener {
             classifier: Classifier::load(bundle)?,
             preprocess: bundle.manifest.preprocess.clone(),
             class_names: bundle.manifest.class_names.clone(),
+            output: bundle.manifest.output,
             model_id: bundle.model_id().to_string(),
         })
     }
@@ -126,6 +128,7 @@ impl Screener {
             &self.model_id,
             &self.class_names,
             &logits,
+            self.output,
             image.source,
             Timings {
                 decode_ms: ms(t0, t1),

@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use crate::bundle::OutputActivation;
 use crate::decode::SourceInfo;
-use crate::infer::softmax;
 
 /// Milliseconds spent in each stage for one image.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -49,10 +49,11 @@ impl ScreeningResult {
         model_id: &str,
         class_names: &[String],
         logits: &[f32],
+        output: OutputActivation,
         source: SourceInfo,
         timings: Timings,
     ) -> Self {
-        let probs = softmax(logits);
+        let probs = output.probabilities(logits);
         let top = probs
             .iter()
             .enumerate()
@@ -95,10 +96,24 @@ mod tests {
             "abc",
             &names,
             &[0.0, 2.0],
+            OutputActivation::Softmax,
+            SourceInfo::Jpeg,
+            t.clone(),
+        );
+        assert_eq!(r.top_class, "a");
+        assert!((r.probabilities.iter().map(|(_, p)| p).sum::<f32>() - 1.0).abs() < 1e-6);
+        // Findings are independent: sigmoid(0) = 0.5, sigmoid(2) ≈ 0.881.
+        let findings = ScreeningResult::new(
+            Path::new("x.png"),
+            "abc",
+            &names,
+            &[0.0, 2.0],
+            OutputActivation::Sigmoid,
             SourceInfo::Jpeg,
             t,
         );
-        assert_eq!(r.top_class, "a");
+        assert_eq!(findings.probabilities[0].1, 0.5);
+        assert!((findings.probabilities[1].1 - 0.880_797).abs() < 1e-5);
         let json = serde_json::to_string(&r).unwrap();
         let b = json.find("\"b\":").unwrap();
         let a = json.find("\"a\":").unwrap();

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::data::{make_split, open_dataset, ImageRef, Partition, SplitFile};
 use crate::evaluate::{evaluate_run, EvalReport, EvalSettings};
 use crate::export::{export_run, ExportReport};
-use crate::finetune::{finetune, FinetuneConfig, FinetuneSummary};
+use crate::finetune::{finetune, FinetuneConfig, FinetuneSummary, ValMetrics};
 use crate::pretrain::{pretrain, PretrainConfig, PretrainSummary};
 use crate::runlog::save_json;
 use crate::{Error, Result};
@@ -380,14 +380,17 @@ impl DemoSummary {
             self.pretrain.final_loss,
             self.pretrain.images_per_second
         );
+        let val_accuracy = match &self.finetune.best_val {
+            ValMetrics::MultiClass(m) => format!("{:.3}", m.accuracy),
+            ValMetrics::MultiLabel(_) => "n/a".into(),
+        };
         s += &format!(
-            "  finetune: {} steps, best epoch {}, val accuracy {:.3}, val macro AUC {}\n",
+            "  finetune: {} steps, best epoch {}, val accuracy {val_accuracy}, val macro AUC {}\n",
             self.finetune.steps,
             self.finetune.best_epoch,
-            self.finetune.best_val.accuracy,
             self.finetune
                 .best_val
-                .macro_auc
+                .selection_auc()
                 .map_or("n/a".into(), |v| format!("{v:.3}"))
         );
         s += &format!(

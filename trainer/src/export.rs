@@ -13,14 +13,14 @@ use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use prost::Message;
 use scanside_runtime::bundle::{
-    write_bundle, Bundle, BundleManifest, ModelEntry, Provenance, FORMAT_VERSION,
+    write_bundle, Bundle, BundleManifest, ModelEntry, OutputActivation, Provenance, FORMAT_VERSION,
 };
 use scanside_runtime::infer::Classifier as RuntimeClassifier;
 use scanside_runtime::preprocess::normalize_in_place;
 use serde::Serialize;
 use tract_onnx::pb;
 
-use crate::data::{load_images_with, open_split, Partition};
+use crate::data::{load_images_with, open_split, Partition, Task};
 use crate::evaluate::load_finetuned;
 use crate::model::{input_tensor, to_vec, Block, Classifier};
 use crate::runlog::load_json;
@@ -300,6 +300,7 @@ pub fn export_run<B: Backend>(
         preprocess.width as usize,
     ];
     let onnx = onnx_bytes(&model, chw);
+    let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     let evaluation: Option<serde_json::Value> = ["eval-test.json", "eval-val.json"]
         .iter()
         .map(|f| run.join(f))
@@ -317,6 +318,11 @@ pub fn export_run<B: Backend>(
         },
         preprocess: preprocess.clone(),
         class_names: config.class_names.clone(),
+        output: if index.task == Task::MultiLabel {
+            OutputActivation::Sigmoid
+        } else {
+            OutputActivation::Softmax
+        },
         provenance: Provenance {
             created_by: format!("scanside-train {}", env!("CARGO_PKG_VERSION")),
             created_unix_s: std::time::SystemTime::now()
@@ -331,7 +337,6 @@ pub fn export_run<B: Backend>(
     // Prove it: the runtime loads the bundle and matches burn on real validation images.
     let bundle = Bundle::load(bundle_dir)?;
     let runtime = RuntimeClassifier::load(&bundle)?;
-    let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     let val = split.indices(&index, Partition::Val);
     let take: Vec<usize> = val.iter().copied().take(check_images.max(1)).collect();
     let images = load_images_with(&index, &take, &preprocess, config.skip_bad)?;

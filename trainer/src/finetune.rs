@@ -13,15 +13,17 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use scanside_runtime::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
+use crate::data::{finding_targets, ImageSet, Target, UncertaintyPolicy};
 use crate::data::{load_images_with, open_split, Partition, Prefetch, Task};
-use crate::evaluate::{embed, predict, ClassificationMetrics};
+use crate::evaluate::metrics::{MultiLabelMetrics, MIN_POSITIVES_FOR_MEAN_AUC};
+use crate::evaluate::{embed, predict, predict_logits, ClassificationMetrics};
 use crate::model::{input_tensor, Classifier, ResNetConfig};
 use crate::pretrain::{
     batch_schedule, learning_rate_at, load_training_images, report_skipped, step_seed,
@@ -169,11 +171,85 @@ pub struct FinetuneSummary {
     /// Epoch whose weights were kept.
     pub best_epoch: usize,
     /// Its validation metrics.
-    pub best_val: ClassificationMetrics,
+    pub best_val: ValMetrics,
     /// Steps taken.
     pub steps: usize,
     /// Wall time.
     pub seconds: f64,
+}
+
+/// Validation metrics of a fine-tuning epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ValMetrics {
+    /// Softmax classifier.
+    MultiClass(ClassificationMetrics),
+    /// One sigmoid per finding.
+    MultiLabel(MultiLabelMetrics),
+}
+
+impl ValMetrics {
+    /// What selects the kept checkpoint: macro one-vs-rest AUC, or mean per-finding AUC.
+    pub fn selection_auc(&self) -> Option<f64> {
+        match self {
+            ValMetrics::MultiClass(m) => m.macro_auc,
+            ValMetrics::MultiLabel(m) => m.mean_auc,
+        }
+    }
+}
+
+/// Training labels in the form the loss takes.
+pub enum Labels {
+    /// Class index per image.
+    Classes(Vec<usize>),
+    /// `N×K` 0/1 targets and a mask (0: uncertain under U-Ignore, left out of the loss).
+    Findings {
+        /// Targets.
+        targets: Vec<f32>,
+        /// Mask.
+        mask: Vec<f32>,
+    },
+}
+
+impl Labels {
+    /// The labels of a set of images under an uncertainty policy.
+    pub fn of(images: &ImageSet, policy: UncertaintyPolicy) -> Self {
+        match images.class_labels() {
+            Some(classes) => Labels::Classes(classes),
+            None => {
+                let (mut targets, mut mask) = (Vec::new(), Vec::new());
+                for t in &images.targets {
+                    if let Target::Findings(findings) = t {
+                        let (t, m) = finding_targets(findings, policy);
+                        targets.extend(t);
+                        mask.extend(m);
+                    }
+                }
+                Labels::Findings { targets, mask }
+            }
+        }
+    }
+}
+
+/// Binary cross-entropy on logits, masked: `Σ mask·(softplus(z) − y·z) / Σ mask`, in the
+/// numerically stable form `max(z, 0) − y·z + ln(1 + e^−|z|)`.
+pub fn masked_bce_with_logits<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let counted = mask.clone().sum().clamp_min(1.0);
+    let per =
+        logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p();
+    (per * mask).sum() / counted
+}
+
+/// Sigmoid of every logit.
+pub fn sigmoid_rows(logits: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    logits
+        .iter()
+        .map(|z| z.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect())
+        .collect()
 }
 
 /// Fine-tunes and writes the run directory `out`.
@@ -206,13 +282,11 @@ pub fn finetune<B: AutodiffBackend>(
         )));
     }
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
-    if index.task != Task::MultiClass {
-        return Err(Error::Data {
-            path: index.root().to_path_buf(),
-            reason: "multi-label data: fine-tuning here trains a softmax classifier; per-finding \
-                     sigmoid fine-tuning is not available yet"
+    if index.task == Task::MultiLabel && config.class_weights != ClassWeights::None {
+        return Err(bad(
+            "class weights apply to multi-class data; multi-label findings train with plain BCE"
                 .into(),
-        });
+        ));
     }
     let (train, preprocess) = load_training_images(
         &index,
@@ -229,8 +303,8 @@ pub fn finetune<B: AutodiffBackend>(
         config.skip_bad,
     )?;
     report_skipped(&val);
-    let train_labels = train.class_labels().expect("multi-class checked above");
-    let val_labels = val.class_labels().expect("multi-class checked above");
+    let train_labels = Labels::of(&train, index.uncertainty);
+    let val_labels = Labels::of(&val, index.uncertainty);
     config.preprocess = Some(preprocess.clone());
     config.class_names = index.class_names.clone();
     save_json(&out.join("config.json"), &config)?;
@@ -246,9 +320,11 @@ pub fn finetune<B: AutodiffBackend>(
         .with_weight_decay(config.weight_decay)
         .init();
     let loss_fn = CrossEntropyLossConfig::new()
-        .with_weights(match config.class_weights {
-            ClassWeights::None => None,
-            ClassWeights::Balanced => Some(balanced_class_weights(&train_labels, classes)),
+        .with_weights(match (&train_labels, config.class_weights) {
+            (Labels::Classes(y), ClassWeights::Balanced) => {
+                Some(balanced_class_weights(y, classes))
+            }
+            _ => None,
         })
         .init(device);
     // Linear probe: the frozen backbone's features of every training image, once.
@@ -286,7 +362,7 @@ pub fn finetune<B: AutodiffBackend>(
     };
     let mut loader = loader.zip(schedule.iter());
     let mut step = 0;
-    let mut best: Option<(usize, ClassificationMetrics)> = None;
+    let mut best: Option<(usize, ValMetrics)> = None;
     for epoch in 0..config.epochs {
         if step >= total {
             break;
@@ -294,8 +370,6 @@ pub fn finetune<B: AutodiffBackend>(
         let mut epoch_loss = 0.0;
         let mut epoch_steps = 0;
         for (views, batch) in loader.by_ref().take(steps_per_epoch) {
-            let labels: Vec<i64> = batch.iter().map(|&i| train_labels[i] as i64).collect();
-            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
             let logits = match &frozen_features {
                 Some((dim, features)) => {
                     let rows: Vec<f32> = batch
@@ -310,7 +384,24 @@ pub fn finetune<B: AutodiffBackend>(
                 }
                 None => model.forward(input_tensor::<B>(views, &preprocess, device)),
             };
-            let loss = loss_fn.forward(logits, y);
+            let loss = match &train_labels {
+                Labels::Classes(classes_of) => {
+                    let y: Vec<i64> = batch.iter().map(|&i| classes_of[i] as i64).collect();
+                    let y =
+                        Tensor::<B, 1, Int>::from_data(TensorData::new(y, [batch.len()]), device);
+                    loss_fn.forward(logits, y)
+                }
+                Labels::Findings { targets, mask } => {
+                    let rows = |v: &[f32]| -> Tensor<B, 2> {
+                        let picked: Vec<f32> = batch
+                            .iter()
+                            .flat_map(|&i| v[i * classes..(i + 1) * classes].iter().copied())
+                            .collect();
+                        Tensor::from_data(TensorData::new(picked, [batch.len(), classes]), device)
+                    };
+                    masked_bce_with_logits(logits, rows(targets), rows(mask))
+                }
+            };
             let loss_value: f32 = loss
                 .clone()
                 .into_data()
@@ -332,16 +423,34 @@ pub fn finetune<B: AutodiffBackend>(
             epoch_steps += 1;
             step += 1;
         }
-        let probabilities = predict(&model.valid(), &val, &preprocess, device);
-        let metrics = ClassificationMetrics::compute(&probabilities, &val_labels, classes);
+        let metrics = match &val_labels {
+            Labels::Classes(y) => {
+                let probabilities = predict(&model.valid(), &val, &preprocess, device);
+                ValMetrics::MultiClass(ClassificationMetrics::compute(&probabilities, y, classes))
+            }
+            Labels::Findings { targets, mask } => {
+                let logits = predict_logits(&model.valid(), &val, &preprocess, device);
+                ValMetrics::MultiLabel(MultiLabelMetrics::compute(
+                    &sigmoid_rows(&logits),
+                    targets,
+                    mask,
+                    &config.class_names,
+                    MIN_POSITIVES_FOR_MEAN_AUC,
+                ))
+            }
+        };
+        let accuracy = match &metrics {
+            ValMetrics::MultiClass(m) => Some(m.accuracy),
+            ValMetrics::MultiLabel(_) => None,
+        };
         log.write(&json!({
             "stage": "finetune", "epoch": epoch,
             "train_loss": epoch_loss / epoch_steps.max(1) as f32,
-            "val_accuracy": metrics.accuracy, "val_macro_auc": metrics.macro_auc,
+            "val_accuracy": accuracy, "val_auc": metrics.selection_auc(),
         }))?;
-        let better = best
-            .as_ref()
-            .is_none_or(|(_, b)| metrics.macro_auc.unwrap_or(0.0) > b.macro_auc.unwrap_or(0.0));
+        let better = best.as_ref().is_none_or(|(_, b)| {
+            metrics.selection_auc().unwrap_or(0.0) > b.selection_auc().unwrap_or(0.0)
+        });
         if better {
             save_weights(model.valid(), &out.join(MODEL_FILE))?;
             best = Some((epoch, metrics));

@@ -15,7 +15,7 @@ use scanside_trainer::data::{
     LABEL_FRACTIONS,
 };
 use scanside_trainer::demo::{run_demo, DemoConfig};
-use scanside_trainer::evaluate::{evaluate_run, probe_pretrained, EvalSettings};
+use scanside_trainer::evaluate::{evaluate, probe_pretrained, EvalSettings};
 use scanside_trainer::export::export_run;
 use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
 use scanside_trainer::optim::OptimizerKind;
@@ -675,7 +675,7 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
                 target_sensitivity: sensitivity,
                 ..EvalSettings::default()
             };
-            let report = evaluate_run::<B::InnerBackend>(&run, split, &settings, device)?;
+            let report = evaluate::<B::InnerBackend>(&run, split, &settings, device)?;
             print!("{}", report.table());
         }
         Command::Export {

@@ -682,15 +682,230 @@ pub fn evaluate_run<B: Backend>(
         operating_points,
         in_sample: partition == Partition::Val,
     };
-    let name = format!(
+    save_json(&run.join(eval_file_name(partition)), &report)?;
+    Ok(report)
+}
+
+/// The evaluation of a multi-label run on one partition (`eval-<partition>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MultiLabelReport {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Which partition.
+    pub partition: Partition,
+    /// Per-finding AUC and the mean over findings with enough positives.
+    pub metrics: metrics::MultiLabelMetrics,
+    /// 95 % bootstrap interval of the mean AUC (same findings), resampled by group.
+    pub mean_auc_interval: Option<metrics::Interval>,
+    /// What was resampled.
+    pub resampled_by: String,
+    /// Bootstrap resamples.
+    pub resamples: usize,
+    /// Target sensitivity of the operating points.
+    pub target_sensitivity: f64,
+    /// One threshold per finding on its sigmoid probability, chosen on val.
+    pub operating_points: Vec<calibration::OperatingPoint>,
+    /// Thresholds were chosen on this same partition.
+    pub in_sample: bool,
+}
+
+impl MultiLabelReport {
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let m = &self.metrics;
+        let fmt = |v: Option<f64>| v.map_or("   n/a".to_string(), |v| format!("{v:6.3}"));
+        let mut s = format!(
+            "{:<20} {:>5} {:>6} {:>9} {:>6} {:>6}\n",
+            "finding", "pos", "AUC", "threshold", "sens", "spec"
+        );
+        for (f, name) in m.findings.iter().enumerate() {
+            let op = self.operating_points.get(f);
+            s += &format!(
+                "{:<20} {:>5} {} {:>9} {} {}\n",
+                name,
+                m.positives[f],
+                fmt(m.per_finding_auc[f]),
+                op.and_then(|o| o.threshold)
+                    .map_or("n/a".to_string(), |t| format!("{t:.4}")),
+                fmt(op.and_then(|o| o.sensitivity)),
+                fmt(op.and_then(|o| o.specificity)),
+            );
+        }
+        s += &format!(
+            "mean AUC {}{} over the {} findings with ≥ {} positives ({}) on {} {:?} images\n",
+            fmt(m.mean_auc),
+            self.mean_auc_interval
+                .map_or(String::new(), |i| format!(" [{:.3}, {:.3}]", i.low, i.high)),
+            m.mean_over.len(),
+            m.min_positives,
+            m.mean_over.join(", "),
+            m.n,
+            self.partition
+        );
+        s += &format!(
+            "95 % interval: {} bootstrap resamples by {}; thresholds for sensitivity {:.2} on val{}\n",
+            self.resamples,
+            self.resampled_by,
+            self.target_sensitivity,
+            if self.in_sample { " (in-sample)" } else { "" }
+        );
+        s
+    }
+}
+
+/// Either kind of evaluation.
+#[derive(Debug, Clone)]
+pub enum Evaluation {
+    /// Softmax classifier.
+    MultiClass(EvalReport),
+    /// One sigmoid per finding.
+    MultiLabel(MultiLabelReport),
+}
+
+impl Evaluation {
+    /// The report's table.
+    pub fn table(&self) -> String {
+        match self {
+            Evaluation::MultiClass(r) => r.table(),
+            Evaluation::MultiLabel(r) => r.table(),
+        }
+    }
+}
+
+/// Evaluates a run of either task on a partition and writes `eval-<partition>.json`.
+pub fn evaluate<B: Backend>(
+    run: &Path,
+    partition: Partition,
+    settings: &EvalSettings,
+    device: &B::Device,
+) -> Result<Evaluation> {
+    let config: FinetuneConfig = load_json(&run.join("config.json"))?;
+    let (index, _) = open_split(&config.split, Some(&config.dataset))?;
+    if index.task == crate::data::Task::MultiClass {
+        return evaluate_run::<B>(run, partition, settings, device).map(Evaluation::MultiClass);
+    }
+    let (config, model) = load_finetuned::<B>(run, device)?;
+    let preprocess = config
+        .preprocess
+        .clone()
+        .expect("checked by load_finetuned");
+    let (index, split) = open_split(&config.split, Some(&config.dataset))?;
+    let load = |partition| -> Result<(ImageSet, Vec<f32>, Vec<f32>, Vec<Vec<f32>>)> {
+        let images = load_images_with(
+            &index,
+            &split.indices(&index, partition),
+            &preprocess,
+            config.skip_bad,
+        )?;
+        crate::pretrain::report_skipped(&images);
+        let crate::finetune::Labels::Findings { targets, mask } =
+            crate::finetune::Labels::of(&images, index.uncertainty)
+        else {
+            unreachable!("multi-label index")
+        };
+        let probabilities =
+            crate::finetune::sigmoid_rows(&predict_logits(&model, &images, &preprocess, device));
+        Ok((images, targets, mask, probabilities))
+    };
+    let (images, targets, mask, probabilities) = load(partition)?;
+    let (val_targets, val_mask, val_probabilities) = if partition == Partition::Val {
+        (targets.clone(), mask.clone(), probabilities.clone())
+    } else {
+        let (_, t, m, p) = load(Partition::Val)?;
+        (t, m, p)
+    };
+    let names = &config.class_names;
+    let k = names.len();
+    let min = metrics::MIN_POSITIVES_FOR_MEAN_AUC;
+    let point = metrics::MultiLabelMetrics::compute(&probabilities, &targets, &mask, names, min);
+    let included: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| point.mean_over.contains(n))
+        .map(|(f, _)| f)
+        .collect();
+    let members = metrics::group_members(&images.groups);
+    let mean_auc_interval = (settings.bootstrap > 0)
+        .then(|| {
+            metrics::group_bootstrap(&members, settings.bootstrap, settings.seed, |idx| {
+                let aucs: Vec<f64> = included
+                    .iter()
+                    .filter_map(|&f| {
+                        let (mut scores, mut positive) = (Vec::new(), Vec::new());
+                        for &i in idx {
+                            if mask[i * k + f] > 0.0 {
+                                scores.push(probabilities[i][f]);
+                                positive.push(targets[i * k + f] > 0.5);
+                            }
+                        }
+                        roc_auc(&scores, &positive)
+                    })
+                    .collect();
+                (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+            })
+        })
+        .flatten();
+    let column = |p: &[Vec<f32>], t: &[f32], m: &[f32], f: usize| {
+        let (mut scores, mut positive) = (Vec::new(), Vec::new());
+        for (i, row) in p.iter().enumerate() {
+            if m[i * k + f] > 0.0 {
+                scores.push(row[f]);
+                positive.push(t[i * k + f] > 0.5);
+            }
+        }
+        (scores, positive)
+    };
+    let operating_points = names
+        .iter()
+        .enumerate()
+        .map(|(f, name)| {
+            let (val_scores, val_positive) = column(&val_probabilities, &val_targets, &val_mask, f);
+            let (scores, positive) = column(&probabilities, &targets, &mask, f);
+            let threshold = calibration::threshold_for_sensitivity(
+                &val_scores,
+                &val_positive,
+                settings.target_sensitivity,
+            );
+            let at = |s: &[f32], p: &[bool]| {
+                threshold.map_or((None, None), |t| {
+                    calibration::sensitivity_specificity(s, p, t)
+                })
+            };
+            let (val_sensitivity, val_specificity) = at(&val_scores, &val_positive);
+            let (sensitivity, specificity) = at(&scores, &positive);
+            calibration::OperatingPoint {
+                class: name.clone(),
+                threshold,
+                val_sensitivity,
+                val_specificity,
+                sensitivity,
+                specificity,
+            }
+        })
+        .collect();
+    let report = MultiLabelReport {
+        run: run.to_path_buf(),
+        partition,
+        metrics: point,
+        mean_auc_interval,
+        resampled_by: index.grouped_by.clone(),
+        resamples: settings.bootstrap,
+        target_sensitivity: settings.target_sensitivity,
+        operating_points,
+        in_sample: partition == Partition::Val,
+    };
+    save_json(&run.join(eval_file_name(partition)), &report)?;
+    Ok(Evaluation::MultiLabel(report))
+}
+
+fn eval_file_name(partition: Partition) -> String {
+    format!(
         "eval-{}.json",
         serde_json::to_value(partition)
             .expect("enum")
             .as_str()
             .unwrap_or("split")
-    );
-    save_json(&run.join(name), &report)?;
-    Ok(report)
+    )
 }
 
 #[cfg(test)]

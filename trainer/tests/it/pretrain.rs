@@ -418,3 +418,127 @@ fn a_linear_probe_trains_the_head_only_with_balanced_weights_and_stops_early() {
         to_vec(pretrained.forward(x))
     );
 }
+
+/// Chest-film-like cases: findings joined by '|' with "No Finding", two images per patient.
+fn write_findings(dir: &Path, cases: usize) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("img")).unwrap();
+    let mut csv = String::from("path,patient,findings\n");
+    for case in 0..cases {
+        let (effusion, mass) = (case % 2 == 0, case % 3 == 0);
+        for k in 0..2 {
+            let name = format!("img/{case}_{k}.png");
+            let img = image::GrayImage::from_fn(12, 12, |x, y| {
+                let base = if effusion && y > 7 { 220 } else { 60 };
+                let spot = if mass && (4..7).contains(&x) && (4..7).contains(&y) {
+                    120
+                } else {
+                    0
+                };
+                image::Luma([(base + spot + ((x + y + k) % 5) as u32 * 3).min(255) as u8])
+            });
+            img.save(dir.join(&name)).unwrap();
+            let mut found = Vec::new();
+            if effusion {
+                found.push("Effusion");
+            }
+            if mass {
+                found.push("Mass");
+            }
+            let label = if found.is_empty() {
+                "No Finding".to_string()
+            } else {
+                found.join("|")
+            };
+            csv += &format!("{name},p{case},{label}\n");
+        }
+    }
+    let manifest = dir.join("labels.csv");
+    std::fs::write(&manifest, csv).unwrap();
+    let split = dir.join("split.json");
+    let out = train(&[
+        "data",
+        "split",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--path-column",
+        "path",
+        "--group-column",
+        "patient",
+        "--label-column",
+        "findings",
+        "--label-separator",
+        "|",
+        "--no-finding",
+        "No Finding",
+        "--out",
+        split.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    split
+}
+
+#[test]
+fn multi_label_findings_fine_tune_with_sigmoids_evaluate_per_finding_and_export_sigmoid() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_findings(dir.path(), 40);
+    let run = dir.path().join("ft");
+    let out = train(&[
+        "finetune",
+        "--split",
+        split.to_str().unwrap(),
+        "--from-scratch",
+        "--out",
+        run.to_str().unwrap(),
+        "--image-size",
+        "12",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&[
+        "evaluate",
+        "--run",
+        run.to_str().unwrap(),
+        "--bootstrap",
+        "50",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("Effusion") && table.contains("mean AUC"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval-test.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["metrics"]["findings"].as_array().unwrap().len(), 2);
+    assert_eq!(report["operating_points"].as_array().unwrap().len(), 2);
+    let bundle = dir.path().join("bundle");
+    let out = train(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+        "--check-images",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = std::fs::read_to_string(bundle.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"output\": \"sigmoid\""), "{manifest}");
+    // Class weights are a multi-class notion: refused, with the reason.
+    let out = train(&[
+        "finetune",
+        "--split",
+        split.to_str().unwrap(),
+        "--from-scratch",
+        "--out",
+        dir.path().join("weighted").to_str().unwrap(),
+        "--class-weights",
+        "balanced",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("multi-class"), "{}", stderr(&out));
+}
