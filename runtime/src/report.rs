@@ -98,7 +98,7 @@ mod tests {
             &[0.0, 2.0],
             OutputActivation::Softmax,
             SourceInfo::Jpeg,
-            t.clone(),
+            t,
         );
         assert_eq!(r.top_class, "a");
         assert!((r.probabilities.iter().map(|(_, p)| p).sum::<f32>() - 1.0).abs() < 1e-6);

@@ -790,7 +790,9 @@ pub fn evaluate<B: Backend>(
         .clone()
         .expect("checked by load_finetuned");
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
-    let load = |partition| -> Result<(ImageSet, Vec<f32>, Vec<f32>, Vec<Vec<f32>>)> {
+    // Images, N×K targets, N×K mask, N×K probabilities.
+    type Scored = (ImageSet, Vec<f32>, Vec<f32>, Vec<Vec<f32>>);
+    let load = |partition| -> Result<Scored> {
         let images = load_images_with(
             &index,
             &split.indices(&index, partition),
