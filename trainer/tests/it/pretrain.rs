@@ -434,7 +434,7 @@ fn write_findings(dir: &Path, cases: usize) -> std::path::PathBuf {
                 } else {
                     0
                 };
-                image::Luma([(base + spot + ((x + y + k) % 5) as u32 * 3).min(255) as u8])
+                image::Luma([(base + spot + ((x + y + k) % 5) * 3).min(255) as u8])
             });
             img.save(dir.join(&name)).unwrap();
             let mut found = Vec::new();
