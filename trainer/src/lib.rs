@@ -15,8 +15,11 @@ pub mod finetune;
 pub mod imagenet;
 pub mod model;
 pub mod optim;
+pub mod plots;
 pub mod pretrain;
+pub mod report;
 pub mod runlog;
+pub mod study;
 
 use std::path::PathBuf;
 

@@ -20,7 +20,9 @@ use scanside_trainer::export::export_run;
 use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
 use scanside_trainer::optim::OptimizerKind;
 use scanside_trainer::pretrain::{pretrain, resume_pretrain, Method, Objectives, PretrainConfig};
+use scanside_trainer::report::write_report;
 use scanside_trainer::runlog::save_json;
+use scanside_trainer::study::{read_study_config, run_study};
 
 #[cfg(feature = "cuda")]
 type Inner = burn::backend::Cuda;
@@ -199,6 +201,21 @@ enum Command {
         #[arg(long, default_value_t = 0.95)]
         sensitivity: f64,
     },
+    /// Write an HTML page with plots (training curves, ROC, confusion matrix, reliability)
+    /// and tables for evaluated fine-tuning runs.
+    Report {
+        /// Fine-tuning run directories (each evaluated first).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Folder for index.html and the SVG plots.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Studies over many fine-tuning runs.
+    Study {
+        #[command(subcommand)]
+        command: StudyCommand,
+    },
     /// Export a fine-tuned run as an ONNX bundle and check it against the runtime.
     Export {
         /// Fine-tuning run directory.
@@ -239,6 +256,21 @@ enum Command {
         runtime: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum StudyCommand {
+    /// Fine-tune and evaluate every pretraining × label fraction × seed cell (resumable:
+    /// finished cells are kept), then write table.md, results.json, plots and index.html.
+    LabelEfficiency {
+        /// Study configuration (TOML or JSON): split, pretrained runs by name, fractions,
+        /// seeds, epochs, ... (see docs/results.md for the one used there).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder (re-run with the same folder to resume).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -677,6 +709,25 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             };
             let report = evaluate::<B::InnerBackend>(&run, split, &settings, device)?;
             print!("{}", report.table());
+        }
+        Command::Report { runs, out } => {
+            let index = write_report(&runs, &out)?;
+            println!("{}", index.display());
+        }
+        Command::Study {
+            command: StudyCommand::LabelEfficiency { config, out },
+        } => {
+            let config = read_study_config(&config)?;
+            let cells = run_study::<B>(&config, &out, device)?;
+            print!(
+                "{}",
+                std::fs::read_to_string(out.join("table.md")).unwrap_or_default()
+            );
+            eprintln!(
+                "{} cells; {}",
+                cells.len(),
+                out.join("index.html").display()
+            );
         }
         Command::Export {
             run,

@@ -114,6 +114,41 @@ pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
     Some((rank_sum_pos - (pos * (pos + 1)) as f64 / 2.0) / (pos * neg) as f64)
 }
 
+/// ROC curve points `(false-positive rate, sensitivity)` from the highest threshold down, one
+/// per distinct score, thinned to at most `max_points` (the ends kept); empty when either
+/// class is absent.
+pub fn roc_curve(scores: &[f32], positive: &[bool], max_points: usize) -> Vec<(f64, f64)> {
+    let pos = positive.iter().filter(|&&p| p).count();
+    let neg = positive.len() - pos;
+    if pos == 0 || neg == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0usize, 0usize);
+    for (rank, &i) in order.iter().enumerate() {
+        if positive[i] {
+            tp += 1;
+        } else {
+            fp += 1;
+        }
+        let last_of_tie = order.get(rank + 1).is_none_or(|&j| scores[j] != scores[i]);
+        if last_of_tie {
+            points.push((fp as f64 / neg as f64, tp as f64 / pos as f64));
+        }
+    }
+    if points.len() > max_points.max(2) {
+        let stride = points.len().div_ceil(max_points.max(2) - 1);
+        let last = *points.last().expect("non-empty");
+        points = points.into_iter().step_by(stride).collect();
+        if points.last() != Some(&last) {
+            points.push(last);
+        }
+    }
+    points
+}
+
 /// Class probabilities for every image of a set (inference mode, batched).
 pub fn predict<B: Backend>(
     model: &Classifier<B>,
@@ -478,6 +513,9 @@ pub struct EvalReport {
     /// The thresholds and temperature were fitted on this same partition (validation).
     #[serde(default)]
     pub in_sample: bool,
+    /// One-vs-rest ROC curve per class (for plots).
+    #[serde(default)]
+    pub roc: Vec<Vec<(f64, f64)>>,
 }
 
 impl EvalReport {
@@ -681,6 +719,13 @@ pub fn evaluate_run<B: Backend>(
         target_sensitivity: Some(settings.target_sensitivity),
         operating_points,
         in_sample: partition == Partition::Val,
+        roc: (0..classes)
+            .map(|c| {
+                let scores: Vec<f32> = probabilities.iter().map(|p| p[c]).collect();
+                let positive: Vec<bool> = labels.iter().map(|&y| y == c).collect();
+                roc_curve(&scores, &positive, 200)
+            })
+            .collect(),
     };
     save_json(&run.join(eval_file_name(partition)), &report)?;
     Ok(report)
@@ -913,6 +958,19 @@ fn eval_file_name(partition: Partition) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roc_curve_steps_through_ties_and_thins_to_its_budget() {
+        let y = [true, false, true, false];
+        let curve = roc_curve(&[0.9, 0.5, 0.5, 0.1], &y, 100);
+        assert_eq!(curve, vec![(0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]);
+        let scores: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let alternating: Vec<bool> = (0..1000).map(|i| i % 2 == 0).collect();
+        let thin = roc_curve(&scores, &alternating, 50);
+        assert!(thin.len() <= 51, "{}", thin.len());
+        assert_eq!(thin.last(), Some(&(1.0, 1.0)));
+        assert!(roc_curve(&[0.1], &[true], 10).is_empty());
+    }
 
     #[test]
     fn auc_of_perfect_random_and_tied_scores() {

@@ -542,3 +542,99 @@ fn multi_label_findings_fine_tune_with_sigmoids_evaluate_per_finding_and_export_
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("multi-class"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_label_efficiency_study_runs_its_grid_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 16);
+    let pre = dir.path().join("pre");
+    let out = train(&pretrain_args(
+        split.to_str().unwrap(),
+        pre.to_str().unwrap(),
+        &["--max-steps", "2", "--health-every", "0"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = dir.path().join("study.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "split = \"{}\"\nfractions = [0.5, 1.0]\nepochs = 1\nbatch_size = 8\nbootstrap = 20\n\
+             [pretrained]\nsimclr = \"{}\"\n",
+            split.display(),
+            pre.display()
+        ),
+    )
+    .unwrap();
+    let study = dir.path().join("study");
+    let run_study = || {
+        train(&[
+            "study",
+            "label-efficiency",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            study.to_str().unwrap(),
+        ])
+    };
+    let out = run_study();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = std::fs::read_to_string(study.join("table.md")).unwrap();
+    assert!(
+        table.contains("| scratch |") && table.contains("| simclr |"),
+        "{table}"
+    );
+    let cells: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(study.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(cells.as_array().unwrap().len(), 4);
+    assert!(std::fs::read_to_string(study.join("index.html"))
+        .unwrap()
+        .contains("<svg"));
+
+    // Resume: finished cells are kept as they are; an interrupted one (no cell.json) is redone.
+    let kept = study.join("cells/simclr/f1.0000-s0/cell.json");
+    let before = std::fs::metadata(&kept).unwrap().modified().unwrap();
+    let interrupted = study.join("cells/scratch/f0.5000-s0");
+    std::fs::remove_file(interrupted.join("cell.json")).unwrap();
+    let out = run_study();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().modified().unwrap(),
+        before
+    );
+    assert!(interrupted.join("cell.json").is_file());
+    assert!(stderr(&out).contains("study cell") && stderr(&out).matches("study cell").count() == 1);
+
+    // A report of one evaluated cell: every plot inline.
+    let report = dir.path().join("report");
+    let out = train(&[
+        "report",
+        study.join("cells/simclr/f1.0000-s0").to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    for part in [
+        "ROC",
+        "confusion matrix",
+        "reliability",
+        "training",
+        "Operating points",
+    ] {
+        assert!(html.contains(part), "{part} missing");
+    }
+    // A run never evaluated is named with what to do.
+    let out = train(&[
+        "report",
+        pre.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not evaluated yet"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,413 @@
+//! `scanside-train study label-efficiency --config FILE --out DIR`: fine-tunes every
+//! (pretraining × label fraction × seed) cell, evaluates each on the test partition with
+//! case-resampled intervals, and writes the table (`table.md`), all numbers (`results.json`),
+//! the label-efficiency plots and an HTML page. Pretraining runs are inputs (made and resumed
+//! with `pretrain`); "scratch" (random init, same architecture) is always a row. Resumable: a
+//! cell with its `cell.json` is done and kept; a cell without one is redone from the start.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Preset;
+use crate::data::open_split;
+use crate::evaluate::metrics::Interval;
+use crate::evaluate::{evaluate, EvalSettings, Evaluation};
+use crate::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
+use crate::model::ResNetConfig;
+use crate::pretrain::PretrainConfig;
+use crate::report::{escape, page};
+use crate::runlog::{load_json, save_json};
+use crate::{plots, Error, Result};
+
+/// The row name of fine-tuning from random weights.
+pub const SCRATCH: &str = "scratch";
+
+/// The grid and the fine-tuning settings shared by every cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// Split file (its train partition's nested label fractions are used).
+    pub split: PathBuf,
+    /// The dataset, when it moved since the split was made.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// Pretraining runs by row name (e.g. `simclr = "runs/pre-simclr"`).
+    #[serde(default)]
+    pub pretrained: BTreeMap<String, PathBuf>,
+    /// Label fractions, e.g. `[0.01, 0.1, 0.25, 1.0]`.
+    pub fractions: Vec<f64>,
+    /// Seeds (fine-tuning initialisation, order and augmentation).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Fine-tuning epochs.
+    pub epochs: usize,
+    /// Images per step.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Peak learning rate (default: fine-tuning's).
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
+    /// Backbone and input size of the scratch row (default: those of the first pretraining
+    /// run, so every row has the same network).
+    #[serde(default)]
+    pub scratch_model: Option<ResNetConfig>,
+    /// Input size of the scratch row (default as above, else 32).
+    #[serde(default)]
+    pub scratch_image_size: Option<u32>,
+    /// Full fine-tuning or linear probe.
+    #[serde(default)]
+    pub mode: FinetuneMode,
+    /// Class weights.
+    #[serde(default)]
+    pub class_weights: ClassWeights,
+    /// Fine-tuning augmentation preset.
+    #[serde(default)]
+    pub preset: Preset,
+    /// Early stopping patience in epochs.
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// Bootstrap resamples per evaluation.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_bootstrap() -> usize {
+    1000
+}
+
+/// One finished cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Row: a pretraining name or [`SCRATCH`].
+    pub pretraining: String,
+    /// Label fraction.
+    pub fraction: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Labelled training images used.
+    pub labelled_images: usize,
+    /// Test macro AUC (multi-class) or mean AUC (multi-label), with its interval.
+    pub auc: Option<Interval>,
+    /// Test top-1 accuracy with its interval (multi-class).
+    pub accuracy: Option<Interval>,
+    /// Test balanced accuracy with its interval (multi-class).
+    pub balanced_accuracy: Option<Interval>,
+    /// Fine-tuning + evaluation wall time.
+    pub seconds: f64,
+}
+
+fn bad(path: &Path, reason: String) -> Error {
+    Error::Config {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads a study configuration (TOML or JSON).
+pub fn read_study_config(path: &Path) -> Result<StudyConfig> {
+    let text = std::fs::read_to_string(path).map_err(crate::io_error(path))?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|e| bad(path, format!("malformed study configuration: {e}")))
+}
+
+fn cell_dir(out: &Path, name: &str, fraction: f64, seed: u64) -> PathBuf {
+    out.join("cells")
+        .join(name)
+        .join(format!("f{:.4}-s{seed}", fraction))
+}
+
+/// Runs (or resumes) the study and writes its outputs into `out`; returns every cell.
+pub fn run_study<B: AutodiffBackend>(
+    config: &StudyConfig,
+    out: &Path,
+    device: &B::Device,
+) -> Result<Vec<Cell>> {
+    if config.fractions.is_empty() || config.seeds.is_empty() {
+        return Err(bad(
+            out,
+            "a study needs at least one fraction and one seed".into(),
+        ));
+    }
+    if let Some(f) = config.fractions.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
+        return Err(bad(out, format!("label fraction {f} must be in (0, 1]")));
+    }
+    for (name, dir) in &config.pretrained {
+        if name == SCRATCH {
+            return Err(bad(
+                out,
+                format!("'{SCRATCH}' is the random-init row; rename that run"),
+            ));
+        }
+        if !dir.join("config.json").is_file() {
+            return Err(bad(
+                dir,
+                format!("pretraining run '{name}' has no config.json"),
+            ));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
+    save_json(&out.join("study.json"), config)?;
+    let dataset = match &config.data {
+        Some(d) => d.clone(),
+        None => crate::data::SplitFile::read(&config.split)?
+            .source
+            .path()
+            .to_path_buf(),
+    };
+    let (index, split) = open_split(&config.split, Some(&dataset))?;
+    let first_pretraining: Option<PretrainConfig> = config
+        .pretrained
+        .values()
+        .next()
+        .map(|dir| load_json(&dir.join("config.json")))
+        .transpose()?;
+    let mut rows: Vec<(String, Option<PathBuf>)> = vec![(SCRATCH.to_string(), None)];
+    rows.extend(
+        config
+            .pretrained
+            .iter()
+            .map(|(n, d)| (n.clone(), Some(d.clone()))),
+    );
+    let mut cells = Vec::new();
+    let total = rows.len() * config.fractions.len() * config.seeds.len();
+    for (name, pretrained) in &rows {
+        for &fraction in &config.fractions {
+            for &seed in &config.seeds {
+                let dir = cell_dir(out, name, fraction, seed);
+                let done = dir.join("cell.json");
+                if done.is_file() {
+                    cells.push(load_json::<Cell>(&done)?);
+                    continue;
+                }
+                eprintln!(
+                    "study cell {}/{total}: {name}, {:.1} % labels, seed {seed}",
+                    cells.len() + 1,
+                    fraction * 100.0
+                );
+                if dir.exists() {
+                    // Interrupted before it finished: start the cell again.
+                    std::fs::remove_dir_all(&dir).map_err(crate::io_error(&dir))?;
+                }
+                let started = Instant::now();
+                let mut fine =
+                    FinetuneConfig::new(dataset.clone(), config.split.clone(), pretrained.clone());
+                fine.label_fraction = fraction;
+                fine.seed = seed;
+                fine.epochs = config.epochs;
+                fine.batch_size = config.batch_size;
+                if let Some(lr) = config.learning_rate {
+                    fine.learning_rate = lr;
+                }
+                fine.mode = config.mode;
+                fine.class_weights = config.class_weights;
+                fine.patience = config.patience;
+                fine.augment = config.preset.finetune();
+                if pretrained.is_none() {
+                    fine.model = config
+                        .scratch_model
+                        .clone()
+                        .or_else(|| first_pretraining.as_ref().map(|p| p.model.clone()))
+                        .unwrap_or_default();
+                    fine.image_size = config
+                        .scratch_image_size
+                        .or_else(|| first_pretraining.as_ref().map(|p| p.image_size))
+                        .unwrap_or(32);
+                }
+                finetune::<B>(&fine, &dir, device)?;
+                let settings = EvalSettings {
+                    bootstrap: config.bootstrap,
+                    seed,
+                    ..EvalSettings::default()
+                };
+                let evaluation = evaluate::<B::InnerBackend>(
+                    &dir,
+                    crate::data::Partition::Test,
+                    &settings,
+                    device,
+                )?;
+                let (auc, accuracy, balanced_accuracy) = match &evaluation {
+                    Evaluation::MultiClass(r) => {
+                        let i = r.intervals.as_ref();
+                        let point = |v: f64| Interval {
+                            estimate: v,
+                            low: v,
+                            high: v,
+                        };
+                        (
+                            i.and_then(|i| i.macro_auc)
+                                .or(r.metrics.macro_auc.map(point)),
+                            i.and_then(|i| i.accuracy)
+                                .or(Some(point(r.metrics.accuracy))),
+                            i.and_then(|i| i.balanced_accuracy)
+                                .or(Some(point(r.metrics.balanced_accuracy))),
+                        )
+                    }
+                    Evaluation::MultiLabel(r) => (
+                        r.mean_auc_interval.or(r.metrics.mean_auc.map(|v| Interval {
+                            estimate: v,
+                            low: v,
+                            high: v,
+                        })),
+                        None,
+                        None,
+                    ),
+                };
+                let cell = Cell {
+                    pretraining: name.clone(),
+                    fraction,
+                    seed,
+                    labelled_images: split.labeled_subset(&index, fraction).len(),
+                    auc,
+                    accuracy,
+                    balanced_accuracy,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                save_json(&done, &cell)?;
+                cells.push(cell);
+            }
+        }
+    }
+    save_json(&out.join("results.json"), &cells)?;
+    write_outputs(config, &rows, &cells, out)?;
+    Ok(cells)
+}
+
+/// Mean over seeds of each interval's bounds, per (row, fraction).
+fn averaged(
+    cells: &[Cell],
+    name: &str,
+    fraction: f64,
+    pick: fn(&Cell) -> Option<Interval>,
+) -> Option<Interval> {
+    let found: Vec<Interval> = cells
+        .iter()
+        .filter(|c| c.pretraining == name && c.fraction == fraction)
+        .filter_map(pick)
+        .collect();
+    if found.is_empty() {
+        return None;
+    }
+    let n = found.len() as f64;
+    Some(Interval {
+        estimate: found.iter().map(|i| i.estimate).sum::<f64>() / n,
+        low: found.iter().map(|i| i.low).sum::<f64>() / n,
+        high: found.iter().map(|i| i.high).sum::<f64>() / n,
+    })
+}
+
+fn write_outputs(
+    config: &StudyConfig,
+    rows: &[(String, Option<PathBuf>)],
+    cells: &[Cell],
+    out: &Path,
+) -> Result<()> {
+    type Pick = fn(&Cell) -> Option<Interval>;
+    let metrics: [(&str, &str, Pick); 3] = [
+        (
+            "auc",
+            "test AUC (macro one-vs-rest; mean per finding for multi-label)",
+            |c| c.auc,
+        ),
+        ("accuracy", "test top-1 accuracy", |c| c.accuracy),
+        ("balanced-accuracy", "test balanced accuracy", |c| {
+            c.balanced_accuracy
+        }),
+    ];
+    let mut markdown = format!(
+        "Label-efficiency study: {} fine-tuning epochs, {:?} mode, seeds {:?}; each cell the mean over \
+         seeds of the estimate and of its 95 % bootstrap interval (resampled by case) on the test partition.\n",
+        config.epochs, config.mode, config.seeds
+    );
+    let mut html = String::new();
+    for (file, title, pick) in metrics {
+        if !cells.iter().any(|c| pick(c).is_some()) {
+            continue;
+        }
+        let _ = write!(markdown, "\n### {title}\n\n| pretraining |");
+        for f in &config.fractions {
+            let _ = write!(markdown, " {:.0} % |", f * 100.0);
+        }
+        markdown += "\n|---|";
+        markdown += &"---|".repeat(config.fractions.len());
+        markdown += "\n";
+        let mut table = format!("<h2>{}</h2><table><tr><th>pretraining</th>", escape(title));
+        for f in &config.fractions {
+            let _ = write!(table, "<th>{:.0} %</th>", f * 100.0);
+        }
+        table += "</tr>";
+        let mut series = Vec::new();
+        for (name, _) in rows {
+            let _ = write!(markdown, "| {name} |");
+            let _ = write!(table, "<tr><td>{}</td>", escape(name));
+            let mut points = Vec::new();
+            for &f in &config.fractions {
+                match averaged(cells, name, f, pick) {
+                    Some(i) => {
+                        let _ = write!(
+                            markdown,
+                            " {:.3} [{:.3}, {:.3}] |",
+                            i.estimate, i.low, i.high
+                        );
+                        let _ = write!(
+                            table,
+                            "<td>{:.3} [{:.3}, {:.3}]</td>",
+                            i.estimate, i.low, i.high
+                        );
+                        points.push((f, i.estimate, Some((i.low, i.high))));
+                    }
+                    None => {
+                        markdown += " n/a |";
+                        table += "<td>n/a</td>";
+                    }
+                }
+            }
+            markdown += "\n";
+            table += "</tr>";
+            series.push((name.clone(), points));
+        }
+        table += "</table>\n";
+        let svg = plots::line_chart(
+            title,
+            "labelled training images (fraction, log scale)",
+            title,
+            &series,
+            true,
+        );
+        scanside_runtime::persist::write_atomically(
+            &out.join(format!("label-efficiency-{file}.svg")),
+            svg.as_bytes(),
+        )?;
+        html += &table;
+        html += &svg;
+    }
+    let mut sizes = String::from("\nLabelled images per fraction:");
+    for f in &config.fractions {
+        if let Some(c) = cells.iter().find(|c| c.fraction == *f) {
+            let _ = write!(sizes, " {:.0} % = {};", f * 100.0, c.labelled_images);
+        }
+    }
+    markdown += &sizes;
+    markdown += "\n";
+    scanside_runtime::persist::write_atomically(&out.join("table.md"), markdown.as_bytes())?;
+    html += &format!("<p class=\"note\">{}</p>", escape(&sizes));
+    scanside_runtime::persist::write_atomically(
+        &out.join("index.html"),
+        page("label-efficiency study", &html).as_bytes(),
+    )?;
+    Ok(())
+}
