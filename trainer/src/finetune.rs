@@ -86,6 +86,16 @@ pub struct FinetuneConfig {
     /// Stop after this many epochs without a better validation macro AUC (`None`: never).
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Fine-tune (and select on validation) only this sub-population.
+    #[serde(default)]
+    pub train_where: Option<crate::data::SampleFilter>,
+    /// Validate (and keep the best checkpoint) every this many epochs, and after the last.
+    #[serde(default = "every_epoch")]
+    pub validate_every: usize,
+}
+
+fn every_epoch() -> usize {
+    1
 }
 
 /// What fine-tuning trains.
@@ -155,6 +165,8 @@ impl FinetuneConfig {
             mode: FinetuneMode::Full,
             class_weights: ClassWeights::None,
             patience: None,
+            train_where: None,
+            validate_every: 1,
         }
     }
 }
@@ -288,9 +300,21 @@ pub fn finetune<B: AutodiffBackend>(
                 .into(),
         ));
     }
+    let restrict = |indices: &[usize]| -> Result<Vec<usize>> {
+        match &config.train_where {
+            Some(f) => {
+                let kept = f.apply(&index, indices)?;
+                if kept.is_empty() {
+                    return Err(bad(format!("no images with {}", f.slug())));
+                }
+                Ok(kept)
+            }
+            None => Ok(indices.to_vec()),
+        }
+    };
     let (train, preprocess) = load_training_images(
         &index,
-        &split.labeled_subset(&index, config.label_fraction),
+        &restrict(&split.labeled_subset(&index, config.label_fraction))?,
         config.image_size,
         config.model.in_channels,
         config.preprocess.clone(),
@@ -298,7 +322,7 @@ pub fn finetune<B: AutodiffBackend>(
     )?;
     let val = load_images_with(
         &index,
-        &split.indices(&index, Partition::Val),
+        &restrict(&split.indices(&index, Partition::Val))?,
         &preprocess,
         config.skip_bad,
     )?;
@@ -422,6 +446,14 @@ pub fn finetune<B: AutodiffBackend>(
             epoch_loss += loss_value;
             epoch_steps += 1;
             step += 1;
+        }
+        let last_epoch = epoch + 1 == config.epochs || step >= total;
+        if !last_epoch && !(epoch + 1).is_multiple_of(config.validate_every.max(1)) {
+            log.write(&json!({
+                "stage": "finetune", "epoch": epoch,
+                "train_loss": epoch_loss / epoch_steps.max(1) as f32,
+            }))?;
+            continue;
         }
         let metrics = match &val_labels {
             Labels::Classes(y) => {

@@ -46,6 +46,10 @@ pub struct StudyConfig {
     pub seeds: Vec<u64>,
     /// Fine-tuning epochs.
     pub epochs: usize,
+    /// At least this many optimiser steps per cell: small label fractions get more epochs (a
+    /// 1 % subset is one batch per epoch), validated ten times over the run.
+    #[serde(default)]
+    pub min_steps: Option<usize>,
     /// Images per step.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
@@ -208,8 +212,13 @@ pub fn run_study<B: AutodiffBackend>(
                     FinetuneConfig::new(dataset.clone(), config.split.clone(), pretrained.clone());
                 fine.label_fraction = fraction;
                 fine.seed = seed;
-                fine.epochs = config.epochs;
                 fine.batch_size = config.batch_size;
+                let labelled = split.labeled_subset(&index, fraction).len();
+                let steps_per_epoch = (labelled / config.batch_size.min(labelled).max(1)).max(1);
+                fine.epochs = config
+                    .epochs
+                    .max(config.min_steps.unwrap_or(0).div_ceil(steps_per_epoch));
+                fine.validate_every = fine.epochs.div_ceil(10).max(1);
                 if let Some(lr) = config.learning_rate {
                     fine.learning_rate = lr;
                 }
@@ -271,7 +280,7 @@ pub fn run_study<B: AutodiffBackend>(
                     pretraining: name.clone(),
                     fraction,
                     seed,
-                    labelled_images: split.labeled_subset(&index, fraction).len(),
+                    labelled_images: labelled,
                     auc,
                     accuracy,
                     balanced_accuracy,

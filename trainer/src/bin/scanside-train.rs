@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use scanside_trainer::augment::Preset;
 use scanside_trainer::data::{
     bench_decode_augment, check_dataset, make_split, open_split, write_preview, BagStats,
-    CsvLabels, CsvSpec, Partition, PreviewConfig, SourceSpec, SplitFile, UncertaintyPolicy,
-    LABEL_FRACTIONS,
+    CsvLabels, CsvSpec, Partition, PreviewConfig, SampleFilter, SourceSpec, SplitFile,
+    UncertaintyPolicy, LABEL_FRACTIONS,
 };
 use scanside_trainer::demo::{run_demo, DemoConfig};
 use scanside_trainer::evaluate::{evaluate, probe_pretrained, EvalSettings};
@@ -173,6 +173,10 @@ enum Command {
         /// Stop after N epochs without a better validation macro AUC.
         #[arg(long)]
         patience: Option<usize>,
+        /// Fine-tune on a sub-population only, COLUMN=VALUE[,VALUE...] of the manifest (e.g.
+        /// view=PA); evaluate elsewhere with `evaluate --where`.
+        #[arg(long = "where", value_name = "COLUMN=VALUES")]
+        train_where: Option<String>,
     },
     /// Measure a pretraining run's features: weighted 20-NN accuracy (and balanced accuracy) on
     /// val and test against all training images; labels are used only to score.
@@ -200,6 +204,10 @@ enum Command {
         /// Sensitivity each class's threshold must reach on val (screening: 0.95).
         #[arg(long, default_value_t = 0.95)]
         sensitivity: f64,
+        /// Only the partition's images of a sub-population, COLUMN=VALUE[,VALUE...] (e.g.
+        /// dx_type=histo, view=AP); written to eval-<partition>-<column>-<values>.json.
+        #[arg(long = "where", value_name = "COLUMN=VALUES")]
+        population: Option<String>,
     },
     /// Write an HTML page with plots (training curves, ROC, confusion matrix, reliability)
     /// and tables for evaluated fine-tuning runs.
@@ -664,6 +672,7 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             mode,
             class_weights,
             patience,
+            train_where,
         } => {
             if !from_scratch && pretrained.is_none() {
                 bail!("finetune needs --pretrained DIR or --from-scratch");
@@ -675,6 +684,10 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             config.mode = mode;
             config.class_weights = class_weights;
             config.patience = patience;
+            config.train_where = train_where
+                .map(|w| SampleFilter::parse(&w))
+                .transpose()
+                .map_err(usage)?;
             config.image_size = image_size;
             config.seed = train.seed;
             config.max_steps = train.max_steps;
@@ -696,6 +709,7 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             split,
             bootstrap,
             sensitivity,
+            population,
         } => {
             if !(sensitivity > 0.0 && sensitivity <= 1.0) {
                 return Err(usage(format!(
@@ -705,6 +719,10 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             let settings = EvalSettings {
                 bootstrap,
                 target_sensitivity: sensitivity,
+                population: population
+                    .map(|w| SampleFilter::parse(&w))
+                    .transpose()
+                    .map_err(usage)?,
                 ..EvalSettings::default()
             };
             let report = evaluate::<B::InnerBackend>(&run, split, &settings, device)?;

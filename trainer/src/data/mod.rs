@@ -15,6 +15,7 @@ mod preview;
 mod sources;
 mod split;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -151,6 +152,91 @@ pub struct Sample {
     pub image: ImageRef,
     /// The partition the source itself assigns (MedMNIST), if any.
     pub official: Option<Partition>,
+    /// The manifest's other columns (HAM10000 `dx_type`, `localization`, `sex`, `age`; NIH
+    /// `view`, ...), for sub-population analyses.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A sub-population: samples whose attribute `column` is one of `values`
+/// (`--where dx_type=histo,consensus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleFilter {
+    /// Manifest column.
+    pub column: String,
+    /// Accepted values.
+    pub values: Vec<String>,
+}
+
+impl SampleFilter {
+    /// Parses `COLUMN=VALUE[,VALUE...]`.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let (column, values) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: expected COLUMN=VALUE[,VALUE...]"))?;
+        let values: Vec<String> = values
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        if column.trim().is_empty() || values.is_empty() {
+            return Err(format!("{text:?}: expected COLUMN=VALUE[,VALUE...]"));
+        }
+        Ok(Self {
+            column: column.trim().to_string(),
+            values,
+        })
+    }
+
+    /// Whether a sample belongs to the sub-population.
+    pub fn accepts(&self, sample: &Sample) -> bool {
+        sample
+            .attributes
+            .get(&self.column)
+            .is_some_and(|v| self.values.iter().any(|w| w == v))
+    }
+
+    /// The samples of `indices` it accepts; an error naming the known columns when no sample
+    /// has the column at all.
+    pub fn apply(&self, index: &DatasetIndex, indices: &[usize]) -> Result<Vec<usize>> {
+        if !index
+            .samples
+            .iter()
+            .any(|s| s.attributes.contains_key(&self.column))
+        {
+            let known: BTreeSet<&String> = index
+                .samples
+                .iter()
+                .flat_map(|s| s.attributes.keys())
+                .collect();
+            return Err(Error::Data {
+                path: index.root().to_path_buf(),
+                reason: format!(
+                    "no column {:?} to filter on (columns: {})",
+                    self.column,
+                    known.into_iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        Ok(indices
+            .iter()
+            .copied()
+            .filter(|&i| self.accepts(&index.samples[i]))
+            .collect())
+    }
+
+    /// A file-name-safe label, e.g. `dx_type-histo`.
+    pub fn slug(&self) -> String {
+        format!("{}-{}", self.column, self.values.join("+"))
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_+.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
 }
 
 /// Grayscale or RGB 8-bit images held in memory (MedMNIST arrays).

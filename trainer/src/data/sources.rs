@@ -3,7 +3,7 @@
 //! [`super::load_images`]); missing image files are not an error here, so that `data check` can
 //! list all of them at once, but they are part of the content hash.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use scanside_runtime::decode::{read_dicom_identity, sniff, FileFormat};
@@ -320,8 +320,20 @@ fn read_csv(spec: &CsvSpec) -> Result<DatasetIndex> {
     };
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
-    // (row, id, group, file, raw label cells)
-    let mut rows: Vec<(usize, String, String, PathBuf, Vec<String>)> = Vec::new();
+    // (row, id, group, file, raw label cells, other columns)
+    type Row = (
+        usize,
+        String,
+        String,
+        PathBuf,
+        Vec<String>,
+        BTreeMap<String, String>,
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let label_positions: Vec<usize> = match &label_cols {
+        Cols::One(c) => vec![*c],
+        Cols::Many(cs) => cs.clone(),
+    };
     let mut seen_ids = HashSet::new();
     for (n, record) in reader.records().enumerate() {
         let row = n + 2;
@@ -353,7 +365,15 @@ fn read_csv(spec: &CsvSpec) -> Result<DatasetIndex> {
             Cols::One(c) => vec![field(*c)],
             Cols::Many(cs) => cs.iter().map(|&c| field(c)).collect(),
         };
-        rows.push((row, id, group, file, cells));
+        let attributes = headers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                *i != path_col && Some(*i) != group_col && !label_positions.contains(i)
+            })
+            .map(|(i, h)| (h.trim().to_string(), field(i)))
+            .collect();
+        rows.push((row, id, group, file, cells, attributes));
     }
     if rows.is_empty() {
         return Err(bad("lists no images".into()));
@@ -401,7 +421,7 @@ fn read_csv(spec: &CsvSpec) -> Result<DatasetIndex> {
         .map(|(i, c)| (c.as_str(), i))
         .collect();
     let mut samples = Vec::with_capacity(rows.len());
-    for (row, id, group, file, cells) in rows {
+    for (row, id, group, file, cells, attributes) in rows {
         let target = match &spec.labels {
             CsvLabels::Class { column, .. } => {
                 let c = *position.get(cells[0].as_str()).ok_or_else(|| {
@@ -460,6 +480,7 @@ fn read_csv(spec: &CsvSpec) -> Result<DatasetIndex> {
             target,
             image: ImageRef::File(file),
             official: None,
+            attributes,
         });
     }
     Ok(DatasetIndex {
@@ -596,6 +617,7 @@ fn read_folder(root: &Path) -> Result<DatasetIndex> {
                 target: Target::Class(label),
                 image: ImageRef::File(file),
                 official: None,
+                attributes: BTreeMap::new(),
             });
         }
     }
@@ -737,6 +759,7 @@ fn read_medmnist(path: &Path) -> Result<DatasetIndex> {
                 target,
                 image: ImageRef::Array(base + i),
                 official: Some(partition),
+                attributes: BTreeMap::new(),
             });
         }
         pixels.extend_from_slice(&data);

@@ -397,6 +397,7 @@ pub(crate) mod tests {
                     target,
                     image: ImageRef::Array(0),
                     official: None,
+                    attributes: Default::default(),
                 });
             }
         }

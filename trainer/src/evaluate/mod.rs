@@ -431,8 +431,36 @@ pub fn load_finetuned<B: Backend>(
     Ok((config, model))
 }
 
+/// The images an evaluation scores: the evaluated partition restricted to the requested
+/// sub-population; validation (temperature, thresholds) restricted as the run was trained.
+fn population(
+    index: &crate::data::DatasetIndex,
+    split: &crate::data::SplitFile,
+    partition: Partition,
+    config: &FinetuneConfig,
+    settings: &EvalSettings,
+) -> Result<Vec<usize>> {
+    let all = split.indices(index, partition);
+    let filter = if partition == settings.partition {
+        settings.population.as_ref()
+    } else {
+        config.train_where.as_ref()
+    };
+    let chosen = match filter {
+        Some(f) => f.apply(index, &all)?,
+        None => all,
+    };
+    if chosen.is_empty() {
+        return Err(Error::Data {
+            path: index.root().to_path_buf(),
+            reason: format!("no {partition:?} images in the requested sub-population"),
+        });
+    }
+    Ok(chosen)
+}
+
 /// How an evaluation is done.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSettings {
     /// Bootstrap resamples for the confidence intervals (0: none).
     pub bootstrap: usize,
@@ -442,6 +470,16 @@ pub struct EvalSettings {
     pub target_sensitivity: f64,
     /// Bins of the reliability diagram.
     pub calibration_bins: usize,
+    /// Only the evaluated partition's images of this sub-population (distribution shift).
+    #[serde(default)]
+    pub population: Option<crate::data::SampleFilter>,
+    /// The partition being evaluated (set by the evaluation itself).
+    #[serde(default = "test_partition")]
+    pub partition: Partition,
+}
+
+fn test_partition() -> Partition {
+    Partition::Test
 }
 
 impl Default for EvalSettings {
@@ -451,6 +489,8 @@ impl Default for EvalSettings {
             seed: 0,
             target_sensitivity: 0.95,
             calibration_bins: 15,
+            population: None,
+            partition: Partition::Test,
         }
     }
 }
@@ -516,6 +556,12 @@ pub struct EvalReport {
     /// One-vs-rest ROC curve per class (for plots).
     #[serde(default)]
     pub roc: Vec<Vec<(f64, f64)>>,
+    /// The sub-population evaluated (`None`: the whole partition).
+    #[serde(default)]
+    pub population: Option<crate::data::SampleFilter>,
+    /// The sub-population the run was fine-tuned on (`None`: all).
+    #[serde(default)]
+    pub trained_on: Option<crate::data::SampleFilter>,
 }
 
 impl EvalReport {
@@ -594,6 +640,10 @@ pub fn evaluate_run<B: Backend>(
     settings: &EvalSettings,
     device: &B::Device,
 ) -> Result<EvalReport> {
+    let settings = &EvalSettings {
+        partition,
+        ..settings.clone()
+    };
     let (config, model) = load_finetuned::<B>(run, device)?;
     let preprocess = config
         .preprocess
@@ -603,7 +653,7 @@ pub fn evaluate_run<B: Backend>(
     let load = |partition| -> Result<(ImageSet, Vec<usize>, Vec<Vec<f32>>)> {
         let images = load_images_with(
             &index,
-            &split.indices(&index, partition),
+            &population(&index, &split, partition, &config, settings)?,
             &preprocess,
             config.skip_bad,
         )?;
@@ -726,8 +776,10 @@ pub fn evaluate_run<B: Backend>(
                 roc_curve(&scores, &positive, 200)
             })
             .collect(),
+        population: settings.population.clone(),
+        trained_on: config.train_where.clone(),
     };
-    save_json(&run.join(eval_file_name(partition)), &report)?;
+    save_json(&run.join(eval_file_name(partition, settings)), &report)?;
     Ok(report)
 }
 
@@ -752,6 +804,12 @@ pub struct MultiLabelReport {
     pub operating_points: Vec<calibration::OperatingPoint>,
     /// Thresholds were chosen on this same partition.
     pub in_sample: bool,
+    /// The sub-population evaluated (`None`: the whole partition).
+    #[serde(default)]
+    pub population: Option<crate::data::SampleFilter>,
+    /// The sub-population the run was fine-tuned on (`None`: all).
+    #[serde(default)]
+    pub trained_on: Option<crate::data::SampleFilter>,
 }
 
 impl MultiLabelReport {
@@ -840,7 +898,7 @@ pub fn evaluate<B: Backend>(
     let load = |partition| -> Result<Scored> {
         let images = load_images_with(
             &index,
-            &split.indices(&index, partition),
+            &population(&index, &split, partition, &config, settings)?,
             &preprocess,
             config.skip_bad,
         )?;
@@ -940,19 +998,24 @@ pub fn evaluate<B: Backend>(
         target_sensitivity: settings.target_sensitivity,
         operating_points,
         in_sample: partition == Partition::Val,
+        population: settings.population.clone(),
+        trained_on: config.train_where.clone(),
     };
-    save_json(&run.join(eval_file_name(partition)), &report)?;
+    save_json(&run.join(eval_file_name(partition, settings)), &report)?;
     Ok(Evaluation::MultiLabel(report))
 }
 
-fn eval_file_name(partition: Partition) -> String {
-    format!(
-        "eval-{}.json",
-        serde_json::to_value(partition)
-            .expect("enum")
-            .as_str()
-            .unwrap_or("split")
-    )
+/// `eval-test.json`, or `eval-test-dx_type-histo.json` for a sub-population.
+pub fn eval_file_name(partition: Partition, settings: &EvalSettings) -> String {
+    let name = serde_json::to_value(partition)
+        .expect("enum")
+        .as_str()
+        .unwrap_or("split")
+        .to_string();
+    match &settings.population {
+        Some(f) => format!("eval-{name}-{}.json", f.slug()),
+        None => format!("eval-{name}.json"),
+    }
 }
 
 #[cfg(test)]

@@ -422,7 +422,7 @@ fn a_linear_probe_trains_the_head_only_with_balanced_weights_and_stops_early() {
 /// Chest-film-like cases: findings joined by '|' with "No Finding", two images per patient.
 fn write_findings(dir: &Path, cases: usize) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("img")).unwrap();
-    let mut csv = String::from("path,patient,findings\n");
+    let mut csv = String::from("path,patient,findings,view\n");
     for case in 0..cases {
         let (effusion, mass) = (case % 2 == 0, case % 3 == 0);
         for k in 0..2 {
@@ -449,7 +449,8 @@ fn write_findings(dir: &Path, cases: usize) -> std::path::PathBuf {
             } else {
                 found.join("|")
             };
-            csv += &format!("{name},p{case},{label}\n");
+            let view = if case % 4 < 2 { "PA" } else { "AP" };
+            csv += &format!("{name},p{case},{label},{view}\n");
         }
     }
     let manifest = dir.join("labels.csv");
@@ -528,6 +529,50 @@ fn multi_label_findings_fine_tune_with_sigmoids_evaluate_per_finding_and_export_
     assert!(out.status.success(), "{}", stderr(&out));
     let manifest = std::fs::read_to_string(bundle.join("manifest.json")).unwrap();
     assert!(manifest.contains("\"output\": \"sigmoid\""), "{manifest}");
+    // Distribution shift: fine-tuned on PA films, evaluated on AP films only.
+    let shifted = dir.path().join("pa");
+    let out = train(&[
+        "finetune",
+        "--split",
+        split.to_str().unwrap(),
+        "--from-scratch",
+        "--out",
+        shifted.to_str().unwrap(),
+        "--image-size",
+        "12",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--where",
+        "view=PA",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let evaluate_where = |filter: &str| {
+        train(&[
+            "evaluate",
+            "--run",
+            shifted.to_str().unwrap(),
+            "--bootstrap",
+            "10",
+            "--where",
+            filter,
+        ])
+    };
+    let out = evaluate_where("view=AP");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shifted.join("eval-test-view-AP.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["population"]["values"][0], "AP");
+    assert_eq!(report["trained_on"]["values"][0], "PA");
+    let out = evaluate_where("site=x");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no column \"site\"") && stderr(&out).contains("view"));
+    let out = evaluate_where("view");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
     // Class weights are a multi-class notion: refused, with the reason.
     let out = train(&[
         "finetune",
