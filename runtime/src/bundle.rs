@@ -35,6 +35,10 @@ pub struct BundleManifest {
     /// How logits become probabilities: one class (softmax) or independent findings (sigmoid).
     #[serde(default)]
     pub output: OutputActivation,
+    /// Temperature and per-class screening thresholds fitted on validation (none: raw
+    /// probabilities, nothing flagged).
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
     /// Where the model came from.
     pub provenance: Provenance,
 }
@@ -48,6 +52,32 @@ pub enum OutputActivation {
     Softmax,
     /// Any number of findings per image: one independent probability each.
     Sigmoid,
+}
+
+/// What the trainer fitted on validation for screening.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Logits are divided by this before the softmax / sigmoid (temperature scaling).
+    pub temperature: f32,
+    /// The sensitivity each threshold reached on validation.
+    pub target_sensitivity: f32,
+    /// Per class, in class order: flag the image when the calibrated probability is at least
+    /// this (`None`: no validation positives, never flagged).
+    pub thresholds: Vec<Option<f32>>,
+}
+
+impl Calibration {
+    /// The classes flagged for calibrated `probabilities`.
+    pub fn flags<'a>(&self, class_names: &'a [String], probabilities: &[f32]) -> Vec<&'a str> {
+        class_names
+            .iter()
+            .zip(probabilities)
+            .zip(&self.thresholds)
+            .filter(|((_, &p), t)| t.is_some_and(|t| p >= t))
+            .map(|((name, _), _)| name.as_str())
+            .collect()
+    }
 }
 
 impl OutputActivation {
@@ -151,6 +181,14 @@ impl Bundle {
 }
 
 impl BundleManifest {
+    /// What the runtime reports for `logits`: temperature-scaled (when the bundle carries a
+    /// calibration), then softmax or sigmoid.
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+        let temperature = self.calibration.as_ref().map_or(1.0, |c| c.temperature);
+        let scaled: Vec<f32> = logits.iter().map(|z| z / temperature).collect();
+        self.output.probabilities(&scaled)
+    }
+
     /// Checks internal consistency; `path` names the manifest in errors.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| {
@@ -179,6 +217,28 @@ impl BundleManifest {
         }
         if self.class_names.len() < 2 {
             return bad("class_names must list at least two classes".into());
+        }
+        if let Some(c) = &self.calibration {
+            if !(c.temperature.is_finite() && c.temperature > 0.0) {
+                return bad(format!(
+                    "calibration.temperature {} must be positive",
+                    c.temperature
+                ));
+            }
+            if c.thresholds.len() != self.class_names.len() {
+                return bad(format!(
+                    "calibration.thresholds has {} entries for {} classes",
+                    c.thresholds.len(),
+                    self.class_names.len()
+                ));
+            }
+            if c.thresholds
+                .iter()
+                .flatten()
+                .any(|t| !(0.0..=1.0).contains(t))
+            {
+                return bad("calibration.thresholds must be probabilities in [0, 1]".into());
+            }
         }
         self.preprocess.validate(path)
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
-use crate::bundle::{Bundle, OutputActivation};
+use crate::bundle::{Bundle, Calibration, OutputActivation};
 use crate::preprocess::{preprocess, PreprocessConfig};
 use crate::report::{ScreeningResult, Timings};
 use crate::{decode, Error, Result};
@@ -98,6 +98,7 @@ pub struct Screener {
     preprocess: PreprocessConfig,
     class_names: Vec<String>,
     output: OutputActivation,
+    calibration: Option<Calibration>,
     model_id: String,
 }
 
@@ -109,6 +110,7 @@ impl Screener {
             preprocess: bundle.manifest.preprocess.clone(),
             class_names: bundle.manifest.class_names.clone(),
             output: bundle.manifest.output,
+            calibration: bundle.manifest.calibration.clone(),
             model_id: bundle.model_id().to_string(),
         })
     }
@@ -129,6 +131,7 @@ impl Screener {
             &self.class_names,
             &logits,
             self.output,
+            self.calibration.as_ref(),
             image.source,
             Timings {
                 decode_ms: ms(t0, t1),

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::bundle::OutputActivation;
+use crate::bundle::{Calibration, OutputActivation};
 use crate::decode::SourceInfo;
 
 /// Milliseconds spent in each stage for one image.
@@ -34,6 +34,10 @@ pub struct ScreeningResult {
     /// Every class's probability, in the model's class order.
     #[serde(serialize_with = "ordered_map")]
     pub probabilities: Vec<(String, f32)>,
+    /// Classes whose calibrated probability reached the bundle's screening threshold.
+    pub flags: Vec<String>,
+    /// Whether the probabilities are temperature-scaled (the bundle carries a calibration).
+    pub calibrated: bool,
     /// The raw model outputs.
     pub logits: Vec<f32>,
     /// What was decoded.
@@ -50,10 +54,21 @@ impl ScreeningResult {
         class_names: &[String],
         logits: &[f32],
         output: OutputActivation,
+        calibration: Option<&Calibration>,
         source: SourceInfo,
         timings: Timings,
     ) -> Self {
-        let probs = output.probabilities(logits);
+        let temperature = calibration.map_or(1.0, |c| c.temperature);
+        let scaled: Vec<f32> = logits.iter().map(|z| z / temperature).collect();
+        let probs = output.probabilities(&scaled);
+        let flags = calibration
+            .map(|c| {
+                c.flags(class_names, &probs)
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
         let top = probs
             .iter()
             .enumerate()
@@ -64,6 +79,8 @@ impl ScreeningResult {
             top_class: class_names[top].clone(),
             top_probability: probs[top],
             probabilities: class_names.iter().cloned().zip(probs).collect(),
+            flags,
+            calibrated: calibration.is_some(),
             logits: logits.to_vec(),
             source,
             timings,
@@ -97,10 +114,12 @@ mod tests {
             &names,
             &[0.0, 2.0],
             OutputActivation::Softmax,
+            None,
             SourceInfo::Jpeg,
             t,
         );
         assert_eq!(r.top_class, "a");
+        assert!(r.flags.is_empty() && !r.calibrated);
         assert!((r.probabilities.iter().map(|(_, p)| p).sum::<f32>() - 1.0).abs() < 1e-6);
         // Findings are independent: sigmoid(0) = 0.5, sigmoid(2) ≈ 0.881.
         let findings = ScreeningResult::new(
@@ -109,11 +128,31 @@ mod tests {
             &names,
             &[0.0, 2.0],
             OutputActivation::Sigmoid,
+            None,
             SourceInfo::Jpeg,
             t,
         );
         assert_eq!(findings.probabilities[0].1, 0.5);
         assert!((findings.probabilities[1].1 - 0.880_797).abs() < 1e-5);
+        // Temperature 2 halves the logits before the sigmoid; flags follow the thresholds.
+        let calibration = Calibration {
+            temperature: 2.0,
+            target_sensitivity: 0.95,
+            thresholds: vec![Some(0.6), Some(0.7)],
+        };
+        let screened = ScreeningResult::new(
+            Path::new("x.png"),
+            "abc",
+            &names,
+            &[0.0, 2.0],
+            OutputActivation::Sigmoid,
+            Some(&calibration),
+            SourceInfo::Jpeg,
+            t,
+        );
+        assert!((screened.probabilities[1].1 - 0.731_059).abs() < 1e-5);
+        assert_eq!(screened.flags, vec!["a".to_string()]);
+        assert!(screened.calibrated);
         let json = serde_json::to_string(&r).unwrap();
         let b = json.find("\"b\":").unwrap();
         let a = json.find("\"a\":").unwrap();

@@ -307,7 +307,13 @@ fn screen_with_runtime<B: AutodiffBackend>(
     let (fine, model) = crate::evaluate::load_finetuned::<B::InnerBackend>(run, device)?;
     let preprocess = fine.preprocess.clone().expect("completed run");
     let images = crate::data::load_images(index, &picked, &preprocess)?;
-    let burn_probs = crate::evaluate::predict(&model, &images, &preprocess, device);
+    // As the runtime reports them: with the bundle's temperature and output activation.
+    let manifest = scanside_runtime::bundle::Bundle::load(bundle)?.manifest;
+    let burn_probs: Vec<Vec<f32>> =
+        crate::evaluate::predict_logits(&model, &images, &preprocess, device)
+            .iter()
+            .map(|z| manifest.probabilities(z))
+            .collect();
     let lines: Vec<&str> = std::str::from_utf8(&output.stdout)
         .unwrap_or("")
         .lines()

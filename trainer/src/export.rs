@@ -13,7 +13,8 @@ use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use prost::Message;
 use scanside_runtime::bundle::{
-    write_bundle, Bundle, BundleManifest, ModelEntry, OutputActivation, Provenance, FORMAT_VERSION,
+    write_bundle, Bundle, BundleManifest, Calibration, ModelEntry, OutputActivation, Provenance,
+    FORMAT_VERSION,
 };
 use scanside_runtime::infer::Classifier as RuntimeClassifier;
 use scanside_runtime::preprocess::normalize_in_place;
@@ -281,6 +282,30 @@ pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> V
     model.encode_to_vec()
 }
 
+/// The temperature and thresholds of an evaluation report (fitted on validation), for the
+/// bundle; `None` when the report has no operating points.
+fn calibration_of(evaluation: &serde_json::Value) -> Option<Calibration> {
+    let points = evaluation.get("operating_points")?.as_array()?;
+    if points.is_empty() {
+        return None;
+    }
+    Some(Calibration {
+        temperature: evaluation
+            .pointer("/calibration/temperature")
+            .and_then(|t| t.as_f64())
+            .unwrap_or(1.0) as f32,
+        target_sensitivity: evaluation.get("target_sensitivity")?.as_f64()? as f32,
+        thresholds: points
+            .iter()
+            .map(|p| {
+                p.get("threshold")
+                    .and_then(|t| t.as_f64())
+                    .map(|t| t as f32)
+            })
+            .collect(),
+    })
+}
+
 /// Exports a fine-tuned run to a bundle directory and checks it on `check_images` validation
 /// images (at least one).
 pub fn export_run<B: Backend>(
@@ -318,6 +343,7 @@ pub fn export_run<B: Backend>(
         },
         preprocess: preprocess.clone(),
         class_names: config.class_names.clone(),
+        calibration: evaluation.as_ref().and_then(calibration_of),
         output: if index.task == Task::MultiLabel {
             OutputActivation::Sigmoid
         } else {

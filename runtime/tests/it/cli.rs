@@ -140,3 +140,43 @@ fn a_wrong_flag_is_a_usage_error() {
     let out = scanside(&[Path::new("screen"), Path::new("--no-such-flag")]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_calibrated_bundle_scales_probabilities_and_flags_classes_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle(&bundle);
+    let path = bundle.join("manifest.json");
+    let plain: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let img = dir.path().join("x.png");
+    write_png(&img, 200);
+    let screen = || scanside(&[Path::new("screen"), Path::new("--bundle"), &bundle, &img]);
+    let before: serde_json::Value = serde_json::from_slice(&screen().stdout).unwrap();
+    assert_eq!(before["calibrated"], false);
+
+    let mut calibrated = plain.clone();
+    calibrated["calibration"] = serde_json::json!({
+        "temperature": 1000.0, "target_sensitivity": 0.95, "thresholds": [0.4, null]
+    });
+    std::fs::write(&path, serde_json::to_vec(&calibrated).unwrap()).unwrap();
+    let out = screen();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(after["calibrated"], true);
+    // A huge temperature flattens the softmax to ~0.5 each: "dark" passes 0.4, "bright" has
+    // no threshold.
+    let p = after["probabilities"]["dark"].as_f64().unwrap();
+    assert!((p - 0.5).abs() < 0.01, "{after}");
+    assert_eq!(after["flags"], serde_json::json!(["dark"]));
+    assert_eq!(after["logits"], before["logits"]);
+
+    calibrated["calibration"]["thresholds"] = serde_json::json!([0.4]);
+    std::fs::write(&path, serde_json::to_vec(&calibrated).unwrap()).unwrap();
+    let out = screen();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("1 entries for 2 classes"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -99,6 +99,7 @@ pub fn write_linear_bundle(dir: &Path) {
         preprocess: PreprocessConfig::new(SIZE, 3, vec![0.0; 3], vec![1.0; 3]),
         class_names: vec!["dark".into(), "bright".into()],
         output: Default::default(),
+        calibration: None,
         provenance: Provenance {
             created_by: "runtime test fixture".into(),
             created_unix_s: 0,

@@ -51,6 +51,16 @@ fn synthetic_images_travel_pretrain_finetune_export_screen() {
         result.export
     );
     assert_evaluation_is_complete(&result.test);
+    // The evaluation's temperature and thresholds travel in the bundle.
+    let manifest = scanside_runtime::bundle::Bundle::load(&result.bundle)
+        .unwrap()
+        .manifest;
+    let calibration = manifest.calibration.expect("calibration in the bundle");
+    assert_eq!(
+        f64::from(calibration.temperature),
+        f64::from(result.test.calibration.as_ref().unwrap().temperature as f32)
+    );
+    assert_eq!(calibration.thresholds.len(), manifest.class_names.len());
     let (max_diff, agree, n) = compare_runtime_with_burn(&data, &out, 8).unwrap();
     assert!(
         max_diff <= 1e-4,

@@ -6,7 +6,9 @@ use burn::backend::{Autodiff, Flex};
 use scanside_runtime::bundle::Bundle;
 use scanside_runtime::infer::Screener;
 use scanside_trainer::data::{load_images, make_split, open_dataset, ImageRef, Partition};
-use scanside_trainer::evaluate::{evaluate_run, load_finetuned, predict, EvalReport, EvalSettings};
+use scanside_trainer::evaluate::{
+    evaluate_run, load_finetuned, predict_logits, EvalReport, EvalSettings,
+};
 use scanside_trainer::export::{export_run, ExportReport};
 use scanside_trainer::finetune::{finetune, FinetuneConfig};
 use scanside_trainer::pretrain::{pretrain, PretrainConfig};
@@ -88,8 +90,13 @@ pub fn compare_runtime_with_burn(
         .take(n)
         .collect();
     let images = load_images(&index, &test, &preprocess)?;
-    let burn_probs = predict(&model, &images, &preprocess, &device);
-    let screener = Screener::new(&Bundle::load(&out.join("bundle"))?)?;
+    let bundle = Bundle::load(&out.join("bundle"))?;
+    // As the runtime reports them: with the bundle's temperature.
+    let burn_probs: Vec<Vec<f32>> = predict_logits(&model, &images, &preprocess, &device)
+        .iter()
+        .map(|z| bundle.manifest.probabilities(z))
+        .collect();
+    let screener = Screener::new(&bundle)?;
     let mut max_diff = 0.0_f32;
     let mut agree = 0;
     for (k, &i) in test.iter().enumerate() {
