@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
-use crate::bundle::{Bundle, Calibration, OutputActivation};
+use crate::bundle::Bundle;
 use crate::preprocess::{preprocess, PreprocessConfig};
-use crate::report::{ScreeningResult, Timings};
+use crate::report::{OutputSpec, ScreeningResult, Timings};
 use crate::{decode, Error, Result};
 
 /// A runnable classifier built from a bundle's model.
@@ -96,9 +96,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 pub struct Screener {
     classifier: Classifier,
     preprocess: PreprocessConfig,
-    class_names: Vec<String>,
-    output: OutputActivation,
-    calibration: Option<Calibration>,
+    output: OutputSpec,
     model_id: String,
 }
 
@@ -108,9 +106,7 @@ impl Screener {
         Ok(Self {
             classifier: Classifier::load(bundle)?,
             preprocess: bundle.manifest.preprocess.clone(),
-            class_names: bundle.manifest.class_names.clone(),
-            output: bundle.manifest.output,
-            calibration: bundle.manifest.calibration.clone(),
+            output: OutputSpec::of(&bundle.manifest),
             model_id: bundle.model_id().to_string(),
         })
     }
@@ -128,10 +124,8 @@ impl Screener {
         Ok(ScreeningResult::new(
             path,
             &self.model_id,
-            &self.class_names,
+            &self.output,
             &logits,
-            self.output,
-            self.calibration.as_ref(),
             image.source,
             Timings {
                 decode_ms: ms(t0, t1),

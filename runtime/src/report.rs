@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::bundle::{Calibration, OutputActivation};
+use crate::bundle::{BundleManifest, Calibration, OutputActivation};
 use crate::decode::SourceInfo;
 
 /// Milliseconds spent in each stage for one image.
@@ -46,21 +46,42 @@ pub struct ScreeningResult {
     pub timings: Timings,
 }
 
+/// How a bundle's logits are reported: class names, activation, calibration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSpec {
+    /// Class names in output order.
+    pub class_names: Vec<String>,
+    /// Softmax or sigmoid.
+    pub activation: OutputActivation,
+    /// Temperature and thresholds, when the bundle has them.
+    pub calibration: Option<Calibration>,
+}
+
+impl OutputSpec {
+    /// The output description of a bundle's manifest.
+    pub fn of(manifest: &BundleManifest) -> Self {
+        Self {
+            class_names: manifest.class_names.clone(),
+            activation: manifest.output,
+            calibration: manifest.calibration.clone(),
+        }
+    }
+}
+
 impl ScreeningResult {
     /// Builds a result from the model's logits.
     pub fn new(
         path: &Path,
         model_id: &str,
-        class_names: &[String],
+        spec: &OutputSpec,
         logits: &[f32],
-        output: OutputActivation,
-        calibration: Option<&Calibration>,
         source: SourceInfo,
         timings: Timings,
     ) -> Self {
+        let (class_names, calibration) = (&spec.class_names, spec.calibration.as_ref());
         let temperature = calibration.map_or(1.0, |c| c.temperature);
         let scaled: Vec<f32> = logits.iter().map(|z| z / temperature).collect();
-        let probs = output.probabilities(&scaled);
+        let probs = spec.activation.probabilities(&scaled);
         let flags = calibration
             .map(|c| {
                 c.flags(class_names, &probs)
@@ -108,13 +129,16 @@ mod tests {
             preprocess_ms: 0.5,
             infer_ms: 2.0,
         };
+        let spec = |activation, calibration| OutputSpec {
+            class_names: names.clone(),
+            activation,
+            calibration,
+        };
         let r = ScreeningResult::new(
             Path::new("x.png"),
             "abc",
-            &names,
+            &spec(OutputActivation::Softmax, None),
             &[0.0, 2.0],
-            OutputActivation::Softmax,
-            None,
             SourceInfo::Jpeg,
             t,
         );
@@ -125,10 +149,8 @@ mod tests {
         let findings = ScreeningResult::new(
             Path::new("x.png"),
             "abc",
-            &names,
+            &spec(OutputActivation::Sigmoid, None),
             &[0.0, 2.0],
-            OutputActivation::Sigmoid,
-            None,
             SourceInfo::Jpeg,
             t,
         );
@@ -143,10 +165,8 @@ mod tests {
         let screened = ScreeningResult::new(
             Path::new("x.png"),
             "abc",
-            &names,
+            &spec(OutputActivation::Sigmoid, Some(calibration)),
             &[0.0, 2.0],
-            OutputActivation::Sigmoid,
-            Some(&calibration),
             SourceInfo::Jpeg,
             t,
         );
