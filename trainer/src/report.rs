@@ -150,6 +150,20 @@ fn run_section(run: &Path) -> Result<(String, Vec<(String, String)>)> {
         html += "<table><tr><th>finding</th><th>threshold</th><th>val sens</th><th>val spec</th><th>sens</th><th>spec</th></tr>";
         html += &operating_rows(&r.operating_points);
         html += "</table>\n";
+        let curves: Vec<(String, Vec<(f64, f64)>)> = m
+            .findings
+            .iter()
+            .zip(&r.roc)
+            .zip(&m.per_finding_auc)
+            .filter(|((name, points), _)| !points.is_empty() && m.mean_over.contains(name))
+            .map(|((name, points), auc)| (format!("{name} ({})", fmt(*auc)), points.clone()))
+            .collect();
+        if !curves.is_empty() {
+            plots_out.push((
+                format!("{name}-roc.svg"),
+                plots::roc_chart("ROC per finding (those in the mean)", &curves),
+            ));
+        }
     } else {
         let r: EvalReport = serde_json::from_value(raw).map_err(|e| Error::Config {
             path: eval_path.clone(),

@@ -804,6 +804,9 @@ pub struct MultiLabelReport {
     pub operating_points: Vec<calibration::OperatingPoint>,
     /// Thresholds were chosen on this same partition.
     pub in_sample: bool,
+    /// ROC curve per finding over its counted labels (for plots).
+    #[serde(default)]
+    pub roc: Vec<Vec<(f64, f64)>>,
     /// The sub-population evaluated (`None`: the whole partition).
     #[serde(default)]
     pub population: Option<crate::data::SampleFilter>,
@@ -998,6 +1001,12 @@ pub fn evaluate<B: Backend>(
         target_sensitivity: settings.target_sensitivity,
         operating_points,
         in_sample: partition == Partition::Val,
+        roc: (0..k)
+            .map(|f| {
+                let (scores, positive) = column(&probabilities, &targets, &mask, f);
+                roc_curve(&scores, &positive, 200)
+            })
+            .collect(),
         population: settings.population.clone(),
         trained_on: config.train_where.clone(),
     };
