@@ -58,15 +58,16 @@ step "aarch64: runtime and core tests under qemu-aarch64, then the binary screen
 # binfmt_misc; the cross-compiled binary is exercised directly below instead.
 cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu -- --skip cli::
 cargo build -p scanside-runtime --target aarch64-unknown-linux-gnu --bin scanside
-native=$(target/debug/scanside screen --bundle "$fixture/bundle" "$fixture/bundle/sample.jpg")
+native=$(target/debug/scanside screen --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" \
+  "$fixture/bundle/sample.jpg")
 cross=$(qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/debug/scanside \
-  screen --bundle "$fixture/bundle" "$fixture/bundle/sample.jpg")
+  screen --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" "$fixture/bundle/sample.jpg")
 python3 - "$native" "$cross" <<'PY'
 import json, sys
 a, b = (json.loads(x) for x in sys.argv[1:3])
 diff = max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"])
 print(f"x86-64 vs aarch64 (qemu): top class {a['top_class']} / {b['top_class']}, max |prob diff| {diff:.2e}")
-sys.exit(0 if a["top_class"] == b["top_class"] and diff <= 1e-5 else 1)
+sys.exit(0 if a["top_class"] == b["top_class"] and diff <= 1e-5 and a["model_verified"] and b["model_verified"] else 1)
 PY
 echo -n "newest glibc symbol version the aarch64 binary needs: "
 aarch64-linux-gnu-objdump -T target/aarch64-unknown-linux-gnu/debug/scanside \

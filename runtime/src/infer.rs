@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tract_onnx::prelude::*;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, SignatureStatus};
 use crate::preprocess::{preprocess, PreprocessConfig};
 use crate::report::{OutputSpec, ScreeningResult, Timings};
 use crate::{decode, Error, Result};
@@ -98,6 +98,7 @@ pub struct Screener {
     preprocess: PreprocessConfig,
     output: OutputSpec,
     model_id: String,
+    verified: bool,
 }
 
 impl Screener {
@@ -107,6 +108,7 @@ impl Screener {
             classifier: Classifier::load(bundle)?,
             preprocess: bundle.manifest.preprocess.clone(),
             output: OutputSpec::of(&bundle.manifest),
+            verified: matches!(bundle.signature, SignatureStatus::Verified(_)),
             model_id: bundle.model_id().to_string(),
         })
     }
@@ -121,7 +123,7 @@ impl Screener {
         let logits = self.classifier.logits(&input)?;
         let t3 = Instant::now();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-        Ok(ScreeningResult::new(
+        let mut result = ScreeningResult::new(
             path,
             &self.model_id,
             &self.output,
@@ -132,7 +134,9 @@ impl Screener {
                 preprocess_ms: ms(t1, t2),
                 infer_ms: ms(t2, t3),
             },
-        ))
+        );
+        result.model_verified = self.verified;
+        Ok(result)
     }
 }
 

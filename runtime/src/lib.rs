@@ -53,6 +53,22 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A bundle's signature is missing or does not verify.
+    #[error("{path}: refused: {reason}")]
+    Signature {
+        /// The signature file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A key file is missing or malformed.
+    #[error("{path}: key: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// tract could not load or run the model.
     #[error("{path}: model error: {reason}")]
     Model {

@@ -38,6 +38,8 @@ pub struct ScreeningResult {
     pub flags: Vec<String>,
     /// Whether the probabilities are temperature-scaled (the bundle carries a calibration).
     pub calibrated: bool,
+    /// Whether the bundle's signature was verified with a trusted key.
+    pub model_verified: bool,
     /// The raw model outputs.
     pub logits: Vec<f32>,
     /// What was decoded.
@@ -102,6 +104,7 @@ impl ScreeningResult {
             probabilities: class_names.iter().cloned().zip(probs).collect(),
             flags,
             calibrated: calibration.is_some(),
+            model_verified: false,
             logits: logits.to_vec(),
             source,
             timings,

@@ -21,6 +21,7 @@ use crate::finetune::{finetune, FinetuneConfig, FinetuneSummary, ValMetrics};
 use crate::pretrain::{pretrain, PretrainConfig, PretrainSummary};
 use crate::runlog::save_json;
 use crate::{Error, Result};
+use scanside_runtime::bundle::{signing, Trust};
 
 /// Where the official DermaMNIST (28 px) file is published.
 pub const DERMAMNIST_URL: &str =
@@ -217,7 +218,17 @@ pub fn run_demo<B: AutodiffBackend>(
 
     eprintln!("[5/6] export");
     let bundle = out.join("bundle");
-    let export = export_run::<B::InnerBackend>(&run, &bundle, 16, device)?;
+    // The demo signs with its own key pair (made once, kept in out/keys) and the runtime
+    // screens only with that key trusted, as at a site.
+    let key_stem = out.join("keys").join("demo");
+    let key = if key_stem.with_extension("key").is_file() {
+        signing::read_signing_key(&key_stem.with_extension("key"))?
+    } else {
+        let key = signing::generate_key()?;
+        signing::write_key_pair(&key_stem, &key)?;
+        key
+    };
+    let export = export_run::<B::InnerBackend>(&run, &bundle, 16, Some(&key), device)?;
 
     eprintln!("[6/6] screening held-out images with the runtime");
     let screened = screen_with_runtime::<B>(config, &index, &split, &run, &bundle, device)?;
@@ -291,6 +302,8 @@ fn screen_with_runtime<B: AutodiffBackend>(
         .arg("screen")
         .arg("--bundle")
         .arg(bundle)
+        .arg("--public-key")
+        .arg(bundle.with_file_name("keys").join("demo.pub"))
         .args(&files)
         .output()
         .map_err(crate::io_error(&binary))?;
@@ -308,7 +321,9 @@ fn screen_with_runtime<B: AutodiffBackend>(
     let preprocess = fine.preprocess.clone().expect("completed run");
     let images = crate::data::load_images(index, &picked, &preprocess)?;
     // As the runtime reports them: with the bundle's temperature and output activation.
-    let manifest = scanside_runtime::bundle::Bundle::load(bundle)?.manifest;
+    let public = signing::read_verifying_key(&bundle.with_file_name("keys").join("demo.pub"))?;
+    let manifest =
+        scanside_runtime::bundle::Bundle::load(bundle, &Trust::Keys(vec![public]))?.manifest;
     let burn_probs: Vec<Vec<f32>> =
         crate::evaluate::predict_logits(&model, &images, &preprocess, device)
             .iter()

@@ -12,10 +12,12 @@ use burn::nn::conv::Conv2d;
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use prost::Message;
+use scanside_runtime::bundle::signing::key_id;
 use scanside_runtime::bundle::{
     write_bundle, Bundle, BundleManifest, Calibration, ModelEntry, OutputActivation, Provenance,
     FORMAT_VERSION,
 };
+use scanside_runtime::bundle::{SigningKey, Trust};
 use scanside_runtime::infer::Classifier as RuntimeClassifier;
 use scanside_runtime::preprocess::normalize_in_place;
 use serde::Serialize;
@@ -48,6 +50,8 @@ pub struct ExportReport {
     pub checked_images: usize,
     /// Largest absolute logit difference seen.
     pub max_abs_logit_diff: f32,
+    /// Id of the key that signed the manifest (`None`: unsigned).
+    pub signed_by: Option<String>,
 }
 
 /// A convolution with BatchNorm folded in: `W' = W·γ/σ`, `b' = β − μ·γ/σ`.
@@ -306,12 +310,13 @@ fn calibration_of(evaluation: &serde_json::Value) -> Option<Calibration> {
     })
 }
 
-/// Exports a fine-tuned run to a bundle directory and checks it on `check_images` validation
-/// images (at least one).
+/// Exports a fine-tuned run to a bundle directory, signed with `sign_key` when given, and
+/// checks it (signature included) on `check_images` validation images (at least one).
 pub fn export_run<B: Backend>(
     run: &Path,
     bundle_dir: &Path,
     check_images: usize,
+    sign_key: Option<&SigningKey>,
     device: &B::Device,
 ) -> Result<ExportReport> {
     let (config, model) = load_finetuned::<B>(run, device)?;
@@ -358,10 +363,14 @@ pub fn export_run<B: Backend>(
             evaluation,
         },
     };
-    let manifest = write_bundle(bundle_dir, manifest, &onnx)?;
+    let manifest = write_bundle(bundle_dir, manifest, &onnx, sign_key)?;
 
     // Prove it: the runtime loads the bundle and matches burn on real validation images.
-    let bundle = Bundle::load(bundle_dir)?;
+    let trust = match sign_key {
+        Some(key) => Trust::Keys(vec![key.verifying_key()]),
+        None => Trust::AllowUnsigned,
+    };
+    let bundle = Bundle::load(bundle_dir, &trust)?;
     let runtime = RuntimeClassifier::load(&bundle)?;
     let val = split.indices(&index, Partition::Val);
     let take: Vec<usize> = val.iter().copied().take(check_images.max(1)).collect();
@@ -396,6 +405,7 @@ pub fn export_run<B: Backend>(
         model_bytes: onnx.len(),
         checked_images: images.len(),
         max_abs_logit_diff: max_diff,
+        signed_by: sign_key.map(|k| key_id(&k.verifying_key())),
     })
 }
 

@@ -1,6 +1,7 @@
 //! `scanside`: the edge runtime's command line. Parses arguments, calls the library, maps the
 //! outcome to an exit code: 0 all images screened, 1 a failure (each named on stderr),
-//! 2 usage error (from clap).
+//! 2 usage error (from clap). Bundles must carry a signature by a trusted public key unless
+//! `--allow-unsigned` is given.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use scanside_runtime::bundle::Bundle;
+use scanside_runtime::bundle::{signing, Bundle, Trust};
 use scanside_runtime::infer::Screener;
 
 #[derive(Parser)]
@@ -29,6 +30,13 @@ enum Command {
         /// Bundle directory written by `scanside-train export`.
         #[arg(long)]
         bundle: PathBuf,
+        /// Public key (`scanside-train keygen`) whose signature the bundle must carry; repeat
+        /// to trust several.
+        #[arg(long, required_unless_present = "allow_unsigned")]
+        public_key: Vec<PathBuf>,
+        /// Load the bundle without checking its signature (development only; loudly warned).
+        #[arg(long, conflicts_with = "public_key")]
+        allow_unsigned: bool,
         /// Images to screen.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -48,8 +56,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Screen { bundle, files } => {
-            let bundle = Bundle::load(&bundle)?;
+        Command::Screen {
+            bundle,
+            public_key,
+            allow_unsigned,
+            files,
+        } => {
+            let trust = if allow_unsigned {
+                eprintln!(
+                    "scanside: WARNING: --allow-unsigned: the model's origin is NOT verified; \
+                     results are marked model_verified=false"
+                );
+                Trust::AllowUnsigned
+            } else {
+                Trust::Keys(
+                    public_key
+                        .iter()
+                        .map(|p| signing::read_verifying_key(p))
+                        .collect::<Result<_, _>>()?,
+                )
+            };
+            let bundle = Bundle::load(&bundle, &trust)?;
             let screener = Screener::new(&bundle)?;
             let mut failed = 0_usize;
             let stdout = io::stdout();

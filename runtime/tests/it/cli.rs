@@ -6,9 +6,25 @@ use std::process::{Command, Output};
 
 use crate::util::{write_dicom, write_linear_bundle, write_png};
 
+/// Runs `scanside`; a `screen` of a fixture bundle given neither `--public-key` nor
+/// `--allow-unsigned` trusts the fixture's key (`<bundle>.pub`, written beside it).
 fn scanside(args: &[&Path]) -> Output {
+    let mut args: Vec<std::path::PathBuf> = args.iter().map(|a| a.to_path_buf()).collect();
+    let has = |flag: &str| args.iter().any(|a| a == Path::new(flag));
+    if args.first().is_some_and(|a| a == Path::new("screen"))
+        && !has("--public-key")
+        && !has("--allow-unsigned")
+    {
+        if let Some(at) = args.iter().position(|a| a == Path::new("--bundle")) {
+            let key = args[at + 1].with_extension("pub");
+            if key.is_file() {
+                args.insert(at + 2, "--public-key".into());
+                args.insert(at + 3, key);
+            }
+        }
+    }
     Command::new(env!("CARGO_BIN_EXE_scanside"))
-        .args(args)
+        .args(&args)
         .output()
         .unwrap()
 }
@@ -96,6 +112,7 @@ fn a_missing_file_and_a_missing_bundle_are_named() {
         Path::new("screen"),
         Path::new("--bundle"),
         &dir.path().join("no-bundle"),
+        Path::new("--allow-unsigned"),
         &missing,
     ]);
     assert_eq!(out.status.code(), Some(1));
@@ -130,7 +147,15 @@ fn a_manifest_whose_classes_do_not_match_the_model_is_refused() {
     std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let img = dir.path().join("x.png");
     write_png(&img, 1);
-    let out = scanside(&[Path::new("screen"), Path::new("--bundle"), &bundle, &img]);
+    // Edited by hand, so no longer signed: checked as a development bundle.
+    let unsigned = Path::new("--allow-unsigned");
+    let out = scanside(&[
+        Path::new("screen"),
+        Path::new("--bundle"),
+        &bundle,
+        unsigned,
+        &img,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("3 classes"), "{}", stderr(&out));
 }
@@ -150,7 +175,16 @@ fn a_calibrated_bundle_scales_probabilities_and_flags_classes_and_a_bad_one_is_r
     let plain: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let img = dir.path().join("x.png");
     write_png(&img, 200);
-    let screen = || scanside(&[Path::new("screen"), Path::new("--bundle"), &bundle, &img]);
+    let unsigned = Path::new("--allow-unsigned");
+    let screen = || {
+        scanside(&[
+            Path::new("screen"),
+            Path::new("--bundle"),
+            &bundle,
+            unsigned,
+            &img,
+        ])
+    };
     let before: serde_json::Value = serde_json::from_slice(&screen().stdout).unwrap();
     assert_eq!(before["calibrated"], false);
 
@@ -179,4 +213,61 @@ fn a_calibrated_bundle_scales_probabilities_and_flags_classes_and_a_bad_one_is_r
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn only_bundles_signed_by_a_trusted_key_load_unless_unsigned_is_allowed_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle(&bundle);
+    let img = dir.path().join("x.png");
+    write_png(&img, 200);
+    let screen = |extra: &[&Path]| {
+        let mut args = vec![Path::new("screen"), Path::new("--bundle"), &bundle];
+        args.extend_from_slice(extra);
+        args.push(&img);
+        scanside(&args)
+    };
+    let trusted = bundle.with_extension("pub");
+    let out = screen(&[Path::new("--public-key"), &trusted]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["model_verified"], true);
+
+    // Another key does not verify it.
+    let other = dir.path().join("other.pub");
+    std::fs::write(&other, format!("ed25519-public {}\n", "11".repeat(32))).unwrap();
+    let out = screen(&[Path::new("--public-key"), &other]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("manifest.sig") && stderr(&out).contains("refused"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A manifest changed after signing: refused before it is parsed.
+    let manifest = bundle.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"dark\"", "\"DARK\"")).unwrap();
+    let out = screen(&[Path::new("--public-key"), &trusted]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not verify"), "{}", stderr(&out));
+
+    // Without a signature: refused, unless --allow-unsigned, which warns and marks results.
+    std::fs::remove_file(bundle.join("manifest.sig")).unwrap();
+    let out = screen(&[Path::new("--public-key"), &trusted]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not signed"), "{}", stderr(&out));
+    let out = screen(&[Path::new("--allow-unsigned")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING"), "{}", stderr(&out));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["model_verified"], false);
+
+    // Neither a key nor --allow-unsigned: a usage error.
+    let out = Command::new(env!("CARGO_BIN_EXE_scanside"))
+        .args([Path::new("screen"), Path::new("--bundle"), &bundle, &img])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

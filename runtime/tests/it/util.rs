@@ -107,7 +107,25 @@ pub fn write_linear_bundle(dir: &Path) {
             evaluation: None,
         },
     };
-    write_bundle(dir, manifest, &model.encode_to_vec()).unwrap();
+    let key = test_key();
+    write_bundle(dir, manifest, &model.encode_to_vec(), Some(&key)).unwrap();
+    std::fs::write(
+        dir.with_extension("pub"),
+        format!(
+            "ed25519-public {}\n",
+            key.verifying_key()
+                .to_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+    )
+    .unwrap();
+}
+
+/// The fixtures' signing key; its public key is written beside each bundle as `<bundle>.pub`.
+pub fn test_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[42; 32])
 }
 
 /// Writes a 16-bit MONOCHROME DICOM file (explicit VR little endian) with optional window.

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::util::{compare_runtime_with_burn, run_pipeline};
+use crate::util::{compare_runtime_with_burn, run_pipeline, trusted};
 
 /// Writes a HAM10000-style folder: two classes (bright disc "mel" vs faint ring "nv") on a
 /// textured background, 2 images per lesion.
@@ -52,7 +52,8 @@ fn synthetic_images_travel_pretrain_finetune_export_screen() {
     );
     assert_evaluation_is_complete(&result.test);
     // The evaluation's temperature and thresholds travel in the bundle.
-    let manifest = scanside_runtime::bundle::Bundle::load(&result.bundle)
+    assert!(result.export.signed_by.is_some());
+    let manifest = scanside_runtime::bundle::Bundle::load(&result.bundle, &trusted(&out).unwrap())
         .unwrap()
         .manifest;
     let calibration = manifest.calibration.expect("calibration in the bundle");
@@ -121,9 +122,11 @@ fn write_onnxruntime_fixture(data: &Path, out: &Path, dest: &Path) -> anyhow::Re
         scanside_runtime::preprocess::normalize_in_place(chunk, &preprocess);
     }
     std::fs::create_dir_all(dest)?;
-    for file in ["manifest.json", "model.onnx"] {
+    for file in ["manifest.json", "manifest.sig", "model.onnx"] {
         std::fs::copy(out.join("bundle").join(file), dest.join(file))?;
     }
+    // The signer's public key beside the copy (`<dest>.pub`), for screening it verified.
+    std::fs::copy(out.join("site.pub"), dest.with_extension("pub"))?;
     // One input image, for screening with the native and the cross-compiled runtime binaries.
     std::fs::copy(&images.sources[0], dest.join("sample.jpg"))?;
     let classes = config.class_names.len();
@@ -147,7 +150,7 @@ fn a_bundle_whose_model_was_replaced_is_refused_with_the_file_named() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(&model, bytes).unwrap();
-    let err = scanside_runtime::bundle::Bundle::load(&result.bundle)
+    let err = scanside_runtime::bundle::Bundle::load(&result.bundle, &trusted(&out).unwrap())
         .unwrap_err()
         .to_string();
     assert!(

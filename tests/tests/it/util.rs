@@ -63,13 +63,22 @@ pub fn run_pipeline(
         &device,
     )?;
     let bundle = out.join("bundle");
-    let export = export_run::<Flex>(&out.join("finetune"), &bundle, 4, &device)?;
+    // Signed like a release: the pipeline's key pair lives beside the bundle.
+    let key = scanside_runtime::bundle::signing::generate_key()?;
+    scanside_runtime::bundle::signing::write_key_pair(&out.join("site"), &key)?;
+    let export = export_run::<Flex>(&out.join("finetune"), &bundle, 4, Some(&key), &device)?;
     Ok(PipelineResult {
         bundle,
         export,
         test,
         pretrain_losses: (pre_summary.first_loss, pre_summary.final_loss),
     })
+}
+
+/// The pipeline's public key as the runtime's trust.
+pub fn trusted(out: &Path) -> anyhow::Result<scanside_runtime::bundle::Trust> {
+    let public = scanside_runtime::bundle::signing::read_verifying_key(&out.join("site.pub"))?;
+    Ok(scanside_runtime::bundle::Trust::Keys(vec![public]))
 }
 
 /// Screens the first `n` test images with the runtime and with burn; returns the largest
@@ -90,7 +99,7 @@ pub fn compare_runtime_with_burn(
         .take(n)
         .collect();
     let images = load_images(&index, &test, &preprocess)?;
-    let bundle = Bundle::load(&out.join("bundle"))?;
+    let bundle = Bundle::load(&out.join("bundle"), &trusted(out)?)?;
     // As the runtime reports them: with the bundle's temperature.
     let burn_probs: Vec<Vec<f32>> = predict_logits(&model, &images, &preprocess, &device)
         .iter()

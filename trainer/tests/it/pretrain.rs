@@ -517,6 +517,12 @@ fn multi_label_findings_fine_tune_with_sigmoids_evaluate_per_finding_and_export_
     assert_eq!(report["metrics"]["findings"].as_array().unwrap().len(), 2);
     assert_eq!(report["operating_points"].as_array().unwrap().len(), 2);
     let bundle = dir.path().join("bundle");
+    let keys = dir.path().join("keys/site");
+    let out = train(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a key is never overwritten");
+    assert!(stderr(&out).contains("site.key"), "{}", stderr(&out));
     let out = train(&[
         "export",
         "--run",
@@ -525,8 +531,13 @@ fn multi_label_findings_fine_tune_with_sigmoids_evaluate_per_finding_and_export_
         bundle.to_str().unwrap(),
         "--check-images",
         "2",
+        "--sign-key",
+        keys.with_extension("key").to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["signed_by"].is_string(), "{report}");
+    assert!(bundle.join("manifest.sig").is_file());
     let manifest = std::fs::read_to_string(bundle.join("manifest.json")).unwrap();
     assert!(manifest.contains("\"output\": \"sigmoid\""), "{manifest}");
     // Distribution shift: fine-tuned on PA films, evaluated on AP films only.

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod signing;
+
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+
 use crate::persist::{read, write_atomically};
 use crate::preprocess::PreprocessConfig;
 use crate::{Error, Result};
@@ -121,7 +125,27 @@ pub struct Provenance {
     pub evaluation: Option<serde_json::Value>,
 }
 
-/// A loaded, hash-verified bundle.
+/// Which bundles to accept.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Only bundles whose manifest signature verifies with one of these keys.
+    Keys(Vec<VerifyingKey>),
+    /// Any bundle, signed or not, its signature unchecked (development only: the caller warns).
+    AllowUnsigned,
+}
+
+/// What the signature check found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status", content = "key_id")]
+pub enum SignatureStatus {
+    /// Verified with the key of this id.
+    Verified(String),
+    /// Not checked (`Trust::AllowUnsigned`).
+    Unchecked,
+}
+
+/// A loaded bundle: signature verified (or knowingly unchecked), manifest valid, model hash
+/// matching.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     /// The bundle directory.
@@ -130,11 +154,14 @@ pub struct Bundle {
     pub manifest: BundleManifest,
     /// The model file's bytes (verified against `manifest.model.sha256`).
     pub model_bytes: Vec<u8>,
+    /// The signature check.
+    pub signature: SignatureStatus,
 }
 
 impl Bundle {
-    /// Reads and checks a bundle directory.
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// Reads and checks a bundle directory: with `Trust::Keys`, the manifest's signature is
+    /// verified over its bytes before they are parsed.
+    pub fn load(dir: &Path, trust: &Trust) -> Result<Self> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let bad = |path: &Path, reason: String| Error::Bundle {
             path: path.to_path_buf(),
@@ -147,6 +174,27 @@ impl Bundle {
             ));
         }
         let manifest_bytes = read(&manifest_path)?;
+        let signature = match trust {
+            Trust::AllowUnsigned => SignatureStatus::Unchecked,
+            Trust::Keys(keys) => {
+                let sig_path = dir.join(signing::SIGNATURE_FILE);
+                if !sig_path.is_file() {
+                    return Err(Error::Signature {
+                        path: sig_path,
+                        reason: "the bundle is not signed (export with --sign-key; only for \
+                                 development: --allow-unsigned)"
+                            .into(),
+                    });
+                }
+                let signature_text = read(&sig_path)?;
+                SignatureStatus::Verified(signing::verify(
+                    keys,
+                    &manifest_bytes,
+                    &signature_text,
+                    &sig_path,
+                )?)
+            }
+        };
         let manifest: BundleManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| bad(&manifest_path, format!("malformed manifest: {e}")))?;
         manifest.validate(&manifest_path)?;
@@ -166,6 +214,7 @@ impl Bundle {
             dir: dir.to_path_buf(),
             manifest,
             model_bytes,
+            signature,
         })
     }
 
@@ -252,13 +301,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Writes a bundle directory: the model first, then the manifest (each atomically), so a
-/// reader never finds a manifest pointing at a missing or partial model. The manifest's
-/// `model.sha256` is set from `model_bytes`.
+/// Writes a bundle directory: the model first, then the manifest, then its signature (each
+/// atomically), so a reader never finds a manifest pointing at a missing or partial model, and
+/// a half-updated bundle fails verification instead of loading. The manifest's
+/// `model.sha256` is set from `model_bytes`. Unsigned (`key` none): a stale signature is removed.
 pub fn write_bundle(
     dir: &Path,
     mut manifest: BundleManifest,
     model_bytes: &[u8],
+    key: Option<&SigningKey>,
 ) -> Result<BundleManifest> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
@@ -268,6 +319,16 @@ pub fn write_bundle(
     manifest.validate(&dir.join(MANIFEST_FILE))?;
     write_atomically(&dir.join(&manifest.model.file), model_bytes)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    let sig_path = dir.join(signing::SIGNATURE_FILE);
+    if sig_path.exists() {
+        std::fs::remove_file(&sig_path).map_err(|source| Error::Io {
+            path: sig_path.clone(),
+            source,
+        })?;
+    }
     write_atomically(&dir.join(MANIFEST_FILE), &json)?;
+    if let Some(key) = key {
+        write_atomically(&sig_path, signing::sign(key, &json).as_bytes())?;
+    }
     Ok(manifest)
 }
