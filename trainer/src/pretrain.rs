@@ -496,11 +496,19 @@ pub struct PretrainSummary {
     pub seconds: f64,
     /// Throughput in images per second (two views count as one image).
     pub images_per_second: f64,
+    /// Throughput after the first [`WARMUP_STEPS`] steps of this invocation (which pay for
+    /// kernel compilation and autotuning on GPU backends); absent for shorter runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_images_per_second: Option<f64>,
     /// Fraction of MICLe pairs made of two different images (0 for SimCLR).
     pub cross_image_pairs: f64,
     /// Health before training (random init) and at the end; absent when disabled.
     pub health: Vec<Health>,
 }
+
+/// Steps left out of [`PretrainSummary::steady_images_per_second`] (the PyTorch peer in
+/// `tools/bench` warms up for as many).
+pub const WARMUP_STEPS: usize = 3;
 
 /// Linear warm-up then cosine decay to zero.
 pub fn learning_rate_at(step: usize, total: usize, peak: f64, warmup_fraction: f64) -> f64 {
@@ -968,6 +976,7 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     bar.set_position(state.step as u64);
     let started = Instant::now();
     let first_step = state.step;
+    let mut warm_since: Option<Instant> = None;
     let schedule = batch_schedule(
         images.len(),
         config.batch_size,
@@ -1083,6 +1092,9 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         state.pairs.0 += cross;
         state.pairs.1 += config.batch_size;
         state.step += 1;
+        if state.step - first_step == WARMUP_STEPS {
+            warm_since = Some(Instant::now());
+        }
         let rate = ((state.step - first_step) * config.batch_size) as f64
             / started.elapsed().as_secs_f64();
         log.write(&json!({"stage": "pretrain", "epoch": epoch, "step": step, "loss": loss_value, "objectives": components, "lr": lr, "images_per_s": rate}))?;
@@ -1132,6 +1144,12 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         final_loss: mean(&losses[losses.len().saturating_sub(tail)..]),
         seconds,
         images_per_second: ((state.step - first_step) * config.batch_size) as f64 / seconds,
+        steady_images_per_second: warm_since
+            .filter(|_| state.step - first_step > WARMUP_STEPS)
+            .map(|since| {
+                ((state.step - first_step - WARMUP_STEPS) * config.batch_size) as f64
+                    / since.elapsed().as_secs_f64()
+            }),
         cross_image_pairs: state.pairs.0 as f64 / state.pairs.1.max(1) as f64,
         health: state.health.clone(),
     };

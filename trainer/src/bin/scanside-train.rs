@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use scanside_runtime::bundle::signing;
 use scanside_trainer::augment::Preset;
 use scanside_trainer::data::{
     bench_decode_augment, check_dataset, make_split, open_split, write_preview, BagStats,
@@ -46,8 +47,9 @@ type Train = burn::backend::Autodiff<Inner>;
     about = "Self-supervised pretraining, fine-tuning and export of medical image classifiers"
 )]
 struct Cli {
-    /// Compute device: `cpu`, or `cuda:N` in builds with the `cuda` feature.
-    #[arg(long, global = true, default_value = "cpu")]
+    /// Compute device: `cpu`, or `cuda:N` in builds with the `cuda` feature (default: `cuda:0`
+    /// there, `cpu` otherwise).
+    #[arg(long, global = true, default_value = DEFAULT_DEVICE)]
     device: String,
     #[command(subcommand)]
     command: Command,
@@ -235,6 +237,17 @@ enum Command {
         /// Validation images compared between burn and the runtime.
         #[arg(long, default_value_t = 16)]
         check_images: usize,
+        /// Sign the manifest with this secret key (`scanside-train keygen`); the runtime
+        /// refuses unsigned bundles unless told --allow-unsigned.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+    },
+    /// Make an ed25519 key pair for signing bundles: OUT.key (secret, owner-only) and OUT.pub
+    /// (for the runtime's --public-key).
+    Keygen {
+        /// Path stem, e.g. keys/site-a.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// The whole path on real data: split, pretrain, fine-tune, evaluate, export, screen.
     Demo {
@@ -568,6 +581,11 @@ fn main() -> ExitCode {
 }
 
 #[cfg(feature = "cuda")]
+const DEFAULT_DEVICE: &str = "cuda:0";
+#[cfg(not(feature = "cuda"))]
+const DEFAULT_DEVICE: &str = "cpu";
+
+#[cfg(feature = "cuda")]
 fn parse_device<B>(s: &str) -> anyhow::Result<burn::backend::cuda::CudaDevice> {
     let index = s
         .strip_prefix("cuda:")
@@ -728,6 +746,16 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             let report = evaluate::<B::InnerBackend>(&run, split, &settings, device)?;
             print!("{}", report.table());
         }
+        Command::Keygen { out } => {
+            let key = signing::generate_key()?;
+            let (secret, public) = signing::write_key_pair(&out, &key)?;
+            println!(
+                "key {}: secret {} (keep private), public {}",
+                signing::key_id(&key.verifying_key()),
+                secret.display(),
+                public.display()
+            );
+        }
         Command::Report { runs, out } => {
             let index = write_report(&runs, &out)?;
             println!("{}", index.display());
@@ -751,8 +779,16 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             run,
             out,
             check_images,
+            sign_key,
         } => {
-            let report = export_run::<B::InnerBackend>(&run, &out, check_images, device)?;
+            let key = sign_key
+                .map(|p| signing::read_signing_key(&p))
+                .transpose()?;
+            if key.is_none() {
+                eprintln!("scanside-train: note: the bundle is unsigned (--sign-key KEY to sign)");
+            }
+            let report =
+                export_run::<B::InnerBackend>(&run, &out, check_images, key.as_ref(), device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Demo {
