@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use scanside_runtime::bundle::hex;
 use scanside_runtime::decode::{decode_file, DecodedImage, SourceInfo};
 use scanside_runtime::preprocess::{to_model_pixels, PreprocessConfig};
 use serde::{Deserialize, Serialize};
@@ -349,10 +350,6 @@ impl std::str::FromStr for Partition {
             )),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Decoded, resized images (`C×H×W`, values in `[0, 1]`, not normalised) with their targets.

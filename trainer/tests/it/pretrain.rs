@@ -166,6 +166,9 @@ fn micle_pairs_images_of_one_case_and_lars_with_health_runs() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let micle = summary("micle", "lars");
+    // 6 steps: throughput after the 3 warm-up steps is reported beside the overall figure.
+    let steady = micle["steady_images_per_second"].as_f64();
+    assert!(steady.is_some_and(|r| r > 0.0), "{micle}");
     // Every case has two images, so every MICLe pair crosses images.
     assert_eq!(micle["cross_image_pairs"].as_f64(), Some(1.0), "{micle}");
     assert!(micle["final_loss"].as_f64().unwrap().is_finite());
@@ -375,6 +378,9 @@ fn a_linear_probe_trains_the_head_only_with_balanced_weights_and_stops_early() {
         &["--max-steps", "2", "--health-every", "0"],
     ));
     assert!(out.status.success(), "{}", stderr(&out));
+    // Too short for a steady-state figure: none is reported.
+    let short: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(short.get("steady_images_per_second").is_none(), "{short}");
     let out = train(&[
         "finetune",
         "--split",
