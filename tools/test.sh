@@ -46,6 +46,13 @@ step "firmware on QEMU mps2-an386: golden output and status"
     grep -qF -- "$line" "$log" || { echo "firmware output lacks: $line"; exit 1; }
   done < expected.log
   echo "firmware output matches expected.log"
+  # The exported test bundle's int8 blob with vectors from the host's int8 engine: the
+  # firmware must reproduce every output bit for bit.
+  ../../target/debug/scanside mcu-vectors --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" \
+    --out "$fixture/golden" "$fixture/bundle/sample.jpg" >/dev/null
+  SCANSIDE_GOLDEN="$fixture/golden" cargo run --release 2>/dev/null | tee "$log" | grep -v ' layer '
+  grep -q "PASS: golden model bit-exact with the host int8 engine" "$log" \
+    || { echo "the firmware did not reproduce the host's int8 outputs"; exit 1; }
   if cargo run --release --features panic-demo >/dev/null 2>&1; then
     echo "a panicking firmware exited QEMU with success"; exit 1
   fi
@@ -68,6 +75,17 @@ a, b = (json.loads(x) for x in sys.argv[1:3])
 diff = max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"])
 print(f"x86-64 vs aarch64 (qemu): top class {a['top_class']} / {b['top_class']}, max |prob diff| {diff:.2e}")
 sys.exit(0 if a["top_class"] == b["top_class"] and diff <= 1e-5 and a["model_verified"] and b["model_verified"] else 1)
+PY
+# The int8 engine is integer arithmetic: identical logits on both architectures.
+native=$(target/debug/scanside screen --engine int8 --bundle "$fixture/bundle" \
+  --public-key "$fixture/bundle.pub" "$fixture/bundle/sample.jpg")
+cross=$(qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/debug/scanside \
+  screen --engine int8 --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" "$fixture/bundle/sample.jpg")
+python3 - "$native" "$cross" <<'PY'
+import json, sys
+a, b = (json.loads(x) for x in sys.argv[1:3])
+print(f"int8 x86-64 vs aarch64 (qemu): logits {a['logits']} / {b['logits']}")
+sys.exit(0 if a["logits"] == b["logits"] and a["engine"] == b["engine"] == "int8" else 1)
 PY
 echo -n "newest glibc symbol version the aarch64 binary needs: "
 aarch64-linux-gnu-objdump -T target/aarch64-unknown-linux-gnu/debug/scanside \

@@ -7,10 +7,16 @@
 //! precomputed at export by [`arith::quantize_multiplier`]); the arithmetic follows TensorFlow Lite's
 //! reference kernels so the results can be compared with any TFLite-compatible engine.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
+// The kernels index slices whose lengths were all checked up front.
 #![warn(missing_docs)]
 
 pub mod arith;
+pub mod blob;
+pub mod engine;
 pub mod kernels;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub mod vectors;
 
 pub use kernels::fully_connected::{fully_connected, FullyConnectedParams, PerChannelRequant};
 

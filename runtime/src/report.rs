@@ -40,6 +40,8 @@ pub struct ScreeningResult {
     pub calibrated: bool,
     /// Whether the bundle's signature was verified with a trusted key.
     pub model_verified: bool,
+    /// Which of the bundle's models produced the result.
+    pub engine: crate::infer::EngineKind,
     /// The raw model outputs.
     pub logits: Vec<f32>,
     /// What was decoded.
@@ -105,6 +107,7 @@ impl ScreeningResult {
             flags,
             calibrated: calibration.is_some(),
             model_verified: false,
+            engine: crate::infer::EngineKind::Fp32,
             logits: logits.to_vec(),
             source,
             timings,

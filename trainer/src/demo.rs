@@ -16,9 +16,10 @@ use serde::Serialize;
 
 use crate::data::{make_split, open_dataset, ImageRef, Partition, SplitFile};
 use crate::evaluate::{evaluate_run, EvalReport, EvalSettings};
-use crate::export::{export_run, ExportReport};
+use crate::export::{export_run, ExportOptions, ExportReport};
 use crate::finetune::{finetune, FinetuneConfig, FinetuneSummary, ValMetrics};
 use crate::pretrain::{pretrain, PretrainConfig, PretrainSummary};
+use crate::quantize::QuantizeConfig;
 use crate::runlog::save_json;
 use crate::{Error, Result};
 use scanside_runtime::bundle::{signing, Trust};
@@ -228,7 +229,17 @@ pub fn run_demo<B: AutodiffBackend>(
         signing::write_key_pair(&key_stem, &key)?;
         key
     };
-    let export = export_run::<B::InnerBackend>(&run, &bundle, 16, Some(&key), device)?;
+    let options = ExportOptions {
+        check_images: 16,
+        int8: true,
+        quantize: QuantizeConfig {
+            calibration_images: 128,
+            validation_images: 256,
+            ..QuantizeConfig::default()
+        },
+        ..ExportOptions::default()
+    };
+    let export = export_run::<B::InnerBackend>(&run, &bundle, &options, Some(&key), device)?;
 
     eprintln!("[6/6] screening held-out images with the runtime");
     let screened = screen_with_runtime::<B>(config, &index, &split, &run, &bundle, device)?;

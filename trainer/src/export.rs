@@ -14,8 +14,8 @@ use burn::tensor::backend::Backend;
 use prost::Message;
 use scanside_runtime::bundle::signing::key_id;
 use scanside_runtime::bundle::{
-    write_bundle, Bundle, BundleManifest, Calibration, ModelEntry, OutputActivation, Provenance,
-    FORMAT_VERSION,
+    write_bundle_with_int8, Bundle, BundleManifest, Calibration, Int8Entry, ModelEntry,
+    OutputActivation, Provenance, FORMAT_VERSION,
 };
 use scanside_runtime::bundle::{SigningKey, Trust};
 use scanside_runtime::infer::Classifier as RuntimeClassifier;
@@ -26,6 +26,7 @@ use tract_onnx::pb;
 use crate::data::{load_images_with, open_split, Partition, Task};
 use crate::evaluate::load_finetuned;
 use crate::model::{input_tensor, to_vec, Block, Classifier};
+use crate::quantize::{check_budget, quantize, MethodReport, QuantizeConfig};
 use crate::runlog::load_json;
 use crate::{Error, Result};
 
@@ -52,18 +53,94 @@ pub struct ExportReport {
     pub max_abs_logit_diff: f32,
     /// Id of the key that signed the manifest (`None`: unsigned).
     pub signed_by: Option<String>,
+    /// The int8 model, when the `mcu` target was exported.
+    pub int8: Option<Int8Report>,
 }
+
+/// What the int8 export chose and measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Int8Report {
+    /// The blob's file in the bundle.
+    pub file: String,
+    /// The calibration method kept.
+    pub method: String,
+    /// Blob bytes (flash).
+    pub blob_bytes: usize,
+    /// Arena bytes (activation RAM, the memory plan's peak).
+    pub arena_bytes: usize,
+    /// What one buffer per tensor would take (without the memory plan).
+    pub unplanned_arena_bytes: usize,
+    /// Multiply-accumulates per image.
+    pub macs: u64,
+    /// Every method against fp32 on validation, the kept one first.
+    pub methods: Vec<MethodReport>,
+    /// Set when the int8 model loses more than the configured points against fp32.
+    pub warning: Option<String>,
+}
+
+/// What to export besides the fp32 ONNX model.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Validation images compared between burn and the runtime (at least one).
+    pub check_images: usize,
+    /// Also write the int8 blob (the `mcu` target), run on the host by the int8 core.
+    pub int8: bool,
+    /// Quantisation settings.
+    pub quantize: QuantizeConfig,
+    /// Refuse an int8 model whose blob exceeds this many bytes.
+    pub flash_budget: Option<usize>,
+    /// Refuse an int8 model whose arena exceeds this many bytes.
+    pub ram_budget: Option<usize>,
+}
+
+/// Export targets named on the command line (`onnx`, `onnx,mcu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    /// The int8 blob (`mcu`).
+    pub mcu: bool,
+}
+
+/// Parses `--targets`.
+pub fn parse_targets(text: &str) -> std::result::Result<Targets, String> {
+    let mut int8 = false;
+    let mut onnx = false;
+    for t in text.split(',').map(str::trim) {
+        match t {
+            "onnx" => onnx = true,
+            "mcu" => int8 = true,
+            "onnx-int8" => {
+                return Err(
+                    "target onnx-int8 (a QDQ ONNX model) is not available yet; the int8 \
+                            model is the `mcu` blob, which the runtime runs with --engine int8"
+                        .into(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown export target {other:?}: expected onnx or mcu"
+                ))
+            }
+        }
+    }
+    if !onnx {
+        return Err("the onnx target is required (the bundle's reference model)".into());
+    }
+    Ok(Targets { mcu: int8 })
+}
+
+const INT8_FILE: &str = "model.i8";
 
 /// A convolution with BatchNorm folded in: `W' = W·γ/σ`, `b' = β − μ·γ/σ`.
-struct FoldedConv {
-    weight: Vec<f32>,
-    shape: [usize; 4],
-    bias: Vec<f32>,
-    stride: usize,
-    padding: usize,
+pub(crate) struct FoldedConv {
+    /// OIHW weights.
+    pub(crate) weight: Vec<f32>,
+    pub(crate) shape: [usize; 4],
+    pub(crate) bias: Vec<f32>,
+    pub(crate) stride: usize,
+    pub(crate) padding: usize,
 }
 
-fn fold<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>) -> FoldedConv {
+pub(crate) fn fold<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>) -> FoldedConv {
     let shape = conv.weight.val().dims();
     let mut weight = to_vec(conv.weight.val());
     let gamma = to_vec(bn.gamma.val());
@@ -315,7 +392,7 @@ fn calibration_of(evaluation: &serde_json::Value) -> Option<Calibration> {
 pub fn export_run<B: Backend>(
     run: &Path,
     bundle_dir: &Path,
-    check_images: usize,
+    options: &ExportOptions,
     sign_key: Option<&SigningKey>,
     device: &B::Device,
 ) -> Result<ExportReport> {
@@ -362,8 +439,32 @@ pub fn export_run<B: Backend>(
             training_config: serde_json::to_value(&config).expect("config serialises"),
             evaluation,
         },
+        int8: None,
     };
-    let manifest = write_bundle(bundle_dir, manifest, &onnx, sign_key)?;
+    let (int8, int8_report) = if options.int8 {
+        let (blob, report) = export_int8(
+            &model,
+            &index,
+            &split,
+            &config,
+            &preprocess,
+            options,
+            device,
+        )?;
+        (Some(blob), Some(report))
+    } else {
+        (None, None)
+    };
+    let mut manifest = manifest;
+    manifest.int8 = int8_report.as_ref().map(|r| Int8Entry {
+        file: r.file.clone(),
+        sha256: String::new(),
+        calibration_method: r.method.clone(),
+        arena_bytes: r.arena_bytes,
+        blob_bytes: r.blob_bytes,
+        report: Some(serde_json::to_value(&r.methods).expect("reports serialise")),
+    });
+    let manifest = write_bundle_with_int8(bundle_dir, manifest, &onnx, int8.as_deref(), sign_key)?;
 
     // Prove it: the runtime loads the bundle and matches burn on real validation images.
     let trust = match sign_key {
@@ -373,7 +474,11 @@ pub fn export_run<B: Backend>(
     let bundle = Bundle::load(bundle_dir, &trust)?;
     let runtime = RuntimeClassifier::load(&bundle)?;
     let val = split.indices(&index, Partition::Val);
-    let take: Vec<usize> = val.iter().copied().take(check_images.max(1)).collect();
+    let take: Vec<usize> = val
+        .iter()
+        .copied()
+        .take(options.check_images.max(1))
+        .collect();
     let images = load_images_with(&index, &take, &preprocess, config.skip_bad)?;
     let burn_logits = to_vec(model.forward(input_tensor::<B>(
         images.pixels.clone(),
@@ -406,7 +511,64 @@ pub fn export_run<B: Backend>(
         checked_images: images.len(),
         max_abs_logit_diff: max_diff,
         signed_by: sign_key.map(|k| key_id(&k.verifying_key())),
+        int8: int8_report,
     })
+}
+
+/// Every `step`-th of `indices`, at most `n` (spread over the partition, not its head).
+fn spread(indices: &[usize], n: usize) -> Vec<usize> {
+    if n == 0 || n >= indices.len() {
+        return indices.to_vec();
+    }
+    (0..n).map(|i| indices[i * indices.len() / n]).collect()
+}
+
+/// Quantises the model (calibration on training images, methods compared on validation),
+/// checks the device budget and returns the chosen blob with its report.
+#[allow(clippy::too_many_arguments)]
+fn export_int8<B: Backend>(
+    model: &Classifier<B>,
+    index: &crate::data::DatasetIndex,
+    split: &crate::data::SplitFile,
+    config: &crate::finetune::FinetuneConfig,
+    preprocess: &scanside_runtime::preprocess::PreprocessConfig,
+    options: &ExportOptions,
+    device: &B::Device,
+) -> Result<(Vec<u8>, Int8Report)> {
+    let q = &options.quantize;
+    let train = spread(
+        &split.indices(index, Partition::Train),
+        q.calibration_images,
+    );
+    let val = spread(&split.indices(index, Partition::Val), q.validation_images);
+    let calibration = load_images_with(index, &train, preprocess, config.skip_bad)?;
+    let validation = load_images_with(index, &val, preprocess, config.skip_bad)?;
+    let quantized = quantize(model, &calibration, &validation, preprocess, q, device)?;
+    check_budget(&quantized, options.flash_budget, options.ram_budget)?;
+    let best = &quantized.reports[0];
+    let warning = (best.drop_points() > q.warn_drop_points).then(|| {
+        format!(
+            "int8 ({}) loses {:.2} points against fp32 on validation (more than {}); consider \
+             more calibration images",
+            best.method,
+            best.drop_points(),
+            q.warn_drop_points
+        )
+    });
+    if let Some(w) = &warning {
+        eprintln!("scanside-train: WARNING: {w}");
+    }
+    let report = Int8Report {
+        file: INT8_FILE.into(),
+        method: quantized.method.clone(),
+        blob_bytes: quantized.blob.len(),
+        arena_bytes: quantized.plan.arena_bytes,
+        unplanned_arena_bytes: quantized.plan.unplanned_bytes,
+        macs: quantized.macs,
+        methods: quantized.reports.clone(),
+        warning,
+    };
+    Ok((quantized.blob, report))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod model;
 pub mod optim;
 pub mod plots;
 pub mod pretrain;
+pub mod quantize;
 pub mod report;
 pub mod runlog;
 pub mod study;
@@ -69,6 +70,9 @@ pub enum Error {
     /// The exported model does not reproduce the trained one.
     #[error("export check failed: {0}")]
     ExportMismatch(String),
+    /// The int8 model cannot be made, or does not fit the device's budget.
+    #[error("int8 export: {0}")]
+    Quantize(String),
     /// An error from the runtime crate (decoding, bundles, tract).
     #[error(transparent)]
     Runtime(#[from] scanside_runtime::Error),

@@ -11,6 +11,8 @@ use panic_probe as _;
 use scanside_firmware::{fully_connected, PerChannelRequant};
 
 mod demo_layer;
+#[cfg(golden)]
+mod golden;
 
 #[entry]
 fn main() -> ! {
@@ -28,6 +30,18 @@ fn main() -> ! {
         multipliers: &demo_layer::MULTIPLIERS,
         shifts: &demo_layer::SHIFTS,
     };
+    #[cfg(golden)]
+    {
+        // On the stack of `main`, which never returns: lives as long as the program.
+        let mut arena = [0_i8; golden::ARENA_BYTES];
+        if golden::run_all(&mut arena) {
+            defmt::info!("PASS: golden model bit-exact with the host int8 engine");
+        } else {
+            defmt::error!("FAIL: golden model differs from the host");
+            debug::exit(EXIT_FAILURE);
+        }
+    }
+
     let status = match fully_connected(
         &demo_layer::PARAMS,
         &demo_layer::INPUT,

@@ -9,8 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use scanside_firmware::vectors;
 use scanside_runtime::bundle::{signing, Bundle, Trust};
-use scanside_runtime::infer::Screener;
+use scanside_runtime::infer::{Engine, EngineKind, Screener};
+use scanside_runtime::{decode, persist, preprocess};
 
 #[derive(Parser)]
 #[command(
@@ -37,10 +39,49 @@ enum Command {
         /// Load the bundle without checking its signature (development only; loudly warned).
         #[arg(long, conflicts_with = "public_key")]
         allow_unsigned: bool,
+        /// Which model of the bundle runs: fp32 (tract) or int8 (the int8 core; bundles
+        /// exported with the `mcu` target).
+        #[arg(long, default_value = "fp32")]
+        engine: EngineKind,
         /// Images to screen.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write golden test vectors for the firmware: OUT/model.i8 (the bundle's verified int8
+    /// blob) and OUT/vectors.bin (each image's quantised input and the host's int8 output).
+    McuVectors {
+        /// Bundle directory exported with the `mcu` target.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Public key the bundle must be signed with.
+        #[arg(long, required_unless_present = "allow_unsigned")]
+        public_key: Vec<PathBuf>,
+        /// Load the bundle without checking its signature (development only).
+        #[arg(long, conflicts_with = "public_key")]
+        allow_unsigned: bool,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Images (PNG, JPEG, DICOM).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn trust(public_key: &[PathBuf], allow_unsigned: bool) -> anyhow::Result<Trust> {
+    if allow_unsigned {
+        eprintln!(
+            "scanside: WARNING: --allow-unsigned: the model's origin is NOT verified; \
+             results are marked model_verified=false"
+        );
+        return Ok(Trust::AllowUnsigned);
+    }
+    Ok(Trust::Keys(
+        public_key
+            .iter()
+            .map(|p| signing::read_verifying_key(p))
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 fn main() -> ExitCode {
@@ -60,24 +101,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bundle,
             public_key,
             allow_unsigned,
+            engine,
             files,
         } => {
-            let trust = if allow_unsigned {
-                eprintln!(
-                    "scanside: WARNING: --allow-unsigned: the model's origin is NOT verified; \
-                     results are marked model_verified=false"
-                );
-                Trust::AllowUnsigned
-            } else {
-                Trust::Keys(
-                    public_key
-                        .iter()
-                        .map(|p| signing::read_verifying_key(p))
-                        .collect::<Result<_, _>>()?,
-                )
-            };
+            let trust = trust(&public_key, allow_unsigned)?;
             let bundle = Bundle::load(&bundle, &trust)?;
-            let screener = Screener::new(&bundle)?;
+            let screener = Screener::with_engine(&bundle, engine)?;
             let mut failed = 0_usize;
             let stdout = io::stdout();
             let mut out = stdout.lock();
@@ -103,6 +132,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("scanside: {failed} of {} images failed", files.len());
                 return Ok(ExitCode::from(1));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::McuVectors {
+            bundle,
+            public_key,
+            allow_unsigned,
+            out,
+            files,
+        } => {
+            let bundle = Bundle::load(&bundle, &trust(&public_key, allow_unsigned)?)?;
+            let Engine::Int8(model) = Engine::load(&bundle, EngineKind::Int8)? else {
+                anyhow::bail!("internal: an int8 engine was asked for");
+            };
+            let mut pairs = Vec::with_capacity(files.len());
+            for file in &files {
+                let image = decode::decode_file(file)?;
+                let input = preprocess::preprocess(&image, &bundle.manifest.preprocess, file)?;
+                pairs.push(model.vector(&input)?);
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+            let blob = bundle.int8_bytes.as_deref().unwrap_or_default();
+            persist::write_atomically(&out.join("model.i8"), blob)?;
+            persist::write_atomically(&out.join("vectors.bin"), &vectors::write(&pairs))?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "out": out,
+                    "vectors": pairs.len(),
+                    "outputs": pairs.iter().map(|p| &p.1).collect::<Vec<_>>(),
+                })
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -45,6 +45,29 @@ pub struct BundleManifest {
     pub calibration: Option<Calibration>,
     /// Where the model came from.
     pub provenance: Provenance,
+    /// The int8 model (the `mcu` export target), when exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Int8Entry>,
+}
+
+/// The int8 model blob of a bundle (format: `scanside_firmware::blob`), run on the host by the
+/// shared int8 core and on microcontrollers by the firmware.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Int8Entry {
+    /// File name inside the bundle directory.
+    pub file: String,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+    /// How activation ranges were calibrated (`minmax`, `percentile-99.99`, `entropy`).
+    pub calibration_method: String,
+    /// Arena bytes one inference needs (the memory plan's peak).
+    pub arena_bytes: usize,
+    /// Bytes of the blob (flash).
+    pub blob_bytes: usize,
+    /// int8 against fp32 on the validation split, for every calibration method tried.
+    #[serde(default)]
+    pub report: Option<serde_json::Value>,
 }
 
 /// How a model's logits become probabilities.
@@ -156,6 +179,8 @@ pub struct Bundle {
     pub model_bytes: Vec<u8>,
     /// The signature check.
     pub signature: SignatureStatus,
+    /// The int8 blob's bytes, when the bundle has one (verified against its sha256).
+    pub int8_bytes: Option<Vec<u8>>,
 }
 
 impl Bundle {
@@ -198,23 +223,32 @@ impl Bundle {
         let manifest: BundleManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| bad(&manifest_path, format!("malformed manifest: {e}")))?;
         manifest.validate(&manifest_path)?;
-        let model_path = dir.join(&manifest.model.file);
-        let model_bytes = read(&model_path)?;
-        let actual = sha256_hex(&model_bytes);
-        if actual != manifest.model.sha256 {
-            return Err(bad(
-                &model_path,
-                format!(
-                    "sha256 {actual} does not match the manifest's {} (model replaced or corrupted)",
-                    manifest.model.sha256
-                ),
-            ));
-        }
+        let read_checked = |file: &str, sha256: &str| -> Result<Vec<u8>> {
+            let path = dir.join(file);
+            let bytes = read(&path)?;
+            let actual = sha256_hex(&bytes);
+            if actual != sha256 {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "sha256 {actual} does not match the manifest's {sha256} (model replaced or corrupted)"
+                    ),
+                ));
+            }
+            Ok(bytes)
+        };
+        let model_bytes = read_checked(&manifest.model.file, &manifest.model.sha256)?;
+        let int8_bytes = manifest
+            .int8
+            .as_ref()
+            .map(|e| read_checked(&e.file, &e.sha256))
+            .transpose()?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
             model_bytes,
             signature,
+            int8_bytes,
         })
     }
 
@@ -252,17 +286,23 @@ impl BundleManifest {
                 self.format_version
             ));
         }
-        let file = Path::new(&self.model.file);
-        if file.components().count() != 1 || file.file_name().is_none() {
-            return bad(format!(
-                "model.file {:?} must be a plain file name inside the bundle",
-                self.model.file
-            ));
+        let mut files = vec![("model", &self.model.file, &self.model.sha256)];
+        if let Some(int8) = &self.int8 {
+            files.push(("int8", &int8.file, &int8.sha256));
+            if int8.file == self.model.file {
+                return bad("int8.file must differ from model.file".into());
+            }
         }
-        if self.model.sha256.len() != 64
-            || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return bad("model.sha256 must be 64 hex digits".into());
+        for (what, file, sha256) in files {
+            let path = Path::new(file);
+            if path.components().count() != 1 || path.file_name().is_none() {
+                return bad(format!(
+                    "{what}.file {file:?} must be a plain file name inside the bundle"
+                ));
+            }
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!("{what}.sha256 must be 64 hex digits"));
+            }
         }
         if self.class_names.len() < 2 {
             return bad("class_names must list at least two classes".into());
@@ -309,17 +349,43 @@ pub fn hex(bytes: &[u8]) -> String {
 /// `model.sha256` is set from `model_bytes`. Unsigned (`key` none): a stale signature is removed.
 pub fn write_bundle(
     dir: &Path,
+    manifest: BundleManifest,
+    model_bytes: &[u8],
+    key: Option<&SigningKey>,
+) -> Result<BundleManifest> {
+    write_bundle_with_int8(dir, manifest, model_bytes, None, key)
+}
+
+/// [`write_bundle`] with the int8 blob too (its entry must be in the manifest; its sha256 is
+/// set here). The blob is written before the manifest that names it.
+pub fn write_bundle_with_int8(
+    dir: &Path,
     mut manifest: BundleManifest,
     model_bytes: &[u8],
+    int8_bytes: Option<&[u8]>,
     key: Option<&SigningKey>,
 ) -> Result<BundleManifest> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
     })?;
+    let manifest_path = dir.join(MANIFEST_FILE);
     manifest.model.sha256 = sha256_hex(model_bytes);
-    manifest.validate(&dir.join(MANIFEST_FILE))?;
+    match (&mut manifest.int8, int8_bytes) {
+        (Some(entry), Some(bytes)) => entry.sha256 = sha256_hex(bytes),
+        (None, None) => {}
+        _ => {
+            return Err(Error::Bundle {
+                path: manifest_path,
+                reason: "the manifest's int8 entry and the int8 blob must come together".into(),
+            })
+        }
+    }
+    manifest.validate(&manifest_path)?;
     write_atomically(&dir.join(&manifest.model.file), model_bytes)?;
+    if let (Some(entry), Some(bytes)) = (&manifest.int8, int8_bytes) {
+        write_atomically(&dir.join(&entry.file), bytes)?;
+    }
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     let sig_path = dir.join(signing::SIGNATURE_FILE);
     if sig_path.exists() {

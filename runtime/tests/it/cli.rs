@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::util::{write_dicom, write_linear_bundle, write_png};
+use crate::util::{write_dicom, write_linear_bundle, write_linear_bundle_with_int8, write_png};
 
 /// Runs `scanside`; a `screen` of a fixture bundle given neither `--public-key` nor
 /// `--allow-unsigned` trusts the fixture's key (`<bundle>.pub`, written beside it).
@@ -270,4 +270,132 @@ fn only_bundles_signed_by_a_trusted_key_load_unless_unsigned_is_allowed_loudly()
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_int8_engine_screens_like_fp32_and_reports_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle_with_int8(&bundle);
+    let (bright, dark) = (dir.path().join("bright.png"), dir.path().join("dark.png"));
+    write_png(&bright, 230);
+    write_png(&dark, 40);
+    let screen = |engine: &str| {
+        let out = scanside(&[
+            Path::new("screen"),
+            Path::new("--bundle"),
+            &bundle,
+            Path::new("--engine"),
+            Path::new(engine),
+            &bright,
+            &dark,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        json_lines(&out)
+    };
+    let (fp32, int8) = (screen("fp32"), screen("int8"));
+    for (a, b) in fp32.iter().zip(&int8) {
+        assert_eq!(
+            (a["engine"].as_str(), b["engine"].as_str()),
+            (Some("fp32"), Some("int8"))
+        );
+        assert_eq!(a["top_class"], b["top_class"]);
+        for (x, y) in a["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["logits"].as_array().unwrap())
+        {
+            // One output step is 1/255.
+            assert!(
+                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 2.0 / 255.0,
+                "{a} vs {b}"
+            );
+        }
+    }
+    assert_eq!(
+        (int8[0]["top_class"].as_str(), int8[1]["top_class"].as_str()),
+        (Some("bright"), Some("dark"))
+    );
+}
+
+#[test]
+fn int8_is_refused_clearly_when_absent_or_tampered() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    write_linear_bundle(&plain);
+    let png = dir.path().join("x.png");
+    write_png(&png, 100);
+    let out = scanside(&[
+        Path::new("screen"),
+        Path::new("--bundle"),
+        &plain,
+        Path::new("--engine"),
+        Path::new("int8"),
+        &png,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no int8 model"), "{}", stderr(&out));
+
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle_with_int8(&bundle);
+    let blob = bundle.join("model.i8");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&blob, bytes).unwrap();
+    // Even fp32 refuses: the bundle as a whole is not what was signed.
+    let out = scanside(&[Path::new("screen"), Path::new("--bundle"), &bundle, &png]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("model.i8") && err.contains("sha256"), "{err}");
+}
+
+#[test]
+fn mcu_vectors_hold_the_int8_engines_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle_with_int8(&bundle);
+    let png = dir.path().join("x.png");
+    write_png(&png, 200);
+    let key = bundle.with_extension("pub");
+    let golden = dir.path().join("golden");
+    let out = scanside(&[
+        Path::new("mcu-vectors"),
+        Path::new("--bundle"),
+        &bundle,
+        Path::new("--public-key"),
+        &key,
+        Path::new("--out"),
+        &golden,
+        &png,
+        &png,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(golden.join("vectors.bin")).unwrap();
+    let vectors = scanside_firmware::vectors::Vectors::parse(&bytes).unwrap();
+    assert_eq!(vectors.len(), 2);
+    let (input, output) = vectors.get(0).unwrap();
+    assert_eq!(input.len(), 3 * 4 * 4);
+    // The blob copied out is the bundle's, and running it on the input gives the output.
+    assert_eq!(
+        std::fs::read(golden.join("model.i8")).unwrap(),
+        std::fs::read(bundle.join("model.i8")).unwrap()
+    );
+    let blob = scanside_firmware::blob::write::AlignedBlob::new(
+        &std::fs::read(golden.join("model.i8")).unwrap(),
+    );
+    let model = scanside_firmware::blob::Model::parse(blob.bytes()).unwrap();
+    let mut arena = vec![0_i8; model.arena_bytes()];
+    assert_eq!(
+        scanside_firmware::engine::run(&model, &mut arena, input, |_, _| ()).unwrap(),
+        output
+    );
 }

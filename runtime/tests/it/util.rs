@@ -106,6 +106,7 @@ pub fn write_linear_bundle(dir: &Path) {
             training_config: serde_json::json!({}),
             evaluation: None,
         },
+        int8: None,
     };
     let key = test_key();
     write_bundle(dir, manifest, &model.encode_to_vec(), Some(&key)).unwrap();
@@ -119,6 +120,98 @@ pub fn write_linear_bundle(dir: &Path) {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         ),
+    )
+    .unwrap();
+}
+
+/// [`write_linear_bundle`] plus the same classifier as an int8 blob: global average pool of
+/// the 4×4×3 input, then a 3 → 2 fully connected layer with weights ∓1/3 and biases ±0.5.
+pub fn write_linear_bundle_with_int8(dir: &Path) {
+    use scanside_firmware::arith::quantize_multiplier;
+    use scanside_firmware::blob::write::{encode, LayerSpec, ModelSpec, TensorSpec};
+    use scanside_firmware::blob::Op;
+    write_linear_bundle(dir);
+    let unit = 1.0_f32 / 255.0;
+    let side = SIZE as usize;
+    let tensor = |h, w, c, zero_point, scale| TensorSpec {
+        height: h,
+        width: w,
+        channels: c,
+        zero_point,
+        scale,
+    };
+    let weight_scale = (1.0_f32 / 3.0) / 127.0;
+    let (m, s) = quantize_multiplier(f64::from(unit) * f64::from(weight_scale) / f64::from(unit));
+    let bias = (0.5 / (f64::from(unit) * f64::from(weight_scale))).round() as i32;
+    let gap = quantize_multiplier(1.0 / (side * side) as f64);
+    let layer =
+        |op, inputs, output, params, weights: Vec<i8>, bias: Vec<i32>, rq: Vec<(i32, i32)>| {
+            LayerSpec {
+                op,
+                kernel: 0,
+                stride: 1,
+                padding: 0,
+                inputs,
+                output,
+                activation_min: -128,
+                activation_max: 127,
+                params,
+                weights,
+                bias,
+                multipliers: rq.iter().map(|r| r.0).collect(),
+                shifts: rq.iter().map(|r| r.1).collect(),
+            }
+        };
+    let spec = ModelSpec {
+        tensors: vec![
+            tensor(side, side, 3, -128, unit),
+            tensor(1, 1, 3, -128, unit),
+            tensor(1, 1, 2, 0, unit),
+        ],
+        layers: vec![
+            layer(
+                Op::GlobalAvgPool,
+                vec![0],
+                1,
+                [gap.0, gap.1, 0, 0, 0, 0],
+                vec![],
+                vec![],
+                vec![],
+            ),
+            layer(
+                Op::FullyConnected,
+                vec![1],
+                2,
+                [0; 6],
+                vec![-127, -127, -127, 127, 127, 127],
+                vec![bias, -bias],
+                vec![(m, s), (m, s)],
+            ),
+        ],
+        input: 0,
+        output: 2,
+    };
+    let (blob, plan) = encode(&spec).unwrap();
+    let bundle = scanside_runtime::bundle::Bundle::load(
+        dir,
+        &scanside_runtime::bundle::Trust::AllowUnsigned,
+    )
+    .unwrap();
+    let mut manifest = bundle.manifest;
+    manifest.int8 = Some(scanside_runtime::bundle::Int8Entry {
+        file: "model.i8".into(),
+        sha256: String::new(),
+        calibration_method: "fixed".into(),
+        arena_bytes: plan.arena_bytes,
+        blob_bytes: blob.len(),
+        report: None,
+    });
+    scanside_runtime::bundle::write_bundle_with_int8(
+        dir,
+        manifest,
+        &bundle.model_bytes,
+        Some(&blob),
+        Some(&test_key()),
     )
     .unwrap();
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::util::{compare_runtime_with_burn, run_pipeline, shared_data};
+use crate::util::{assert_int8_tracks_fp32, compare_runtime_with_burn, run_pipeline, shared_data};
 
 #[test]
 fn ham10000_slice_pretrain_finetune_export_screen() {
@@ -42,4 +42,5 @@ fn ham10000_slice_pretrain_finetune_export_screen() {
         "runtime vs burn probabilities differ by {max_diff} on real images"
     );
     assert_eq!(agree, n);
+    assert_int8_tracks_fp32(&data, &out, &result.export, 6);
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::util::{compare_runtime_with_burn, run_pipeline, trusted};
+use crate::util::{assert_int8_tracks_fp32, compare_runtime_with_burn, run_pipeline, trusted};
 
 /// Writes a HAM10000-style folder: two classes (bright disc "mel" vs faint ring "nv") on a
 /// textured background, 2 images per lesion.
@@ -68,6 +68,7 @@ fn synthetic_images_travel_pretrain_finetune_export_screen() {
         "runtime vs burn probabilities differ by {max_diff}"
     );
     assert_eq!(agree, n, "top classes disagree");
+    assert_int8_tracks_fp32(&data, &out, &result.export, 8);
     // CI hands this bundle to onnxruntime (tools/check_onnx.py) for an independent check.
     if let Some(dest) = std::env::var_os("SCANSIDE_EXPORT_FIXTURE") {
         write_onnxruntime_fixture(&data, &out, Path::new(&dest)).unwrap();
@@ -122,7 +123,7 @@ fn write_onnxruntime_fixture(data: &Path, out: &Path, dest: &Path) -> anyhow::Re
         scanside_runtime::preprocess::normalize_in_place(chunk, &preprocess);
     }
     std::fs::create_dir_all(dest)?;
-    for file in ["manifest.json", "manifest.sig", "model.onnx"] {
+    for file in ["manifest.json", "manifest.sig", "model.onnx", "model.i8"] {
         std::fs::copy(out.join("bundle").join(file), dest.join(file))?;
     }
     // The signer's public key beside the copy (`<dest>.pub`), for screening it verified.

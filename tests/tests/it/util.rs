@@ -4,14 +4,15 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
 use scanside_runtime::bundle::Bundle;
-use scanside_runtime::infer::Screener;
+use scanside_runtime::infer::{EngineKind, Screener};
 use scanside_trainer::data::{load_images, make_split, open_dataset, ImageRef, Partition};
 use scanside_trainer::evaluate::{
     evaluate_run, load_finetuned, predict_logits, EvalReport, EvalSettings,
 };
-use scanside_trainer::export::{export_run, ExportReport};
+use scanside_trainer::export::{export_run, ExportOptions, ExportReport};
 use scanside_trainer::finetune::{finetune, FinetuneConfig};
 use scanside_trainer::pretrain::{pretrain, PretrainConfig};
+use scanside_trainer::quantize::QuantizeConfig;
 use scanside_trainer::runlog::save_json;
 
 pub type Train = Autodiff<Flex>;
@@ -66,7 +67,22 @@ pub fn run_pipeline(
     // Signed like a release: the pipeline's key pair lives beside the bundle.
     let key = scanside_runtime::bundle::signing::generate_key()?;
     scanside_runtime::bundle::signing::write_key_pair(&out.join("site"), &key)?;
-    let export = export_run::<Flex>(&out.join("finetune"), &bundle, 4, Some(&key), &device)?;
+    let options = ExportOptions {
+        check_images: 4,
+        int8: true,
+        quantize: QuantizeConfig {
+            calibration_images: 32,
+            ..QuantizeConfig::default()
+        },
+        ..ExportOptions::default()
+    };
+    let export = export_run::<Flex>(
+        &out.join("finetune"),
+        &bundle,
+        &options,
+        Some(&key),
+        &device,
+    )?;
     Ok(PipelineResult {
         bundle,
         export,
@@ -120,4 +136,68 @@ pub fn compare_runtime_with_burn(
         agree += usize::from(result.top_class == config.class_names[burn_top]);
     }
     Ok((max_diff, agree, test.len()))
+}
+
+/// Screens the first `n` test images with the bundle's fp32 (tract) and int8 (int8 core)
+/// models; returns the largest logit difference and how many top classes agreed.
+pub fn compare_int8_with_fp32(
+    data: &Path,
+    out: &Path,
+    n: usize,
+) -> anyhow::Result<(f32, usize, usize)> {
+    let index = open_dataset(data)?;
+    let (config, _) = load_finetuned::<Flex>(&out.join("finetune"), &Default::default())?;
+    let split = scanside_trainer::data::SplitFile::load(&config.split, &index)?;
+    let bundle = Bundle::load(&out.join("bundle"), &trusted(out)?)?;
+    let fp32 = Screener::with_engine(&bundle, EngineKind::Fp32)?;
+    let int8 = Screener::with_engine(&bundle, EngineKind::Int8)?;
+    let test: Vec<usize> = split
+        .indices(&index, Partition::Test)
+        .into_iter()
+        .take(n)
+        .collect();
+    let (mut max_diff, mut agree) = (0.0_f32, 0);
+    for &i in &test {
+        let ImageRef::File(path) = &index.samples[i].image else {
+            anyhow::bail!("file dataset expected")
+        };
+        let (a, b) = (fp32.screen_file(path)?, int8.screen_file(path)?);
+        anyhow::ensure!(
+            b.engine == EngineKind::Int8,
+            "the int8 screener reported {:?}",
+            b.engine
+        );
+        for (x, y) in a.logits.iter().zip(&b.logits) {
+            max_diff = max_diff.max((x - y).abs());
+        }
+        agree += usize::from(a.top_class == b.top_class);
+    }
+    Ok((max_diff, agree, test.len()))
+}
+
+/// Checks the int8 export's report and that the int8 engine tracks fp32 on test images within
+/// a small multiple of the validation delta the report states.
+pub fn assert_int8_tracks_fp32(data: &Path, out: &Path, export: &ExportReport, n: usize) {
+    let int8 = export.int8.as_ref().expect("the mcu target was exported");
+    let best = &int8.methods[0];
+    assert_eq!(best.method, int8.method);
+    assert_eq!(
+        int8.methods.len(),
+        3,
+        "minmax, percentile and entropy compared"
+    );
+    assert!(
+        int8.arena_bytes > 0 && int8.arena_bytes < int8.unplanned_arena_bytes,
+        "{int8:?}"
+    );
+    let (max_diff, agree, total) = compare_int8_with_fp32(data, out, n).unwrap();
+    let bound = 2.0 * best.max_abs_logit_diff + 0.05;
+    assert!(
+        max_diff <= bound,
+        "int8 vs fp32 logits differ by {max_diff} (> {bound}; report {best:?})"
+    );
+    assert!(
+        4 * agree >= 3 * total,
+        "int8 and fp32 top classes agree on only {agree} of {total}"
+    );
 }

@@ -17,10 +17,11 @@ use scanside_trainer::data::{
 };
 use scanside_trainer::demo::{run_demo, DemoConfig};
 use scanside_trainer::evaluate::{evaluate, probe_pretrained, EvalSettings};
-use scanside_trainer::export::export_run;
+use scanside_trainer::export::{export_run, parse_targets, ExportOptions, Targets};
 use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
 use scanside_trainer::optim::OptimizerKind;
 use scanside_trainer::pretrain::{pretrain, resume_pretrain, Method, Objectives, PretrainConfig};
+use scanside_trainer::quantize::{parse_bytes, QuantizeConfig};
 use scanside_trainer::report::write_report;
 use scanside_trainer::runlog::save_json;
 use scanside_trainer::study::{read_study_config, run_study};
@@ -241,6 +242,22 @@ enum Command {
         /// refuses unsigned bundles unless told --allow-unsigned.
         #[arg(long)]
         sign_key: Option<PathBuf>,
+        /// What to write: `onnx` (fp32, always) and `mcu` (the int8 blob the firmware runs
+        /// and `scanside screen --engine int8` runs on the host).
+        #[arg(long, default_value = "onnx", value_parser = parse_targets)]
+        targets: Targets,
+        /// Training images calibrating the int8 activation ranges.
+        #[arg(long, default_value_t = 256)]
+        calibration_images: usize,
+        /// Validation images the calibration methods are compared on (0: all).
+        #[arg(long, default_value_t = 0)]
+        int8_val_images: usize,
+        /// Refuse an int8 model whose blob does not fit this flash budget (e.g. 1M).
+        #[arg(long, value_parser = parse_bytes)]
+        flash: Option<usize>,
+        /// Refuse an int8 model whose activation arena does not fit this RAM budget (e.g. 256K).
+        #[arg(long, value_parser = parse_bytes)]
+        ram: Option<usize>,
     },
     /// Make an ed25519 key pair for signing bundles: OUT.key (secret, owner-only) and OUT.pub
     /// (for the runtime's --public-key).
@@ -780,6 +797,11 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             out,
             check_images,
             sign_key,
+            targets,
+            calibration_images,
+            int8_val_images,
+            flash,
+            ram,
         } => {
             let key = sign_key
                 .map(|p| signing::read_signing_key(&p))
@@ -787,8 +809,18 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             if key.is_none() {
                 eprintln!("scanside-train: note: the bundle is unsigned (--sign-key KEY to sign)");
             }
-            let report =
-                export_run::<B::InnerBackend>(&run, &out, check_images, key.as_ref(), device)?;
+            let options = ExportOptions {
+                check_images,
+                int8: targets.mcu,
+                quantize: QuantizeConfig {
+                    calibration_images,
+                    validation_images: int8_val_images,
+                    ..QuantizeConfig::default()
+                },
+                flash_budget: flash,
+                ram_budget: ram,
+            };
+            let report = export_run::<B::InnerBackend>(&run, &out, &options, key.as_ref(), device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Demo {

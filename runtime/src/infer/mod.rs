@@ -12,6 +12,10 @@ use crate::preprocess::{preprocess, PreprocessConfig};
 use crate::report::{OutputSpec, ScreeningResult, Timings};
 use crate::{decode, Error, Result};
 
+pub mod int8;
+
+pub use int8::Int8Classifier;
+
 /// A runnable classifier built from a bundle's model.
 #[derive(Debug, Clone)]
 pub struct Classifier {
@@ -91,10 +95,83 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
+/// Which of a bundle's models runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    /// The fp32 ONNX model on tract.
+    #[default]
+    Fp32,
+    /// The int8 blob on the shared int8 core.
+    Int8,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fp32" => Ok(EngineKind::Fp32),
+            "int8" => Ok(EngineKind::Int8),
+            other => Err(format!("unknown engine {other:?}: expected fp32 or int8")),
+        }
+    }
+}
+
+/// A loaded model of either kind.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    /// tract fp32.
+    Fp32(Classifier),
+    /// The int8 core.
+    Int8(Int8Classifier),
+}
+
+impl Engine {
+    /// Loads the bundle's model of the given kind; `Int8` needs a bundle exported with the
+    /// `mcu` target.
+    pub fn load(bundle: &Bundle, kind: EngineKind) -> Result<Self> {
+        match kind {
+            EngineKind::Fp32 => Ok(Engine::Fp32(Classifier::load(bundle)?)),
+            EngineKind::Int8 => {
+                let (Some(entry), Some(bytes)) = (&bundle.manifest.int8, &bundle.int8_bytes) else {
+                    return Err(Error::Bundle {
+                        path: bundle.dir.clone(),
+                        reason: "the bundle has no int8 model (export with --targets onnx,mcu)"
+                            .into(),
+                    });
+                };
+                let p = &bundle.manifest.preprocess;
+                Ok(Engine::Int8(Int8Classifier::from_bytes(
+                    bytes,
+                    &bundle.dir.join(&entry.file),
+                    [p.channels as usize, p.height as usize, p.width as usize],
+                    bundle.manifest.class_names.len(),
+                )?))
+            }
+        }
+    }
+
+    /// Logits of one preprocessed `C×H×W` input.
+    pub fn logits(&self, input: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Engine::Fp32(c) => c.logits(input),
+            Engine::Int8(c) => c.logits(input),
+        }
+    }
+
+    /// Which kind it is.
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            Engine::Fp32(_) => EngineKind::Fp32,
+            Engine::Int8(_) => EngineKind::Int8,
+        }
+    }
+}
+
 /// Decode → preprocess → infer → report for one bundle; load once, screen many.
 #[derive(Debug, Clone)]
 pub struct Screener {
-    classifier: Classifier,
+    classifier: Engine,
     preprocess: PreprocessConfig,
     output: OutputSpec,
     model_id: String,
@@ -104,8 +181,13 @@ pub struct Screener {
 impl Screener {
     /// Prepares a screener from a verified bundle.
     pub fn new(bundle: &Bundle) -> Result<Self> {
+        Self::with_engine(bundle, EngineKind::Fp32)
+    }
+
+    /// Prepares a screener running the bundle's model of the given kind.
+    pub fn with_engine(bundle: &Bundle, engine: EngineKind) -> Result<Self> {
         Ok(Self {
-            classifier: Classifier::load(bundle)?,
+            classifier: Engine::load(bundle, engine)?,
             preprocess: bundle.manifest.preprocess.clone(),
             output: OutputSpec::of(&bundle.manifest),
             verified: matches!(bundle.signature, SignatureStatus::Verified(_)),
@@ -136,6 +218,7 @@ impl Screener {
             },
         );
         result.model_verified = self.verified;
+        result.engine = self.classifier.kind();
         Ok(result)
     }
 }

@@ -1,0 +1,193 @@
+//! Runs a validated [`Model`] in a caller-owned arena: no heap, no panics, one kernel call per
+//! layer. The same function runs on the host (the runtime's int8 path and the reference for
+//! the firmware's golden test) and on the microcontroller.
+
+use core::ops::Range;
+
+use crate::blob::{Layer, Model, Op};
+use crate::kernels::conv::{conv2d, depthwise_conv2d};
+use crate::kernels::fully_connected::{fully_connected, FullyConnectedParams, PerChannelRequant};
+use crate::kernels::pool_add::{
+    add, global_avg_pool, max_pool, AddParams, GlobalAvgPoolParams, ADD_LEFT_SHIFT,
+};
+use crate::KernelError;
+
+/// Why a run failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RunError {
+    /// The arena is smaller than the model's memory plan.
+    ArenaTooSmall,
+    /// The input does not have the model input's length.
+    InputLength,
+    /// A kernel refused its layer (cannot happen for a blob [`Model::parse`] accepted).
+    Kernel(KernelError),
+}
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RunError::ArenaTooSmall => {
+                f.write_str("the arena is smaller than the model's memory plan")
+            }
+            RunError::InputLength => f.write_str("the input length does not match the model input"),
+            RunError::Kernel(e) => write!(f, "a kernel refused its layer: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for RunError {}
+
+impl From<KernelError> for RunError {
+    fn from(e: KernelError) -> Self {
+        RunError::Kernel(e)
+    }
+}
+
+/// The output slice and the one or two input slices of a layer, borrowed disjointly from the
+/// arena (the parser checked that a layer's output never overlaps its inputs).
+fn split_arena<'a>(
+    arena: &'a mut [i8],
+    output: Range<usize>,
+    input: Range<usize>,
+    input2: Option<Range<usize>>,
+) -> (&'a mut [i8], &'a [i8], Option<&'a [i8]>) {
+    let (below, rest) = arena.split_at_mut(output.start);
+    let (out, above) = rest.split_at_mut(output.end - output.start);
+    let (below, above): (&'a [i8], &'a [i8]) = (below, above);
+    let pick = |r: Range<usize>| -> &'a [i8] {
+        if r.end <= output.start {
+            &below[r]
+        } else {
+            &above[r.start - output.end..r.end - output.end]
+        }
+    };
+    (out, pick(input), input2.map(pick))
+}
+
+fn requant<'a>(layer: &Layer<'a>) -> PerChannelRequant<'a> {
+    PerChannelRequant {
+        multipliers: layer.multipliers,
+        shifts: layer.shifts,
+    }
+}
+
+fn run_layer(model: &Model<'_>, layer: &Layer<'_>, arena: &mut [i8]) -> Result<(), KernelError> {
+    let tensor = |t: usize| model.tensor(t).ok_or(KernelError::ShapeMismatch);
+    let input = tensor(layer.input)?;
+    let output = tensor(layer.output)?;
+    let input2 = layer.input2.map(tensor).transpose()?;
+    let (out, x, x2) = split_arena(
+        arena,
+        output.range(),
+        input.range(),
+        input2.map(|t| t.range()),
+    );
+    match layer.op {
+        Op::Conv2d => conv2d(
+            &model.conv_params(layer),
+            x,
+            layer.weights,
+            layer.bias,
+            requant(layer),
+            out,
+        ),
+        Op::DepthwiseConv2d => depthwise_conv2d(
+            &model.conv_params(layer),
+            x,
+            layer.weights,
+            layer.bias,
+            requant(layer),
+            out,
+        ),
+        Op::MaxPool => max_pool(&model.conv_params(layer), x, out),
+        Op::Add => {
+            let (Some(x2), Some(t2)) = (x2, input2) else {
+                return Err(KernelError::ShapeMismatch);
+            };
+            let p = layer.params;
+            let params = AddParams {
+                input1_offset: -i32::from(input.zero_point),
+                input2_offset: -i32::from(t2.zero_point),
+                output_offset: i32::from(output.zero_point),
+                left_shift: ADD_LEFT_SHIFT,
+                input1_multiplier: (p[0], p[1]),
+                input2_multiplier: (p[2], p[3]),
+                output_multiplier: (p[4], p[5]),
+                activation_min: layer.activation_min,
+                activation_max: layer.activation_max,
+            };
+            add(&params, x, x2, out)
+        }
+        Op::GlobalAvgPool => {
+            let params = GlobalAvgPoolParams {
+                height: input.height,
+                width: input.width,
+                channels: input.channels,
+                input_offset: -i32::from(input.zero_point),
+                output_offset: i32::from(output.zero_point),
+                multiplier: (layer.params[0], layer.params[1]),
+            };
+            global_avg_pool(&params, x, out)
+        }
+        Op::FullyConnected => {
+            let params = FullyConnectedParams {
+                input_len: input.len(),
+                output_len: output.channels,
+                input_offset: -i32::from(input.zero_point),
+                output_offset: i32::from(output.zero_point),
+                activation_min: layer.activation_min,
+                activation_max: layer.activation_max,
+            };
+            fully_connected(&params, x, layer.weights, layer.bias, requant(layer), out)
+        }
+    }
+}
+
+/// Copies `input` (the quantised model input, NHWC) into the arena, runs every layer in order
+/// — calling `on_layer(index, op)` before each, for progress logs — and returns the output
+/// tensor's values in the arena.
+pub fn run<'a>(
+    model: &Model<'_>,
+    arena: &'a mut [i8],
+    input: &[i8],
+    mut on_layer: impl FnMut(usize, Op),
+) -> Result<&'a [i8], RunError> {
+    if arena.len() < model.arena_bytes() {
+        return Err(RunError::ArenaTooSmall);
+    }
+    let input_tensor = model.input();
+    if input.len() != input_tensor.len() {
+        return Err(RunError::InputLength);
+    }
+    arena[input_tensor.range()].copy_from_slice(input);
+    for index in 0..model.layer_count() {
+        let layer = model
+            .layer(index)
+            .ok_or(RunError::Kernel(KernelError::ShapeMismatch))?;
+        on_layer(index, layer.op);
+        run_layer(model, &layer, arena)?;
+    }
+    Ok(&arena[model.output().range()])
+}
+
+/// `round(x / scale) + zero_point`, saturated to int8: how a real input enters the model.
+pub fn quantize(x: f32, scale: f32, zero_point: i8) -> i8 {
+    // Round half away from zero by hand (`f32::round` needs std); `as` truncates toward zero,
+    // saturates and maps NaN to 0, so huge or non-finite inputs cannot wrap.
+    let v = x / scale;
+    let rounded = if v >= 0.0 {
+        (v + 0.5) as i32
+    } else {
+        (v - 0.5) as i32
+    };
+    rounded
+        .saturating_add(i32::from(zero_point))
+        .clamp(-128, 127) as i8
+}
+
+/// `(q − zero_point) · scale`: the real value of an int8 step.
+pub fn dequantize(q: i8, scale: f32, zero_point: i8) -> f32 {
+    (f32::from(q) - f32::from(zero_point)) * scale
+}

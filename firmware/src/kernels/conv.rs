@@ -1,0 +1,537 @@
+//! Convolutions over NHWC int8 tensors (batch 1): a standard 2-D convolution with OHWI weights
+//! and a depthwise convolution with `[k][k][C]` weights. int32 accumulation, per-output-channel
+//! requantisation, saturating int8 output, zero padding in real terms (the input zero point).
+
+use crate::arith::multiply_by_quantized_multiplier;
+use crate::kernels::fully_connected::PerChannelRequant;
+use crate::KernelError;
+
+/// Shape and quantisation constants of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams {
+    /// Input rows.
+    pub input_height: usize,
+    /// Input columns.
+    pub input_width: usize,
+    /// Input channels.
+    pub input_channels: usize,
+    /// Output rows: `(input_height + 2·padding − kernel) / stride + 1`.
+    pub output_height: usize,
+    /// Output columns.
+    pub output_width: usize,
+    /// Output channels (equal to the input channels for a depthwise convolution).
+    pub output_channels: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride in both directions (≥ 1).
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Minus the input zero point.
+    pub input_offset: i32,
+    /// The output zero point.
+    pub output_offset: i32,
+    /// Lower clamp after requantisation (the zero point for a fused ReLU).
+    pub activation_min: i8,
+    /// Upper clamp after requantisation.
+    pub activation_max: i8,
+}
+
+impl ConvParams {
+    /// The output extent a convolution of this input, kernel, stride and padding has, or
+    /// `None` when the kernel does not fit or the numbers overflow.
+    pub fn output_extent(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Option<usize> {
+        let padded = input.checked_add(padding.checked_mul(2)?)?;
+        if stride == 0 || kernel == 0 || padded < kernel {
+            return None;
+        }
+        Some((padded - kernel) / stride + 1)
+    }
+
+    fn check(
+        &self,
+        depthwise: bool,
+        input: &[i8],
+        weights: &[i8],
+        bias: &[i32],
+        requant: &PerChannelRequant<'_>,
+        output: &[i8],
+    ) -> Result<(), KernelError> {
+        let extent_ok =
+            Self::output_extent(self.input_height, self.kernel, self.stride, self.padding)
+                == Some(self.output_height)
+                && Self::output_extent(self.input_width, self.kernel, self.stride, self.padding)
+                    == Some(self.output_width);
+        let weight_len = if depthwise {
+            self.kernel
+                .checked_mul(self.kernel)
+                .and_then(|k| k.checked_mul(self.output_channels))
+        } else {
+            self.kernel
+                .checked_mul(self.kernel)
+                .and_then(|k| k.checked_mul(self.input_channels))
+                .and_then(|k| k.checked_mul(self.output_channels))
+        };
+        let input_len = volume(self.input_height, self.input_width, self.input_channels);
+        let output_len = volume(self.output_height, self.output_width, self.output_channels);
+        if !extent_ok
+            || (depthwise && self.input_channels != self.output_channels)
+            || weight_len != Some(weights.len())
+            || input_len != Some(input.len())
+            || output_len != Some(output.len())
+            || bias.len() != self.output_channels
+            || requant.multipliers.len() != self.output_channels
+            || requant.shifts.len() != self.output_channels
+        {
+            return Err(KernelError::ShapeMismatch);
+        }
+        if self.activation_min > self.activation_max {
+            return Err(KernelError::InvalidActivationRange);
+        }
+        if requant.shifts.iter().any(|s| !(-31..=30).contains(s)) {
+            return Err(KernelError::ShiftOutOfRange);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn finish(&self, acc: i32, multiplier: i32, shift: i32) -> i8 {
+        let scaled = multiply_by_quantized_multiplier(acc, multiplier, shift);
+        scaled.saturating_add(self.output_offset).clamp(
+            i32::from(self.activation_min),
+            i32::from(self.activation_max),
+        ) as i8
+    }
+}
+
+pub(crate) fn volume(h: usize, w: usize, c: usize) -> Option<usize> {
+    h.checked_mul(w)?.checked_mul(c)
+}
+
+/// The accumulator of one output value, straight from the definition: the sum over the kernel
+/// positions that fall inside the input of `(x + input_offset) · w`, plus the bias.
+#[inline]
+fn conv_accumulate_reference(
+    p: &ConvParams,
+    input: &[i8],
+    weights: &[i8],
+    bias: i32,
+    oy: usize,
+    ox: usize,
+    oc: usize,
+) -> i32 {
+    let mut acc = bias;
+    for ky in 0..p.kernel {
+        let Some(iy) = (oy * p.stride + ky).checked_sub(p.padding) else {
+            continue;
+        };
+        if iy >= p.input_height {
+            continue;
+        }
+        for kx in 0..p.kernel {
+            let Some(ix) = (ox * p.stride + kx).checked_sub(p.padding) else {
+                continue;
+            };
+            if ix >= p.input_width {
+                continue;
+            }
+            let x = &input[(iy * p.input_width + ix) * p.input_channels..][..p.input_channels];
+            let w = &weights[((oc * p.kernel + ky) * p.kernel + kx) * p.input_channels..]
+                [..p.input_channels];
+            for (&xv, &wv) in x.iter().zip(w) {
+                acc = acc.wrapping_add((i32::from(xv) + p.input_offset) * i32::from(wv));
+            }
+        }
+    }
+    acc
+}
+
+/// Generic reference convolution: every output from [`conv_accumulate_reference`].
+///
+/// `input` is `[H][W][Cin]`, `weights` `[Cout][k][k][Cin]`, `output` `[OH][OW][Cout]`.
+pub fn conv2d_reference(
+    params: &ConvParams,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    params.check(false, input, weights, bias, &requant, output)?;
+    let p = params;
+    for oy in 0..p.output_height {
+        for ox in 0..p.output_width {
+            for oc in 0..p.output_channels {
+                let acc = conv_accumulate_reference(p, input, weights, bias[oc], oy, ox, oc);
+                output[(oy * p.output_width + ox) * p.output_channels + oc] =
+                    p.finish(acc, requant.multipliers[oc], requant.shifts[oc]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Largest `k·k·Cin` the fast path gathers on the stack (3×3×512: 9 KiB of int16); larger
+/// filters take the reference path.
+pub const PATCH_MAX: usize = 3 * 3 * 512;
+
+/// `Σ p·w` of an offset-applied int16 patch and an int8 filter: int16 × int16 products summed
+/// in int32, the shape of x86's `pmaddwd` and Arm's `smlal`, which the compiler then emits.
+#[inline(always)]
+fn dot(patch: &[i16], filter: &[i8]) -> i32 {
+    patch
+        .iter()
+        .zip(filter)
+        .map(|(&p, &w)| i32::from(p) * i32::from(i16::from(w)))
+        .fold(0_i32, i32::wrapping_add)
+}
+
+/// The convolution the engine runs, bit for bit equal to [`conv2d_reference`].
+///
+/// Per output pixel the receptive field is gathered once into a stack patch of `x + offset`
+/// values (0 where the kernel leaves the input, i.e. the zero point in real terms, exactly as
+/// the reference skips those positions), then every output channel is one contiguous
+/// `k·k·Cin` dot product against its OHWI filter.
+pub fn conv2d(
+    params: &ConvParams,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    params.check(false, input, weights, bias, &requant, output)?;
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if std::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code)]
+        // SAFETY: `conv2d_avx2` only requires the CPU to support AVX2, checked just above.
+        return unsafe { conv2d_avx2(params, input, weights, bias, requant, output) };
+    }
+    conv2d_patches(params, input, weights, bias, requant, output)
+}
+
+/// [`conv2d_patches`] compiled for AVX2 (16 int16 MACs per `vpmaddwd` instead of SSE2's 8):
+/// the host build targets baseline x86-64, so the wider code is chosen at run time.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+fn conv2d_avx2(
+    params: &ConvParams,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    conv2d_patches(params, input, weights, bias, requant, output)
+}
+
+/// The patch-gathering body of [`conv2d`] (shapes already checked).
+#[inline(always)]
+fn conv2d_patches(
+    params: &ConvParams,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    let p = params;
+    let cin = p.input_channels;
+    let filter_len = p.kernel * p.kernel * cin;
+    if filter_len > PATCH_MAX || !(-255..=255).contains(&p.input_offset) {
+        return conv2d_reference(params, input, weights, bias, requant, output);
+    }
+    let mut patch_buffer = [0_i16; PATCH_MAX];
+    let patch = &mut patch_buffer[..filter_len];
+    let offset = p.input_offset as i16;
+    for oy in 0..p.output_height {
+        for ox in 0..p.output_width {
+            for ky in 0..p.kernel {
+                let iy = (oy * p.stride + ky)
+                    .checked_sub(p.padding)
+                    .filter(|&y| y < p.input_height);
+                for kx in 0..p.kernel {
+                    let dst = &mut patch[(ky * p.kernel + kx) * cin..][..cin];
+                    let ix = (ox * p.stride + kx)
+                        .checked_sub(p.padding)
+                        .filter(|&x| x < p.input_width);
+                    match (iy, ix) {
+                        (Some(iy), Some(ix)) => {
+                            let src = &input[(iy * p.input_width + ix) * cin..][..cin];
+                            for (d, &x) in dst.iter_mut().zip(src) {
+                                *d = i16::from(x) + offset;
+                            }
+                        }
+                        _ => dst.fill(0),
+                    }
+                }
+            }
+            let out =
+                &mut output[(oy * p.output_width + ox) * p.output_channels..][..p.output_channels];
+            for (oc, (o, filter)) in out
+                .iter_mut()
+                .zip(weights.chunks_exact(filter_len))
+                .enumerate()
+            {
+                let acc = bias[oc].wrapping_add(dot(patch, filter));
+                *o = p.finish(acc, requant.multipliers[oc], requant.shifts[oc]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Depthwise convolution (channel multiplier 1), generic reference. `weights` is `[k][k][C]`.
+pub fn depthwise_conv2d(
+    params: &ConvParams,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    params.check(true, input, weights, bias, &requant, output)?;
+    let p = params;
+    let c = p.output_channels;
+    for oy in 0..p.output_height {
+        for ox in 0..p.output_width {
+            for ch in 0..c {
+                let mut acc = bias[ch];
+                for ky in 0..p.kernel {
+                    let Some(iy) = (oy * p.stride + ky).checked_sub(p.padding) else {
+                        continue;
+                    };
+                    if iy >= p.input_height {
+                        continue;
+                    }
+                    for kx in 0..p.kernel {
+                        let Some(ix) = (ox * p.stride + kx).checked_sub(p.padding) else {
+                            continue;
+                        };
+                        if ix >= p.input_width {
+                            continue;
+                        }
+                        let x = i32::from(input[(iy * p.input_width + ix) * c + ch]);
+                        let w = i32::from(weights[(ky * p.kernel + kx) * c + ch]);
+                        acc = acc.wrapping_add((x + p.input_offset) * w);
+                    }
+                }
+                output[(oy * p.output_width + ox) * c + ch] =
+                    p.finish(acc, requant.multipliers[ch], requant.shifts[ch]);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arith::quantize_multiplier;
+    use crate::testutil::Lcg;
+
+    struct Case {
+        p: ConvParams,
+        input: Vec<i8>,
+        weights: Vec<i8>,
+        bias: Vec<i32>,
+        mults: Vec<i32>,
+        shifts: Vec<i32>,
+    }
+
+    #[allow(clippy::too_many_arguments)] // one argument per geometry parameter
+    fn case(
+        seed: u32,
+        h: usize,
+        w: usize,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        s: usize,
+        pad: usize,
+    ) -> Case {
+        let mut rng = Lcg(seed);
+        let oh = ConvParams::output_extent(h, k, s, pad).unwrap();
+        let ow = ConvParams::output_extent(w, k, s, pad).unwrap();
+        let (mults, shifts) = (0..cout)
+            .map(|_| quantize_multiplier(0.0005 + f64::from(rng.next_u8()) * 1e-5))
+            .unzip();
+        Case {
+            p: ConvParams {
+                input_height: h,
+                input_width: w,
+                input_channels: cin,
+                output_height: oh,
+                output_width: ow,
+                output_channels: cout,
+                kernel: k,
+                stride: s,
+                padding: pad,
+                input_offset: 128 - i32::from(rng.next_u8() % 40),
+                output_offset: -10,
+                activation_min: -128,
+                activation_max: 127,
+            },
+            input: rng.bytes(h * w * cin),
+            weights: rng.bytes(k * k * cin * cout),
+            bias: (0..cout)
+                .map(|_| i32::from(rng.next_u8()) * 37 - 4000)
+                .collect(),
+            mults,
+            shifts,
+        }
+    }
+
+    #[test]
+    fn fast_conv_equals_the_reference_bit_for_bit() {
+        for (seed, h, w, cin, cout, k, s, pad) in [
+            (1, 9, 7, 3, 5, 3, 1, 1),
+            (2, 8, 8, 4, 6, 3, 2, 1),
+            (3, 5, 6, 2, 3, 1, 1, 0),
+            (4, 7, 7, 8, 4, 1, 2, 0),
+            (5, 11, 10, 3, 4, 7, 2, 3),
+            (6, 3, 3, 5, 2, 3, 1, 0),
+        ] {
+            let c = case(seed, h, w, cin, cout, k, s, pad);
+            let rq = PerChannelRequant {
+                multipliers: &c.mults,
+                shifts: &c.shifts,
+            };
+            let n = c.p.output_height * c.p.output_width * cout;
+            let (mut fast, mut reference) = (vec![0; n], vec![0; n]);
+            conv2d(&c.p, &c.input, &c.weights, &c.bias, rq, &mut fast).unwrap();
+            conv2d_reference(&c.p, &c.input, &c.weights, &c.bias, rq, &mut reference).unwrap();
+            assert_eq!(fast, reference, "case {seed}");
+            let distinct = reference
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            assert!(
+                distinct > n.min(20) / 2,
+                "case {seed}: degenerate outputs {reference:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn conv_matches_float_arithmetic_within_one_step() {
+        // 1×1 input channel, known scales: compare against the real-valued convolution.
+        let c = case(9, 6, 5, 2, 3, 3, 1, 1);
+        let rq = PerChannelRequant {
+            multipliers: &c.mults,
+            shifts: &c.shifts,
+        };
+        let n = c.p.output_height * c.p.output_width * 3;
+        let mut out = vec![0; n];
+        conv2d(&c.p, &c.input, &c.weights, &c.bias, rq, &mut out).unwrap();
+        let p = &c.p;
+        for oy in 0..p.output_height {
+            for ox in 0..p.output_width {
+                for oc in 0..3 {
+                    let acc =
+                        conv_accumulate_reference(p, &c.input, &c.weights, c.bias[oc], oy, ox, oc);
+                    let real = f64::from(c.mults[oc]) * 2_f64.powi(c.shifts[oc] - 31);
+                    let want = (f64::from(acc) * real).round() + f64::from(p.output_offset);
+                    let want = want.clamp(-128.0, 127.0);
+                    let got = f64::from(out[(oy * p.output_width + ox) * 3 + oc]);
+                    assert!((got - want).abs() <= 1.0, "{oy},{ox},{oc}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn padding_contributes_nothing_in_real_terms() {
+        // An input equal to its zero point everywhere is real zero: the output is the bias alone.
+        let mut c = case(3, 4, 4, 2, 2, 3, 1, 1);
+        c.input = vec![(-c.p.input_offset) as i8; 32];
+        let rq = PerChannelRequant {
+            multipliers: &c.mults,
+            shifts: &c.shifts,
+        };
+        let mut out = vec![0; 32];
+        conv2d(&c.p, &c.input, &c.weights, &c.bias, rq, &mut out).unwrap();
+        for (i, &v) in out.iter().enumerate() {
+            assert_eq!(
+                v,
+                c.p.finish(c.bias[i % 2], c.mults[i % 2], c.shifts[i % 2])
+            );
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_a_per_channel_standard_conv() {
+        // A depthwise conv is a standard conv per channel with one input channel.
+        let c = case(7, 6, 6, 3, 3, 3, 2, 1);
+        let dw_weights: Vec<i8> = c.weights[..27].to_vec();
+        let rq = PerChannelRequant {
+            multipliers: &c.mults,
+            shifts: &c.shifts,
+        };
+        let n = c.p.output_height * c.p.output_width * 3;
+        let mut out = vec![0; n];
+        depthwise_conv2d(&c.p, &c.input, &dw_weights, &c.bias, rq, &mut out).unwrap();
+        for ch in 0..3 {
+            let single = ConvParams {
+                input_channels: 1,
+                output_channels: 1,
+                ..c.p
+            };
+            let input: Vec<i8> = c.input.iter().skip(ch).step_by(3).copied().collect();
+            let weights: Vec<i8> = dw_weights.iter().skip(ch).step_by(3).copied().collect();
+            let mut one = vec![0; n / 3];
+            let rq1 = PerChannelRequant {
+                multipliers: &c.mults[ch..ch + 1],
+                shifts: &c.shifts[ch..ch + 1],
+            };
+            conv2d_reference(
+                &single,
+                &input,
+                &weights,
+                &c.bias[ch..ch + 1],
+                rq1,
+                &mut one,
+            )
+            .unwrap();
+            let got: Vec<i8> = out.iter().skip(ch).step_by(3).copied().collect();
+            assert_eq!(got, one, "channel {ch}");
+        }
+    }
+
+    #[test]
+    fn rejects_inconsistent_shapes_without_panicking() {
+        let c = case(1, 5, 5, 2, 2, 3, 1, 1);
+        let rq = PerChannelRequant {
+            multipliers: &c.mults,
+            shifts: &c.shifts,
+        };
+        let mut out = vec![0; 50];
+        let mut wrong = c.p;
+        wrong.output_height = 4;
+        assert_eq!(
+            conv2d(&wrong, &c.input, &c.weights, &c.bias, rq, &mut out),
+            Err(KernelError::ShapeMismatch)
+        );
+        assert_eq!(
+            conv2d(&c.p, &c.input[1..], &c.weights, &c.bias, rq, &mut out),
+            Err(KernelError::ShapeMismatch)
+        );
+        let mut zero_stride = c.p;
+        zero_stride.stride = 0;
+        assert_eq!(
+            conv2d(&zero_stride, &c.input, &c.weights, &c.bias, rq, &mut out),
+            Err(KernelError::ShapeMismatch)
+        );
+        let mut huge = c.p;
+        huge.input_channels = usize::MAX / 2;
+        assert_eq!(
+            conv2d_reference(&huge, &c.input, &c.weights, &c.bias, rq, &mut out),
+            Err(KernelError::ShapeMismatch)
+        );
+    }
+}

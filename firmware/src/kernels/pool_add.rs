@@ -1,0 +1,293 @@
+//! Residual add, global average pooling and max pooling over NHWC int8 tensors.
+
+use crate::arith::multiply_by_quantized_multiplier;
+use crate::kernels::conv::{volume, ConvParams};
+use crate::KernelError;
+
+/// Fixed-point constants of an int8 addition of two differently quantised tensors (TFLite's
+/// scheme): both inputs are shifted left by `left_shift`, rescaled to a common scale of twice
+/// the larger input scale, added, and the sum rescaled to the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddParams {
+    /// Minus the first input's zero point.
+    pub input1_offset: i32,
+    /// Minus the second input's zero point.
+    pub input2_offset: i32,
+    /// The output zero point.
+    pub output_offset: i32,
+    /// Headroom bits given to the inputs before rescaling (TFLite uses 20 for int8).
+    pub left_shift: i32,
+    /// First input's multiplier and shift (`s1 / 2·max(s1, s2)`).
+    pub input1_multiplier: (i32, i32),
+    /// Second input's multiplier and shift (`s2 / 2·max(s1, s2)`).
+    pub input2_multiplier: (i32, i32),
+    /// Output multiplier and shift (`2·max(s1, s2) / (2^left_shift · s_out)`).
+    pub output_multiplier: (i32, i32),
+    /// Lower clamp (the zero point for a fused ReLU).
+    pub activation_min: i8,
+    /// Upper clamp.
+    pub activation_max: i8,
+}
+
+/// Left shift TFLite gives int8 inputs of an add.
+pub const ADD_LEFT_SHIFT: i32 = 20;
+
+fn shift_ok(s: i32) -> bool {
+    (-31..=30).contains(&s)
+}
+
+/// `out = a + b` element by element, in real terms. Generic reference (and the only variant).
+pub fn add(params: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
+    if a.len() != output.len() || b.len() != output.len() {
+        return Err(KernelError::ShapeMismatch);
+    }
+    if params.activation_min > params.activation_max {
+        return Err(KernelError::InvalidActivationRange);
+    }
+    let p = params;
+    if !(0..=20).contains(&p.left_shift)
+        || ![
+            p.input1_multiplier.1,
+            p.input2_multiplier.1,
+            p.output_multiplier.1,
+        ]
+        .into_iter()
+        .all(shift_ok)
+    {
+        return Err(KernelError::ShiftOutOfRange);
+    }
+    for ((out, &x1), &x2) in output.iter_mut().zip(a).zip(b) {
+        let shifted1 = (i32::from(x1) + p.input1_offset) << p.left_shift;
+        let shifted2 = (i32::from(x2) + p.input2_offset) << p.left_shift;
+        let scaled1 = multiply_by_quantized_multiplier(
+            shifted1,
+            p.input1_multiplier.0,
+            p.input1_multiplier.1,
+        );
+        let scaled2 = multiply_by_quantized_multiplier(
+            shifted2,
+            p.input2_multiplier.0,
+            p.input2_multiplier.1,
+        );
+        let sum = scaled1.saturating_add(scaled2);
+        let raw =
+            multiply_by_quantized_multiplier(sum, p.output_multiplier.0, p.output_multiplier.1)
+                .saturating_add(p.output_offset);
+        *out = raw.clamp(i32::from(p.activation_min), i32::from(p.activation_max)) as i8;
+    }
+    Ok(())
+}
+
+/// Constants of a global average pool `[H][W][C] → [C]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalAvgPoolParams {
+    /// Input rows.
+    pub height: usize,
+    /// Input columns.
+    pub width: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Minus the input zero point.
+    pub input_offset: i32,
+    /// The output zero point.
+    pub output_offset: i32,
+    /// `s_in / (s_out · H · W)` as multiplier and shift: the division by the pixel count is
+    /// part of the requantisation, so no integer division runs on the device.
+    pub multiplier: (i32, i32),
+}
+
+/// `out[c] = requant(Σ_hw (x + input_offset))`. Generic reference.
+pub fn global_avg_pool(
+    params: &GlobalAvgPoolParams,
+    input: &[i8],
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    let p = params;
+    let pixels = p
+        .height
+        .checked_mul(p.width)
+        .ok_or(KernelError::ShapeMismatch)?;
+    // The int32 sum must not overflow: 255 · pixels < 2^31.
+    if volume(p.height, p.width, p.channels) != Some(input.len())
+        || output.len() != p.channels
+        || pixels == 0
+        || pixels > (i32::MAX / 256) as usize
+    {
+        return Err(KernelError::ShapeMismatch);
+    }
+    if !shift_ok(p.multiplier.1) {
+        return Err(KernelError::ShiftOutOfRange);
+    }
+    for (c, out) in output.iter_mut().enumerate() {
+        let sum = input[c..]
+            .iter()
+            .step_by(p.channels)
+            .map(|&x| i32::from(x) + p.input_offset)
+            .sum::<i32>();
+        let raw = multiply_by_quantized_multiplier(sum, p.multiplier.0, p.multiplier.1)
+            .saturating_add(p.output_offset);
+        *out = raw.clamp(-128, 127) as i8;
+    }
+    Ok(())
+}
+
+/// Max pooling with the output in the input's quantisation; padded positions are ignored.
+/// Uses [`ConvParams`] for the geometry (`input_channels == output_channels`; the offsets and
+/// clamp are unused except `activation_min/max`).
+pub fn max_pool(params: &ConvParams, input: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
+    let p = params;
+    let extent_ok = ConvParams::output_extent(p.input_height, p.kernel, p.stride, p.padding)
+        == Some(p.output_height)
+        && ConvParams::output_extent(p.input_width, p.kernel, p.stride, p.padding)
+            == Some(p.output_width);
+    if !extent_ok
+        || p.input_channels != p.output_channels
+        || p.padding >= p.kernel
+        || volume(p.input_height, p.input_width, p.input_channels) != Some(input.len())
+        || volume(p.output_height, p.output_width, p.output_channels) != Some(output.len())
+    {
+        return Err(KernelError::ShapeMismatch);
+    }
+    if p.activation_min > p.activation_max {
+        return Err(KernelError::InvalidActivationRange);
+    }
+    let c = p.input_channels;
+    for oy in 0..p.output_height {
+        for ox in 0..p.output_width {
+            for ch in 0..c {
+                let mut best = i8::MIN;
+                for ky in 0..p.kernel {
+                    let Some(iy) = (oy * p.stride + ky).checked_sub(p.padding) else {
+                        continue;
+                    };
+                    if iy >= p.input_height {
+                        continue;
+                    }
+                    for kx in 0..p.kernel {
+                        let Some(ix) = (ox * p.stride + kx).checked_sub(p.padding) else {
+                            continue;
+                        };
+                        if ix < p.input_width {
+                            best = best.max(input[(iy * p.input_width + ix) * c + ch]);
+                        }
+                    }
+                }
+                output[(oy * p.output_width + ox) * c + ch] =
+                    best.clamp(p.activation_min, p.activation_max);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arith::quantize_multiplier;
+
+    fn add_params(s1: f64, z1: i32, s2: f64, z2: i32, so: f64, zo: i32) -> AddParams {
+        let twice_max = 2.0 * s1.max(s2);
+        AddParams {
+            input1_offset: -z1,
+            input2_offset: -z2,
+            output_offset: zo,
+            left_shift: ADD_LEFT_SHIFT,
+            input1_multiplier: quantize_multiplier(s1 / twice_max),
+            input2_multiplier: quantize_multiplier(s2 / twice_max),
+            output_multiplier: quantize_multiplier(
+                twice_max / (f64::from(1 << ADD_LEFT_SHIFT) * so),
+            ),
+            activation_min: -128,
+            activation_max: 127,
+        }
+    }
+
+    #[test]
+    fn add_matches_real_addition_within_one_step() {
+        let (s1, z1, s2, z2, so, zo) = (0.05, -128, 0.013, 7, 0.06, -20);
+        let p = add_params(s1, z1, s2, z2, so, zo);
+        let a: Vec<i8> = (-128..=127).collect();
+        let b: Vec<i8> = (-128..=127).rev().collect();
+        let mut out = vec![0; 256];
+        add(&p, &a, &b, &mut out).unwrap();
+        for i in 0..256 {
+            let real =
+                (f64::from(a[i]) - f64::from(z1)) * s1 + (f64::from(b[i]) - f64::from(z2)) * s2;
+            let want = (real / so).round() + f64::from(zo);
+            let want = want.clamp(-128.0, 127.0);
+            assert!(
+                (f64::from(out[i]) - want).abs() <= 1.0,
+                "{i}: {} vs {want}",
+                out[i]
+            );
+        }
+    }
+
+    #[test]
+    fn add_rejects_bad_constants() {
+        let mut p = add_params(0.1, 0, 0.1, 0, 0.1, 0);
+        let mut out = [0; 2];
+        assert_eq!(
+            add(&p, &[1, 2], &[1], &mut out),
+            Err(KernelError::ShapeMismatch)
+        );
+        p.output_multiplier.1 = 40;
+        assert_eq!(
+            add(&p, &[1, 2], &[1, 2], &mut out),
+            Err(KernelError::ShiftOutOfRange)
+        );
+    }
+
+    #[test]
+    fn global_average_is_the_mean_within_one_step() {
+        let (h, w, c) = (3, 4, 2);
+        let input: Vec<i8> = (0..24).map(|i| (i * 9 - 100) as i8).collect();
+        let (s_in, z_in, s_out, z_out) = (0.02, -5, 0.015, 3);
+        let p = GlobalAvgPoolParams {
+            height: h,
+            width: w,
+            channels: c,
+            input_offset: -z_in,
+            output_offset: z_out,
+            multiplier: quantize_multiplier(s_in / (s_out * 12.0)),
+        };
+        let mut out = [0; 2];
+        global_avg_pool(&p, &input, &mut out).unwrap();
+        for (ch, &got) in out.iter().enumerate() {
+            let mean = input
+                .iter()
+                .skip(ch)
+                .step_by(c)
+                .map(|&x| (f64::from(x) - f64::from(z_in)) * s_in)
+                .sum::<f64>()
+                / 12.0;
+            let want = (mean / s_out).round() + f64::from(z_out);
+            assert!(
+                (f64::from(got) - want).abs() <= 1.0,
+                "{ch}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_pool_ignores_padding() {
+        let p = ConvParams {
+            input_height: 2,
+            input_width: 2,
+            input_channels: 1,
+            output_height: 1,
+            output_width: 1,
+            output_channels: 1,
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            input_offset: 0,
+            output_offset: 0,
+            activation_min: -128,
+            activation_max: 127,
+        };
+        let mut out = [0];
+        max_pool(&p, &[-90, -100, -120, -128], &mut out).unwrap();
+        assert_eq!(out, [-90]);
+    }
+}
