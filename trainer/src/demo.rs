@@ -438,6 +438,20 @@ impl DemoSummary {
             self.export.max_abs_logit_diff,
             self.export.checked_images
         );
+        if let Some(int8) = &self.export.int8 {
+            let best = &int8.methods[0];
+            let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.3}"));
+            s += &format!(
+                "  int8 ({} calibration): {} B blob, {} B arena; val top-1 fp32 {} -> int8 {}, agreement {:.3} on {} images\n",
+                int8.method,
+                int8.blob_bytes,
+                int8.arena_bytes,
+                pct(best.fp32_top1),
+                pct(best.int8_top1),
+                best.top1_agreement,
+                best.images
+            );
+        }
         s += "  runtime screening of held-out images:\n";
         for r in &self.screened {
             s += &format!(

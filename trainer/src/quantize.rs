@@ -837,7 +837,7 @@ pub fn check_budget(quantized: &Quantized, flash: Option<usize>, ram: Option<usi
         Ok(())
     } else {
         Err(Error::Quantize(format!(
-            "the int8 model does not fit the device: {} (use a smaller --width or --image-size, or --arch micro)",
+            "the int8 model does not fit the device: {} (fine-tune a smaller model: --width or --image-size)",
             problems.join("; ")
         )))
     }
