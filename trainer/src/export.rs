@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use prost::Message;
 use scanside_runtime::bundle::signing::key_id;
 use scanside_runtime::bundle::{
-    write_bundle_with_int8, Bundle, BundleManifest, Calibration, Int8Entry, ModelEntry,
+    write_bundle_with_int8, Bundle, BundleManifest, Calibration, FileEntry, Int8Entry, ModelEntry,
     OutputActivation, Provenance, FORMAT_VERSION,
 };
 use scanside_runtime::bundle::{SigningKey, Trust};
@@ -26,7 +26,10 @@ use tract_onnx::pb;
 use crate::data::{load_images_with, open_split, Partition, Task};
 use crate::evaluate::load_finetuned;
 use crate::model::{input_tensor, to_vec, Block, Classifier};
-use crate::quantize::{check_budget, quantize, MethodReport, QuantizeConfig};
+use crate::quantize::{
+    check_budget, quantize, quantize_bias, quantize_per_channel, FloatGraph, FloatOp, MethodReport,
+    QuantizeConfig,
+};
 use crate::runlog::load_json;
 use crate::{Error, Result};
 
@@ -129,6 +132,7 @@ pub fn parse_targets(text: &str) -> std::result::Result<Targets, String> {
 }
 
 const INT8_FILE: &str = "model.i8";
+const QDQ_FILE: &str = "model.qdq.onnx";
 
 /// A convolution with BatchNorm folded in: `W' = W·γ/σ`, `b' = β − μ·γ/σ`.
 pub(crate) struct FoldedConv {
@@ -192,6 +196,86 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    fn constant_of(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data_type: pb::tensor_proto::DataType,
+        raw: Vec<u8>,
+    ) -> String {
+        self.initializers.push(pb::TensorProto {
+            name: name.to_string(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type as i32,
+            raw_data: raw,
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    /// `DequantizeLinear` of an integer initializer (per channel along axis 0 when `scales`
+    /// has several entries).
+    fn dequantized(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        q: QuantizedConstant<'_>,
+        scales: &[f32],
+    ) -> String {
+        use pb::tensor_proto::DataType;
+        let (data, zero) = match q {
+            QuantizedConstant::I8(v) => (
+                self.constant_of(
+                    name,
+                    dims,
+                    DataType::Int8,
+                    v.iter().map(|&x| x as u8).collect(),
+                ),
+                self.constant_of(
+                    &format!("{name}.zero_point"),
+                    &[scales.len()],
+                    DataType::Int8,
+                    vec![0; scales.len()],
+                ),
+            ),
+            QuantizedConstant::I32(v) => (
+                self.constant_of(
+                    name,
+                    dims,
+                    DataType::Int32,
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ),
+                self.constant_of(
+                    &format!("{name}.zero_point"),
+                    &[scales.len()],
+                    DataType::Int32,
+                    vec![0; 4 * scales.len()],
+                ),
+            ),
+        };
+        let scale = self.constant(&format!("{name}.scale"), &[scales.len()], scales.to_vec());
+        self.node(
+            "DequantizeLinear",
+            vec![data, scale, zero],
+            vec![int("axis", 0)],
+        )
+    }
+
+    /// `DequantizeLinear(QuantizeLinear(x))` with a per-tensor int8 scale and zero point.
+    fn fake_quant(&mut self, x: String, (scale, zero_point): (f32, i8)) -> String {
+        let s = self.fresh("act_scale");
+        let s = self.constant(&s, &[], vec![scale]);
+        let z = self.fresh("act_zero_point");
+        let z = self.constant_of(
+            &z,
+            &[],
+            pb::tensor_proto::DataType::Int8,
+            vec![zero_point as u8],
+        );
+        let q = self.node("QuantizeLinear", vec![x, s.clone(), z.clone()], vec![]);
+        self.node("DequantizeLinear", vec![q, s, z], vec![])
+    }
+
     fn node(
         &mut self,
         op: &str,
@@ -250,6 +334,12 @@ impl GraphBuilder {
         let sum = self.node("Add", vec![y, shortcut], vec![]);
         self.relu(sum)
     }
+}
+
+/// Integer data behind a `DequantizeLinear`.
+enum QuantizedConstant<'a> {
+    I8(&'a [i8]),
+    I32(&'a [i32]),
 }
 
 fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
@@ -363,6 +453,132 @@ pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> V
     model.encode_to_vec()
 }
 
+/// The int8 model as a standard ONNX QDQ graph (opset 13): every activation passes through
+/// `QuantizeLinear → DequantizeLinear` with the blob's scale and zero point, weights are int8
+/// per output channel and biases int32 in accumulator scale, each behind a `DequantizeLinear`
+/// — the form onnxruntime and TensorRT fuse into integer kernels. Same quantisation as the blob,
+/// so the two agree up to the rounding of the requantisation (fixed point in the blob).
+pub(crate) fn qdq_onnx_bytes(
+    graph: &FloatGraph,
+    quant: &[(f32, i8)],
+    input_chw: [usize; 3],
+) -> Vec<u8> {
+    let mut g = GraphBuilder::default();
+    let mut names: Vec<String> = vec![String::new(); graph.tensors.len()];
+    names[0] = g.fake_quant(INPUT_NAME.to_string(), quant[0]);
+    let mut classes = 0;
+    for (i, layer) in graph.layers.iter().enumerate() {
+        let x = names[layer.inputs[0]].clone();
+        let y = match &layer.op {
+            FloatOp::Conv { conv, relu } => {
+                let [o, _, k, _] = conv.shape;
+                let (w, scales) = quantize_per_channel(&conv.weight, o);
+                let b = quantize_bias(&conv.bias, quant[layer.inputs[0]].0, &scales);
+                let bias_scales: Vec<f32> = scales
+                    .iter()
+                    .map(|s| s * quant[layer.inputs[0]].0)
+                    .collect();
+                let w = g.dequantized(
+                    &format!("layer{i}.weight"),
+                    &conv.shape,
+                    QuantizedConstant::I8(&w),
+                    &scales,
+                );
+                let b = g.dequantized(
+                    &format!("layer{i}.bias"),
+                    &[o],
+                    QuantizedConstant::I32(&b),
+                    &bias_scales,
+                );
+                let p = conv.padding as i64;
+                let attrs = vec![
+                    ints("kernel_shape", &[k as i64, k as i64]),
+                    ints("strides", &[conv.stride as i64, conv.stride as i64]),
+                    ints("pads", &[p, p, p, p]),
+                ];
+                let y = g.node("Conv", vec![x, w, b], attrs);
+                if *relu {
+                    g.relu(y)
+                } else {
+                    y
+                }
+            }
+            FloatOp::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let p = *padding as i64;
+                let attrs = vec![
+                    ints("kernel_shape", &[*kernel as i64, *kernel as i64]),
+                    ints("strides", &[*stride as i64, *stride as i64]),
+                    ints("pads", &[p, p, p, p]),
+                ];
+                g.node("MaxPool", vec![x], attrs)
+            }
+            FloatOp::Add { relu } => {
+                let sum = g.node("Add", vec![x, names[layer.inputs[1]].clone()], vec![]);
+                if *relu {
+                    g.relu(sum)
+                } else {
+                    sum
+                }
+            }
+            FloatOp::GlobalAvgPool => g.node("GlobalAveragePool", vec![x], vec![]),
+            FloatOp::FullyConnected { weight, bias } => {
+                let out = bias.len();
+                let fin = weight.len() / out;
+                let (w, scales) = quantize_per_channel(weight, out);
+                let b = quantize_bias(bias, quant[layer.inputs[0]].0, &scales);
+                let bias_scales: Vec<f32> = scales
+                    .iter()
+                    .map(|s| s * quant[layer.inputs[0]].0)
+                    .collect();
+                let w = g.dequantized(
+                    &format!("layer{i}.weight"),
+                    &[out, fin],
+                    QuantizedConstant::I8(&w),
+                    &scales,
+                );
+                let b = g.dequantized(
+                    &format!("layer{i}.bias"),
+                    &[out],
+                    QuantizedConstant::I32(&b),
+                    &bias_scales,
+                );
+                let flat = g.node("Flatten", vec![x], vec![int("axis", 1)]);
+                classes = out;
+                g.node("Gemm", vec![flat, w, b], vec![int("transB", 1)])
+            }
+        };
+        names[layer.output] = g.fake_quant(y, quant[layer.output]);
+    }
+    if let Some(last) = g.nodes.last_mut() {
+        last.output = vec![OUTPUT_NAME.to_string()];
+    }
+    let [c, h, w] = input_chw;
+    let graph = pb::GraphProto {
+        name: "scanside_classifier_qdq".into(),
+        node: g.nodes,
+        initializer: g.initializers,
+        input: vec![tensor_info(INPUT_NAME, &[None, Some(c), Some(h), Some(w)])],
+        output: vec![tensor_info(OUTPUT_NAME, &[None, Some(classes)])],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 7,
+        producer_name: "scanside-train".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 /// The temperature and thresholds of an evaluation report (fitted on validation), for the
 /// bundle; `None` when the report has no operating points.
 fn calibration_of(evaluation: &serde_json::Value) -> Option<Calibration> {
@@ -442,7 +658,7 @@ pub fn export_run<B: Backend>(
         int8: None,
     };
     let (int8, int8_report) = if options.int8 {
-        let (blob, report) = export_int8(
+        let (blob, qdq, report) = export_int8(
             &model,
             &index,
             &split,
@@ -451,7 +667,7 @@ pub fn export_run<B: Backend>(
             options,
             device,
         )?;
-        (Some(blob), Some(report))
+        (Some((blob, qdq)), Some(report))
     } else {
         (None, None)
     };
@@ -463,8 +679,19 @@ pub fn export_run<B: Backend>(
         arena_bytes: r.arena_bytes,
         blob_bytes: r.blob_bytes,
         report: Some(serde_json::to_value(&r.methods).expect("reports serialise")),
+        qdq_onnx: Some(FileEntry {
+            file: QDQ_FILE.into(),
+            sha256: String::new(),
+        }),
     });
-    let manifest = write_bundle_with_int8(bundle_dir, manifest, &onnx, int8.as_deref(), sign_key)?;
+    let manifest = write_bundle_with_int8(
+        bundle_dir,
+        manifest,
+        &onnx,
+        int8.as_ref().map(|(blob, _)| blob.as_slice()),
+        int8.as_ref().map(|(_, qdq)| qdq.as_slice()),
+        sign_key,
+    )?;
 
     // Prove it: the runtime loads the bundle and matches burn on real validation images.
     let trust = match sign_key {
@@ -534,7 +761,7 @@ fn export_int8<B: Backend>(
     preprocess: &scanside_runtime::preprocess::PreprocessConfig,
     options: &ExportOptions,
     device: &B::Device,
-) -> Result<(Vec<u8>, Int8Report)> {
+) -> Result<(Vec<u8>, Vec<u8>, Int8Report)> {
     let q = &options.quantize;
     let train = spread(
         &split.indices(index, Partition::Train),
@@ -568,7 +795,7 @@ fn export_int8<B: Backend>(
         methods: quantized.reports.clone(),
         warning,
     };
-    Ok((quantized.blob, report))
+    Ok((quantized.blob, quantized.qdq_onnx, report))
 }
 
 #[cfg(test)]

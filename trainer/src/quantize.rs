@@ -87,9 +87,9 @@ impl Default for QuantizeConfig {
 /// A tensor of the traced float graph.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct FloatTensor {
-    height: usize,
-    width: usize,
-    channels: usize,
+    pub(crate) height: usize,
+    pub(crate) width: usize,
+    pub(crate) channels: usize,
     /// Never negative (a ReLU output or an average of one): quantised over `[0, max]`.
     non_negative: bool,
 }
@@ -117,15 +117,15 @@ pub(crate) enum FloatOp {
 }
 
 pub(crate) struct FloatLayer {
-    op: FloatOp,
-    inputs: Vec<usize>,
-    output: usize,
+    pub(crate) op: FloatOp,
+    pub(crate) inputs: Vec<usize>,
+    pub(crate) output: usize,
 }
 
 /// The classifier as the int8 engine sees it: tensors (the input first) and layers in order.
 pub(crate) struct FloatGraph {
-    tensors: Vec<FloatTensor>,
-    layers: Vec<FloatLayer>,
+    pub(crate) tensors: Vec<FloatTensor>,
+    pub(crate) layers: Vec<FloatLayer>,
 }
 
 /// Traces a classifier on a batch: its graph and every tensor's values (`N×C×H×W`, in the
@@ -428,6 +428,18 @@ fn ohwi(weights: &[f32], [o, i, kh, kw]: [usize; 4]) -> Vec<f32> {
     out
 }
 
+/// int32 biases in accumulator scale (`s_in · s_w` per channel).
+pub(crate) fn quantize_bias(bias: &[f32], input_scale: f32, weight_scales: &[f32]) -> Vec<i32> {
+    bias.iter()
+        .zip(weight_scales)
+        .map(|(b, s)| {
+            (f64::from(*b) / (f64::from(input_scale) * f64::from(*s)))
+                .round()
+                .clamp(-2.0e9, 2.0e9) as i32
+        })
+        .collect()
+}
+
 fn weighted_layer(
     op: Op,
     weights: &[f32],
@@ -438,15 +450,7 @@ fn weighted_layer(
     with_relu: bool,
 ) -> LayerSpec {
     let (q, scales) = quantize_per_channel(weights, out_channels);
-    let bias = bias
-        .iter()
-        .zip(&scales)
-        .map(|(b, s)| {
-            (f64::from(*b) / (f64::from(input_scale) * f64::from(*s)))
-                .round()
-                .clamp(-2.0e9, 2.0e9) as i32
-        })
-        .collect();
+    let bias = quantize_bias(bias, input_scale, &scales);
     let (multipliers, shifts) = scales
         .iter()
         .map(|s| quantize_multiplier(f64::from(input_scale) * f64::from(*s) / f64::from(output.0)))
@@ -660,6 +664,8 @@ pub struct Quantized {
     pub reports: Vec<MethodReport>,
     /// Multiply-accumulates per inference.
     pub macs: u64,
+    /// The same quantisation as a standard ONNX QDQ model.
+    pub qdq_onnx: Vec<u8>,
 }
 
 fn macro_auc(logits: &[Vec<f32>], positive: &[Vec<bool>]) -> Option<f64> {
@@ -773,7 +779,8 @@ pub fn quantize<B: Backend>(
             arena_bytes: plan.arena_bytes,
             blob_bytes: blob.len(),
         };
-        candidates.push((report, blob, plan, macs(&spec)));
+        let quant = tensor_quantization(&graph, &stats, method);
+        candidates.push((report, blob, plan, macs(&spec), quant));
     }
     // Best score; ties go to the smaller logit error.
     candidates.sort_by(|a, b| {
@@ -782,7 +789,7 @@ pub fn quantize<B: Backend>(
             .then(a.0.mean_abs_logit_diff.total_cmp(&b.0.mean_abs_logit_diff))
     });
     let mut it = candidates.into_iter();
-    let (best, blob, plan, macs) = it.next().expect("at least one method");
+    let (best, blob, plan, macs, quant) = it.next().expect("at least one method");
     let mut reports = vec![best.clone()];
     reports.extend(it.map(|c| c.0));
     Ok(Quantized {
@@ -791,6 +798,7 @@ pub fn quantize<B: Backend>(
         method: best.method,
         reports,
         macs,
+        qdq_onnx: crate::export::qdq_onnx_bytes(&graph, &quant, chw),
     })
 }
 
@@ -1025,6 +1033,7 @@ mod tests {
             method: "minmax".into(),
             reports: vec![],
             macs: 0,
+            qdq_onnx: vec![],
         };
         assert!(check_budget(&q, Some(2000), Some(5000)).is_ok());
         let e = check_budget(&q, Some(1024), Some(4096))

@@ -68,6 +68,20 @@ pub struct Int8Entry {
     /// int8 against fp32 on the validation split, for every calibration method tried.
     #[serde(default)]
     pub report: Option<serde_json::Value>,
+    /// The same quantisation as a standard ONNX QDQ model (QuantizeLinear/DequantizeLinear
+    /// around float operators) for onnxruntime or TensorRT users; the runtime does not run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdq_onnx: Option<FileEntry>,
+}
+
+/// A further file of the bundle, pinned by its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// File name inside the bundle directory.
+    pub file: String,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
 }
 
 /// How a model's logits become probabilities.
@@ -243,6 +257,9 @@ impl Bundle {
             .as_ref()
             .map(|e| read_checked(&e.file, &e.sha256))
             .transpose()?;
+        if let Some(qdq) = manifest.int8.as_ref().and_then(|e| e.qdq_onnx.as_ref()) {
+            read_checked(&qdq.file, &qdq.sha256)?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
@@ -289,9 +306,15 @@ impl BundleManifest {
         let mut files = vec![("model", &self.model.file, &self.model.sha256)];
         if let Some(int8) = &self.int8 {
             files.push(("int8", &int8.file, &int8.sha256));
-            if int8.file == self.model.file {
-                return bad("int8.file must differ from model.file".into());
+            if let Some(qdq) = &int8.qdq_onnx {
+                files.push(("int8.qdq_onnx", &qdq.file, &qdq.sha256));
             }
+        }
+        let mut names: Vec<&String> = files.iter().map(|f| f.1).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != files.len() {
+            return bad("the bundle's model files must have distinct names".into());
         }
         for (what, file, sha256) in files {
             let path = Path::new(file);
@@ -353,7 +376,7 @@ pub fn write_bundle(
     model_bytes: &[u8],
     key: Option<&SigningKey>,
 ) -> Result<BundleManifest> {
-    write_bundle_with_int8(dir, manifest, model_bytes, None, key)
+    write_bundle_with_int8(dir, manifest, model_bytes, None, None, key)
 }
 
 /// [`write_bundle`] with the int8 blob too (its entry must be in the manifest; its sha256 is
@@ -363,6 +386,7 @@ pub fn write_bundle_with_int8(
     mut manifest: BundleManifest,
     model_bytes: &[u8],
     int8_bytes: Option<&[u8]>,
+    qdq_bytes: Option<&[u8]>,
     key: Option<&SigningKey>,
 ) -> Result<BundleManifest> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -372,7 +396,20 @@ pub fn write_bundle_with_int8(
     let manifest_path = dir.join(MANIFEST_FILE);
     manifest.model.sha256 = sha256_hex(model_bytes);
     match (&mut manifest.int8, int8_bytes) {
-        (Some(entry), Some(bytes)) => entry.sha256 = sha256_hex(bytes),
+        (Some(entry), Some(bytes)) => {
+            entry.sha256 = sha256_hex(bytes);
+            match (&mut entry.qdq_onnx, qdq_bytes) {
+                (Some(qdq), Some(bytes)) => qdq.sha256 = sha256_hex(bytes),
+                (None, None) => {}
+                _ => {
+                    return Err(Error::Bundle {
+                        path: manifest_path,
+                        reason: "the int8 entry's qdq_onnx and the QDQ model must come together"
+                            .into(),
+                    })
+                }
+            }
+        }
         (None, None) => {}
         _ => {
             return Err(Error::Bundle {
@@ -385,6 +422,9 @@ pub fn write_bundle_with_int8(
     write_atomically(&dir.join(&manifest.model.file), model_bytes)?;
     if let (Some(entry), Some(bytes)) = (&manifest.int8, int8_bytes) {
         write_atomically(&dir.join(&entry.file), bytes)?;
+        if let (Some(qdq), Some(bytes)) = (&entry.qdq_onnx, qdq_bytes) {
+            write_atomically(&dir.join(&qdq.file), bytes)?;
+        }
     }
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     let sig_path = dir.join(signing::SIGNATURE_FILE);

@@ -205,12 +205,14 @@ pub fn write_linear_bundle_with_int8(dir: &Path) {
         arena_bytes: plan.arena_bytes,
         blob_bytes: blob.len(),
         report: None,
+        qdq_onnx: None,
     });
     scanside_runtime::bundle::write_bundle_with_int8(
         dir,
         manifest,
         &bundle.model_bytes,
         Some(&blob),
+        None,
         Some(&test_key()),
     )
     .unwrap();

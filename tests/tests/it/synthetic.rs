@@ -123,7 +123,13 @@ fn write_onnxruntime_fixture(data: &Path, out: &Path, dest: &Path) -> anyhow::Re
         scanside_runtime::preprocess::normalize_in_place(chunk, &preprocess);
     }
     std::fs::create_dir_all(dest)?;
-    for file in ["manifest.json", "manifest.sig", "model.onnx", "model.i8"] {
+    for file in [
+        "manifest.json",
+        "manifest.sig",
+        "model.onnx",
+        "model.i8",
+        "model.qdq.onnx",
+    ] {
         std::fs::copy(out.join("bundle").join(file), dest.join(file))?;
     }
     // The signer's public key beside the copy (`<dest>.pub`), for screening it verified.
@@ -131,9 +137,21 @@ fn write_onnxruntime_fixture(data: &Path, out: &Path, dest: &Path) -> anyhow::Re
     // One input image, for screening with the native and the cross-compiled runtime binaries.
     std::fs::copy(&images.sources[0], dest.join("sample.jpg"))?;
     let classes = config.class_names.len();
+    // The int8 engine's logits on the same inputs, for comparing the QDQ model with the blob.
+    let bundle = scanside_runtime::bundle::Bundle::load(&out.join("bundle"), &trusted(out)?)?;
+    let scanside_runtime::infer::Engine::Int8(int8) =
+        scanside_runtime::infer::Engine::load(&bundle, scanside_runtime::infer::EngineKind::Int8)?
+    else {
+        anyhow::bail!("int8 engine expected");
+    };
+    let int8_logits = inputs
+        .chunks(images.sample_len)
+        .map(|x| int8.logits(x))
+        .collect::<Result<Vec<_>, _>>()?;
     let check = serde_json::json!({
         "inputs": inputs.chunks(images.sample_len).collect::<Vec<_>>(),
         "logits": logits.chunks(classes).collect::<Vec<_>>(),
+        "int8_logits": int8_logits,
     });
     std::fs::write(dest.join("check.json"), serde_json::to_vec(&check)?)?;
     Ok(())
