@@ -4,6 +4,8 @@
 # pipefail carries it through defmt-print. The timeout turns a hang into a failure.
 set -euo pipefail
 elf="$1"
-timeout "${QEMU_TIMEOUT:-60}" qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic \
+# -icount shift=0: one executed instruction = 1 ns of virtual time (deterministic timing; the
+# firmware converts SysTick ticks to instruction counts).
+timeout "${QEMU_TIMEOUT:-60}" qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic -icount shift=0 \
   -semihosting-config enable=on,target=native -kernel "$elf" \
   | defmt-print -e "$elf"

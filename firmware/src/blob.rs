@@ -313,6 +313,23 @@ impl<'a> Model<'a> {
         self.weights.len()
     }
 
+    /// Multiply-accumulates of one inference (convolutions and fully connected layers).
+    pub fn macs(&self) -> u64 {
+        (0..self.layers)
+            .filter_map(|i| self.layer(i))
+            .map(|l| {
+                let out = self.tensor_record(l.output);
+                match l.op {
+                    Op::Conv2d | Op::DepthwiseConv2d => {
+                        (out.height * out.width) as u64 * l.weights.len() as u64
+                    }
+                    Op::FullyConnected => l.weights.len() as u64,
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+
     /// The input tensor.
     pub fn input(&self) -> Tensor {
         self.tensor_record(self.input)

@@ -21,8 +21,9 @@ static VECTORS: &[u8] = include_bytes!(concat!(env!("SCANSIDE_GOLDEN_DIR"), "/ve
 /// memory plan says how much of it a model needs).
 pub const ARENA_BYTES: usize = 160 * 1024;
 
-/// Runs every vector; true when all outputs are bit-exact.
-pub fn run_all(arena: &mut [i8; ARENA_BYTES]) -> bool {
+/// Runs every vector; true when all outputs are bit-exact. `clock` reads a down-counting
+/// 24-bit tick counter (SysTick) for the per-inference cost.
+pub fn run_all(arena: &mut [i8; ARENA_BYTES], clock: &impl Fn() -> u32) -> bool {
     let model = match Model::parse(&MODEL.0) {
         Ok(m) => m,
         Err(e) => {
@@ -38,8 +39,9 @@ pub fn run_all(arena: &mut [i8; ARENA_BYTES]) -> bool {
         }
     };
     defmt::info!(
-        "model: {=usize} layers, {=usize} B weights, arena {=usize} B of {=usize} B; {=usize} vectors",
+        "model: {=usize} layers, {=u64} MACs, {=usize} B weights, arena {=usize} B of {=usize} B; {=usize} vectors",
         model.layer_count(),
+        model.macs(),
         model.weights_bytes(),
         model.arena_bytes(),
         ARENA_BYTES,
@@ -50,11 +52,19 @@ pub fn run_all(arena: &mut [i8; ARENA_BYTES]) -> bool {
         let Some((input, expected)) = vectors.get(i) else {
             return false;
         };
-        match run(&model, &mut arena[..], input, |layer, op| {
+        let start = clock();
+        let result = run(&model, &mut arena[..], input, |layer, op| {
             defmt::debug!("vector {=usize} layer {=usize}: {}", i, layer, op);
-        }) {
+        });
+        let ticks = start.wrapping_sub(clock()) & 0x00FF_FFFF;
+        match result {
             Ok(output) if output == expected => {
-                defmt::info!("vector {=usize}: output {} bit-exact", i, output);
+                defmt::info!(
+                    "vector {=usize}: output {} bit-exact, {=u32} SysTick ticks",
+                    i,
+                    output,
+                    ticks
+                );
             }
             Ok(output) => {
                 defmt::error!(

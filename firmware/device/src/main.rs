@@ -4,11 +4,33 @@
 #![no_std]
 #![no_main]
 
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m::peripheral::SYST;
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
 use defmt_semihosting as _;
 use panic_probe as _;
 use scanside_firmware::{fully_connected, PerChannelRequant};
+
+/// Iterations of 100 `nop`s timed to relate SysTick ticks to executed instructions.
+const CALIBRATION_LOOPS: u32 = 10_000;
+
+/// 100 `nop` instructions (the loop around them adds ~2 per 100).
+#[inline(always)]
+fn nops() {
+    for _ in 0..10 {
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+        cortex_m::asm::nop();
+    }
+}
 
 mod demo_layer;
 #[cfg(golden)]
@@ -30,11 +52,37 @@ fn main() -> ! {
         multipliers: &demo_layer::MULTIPLIERS,
         shifts: &demo_layer::SHIFTS,
     };
+    // SysTick as a free-running 24-bit down-counter on the core clock: under QEMU with
+    // `-icount shift=0` (qemu-run.sh) the virtual clock advances one nanosecond per executed
+    // instruction, so ticks measure instructions; a run of known length calibrates the ratio.
+    let Some(mut core) = cortex_m::Peripherals::take() else {
+        defmt::error!("core peripherals already taken");
+        debug::exit(EXIT_FAILURE);
+        loop {
+            cortex_m::asm::wfi();
+        }
+    };
+    core.SYST.set_clock_source(SystClkSource::Core);
+    core.SYST.set_reload(0x00FF_FFFF);
+    core.SYST.clear_current();
+    core.SYST.enable_counter();
+    let clock = || SYST::get_current();
+    let start = clock();
+    for _ in 0..CALIBRATION_LOOPS {
+        nops();
+    }
+    let ticks = start.wrapping_sub(clock()) & 0x00FF_FFFF;
+    defmt::info!(
+        "calibration: {=u32} nop instructions in {=u32} SysTick ticks",
+        CALIBRATION_LOOPS * 100,
+        ticks
+    );
+
     #[cfg(golden)]
     {
         // On the stack of `main`, which never returns: lives as long as the program.
         let mut arena = [0_i8; golden::ARENA_BYTES];
-        if golden::run_all(&mut arena) {
+        if golden::run_all(&mut arena, &clock) {
             defmt::info!("PASS: golden model bit-exact with the host int8 engine");
         } else {
             defmt::error!("FAIL: golden model differs from the host");
