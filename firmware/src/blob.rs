@@ -235,17 +235,28 @@ fn i32_at(b: &[u8], at: usize) -> i32 {
     i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// CRC-32 (IEEE) of the checksummed part of a blob.
+/// CRC-32 (IEEE, as zlib) of the checksummed part of a blob.
 pub fn checksum(bytes: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(bytes);
-    hasher.finalize()
+    const CRC32: crc::Crc<u32, crc::NoTable> =
+        crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISO_HDLC);
+    CRC32.checksum(bytes)
 }
 
 impl<'a> Model<'a> {
     /// Parses and validates a blob. Nothing is trusted: after this returns `Ok`, running the
     /// model cannot index outside the blob or the arena.
     pub fn parse(bytes: &'a [u8]) -> Result<Model<'a>, BlobError> {
+        Self::parse_with(bytes, true)
+    }
+
+    /// [`Model::parse`] without recomputing the CRC, for a blob that passed [`Model::parse`]
+    /// before and stayed in memory the caller owns (the host engine re-borrows its blob per
+    /// inference). Every structural check still runs, so memory safety never rests on it.
+    pub fn parse_checked_before(bytes: &'a [u8]) -> Result<Model<'a>, BlobError> {
+        Self::parse_with(bytes, false)
+    }
+
+    fn parse_with(bytes: &'a [u8], verify_checksum: bool) -> Result<Model<'a>, BlobError> {
         if bytes.len() < HEADER_LEN {
             return Err(BlobError::Truncated);
         }
@@ -265,7 +276,7 @@ impl<'a> Model<'a> {
         if bytes.len() != total {
             return Err(BlobError::BadLayout);
         }
-        if checksum(&bytes[CRC_START..]) != u32_at(bytes, 12) as u32 {
+        if verify_checksum && checksum(&bytes[CRC_START..]) != u32_at(bytes, 12) as u32 {
             return Err(BlobError::ChecksumMismatch);
         }
         if !(bytes.as_ptr() as usize).is_multiple_of(4) {
@@ -598,3 +609,12 @@ fn overlaps(a: &core::ops::Range<usize>, b: &core::ops::Range<usize>) -> bool {
 
 #[cfg(feature = "std")]
 pub mod write;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checksum_is_the_standard_crc32() {
+        // The check value of CRC-32/ISO-HDLC (zlib's crc32), so any tool can verify a blob.
+        assert_eq!(super::checksum(b"123456789"), 0xcbf4_3926);
+    }
+}

@@ -78,7 +78,8 @@ impl Int8Classifier {
 
     /// Runs an already quantised NHWC input and returns the int8 output.
     pub fn run_quantized(&self, input: &[i8]) -> Result<Vec<i8>> {
-        let model = Model::parse(self.blob.bytes()).map_err(|e| Error::Model {
+        // Verified with its CRC at load; the structure is re-checked (cheap), not the CRC.
+        let model = Model::parse_checked_before(self.blob.bytes()).map_err(|e| Error::Model {
             path: self.path.clone(),
             reason: format!("int8 blob refused: {e}"),
         })?;
