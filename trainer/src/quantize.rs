@@ -12,15 +12,15 @@
 //! Each method's blob runs on the validation split through the runtime's int8 engine (the
 //! same core the firmware runs) and is compared with the fp32 model; the best is kept.
 
-use std::collections::BTreeMap;
-
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 use scanside_firmware::arith::quantize_multiplier;
-use scanside_firmware::blob::write::{encode, LayerSpec, MemoryPlan, ModelSpec, TensorSpec};
-use scanside_firmware::blob::Op;
+use scanside_firmware::blob::write::{
+    encode, AlignedBlob, LayerSpec, MemoryPlan, ModelSpec, TensorSpec,
+};
+use scanside_firmware::blob::{Model, Op};
 use scanside_firmware::kernels::pool_add::ADD_LEFT_SHIFT;
 use scanside_runtime::infer::Int8Classifier;
 use scanside_runtime::preprocess::{normalize_in_place, PreprocessConfig};
@@ -456,19 +456,12 @@ fn weighted_layer(
         .map(|s| quantize_multiplier(f64::from(input_scale) * f64::from(*s) / f64::from(output.0)))
         .unzip();
     LayerSpec {
-        op,
-        kernel: 0,
-        stride: 1,
-        padding: 0,
-        inputs: vec![],
-        output: 0,
         activation_min: if with_relu { output.1 } else { -128 },
-        activation_max: 127,
-        params: [0; 6],
         weights: q,
         bias,
         multipliers,
         shifts,
+        ..plain(op, [0; 6])
     }
 }
 
@@ -687,22 +680,6 @@ fn is_positive(target: &Target, class: usize) -> bool {
     }
 }
 
-fn macs(spec: &ModelSpec) -> u64 {
-    spec.layers
-        .iter()
-        .map(|l| {
-            let out = &spec.tensors[l.output];
-            match l.op {
-                Op::Conv2d | Op::DepthwiseConv2d => {
-                    (out.height * out.width) as u64 * l.weights.len() as u64
-                }
-                Op::FullyConnected => l.weights.len() as u64,
-                _ => 0,
-            }
-        })
-        .sum()
-}
-
 /// Quantises `model` with every configured method, calibrating on `calibration` and comparing
 /// with fp32 on `validation`; returns the best.
 pub fn quantize<B: Backend>(
@@ -780,7 +757,10 @@ pub fn quantize<B: Backend>(
             blob_bytes: blob.len(),
         };
         let quant = tensor_quantization(&graph, &stats, method);
-        candidates.push((report, blob, plan, macs(&spec), quant));
+        let macs = Model::parse(AlignedBlob::new(&blob).bytes())
+            .map_err(|e| Error::Quantize(format!("int8 model ({}): {e}", method.name())))?
+            .macs();
+        candidates.push((report, blob, plan, macs, quant));
     }
     // Best score; ties go to the smaller logit error.
     candidates.sort_by(|a, b| {
@@ -849,15 +829,6 @@ pub fn check_budget(quantized: &Quantized, flash: Option<usize>, ram: Option<usi
             problems.join("; ")
         )))
     }
-}
-
-/// Names of the graph's layers, for reports (`conv`, `add`, …) with counts.
-pub fn op_counts(spec_layers: &[LayerSpec]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for l in spec_layers {
-        *counts.entry(format!("{:?}", l.op)).or_insert(0) += 1;
-    }
-    counts
 }
 
 #[cfg(test)]

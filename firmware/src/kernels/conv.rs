@@ -53,6 +53,27 @@ impl ConvParams {
         Some((padded - kernel) / stride + 1)
     }
 
+    /// The kernel positions `(ky, kx)` of output pixel `(oy, ox)` that fall inside the input,
+    /// with the input pixel `(iy, ix)` each reads; positions in the padding are skipped.
+    pub(crate) fn window(
+        &self,
+        oy: usize,
+        ox: usize,
+    ) -> impl Iterator<Item = ((usize, usize), (usize, usize))> + '_ {
+        let inside = |o: usize, k: usize, extent: usize| {
+            (o * self.stride + k)
+                .checked_sub(self.padding)
+                .filter(|&i| i < extent)
+        };
+        (0..self.kernel)
+            .filter_map(move |ky| inside(oy, ky, self.input_height).map(|iy| (ky, iy)))
+            .flat_map(move |(ky, iy)| {
+                (0..self.kernel).filter_map(move |kx| {
+                    inside(ox, kx, self.input_width).map(|ix| ((ky, kx), (iy, ix)))
+                })
+            })
+    }
+
     fn check(
         &self,
         depthwise: bool,
@@ -126,26 +147,12 @@ fn conv_accumulate_reference(
     oc: usize,
 ) -> i32 {
     let mut acc = bias;
-    for ky in 0..p.kernel {
-        let Some(iy) = (oy * p.stride + ky).checked_sub(p.padding) else {
-            continue;
-        };
-        if iy >= p.input_height {
-            continue;
-        }
-        for kx in 0..p.kernel {
-            let Some(ix) = (ox * p.stride + kx).checked_sub(p.padding) else {
-                continue;
-            };
-            if ix >= p.input_width {
-                continue;
-            }
-            let x = &input[(iy * p.input_width + ix) * p.input_channels..][..p.input_channels];
-            let w = &weights[((oc * p.kernel + ky) * p.kernel + kx) * p.input_channels..]
-                [..p.input_channels];
-            for (&xv, &wv) in x.iter().zip(w) {
-                acc = acc.wrapping_add((i32::from(xv) + p.input_offset) * i32::from(wv));
-            }
+    for ((ky, kx), (iy, ix)) in p.window(oy, ox) {
+        let x = &input[(iy * p.input_width + ix) * p.input_channels..][..p.input_channels];
+        let w = &weights[((oc * p.kernel + ky) * p.kernel + kx) * p.input_channels..]
+            [..p.input_channels];
+        for (&xv, &wv) in x.iter().zip(w) {
+            acc = acc.wrapping_add((i32::from(xv) + p.input_offset) * i32::from(wv));
         }
     }
     acc
@@ -302,24 +309,10 @@ pub fn depthwise_conv2d(
         for ox in 0..p.output_width {
             for ch in 0..c {
                 let mut acc = bias[ch];
-                for ky in 0..p.kernel {
-                    let Some(iy) = (oy * p.stride + ky).checked_sub(p.padding) else {
-                        continue;
-                    };
-                    if iy >= p.input_height {
-                        continue;
-                    }
-                    for kx in 0..p.kernel {
-                        let Some(ix) = (ox * p.stride + kx).checked_sub(p.padding) else {
-                            continue;
-                        };
-                        if ix >= p.input_width {
-                            continue;
-                        }
-                        let x = i32::from(input[(iy * p.input_width + ix) * c + ch]);
-                        let w = i32::from(weights[(ky * p.kernel + kx) * c + ch]);
-                        acc = acc.wrapping_add((x + p.input_offset) * w);
-                    }
+                for ((ky, kx), (iy, ix)) in p.window(oy, ox) {
+                    let x = i32::from(input[(iy * p.input_width + ix) * c + ch]);
+                    let w = i32::from(weights[(ky * p.kernel + kx) * c + ch]);
+                    acc = acc.wrapping_add((x + p.input_offset) * w);
                 }
                 output[(oy * p.output_width + ox) * c + ch] =
                     p.finish(acc, requant.multipliers[ch], requant.shifts[ch]);

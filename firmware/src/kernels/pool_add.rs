@@ -155,23 +155,11 @@ pub fn max_pool(params: &ConvParams, input: &[i8], output: &mut [i8]) -> Result<
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
             for ch in 0..c {
-                let mut best = i8::MIN;
-                for ky in 0..p.kernel {
-                    let Some(iy) = (oy * p.stride + ky).checked_sub(p.padding) else {
-                        continue;
-                    };
-                    if iy >= p.input_height {
-                        continue;
-                    }
-                    for kx in 0..p.kernel {
-                        let Some(ix) = (ox * p.stride + kx).checked_sub(p.padding) else {
-                            continue;
-                        };
-                        if ix < p.input_width {
-                            best = best.max(input[(iy * p.input_width + ix) * c + ch]);
-                        }
-                    }
-                }
+                let best = p
+                    .window(oy, ox)
+                    .map(|(_, (iy, ix))| input[(iy * p.input_width + ix) * c + ch])
+                    .max()
+                    .unwrap_or(i8::MIN);
                 output[(oy * p.output_width + ox) * c + ch] =
                     best.clamp(p.activation_min, p.activation_max);
             }

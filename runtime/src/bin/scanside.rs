@@ -29,16 +29,8 @@ struct Cli {
 enum Command {
     /// Screen image files (PNG, JPEG, DICOM); prints one JSON object per image on stdout.
     Screen {
-        /// Bundle directory written by `scanside-train export`.
-        #[arg(long)]
-        bundle: PathBuf,
-        /// Public key (`scanside-train keygen`) whose signature the bundle must carry; repeat
-        /// to trust several.
-        #[arg(long, required_unless_present = "allow_unsigned")]
-        public_key: Vec<PathBuf>,
-        /// Load the bundle without checking its signature (development only; loudly warned).
-        #[arg(long, conflicts_with = "public_key")]
-        allow_unsigned: bool,
+        #[command(flatten)]
+        bundle: BundleArgs,
         /// Which model of the bundle runs: fp32 (tract) or int8 (the int8 core; bundles
         /// exported with the `mcu` target).
         #[arg(long, default_value = "fp32")]
@@ -50,15 +42,9 @@ enum Command {
     /// Write golden test vectors for the firmware: OUT/model.i8 (the bundle's verified int8
     /// blob) and OUT/vectors.bin (each image's quantised input and the host's int8 output).
     McuVectors {
-        /// Bundle directory exported with the `mcu` target.
-        #[arg(long)]
-        bundle: PathBuf,
-        /// Public key the bundle must be signed with.
-        #[arg(long, required_unless_present = "allow_unsigned")]
-        public_key: Vec<PathBuf>,
-        /// Load the bundle without checking its signature (development only).
-        #[arg(long, conflicts_with = "public_key")]
-        allow_unsigned: bool,
+        /// A bundle exported with the `mcu` target.
+        #[command(flatten)]
+        bundle: BundleArgs,
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
@@ -68,20 +54,41 @@ enum Command {
     },
 }
 
-fn trust(public_key: &[PathBuf], allow_unsigned: bool) -> anyhow::Result<Trust> {
-    if allow_unsigned {
-        eprintln!(
-            "scanside: WARNING: --allow-unsigned: the model's origin is NOT verified; \
-             results are marked model_verified=false"
-        );
-        return Ok(Trust::AllowUnsigned);
+/// Which bundle, and which keys it must be signed with.
+#[derive(clap::Args)]
+struct BundleArgs {
+    /// Bundle directory written by `scanside-train export`.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Public key (`scanside-train keygen`) whose signature the bundle must carry; repeat
+    /// to trust several.
+    #[arg(long, required_unless_present = "allow_unsigned")]
+    public_key: Vec<PathBuf>,
+    /// Load the bundle without checking its signature (development only; loudly warned).
+    #[arg(long, conflicts_with = "public_key")]
+    allow_unsigned: bool,
+}
+
+impl BundleArgs {
+    /// Loads the bundle, its signature verified with the given keys (or, with
+    /// --allow-unsigned, unchecked and loudly warned).
+    fn load(&self) -> anyhow::Result<Bundle> {
+        let trust = if self.allow_unsigned {
+            eprintln!(
+                "scanside: WARNING: --allow-unsigned: the model's origin is NOT verified; \
+                 results are marked model_verified=false"
+            );
+            Trust::AllowUnsigned
+        } else {
+            Trust::Keys(
+                self.public_key
+                    .iter()
+                    .map(|p| signing::read_verifying_key(p))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        Ok(Bundle::load(&self.bundle, &trust)?)
     }
-    Ok(Trust::Keys(
-        public_key
-            .iter()
-            .map(|p| signing::read_verifying_key(p))
-            .collect::<Result<_, _>>()?,
-    ))
 }
 
 fn main() -> ExitCode {
@@ -99,13 +106,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Screen {
             bundle,
-            public_key,
-            allow_unsigned,
             engine,
             files,
         } => {
-            let trust = trust(&public_key, allow_unsigned)?;
-            let bundle = Bundle::load(&bundle, &trust)?;
+            let bundle = bundle.load()?;
             let screener = Screener::with_engine(&bundle, engine)?;
             let mut failed = 0_usize;
             let stdout = io::stdout();
@@ -134,14 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::McuVectors {
-            bundle,
-            public_key,
-            allow_unsigned,
-            out,
-            files,
-        } => {
-            let bundle = Bundle::load(&bundle, &trust(&public_key, allow_unsigned)?)?;
+        Command::McuVectors { bundle, out, files } => {
+            let bundle = bundle.load()?;
             let Engine::Int8(model) = Engine::load(&bundle, EngineKind::Int8)? else {
                 anyhow::bail!("internal: an int8 engine was asked for");
             };
