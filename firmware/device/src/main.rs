@@ -35,9 +35,11 @@ fn nops() {
 mod demo_layer;
 #[cfg(golden)]
 mod golden;
+mod stack;
 
 #[entry]
 fn main() -> ! {
+    stack::paint();
     defmt::info!(
         "scanside firmware: int8 fully connected {=usize} -> {=usize}",
         demo_layer::PARAMS.input_len,
@@ -113,6 +115,10 @@ fn main() -> ! {
             EXIT_FAILURE
         }
     };
+    defmt::info!(
+        "stack high-water mark: {=usize} bytes",
+        stack::high_water_bytes()
+    );
     debug::exit(status);
     loop {
         cortex_m::asm::wfi();
