@@ -7,6 +7,7 @@
 //! decoder, so that training and screening see exactly the same pixels.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod bundle;
 pub mod decode;
 #[cfg(feature = "fixtures")]

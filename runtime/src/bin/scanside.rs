@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use scanside_firmware::vectors;
 use scanside_runtime::bundle::{signing, Bundle, Trust};
 use scanside_runtime::infer::{Engine, EngineKind, Screener};
-use scanside_runtime::{decode, persist, preprocess};
+use scanside_runtime::{bench, decode, persist, preprocess};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,23 @@ enum Command {
         engine: EngineKind,
         /// Images to screen.
         #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Measure a bundle's models: cold start, first inference, p50/p99 latency, throughput and
+    /// peak memory, on the given images or on synthetic inputs; prints one JSON object.
+    Bench {
+        #[command(flatten)]
+        bundle: BundleArgs,
+        /// Engines to measure, comma-separated.
+        #[arg(long, default_value = "fp32,int8", value_delimiter = ',')]
+        engine: Vec<EngineKind>,
+        /// Timed inferences per engine.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Untimed inferences before timing.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Images to run (decoded and preprocessed before timing); none: synthetic inputs.
         files: Vec<PathBuf>,
     },
     /// Write golden test vectors for the firmware: OUT/model.i8 (the bundle's verified int8
@@ -73,7 +90,12 @@ impl BundleArgs {
     /// Loads the bundle, its signature verified with the given keys (or, with
     /// --allow-unsigned, unchecked and loudly warned).
     fn load(&self) -> anyhow::Result<Bundle> {
-        let trust = if self.allow_unsigned {
+        Ok(Bundle::load(&self.bundle, &self.trust()?)?)
+    }
+
+    /// The keys to verify with, or no check (loudly warned).
+    fn trust(&self) -> anyhow::Result<Trust> {
+        Ok(if self.allow_unsigned {
             eprintln!(
                 "scanside: WARNING: --allow-unsigned: the model's origin is NOT verified; \
                  results are marked model_verified=false"
@@ -86,8 +108,7 @@ impl BundleArgs {
                     .map(|p| signing::read_verifying_key(p))
                     .collect::<Result<_, _>>()?,
             )
-        };
-        Ok(Bundle::load(&self.bundle, &trust)?)
+        })
     }
 }
 
@@ -136,6 +157,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("scanside: {failed} of {} images failed", files.len());
                 return Ok(ExitCode::from(1));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            bundle,
+            engine,
+            runs,
+            warmup,
+            files,
+        } => {
+            let trust = bundle.trust()?;
+            let report = bench::bench(&bundle.bundle, &trust, &engine, &files, runs, warmup)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::McuVectors { bundle, out, files } => {

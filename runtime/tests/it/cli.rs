@@ -399,3 +399,52 @@ fn mcu_vectors_hold_the_int8_engines_outputs() {
         output
     );
 }
+
+#[test]
+fn bench_reports_both_engines_on_synthetic_and_real_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle_with_int8(&bundle);
+    let key = bundle.with_extension("pub");
+    let png = dir.path().join("x.png");
+    write_png(&png, 180);
+    for extra in [None, Some(png.as_path())] {
+        let mut args = vec![
+            Path::new("bench"),
+            Path::new("--bundle"),
+            &bundle,
+            Path::new("--public-key"),
+            &key,
+            Path::new("--runs"),
+            Path::new("20"),
+        ];
+        args.extend(extra);
+        let out = scanside(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["images"], if extra.is_some() { 1 } else { 0 });
+        let engines = report["engines"].as_array().unwrap();
+        assert_eq!(engines.len(), 2);
+        for (e, name) in engines.iter().zip(["fp32", "int8"]) {
+            assert_eq!(e["engine"], name);
+            assert_eq!(e["runs"], 20);
+            let (p50, p99) = (e["p50_ms"].as_f64().unwrap(), e["p99_ms"].as_f64().unwrap());
+            assert!(p50 > 0.0 && p50 <= p99, "{e}");
+            assert!(e["cold_start_ms"].as_f64().unwrap() > 0.0);
+        }
+    }
+    // A bundle without an int8 model: a clear error, exit 1.
+    let plain = dir.path().join("plain");
+    write_linear_bundle(&plain);
+    let out = scanside(&[
+        Path::new("bench"),
+        Path::new("--bundle"),
+        &plain,
+        Path::new("--public-key"),
+        &plain.with_extension("pub"),
+        Path::new("--engine"),
+        Path::new("int8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no int8 model"), "{}", stderr(&out));
+}
