@@ -142,6 +142,8 @@ pub(crate) struct FoldedConv {
     pub(crate) bias: Vec<f32>,
     pub(crate) stride: usize,
     pub(crate) padding: usize,
+    /// 1, or the channel count for a depthwise convolution (weights `[C][1][k][k]`).
+    pub(crate) groups: usize,
 }
 
 pub(crate) fn fold<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>) -> FoldedConv {
@@ -168,6 +170,7 @@ pub(crate) fn fold<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>) -> FoldedCon
         bias,
         stride: conv.stride[0],
         padding: shape[2] / 2,
+        groups: conv.groups,
     }
 }
 
@@ -297,13 +300,7 @@ impl GraphBuilder {
     fn conv(&mut self, input: String, c: &FoldedConv, name: &str) -> String {
         let w = self.constant(&format!("{name}.weight"), &c.shape, c.weight.clone());
         let b = self.constant(&format!("{name}.bias"), &[c.shape[0]], c.bias.clone());
-        let p = c.padding as i64;
-        let k = c.shape[2] as i64;
-        let attrs = vec![
-            ints("kernel_shape", &[k, k]),
-            ints("strides", &[c.stride as i64, c.stride as i64]),
-            ints("pads", &[p, p, p, p]),
-        ];
+        let attrs = conv_attributes(c);
         self.node("Conv", vec![input, w, b], attrs)
     }
 
@@ -340,6 +337,20 @@ impl GraphBuilder {
 enum QuantizedConstant<'a> {
     I8(&'a [i8]),
     I32(&'a [i32]),
+}
+
+/// Kernel, strides, pads and (for a depthwise convolution) group of an ONNX `Conv`.
+fn conv_attributes(c: &FoldedConv) -> Vec<pb::AttributeProto> {
+    let (p, k, s) = (c.padding as i64, c.shape[2] as i64, c.stride as i64);
+    let mut attrs = vec![
+        ints("kernel_shape", &[k, k]),
+        ints("strides", &[s, s]),
+        ints("pads", &[p, p, p, p]),
+    ];
+    if c.groups > 1 {
+        attrs.push(int("group", c.groups as i64));
+    }
+    attrs
 }
 
 fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
@@ -471,7 +482,7 @@ pub(crate) fn qdq_onnx_bytes(
         let x = names[layer.inputs[0]].clone();
         let y = match &layer.op {
             FloatOp::Conv { conv, relu } => {
-                let [o, _, k, _] = conv.shape;
+                let o = conv.shape[0];
                 let (w, scales) = quantize_per_channel(&conv.weight, o);
                 let b = quantize_bias(&conv.bias, quant[layer.inputs[0]].0, &scales);
                 let bias_scales: Vec<f32> = scales
@@ -490,13 +501,7 @@ pub(crate) fn qdq_onnx_bytes(
                     QuantizedConstant::I32(&b),
                     &bias_scales,
                 );
-                let p = conv.padding as i64;
-                let attrs = vec![
-                    ints("kernel_shape", &[k as i64, k as i64]),
-                    ints("strides", &[conv.stride as i64, conv.stride as i64]),
-                    ints("pads", &[p, p, p, p]),
-                ];
-                let y = g.node("Conv", vec![x, w, b], attrs);
+                let y = g.node("Conv", vec![x, w, b], conv_attributes(conv));
                 if *relu {
                     g.relu(y)
                 } else {
@@ -810,13 +815,29 @@ mod tests {
     /// tract reproduces burn's logits.
     #[test]
     fn resnet50_with_the_imagenet_stem_exports_to_the_same_logits() {
-        let device = Default::default();
-        let config = ResNetConfig {
+        exports_to_the_same_logits(ResNetConfig {
             depth: 50,
             width_multiplier: 0.125,
             in_channels: 3,
             small_input_stem: false,
-        };
+            separable: false,
+        });
+    }
+
+    /// Depthwise-separable blocks (`--arch micro`) export with ONNX's `group` attribute.
+    #[test]
+    fn separable_blocks_export_to_the_same_logits() {
+        exports_to_the_same_logits(ResNetConfig {
+            depth: 18,
+            width_multiplier: 0.25,
+            in_channels: 3,
+            small_input_stem: true,
+            separable: true,
+        });
+    }
+
+    fn exports_to_the_same_logits(config: ResNetConfig) {
+        let device = Default::default();
         let model = Classifier::<Flex>::new(config.init(&device), config.feature_dim(), 5, &device);
         let side = 32;
         let input: Vec<f32> = (0..3 * side * side)

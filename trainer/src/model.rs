@@ -26,6 +26,11 @@ pub struct ResNetConfig {
     pub in_channels: usize,
     /// 3×3 stride-1 stem without max-pool (for 28–128 px inputs) instead of 7×7/2 + max-pool.
     pub small_input_stem: bool,
+    /// Depthwise-separable basic blocks (`--arch micro`): a 3×3 depthwise convolution carrying
+    /// the stride, then a 1×1 pointwise one — about 8× fewer multiply-accumulates, the
+    /// MobileNet trade suited to microcontrollers. Basic-block depths (18, 34) only.
+    #[serde(default)]
+    pub separable: bool,
 }
 
 impl Default for ResNetConfig {
@@ -35,6 +40,7 @@ impl Default for ResNetConfig {
             width_multiplier: 0.25,
             in_channels: 3,
             small_input_stem: true,
+            separable: false,
         }
     }
 }
@@ -87,6 +93,12 @@ impl ResNetConfig {
                 self.width_multiplier
             ));
         }
+        if self.separable && self.bottleneck() {
+            return Err(format!(
+                "depthwise-separable blocks (--arch micro) need a basic-block depth (18 or 34), not {}",
+                self.depth
+            ));
+        }
         if !(self.in_channels == 1 || self.in_channels == 3) {
             return Err(format!(
                 "{} input channels: 1 or 3 expected",
@@ -112,6 +124,8 @@ impl ResNetConfig {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
                 let block = if self.bottleneck() {
                     Block::bottleneck(channels, width, stride, device)
+                } else if self.separable {
+                    Block::separable(channels, width, stride, device)
                 } else {
                     Block::basic(channels, width, stride, device)
                 };
@@ -246,6 +260,24 @@ impl<B: Backend> Block<B> {
             conv1: conv(cin, width, 3, stride, device),
             bn1: BatchNormConfig::new(width).init(device),
             conv2: conv(width, width, 3, 1, device),
+            bn2: BatchNormConfig::new(width).init(device),
+            conv3: None,
+            bn3: None,
+            downsample: Self::shortcut(cin, width, stride, device),
+        }
+    }
+
+    /// Depthwise 3×3 (stride, one filter per input channel) then pointwise 1×1 to `width`.
+    fn separable(cin: usize, width: usize, stride: usize, device: &B::Device) -> Self {
+        Self {
+            conv1: Conv2dConfig::new([cin, cin], [3, 3])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_groups(cin)
+                .with_bias(false)
+                .init(device),
+            bn1: BatchNormConfig::new(cin).init(device),
+            conv2: conv(cin, width, 1, 1, device),
             bn2: BatchNormConfig::new(width).init(device),
             conv3: None,
             bn3: None,

@@ -486,6 +486,28 @@ fn model_spec(graph: &FloatGraph, quant: &[(f32, i8)]) -> ModelSpec {
             let s_in = quant[layer.inputs[0]].0;
             let out = quant[layer.output];
             let mut spec = match &layer.op {
+                FloatOp::Conv { conv, relu } if conv.groups > 1 => {
+                    // Depthwise: quantised per channel in `[C][k·k]` order, then laid out
+                    // `[k][k][C]` as the engine reads it.
+                    let mut spec = weighted_layer(
+                        Op::DepthwiseConv2d,
+                        &conv.weight,
+                        &conv.bias,
+                        conv.shape[0],
+                        s_in,
+                        out,
+                        *relu,
+                    );
+                    let (channels, taps) = (conv.shape[0], conv.shape[2] * conv.shape[3]);
+                    let per_channel = std::mem::take(&mut spec.weights);
+                    spec.weights = (0..taps * channels)
+                        .map(|i| per_channel[(i % channels) * taps + i / channels])
+                        .collect();
+                    spec.kernel = conv.shape[2];
+                    spec.stride = conv.stride;
+                    spec.padding = conv.padding;
+                    spec
+                }
                 FloatOp::Conv { conv, relu } => {
                     let mut spec = weighted_layer(
                         Op::Conv2d,
@@ -889,6 +911,7 @@ mod tests {
             width_multiplier: 0.125,
             in_channels: 3,
             small_input_stem: true,
+            separable: false,
         };
         let model = Classifier::<Flex>::new(config.init(&device), config.feature_dim(), 3, &device);
         let x = input_tensor::<Flex>(images(2, 16, 1).pixels, &preprocess(16), &device);
@@ -949,6 +972,21 @@ mod tests {
                 width_multiplier: 0.125,
                 in_channels: 3,
                 small_input_stem: true,
+                separable: false,
+            },
+            16,
+        );
+    }
+
+    #[test]
+    fn int8_separable_micro_net_tracks_fp32() {
+        check_int8_tracks_fp32(
+            ResNetConfig {
+                depth: 18,
+                width_multiplier: 0.125,
+                in_channels: 3,
+                small_input_stem: true,
+                separable: true,
             },
             16,
         );
@@ -962,6 +1000,7 @@ mod tests {
                 width_multiplier: 0.125,
                 in_channels: 3,
                 small_input_stem: false,
+                separable: false,
             },
             32,
         );

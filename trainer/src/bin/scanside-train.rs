@@ -87,7 +87,7 @@ enum Command {
             "split", "data", "skip_bad", "method", "objective", "optimizer", "weight_decay",
             "checkpoint_every", "health_every", "epochs", "batch_size", "lr", "seed",
             "max_steps", "depth", "width", "image_size", "temperature", "preset", "resume",
-            "stem", "init", "accumulate",
+            "stem", "init", "accumulate", "arch",
         ])]
         config: Option<PathBuf>,
         /// Objective weights NAME=WEIGHT, comma-separated or repeated (contrastive, simsiam,
@@ -114,6 +114,10 @@ enum Command {
         /// ResNet depth (18, 34 or 50).
         #[arg(long, default_value_t = 18)]
         depth: usize,
+        /// Block type: `resnet` (3×3 + 3×3 basic blocks) or `micro` (depthwise-separable
+        /// blocks, ~8× fewer MACs: for the `mcu` export target). Fine-tuning keeps it.
+        #[arg(long, value_enum, default_value = "resnet")]
+        arch: Arch,
         /// Width multiplier of the ResNet stages.
         #[arg(long, default_value_t = 0.25)]
         width: f32,
@@ -557,6 +561,15 @@ impl DataArgs {
     }
 }
 
+/// Block type of the backbone.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Arch {
+    /// Standard ResNet blocks.
+    Resnet,
+    /// Depthwise-separable blocks.
+    Micro,
+}
+
 /// ResNet stem.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Stem {
@@ -637,6 +650,7 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             health_every,
             train,
             depth,
+            arch,
             width,
             stem,
             init,
@@ -674,6 +688,7 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             config.model.depth = depth;
             config.model.width_multiplier = width;
             config.model.small_input_stem = stem == Stem::Small;
+            config.model.separable = arch == Arch::Micro;
             config.init = init;
             config.accumulation_steps = accumulate;
             config.image_size = image_size;

@@ -56,6 +56,7 @@ fn imagenet_config(depth: usize, width: f32, in_channels: usize) -> ResNetConfig
         width_multiplier: width,
         in_channels,
         small_input_stem: false,
+        separable: false,
     }
 }
 

@@ -700,3 +700,77 @@ fn the_label_efficiency_study_runs_its_grid_resumes_and_reports() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_micro_net_trains_exports_to_an_mcu_blob_with_depthwise_layers_and_respects_the_budget() {
+    use scanside_firmware::blob::write::AlignedBlob;
+    use scanside_firmware::blob::{Model, Op};
+
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 16);
+    let (pre, ft, bundle) = (
+        dir.path().join("pre"),
+        dir.path().join("ft"),
+        dir.path().join("b"),
+    );
+    let out = train(&pretrain_args(
+        split.to_str().unwrap(),
+        pre.to_str().unwrap(),
+        &["--arch", "micro", "--max-steps", "2", "--health-every", "0"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&[
+        "finetune",
+        "--split",
+        split.to_str().unwrap(),
+        "--pretrained",
+        pre.to_str().unwrap(),
+        "--out",
+        ft.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--run",
+            ft.to_str().unwrap(),
+            "--out",
+            bundle.to_str().unwrap(),
+            "--targets",
+            "onnx,mcu",
+            "--calibration-images",
+            "8",
+            "--check-images",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        train(&args)
+    };
+    // A RAM budget below the arena: refused, naming both numbers, nothing written.
+    let out = export(&["--ram", "1K"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bytes of RAM, the budget is 1024"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!bundle.exists());
+    let out = export(&["--ram", "256K", "--flash", "1M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["int8"]["macs"].as_u64().unwrap() > 0, "{report}");
+    let blob = AlignedBlob::new(&std::fs::read(bundle.join("model.i8")).unwrap());
+    let model = Model::parse(blob.bytes()).unwrap();
+    let depthwise = (0..model.layer_count())
+        .filter(|&i| model.layer(i).unwrap().op == Op::DepthwiseConv2d)
+        .count();
+    assert_eq!(
+        depthwise, 8,
+        "one depthwise convolution per separable block"
+    );
+    assert!(bundle.join("model.qdq.onnx").is_file());
+}
