@@ -293,8 +293,53 @@ fn conv2d_patches(
     Ok(())
 }
 
-/// Depthwise convolution (channel multiplier 1), generic reference. `weights` is `[k][k][C]`.
+/// Largest kernel side whose window [`depthwise_conv2d`] tabulates (7×7 positions on the
+/// stack); larger kernels take the reference path.
+const DEPTHWISE_WINDOW_MAX: usize = 7;
+
+/// The depthwise convolution the engine runs, bit for bit equal to
+/// [`depthwise_conv2d_reference`]: the window of each output pixel (the positions inside the
+/// input, with their input and weight offsets) is worked out once and shared by every channel,
+/// instead of once per channel.
 pub fn depthwise_conv2d(
+    params: &ConvParams,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    params.check(true, input, weights, bias, &requant, output)?;
+    let p = params;
+    if p.kernel > DEPTHWISE_WINDOW_MAX {
+        return depthwise_conv2d_reference(params, input, weights, bias, requant, output);
+    }
+    let c = p.output_channels;
+    let mut taps = [(0_usize, 0_usize); DEPTHWISE_WINDOW_MAX * DEPTHWISE_WINDOW_MAX];
+    for oy in 0..p.output_height {
+        for ox in 0..p.output_width {
+            let mut n = 0;
+            for ((ky, kx), (iy, ix)) in p.window(oy, ox) {
+                taps[n] = ((iy * p.input_width + ix) * c, (ky * p.kernel + kx) * c);
+                n += 1;
+            }
+            let out = &mut output[(oy * p.output_width + ox) * c..][..c];
+            for (ch, o) in out.iter_mut().enumerate() {
+                let mut acc = bias[ch];
+                for &(at_input, at_weight) in &taps[..n] {
+                    let x = i32::from(input[at_input + ch]);
+                    let w = i32::from(weights[at_weight + ch]);
+                    acc = acc.wrapping_add((x + p.input_offset) * w);
+                }
+                *o = p.finish(acc, requant.multipliers[ch], requant.shifts[ch]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Depthwise convolution (channel multiplier 1), generic reference. `weights` is `[k][k][C]`.
+pub fn depthwise_conv2d_reference(
     params: &ConvParams,
     input: &[i8],
     weights: &[i8],
@@ -454,6 +499,29 @@ mod tests {
                 v,
                 c.p.finish(c.bias[i % 2], c.mults[i % 2], c.shifts[i % 2])
             );
+        }
+    }
+
+    #[test]
+    fn fast_depthwise_equals_the_reference_bit_for_bit() {
+        for (seed, h, w, ch, k, s, pad) in [
+            (1, 9, 7, 5, 3, 1, 1),
+            (2, 8, 8, 4, 3, 2, 1),
+            (3, 6, 5, 3, 5, 1, 2),
+            (4, 12, 12, 2, 9, 2, 4),
+        ] {
+            let c = case(seed, h, w, ch, ch, k, s, pad);
+            let weights = &c.weights[..k * k * ch];
+            let rq = PerChannelRequant {
+                multipliers: &c.mults,
+                shifts: &c.shifts,
+            };
+            let n = c.p.output_height * c.p.output_width * ch;
+            let (mut fast, mut reference) = (vec![0; n], vec![0; n]);
+            depthwise_conv2d(&c.p, &c.input, weights, &c.bias, rq, &mut fast).unwrap();
+            depthwise_conv2d_reference(&c.p, &c.input, weights, &c.bias, rq, &mut reference)
+                .unwrap();
+            assert_eq!(fast, reference, "case {seed}");
         }
     }
 
