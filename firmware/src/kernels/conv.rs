@@ -189,6 +189,7 @@ pub const PATCH_MAX: usize = 3 * 3 * 512;
 
 /// `Σ p·w` of an offset-applied int16 patch and an int8 filter: int16 × int16 products summed
 /// in int32, the shape of x86's `pmaddwd` and Arm's `smlal`, which the compiler then emits.
+#[cfg(not(feature = "dsp"))]
 #[inline(always)]
 fn dot(patch: &[i16], filter: &[i8]) -> i32 {
     patch
@@ -196,6 +197,51 @@ fn dot(patch: &[i16], filter: &[i8]) -> i32 {
         .zip(filter)
         .map(|(&p, &w)| i32::from(p) * i32::from(i16::from(w)))
         .fold(0_i32, i32::wrapping_add)
+}
+
+/// [`dot`] with the Cortex-M4/M7 DSP extension (feature `dsp`, ARMv7E-M only): per four
+/// filter bytes, one word load, two `SXTB16` (sign-extending bytes 0, 2 and 1, 3 into 16-bit
+/// halves) and two `SMLAD` (two 16×16 multiply-accumulates each). The patch holds each group of
+/// four as (0, 2, 1, 3) — [`conv2d`] swaps it so — to match the halves `SXTB16` produces.
+/// Integer results are identical to the portable [`dot`] (the QEMU golden test checks).
+#[cfg(feature = "dsp")]
+#[inline(always)]
+fn dot(patch: &[i16], filter: &[i8]) -> i32 {
+    let whole = filter.len() & !3;
+    let (patch_quads, patch_tail) = patch.split_at(whole);
+    let (filter_quads, filter_tail) = filter.split_at(whole);
+    let mut acc = 0_i32;
+    for (p, f) in patch_quads
+        .chunks_exact(4)
+        .zip(filter_quads.chunks_exact(4))
+    {
+        let weights = u32::from_le_bytes([f[0] as u8, f[1] as u8, f[2] as u8, f[3] as u8]);
+        let pair = |a: i16, b: i16| u32::from(a as u16) | (u32::from(b as u16) << 16);
+        let (even, odd) = (pair(p[0], p[1]), pair(p[2], p[3]));
+        #[allow(unsafe_code)]
+        // SAFETY: register-only arithmetic (no memory, stack or flags the compiler relies on);
+        // SXTB16 and SMLAD exist on every ARMv7E-M core, the only targets the `dsp` feature is
+        // for.
+        unsafe {
+            core::arch::asm!(
+                "sxtb16 {w02}, {w}",
+                "sxtb16 {w13}, {w}, ror #8",
+                "smlad {acc}, {even}, {w02}, {acc}",
+                "smlad {acc}, {odd}, {w13}, {acc}",
+                w = in(reg) weights,
+                w02 = out(reg) _,
+                w13 = out(reg) _,
+                even = in(reg) even,
+                odd = in(reg) odd,
+                acc = inout(reg) acc,
+                options(pure, nomem, nostack),
+            );
+        }
+    }
+    for (&p, &w) in patch_tail.iter().zip(filter_tail) {
+        acc = acc.wrapping_add(i32::from(p) * i32::from(w));
+    }
+    acc
 }
 
 /// The convolution the engine runs, bit for bit equal to [`conv2d_reference`].
@@ -278,6 +324,9 @@ fn conv2d_patches(
                     }
                 }
             }
+            // The DSP dot product pairs the patch's elements (0, 2) and (1, 3) of every four.
+            #[cfg(feature = "dsp")]
+            patch.chunks_exact_mut(4).for_each(|four| four.swap(1, 2));
             let out =
                 &mut output[(oy * p.output_width + ox) * p.output_channels..][..p.output_channels];
             for (oc, (o, filter)) in out
