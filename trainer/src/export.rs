@@ -96,10 +96,10 @@ pub struct ExportOptions {
     pub ram_budget: Option<usize>,
 }
 
-/// Export targets named on the command line (`onnx`, `onnx,mcu`).
+/// Export targets named on the command line (`onnx`, `onnx,onnx-int8,mcu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Targets {
-    /// The int8 blob (`mcu`).
+    /// The int8 models (`mcu` and/or `onnx-int8`: the blob and its QDQ ONNX twin).
     pub mcu: bool,
 }
 
@@ -110,17 +110,12 @@ pub fn parse_targets(text: &str) -> std::result::Result<Targets, String> {
     for t in text.split(',').map(str::trim) {
         match t {
             "onnx" => onnx = true,
-            "mcu" => int8 = true,
-            "onnx-int8" => {
-                return Err(
-                    "target onnx-int8 (a QDQ ONNX model) is not available yet; the int8 \
-                            model is the `mcu` blob, which the runtime runs with --engine int8"
-                        .into(),
-                )
-            }
+            // One quantisation serves both int8 targets, and both are written: the blob
+            // (the firmware's, and the runtime's --engine int8) and its QDQ ONNX twin.
+            "mcu" | "onnx-int8" => int8 = true,
             other => {
                 return Err(format!(
-                    "unknown export target {other:?}: expected onnx or mcu"
+                    "unknown export target {other:?}: expected onnx, onnx-int8 or mcu"
                 ))
             }
         }
@@ -810,6 +805,15 @@ mod tests {
     use burn::backend::Flex;
     use burn::tensor::Tensor;
     use tract_onnx::prelude::*;
+
+    #[test]
+    fn targets_parse_and_unknown_ones_are_named() {
+        assert_eq!(parse_targets("onnx"), Ok(Targets { mcu: false }));
+        assert_eq!(parse_targets("onnx,onnx-int8,mcu"), Ok(Targets { mcu: true }));
+        assert_eq!(parse_targets("onnx, mcu"), Ok(Targets { mcu: true }));
+        assert!(parse_targets("mcu").unwrap_err().contains("onnx target is required"));
+        assert!(parse_targets("onnx,tflite").unwrap_err().contains("\"tflite\""));
+    }
 
     /// Bottleneck blocks (conv3) and the ImageNet stem (max-pool) export like the basic ones:
     /// tract reproduces burn's logits.

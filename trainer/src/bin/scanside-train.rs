@@ -246,8 +246,9 @@ enum Command {
         /// refuses unsigned bundles unless told --allow-unsigned.
         #[arg(long)]
         sign_key: Option<PathBuf>,
-        /// What to write: `onnx` (fp32, always) and `mcu` (the int8 blob the firmware runs
-        /// and `scanside screen --engine int8` runs on the host).
+        /// What to write: `onnx` (fp32, always); `mcu` / `onnx-int8` (one quantisation, both
+        /// written: the int8 blob the firmware and `scanside screen --engine int8` run, and its
+        /// standard QDQ ONNX twin for onnxruntime / TensorRT).
         #[arg(long, default_value = "onnx", value_parser = parse_targets)]
         targets: Targets,
         /// Training images calibrating the int8 activation ranges.
