@@ -809,10 +809,17 @@ mod tests {
     #[test]
     fn targets_parse_and_unknown_ones_are_named() {
         assert_eq!(parse_targets("onnx"), Ok(Targets { mcu: false }));
-        assert_eq!(parse_targets("onnx,onnx-int8,mcu"), Ok(Targets { mcu: true }));
+        assert_eq!(
+            parse_targets("onnx,onnx-int8,mcu"),
+            Ok(Targets { mcu: true })
+        );
         assert_eq!(parse_targets("onnx, mcu"), Ok(Targets { mcu: true }));
-        assert!(parse_targets("mcu").unwrap_err().contains("onnx target is required"));
-        assert!(parse_targets("onnx,tflite").unwrap_err().contains("\"tflite\""));
+        assert!(parse_targets("mcu")
+            .unwrap_err()
+            .contains("onnx target is required"));
+        assert!(parse_targets("onnx,tflite")
+            .unwrap_err()
+            .contains("\"tflite\""));
     }
 
     /// Bottleneck blocks (conv3) and the ImageNet stem (max-pool) export like the basic ones:

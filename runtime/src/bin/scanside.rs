@@ -56,6 +56,17 @@ enum Command {
         /// Images to run (decoded and preprocessed before timing); none: synthetic inputs.
         files: Vec<PathBuf>,
     },
+    /// Show what the decoder reads from image files (size, format, DICOM modality, photometric
+    /// interpretation, bits, windowing applied, value range): one JSON object per file; with
+    /// --png, also write each decoded, windowed image as a 16-bit PNG.
+    Inspect {
+        /// Folder for OUT_DIR/<file name>.png.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Files to read.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Write golden test vectors for the firmware: OUT/model.i8 (the bundle's verified int8
     /// blob) and OUT/vectors.bin (each image's quantised input and the host's int8 output).
     McuVectors {
@@ -110,6 +121,41 @@ impl BundleArgs {
             )
         })
     }
+}
+
+/// One file for `scanside inspect`: the decoder's report as JSON, the PNG written if asked.
+fn inspect(file: &std::path::Path, png: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let image = decode::decode_file(file)?;
+    let (min, max) = image
+        .pixels
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let mean =
+        image.pixels.iter().map(|&v| f64::from(v)).sum::<f64>() / image.pixels.len().max(1) as f64;
+    let written = match png {
+        Some(dir) => {
+            let name = file
+                .file_name()
+                .map_or("image".into(), |n| n.to_string_lossy().into_owned());
+            let path = dir.join(format!("{name}.png"));
+            persist::write_atomically(&path, &decode::to_png16(&image, file)?)?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(serde_json::json!({
+        "file": file,
+        "width": image.width,
+        "height": image.height,
+        "channels": image.channels,
+        "source": image.source,
+        "value_range": [min, max],
+        "mean": mean,
+        "png": written,
+    })
+    .to_string())
 }
 
 fn main() -> ExitCode {
@@ -169,6 +215,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let trust = bundle.trust()?;
             let report = bench::bench(&bundle.bundle, &trust, &engine, &files, runs, warmup)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { png, files } => {
+            if let Some(dir) = &png {
+                std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+            }
+            let mut failed = 0_usize;
+            for file in &files {
+                match inspect(file, png.as_deref()) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("scanside: error: {e:#}");
+                    }
+                }
+            }
+            if failed > 0 {
+                eprintln!("scanside: {failed} of {} files failed", files.len());
+                return Ok(ExitCode::from(1));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::McuVectors { bundle, out, files } => {

@@ -448,3 +448,39 @@ fn bench_reports_both_engines_on_synthetic_and_real_inputs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no int8 model"), "{}", stderr(&out));
 }
+
+#[test]
+fn inspect_reports_what_was_decoded_and_writes_a_16_bit_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let dcm = dir.path().join("ct.dcm");
+    write_dicom(&dcm, "MONOCHROME1", &[100, 200, 300, 400], 2, 2, None);
+    let png = dir.path().join("x.png");
+    write_png(&png, 77);
+    let broken = dir.path().join("broken.dcm");
+    std::fs::write(&broken, b"DICM but not really").unwrap();
+    let out_dir = dir.path().join("seen");
+    let out = scanside(&[
+        Path::new("inspect"),
+        Path::new("--png"),
+        &out_dir,
+        &dcm,
+        &broken,
+        &png,
+    ]);
+    // The broken file is named, the others still reported; exit 1.
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("broken.dcm"), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["source"]["format"], "dicom");
+    assert_eq!(lines[0]["source"]["photometric"], "MONOCHROME1");
+    assert_eq!(
+        (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // MONOCHROME1 is inverted: the smallest stored value is the brightest pixel.
+    let written = image::open(out_dir.join("ct.dcm.png")).unwrap();
+    let gray = written.as_luma16().expect("16-bit grayscale PNG");
+    assert!(gray.get_pixel(0, 0)[0] > gray.get_pixel(1, 1)[0]);
+    assert!(out_dir.join("x.png.png").is_file());
+}
