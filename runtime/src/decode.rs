@@ -287,6 +287,36 @@ fn decode_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The decoded image (after DICOM rescale and windowing: the values the preprocessing starts
+/// from) as a 16-bit PNG, grayscale or RGB, at its native size — for a person to check what the
+/// model is given.
+pub fn to_png16(image: &DecodedImage, path: &Path) -> Result<Vec<u8>> {
+    let bad = |reason: String| Error::Decode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let samples: Vec<u16> = image
+        .pixels
+        .iter()
+        .map(|&v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16)
+        .collect();
+    let dynamic = match image.channels {
+        1 => {
+            image::ImageBuffer::<image::Luma<u16>, _>::from_raw(image.width, image.height, samples)
+                .map(image::DynamicImage::ImageLuma16)
+        }
+        3 => image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(image.width, image.height, samples)
+            .map(image::DynamicImage::ImageRgb16),
+        c => return Err(bad(format!("{c} channels cannot be written as PNG"))),
+    }
+    .ok_or_else(|| bad("decoded buffer does not match its size".into()))?;
+    let mut png = Vec::new();
+    dynamic
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| bad(format!("PNG encoding failed: {e}")))?;
+    Ok(png)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,34 +376,4 @@ mod tests {
         );
         assert!((d.pixels[1] - 20_000.0 / 65_535.0).abs() < 1e-6);
     }
-}
-
-/// The decoded image (after DICOM rescale and windowing: the values the preprocessing starts
-/// from) as a 16-bit PNG, grayscale or RGB, at its native size — for a person to check what the
-/// model is given.
-pub fn to_png16(image: &DecodedImage, path: &Path) -> Result<Vec<u8>> {
-    let bad = |reason: String| Error::Decode {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let samples: Vec<u16> = image
-        .pixels
-        .iter()
-        .map(|&v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16)
-        .collect();
-    let dynamic = match image.channels {
-        1 => {
-            image::ImageBuffer::<image::Luma<u16>, _>::from_raw(image.width, image.height, samples)
-                .map(image::DynamicImage::ImageLuma16)
-        }
-        3 => image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(image.width, image.height, samples)
-            .map(image::DynamicImage::ImageRgb16),
-        c => return Err(bad(format!("{c} channels cannot be written as PNG"))),
-    }
-    .ok_or_else(|| bad("decoded buffer does not match its size".into()))?;
-    let mut png = Vec::new();
-    dynamic
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| bad(format!("PNG encoding failed: {e}")))?;
-    Ok(png)
 }
