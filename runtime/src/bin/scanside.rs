@@ -35,6 +35,9 @@ enum Command {
         /// exported with the `mcu` target).
         #[arg(long, default_value = "fp32")]
         engine: EngineKind,
+        /// Images screened at once (default: the number of cores); output stays in input order.
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Images to screen.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -174,30 +177,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Screen {
             bundle,
             engine,
+            jobs,
             files,
         } => {
             let bundle = bundle.load()?;
             let screener = Screener::with_engine(&bundle, engine)?;
             let mut failed = 0_usize;
+            let mut write_error = None;
             let stdout = io::stdout();
             let mut out = stdout.lock();
-            for file in &files {
-                match screener.screen_file(file) {
-                    Ok(result) => {
-                        let line =
-                            serde_json::to_string(&result).context("serialising a result")?;
-                        if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
-                            if e.kind() == io::ErrorKind::BrokenPipe {
-                                return Ok(ExitCode::SUCCESS);
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            screener.screen_files(&files, jobs, |_, outcome| match outcome {
+                Ok(result) => {
+                    let line = match serde_json::to_string(&result) {
+                        Ok(line) => line,
+                        Err(e) => {
+                            write_error =
+                                Some(anyhow::Error::new(e).context("serialising a result"));
+                            return false;
+                        }
+                    };
+                    match writeln!(out, "{line}").and_then(|_| out.flush()) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            if e.kind() != io::ErrorKind::BrokenPipe {
+                                write_error =
+                                    Some(anyhow::Error::new(e).context("writing to stdout"));
                             }
-                            return Err(e).context("writing to stdout");
+                            false
                         }
                     }
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("scanside: error: {e}");
-                    }
                 }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("scanside: error: {e}");
+                    true
+                }
+            });
+            if let Some(e) = write_error {
+                return Err(e);
             }
             if failed > 0 {
                 eprintln!("scanside: {failed} of {} images failed", files.len());

@@ -195,6 +195,58 @@ impl Screener {
         })
     }
 
+    /// Screens `files` on `jobs` threads (each image is independent; the model is shared
+    /// read-only) and hands every outcome to `sink` in input order, as soon as it and all
+    /// before it are done. `sink` returns `false` to stop early (e.g. stdout closed).
+    pub fn screen_files(
+        &self,
+        files: &[PathBuf],
+        jobs: usize,
+        mut sink: impl FnMut(&Path, Result<ScreeningResult>) -> bool,
+    ) {
+        let jobs = jobs.clamp(1, files.len().max(1));
+        if jobs == 1 {
+            for file in files {
+                if !sink(file, self.screen_file(file)) {
+                    return;
+                }
+            }
+            return;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (send, receive) = std::sync::mpsc::sync_channel(2 * jobs);
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                let send = send.clone();
+                let (next, stop) = (&next, &stop);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= files.len() || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if send.send((i, self.screen_file(&files[i]))).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(send);
+            // Reorder: results wait here until every earlier one has been handed on.
+            let mut pending = std::collections::BTreeMap::new();
+            let mut emit = 0;
+            for (i, result) in receive.iter() {
+                pending.insert(i, result);
+                while let Some(result) = pending.remove(&emit) {
+                    if !sink(&files[emit], result) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    emit += 1;
+                }
+            }
+        });
+    }
+
     /// Screens one image file.
     pub fn screen_file(&self, path: &Path) -> Result<ScreeningResult> {
         let t0 = Instant::now();

@@ -1,7 +1,7 @@
 //! The `scanside` binary as a user runs it: JSON lines on stdout, errors naming the file,
 //! exit codes 0 / 1 / 2.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::util::{write_dicom, write_linear_bundle, write_linear_bundle_with_int8, write_png};
@@ -483,4 +483,59 @@ fn inspect_reports_what_was_decoded_and_writes_a_16_bit_png() {
     let gray = written.as_luma16().expect("16-bit grayscale PNG");
     assert!(gray.get_pixel(0, 0)[0] > gray.get_pixel(1, 1)[0]);
     assert!(out_dir.join("x.png.png").is_file());
+}
+
+#[test]
+fn parallel_screening_keeps_the_input_order_and_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle(&bundle);
+    let mut files = Vec::new();
+    for i in 0..9_u8 {
+        let path = dir.path().join(format!("img{i}.png"));
+        write_png(&path, 20 + 25 * i);
+        files.push(path);
+    }
+    std::fs::write(dir.path().join("img4.png"), b"\x89PNG truncated").unwrap();
+    let run = |jobs: &str| {
+        let mut args: Vec<&Path> = vec![
+            Path::new("screen"),
+            Path::new("--bundle"),
+            &bundle,
+            Path::new("--jobs"),
+            Path::new(jobs),
+        ];
+        args.extend(files.iter().map(PathBuf::as_path));
+        let out = scanside(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "the truncated file fails the run"
+        );
+        assert!(stderr(&out).contains("img4.png"), "{}", stderr(&out));
+        json_lines(&out)
+            .iter()
+            .map(|l| {
+                (
+                    l["file"].as_str().unwrap().to_string(),
+                    l["top_class"].as_str().unwrap().to_string(),
+                    l["logits"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (serial, parallel) = (run("1"), run("3"));
+    assert_eq!(serial.len(), 8);
+    assert_eq!(serial, parallel);
+    let names: Vec<&str> = serial
+        .iter()
+        .map(|r| r.0.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "img0.png", "img1.png", "img2.png", "img3.png", "img5.png", "img6.png", "img7.png",
+            "img8.png"
+        ]
+    );
 }
