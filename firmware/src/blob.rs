@@ -520,12 +520,13 @@ impl<'a> Model<'a> {
                     |i, o| ConvParams::output_extent(i, p.kernel, p.stride, p.padding) == Some(o);
                 let channels_ok = layer.op == Op::Conv2d || input.channels == output.channels;
                 let weights_ok = match layer.op {
+                    // Checked: on a 32-bit device the products of hostile sizes could wrap.
                     Op::Conv2d => {
-                        layer.weights.len()
-                            == p.kernel * p.kernel * input.channels * output.channels
+                        product(&[p.kernel, p.kernel, input.channels, output.channels])
+                            == Some(layer.weights.len())
                     }
                     Op::DepthwiseConv2d => {
-                        layer.weights.len() == p.kernel * p.kernel * output.channels
+                        product(&[p.kernel, p.kernel, output.channels]) == Some(layer.weights.len())
                     }
                     _ => p.padding < p.kernel,
                 };
@@ -545,12 +546,14 @@ impl<'a> Model<'a> {
                 output.height == 1
                     && output.width == 1
                     && output.channels == input.channels
-                    && input.height * input.width <= (i32::MAX / 256) as usize
+                    && product(&[input.height, input.width])
+                        .is_some_and(|pixels| pixels <= (i32::MAX / 256) as usize)
             }
             Op::FullyConnected => {
                 output.height == 1
                     && output.width == 1
-                    && layer.weights.len() == input.len() * output.channels
+                    && product(&[input.height, input.width, input.channels, output.channels])
+                        == Some(layer.weights.len())
             }
         };
         if !shapes_ok {
@@ -601,6 +604,13 @@ impl<'a> Model<'a> {
         }
         Ok(())
     }
+}
+
+/// The product of `factors`, `None` on overflow.
+fn product(factors: &[usize]) -> Option<usize> {
+    factors
+        .iter()
+        .try_fold(1_usize, |acc, &f| acc.checked_mul(f))
 }
 
 fn overlaps(a: &core::ops::Range<usize>, b: &core::ops::Range<usize>) -> bool {
