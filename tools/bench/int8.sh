@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Inference benchmark of a bundle's models against the onnxruntime peer, same images, same run:
-# `scanside bench` for tract fp32 and the int8 core (one process each, so peak RSS is per
-# engine), and onnxruntime (Python, one thread, batch 1) on the fp32 ONNX model and its int8
+# `scanside bench` for tract fp32, the int8 core and tract on the QDQ model (one process each, so
+# peak RSS is per engine), and onnxruntime (Python, one thread, batch 1) on the fp32 ONNX model and its int8
 # QDQ twin. Prints each engine's p50/p99, cold start and peak RSS, and ratios to onnxruntime fp32.
 #   BUNDLE=runs/demo/bundle KEY=runs/demo/keys/demo.pub N=300 bash tools/bench/int8.sh
 set -euo pipefail
@@ -12,7 +12,7 @@ N=${N:-300}
 IMAGES=${IMAGES:-${SCANSIDE_DATA:-../shared/data}/ham10000/images}
 [ -x target/release/scanside ] || cargo build --release -p scanside-runtime
 mapfile -t files < <(find "$IMAGES" -maxdepth 1 -type f | sort | head -n 64)
-for engine in fp32 int8; do
+for engine in fp32 int8 qdq; do
   target/release/scanside bench --bundle "$BUNDLE" --public-key "$KEY" --engine "$engine" \
     --runs "$N" "${files[@]}" > "/tmp/scanside-bench-$engine.json"
 done
@@ -20,11 +20,11 @@ ort=$(python3 tools/bench/onnxruntime_peer.py "$BUNDLE" "$N")
 python3 - "$ort" <<'PY'
 import json, sys
 peer = json.loads(sys.argv[1])
-rows = [json.load(open(f"/tmp/scanside-bench-{e}.json"))["engines"][0] for e in ("fp32", "int8")]
+rows = [json.load(open(f"/tmp/scanside-bench-{e}.json"))["engines"][0] for e in ("fp32", "int8", "qdq")]
 base = peer["fp32_p50_ms"]
 print(f"{'engine':<28}{'p50 ms':>9}{'p99 ms':>9}{'cold start ms':>15}{'peak RSS MiB':>14}{'p50 / ort fp32':>16}")
 for r in rows:
-    name = {"fp32": "scanside tract fp32", "int8": "scanside int8 core"}[r["engine"]]
+    name = {"fp32": "scanside tract fp32", "int8": "scanside int8 core", "qdq": "scanside tract QDQ"}[r["engine"]]
     print(f"{name:<28}{r['p50_ms']:9.3f}{r['p99_ms']:9.3f}{r['cold_start_ms']:15.1f}"
           f"{r['peak_rss_kib'] / 1024:14.1f}{r['p50_ms'] / base:15.2f}x")
 print(f"{'onnxruntime ' + peer['onnxruntime'] + ' fp32':<28}{base:9.3f}{'':>9}{'':>15}{'':>14}{1:15.2f}x")

@@ -31,8 +31,8 @@ enum Command {
     Screen {
         #[command(flatten)]
         bundle: BundleArgs,
-        /// Which model of the bundle runs: fp32 (tract) or int8 (the int8 core; bundles
-        /// exported with the `mcu` target).
+        /// Which model of the bundle runs: fp32 (tract), int8 (the int8 core; bundles exported
+        /// with the `mcu` target) or qdq (the QDQ ONNX twin on tract, for comparison).
         #[arg(long, default_value = "fp32")]
         engine: EngineKind,
         /// Images screened at once (default: the number of cores); output stays in input order.

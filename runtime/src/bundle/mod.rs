@@ -195,6 +195,8 @@ pub struct Bundle {
     pub signature: SignatureStatus,
     /// The int8 blob's bytes, when the bundle has one (verified against its sha256).
     pub int8_bytes: Option<Vec<u8>>,
+    /// The QDQ ONNX model's bytes, when the bundle has one (verified against its sha256).
+    pub qdq_bytes: Option<Vec<u8>>,
 }
 
 impl Bundle {
@@ -257,15 +259,19 @@ impl Bundle {
             .as_ref()
             .map(|e| read_checked(&e.file, &e.sha256))
             .transpose()?;
-        if let Some(qdq) = manifest.int8.as_ref().and_then(|e| e.qdq_onnx.as_ref()) {
-            read_checked(&qdq.file, &qdq.sha256)?;
-        }
+        let qdq_bytes = manifest
+            .int8
+            .as_ref()
+            .and_then(|e| e.qdq_onnx.as_ref())
+            .map(|qdq| read_checked(&qdq.file, &qdq.sha256))
+            .transpose()?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
             model_bytes,
             signature,
             int8_bytes,
+            qdq_bytes,
         })
     }
 

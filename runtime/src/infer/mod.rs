@@ -28,7 +28,12 @@ pub struct Classifier {
 impl Classifier {
     /// Parses, shapes, optimises and checks the bundle's model against its manifest.
     pub fn load(bundle: &Bundle) -> Result<Self> {
-        let model_path = bundle.model_path();
+        Self::from_bytes(bundle, &bundle.model_bytes, bundle.model_path())
+    }
+
+    /// Like [`Classifier::load`] for another ONNX model of the bundle (bytes already verified
+    /// against the manifest), named `model_path` in errors.
+    pub fn from_bytes(bundle: &Bundle, model_bytes: &[u8], model_path: PathBuf) -> Result<Self> {
         let p = &bundle.manifest.preprocess;
         let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
         let model_err = |e: TractError| Error::Model {
@@ -36,7 +41,7 @@ impl Classifier {
             reason: format!("{e:#}"),
         };
         let plan = tract_onnx::onnx()
-            .model_for_read(&mut bundle.model_bytes.as_slice())
+            .model_for_read(&mut &model_bytes[..])
             .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
@@ -104,6 +109,8 @@ pub enum EngineKind {
     Fp32,
     /// The int8 blob on the shared int8 core.
     Int8,
+    /// The int8 model's QDQ ONNX twin on tract (for comparison: tract runs QDQ in float).
+    Qdq,
 }
 
 impl std::str::FromStr for EngineKind {
@@ -112,7 +119,10 @@ impl std::str::FromStr for EngineKind {
         match s {
             "fp32" => Ok(EngineKind::Fp32),
             "int8" => Ok(EngineKind::Int8),
-            other => Err(format!("unknown engine {other:?}: expected fp32 or int8")),
+            "qdq" => Ok(EngineKind::Qdq),
+            other => Err(format!(
+                "unknown engine {other:?}: expected fp32, int8 or qdq"
+            )),
         }
     }
 }
@@ -124,6 +134,8 @@ pub enum Engine {
     Fp32(Classifier),
     /// The int8 core.
     Int8(Int8Classifier),
+    /// tract on the QDQ ONNX model.
+    Qdq(Classifier),
 }
 
 impl Engine {
@@ -132,6 +144,27 @@ impl Engine {
     pub fn load(bundle: &Bundle, kind: EngineKind) -> Result<Self> {
         match kind {
             EngineKind::Fp32 => Ok(Engine::Fp32(Classifier::load(bundle)?)),
+            EngineKind::Qdq => {
+                let (Some(entry), Some(bytes)) = (
+                    bundle
+                        .manifest
+                        .int8
+                        .as_ref()
+                        .and_then(|e| e.qdq_onnx.as_ref()),
+                    &bundle.qdq_bytes,
+                ) else {
+                    return Err(Error::Bundle {
+                        path: bundle.dir.clone(),
+                        reason: "the bundle has no QDQ ONNX model (export with --targets onnx,onnx-int8)"
+                            .into(),
+                    });
+                };
+                Ok(Engine::Qdq(Classifier::from_bytes(
+                    bundle,
+                    bytes,
+                    bundle.dir.join(&entry.file),
+                )?))
+            }
             EngineKind::Int8 => {
                 let (Some(entry), Some(bytes)) = (&bundle.manifest.int8, &bundle.int8_bytes) else {
                     return Err(Error::Bundle {
@@ -154,7 +187,7 @@ impl Engine {
     /// Logits of one preprocessed `C×H×W` input.
     pub fn logits(&self, input: &[f32]) -> Result<Vec<f32>> {
         match self {
-            Engine::Fp32(c) => c.logits(input),
+            Engine::Fp32(c) | Engine::Qdq(c) => c.logits(input),
             Engine::Int8(c) => c.logits(input),
         }
     }
@@ -164,6 +197,7 @@ impl Engine {
         match self {
             Engine::Fp32(_) => EngineKind::Fp32,
             Engine::Int8(_) => EngineKind::Int8,
+            Engine::Qdq(_) => EngineKind::Qdq,
         }
     }
 }

@@ -343,6 +343,20 @@ fn int8_is_refused_clearly_when_absent_or_tampered() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no int8 model"), "{}", stderr(&out));
+    let out = scanside(&[
+        Path::new("screen"),
+        Path::new("--bundle"),
+        &plain,
+        Path::new("--engine"),
+        Path::new("qdq"),
+        &png,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no QDQ ONNX model"),
+        "{}",
+        stderr(&out)
+    );
 
     let bundle = dir.path().join("bundle");
     write_linear_bundle_with_int8(&bundle);
