@@ -151,6 +151,15 @@ pub fn compare_int8_with_fp32(
     let bundle = Bundle::load(&out.join("bundle"), &trusted(out)?)?;
     let fp32 = Screener::with_engine(&bundle, EngineKind::Fp32)?;
     let int8 = Screener::with_engine(&bundle, EngineKind::Int8)?;
+    // The QDQ twin on tract carries the same quantisation: within 2 of the blob's output steps.
+    let qdq = Screener::with_engine(&bundle, EngineKind::Qdq)?;
+    let blob = scanside_firmware::blob::write::AlignedBlob::new(
+        bundle.int8_bytes.as_deref().unwrap_or_default(),
+    );
+    let step = scanside_firmware::blob::Model::parse(blob.bytes())
+        .map_err(|e| anyhow::anyhow!("int8 blob: {e}"))?
+        .output()
+        .scale;
     let test: Vec<usize> = split
         .indices(&index, Partition::Test)
         .into_iter()
@@ -169,6 +178,19 @@ pub fn compare_int8_with_fp32(
         );
         for (x, y) in a.logits.iter().zip(&b.logits) {
             max_diff = max_diff.max((x - y).abs());
+        }
+        let c = qdq.screen_file(path)?;
+        anyhow::ensure!(
+            c.engine == EngineKind::Qdq,
+            "the qdq screener reported {:?}",
+            c.engine
+        );
+        for (y, z) in b.logits.iter().zip(&c.logits) {
+            anyhow::ensure!(
+                (y - z).abs() <= 2.0 * step + 1e-6,
+                "{}: tract on the QDQ model gives {z}, the int8 engine {y} (output step {step})",
+                path.display()
+            );
         }
         agree += usize::from(a.top_class == b.top_class);
     }
