@@ -63,7 +63,7 @@ done_step
 step "aarch64: runtime and core tests under qemu-aarch64, then the binary screens like x86"
 # The CLI tests exec the runtime binary, which an emulated test process cannot do without
 # binfmt_misc; the cross-compiled binary is exercised directly below instead.
-cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu -- --skip cli::
+cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu -- --skip cli:: --skip service::
 cargo build -p scanside-runtime --target aarch64-unknown-linux-gnu --bin scanside
 native=$(target/debug/scanside screen --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" \
   "$fixture/bundle/sample.jpg")

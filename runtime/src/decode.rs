@@ -98,12 +98,16 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
 }
 
 /// The DICOM attributes that group images by case, read without decoding pixels.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DicomIdentity {
     /// (0010,0020) Patient ID.
     pub patient_id: Option<String>,
     /// (0020,000D) Study Instance UID.
     pub study_uid: Option<String>,
+    /// (0020,000E) Series Instance UID.
+    pub series_uid: Option<String>,
+    /// (0008,0018) SOP Instance UID.
+    pub sop_instance_uid: Option<String>,
 }
 
 /// Reads a DICOM file's header up to the pixel data: who and which study it belongs to.
@@ -126,6 +130,8 @@ pub fn read_dicom_identity(path: &Path) -> Result<DicomIdentity> {
     Ok(DicomIdentity {
         patient_id: text(tags::PATIENT_ID),
         study_uid: text(tags::STUDY_INSTANCE_UID),
+        series_uid: text(tags::SERIES_INSTANCE_UID),
+        sop_instance_uid: text(tags::SOP_INSTANCE_UID),
     })
 }
 

@@ -22,10 +22,15 @@ pub struct DicomFixture<'a> {
     pub window: Option<(f64, f64)>,
     /// (0010,0020) Patient ID.
     pub patient_id: Option<&'a str>,
+    /// (0008,0018) SOP Instance UID (default: one fixed UID).
+    pub sop_instance_uid: Option<&'a str>,
 }
 
 /// Writes the fixture to `path`; panics on failure (tests only).
 pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
+    let sop_instance_uid = fixture
+        .sop_instance_uid
+        .unwrap_or("1.2.826.0.1.3680043.2.1125.1.1");
     let mut obj = InMemDicomObject::from_element_iter([
         DataElement::new(
             tags::SOP_CLASS_UID,
@@ -35,7 +40,7 @@ pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
         DataElement::new(
             tags::SOP_INSTANCE_UID,
             VR::UI,
-            PrimitiveValue::from("1.2.826.0.1.3680043.2.1125.1.1"),
+            PrimitiveValue::from(sop_instance_uid),
         ),
         DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CR")),
         DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1_u16)),
@@ -84,7 +89,7 @@ pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
             FileMetaTableBuilder::new()
                 .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
                 .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
-                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.1125.1.1"),
+                .media_storage_sop_instance_uid(sop_instance_uid),
         )
         .expect("file meta table");
     file.write_to_file(path).expect("write DICOM fixture");

@@ -16,6 +16,7 @@ pub mod infer;
 pub mod persist;
 pub mod preprocess;
 pub mod report;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -76,6 +77,14 @@ pub enum Error {
         /// The model file.
         path: PathBuf,
         /// tract's explanation.
+        reason: String,
+    },
+    /// A configuration file is malformed or inconsistent.
+    #[error("{path}: invalid configuration: {reason}")]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// Why.
         reason: String,
     },
     /// Preprocessing settings cannot be applied to this image.

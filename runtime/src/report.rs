@@ -10,7 +10,7 @@ use crate::bundle::{BundleManifest, Calibration, OutputActivation};
 use crate::decode::SourceInfo;
 
 /// Milliseconds spent in each stage for one image.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Timings {
     /// Reading and decoding the file.
     pub decode_ms: f64,

@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 use scanside_firmware::vectors;
 use scanside_runtime::bundle::{signing, Bundle, Trust};
 use scanside_runtime::infer::{Engine, EngineKind, Screener};
-use scanside_runtime::{bench, decode, persist, preprocess};
+use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};
+use scanside_runtime::{bench, decode, persist, preprocess, watch};
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +84,126 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Watch a drop folder: screen each image that appears exactly once, write
+    /// OUT/<name>.json, append to the audit log, move the input to IN_DIR/done (unreadable ones
+    /// to IN_DIR/failed with a reason). Crash-safe; SIGTERM finishes the current image, then
+    /// stops.
+    Watch {
+        #[command(flatten)]
+        bundle: BundleArgs,
+        /// Which model of the bundle screens: fp32, int8 or qdq.
+        #[arg(long, default_value = "fp32")]
+        engine: EngineKind,
+        /// The drop folder.
+        in_dir: PathBuf,
+        /// Results folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Receive DICOM instances over the network (C-STORE SCP, answers C-ECHO) into IN_DIR and
+    /// screen them as `watch` does; files dropped into IN_DIR are screened too.
+    Receive {
+        #[command(flatten)]
+        bundle: BundleArgs,
+        /// Which model of the bundle screens: fp32, int8 or qdq.
+        #[arg(long, default_value = "fp32")]
+        engine: EngineKind,
+        /// Folder where received instances are stored for screening.
+        #[arg(long = "in", value_name = "IN_DIR")]
+        in_dir: PathBuf,
+        /// Results folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// TCP port.
+        #[arg(long, default_value_t = 11112)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        listen: std::net::IpAddr,
+        /// This node's AE title; associations calling another are refused.
+        #[arg(long, default_value = "SCANSIDE")]
+        ae_title: String,
+        /// Accept only this calling AE title (repeat for several); default: any.
+        #[arg(long = "allow-calling-ae", value_name = "AE_TITLE")]
+        allowed_calling_ae: Vec<String>,
+        /// Concurrent associations.
+        #[arg(long, default_value_t = 4)]
+        max_associations: usize,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Run the service (drop folder, and the DICOM receiver when configured) from a TOML file;
+    /// see runtime/deploy/scanside.toml.
+    Serve {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Settings shared by `watch` and `receive`.
+#[derive(clap::Args)]
+struct ServiceArgs {
+    /// Audit log (JSONL, append-only; default OUT/audit.jsonl).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Milliseconds a file's size and mtime must stay unchanged before it is taken.
+    #[arg(long, default_value_t = 2000)]
+    settle_ms: u64,
+    /// Milliseconds between rescans when no file event arrives.
+    #[arg(long, default_value_t = 5000)]
+    rescan_ms: u64,
+    /// Stop once the folder is empty and nothing is pending (batch runs).
+    #[arg(long)]
+    exit_when_idle: bool,
+}
+
+impl ServiceArgs {
+    fn config(
+        self,
+        bundle: BundleArgs,
+        engine: EngineKind,
+        in_dir: PathBuf,
+        out: PathBuf,
+    ) -> ServiceConfig {
+        ServiceConfig {
+            bundle: bundle.bundle,
+            public_keys: bundle.public_key,
+            allow_unsigned: bundle.allow_unsigned,
+            engine,
+            in_dir,
+            out_dir: out,
+            audit_log: self.audit_log,
+            settle_ms: self.settle_ms,
+            rescan_ms: self.rescan_ms,
+            exit_when_idle: self.exit_when_idle,
+            receive: None,
+        }
+    }
+}
+
+/// Runs the service until SIGTERM/SIGINT (or idle, when asked); prints the summary.
+fn serve(config: ServiceConfig, origin: &std::path::Path) -> anyhow::Result<ExitCode> {
+    config.validate(origin)?;
+    if config.allow_unsigned {
+        eprintln!(
+            "scanside: WARNING: allow_unsigned: the model's origin is NOT verified; results \
+             and audit records are marked model_verified=false"
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let summary = watch::config::run(&config, &stop)?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(if config.exit_when_idle && summary.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Which bundle, and which keys it must be signed with.
@@ -257,6 +378,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Watch {
+            bundle,
+            engine,
+            in_dir,
+            out,
+            service,
+        } => serve(
+            service.config(bundle, engine, in_dir, out),
+            std::path::Path::new("command line"),
+        ),
+        Command::Receive {
+            bundle,
+            engine,
+            in_dir,
+            out,
+            port,
+            listen,
+            ae_title,
+            allowed_calling_ae,
+            max_associations,
+            service,
+        } => {
+            let mut config = service.config(bundle, engine, in_dir, out);
+            config.receive = Some(ReceiveConfig {
+                port,
+                listen,
+                ae_title,
+                allowed_calling_ae,
+                max_associations,
+            });
+            serve(config, std::path::Path::new("command line"))
+        }
+        Command::Serve { config } => serve(ServiceConfig::from_file(&config)?, &config),
         Command::McuVectors { bundle, out, files } => {
             let bundle = bundle.load()?;
             let Engine::Int8(model) = Engine::load(&bundle, EngineKind::Int8)? else {

@@ -284,7 +284,20 @@ impl Screener {
     /// Screens one image file.
     pub fn screen_file(&self, path: &Path) -> Result<ScreeningResult> {
         let t0 = Instant::now();
-        let image = decode::decode_file(path)?;
+        let bytes = crate::persist::read(path)?;
+        self.screen_bytes(path, &bytes, t0)
+    }
+
+    /// Screens an image already read into memory; `path` names it in the result and errors,
+    /// `started` is when reading began (the decode timing counts from there).
+    pub fn screen_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        started: Instant,
+    ) -> Result<ScreeningResult> {
+        let t0 = started;
+        let image = decode::decode_bytes(path, bytes)?;
         let t1 = Instant::now();
         let input = preprocess(&image, &self.preprocess, path)?;
         let t2 = Instant::now();

@@ -76,6 +76,7 @@ fn the_patient_id_is_read_from_the_header_without_decoding_pixels() {
             cols: 2,
             window: None,
             patient_id: Some("PAT-0042"),
+            sop_instance_uid: None,
         },
     );
     assert_eq!(

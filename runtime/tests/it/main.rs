@@ -3,4 +3,5 @@
 
 mod cli;
 mod dicom;
+mod service;
 mod util;

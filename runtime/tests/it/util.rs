@@ -241,6 +241,7 @@ pub fn write_dicom(
             cols,
             window,
             patient_id: None,
+            sop_instance_uid: None,
         },
     );
 }

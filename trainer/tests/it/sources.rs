@@ -41,6 +41,7 @@ fn dicom(path: &Path, patient: &str) {
             cols: 2,
             window: None,
             patient_id: Some(patient),
+            sop_instance_uid: None,
         },
     );
 }

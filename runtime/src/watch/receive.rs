@@ -1,0 +1,373 @@
+//! `scanside receive`: a DICOM C-STORE / C-ECHO service class provider (dicom-rs `dicom-ul`).
+//!
+//! Each received instance is written into the drop folder as a Part-10 file (temp name, fsync,
+//! rename to `<SOP Instance UID>.dcm`) *before* the C-STORE response reports success, so an
+//! acknowledged instance survives a crash; the drop-folder [`super::Service`] screens it. When
+//! the instance cannot be stored (disk full), the response says "out of resources" (A700) and
+//! the sender keeps it and retries. The dataset bytes are stored as received, in the
+//! negotiated transfer syntax, not re-encoded.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_core::{dicom_value, DataElement, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_ul::association::server::AccessControl;
+use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
+use dicom_ul::{Pdu, ServerAssociationOptions};
+
+use super::audit::{AuditEvent, AuditLog, AuditRecord};
+use crate::persist::write_atomically;
+use crate::{Error, Result};
+
+/// DIMSE command fields (PS3.7 E.1).
+const C_STORE_RQ: u16 = 0x0001;
+const C_ECHO_RQ: u16 = 0x0030;
+/// Status codes (PS3.7 annex C, PS3.4 B.2.3).
+const STATUS_SUCCESS: u16 = 0x0000;
+const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;
+const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
+/// Verification SOP class.
+const VERIFICATION: &str = "1.2.840.10008.1.1";
+/// The largest instance accepted (a bound on memory per association).
+const MAX_INSTANCE_BYTES: usize = 1 << 30;
+
+/// How the receiver listens and whom it accepts.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// This node's AE title; associations calling another title are refused.
+    pub ae_title: String,
+    /// Calling AE titles accepted; empty accepts any.
+    pub allowed_calling: Vec<String>,
+    /// Where received instances are stored (the drop folder the service watches).
+    pub drop_dir: PathBuf,
+    /// Concurrent associations; more are refused until one ends.
+    pub max_associations: usize,
+}
+
+/// Access control: the called title must be ours; the calling title must be on the allow-list
+/// when one is configured.
+#[derive(Debug, Clone)]
+struct AllowList(Vec<String>);
+
+impl AccessControl for AllowList {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> std::result::Result<(), AssociationRJServiceUserReason> {
+        if called_ae_title.trim() != this_ae_title.trim() {
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        if !self.0.is_empty() && !self.0.iter().any(|a| a == calling_ae_title.trim()) {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        Ok(())
+    }
+}
+
+/// Binds the listening socket (so a port in use is reported before anything starts).
+pub fn bind(options: &ReceiveOptions) -> Result<TcpListener> {
+    TcpListener::bind(options.listen).map_err(|source| Error::Io {
+        path: PathBuf::from(options.listen.to_string()),
+        source,
+    })
+}
+
+/// Accepts associations until `stop` is set; each runs on its own thread.
+pub fn serve(listener: TcpListener, options: ReceiveOptions, audit: AuditLog, stop: &AtomicBool) {
+    // Non-blocking accept so that `stop` is seen within 100 ms.
+    if let Err(e) = listener.set_nonblocking(true) {
+        eprintln!("scanside: receive: {e}");
+        return;
+    }
+    let active = Arc::new(AtomicUsize::new(0));
+    let options = Arc::new(options);
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                if active.load(Ordering::SeqCst) >= options.max_associations {
+                    // Closing makes the sender retry later, which is what it does on busy PACS.
+                    eprintln!("scanside: receive: {peer}: too many associations, closing");
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let (active, options, audit) = (active.clone(), options.clone(), audit.clone());
+                std::thread::spawn(move || {
+                    if let Err(e) = handle(stream, peer, &options, &audit) {
+                        eprintln!("scanside: receive: {peer}: {e}");
+                    }
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                eprintln!("scanside: receive: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Why an association ended badly.
+#[derive(Debug, thiserror::Error)]
+enum AssociationError {
+    #[error("association refused or failed to establish: {0}")]
+    Establish(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("malformed command: {0}")]
+    Command(String),
+}
+
+fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    options: &ReceiveOptions,
+    audit: &AuditLog,
+) -> std::result::Result<(), AssociationError> {
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| AssociationError::Network(e.to_string()))?;
+    let scp = ServerAssociationOptions::new()
+        .ae_access_control(AllowList(options.allowed_calling.clone()))
+        .ae_title(options.ae_title.as_str())
+        .with_abstract_syntax(VERIFICATION)
+        // Any storage SOP class: the decoder decides what it can screen, and refuses the rest
+        // into failed/ with a reason, where a person will see it.
+        .promiscuous(true)
+        .read_timeout(Duration::from_secs(60))
+        .write_timeout(Duration::from_secs(60));
+    let mut association = match scp.establish(stream) {
+        Ok(a) => a,
+        Err(e) => {
+            let mut record = AuditRecord::now(AuditEvent::AssociationRejected);
+            record.error = Some(e.to_string());
+            record.detail = Some(serde_json::json!({ "peer": peer.to_string() }));
+            let _ = audit.append(&record);
+            return Err(AssociationError::Establish(e.to_string()));
+        }
+    };
+    let calling = dicom_ul::association::Association::peer_ae_title(&association).to_string();
+    let mut command: Vec<u8> = Vec::new();
+    let mut data: Vec<u8> = Vec::new();
+    let mut pending: Option<Command> = None;
+    loop {
+        let pdu = association
+            .receive()
+            .map_err(|e| AssociationError::Network(e.to_string()))?;
+        match pdu {
+            Pdu::PData { data: values } => {
+                for value in values {
+                    match value.value_type {
+                        PDataValueType::Command => {
+                            command.extend_from_slice(&value.data);
+                            if !value.is_last {
+                                continue;
+                            }
+                            let parsed = parse_command(&command)?;
+                            command.clear();
+                            data.clear();
+                            if parsed.field == C_ECHO_RQ {
+                                let rsp = response(&parsed, 0x8030, STATUS_SUCCESS);
+                                send_command(&mut association, value.presentation_context_id, rsp)?;
+                            } else if parsed.field == C_STORE_RQ {
+                                pending = Some(parsed);
+                            } else {
+                                // Not a service we provide (C-FIND, C-MOVE...): "unrecognized
+                                // operation" with the response command of the same type.
+                                let rsp = response(&parsed, parsed.field | 0x8000, 0x0211);
+                                send_command(&mut association, value.presentation_context_id, rsp)?;
+                            }
+                        }
+                        PDataValueType::Data => {
+                            if data.len() + value.data.len() > MAX_INSTANCE_BYTES {
+                                return Err(AssociationError::Command(
+                                    "instance larger than 1 GiB".into(),
+                                ));
+                            }
+                            data.extend_from_slice(&value.data);
+                            if !value.is_last {
+                                continue;
+                            }
+                            let Some(request) = pending.take() else {
+                                return Err(AssociationError::Command(
+                                    "data set without a C-STORE request".into(),
+                                ));
+                            };
+                            let transfer_syntax = association
+                                .presentation_contexts()
+                                .iter()
+                                .find(|pc| pc.id == value.presentation_context_id)
+                                .map(|pc| pc.transfer_syntax.clone());
+                            let status = match transfer_syntax {
+                                None => STATUS_CANNOT_UNDERSTAND,
+                                Some(ts) => match store(&options.drop_dir, &request, &ts, &data) {
+                                    Ok(path) => {
+                                        let mut record = AuditRecord::now(AuditEvent::Received);
+                                        record.input = Some(path.display().to_string());
+                                        record.detail = Some(serde_json::json!({
+                                            "calling_ae": calling,
+                                            "peer": peer.to_string(),
+                                            "sop_instance_uid": request.sop_instance_uid,
+                                            "transfer_syntax": ts,
+                                        }));
+                                        let _ = audit.append(&record);
+                                        STATUS_SUCCESS
+                                    }
+                                    Err(e) => {
+                                        eprintln!("scanside: receive: cannot store: {e}");
+                                        STATUS_OUT_OF_RESOURCES
+                                    }
+                                },
+                            };
+                            data.clear();
+                            let rsp = response(&request, 0x8001, status);
+                            send_command(&mut association, value.presentation_context_id, rsp)?;
+                        }
+                    }
+                }
+            }
+            Pdu::ReleaseRQ => {
+                let _ = association.send(&Pdu::ReleaseRP);
+                return Ok(());
+            }
+            Pdu::AbortRQ { .. } => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// The parts of a DIMSE request the responses need.
+#[derive(Debug, Clone)]
+struct Command {
+    field: u16,
+    message_id: u16,
+    sop_class_uid: String,
+    sop_instance_uid: String,
+}
+
+fn parse_command(bytes: &[u8]) -> std::result::Result<Command, AssociationError> {
+    // Command sets are always implicit VR little endian (PS3.7 6.3.1).
+    let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+    let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts)
+        .map_err(|e| AssociationError::Command(e.to_string()))?;
+    let uint = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_int::<u16>().ok())
+            .ok_or_else(|| AssociationError::Command(format!("missing or bad {tag}")))
+    };
+    let text = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default()
+    };
+    Ok(Command {
+        field: uint(tags::COMMAND_FIELD)?,
+        message_id: uint(tags::MESSAGE_ID)?,
+        sop_class_uid: text(tags::AFFECTED_SOP_CLASS_UID),
+        sop_instance_uid: text(tags::AFFECTED_SOP_INSTANCE_UID),
+    })
+}
+
+fn response(request: &Command, field: u16, status: u16) -> InMemDicomObject {
+    let mut elements = vec![
+        DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [field])),
+        DataElement::new(
+            tags::MESSAGE_ID_BEING_RESPONDED_TO,
+            VR::US,
+            dicom_value!(U16, [request.message_id]),
+        ),
+        // 0x0101: no data set follows.
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            dicom_value!(U16, [0x0101]),
+        ),
+        DataElement::new(tags::STATUS, VR::US, dicom_value!(U16, [status])),
+    ];
+    if !request.sop_class_uid.is_empty() {
+        elements.push(DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            dicom_value!(Str, request.sop_class_uid.as_str()),
+        ));
+    }
+    if !request.sop_instance_uid.is_empty() {
+        elements.push(DataElement::new(
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            VR::UI,
+            dicom_value!(Str, request.sop_instance_uid.as_str()),
+        ));
+    }
+    InMemDicomObject::command_from_element_iter(elements)
+}
+
+fn send_command<S: std::io::Read + std::io::Write + dicom_ul::association::CloseSocket>(
+    association: &mut dicom_ul::ServerAssociation<S>,
+    presentation_context_id: u8,
+    command: InMemDicomObject,
+) -> std::result::Result<(), AssociationError> {
+    let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+    let mut bytes = Vec::new();
+    command
+        .write_dataset_with_ts(&mut bytes, &ts)
+        .map_err(|e| AssociationError::Command(e.to_string()))?;
+    association
+        .send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: bytes,
+            }],
+        })
+        .map_err(|e| AssociationError::Network(e.to_string()))
+}
+
+/// Writes one instance as a Part-10 file into `dir` (atomically, durably) and returns its path.
+fn store(dir: &Path, request: &Command, transfer_syntax: &str, dataset: &[u8]) -> Result<PathBuf> {
+    let uid = request.sop_instance_uid.as_str();
+    // A UID is digits and dots; anything else would be a path trick.
+    let safe =
+        !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let name = if safe {
+        format!("{uid}.dcm")
+    } else {
+        format!("instance-{}.dcm", request.message_id)
+    };
+    let path = dir.join(name);
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(request.sop_class_uid.as_str())
+        .media_storage_sop_instance_uid(uid)
+        .transfer_syntax(transfer_syntax.trim_end_matches('\0'))
+        .build()
+        .map_err(|e| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+    let mut bytes = Vec::with_capacity(dataset.len() + 512);
+    bytes.extend_from_slice(&[0; 128]);
+    bytes.extend_from_slice(b"DICM");
+    meta.write(&mut bytes).map_err(|e| Error::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    bytes.extend_from_slice(dataset);
+    // The temp name ends in `.part`, which the drop-folder scan ignores.
+    write_atomically(&path, &bytes)?;
+    Ok(path)
+}
