@@ -24,6 +24,8 @@ pub struct DicomFixture<'a> {
     pub patient_id: Option<&'a str>,
     /// (0008,0018) SOP Instance UID (default: one fixed UID).
     pub sop_instance_uid: Option<&'a str>,
+    /// (0020,000D) Study Instance UID.
+    pub study_uid: Option<&'a str>,
 }
 
 /// Writes the fixture to `path`; panics on failure (tests only).
@@ -75,6 +77,13 @@ pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
             tags::WINDOW_WIDTH,
             VR::DS,
             PrimitiveValue::from(width.to_string()),
+        ));
+    }
+    if let Some(uid) = fixture.study_uid {
+        obj.put(DataElement::new(
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(uid),
         ));
     }
     if let Some(id) = fixture.patient_id {

@@ -118,6 +118,84 @@ struct StoredResult<'a> {
     result: &'a ScreeningResult,
 }
 
+/// A study's result: its images' results folded together (a study is flagged when any of its
+/// images is).
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct StudyResult {
+    study_uid: String,
+    model_id: String,
+    /// The study's most probable class (over the per-class maxima).
+    top_class: String,
+    /// Per class, the highest probability over the study's images.
+    #[serde(serialize_with = "ordered_pairs", deserialize_with = "pairs_from_map")]
+    probabilities: Vec<(String, f32)>,
+    /// Classes flagged on any image.
+    flags: Vec<String>,
+    instances: Vec<StudyInstance>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct StudyInstance {
+    input: String,
+    claim_id: String,
+    series_uid: Option<String>,
+    sop_instance_uid: Option<String>,
+    top_class: String,
+    /// In the model's class order.
+    probabilities: Vec<f32>,
+    flags: Vec<String>,
+    result_file: String,
+}
+
+impl StudyResult {
+    /// Recomputes the aggregate from the instances; `latest` supplies class names and model.
+    fn aggregate(&mut self, latest: &ScreeningResult) {
+        self.model_id = latest.model_id.clone();
+        let names: Vec<&String> = latest.probabilities.iter().map(|(n, _)| n).collect();
+        let mut max = vec![0.0_f32; names.len()];
+        let mut flags: Vec<String> = Vec::new();
+        for instance in &self.instances {
+            for (m, p) in max.iter_mut().zip(&instance.probabilities) {
+                *m = m.max(*p);
+            }
+            for flag in &instance.flags {
+                if !flags.contains(flag) {
+                    flags.push(flag.clone());
+                }
+            }
+        }
+        let top = max
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, &p)| if p > max[best] { i } else { best });
+        self.top_class = names.get(top).map(|n| n.to_string()).unwrap_or_default();
+        self.probabilities = names.into_iter().cloned().zip(max).collect();
+        // Flags in class order, as in the per-image results.
+        flags.sort_by_key(|f| self.probabilities.iter().position(|(n, _)| n == f));
+        self.flags = flags;
+    }
+}
+
+fn ordered_pairs<S: serde::Serializer>(
+    pairs: &[(String, f32)],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+fn pairs_from_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<(String, f32)>, D::Error> {
+    // Order is rebuilt by `aggregate` from the model's class order; the map's is not needed.
+    let map: std::collections::BTreeMap<String, f32> = serde::Deserialize::deserialize(d)?;
+    Ok(map.into_iter().collect())
+}
+
 /// A file in the work area.
 #[derive(Debug, Clone)]
 struct WorkItem {
@@ -439,6 +517,11 @@ impl Service {
                 })?;
                 json.push(b'\n');
                 write_atomically(&result_path, &json)?;
+                if let Some(study) = dicom.as_ref().and_then(|d| d.study_uid.as_deref()) {
+                    let path =
+                        self.update_study(study, item, dicom.as_ref(), &result, &result_path)?;
+                    record.detail = Some(serde_json::json!({ "study_file": path }));
+                }
                 record.top_class = Some(result.top_class.clone());
                 record.flags = Some(result.flags.clone());
                 record.timings = Some(result.timings);
@@ -455,6 +538,65 @@ impl Service {
                 self.commit_and_move(item, record)
             }
         }
+    }
+
+    /// Folds one instance's result into its study's result, `OUT/studies/<study UID>.json`:
+    /// per class the highest probability over the study's images, the union of flags, and
+    /// the instances. Keyed by input name, so a redo after a crash replaces its own entry.
+    fn update_study(
+        &self,
+        study_uid: &str,
+        item: &WorkItem,
+        dicom: Option<&DicomIdentity>,
+        result: &ScreeningResult,
+        result_path: &Path,
+    ) -> Result<PathBuf> {
+        let dir = self.options.out_dir.join("studies");
+        fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        // A UID is digits and dots; anything else is hashed rather than trusted as a path.
+        let file = if !study_uid.is_empty()
+            && study_uid.len() <= 64
+            && study_uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        {
+            format!("{study_uid}.json")
+        } else {
+            format!("{}.json", &hex(&Sha256::digest(study_uid.as_bytes()))[..32])
+        };
+        let path = dir.join(file);
+        let mut study: StudyResult = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: std::io::Error::other(format!("unreadable study result: {e}")),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StudyResult {
+                study_uid: study_uid.to_string(),
+                ..StudyResult::default()
+            },
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let input = self.options.in_dir.join(&item.name).display().to_string();
+        study.instances.retain(|i| i.input != input);
+        study.instances.push(StudyInstance {
+            input,
+            claim_id: item.claim.clone(),
+            series_uid: dicom.and_then(|d| d.series_uid.clone()),
+            sop_instance_uid: dicom.and_then(|d| d.sop_instance_uid.clone()),
+            top_class: result.top_class.clone(),
+            probabilities: result.probabilities.iter().map(|(_, p)| *p).collect(),
+            flags: result.flags.clone(),
+            result_file: result_path.display().to_string(),
+        });
+        study.aggregate(result);
+        let mut json = serde_json::to_vec_pretty(&study).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        json.push(b'\n');
+        write_atomically(&path, &json)?;
+        Ok(path)
     }
 
     fn commit_and_move(&mut self, item: &WorkItem, mut record: AuditRecord) -> Result<()> {

@@ -77,6 +77,7 @@ fn the_patient_id_is_read_from_the_header_without_decoding_pixels() {
             window: None,
             patient_id: Some("PAT-0042"),
             sop_instance_uid: None,
+            study_uid: None,
         },
     );
     assert_eq!(

@@ -161,6 +161,7 @@ fn watch_screens_each_file_once_fails_bad_ones_with_a_reason_and_skips_resent_by
             window: None,
             patient_id: Some("PAT-7"),
             sop_instance_uid: Some("1.2.3.4.5"),
+            study_uid: None,
         },
     );
     fs::rename(&dcm, site.incoming.join("ct.dcm")).unwrap();
@@ -531,6 +532,7 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
                     window: None,
                     patient_id: Some("PAT-1"),
                     sop_instance_uid: Some(&uid),
+                    study_uid: Some("1.2.826.0.1.3680043.2.1125.77"),
                 },
             );
             path
@@ -547,6 +549,21 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
         let result = &results[&name];
         assert_eq!(result["dicom"]["patient_id"], "PAT-1", "{name}");
         assert_eq!(result["model_verified"], true);
+    }
+    // One study result folds the three images together.
+    let study_path = site
+        .results
+        .join("studies/1.2.826.0.1.3680043.2.1125.77.json");
+    let study: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&study_path).unwrap()).unwrap();
+    let instances = study["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 3);
+    for class in ["dark", "bright"] {
+        let best = results
+            .values()
+            .map(|r| r["probabilities"][class].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert!((study["probabilities"][class].as_f64().unwrap() - best).abs() < 1e-6);
     }
     // The stored files are the sent instances: same pixels, same identity.
     let original = fs::read(&files[0]).unwrap();

@@ -242,6 +242,7 @@ pub fn write_dicom(
             window,
             patient_id: None,
             sop_instance_uid: None,
+            study_uid: None,
         },
     );
 }

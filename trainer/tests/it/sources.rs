@@ -42,6 +42,7 @@ fn dicom(path: &Path, patient: &str) {
             window: None,
             patient_id: Some(patient),
             sop_instance_uid: None,
+            study_uid: None,
         },
     );
 }
