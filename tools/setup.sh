@@ -28,4 +28,9 @@ command -v defmt-print >/dev/null || cargo install --locked defmt-print
 # writes the torchvision-named weights the --init tests load.
 python3 -c 'import onnx, onnxruntime, numpy, safetensors' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy safetensors
+# pydicom with the pylibjpeg codecs and the public pydicom-data corpus: the reference the DICOM
+# decoder is compared with (tools/dicom_corpus.py).
+python3 -c 'import pydicom, data_store, pylibjpeg, libjpeg, openjpeg, rle' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check pydicom pydicom-data pylibjpeg \
+       pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle
 echo "setup: all tools present"

@@ -32,6 +32,10 @@ step "exported ONNX checked by onnx.checker and onnxruntime"
 python3 tools/check_onnx.py "$fixture/bundle" "$fixture/bundle/check.json"
 done_step
 
+step "DICOM decoder against pydicom on the public corpus (pydicom test files + pydicom-data)"
+python3 tools/dicom_corpus.py --scanside target/debug/scanside --out "$fixture/dicom-corpus.md" | tail -n 2
+done_step
+
 step "firmware core builds for thumbv7em-none-eabihf (no_std, with defmt)"
 cargo build -p scanside-firmware --target thumbv7em-none-eabihf --features defmt
 done_step

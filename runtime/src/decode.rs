@@ -170,98 +170,415 @@ fn decode_raster(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
     })
 }
 
-fn decode_dicom(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
+/// The largest image decoded (rows × columns): 8192 × 8192, above any radiograph or
+/// mammogram; a 30k × 30k slide or a forged header is refused before memory is spent on it.
+pub const MAX_PIXELS: u64 = 8192 * 8192;
+
+/// A DICOM image's first frame before windowing: what pydicom calls the modality-LUT output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomValues {
+    /// Columns.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// 1 (monochrome) or 3 (RGB after colour-space conversion or palette lookup).
+    pub channels: u32,
+    /// Monochrome: stored values after rescale slope/intercept. Colour: R, G, B on the stored
+    /// scale (0..2^bits - 1; palette entries on their 16-bit or 8-bit scale).
+    pub values: Vec<f32>,
+    /// The photometric interpretation in the file.
+    pub photometric: String,
+    /// Bits stored per sample (for palette images, bits per palette entry).
+    pub bits_stored: u16,
+    /// Frames in the file (only the first is decoded).
+    pub frames: u32,
+    /// The transfer syntax UID.
+    pub transfer_syntax: String,
+    /// (0008,0060) Modality.
+    pub modality: Option<String>,
+    /// Window centre and width, when the file has one.
+    pub window: Option<(f64, f64)>,
+}
+
+/// Reads a DICOM file's first frame: decompresses it (JPEG baseline/extended/lossless, RLE,
+/// JPEG 2000, deflate), applies the modality LUT to monochrome images, converts YBR to RGB and
+/// looks palette colour up. `path` names the file in errors.
+pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
     let err = |reason: String| Error::Decode {
         path: path.to_path_buf(),
         reason,
     };
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Err(err(
+            "no DICOM Part 10 header (128-byte preamble + DICM)".into()
+        ));
+    }
     let obj = dicom_object::from_reader(&bytes[128..])
         .map_err(|e| err(format!("malformed DICOM: {e}")))?;
-    let modality = obj
-        .element_opt(tags::MODALITY)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim().to_string());
+    let transfer_syntax = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    if transfer_syntax.starts_with("1.2.840.10008.1.2.4.8") {
+        // 1.2.840.10008.1.2.4.80 / .81
+        return Err(err(format!(
+            "transfer syntax {transfer_syntax} (JPEG-LS) is not supported by this build"
+        )));
+    }
+    let text = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let uint = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<u32>().ok())
+    };
+    let modality = text(tags::MODALITY);
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(err(format!(
+            "no pixel data (modality {}, SOP class {}): not an image",
+            modality.as_deref().unwrap_or("unknown"),
+            text(tags::SOP_CLASS_UID).as_deref().unwrap_or("unknown")
+        )));
+    }
+    let (rows, cols) = (
+        u64::from(uint(tags::ROWS).unwrap_or(0)),
+        u64::from(uint(tags::COLUMNS).unwrap_or(0)),
+    );
+    if rows == 0 || cols == 0 {
+        return Err(err(
+            "image has no pixels (Rows or Columns is 0 or missing)".into()
+        ));
+    }
+    if rows * cols > MAX_PIXELS {
+        return Err(err(format!(
+            "{cols}x{rows} pixels is larger than the {MAX_PIXELS}-pixel limit"
+        )));
+    }
+    let frames = text(tags::NUMBER_OF_FRAMES)
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let photometric_in_file = text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
+    let big_endian = transfer_syntax == "1.2.840.10008.1.2.2";
+    let lut = modality_lut(&obj, big_endian).map_err(err)?;
     let pixel = obj
         .decode_pixel_data_frame(0)
-        .map_err(|e| err(format!("cannot decode pixel data: {e}")))?;
+        .map_err(|e| err(format!("cannot decode pixel data ({transfer_syntax}): {e}")))?;
     let (width, height) = (pixel.columns(), pixel.rows());
     let samples = u32::from(pixel.samples_per_pixel());
     let photometric = pixel.photometric_interpretation().clone();
     let bits_stored = pixel.bits_stored();
-    if width == 0 || height == 0 {
-        return Err(err("image has no pixels".into()));
-    }
-    // Stored values with the modality LUT (rescale slope/intercept) applied.
-    let values: Vec<f32> = pixel
-        .to_vec_frame(0)
-        .map_err(|e| err(format!("cannot read pixel values: {e}")))?;
-    let expected = width as usize * height as usize * samples as usize;
-    if values.len() != expected {
-        return Err(err(format!(
-            "pixel data holds {} samples, {width}x{height}x{samples} expected (truncated?)",
-            values.len()
-        )));
-    }
-    let (channels, pixels, windowing) = match (&photometric, samples) {
-        (PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2, 1) => {
-            let window = pixel
-                .window()
-                .ok()
-                .flatten()
-                .and_then(|w| w.first().copied());
-            let (mut mapped, how) = match window {
-                Some(w) if w.width >= 1.0 => (
-                    values
-                        .iter()
-                        .map(|&v| linear_window(f64::from(v), w.center, w.width))
-                        .collect(),
-                    format!("window center {} width {}", w.center, w.width),
-                ),
-                _ => {
-                    let (lo, hi) = min_max(&values);
-                    let span = if hi > lo { hi - lo } else { 1.0 };
-                    (
-                        values
-                            .iter()
-                            .map(|&v| (v - lo) / span)
-                            .collect::<Vec<f32>>(),
-                        format!("min-max {lo}..{hi}"),
-                    )
-                }
-            };
-            if photometric == PhotometricInterpretation::Monochrome1 {
-                mapped.iter_mut().for_each(|v| *v = 1.0 - *v);
-            }
-            (1, mapped, how)
-        }
-        (PhotometricInterpretation::Rgb, 3) => {
-            let max = ((1_u32 << bits_stored.min(16)) - 1) as f32;
-            (
-                3,
-                values.iter().map(|&v| (v / max).clamp(0.0, 1.0)).collect(),
-                "full range".into(),
-            )
-        }
-        (other, n) => {
-            return Err(err(format!(
-                "photometric interpretation {other} with {n} samples per pixel is not supported yet"
+    let window = pixel
+        .window()
+        .ok()
+        .flatten()
+        .and_then(|w| w.first().copied())
+        .filter(|w| w.width >= 1.0)
+        .map(|w| (w.center, w.width));
+    let pixel_count = width as usize * height as usize;
+    let check_len = |n: usize, per_pixel: usize| {
+        if n == pixel_count * per_pixel {
+            Ok(())
+        } else {
+            Err(err(format!(
+                "pixel data holds {n} samples, {width}x{height}x{per_pixel} expected (truncated?)"
             )))
         }
     };
-    Ok(DecodedImage {
+    let (channels, values, bits_stored) = match (&photometric, samples) {
+        (PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2, 1) => {
+            // Stored values with the modality LUT applied: rescale slope/intercept (by
+            // dicom-pixeldata, also from enhanced objects' functional groups) or a LUT.
+            let mut values: Vec<f32> = pixel
+                .to_vec_frame(0)
+                .map_err(|e| err(format!("cannot read pixel values: {e}")))?;
+            check_len(values.len(), 1)?;
+            if let Some(lut) = &lut {
+                values.iter_mut().for_each(|v| *v = lut.look_up(*v));
+            }
+            (1, values, bits_stored)
+        }
+        (PhotometricInterpretation::PaletteColor, 1) => {
+            let indices: Vec<f32> = pixel
+                .to_vec_frame(0)
+                .map_err(|e| err(format!("cannot read palette indices: {e}")))?;
+            check_len(indices.len(), 1)?;
+            let (values, bits) = apply_palette(&obj, &indices, big_endian).map_err(err)?;
+            (3, values, bits)
+        }
+        (
+            PhotometricInterpretation::Rgb
+            | PhotometricInterpretation::YbrFull
+            | PhotometricInterpretation::YbrFull422,
+            3,
+        ) => {
+            let mut values = color_samples(&pixel, pixel_count).map_err(err)?;
+            check_len(values.len(), 3)?;
+            if photometric != PhotometricInterpretation::Rgb {
+                let max = ((1_u32 << bits_stored.min(16)) - 1) as f32;
+                ybr_full_to_rgb(&mut values, max);
+            }
+            (3, values, bits_stored)
+        }
+        (other, n) => {
+            return Err(err(format!(
+                "photometric interpretation {other} with {n} samples per pixel is not supported"
+            )))
+        }
+    };
+    Ok(DicomValues {
         width,
         height,
         channels,
+        values,
+        photometric: photometric_in_file,
+        bits_stored,
+        frames,
+        transfer_syntax,
+        modality,
+        window,
+    })
+}
+
+fn decode_dicom(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
+    let dicom = read_dicom_values(path, bytes)?;
+    let (pixels, windowing) = if dicom.channels == 1 {
+        let (mut mapped, how): (Vec<f32>, String) = match dicom.window {
+            Some((center, width)) => (
+                dicom
+                    .values
+                    .iter()
+                    .map(|&v| linear_window(f64::from(v), center, width))
+                    .collect(),
+                format!("window center {center} width {width}"),
+            ),
+            None => {
+                let (lo, hi) = min_max(&dicom.values);
+                let span = if hi > lo { hi - lo } else { 1.0 };
+                (
+                    dicom.values.iter().map(|&v| (v - lo) / span).collect(),
+                    format!("min-max {lo}..{hi}"),
+                )
+            }
+        };
+        if dicom.photometric == "MONOCHROME1" {
+            mapped.iter_mut().for_each(|v| *v = 1.0 - *v);
+        }
+        (mapped, how)
+    } else {
+        let max = ((1_u32 << dicom.bits_stored.clamp(1, 16)) - 1) as f32;
+        (
+            dicom
+                .values
+                .iter()
+                .map(|&v| (v / max).clamp(0.0, 1.0))
+                .collect(),
+            "full range".into(),
+        )
+    };
+    Ok(DecodedImage {
+        width: dicom.width,
+        height: dicom.height,
+        channels: dicom.channels,
         pixels,
         source: SourceInfo::Dicom {
-            modality,
-            photometric: photometric.to_string(),
-            bits_stored,
+            modality: dicom.modality,
+            photometric: dicom.photometric,
+            bits_stored: dicom.bits_stored,
             windowing,
         },
     })
+}
+
+/// A colour frame's samples, interleaved (R G B R G B ...), from either planar configuration
+/// (dicom-pixeldata converts only the interleaved one).
+fn color_samples(
+    pixel: &dicom_pixeldata::DecodedPixelData<'_>,
+    pixel_count: usize,
+) -> std::result::Result<Vec<f32>, String> {
+    if pixel.planar_configuration() == dicom_pixeldata::PlanarConfiguration::Standard {
+        return pixel
+            .to_vec_frame(0)
+            .map_err(|e| format!("cannot read pixel values: {e}"));
+    }
+    let raw = pixel
+        .frame_data(0)
+        .map_err(|e| format!("cannot read pixel values: {e}"))?;
+    let planes: Vec<f32> = match pixel.bits_allocated() {
+        8 => raw.iter().map(|&b| f32::from(b)).collect(),
+        16 => raw
+            .chunks_exact(2)
+            .map(|c| f32::from(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        bits => return Err(format!("{bits}-bit colour samples are not supported")),
+    };
+    if planes.len() < 3 * pixel_count {
+        return Err(format!(
+            "pixel data holds {} samples, {} expected (truncated?)",
+            planes.len(),
+            3 * pixel_count
+        ));
+    }
+    let (r, rest) = planes.split_at(pixel_count);
+    let (g, b) = rest.split_at(pixel_count);
+    Ok((0..pixel_count).flat_map(|i| [r[i], g[i], b[i]]).collect())
+}
+
+/// YBR_FULL → RGB (PS3.3 C.7.6.3.1.2, the inverse of its RGB → YBR_FULL equations), on a
+/// `0..=max` scale, rounded and clamped as the stored integers are.
+fn ybr_full_to_rgb(values: &mut [f32], max: f32) {
+    let half = (max + 1.0) / 2.0;
+    for px in values.chunks_exact_mut(3) {
+        let (y, cb, cr) = (px[0], px[1] - half, px[2] - half);
+        let r = y + 1.402 * cr;
+        let g = y - 0.344_136 * cb - 0.714_136 * cr;
+        let b = y + 1.772 * cb;
+        px[0] = r.round().clamp(0.0, max);
+        px[1] = g.round().clamp(0.0, max);
+        px[2] = b.round().clamp(0.0, max);
+    }
+}
+
+/// A lookup table (palette or modality LUT): entries, the first stored value mapped, and the
+/// bits per entry, from a descriptor (US/SS ×3) and its data (US or OW, 8 or 16 bits).
+struct LookupTable {
+    entries: Vec<u16>,
+    first: f32,
+    bits: u16,
+}
+
+impl LookupTable {
+    fn read(
+        obj: &dicom_object::InMemDicomObject,
+        descriptor: dicom_core::Tag,
+        data: dicom_core::Tag,
+        name: &str,
+        big_endian: bool,
+    ) -> std::result::Result<Self, String> {
+        use dicom_core::{DicomValue, PrimitiveValue};
+        let d: Vec<i32> = obj
+            .element(descriptor)
+            .map_err(|_| format!("{name} without its lookup table descriptor"))?
+            .to_multi_int()
+            .map_err(|e| format!("{name} descriptor: {e}"))?;
+        if d.len() != 3 {
+            return Err(format!(
+                "{name} descriptor has {} values, 3 expected",
+                d.len()
+            ));
+        }
+        // Entries: 0 means 65536; the first mapped value is US or SS (PS3.3 C.7.6.3.1.5).
+        let count = if d[0] == 0 {
+            65536
+        } else {
+            d[0] as u16 as usize
+        };
+        let first = if d[1] < 0 {
+            d[1] as f32
+        } else {
+            d[1] as u16 as f32
+        };
+        let bits = d[2].clamp(1, 16) as u16;
+        let element = obj.element(data).map_err(|_| {
+            format!("{name} without lookup table data (segmented tables are not supported)")
+        })?;
+        let entries: Vec<u16> = match element.value() {
+            DicomValue::Primitive(PrimitiveValue::U16(v)) => v.to_vec(),
+            DicomValue::Primitive(PrimitiveValue::U8(b)) if bits <= 8 && b.len() == count => {
+                b.iter().map(|&x| u16::from(x)).collect()
+            }
+            // OW read as bytes: in the file's byte order.
+            DicomValue::Primitive(PrimitiveValue::U8(b)) => b
+                .chunks_exact(2)
+                .map(|c| {
+                    if big_endian {
+                        u16::from_be_bytes([c[0], c[1]])
+                    } else {
+                        u16::from_le_bytes([c[0], c[1]])
+                    }
+                })
+                .collect(),
+            _ => element
+                .to_multi_int::<u16>()
+                .map_err(|e| format!("{name} data: {e}"))?,
+        };
+        if entries.len() < count {
+            return Err(format!(
+                "{name} data holds {} entries, {count} expected",
+                entries.len()
+            ));
+        }
+        Ok(Self {
+            entries: entries[..count].to_vec(),
+            first,
+            bits,
+        })
+    }
+
+    /// Below the first mapped value: the first entry; above the last: the last.
+    fn look_up(&self, value: f32) -> f32 {
+        let i = ((value - self.first).max(0.0) as usize).min(self.entries.len() - 1);
+        f32::from(self.entries[i])
+    }
+}
+
+/// PALETTE COLOR: each stored index looked up in the red, green and blue palette tables
+/// (PS3.3 C.7.6.3.1.5). Returns interleaved RGB and the bits per entry.
+fn apply_palette(
+    obj: &dicom_object::DefaultDicomObject,
+    indices: &[f32],
+    big_endian: bool,
+) -> std::result::Result<(Vec<f32>, u16), String> {
+    let table = |descriptor, data, name| LookupTable::read(obj, descriptor, data, name, big_endian);
+    let r = table(
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        "PALETTE COLOR red",
+    )?;
+    let g = table(
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        "PALETTE COLOR green",
+    )?;
+    let b = table(
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        "PALETTE COLOR blue",
+    )?;
+    let out = indices
+        .iter()
+        .flat_map(|&v| [r.look_up(v), g.look_up(v), b.look_up(v)])
+        .collect();
+    Ok((out, r.bits))
+}
+
+/// The Modality LUT Sequence, when the file has one instead of rescale slope/intercept.
+fn modality_lut(
+    obj: &dicom_object::DefaultDicomObject,
+    big_endian: bool,
+) -> std::result::Result<Option<LookupTable>, String> {
+    let Some(sequence) = obj.element_opt(tags::MODALITY_LUT_SEQUENCE).ok().flatten() else {
+        return Ok(None);
+    };
+    let Some(item) = sequence.items().and_then(|items| items.first()) else {
+        return Ok(None);
+    };
+    LookupTable::read(
+        item,
+        tags::LUT_DESCRIPTOR,
+        tags::LUT_DATA,
+        "Modality LUT Sequence",
+        big_endian,
+    )
+    .map(Some)
 }
 
 /// DICOM PS3.3 C.11.2.1.2.1 linear VOI function, mapped to `[0, 1]` instead of an integer
@@ -326,6 +643,32 @@ pub fn to_png16(image: &DecodedImage, path: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ybr_full_converts_to_the_rgb_it_came_from() {
+        // PS3.3 C.7.6.3.1.2 forward equations applied to known RGB triples, then inverted.
+        let rgb = [
+            [255.0_f32, 0.0, 0.0],
+            [0.0, 255.0, 0.0],
+            [30.0, 120.0, 200.0],
+            [128.0; 3],
+        ];
+        let mut ybr: Vec<f32> = rgb
+            .iter()
+            .flat_map(|&[r, g, b]| {
+                let y = 0.299 * r + 0.587 * g + 0.114 * b;
+                let cb = -0.168_736 * r - 0.331_264 * g + 0.5 * b + 128.0;
+                let cr = 0.5 * r - 0.418_688 * g - 0.081_312 * b + 128.0;
+                [y.round(), cb.round(), cr.round()]
+            })
+            .collect();
+        ybr_full_to_rgb(&mut ybr, 255.0);
+        for (got, want) in ybr.chunks(3).zip(rgb) {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 2.0, "{got:?} vs {want:?}");
+            }
+        }
+    }
 
     #[test]
     fn sniffs_formats_from_bytes_not_names() {

@@ -4,3 +4,4 @@
 pub mod conv;
 pub mod fully_connected;
 pub mod pool_add;
+pub mod softmax;

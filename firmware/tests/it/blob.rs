@@ -386,3 +386,28 @@ fn the_engine_refuses_a_small_arena_and_a_wrong_input() {
         Err(scanside_firmware::engine::RunError::InputLength)
     );
 }
+
+#[test]
+fn fuzz_seeds_are_the_small_model_and_its_vectors() {
+    // The cargo-fuzz targets (firmware/fuzz) start from these files; they must stay valid
+    // as the format evolves. SCANSIDE_UPDATE_FUZZ_SEEDS=1 rewrites them.
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let (blob, _) = encode(&small_model()).unwrap();
+    let x = input();
+    let expected = direct(&small_model(), &x);
+    let vectors = scanside_firmware::vectors::write(&[(x, expected)]);
+    if std::env::var_os("SCANSIDE_UPDATE_FUZZ_SEEDS").is_some() {
+        std::fs::write(seeds.join("small_model.i8"), &blob).unwrap();
+        std::fs::write(seeds.join("small_model.vectors"), &vectors).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(seeds.join("small_model.i8")).unwrap(),
+        blob,
+        "stale fuzz seed: rerun with SCANSIDE_UPDATE_FUZZ_SEEDS=1"
+    );
+    assert_eq!(
+        std::fs::read(seeds.join("small_model.vectors")).unwrap(),
+        vectors
+    );
+    assert!(Model::parse(AlignedBlob::new(&blob).bytes()).is_ok());
+}

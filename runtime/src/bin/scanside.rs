@@ -67,6 +67,11 @@ enum Command {
         /// Folder for OUT_DIR/<file name>.png.
         #[arg(long)]
         png: Option<PathBuf>,
+        /// Folder for DIR/<file name>.f32: a DICOM file's first frame before windowing
+        /// (modality-LUT values; RGB for colour), little-endian f32, rows × columns × channels;
+        /// for comparing the decoder with other toolkits (tools/dicom_corpus.py).
+        #[arg(long, value_name = "DIR")]
+        values: Option<PathBuf>,
         /// Files to read.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -248,8 +253,31 @@ impl BundleArgs {
 }
 
 /// One file for `scanside inspect`: the decoder's report as JSON, the PNG written if asked.
-fn inspect(file: &std::path::Path, png: Option<&std::path::Path>) -> anyhow::Result<String> {
-    let image = decode::decode_file(file)?;
+fn inspect(
+    file: &std::path::Path,
+    png: Option<&std::path::Path>,
+    values: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    let bytes = persist::read(file)?;
+    let image = decode::decode_bytes(file, &bytes)?;
+    let name = file
+        .file_name()
+        .map_or("image".into(), |n| n.to_string_lossy().into_owned());
+    let dicom = match (values, decode::sniff(&bytes)) {
+        (Some(dir), Some(decode::FileFormat::Dicom)) => {
+            let dicom = decode::read_dicom_values(file, &bytes)?;
+            let raw: Vec<u8> = dicom.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let path = dir.join(format!("{name}.f32"));
+            persist::write_atomically(&path, &raw)?;
+            Some(serde_json::json!({
+                "values": path,
+                "transfer_syntax": dicom.transfer_syntax,
+                "frames": dicom.frames,
+                "dims": [dicom.height, dicom.width, dicom.channels],
+            }))
+        }
+        _ => None,
+    };
     let (min, max) = image
         .pixels
         .iter()
@@ -260,9 +288,6 @@ fn inspect(file: &std::path::Path, png: Option<&std::path::Path>) -> anyhow::Res
         image.pixels.iter().map(|&v| f64::from(v)).sum::<f64>() / image.pixels.len().max(1) as f64;
     let written = match png {
         Some(dir) => {
-            let name = file
-                .file_name()
-                .map_or("image".into(), |n| n.to_string_lossy().into_owned());
             let path = dir.join(format!("{name}.png"));
             persist::write_atomically(&path, &decode::to_png16(&image, file)?)?;
             Some(path)
@@ -278,6 +303,7 @@ fn inspect(file: &std::path::Path, png: Option<&std::path::Path>) -> anyhow::Res
         "value_range": [min, max],
         "mean": mean,
         "png": written,
+        "dicom": dicom,
     })
     .to_string())
 }
@@ -358,13 +384,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { png, files } => {
-            if let Some(dir) = &png {
+        Command::Inspect { png, values, files } => {
+            for dir in [&png, &values].into_iter().flatten() {
                 std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
             }
             let mut failed = 0_usize;
             for file in &files {
-                match inspect(file, png.as_deref()) {
+                match inspect(file, png.as_deref(), values.as_deref()) {
                     Ok(line) => println!("{line}"),
                     Err(e) => {
                         failed += 1;

@@ -89,3 +89,52 @@ fn the_patient_id_is_read_from_the_header_without_decoding_pixels() {
     let e = read_dicom_identity(&png).unwrap_err().to_string();
     assert!(e.contains("x.png") && e.contains("DICOM"), "{e}");
 }
+
+#[test]
+fn a_huge_image_header_is_refused_before_any_pixel_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.dcm");
+    // A 30,000 x 30,000 header over 4 real pixels: refused by size, not by allocation.
+    write_dicom(&path, "MONOCHROME2", &[1, 2, 3, 4], 30_000, 30_000, None);
+    let err = decode_file(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("huge.dcm") && err.contains("30000x30000") && err.contains("limit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dicom_file_without_pixels_names_what_it_is() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sr.dcm");
+    InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(uids::BASIC_TEXT_SR_STORAGE),
+        ),
+        DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3"),
+        ),
+        DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("SR")),
+    ])
+    .with_meta(
+        FileMetaTableBuilder::new()
+            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .media_storage_sop_class_uid(uids::BASIC_TEXT_SR_STORAGE)
+            .media_storage_sop_instance_uid("1.2.3"),
+    )
+    .unwrap()
+    .write_to_file(&path)
+    .unwrap();
+    let err = decode_file(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("sr.dcm") && err.contains("no pixel data") && err.contains("SR"),
+        "{err}"
+    );
+}
