@@ -42,6 +42,11 @@ impl<'a> Vectors<'a> {
         }
         let (count, input_len, output_len) =
             (u32_at(bytes, 4), u32_at(bytes, 8), u32_at(bytes, 12));
+        // Empty vectors prove nothing, and with them any count fits a 16-byte file (found by
+        // cargo-fuzz: 4 billion "vectors" in 16 bytes).
+        if count > 0 && (input_len == 0 || output_len == 0) {
+            return Err(VectorsError::BadLength);
+        }
         let expected = input_len
             .checked_add(output_len)
             .and_then(|l| l.checked_mul(count))
@@ -102,6 +107,21 @@ pub fn write(pairs: &[(Vec<i8>, Vec<i8>)]) -> Vec<u8> {
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_vectors_with_a_huge_count_are_refused() {
+        // The cargo-fuzz artifact: "SSV1", count u32::MAX, input and output lengths 0.
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        b.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            Vectors::parse(&b).map(|v| v.len()),
+            Err(VectorsError::BadLength)
+        );
+        // No vectors at all is a valid (if useless) file.
+        let empty = write(&[]);
+        assert_eq!(Vectors::parse(&empty).map(|v| v.len()), Ok(0));
+    }
 
     #[test]
     fn vectors_round_trip_and_refuse_bad_lengths() {
