@@ -371,8 +371,13 @@ fn kill_9_at_random_moments_loses_nothing_and_reports_nothing_twice() {
 #[test]
 fn sigterm_finishes_the_current_image_and_stops_cleanly() {
     let site = Site::new();
-    for i in 0..300 {
-        site.drop_png(&format!("p{i:03}.png"), (i % 250) as u8);
+    for i in 0..300_u32 {
+        // Distinct bytes (no duplicates, which get no result file of their own).
+        let part = site.incoming.join(format!("p{i:03}.png.part"));
+        image::RgbImage::from_pixel(9, 7, image::Rgb([(i % 256) as u8, (i / 256) as u8, 7]))
+            .save_with_format(&part, image::ImageFormat::Png)
+            .unwrap();
+        fs::rename(&part, site.incoming.join(format!("p{i:03}.png"))).unwrap();
     }
     let child = site.spawn("watch", &[]);
     wait_until("some results", Duration::from_secs(60), || {
@@ -436,6 +441,11 @@ fn a_full_output_volume_keeps_the_input_pending_and_recovers_when_space_returns(
     }
     site.drop_png("scan.png", 200);
     let child = site.spawn("watch", &[]);
+    let work = site.incoming.join(".scanside-work");
+    wait_until("the claim", Duration::from_secs(60), || {
+        site.names_in(&work).len() == 2
+    });
+    // Several write attempts fail meanwhile (backoff 0.25 s, 0.5 s, 1 s...).
     std::thread::sleep(Duration::from_secs(2));
     assert!(site.results().is_empty());
     assert!(
@@ -540,8 +550,9 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
         .collect();
     let store = dcmtk("storescu", "MODALITY", &files);
     assert!(store.status.success(), "C-STORE: {}", stderr(&store));
-    wait_until("three results", Duration::from_secs(60), || {
-        site.results().len() == 3
+    // The audit record is the commit point: the result and the study file are written by then.
+    wait_until("three committed results", Duration::from_secs(60), || {
+        site.events("screened").len() == 3
     });
     let results = site.results();
     for i in 0..3 {
