@@ -63,7 +63,11 @@ fn inputs(bundle: &Bundle, files: &[PathBuf], synthetic: usize) -> Result<Vec<Ve
     if !files.is_empty() {
         return files
             .iter()
-            .map(|f| preprocess(&decode::decode_file(f)?, &bundle.manifest.preprocess, f))
+            .map(|f| {
+                let p = &bundle.manifest.preprocess;
+                let bytes = crate::persist::read(f)?;
+                preprocess(&decode::decode_bytes_with(f, &bytes, p.dicom_window)?, p, f)
+            })
             .collect();
     }
     let len = bundle.manifest.preprocess.input_len();

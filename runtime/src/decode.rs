@@ -10,6 +10,7 @@ use std::path::Path;
 use dicom_dictionary_std::tags;
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder};
 
+use crate::preprocess::DicomWindow;
 use crate::{Error, Result};
 
 /// A decoded image: `height × width × channels` samples in `[0, 1]`, row-major, interleaved.
@@ -82,10 +83,16 @@ pub fn decode_file(path: &Path) -> Result<DecodedImage> {
 }
 
 /// Decodes an image held in memory; `path` is only used to name the image in errors.
+/// Monochrome DICOM is windowed with the file's own window ([`DicomWindow::File`]).
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
+    decode_bytes_with(path, bytes, DicomWindow::File)
+}
+
+/// [`decode_bytes`] with the windowing policy a bundle prescribes.
+pub fn decode_bytes_with(path: &Path, bytes: &[u8], window: DicomWindow) -> Result<DecodedImage> {
     match sniff(bytes) {
         Some(FileFormat::Png) | Some(FileFormat::Jpeg) => decode_raster(path, bytes),
-        Some(FileFormat::Dicom) => decode_dicom(path, bytes),
+        Some(FileFormat::Dicom) => decode_dicom(path, bytes, window),
         None => Err(Error::UnsupportedFormat {
             path: path.to_path_buf(),
             reason: if bytes.is_empty() {
@@ -348,10 +355,15 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
     })
 }
 
-fn decode_dicom(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
+fn decode_dicom(path: &Path, bytes: &[u8], policy: DicomWindow) -> Result<DecodedImage> {
     let dicom = read_dicom_values(path, bytes)?;
+    let window = match policy {
+        DicomWindow::File => dicom.window,
+        DicomWindow::MinMax => None,
+        DicomWindow::Fixed { center, width } => Some((center, width.max(1.0))),
+    };
     let (pixels, windowing) = if dicom.channels == 1 {
-        let (mut mapped, how): (Vec<f32>, String) = match dicom.window {
+        let (mut mapped, how): (Vec<f32>, String) = match window {
             Some((center, width)) => (
                 dicom
                     .values

@@ -31,6 +31,29 @@ pub struct PreprocessConfig {
     /// How the image is brought to the model's size.
     #[serde(default)]
     pub resize: ResizeMethod,
+    /// How monochrome DICOM values are mapped to `[0, 1]` (VOI windowing); the runtime takes
+    /// it from the bundle, never from a flag.
+    #[serde(default)]
+    pub dicom_window: DicomWindow,
+}
+
+/// The windowing policy for monochrome DICOM images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy")]
+pub enum DicomWindow {
+    /// The file's first window centre/width (0028,1050/1051); min–max when it has none. What the
+    /// trainer trains with.
+    #[default]
+    File,
+    /// Always the image's own minimum and maximum.
+    MinMax,
+    /// One window for every file (e.g. a lung window for CT), in modality units.
+    Fixed {
+        /// Window centre.
+        center: f64,
+        /// Window width (≥ 1).
+        width: f64,
+    },
 }
 
 /// Resizing policy.
@@ -53,6 +76,7 @@ impl PreprocessConfig {
             mean,
             std,
             resize: ResizeMethod::StretchBilinear,
+            dicom_window: DicomWindow::File,
         }
     }
 
@@ -181,6 +205,24 @@ pub fn preprocess(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bundles_without_a_windowing_policy_use_the_files_window() {
+        let old: PreprocessConfig = serde_json::from_str(
+            r#"{"height":4,"width":4,"channels":3,"mean":[0,0,0],"std":[1,1,1]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.dicom_window, DicomWindow::File);
+        let fixed: DicomWindow =
+            serde_json::from_str(r#"{"policy":"fixed","center":-600,"width":1500}"#).unwrap();
+        assert_eq!(
+            fixed,
+            DicomWindow::Fixed {
+                center: -600.0,
+                width: 1500.0
+            }
+        );
+    }
     use crate::decode::SourceInfo;
 
     fn image(w: u32, h: u32, channels: u32, f: impl Fn(usize) -> f32) -> DecodedImage {

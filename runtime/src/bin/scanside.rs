@@ -444,7 +444,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut pairs = Vec::with_capacity(files.len());
             for file in &files {
-                let image = decode::decode_file(file)?;
+                let bytes = persist::read(file)?;
+                let window = bundle.manifest.preprocess.dicom_window;
+                let image = decode::decode_bytes_with(file, &bytes, window)?;
                 let input = preprocess::preprocess(&image, &bundle.manifest.preprocess, file)?;
                 pairs.push(model.vector(&input)?);
             }

@@ -297,7 +297,7 @@ impl Screener {
         started: Instant,
     ) -> Result<ScreeningResult> {
         let t0 = started;
-        let image = decode::decode_bytes(path, bytes)?;
+        let image = decode::decode_bytes_with(path, bytes, self.preprocess.dicom_window)?;
         let t1 = Instant::now();
         let input = preprocess(&image, &self.preprocess, path)?;
         let t2 = Instant::now();

@@ -138,3 +138,36 @@ fn a_dicom_file_without_pixels_names_what_it_is() {
         "{err}"
     );
 }
+
+#[test]
+fn the_windowing_policy_decides_how_values_map_to_zero_one() {
+    use scanside_runtime::decode::decode_bytes_with;
+    use scanside_runtime::preprocess::DicomWindow;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.dcm");
+    write_dicom(
+        &path,
+        "MONOCHROME2",
+        &[0, 500, 1000, 4000],
+        2,
+        2,
+        Some((1000.0, 1001.0)),
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let file = decode_bytes_with(&path, &bytes, DicomWindow::File).unwrap();
+    assert_eq!(file.pixels[3], 1.0, "the file's window clips 4000");
+    let min_max = decode_bytes_with(&path, &bytes, DicomWindow::MinMax).unwrap();
+    assert_eq!(min_max.pixels, vec![0.0, 0.125, 0.25, 1.0]);
+    let fixed = DicomWindow::Fixed {
+        center: 2000.5,
+        width: 4000.0,
+    };
+    let lung = decode_bytes_with(&path, &bytes, fixed).unwrap();
+    // lower = 2000.5 - 0.5 - 1999.5 = 1: 0 -> 0; upper = 3999: 4000 -> 1; 1000 ≈ 0.25.
+    assert_eq!((lung.pixels[0], lung.pixels[3]), (0.0, 1.0));
+    assert!((lung.pixels[2] - 0.25).abs() < 1e-3, "{:?}", lung.pixels);
+    match lung.source {
+        SourceInfo::Dicom { windowing, .. } => assert!(windowing.contains("2000.5"), "{windowing}"),
+        other => panic!("{other:?}"),
+    }
+}
