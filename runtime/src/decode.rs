@@ -126,20 +126,23 @@ pub fn read_dicom_identity(path: &Path) -> Result<DicomIdentity> {
             path: path.to_path_buf(),
             reason: format!("malformed DICOM header: {e}"),
         })?;
-    let text = |tag| {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
-            .filter(|s| !s.is_empty())
-    };
+    let text = |tag| text_element(&obj, tag);
     Ok(DicomIdentity {
         patient_id: text(tags::PATIENT_ID),
         study_uid: text(tags::STUDY_INSTANCE_UID),
         series_uid: text(tags::SERIES_INSTANCE_UID),
         sop_instance_uid: text(tags::SOP_INSTANCE_UID),
     })
+}
+
+/// A text attribute, trimmed of DICOM padding; `None` when absent or empty.
+fn text_element(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn decode_raster(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
@@ -233,14 +236,7 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
             "transfer syntax {transfer_syntax} (JPEG-LS) is not supported by this build"
         )));
     }
-    let text = |tag| {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
-            .filter(|s| !s.is_empty())
-    };
+    let text = |tag| text_element(&obj, tag);
     let uint = |tag| {
         obj.element_opt(tag)
             .ok()

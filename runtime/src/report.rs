@@ -115,7 +115,8 @@ impl ScreeningResult {
     }
 }
 
-fn ordered_map<S: Serializer>(pairs: &[(String, f32)], s: S) -> Result<S::Ok, S::Error> {
+/// Serialises `(name, value)` pairs as a JSON object in their order (not sorted).
+pub(crate) fn ordered_map<S: Serializer>(pairs: &[(String, f32)], s: S) -> Result<S::Ok, S::Error> {
     let mut map = s.serialize_map(Some(pairs.len()))?;
     for (k, v) in pairs {
         map.serialize_entry(k, v)?;

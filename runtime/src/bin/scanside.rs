@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use scanside_firmware::vectors;
-use scanside_runtime::bundle::{signing, Bundle, Trust};
+use scanside_runtime::bundle::{Bundle, Trust};
 use scanside_runtime::infer::{Engine, EngineKind, Screener};
 use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};
 use scanside_runtime::{bench, decode, persist, preprocess, watch};
@@ -235,20 +235,16 @@ impl BundleArgs {
 
     /// The keys to verify with, or no check (loudly warned).
     fn trust(&self) -> anyhow::Result<Trust> {
-        Ok(if self.allow_unsigned {
+        if self.allow_unsigned {
             eprintln!(
                 "scanside: WARNING: --allow-unsigned: the model's origin is NOT verified; \
                  results are marked model_verified=false"
             );
-            Trust::AllowUnsigned
-        } else {
-            Trust::Keys(
-                self.public_key
-                    .iter()
-                    .map(|p| signing::read_verifying_key(p))
-                    .collect::<Result<_, _>>()?,
-            )
-        })
+        }
+        Ok(Trust::from_key_files(
+            &self.public_key,
+            self.allow_unsigned,
+        )?)
     }
 }
 

@@ -171,6 +171,22 @@ pub enum Trust {
     AllowUnsigned,
 }
 
+impl Trust {
+    /// The public key files a bundle must be signed with, read and checked; or, with
+    /// `allow_unsigned`, no check at all (the caller warns).
+    pub fn from_key_files(keys: &[PathBuf], allow_unsigned: bool) -> Result<Self> {
+        Ok(if allow_unsigned {
+            Trust::AllowUnsigned
+        } else {
+            Trust::Keys(
+                keys.iter()
+                    .map(|p| signing::read_verifying_key(p))
+                    .collect::<Result<_>>()?,
+            )
+        })
+    }
+}
+
 /// What the signature check found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "status", content = "key_id")]

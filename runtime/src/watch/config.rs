@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::audit::AuditLog;
 use super::receive::{self, ReceiveOptions};
 use super::{ModelInfo, Service, Summary, WatchOptions};
-use crate::bundle::{signing, Bundle, SignatureStatus, Trust};
+use crate::bundle::{Bundle, SignatureStatus, Trust};
 use crate::infer::{EngineKind, Screener};
 use crate::{Error, Result};
 
@@ -143,16 +143,7 @@ impl ServiceConfig {
 
     /// The keys the bundle must verify with.
     pub fn trust(&self) -> Result<Trust> {
-        Ok(if self.allow_unsigned {
-            Trust::AllowUnsigned
-        } else {
-            Trust::Keys(
-                self.public_keys
-                    .iter()
-                    .map(|p| signing::read_verifying_key(p))
-                    .collect::<Result<_>>()?,
-            )
-        })
+        Trust::from_key_files(&self.public_keys, self.allow_unsigned)
     }
 
     fn watch_options(&self) -> WatchOptions {

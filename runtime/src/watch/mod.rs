@@ -127,7 +127,10 @@ struct StudyResult {
     /// The study's most probable class (over the per-class maxima).
     top_class: String,
     /// Per class, the highest probability over the study's images.
-    #[serde(serialize_with = "ordered_pairs", deserialize_with = "pairs_from_map")]
+    #[serde(
+        serialize_with = "crate::report::ordered_map",
+        deserialize_with = "pairs_from_map"
+    )]
     probabilities: Vec<(String, f32)>,
     /// Classes flagged on any image.
     flags: Vec<String>,
@@ -174,18 +177,6 @@ impl StudyResult {
         flags.sort_by_key(|f| self.probabilities.iter().position(|(n, _)| n == f));
         self.flags = flags;
     }
-}
-
-fn ordered_pairs<S: serde::Serializer>(
-    pairs: &[(String, f32)],
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(Some(pairs.len()))?;
-    for (k, v) in pairs {
-        map.serialize_entry(k, v)?;
-    }
-    map.end()
 }
 
 fn pairs_from_map<'de, D: serde::Deserializer<'de>>(
@@ -511,12 +502,7 @@ impl Service {
                     dicom: dicom.as_ref(),
                     result: &result,
                 };
-                let mut json = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Io {
-                    path: result_path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-                json.push(b'\n');
-                write_atomically(&result_path, &json)?;
+                write_json(&result_path, &stored)?;
                 if let Some(study) = dicom.as_ref().and_then(|d| d.study_uid.as_deref()) {
                     let path =
                         self.update_study(study, item, dicom.as_ref(), &result, &result_path)?;
@@ -557,10 +543,7 @@ impl Service {
             source,
         })?;
         // A UID is digits and dots; anything else is hashed rather than trusted as a path.
-        let file = if !study_uid.is_empty()
-            && study_uid.len() <= 64
-            && study_uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        {
+        let file = if is_uid(study_uid) {
             format!("{study_uid}.json")
         } else {
             format!("{}.json", &hex(&Sha256::digest(study_uid.as_bytes()))[..32])
@@ -590,12 +573,7 @@ impl Service {
             result_file: result_path.display().to_string(),
         });
         study.aggregate(result);
-        let mut json = serde_json::to_vec_pretty(&study).map_err(|e| Error::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        json.push(b'\n');
-        write_atomically(&path, &json)?;
+        write_json(&path, &study)?;
         Ok(path)
     }
 
@@ -691,6 +669,21 @@ fn remove_stale_temp_files(dir: &Path) {
             let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// Pretty JSON with a final newline, written atomically.
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(value).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    json.push(b'\n');
+    write_atomically(path, &json)
+}
+
+/// Whether `s` is a DICOM UID (digits and dots, at most 64 characters), safe as a file name.
+pub(crate) fn is_uid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 fn sync_dir(dir: &Path) {

@@ -354,9 +354,7 @@ fn send_command<S: std::io::Read + std::io::Write + dicom_ul::association::Close
 fn store(dir: &Path, request: &Command, transfer_syntax: &str, dataset: &[u8]) -> Result<PathBuf> {
     let uid = request.sop_instance_uid.as_str();
     // A UID is digits and dots; anything else would be a path trick.
-    let safe =
-        !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    let name = if safe {
+    let name = if super::is_uid(uid) {
         format!("{uid}.dcm")
     } else {
         format!("instance-{}.dcm", request.message_id)
