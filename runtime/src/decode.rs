@@ -122,17 +122,37 @@ pub fn read_dicom_identity(path: &Path) -> Result<DicomIdentity> {
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
-        .map_err(|e| Error::Decode {
-            path: path.to_path_buf(),
-            reason: format!("malformed DICOM header: {e}"),
-        })?;
-    let text = |tag| text_element(&obj, tag);
-    Ok(DicomIdentity {
+        .map_err(|e| malformed_header(path, e))?;
+    Ok(identity_of(&obj))
+}
+
+/// [`read_dicom_identity`] of a file already in memory (Part 10 bytes, preamble included).
+pub fn dicom_identity_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomIdentity> {
+    let body = bytes
+        .get(128..)
+        .ok_or_else(|| malformed_header(path, "shorter than the 128-byte preamble"))?;
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(body)
+        .map_err(|e| malformed_header(path, e))?;
+    Ok(identity_of(&obj))
+}
+
+fn malformed_header(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Decode {
+        path: path.to_path_buf(),
+        reason: format!("malformed DICOM header: {e}"),
+    }
+}
+
+fn identity_of(obj: &dicom_object::InMemDicomObject) -> DicomIdentity {
+    let text = |tag| text_element(obj, tag);
+    DicomIdentity {
         patient_id: text(tags::PATIENT_ID),
         study_uid: text(tags::STUDY_INSTANCE_UID),
         series_uid: text(tags::SERIES_INSTANCE_UID),
         sop_instance_uid: text(tags::SOP_INSTANCE_UID),
-    })
+    }
 }
 
 /// A text attribute, trimmed of DICOM padding; `None` when absent or empty.
@@ -352,7 +372,12 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
 }
 
 fn decode_dicom(path: &Path, bytes: &[u8], policy: DicomWindow) -> Result<DecodedImage> {
-    let dicom = read_dicom_values(path, bytes)?;
+    Ok(dicom_image(read_dicom_values(path, bytes)?, policy))
+}
+
+/// Maps a DICOM frame's values to `[0, 1]`: monochrome by the windowing policy (MONOCHROME1
+/// inverted), colour by the stored bit depth.
+pub fn dicom_image(dicom: DicomValues, policy: DicomWindow) -> DecodedImage {
     let window = match policy {
         DicomWindow::File => dicom.window,
         DicomWindow::MinMax => None,
@@ -392,7 +417,7 @@ fn decode_dicom(path: &Path, bytes: &[u8], policy: DicomWindow) -> Result<Decode
             "full range".into(),
         )
     };
-    Ok(DecodedImage {
+    DecodedImage {
         width: dicom.width,
         height: dicom.height,
         channels: dicom.channels,
@@ -403,7 +428,7 @@ fn decode_dicom(path: &Path, bytes: &[u8], policy: DicomWindow) -> Result<Decode
             bits_stored: dicom.bits_stored,
             windowing,
         },
-    })
+    }
 }
 
 /// A colour frame's samples, interleaved (R G B R G B ...), from either planar configuration

@@ -94,10 +94,7 @@ impl ScreeningResult {
                     .collect()
             })
             .unwrap_or_default();
-        let top = probs
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, &p)| if p > probs[best] { i } else { best });
+        let top = argmax(&probs);
         Self {
             file: path.display().to_string(),
             model_id: model_id.to_string(),
@@ -113,6 +110,14 @@ impl ScreeningResult {
             timings,
         }
     }
+}
+
+/// Index of the largest value (the first on ties; 0 for an empty slice).
+pub(crate) fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
 }
 
 /// Serialises `(name, value)` pairs as a JSON object in their order (not sorted).

@@ -255,24 +255,26 @@ fn inspect(
     values: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
     let bytes = persist::read(file)?;
-    let image = decode::decode_bytes(file, &bytes)?;
     let name = file
         .file_name()
         .map_or("image".into(), |n| n.to_string_lossy().into_owned());
-    let dicom = match (values, decode::sniff(&bytes)) {
+    // inspect has no bundle: DICOM is shown with the file's own window (the default policy).
+    let window = preprocess::DicomWindow::File;
+    let (image, dicom) = match (values, decode::sniff(&bytes)) {
         (Some(dir), Some(decode::FileFormat::Dicom)) => {
             let dicom = decode::read_dicom_values(file, &bytes)?;
             let raw: Vec<u8> = dicom.values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let path = dir.join(format!("{name}.f32"));
             persist::write_atomically(&path, &raw)?;
-            Some(serde_json::json!({
+            let report = serde_json::json!({
                 "values": path,
                 "transfer_syntax": dicom.transfer_syntax,
                 "frames": dicom.frames,
                 "dims": [dicom.height, dicom.width, dicom.channels],
-            }))
+            });
+            (decode::dicom_image(dicom, window), Some(report))
         }
-        _ => None,
+        _ => (decode::decode_bytes_with(file, &bytes, window)?, None),
     };
     let (min, max) = image
         .pixels

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::audit::AuditLog;
 use super::receive::{self, ReceiveOptions};
 use super::{ModelInfo, Service, Summary, WatchOptions};
 use crate::bundle::{Bundle, SignatureStatus, Trust};
@@ -170,7 +169,7 @@ pub fn run(config: &ServiceConfig, stop: &AtomicBool) -> Result<Summary> {
         verified: matches!(bundle.signature, SignatureStatus::Verified(_)),
     };
     let options = config.watch_options();
-    let mut service = Service::open(options.clone(), screener, model)?;
+    let mut service = Service::open(options, screener, model)?;
     let listener = match &config.receive {
         Some(r) => {
             let receive = ReceiveOptions {
@@ -184,7 +183,7 @@ pub fn run(config: &ServiceConfig, stop: &AtomicBool) -> Result<Summary> {
         }
         None => None,
     };
-    let (audit, _) = AuditLog::open(&options.audit_log)?;
+    let audit = service.audit_log();
     let receiver_stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         if let Some((listener, receive)) = listener {

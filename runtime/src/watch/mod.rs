@@ -31,8 +31,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use crate::bundle::sha256_hex;
 use crate::decode::{self, DicomIdentity, FileFormat};
 use crate::infer::Screener;
 use crate::persist::write_atomically;
@@ -167,10 +167,7 @@ impl StudyResult {
                 }
             }
         }
-        let top = max
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, &p)| if p > max[best] { i } else { best });
+        let top = crate::report::argmax(&max);
         self.top_class = names.get(top).map(|n| n.to_string()).unwrap_or_default();
         self.probabilities = names.into_iter().cloned().zip(max).collect();
         // Flags in class order, as in the per-image results.
@@ -272,6 +269,11 @@ impl Service {
             summary: Summary::default(),
             _lock: lock,
         })
+    }
+
+    /// The service's audit log, for the DICOM receiver's records.
+    pub fn audit_log(&self) -> AuditLog {
+        self.audit.clone()
     }
 
     /// Runs until `stop` is set (the current item is finished first) or, with
@@ -471,10 +473,10 @@ impl Service {
                 })
             }
         };
-        let sha = hex(&Sha256::digest(&bytes));
+        let sha = sha256_hex(&bytes);
         let display = self.options.in_dir.join(&item.name);
         let dicom = match decode::sniff(&bytes) {
-            Some(FileFormat::Dicom) => decode::read_dicom_identity(&item.path).ok(),
+            Some(FileFormat::Dicom) => decode::dicom_identity_from_bytes(&display, &bytes).ok(),
             _ => None,
         };
         let mut record = AuditRecord {
@@ -546,7 +548,7 @@ impl Service {
         let file = if is_uid(study_uid) {
             format!("{study_uid}.json")
         } else {
-            format!("{}.json", &hex(&Sha256::digest(study_uid.as_bytes()))[..32])
+            format!("{}.json", &sha256_hex(study_uid.as_bytes())[..32])
         };
         let path = dir.join(file);
         let mut study: StudyResult = match fs::read(&path) {
@@ -691,10 +693,6 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
