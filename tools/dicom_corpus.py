@@ -35,11 +35,14 @@ import numpy as np
 try:
     import pydicom
     from pydicom.data import get_testdata_files
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 except ImportError as e:  # pragma: no cover
     sys.exit(f"dicom_corpus: {e}; pip install pydicom pydicom-data pylibjpeg "
              "pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle")
 
+
+# Max |difference| of the 0..1 VOI output that counts as agreeing.
+VOI_TOLERANCE = 1e-3
 
 # Files whose difference was traced to its cause (kept in the table, explained).
 NOTES = {
@@ -54,18 +57,39 @@ NOTES = {
 }
 
 
+def windowed_reference(ds, arr):
+    """pydicom's VOI output for a monochrome frame on a 0..1 scale (VOI LUT preferred to the
+    window, as our `file` policy does), or None when the file has neither."""
+    if "VOILUTSequence" in ds:
+        item = ds.VOILUTSequence[0]
+        bits = int(item.LUTDescriptor[2])
+        return apply_voi_lut(arr, ds, prefer_lut=True).astype(np.float64) / (2 ** bits - 1)
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    # apply_windowing maps onto the stored range (after rescale); bring that to 0..1.
+    bits = int(ds.BitsStored)
+    lo, hi = (0, 2 ** bits - 1) if int(ds.PixelRepresentation) == 0 \
+        else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        lo = lo * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        hi = hi * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    out = apply_voi_lut(arr.astype(np.float64), ds, prefer_lut=True)
+    return (out - lo) / (hi - lo)
+
+
 def reference(path):
-    """pydicom's first frame before windowing, or (None, reason)."""
+    """pydicom's first frame before windowing, or (None, reason), and its VOI output (None
+    when pydicom has none to give)."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:  # noqa: BLE001 - any failure is a row in the table
-        return None, f"unreadable: {type(e).__name__}"
+        return None, f"unreadable: {type(e).__name__}", None
     if "PixelData" not in ds:
-        return None, "no pixel data"
+        return None, "no pixel data", None
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001
-        return None, f"{type(e).__name__}: {str(e)[:80]}"
+        return None, f"{type(e).__name__}: {str(e)[:80]}", None
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if frames > 1:
@@ -81,7 +105,13 @@ def reference(path):
         if "RescaleIntercept" not in ds and shared and "PixelValueTransformationSequence" in shared[0]:
             t = shared[0].PixelValueTransformationSequence[0]
             arr = arr * float(t.RescaleSlope) + float(t.RescaleIntercept)
-    return np.asarray(arr, dtype=np.float64), None
+    windowed = None
+    if spp == 1 and pi in ("MONOCHROME1", "MONOCHROME2"):
+        try:
+            windowed = windowed_reference(ds, arr)
+        except Exception:  # noqa: BLE001 - pydicom cannot window it: nothing to compare
+            windowed = None
+    return np.asarray(arr, dtype=np.float64), None, windowed
 
 
 def transfer_syntax(path):
@@ -101,14 +131,18 @@ def ours(scanside, path, out_dir):
         message = message.replace(path, os.path.basename(path))
         if "panicked" in proc.stderr:
             message = "PANIC: " + message
-        return None, message
+        return None, message, None
     report = json.loads(proc.stdout.splitlines()[0])
     dicom = report.get("dicom")
     if not dicom:
-        return None, "not read as DICOM"
+        return None, "not read as DICOM", None
     h, w, c = dicom["dims"]
-    values = np.fromfile(dicom["values"], dtype="<f4").astype(np.float64)
-    return values.reshape((h, w) if c == 1 else (h, w, c)), None
+    shape = (h, w) if c == 1 else (h, w, c)
+    values = np.fromfile(dicom["values"], dtype="<f4").astype(np.float64).reshape(shape)
+    windowed = np.fromfile(dicom["windowed"], dtype="<f4").astype(np.float64).reshape(shape)
+    if report["source"].get("photometric") == "MONOCHROME1":
+        windowed = 1.0 - windowed  # ours is inverted for the model; pydicom's VOI is not
+    return values, None, (windowed, report["source"].get("windowing", ""))
 
 
 def main():
@@ -122,8 +156,15 @@ def main():
     start = time.time()
     def compare(path, tmp):
         name = os.path.basename(path)
-        ref, ref_err = reference(path)
-        got, our_err = ours(args.scanside, path, tmp)
+        ref, ref_err, ref_windowed = reference(path)
+        got, our_err, got_windowed = ours(args.scanside, path, tmp)
+        # The VOI step (window or VOI LUT), where both decoded and pydicom has one to give.
+        voi = None
+        if ref_windowed is not None and got_windowed is not None \
+                and ref_windowed.shape == got_windowed[0].shape:
+            voi_diff = float(np.abs(ref_windowed - got_windowed[0]).max())
+            kind = "VOI LUT" if got_windowed[1].startswith("VOI LUT") else "window"
+            voi = (kind, voi_diff)
         ts = transfer_syntax(path)
         if ref is None and got is None:
             verdict, detail = "both refuse", f"pydicom: {ref_err}; scanside: {our_err}"
@@ -151,7 +192,7 @@ def main():
                 verdict = "DIFFERS"
         if name in NOTES:
             detail = f"{detail} — {NOTES[name]}" if detail else NOTES[name]
-        return name, ts, verdict, detail.replace("|", "/")
+        return name, ts, verdict, detail.replace("|", "/"), voi
 
     # One file per task on every core; each task's values go to its own folder.
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,9 +203,9 @@ def main():
             return compare(path, out)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            for name, ts, verdict, detail in pool.map(task, enumerate(files)):
+            for name, ts, verdict, detail, voi in pool.map(task, enumerate(files)):
                 counts[verdict] += 1
-                rows.append((name, ts, verdict, detail))
+                rows.append((name, ts, verdict, detail, voi))
                 print(f"{verdict:14} {name:40} {ts:45} {detail}", flush=True)
     elapsed = time.time() - start
     order = ["equal", "within tol.", "clear error", "both refuse", "only scanside", "DIFFERS", "PANIC"]
@@ -182,11 +223,26 @@ def main():
         for key in order:
             f.write(f"| {key} | {counts.get(key, 0)} |\n")
         f.write("\n| file | transfer syntax | outcome | detail |\n|---|---|---|---|\n")
-        for name, ts, verdict, detail in rows:
+        for name, ts, verdict, detail, _ in rows:
             f.write(f"| {name} | {ts} | {verdict} | {detail} |\n")
+        f.write("\n## The VOI step (what the model sees)\n\n"
+                "For monochrome files both decode and pydicom can window: our `file` policy output "
+                "(`inspect --values`, NAME.windowed.f32, MONOCHROME1 inversion undone) against "
+                "pydicom's `apply_voi_lut(prefer_lut=True)` brought to 0..1 (VOI LUT: by its "
+                "entry bits; window: by the stored range after rescale). Tolerance 1e-3.\n\n"
+                "| file | VOI | max abs diff | outcome |\n|---|---|---:|---|\n")
+        for name, _, _, _, voi in rows:
+            if voi:
+                f.write(f"| {name} | {voi[0]} | {voi[1]:.2g} | "
+                        f"{'agrees' if voi[1] <= VOI_TOLERANCE else 'DIFFERS'} |\n")
     print(dict(counts))
     print(f"wrote {args.out}")
-    unexplained = [r[0] for r in rows if r[2] == "DIFFERS" and r[0] not in NOTES]
+    voi_rows = [(r[0], r[4]) for r in rows if r[4]]
+    voi_bad = [n for n, v in voi_rows if v[1] > VOI_TOLERANCE and n not in NOTES]
+    print(f"VOI step: {len(voi_rows)} files compared, "
+          f"{sum(v[1] <= VOI_TOLERANCE for _, v in voi_rows)} agree "
+          f"({sum(v[0] == 'VOI LUT' for _, v in voi_rows)} by VOI LUT)")
+    unexplained = [r[0] for r in rows if r[2] == "DIFFERS" and r[0] not in NOTES] + voi_bad
     if unexplained:
         print(f"decoded differently from pydicom, unexplained: {unexplained}")
     return 1 if counts.get("PANIC") or unexplained else 0

@@ -228,6 +228,50 @@ pub struct DicomValues {
     pub modality: Option<String>,
     /// Window centre and width, when the file has one.
     pub window: Option<(f64, f64)>,
+    /// (0028,1056) VOI LUT Function the file's window is meant with.
+    pub voi_function: VoiFunction,
+    /// The first table of the VOI LUT Sequence, when the file has one (the `file` policy
+    /// prefers it to the window, as pydicom's `apply_voi_lut` does).
+    pub voi_lut: Option<LookupTable>,
+}
+
+/// (0028,1056) VOI LUT Function: how a window centre/width maps values (PS3.3 C.11.2.1.2–3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VoiFunction {
+    /// `LINEAR` (the default): the centre − 0.5, width − 1 formula.
+    #[default]
+    Linear,
+    /// `LINEAR_EXACT`: `(x − c) / w + 0.5`, clamped.
+    LinearExact,
+    /// `SIGMOID`: `1 / (1 + exp(−4 (x − c) / w))`.
+    Sigmoid,
+}
+
+impl VoiFunction {
+    /// Maps `x` to `[0, 1]` with the window `(center, width)`.
+    pub fn apply(self, x: f64, center: f64, width: f64) -> f32 {
+        match self {
+            VoiFunction::Linear => linear_window(x, center, width),
+            VoiFunction::LinearExact => {
+                if x <= center - width / 2.0 {
+                    0.0
+                } else if x > center + width / 2.0 {
+                    1.0
+                } else {
+                    ((x - center) / width + 0.5).clamp(0.0, 1.0) as f32
+                }
+            }
+            VoiFunction::Sigmoid => (1.0 / (1.0 + (-4.0 * (x - center) / width).exp())) as f32,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            VoiFunction::Linear => "LINEAR",
+            VoiFunction::LinearExact => "LINEAR_EXACT",
+            VoiFunction::Sigmoid => "SIGMOID",
+        }
+    }
 }
 
 /// Reads a DICOM file's first frame: decompresses it (JPEG baseline/extended/lossless, RLE,
@@ -291,7 +335,23 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
         .max(1);
     let photometric_in_file = text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
     let big_endian = transfer_syntax == "1.2.840.10008.1.2.2";
-    let lut = modality_lut(&obj, big_endian).map_err(err)?;
+    let lut = sequence_lut(
+        &obj,
+        tags::MODALITY_LUT_SEQUENCE,
+        "Modality LUT Sequence",
+        big_endian,
+    )
+    .map_err(err)?;
+    let voi_function = match text(tags::VOILUT_FUNCTION).as_deref() {
+        None | Some("LINEAR") | Some("") => VoiFunction::Linear,
+        Some("LINEAR_EXACT") => VoiFunction::LinearExact,
+        Some("SIGMOID") => VoiFunction::Sigmoid,
+        Some(other) => {
+            return Err(err(format!(
+                "VOI LUT Function {other:?} is not one of LINEAR, LINEAR_EXACT, SIGMOID"
+            )))
+        }
+    };
     let pixel = obj
         .decode_pixel_data_frame(0)
         .map_err(|e| err(format!("cannot decode pixel data ({transfer_syntax}): {e}")))?;
@@ -304,7 +364,16 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
         .ok()
         .flatten()
         .and_then(|w| w.first().copied())
-        .filter(|w| w.width >= 1.0)
+        // LINEAR needs width ≥ 1 (it divides by width − 1), the others width > 0.
+        .filter(|w| {
+            w.width.is_finite()
+                && w.center.is_finite()
+                && if voi_function == VoiFunction::Linear {
+                    w.width >= 1.0
+                } else {
+                    w.width > 0.0
+                }
+        })
         .map(|w| (w.center, w.width));
     let pixel_count = width as usize * height as usize;
     let check_len = |n: usize, per_pixel: usize| {
@@ -315,6 +384,15 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
                 "pixel data holds {n} samples, {width}x{height}x{per_pixel} expected (truncated?)"
             )))
         }
+    };
+    let monochrome = matches!(
+        photometric,
+        PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2
+    );
+    let voi_lut = if monochrome {
+        sequence_lut(&obj, tags::VOILUT_SEQUENCE, "VOI LUT Sequence", big_endian).map_err(err)?
+    } else {
+        None
     };
     let (channels, values, bits_stored) = match (&photometric, samples) {
         (PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2, 1) => {
@@ -368,6 +446,8 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
         transfer_syntax,
         modality,
         window,
+        voi_function,
+        voi_lut,
     })
 }
 
@@ -378,22 +458,51 @@ fn decode_dicom(path: &Path, bytes: &[u8], policy: DicomWindow) -> Result<Decode
 /// Maps a DICOM frame's values to `[0, 1]`: monochrome by the windowing policy (MONOCHROME1
 /// inverted), colour by the stored bit depth.
 pub fn dicom_image(dicom: DicomValues, policy: DicomWindow) -> DecodedImage {
-    let window = match policy {
-        DicomWindow::File => dicom.window,
-        DicomWindow::MinMax => None,
-        DicomWindow::Fixed { center, width } => Some((center, width.max(1.0))),
+    enum Voi<'a> {
+        Table(&'a LookupTable),
+        Window(VoiFunction, f64, f64),
+        MinMax,
+    }
+    let voi = match (policy, &dicom.voi_lut, dicom.window) {
+        (DicomWindow::File, Some(table), _) => Voi::Table(table),
+        (DicomWindow::File, None, Some((center, width))) => {
+            Voi::Window(dicom.voi_function, center, width)
+        }
+        (DicomWindow::File, None, None) | (DicomWindow::MinMax, ..) => Voi::MinMax,
+        (DicomWindow::Fixed { center, width }, ..) => {
+            Voi::Window(VoiFunction::Linear, center, width.max(1.0))
+        }
     };
     let (pixels, windowing) = if dicom.channels == 1 {
-        let (mut mapped, how): (Vec<f32>, String) = match window {
-            Some((center, width)) => (
+        let (mut mapped, how): (Vec<f32>, String) = match voi {
+            Voi::Table(table) => {
+                let top = ((1_u32 << table.bits) - 1) as f32;
+                (
+                    dicom
+                        .values
+                        .iter()
+                        .map(|&v| (table.look_up(v) / top).clamp(0.0, 1.0))
+                        .collect(),
+                    format!(
+                        "VOI LUT ({} entries from {}, {} bits)",
+                        table.entries.len(),
+                        table.first,
+                        table.bits
+                    ),
+                )
+            }
+            Voi::Window(function, center, width) => (
                 dicom
                     .values
                     .iter()
-                    .map(|&v| linear_window(f64::from(v), center, width))
+                    .map(|&v| function.apply(f64::from(v), center, width))
                     .collect(),
-                format!("window center {center} width {width}"),
+                match function {
+                    VoiFunction::Linear => format!("window center {center} width {width}"),
+                    other => format!("window center {center} width {width} ({})", other.name()),
+                },
             ),
-            None => {
+            Voi::MinMax => {
                 let (lo, hi) = min_max(&dicom.values);
                 let span = if hi > lo { hi - lo } else { 1.0 };
                 (
@@ -480,9 +589,10 @@ fn ybr_full_to_rgb(values: &mut [f32], max: f32) {
     }
 }
 
-/// A lookup table (palette or modality LUT): entries, the first stored value mapped, and the
-/// bits per entry, from a descriptor (US/SS ×3) and its data (US or OW, 8 or 16 bits).
-struct LookupTable {
+/// A lookup table (palette, modality or VOI LUT): entries, the first stored value mapped, and
+/// the bits per entry, from a descriptor (US/SS ×3) and its data (US or OW, 8 or 16 bits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LookupTable {
     entries: Vec<u16>,
     first: f32,
     bits: u16,
@@ -593,25 +703,21 @@ fn apply_palette(
     Ok((out, r.bits))
 }
 
-/// The Modality LUT Sequence, when the file has one instead of rescale slope/intercept.
-fn modality_lut(
+/// The first table of a LUT sequence (the Modality LUT Sequence, used instead of rescale
+/// slope/intercept, or the VOI LUT Sequence, PS3.3 C.11.2), when the file has one.
+fn sequence_lut(
     obj: &dicom_object::DefaultDicomObject,
+    sequence_tag: dicom_core::Tag,
+    name: &str,
     big_endian: bool,
 ) -> std::result::Result<Option<LookupTable>, String> {
-    let Some(sequence) = obj.element_opt(tags::MODALITY_LUT_SEQUENCE).ok().flatten() else {
+    let Some(sequence) = obj.element_opt(sequence_tag).ok().flatten() else {
         return Ok(None);
     };
     let Some(item) = sequence.items().and_then(|items| items.first()) else {
         return Ok(None);
     };
-    LookupTable::read(
-        item,
-        tags::LUT_DESCRIPTOR,
-        tags::LUT_DATA,
-        "Modality LUT Sequence",
-        big_endian,
-    )
-    .map(Some)
+    LookupTable::read(item, tags::LUT_DESCRIPTOR, tags::LUT_DATA, name, big_endian).map(Some)
 }
 
 /// DICOM PS3.3 C.11.2.1.2.1 linear VOI function, mapped to `[0, 1]` instead of an integer

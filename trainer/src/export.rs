@@ -743,7 +743,7 @@ pub fn export_run<B: Backend>(
 }
 
 /// Every `step`-th of `indices`, at most `n` (spread over the partition, not its head).
-fn spread(indices: &[usize], n: usize) -> Vec<usize> {
+pub(crate) fn spread(indices: &[usize], n: usize) -> Vec<usize> {
     if n == 0 || n >= indices.len() {
         return indices.to_vec();
     }

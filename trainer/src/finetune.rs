@@ -29,6 +29,7 @@ use crate::pretrain::{
     batch_schedule, learning_rate_at, load_training_images, report_skipped, step_seed,
     PretrainConfig, BACKBONE_FILE,
 };
+use crate::quantize::{fake_quant_forward, CalibrationMethod};
 use crate::runlog::{load_json, load_weights, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
 
@@ -92,6 +93,27 @@ pub struct FinetuneConfig {
     /// Validate (and keep the best checkpoint) every this many epochs, and after the last.
     #[serde(default = "every_epoch")]
     pub validate_every: usize,
+    /// Quantisation-aware training: continue a fine-tuned run with int8 rounding in the
+    /// forward pass.
+    #[serde(default)]
+    pub qat: Option<QatConfig>,
+}
+
+/// Quantisation-aware fine-tuning (`finetune --qat RUN`), for when post-training quantisation
+/// loses too much: the fine-tuned run continues with every weight tensor rounded to its int8
+/// grid (per output channel, as exported) and every activation to its int8 range in the
+/// forward pass, gradients passing straight through the rounding. The activation ranges are
+/// calibrated once, on the float model, and held fixed; the export then quantises the result
+/// as usual (trying every calibration method).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QatConfig {
+    /// The fine-tuned run continued (its weights, model, input size, preprocessing, classes).
+    pub from: PathBuf,
+    /// How the activation ranges are calibrated.
+    pub calibration: CalibrationMethod,
+    /// Training images they are calibrated on, spread over the training partition.
+    pub calibration_images: usize,
 }
 
 fn every_epoch() -> usize {
@@ -167,6 +189,7 @@ impl FinetuneConfig {
             patience: None,
             train_where: None,
             validate_every: 1,
+            qat: None,
         }
     }
 }
@@ -275,6 +298,21 @@ pub fn finetune<B: AutodiffBackend>(
         reason,
     };
     let mut config = request.clone();
+    if let Some(qat) = &request.qat {
+        if request.pretrained.is_some() || request.mode == FinetuneMode::LinearProbe {
+            return Err(bad(
+                "quantisation-aware training continues a fully fine-tuned run: no pretrained \
+                 run, no linear probe"
+                    .into(),
+            ));
+        }
+        let base: FinetuneConfig = load_json(&qat.from.join("config.json"))?;
+        config.model = base.model;
+        config.image_size = base.image_size;
+        config.preprocess = base.preprocess;
+        config.pretrain_config = base.pretrain_config;
+        config.class_names = base.class_names;
+    }
     if let Some(dir) = &request.pretrained {
         let pre: PretrainConfig = load_json(&dir.join("config.json"))?;
         config.model = pre.model.clone();
@@ -330,6 +368,16 @@ pub fn finetune<B: AutodiffBackend>(
     let train_labels = Labels::of(&train, index.uncertainty);
     let val_labels = Labels::of(&val, index.uncertainty);
     config.preprocess = Some(preprocess.clone());
+    if let Some(qat) = &config.qat {
+        if config.class_names != index.class_names {
+            return Err(bad(format!(
+                "{} was fine-tuned for classes {:?}, this dataset has {:?}",
+                qat.from.display(),
+                config.class_names,
+                index.class_names
+            )));
+        }
+    }
     config.class_names = index.class_names.clone();
     save_json(&out.join("config.json"), &config)?;
 
@@ -340,6 +388,24 @@ pub fn finetune<B: AutodiffBackend>(
     }
     let classes = config.class_names.len();
     let mut model = Classifier::new(backbone, config.model.feature_dim(), classes, device);
+    let qat_ranges = match &config.qat {
+        Some(qat) => {
+            model = load_weights(model, &qat.from.join(MODEL_FILE), device)?;
+            let picks = crate::export::spread(
+                &split.indices(&index, Partition::Train),
+                qat.calibration_images,
+            );
+            let images = load_images_with(&index, &picks, &preprocess, config.skip_bad)?;
+            Some(crate::quantize::activation_ranges(
+                &model.valid(),
+                &images,
+                &preprocess,
+                qat.calibration,
+                device,
+            ))
+        }
+        None => None,
+    };
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
         .init();
@@ -406,7 +472,13 @@ pub fn finetune<B: AutodiffBackend>(
                     );
                     model.head.forward(h)
                 }
-                None => model.forward(input_tensor::<B>(views, &preprocess, device)),
+                None => {
+                    let x = input_tensor::<B>(views, &preprocess, device);
+                    match &qat_ranges {
+                        Some(ranges) => fake_quant_forward(&model, x, ranges),
+                        None => model.forward(x),
+                    }
+                }
             };
             let loss = match &train_labels {
                 Labels::Classes(classes_of) => {

@@ -12,8 +12,13 @@
 //! Each method's blob runs on the validation split through the runtime's int8 engine (the
 //! same core the firmware runs) and is compared with the fp32 model; the best is kept.
 
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
+use burn::nn::{BatchNorm, Linear};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 use scanside_firmware::arith::quantize_multiplier;
@@ -51,6 +56,26 @@ impl CalibrationMethod {
             CalibrationMethod::MinMax => "minmax".into(),
             CalibrationMethod::Percentile(p) => format!("percentile-{p}"),
             CalibrationMethod::Entropy => "entropy".into(),
+        }
+    }
+
+    /// The inverse of [`CalibrationMethod::name`]: `minmax`, `percentile-P` (0 < P ≤ 100),
+    /// `entropy`.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "minmax" => Ok(CalibrationMethod::MinMax),
+            "entropy" => Ok(CalibrationMethod::Entropy),
+            other => other
+                .strip_prefix("percentile-")
+                .and_then(|p| p.parse::<f64>().ok())
+                .filter(|p| *p > 0.0 && *p <= 100.0)
+                .map(CalibrationMethod::Percentile)
+                .ok_or_else(|| {
+                    format!(
+                        "calibration method {other:?}: expected minmax, percentile-P (e.g. \
+                         percentile-99.99) or entropy"
+                    )
+                }),
         }
     }
 }
@@ -128,8 +153,68 @@ pub(crate) struct FloatGraph {
     pub(crate) layers: Vec<FloatLayer>,
 }
 
-/// Traces a classifier on a batch: its graph and every tensor's values (`N×C×H×W`, in the
-/// graph's tensor order). Mirrors `ResNet::forward` and `Block::forward` op for op.
+/// One pass over a classifier in the int8 graph's order — each convolution with its
+/// BatchNorm (and ReLU when one follows), the stem's max-pool, residual adds with their ReLU,
+/// global average pooling, the head — mirroring `ResNet::forward` and `Block::forward` op for
+/// op. [`trace`] records the graph and its values with it; quantisation-aware training's
+/// [`fake_quant_forward`] computes the same ops with int8 rounding inserted. Values are made in
+/// the graph's tensor order (the input first).
+trait GraphWalk<B: Backend> {
+    type Value: Clone;
+    fn input(&mut self, x: Tensor<B, 4>) -> Self::Value;
+    fn conv(
+        &mut self,
+        x: &Self::Value,
+        conv: &Conv2d<B>,
+        bn: &BatchNorm<B>,
+        with_relu: bool,
+    ) -> Self::Value;
+    fn max_pool(&mut self, x: &Self::Value, pool: &MaxPool2d) -> Self::Value;
+    /// `relu(a + b)`.
+    fn add(&mut self, a: &Self::Value, b: &Self::Value) -> Self::Value;
+    fn global_avg_pool(&mut self, x: &Self::Value) -> Self::Value;
+    /// Logits as `N×classes×1×1`.
+    fn head(&mut self, pooled: &Self::Value, head: &Linear<B>) -> Self::Value;
+}
+
+fn walk<B: Backend, W: GraphWalk<B>>(
+    model: &Classifier<B>,
+    x: Tensor<B, 4>,
+    w: &mut W,
+) -> W::Value {
+    let backbone = &model.backbone;
+    let input = w.input(x);
+    let mut y = w.conv(&input, &backbone.stem_conv, &backbone.stem_bn, true);
+    if let Some(pool) = &backbone.stem_pool {
+        y = w.max_pool(&y, pool);
+    }
+    for block in &backbone.blocks {
+        let shortcut = match &block.downsample {
+            Some(d) => w.conv(&y, &d.conv, &d.bn, false),
+            None => y.clone(),
+        };
+        let mut z = w.conv(&y, &block.conv1, &block.bn1, true);
+        let bottleneck = block.conv3.is_some();
+        z = w.conv(&z, &block.conv2, &block.bn2, bottleneck);
+        if let (Some(conv3), Some(bn3)) = (&block.conv3, &block.bn3) {
+            z = w.conv(&z, conv3, bn3, false);
+        }
+        y = w.add(&z, &shortcut);
+    }
+    let pooled = w.global_avg_pool(&y);
+    w.head(&pooled, &model.head)
+}
+
+/// `N×C×H×W` → `N×C×1×1` means.
+fn spatial_mean<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c, 1, 1])
+}
+
+/// The stem max-pool's padding (torchvision's 3×3, stride 2, padding 1).
+const STEM_POOL_PADDING: usize = 1;
+
+/// Records the graph and every tensor's values (`N×C×H×W`, in the graph's tensor order).
 struct Tracer<B: Backend> {
     graph: FloatGraph,
     values: Vec<Tensor<B, 4>>,
@@ -159,15 +244,17 @@ impl<B: Backend> Tracer<B> {
         self.graph.layers.push(FloatLayer { op, inputs, output });
         output
     }
+}
 
-    fn conv(
-        &mut self,
-        x: usize,
-        conv: &burn::nn::conv::Conv2d<B>,
-        bn: &burn::nn::BatchNorm<B>,
-        with_relu: bool,
-    ) -> usize {
-        let mut y = batch_norm(bn, conv.forward(self.values[x].clone()));
+impl<B: Backend> GraphWalk<B> for Tracer<B> {
+    type Value = usize;
+
+    fn input(&mut self, x: Tensor<B, 4>) -> usize {
+        self.tensor(x, false)
+    }
+
+    fn conv(&mut self, x: &usize, conv: &Conv2d<B>, bn: &BatchNorm<B>, with_relu: bool) -> usize {
+        let mut y = batch_norm(bn, conv.forward(self.values[*x].clone()));
         if with_relu {
             y = relu(y);
         }
@@ -175,15 +262,56 @@ impl<B: Backend> Tracer<B> {
             conv: fold(conv, bn),
             relu: with_relu,
         };
-        self.layer(op, vec![x], y, with_relu)
+        self.layer(op, vec![*x], y, with_relu)
     }
 
-    fn add(&mut self, a: usize, b: usize) -> usize {
-        let y = relu(self.values[a].clone() + self.values[b].clone());
-        self.layer(FloatOp::Add { relu: true }, vec![a, b], y, true)
+    fn max_pool(&mut self, x: &usize, pool: &MaxPool2d) -> usize {
+        let value = pool.forward(self.values[*x].clone());
+        let op = FloatOp::MaxPool {
+            kernel: pool.kernel_size[0],
+            stride: pool.stride[0],
+            padding: STEM_POOL_PADDING,
+        };
+        self.layer(op, vec![*x], value, true)
+    }
+
+    fn add(&mut self, a: &usize, b: &usize) -> usize {
+        let y = relu(self.values[*a].clone() + self.values[*b].clone());
+        self.layer(FloatOp::Add { relu: true }, vec![*a, *b], y, true)
+    }
+
+    fn global_avg_pool(&mut self, x: &usize) -> usize {
+        let pooled = spatial_mean(self.values[*x].clone());
+        self.layer(FloatOp::GlobalAvgPool, vec![*x], pooled, true)
+    }
+
+    fn head(&mut self, pooled: &usize, head: &Linear<B>) -> usize {
+        let [n, c, _, _] = self.values[*pooled].dims();
+        let logits = head.forward(self.values[*pooled].clone().reshape([n, c]));
+        let classes = logits.dims()[1];
+        let [fin, fout] = head.weight.val().dims();
+        let w_in_out = to_vec(head.weight.val());
+        let mut weight = vec![0.0; fin * fout];
+        for i in 0..fin {
+            for o in 0..fout {
+                weight[o * fin + i] = w_in_out[i * fout + o];
+            }
+        }
+        let bias = head
+            .bias
+            .as_ref()
+            .map_or(vec![0.0; fout], |b| to_vec(b.val()));
+        self.layer(
+            FloatOp::FullyConnected { weight, bias },
+            vec![*pooled],
+            logits.reshape([n, classes, 1, 1]),
+            false,
+        )
     }
 }
 
+/// Traces a classifier on a batch: its graph and every tensor's values (`N×C×H×W`, in the
+/// graph's tensor order).
 pub(crate) fn trace<B: Backend>(
     model: &Classifier<B>,
     x: Tensor<B, 4>,
@@ -195,60 +323,140 @@ pub(crate) fn trace<B: Backend>(
         },
         values: Vec::new(),
     };
-    let backbone = &model.backbone;
-    let input = t.tensor(x, false);
-    let mut y = t.conv(input, &backbone.stem_conv, &backbone.stem_bn, true);
-    if let Some(pool) = &backbone.stem_pool {
-        let value = pool.forward(t.values[y].clone());
-        let op = FloatOp::MaxPool {
-            kernel: pool.kernel_size[0],
-            stride: pool.stride[0],
-            padding: 1,
-        };
-        y = t.layer(op, vec![y], value, true);
-    }
-    for block in &backbone.blocks {
-        let shortcut = match &block.downsample {
-            Some(d) => t.conv(y, &d.conv, &d.bn, false),
-            None => y,
-        };
-        let mut z = t.conv(y, &block.conv1, &block.bn1, true);
-        let bottleneck = block.conv3.is_some();
-        z = t.conv(z, &block.conv2, &block.bn2, bottleneck);
-        if let (Some(conv3), Some(bn3)) = (&block.conv3, &block.bn3) {
-            z = t.conv(z, conv3, bn3, false);
-        }
-        y = t.add(z, shortcut);
-    }
-    let [n, c, h, w] = t.values[y].dims();
-    let pooled = t.values[y]
-        .clone()
-        .reshape([n, c, h * w])
-        .mean_dim(2)
-        .reshape([n, c, 1, 1]);
-    let pooled_id = t.layer(FloatOp::GlobalAvgPool, vec![y], pooled.clone(), true);
-    let logits = model.head.forward(pooled.reshape([n, c]));
-    let classes = logits.dims()[1];
-    let [fin, fout] = model.head.weight.val().dims();
-    let w_in_out = to_vec(model.head.weight.val());
-    let mut weight = vec![0.0; fin * fout];
-    for i in 0..fin {
-        for o in 0..fout {
-            weight[o * fin + i] = w_in_out[i * fout + o];
-        }
-    }
-    let bias = model
-        .head
-        .bias
-        .as_ref()
-        .map_or(vec![0.0; fout], |b| to_vec(b.val()));
-    t.layer(
-        FloatOp::FullyConnected { weight, bias },
-        vec![pooled_id],
-        logits.reshape([n, classes, 1, 1]),
-        false,
-    );
+    walk(model, x, &mut t);
     (t.graph, t.values)
+}
+
+/// `x` rounded to the int8 grid of `(scale, zero point)` in the forward pass, with the
+/// straight-through gradient inside the representable range and none outside it (the
+/// clipped values cannot move the rounded output). Because the zero point is an integer,
+/// `(round(x / s + z) − z) · s = round(x / s) · s`.
+pub(crate) fn fake_quantize<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    (scale, zero_point): (f32, i8),
+) -> Tensor<B, D> {
+    let z = f32::from(zero_point);
+    let clipped = x.clamp((-128.0 - z) * scale, (127.0 - z) * scale);
+    let rounded = clipped.clone().div_scalar(scale).round().mul_scalar(scale);
+    clipped.clone() + (rounded - clipped).detach()
+}
+
+/// Rows of `w` (one per output channel) rounded to the symmetric int8 grid the export uses
+/// ([`quantize_per_channel`]: scale `max |w| / 127`), straight-through gradient. Rounding the
+/// unfolded convolution weights is exact for the exported, BatchNorm-folded ones: folding
+/// multiplies each output channel by one factor, which scales that channel's grid with it.
+fn fake_quantize_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
+    let scale = w
+        .clone()
+        .abs()
+        .max_dim(1)
+        .div_scalar(127.0)
+        .clamp_min(f32::MIN_POSITIVE);
+    let rounded = (w.clone() / scale.clone())
+        .round()
+        .clamp(-127.0, 127.0)
+        .mul(scale);
+    w.clone() + (rounded - w).detach()
+}
+
+/// The classifier's forward pass with int8 rounding where the int8 model has it: every
+/// weight tensor per output channel, every activation tensor with its calibrated
+/// `(scale, zero point)` (`ranges`, in the graph's tensor order).
+struct FakeQuant<'a> {
+    ranges: &'a [(f32, i8)],
+    next: usize,
+}
+
+impl FakeQuant<'_> {
+    fn point<B: Backend>(&mut self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let range = self.ranges.get(self.next).copied();
+        self.next += 1;
+        match range {
+            Some(range) => fake_quantize(x, range),
+            None => x,
+        }
+    }
+}
+
+impl<B: Backend> GraphWalk<B> for FakeQuant<'_> {
+    type Value = Tensor<B, 4>;
+
+    fn input(&mut self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.point(x)
+    }
+
+    fn conv(
+        &mut self,
+        x: &Tensor<B, 4>,
+        conv: &Conv2d<B>,
+        bn: &BatchNorm<B>,
+        with_relu: bool,
+    ) -> Tensor<B, 4> {
+        let weight = conv.weight.val();
+        let [o, i, kh, kw] = weight.dims();
+        let weight = fake_quantize_rows(weight.reshape([o, i * kh * kw])).reshape([o, i, kh, kw]);
+        let options = ConvOptions::new(conv.stride, [kh / 2, kw / 2], conv.dilation, conv.groups);
+        let y = conv2d(
+            x.clone(),
+            weight,
+            conv.bias.as_ref().map(|b| b.val()),
+            options,
+        );
+        let mut y = batch_norm(bn, y);
+        if with_relu {
+            y = relu(y);
+        }
+        self.point(y)
+    }
+
+    fn max_pool(&mut self, x: &Tensor<B, 4>, pool: &MaxPool2d) -> Tensor<B, 4> {
+        self.point(pool.forward(x.clone()))
+    }
+
+    fn add(&mut self, a: &Tensor<B, 4>, b: &Tensor<B, 4>) -> Tensor<B, 4> {
+        self.point(relu(a.clone() + b.clone()))
+    }
+
+    fn global_avg_pool(&mut self, x: &Tensor<B, 4>) -> Tensor<B, 4> {
+        self.point(spatial_mean(x.clone()))
+    }
+
+    fn head(&mut self, pooled: &Tensor<B, 4>, head: &Linear<B>) -> Tensor<B, 4> {
+        let [n, c, _, _] = pooled.dims();
+        // burn's Linear stores `[in, out]`: output channels are columns.
+        let weight = fake_quantize_rows(head.weight.val().transpose()).transpose();
+        let mut logits = pooled.clone().reshape([n, c]).matmul(weight);
+        if let Some(bias) = &head.bias {
+            logits = logits + bias.val().unsqueeze();
+        }
+        let classes = logits.dims()[1];
+        self.point(logits.reshape([n, classes, 1, 1]))
+    }
+}
+
+/// Activation `(scale, zero point)` per tensor of `model`'s int8 graph, calibrated on
+/// `images` with `method` — what quantisation-aware training holds fixed while it trains.
+pub fn activation_ranges<B: Backend>(
+    model: &Classifier<B>,
+    images: &ImageSet,
+    preprocess: &PreprocessConfig,
+    method: CalibrationMethod,
+    device: &B::Device,
+) -> Vec<(f32, i8)> {
+    let (graph, stats) = calibrate(model, images, preprocess, device);
+    tensor_quantization(&graph, &stats, method)
+}
+
+/// `N×classes` logits of `model` with int8 rounding of weights and activations in the
+/// forward pass and straight-through gradients (quantisation-aware training).
+pub fn fake_quant_forward<B: Backend>(
+    model: &Classifier<B>,
+    x: Tensor<B, 4>,
+    ranges: &[(f32, i8)],
+) -> Tensor<B, 2> {
+    let logits = walk(model, x, &mut FakeQuant { ranges, next: 0 });
+    let [n, classes, _, _] = logits.dims();
+    logits.reshape([n, classes])
 }
 
 /// What calibration saw of one tensor.
@@ -962,6 +1170,129 @@ mod tests {
         let mut x = validation.image(0).to_vec();
         normalize_in_place(&mut x, &pre);
         assert_eq!(engine.logits(&x).unwrap(), engine.logits(&x).unwrap());
+    }
+
+    #[test]
+    fn fake_quantisation_rounds_to_the_grid_and_passes_gradients_inside_the_range_only() {
+        use burn::backend::Autodiff;
+        type Ad = Autodiff<Flex>;
+        let device = Default::default();
+        // scale 0.01, zero point 0: representable range [-1.28, 1.27].
+        let x =
+            Tensor::<Ad, 1>::from_floats([-2.0, -0.256, 0.1, 0.374, 2.0], &device).require_grad();
+        let y = fake_quantize(x.clone(), (0.01, 0));
+        let got = to_vec(y.clone().inner());
+        for (g, want) in got.iter().zip([-1.28, -0.26, 0.1, 0.37, 1.27]) {
+            assert!((g - want).abs() < 1e-6, "{got:?}");
+        }
+        let grads = y.sum().backward();
+        let dx = to_vec(x.grad(&grads).unwrap());
+        assert_eq!(dx, vec![0.0, 1.0, 1.0, 1.0, 0.0]);
+        // A ReLU tensor's range [0, 2.55] (zero point −128): negatives clip to 0.
+        let r = fake_quantize(
+            Tensor::<Flex, 1>::from_floats([-0.5, 0.004, 3.0], &device),
+            (0.01, -128),
+        );
+        assert_eq!(to_vec(r), vec![0.0, 0.0, 2.55]);
+    }
+
+    #[test]
+    fn fake_quantised_weights_are_the_exported_int8_weights_even_after_batch_norm_folding() {
+        let device = Default::default();
+        let weights: Vec<f32> = (0..24)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let rows = Tensor::<Flex, 1>::from_floats(weights.as_slice(), &device).reshape([3, 8]);
+        let fake = to_vec(fake_quantize_rows(rows.clone()));
+        let (q, scales) = quantize_per_channel(&weights, 3);
+        for (i, (f, q)) in fake.iter().zip(&q).enumerate() {
+            assert!((f - f32::from(*q) * scales[i / 8]).abs() < 1e-6, "{i}");
+        }
+        // Folding BatchNorm scales each output channel by one factor (any sign): the
+        // exported grid of the folded weights is the fake-quantised grid, scaled.
+        let factors = [0.37_f32, -2.5, 11.0];
+        let folded: Vec<f32> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w * factors[i / 8])
+            .collect();
+        let (q_folded, scales_folded) = quantize_per_channel(&folded, 3);
+        for i in 0..24 {
+            let exported = f32::from(q_folded[i]) * scales_folded[i / 8];
+            let want = fake[i] * factors[i / 8];
+            assert!(
+                (exported - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{i}: {exported} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fake_quantised_forward_rounds_every_activation_onto_its_int8_grid() {
+        let device = Default::default();
+        <Flex as Backend>::seed(&device, 7);
+        let config = ResNetConfig {
+            depth: 18,
+            width_multiplier: 0.125,
+            in_channels: 3,
+            small_input_stem: true,
+            separable: false,
+        };
+        let model = Classifier::<Flex>::new(config.init(&device), config.feature_dim(), 3, &device);
+        let pre = preprocess(16);
+        let calibration = images(24, 16, 2);
+        let ranges = activation_ranges(
+            &model,
+            &calibration,
+            &pre,
+            CalibrationMethod::MinMax,
+            &device,
+        );
+        let (graph, _) = trace(
+            &model,
+            input_tensor::<Flex>(calibration.image(0).to_vec(), &pre, &device),
+        );
+        assert_eq!(
+            ranges.len(),
+            graph.tensors.len(),
+            "one range per tensor of the int8 graph"
+        );
+        let x = input_tensor::<Flex>(images(4, 16, 3).pixels, &pre, &device);
+        let fake = to_vec(fake_quant_forward(&model, x.clone(), &ranges));
+        let fp32 = to_vec(model.forward(x));
+        // The logits sit on the output tensor's grid, within its int8 range…
+        let (scale, zero_point) = *ranges.last().unwrap();
+        for v in &fake {
+            let steps = v / scale;
+            assert!(
+                (steps - steps.round()).abs() < 1e-3,
+                "{v} is off the grid of {scale}"
+            );
+            let q = steps.round() + f32::from(zero_point);
+            assert!((-128.0..=127.0).contains(&q), "{v}");
+        }
+        // …and the rounding on the way moved them, but not far.
+        let moved: f32 = fake.iter().zip(&fp32).map(|(a, b)| (a - b).abs()).sum();
+        let spread = fp32.iter().fold(0.0_f32, |m, v| m.max(v.abs()));
+        assert!(
+            moved > 0.0 && moved / (fake.len() as f32) < 0.1 * spread,
+            "{fake:?} vs {fp32:?}"
+        );
+    }
+
+    #[test]
+    fn calibration_method_names_parse_back() {
+        for m in [
+            CalibrationMethod::MinMax,
+            CalibrationMethod::Percentile(99.99),
+            CalibrationMethod::Entropy,
+        ] {
+            assert_eq!(CalibrationMethod::parse(&m.name()), Ok(m));
+        }
+        assert!(CalibrationMethod::parse("percentile-101").is_err());
+        assert!(CalibrationMethod::parse("kl")
+            .unwrap_err()
+            .contains("entropy"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (pretraining × label fraction × seed) cell, evaluates each on the test partition with
 //! case-resampled intervals, and writes the table (`table.md`), all numbers (`results.json`),
 //! the label-efficiency plots and an HTML page. Pretraining runs are inputs (made and resumed
-//! with `pretrain`); "scratch" (random init, same architecture) is always a row. Resumable: a
+//! with `pretrain`); "scratch" (random init, same architecture) is a row unless `scratch = false`. Resumable: a
 //! cell with its `cell.json` is done and kept; a cell without one is redone from the start.
 
 use std::collections::BTreeMap;
@@ -39,6 +39,10 @@ pub struct StudyConfig {
     /// Pretraining runs by row name (e.g. `simclr = "runs/pre-simclr"`).
     #[serde(default)]
     pub pretrained: BTreeMap<String, PathBuf>,
+    /// Include the random-init row (default). `false` adds rows to a study whose scratch row
+    /// was already run with the same settings elsewhere.
+    #[serde(default = "default_true")]
+    pub scratch: bool,
     /// Label fractions, e.g. `[0.01, 0.1, 0.25, 1.0]`.
     pub fractions: Vec<f64>,
     /// Seeds (fine-tuning initialisation, order and augmentation).
@@ -80,6 +84,9 @@ pub struct StudyConfig {
     pub bootstrap: usize,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_seeds() -> Vec<u64> {
     vec![0]
 }
@@ -150,6 +157,12 @@ pub fn run_study<B: AutodiffBackend>(
     if let Some(f) = config.fractions.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
         return Err(bad(out, format!("label fraction {f} must be in (0, 1]")));
     }
+    if !config.scratch && config.pretrained.is_empty() {
+        return Err(bad(
+            out,
+            "no rows: `scratch = false` and no [pretrained] runs".to_string(),
+        ));
+    }
     for (name, dir) in &config.pretrained {
         if name == SCRATCH {
             return Err(bad(
@@ -180,7 +193,10 @@ pub fn run_study<B: AutodiffBackend>(
         .next()
         .map(|dir| load_json(&dir.join("config.json")))
         .transpose()?;
-    let mut rows: Vec<(String, Option<PathBuf>)> = vec![(SCRATCH.to_string(), None)];
+    let mut rows: Vec<(String, Option<PathBuf>)> = Vec::new();
+    if config.scratch {
+        rows.push((SCRATCH.to_string(), None));
+    }
     rows.extend(
         config
             .pretrained

@@ -68,7 +68,8 @@ enum Command {
         #[arg(long)]
         png: Option<PathBuf>,
         /// Folder for DIR/<file name>.f32: a DICOM file's first frame before windowing
-        /// (modality-LUT values; RGB for colour), little-endian f32, rows × columns × channels;
+        /// (modality-LUT values; RGB for colour), little-endian f32, rows × columns × channels,
+        /// and NAME.windowed.f32, the same after VOI (window or VOI LUT) mapped to 0..1;
         /// for comparing the decoder with other toolkits (tools/dicom_corpus.py).
         #[arg(long, value_name = "DIR")]
         values: Option<PathBuf>,
@@ -263,16 +264,24 @@ fn inspect(
     let (image, dicom) = match (values, decode::sniff(&bytes)) {
         (Some(dir), Some(decode::FileFormat::Dicom)) => {
             let dicom = decode::read_dicom_values(file, &bytes)?;
-            let raw: Vec<u8> = dicom.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let as_bytes =
+                |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
             let path = dir.join(format!("{name}.f32"));
-            persist::write_atomically(&path, &raw)?;
+            persist::write_atomically(&path, &as_bytes(&dicom.values))?;
+            let dims = [dicom.height, dicom.width, dicom.channels];
+            let (transfer_syntax, frames) = (dicom.transfer_syntax.clone(), dicom.frames);
+            let image = decode::dicom_image(dicom, window);
+            // What the model sees before resizing: after VOI (window or LUT) and inversion.
+            let windowed = dir.join(format!("{name}.windowed.f32"));
+            persist::write_atomically(&windowed, &as_bytes(&image.pixels))?;
             let report = serde_json::json!({
                 "values": path,
-                "transfer_syntax": dicom.transfer_syntax,
-                "frames": dicom.frames,
-                "dims": [dicom.height, dicom.width, dicom.channels],
+                "windowed": windowed,
+                "transfer_syntax": transfer_syntax,
+                "frames": frames,
+                "dims": dims,
             });
-            (decode::dicom_image(dicom, window), Some(report))
+            (image, Some(report))
         }
         _ => (decode::decode_bytes_with(file, &bytes, window)?, None),
     };

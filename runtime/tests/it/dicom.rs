@@ -171,3 +171,114 @@ fn the_windowing_policy_decides_how_values_map_to_zero_one() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Writes a 2×2 MONOCHROME2 fixture, then adds `extra` elements to it.
+fn dicom_with(
+    path: &Path,
+    pixels: &[u16],
+    window: Option<(f64, f64)>,
+    extra: Vec<dicom_core::DataElement<dicom_object::InMemDicomObject>>,
+) {
+    write_dicom(path, "MONOCHROME2", pixels, 2, 2, window);
+    let mut obj = dicom_object::open_file(path).unwrap();
+    for element in extra {
+        obj.put(element);
+    }
+    obj.write_to_file(path).unwrap();
+}
+
+fn windowing_of(img: &scanside_runtime::decode::DecodedImage) -> String {
+    match &img.source {
+        SourceInfo::Dicom { windowing, .. } => windowing.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_voi_lut_sequence_is_preferred_to_the_window_under_the_file_policy() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+    use scanside_runtime::decode::decode_bytes_with;
+    use scanside_runtime::preprocess::DicomWindow;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("voi.dcm");
+    // 4 entries from stored value 100, 8 bits: 100 → 0, 101 → 51, 102 → 204, 103 → 255;
+    // below the first value the first entry, above the last the last (PS3.3 C.11.2.1.1).
+    let item = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::LUT_DESCRIPTOR,
+            VR::US,
+            PrimitiveValue::U16([4, 100, 8].into_iter().collect()),
+        ),
+        DataElement::new(
+            tags::LUT_DATA,
+            VR::US,
+            PrimitiveValue::U16([0, 51, 204, 255].into_iter().collect()),
+        ),
+    ]);
+    dicom_with(
+        &path,
+        &[50, 101, 102, 900],
+        Some((1000.0, 1001.0)),
+        vec![DataElement::new(
+            tags::VOILUT_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![item]),
+        )],
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let img = decode_bytes_with(&path, &bytes, DicomWindow::File).unwrap();
+    assert_eq!(img.pixels, vec![0.0, 0.2, 0.8, 1.0]);
+    assert!(
+        windowing_of(&img).starts_with("VOI LUT (4 entries"),
+        "{}",
+        windowing_of(&img)
+    );
+    // The bundle's other policies leave the file's LUT aside.
+    let img = decode_bytes_with(&path, &bytes, DicomWindow::MinMax).unwrap();
+    assert_eq!(img.pixels[0], 0.0);
+    assert_eq!(img.pixels[3], 1.0);
+    assert!(
+        (img.pixels[1] - 51.0 / 850.0).abs() < 1e-6,
+        "{:?}",
+        img.pixels
+    );
+}
+
+#[test]
+fn sigmoid_and_linear_exact_voi_functions_follow_the_standard() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let function = |name: &str| {
+        vec![DataElement::new(
+            tags::VOILUT_FUNCTION,
+            VR::CS,
+            PrimitiveValue::from(name),
+        )]
+    };
+    // centre 1000, width 400
+    let pixels = [800, 900, 1000, 1300];
+    let path = dir.path().join("sigmoid.dcm");
+    dicom_with(&path, &pixels, Some((1000.0, 400.0)), function("SIGMOID"));
+    let img = decode_file(&path).unwrap();
+    for (got, x) in img.pixels.iter().zip(pixels) {
+        let want = 1.0 / (1.0 + (-4.0 * (f64::from(x) - 1000.0) / 400.0).exp());
+        assert!((f64::from(*got) - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    assert!(windowing_of(&img).contains("SIGMOID"));
+    let path = dir.path().join("exact.dcm");
+    dicom_with(
+        &path,
+        &pixels,
+        Some((1000.0, 400.0)),
+        function("LINEAR_EXACT"),
+    );
+    let img = decode_file(&path).unwrap();
+    assert_eq!(img.pixels, vec![0.0, 0.25, 0.5, 1.0]);
+    let path = dir.path().join("odd.dcm");
+    dicom_with(&path, &pixels, Some((1000.0, 400.0)), function("LOG"));
+    let err = decode_file(&path).unwrap_err().to_string();
+    assert!(err.contains("odd.dcm") && err.contains("\"LOG\""), "{err}");
+}

@@ -18,10 +18,10 @@ use scanside_trainer::data::{
 use scanside_trainer::demo::{run_demo, DemoConfig};
 use scanside_trainer::evaluate::{evaluate, probe_pretrained, EvalSettings};
 use scanside_trainer::export::{export_run, parse_targets, ExportOptions, Targets};
-use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
+use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode, QatConfig};
 use scanside_trainer::optim::OptimizerKind;
 use scanside_trainer::pretrain::{pretrain, resume_pretrain, Method, Objectives, PretrainConfig};
-use scanside_trainer::quantize::{parse_bytes, QuantizeConfig};
+use scanside_trainer::quantize::{parse_bytes, CalibrationMethod, QuantizeConfig};
 use scanside_trainer::report::write_report;
 use scanside_trainer::runlog::save_json;
 use scanside_trainer::study::{read_study_config, run_study};
@@ -153,13 +153,25 @@ enum Command {
         /// Pretraining run directory to start from.
         #[arg(
             long,
-            conflicts_with = "from_scratch",
-            required_unless_present = "from_scratch"
+            conflicts_with_all = ["from_scratch", "qat"],
+            required_unless_present_any = ["from_scratch", "qat"]
         )]
         pretrained: Option<PathBuf>,
         /// Start from random weights.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "qat")]
         from_scratch: bool,
+        /// Quantisation-aware training: continue this fine-tuned run with int8 rounding of
+        /// weights and activations in the forward pass (use a few epochs and a small
+        /// --lr, e.g. 1e-4), then export the new run.
+        #[arg(long, value_name = "RUN")]
+        qat: Option<PathBuf>,
+        /// How --qat calibrates the activation ranges it holds fixed: minmax,
+        /// percentile-P or entropy.
+        #[arg(long, default_value = "percentile-99.99", value_parser = CalibrationMethod::parse)]
+        qat_calibration: CalibrationMethod,
+        /// Training images --qat calibrates on.
+        #[arg(long, default_value_t = 256)]
+        qat_calibration_images: usize,
         #[command(flatten)]
         train: TrainArgs,
         /// Input size when training from scratch.
@@ -716,6 +728,9 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             out,
             pretrained,
             from_scratch,
+            qat,
+            qat_calibration,
+            qat_calibration_images,
             train,
             image_size,
             label_fraction,
@@ -725,10 +740,15 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             patience,
             train_where,
         } => {
-            if !from_scratch && pretrained.is_none() {
-                bail!("finetune needs --pretrained DIR or --from-scratch");
+            if !from_scratch && pretrained.is_none() && qat.is_none() {
+                bail!("finetune needs --pretrained DIR, --from-scratch or --qat RUN");
             }
             let mut config = FinetuneConfig::new(data.dataset()?, data.split, pretrained);
+            config.qat = qat.map(|from| QatConfig {
+                from,
+                calibration: qat_calibration,
+                calibration_images: qat_calibration_images,
+            });
             config.skip_bad = data.skip_bad;
             config.label_fraction = label_fraction;
             config.augment = preset.finetune();

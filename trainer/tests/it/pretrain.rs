@@ -699,6 +699,146 @@ fn the_label_efficiency_study_runs_its_grid_resumes_and_reports() {
         "{}",
         stderr(&out)
     );
+
+    // `scratch = false`: only the pretrained rows (adding a row to an existing study).
+    let added = dir.path().join("added.toml");
+    std::fs::write(
+        &added,
+        format!(
+            "split = \"{}\"\nfractions = [1.0]\nepochs = 1\nbatch_size = 8\nbootstrap = 20\n\
+             scratch = false\n[pretrained]\nsimclr = \"{}\"\n",
+            split.display(),
+            pre.display()
+        ),
+    )
+    .unwrap();
+    let added_out = dir.path().join("added");
+    let study_args = |config: &std::path::Path| {
+        train(&[
+            "study",
+            "label-efficiency",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            added_out.to_str().unwrap(),
+        ])
+    };
+    let out = study_args(&added);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = std::fs::read_to_string(added_out.join("table.md")).unwrap();
+    assert!(
+        table.contains("| simclr |") && !table.contains("| scratch |"),
+        "{table}"
+    );
+    // …and without any pretrained row there is nothing to run: a usage-level error.
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(
+        &empty,
+        format!(
+            "split = \"{}\"\nfractions = [1.0]\nepochs = 1\nscratch = false\n",
+            split.display()
+        ),
+    )
+    .unwrap();
+    let out = study_args(&empty);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no rows"), "{}", stderr(&out));
+}
+
+#[test]
+fn quantisation_aware_training_continues_a_fine_tuned_run_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 16);
+    let (pre, ft, qat, bundle) = (
+        dir.path().join("pre"),
+        dir.path().join("ft"),
+        dir.path().join("qat"),
+        dir.path().join("b"),
+    );
+    let out = train(&pretrain_args(
+        split.to_str().unwrap(),
+        pre.to_str().unwrap(),
+        &["--max-steps", "2", "--health-every", "0"],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let finetune = |extra: &[&str], out_dir: &std::path::Path| {
+        let mut args = vec![
+            "finetune",
+            "--split",
+            split.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        train(&args)
+    };
+    let out = finetune(&["--pretrained", pre.to_str().unwrap()], &ft);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = finetune(
+        &[
+            "--qat",
+            ft.to_str().unwrap(),
+            "--qat-calibration",
+            "entropy",
+            "--qat-calibration-images",
+            "8",
+            "--lr",
+            "1e-4",
+        ],
+        &qat,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(qat.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["qat"]["calibration"], "entropy", "{config}");
+    assert_eq!(
+        config["model"],
+        serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(ft.join("config.json")).unwrap()
+        )
+        .unwrap()["model"]
+    );
+    // The weights moved (it trained) and the run exports like any other.
+    assert_ne!(
+        std::fs::read(qat.join("model.mpk")).unwrap(),
+        std::fs::read(ft.join("model.mpk")).unwrap()
+    );
+    let out = train(&[
+        "export",
+        "--run",
+        qat.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+        "--targets",
+        "onnx,mcu",
+        "--calibration-images",
+        "8",
+        "--check-images",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(bundle.join("model.i8").is_file());
+    // Usage errors: --qat with --pretrained; an unknown calibration method.
+    let out = finetune(
+        &[
+            "--qat",
+            ft.to_str().unwrap(),
+            "--pretrained",
+            pre.to_str().unwrap(),
+        ],
+        &dir.path().join("x"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = finetune(
+        &["--qat", ft.to_str().unwrap(), "--qat-calibration", "kl"],
+        &dir.path().join("y"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("entropy"), "{}", stderr(&out));
 }
 
 #[test]
