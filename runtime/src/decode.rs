@@ -10,7 +10,7 @@ use std::path::Path;
 use dicom_dictionary_std::tags;
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder};
 
-use crate::preprocess::DicomWindow;
+use crate::preprocess::{DicomFrames, DicomWindow};
 use crate::{Error, Result};
 
 /// A decoded image: `height × width × channels` samples in `[0, 1]`, row-major, interleaved.
@@ -204,7 +204,7 @@ fn decode_raster(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
 /// mammogram; a 30k × 30k slide or a forged header is refused before memory is spent on it.
 pub const MAX_PIXELS: u64 = 8192 * 8192;
 
-/// A DICOM image's first frame before windowing: what pydicom calls the modality-LUT output.
+/// A DICOM image's frame before windowing: what pydicom calls the modality-LUT output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DicomValues {
     /// Columns.
@@ -220,8 +220,10 @@ pub struct DicomValues {
     pub photometric: String,
     /// Bits stored per sample (for palette images, bits per palette entry).
     pub bits_stored: u16,
-    /// Frames in the file (only the first is decoded).
+    /// Frames in the file.
     pub frames: u32,
+    /// Which frame this is (0-based).
+    pub frame: u32,
     /// The transfer syntax UID.
     pub transfer_syntax: String,
     /// (0008,0060) Modality.
@@ -278,6 +280,27 @@ impl VoiFunction {
 /// JPEG 2000, deflate), applies the modality LUT to monochrome images, converts YBR to RGB and
 /// looks palette colour up. `path` names the file in errors.
 pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
+    let mut first = None;
+    read_dicom_frames(path, bytes, DicomFrames::First, |values| {
+        first = Some(values);
+        Ok(())
+    })?;
+    first.ok_or_else(|| decode_error(path, "no frame decoded"))
+}
+
+/// The most frames [`read_dicom_frames`] decodes from one file under [`DicomFrames::Every`];
+/// a longer file is refused (a forged Number of Frames cannot make a screening run endless).
+pub const MAX_FRAMES: u32 = 1024;
+
+/// [`read_dicom_values`] for the frames the policy asks for, handing each to `each` in order
+/// as soon as it is decoded (one frame in memory at a time). The header is parsed and checked
+/// once.
+pub fn read_dicom_frames(
+    path: &Path,
+    bytes: &[u8],
+    policy: DicomFrames,
+    mut each: impl FnMut(DicomValues) -> Result<()>,
+) -> Result<()> {
     let err = |reason: String| Error::Decode {
         path: path.to_path_buf(),
         reason,
@@ -333,6 +356,15 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
         .and_then(|s| s.parse::<u32>().ok())
         .unwrap_or(1)
         .max(1);
+    let decoded_frames = match policy {
+        DicomFrames::First => 1,
+        DicomFrames::Every if frames > MAX_FRAMES => {
+            return Err(err(format!(
+            "{frames} frames is more than the {MAX_FRAMES}-frame limit of the every-frame policy"
+        )))
+        }
+        DicomFrames::Every => frames,
+    };
     let photometric_in_file = text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
     let big_endian = transfer_syntax == "1.2.840.10008.1.2.2";
     let lut = sequence_lut(
@@ -352,103 +384,114 @@ pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
             )))
         }
     };
-    let pixel = obj
-        .decode_pixel_data_frame(0)
-        .map_err(|e| err(format!("cannot decode pixel data ({transfer_syntax}): {e}")))?;
-    let (width, height) = (pixel.columns(), pixel.rows());
-    let samples = u32::from(pixel.samples_per_pixel());
-    let photometric = pixel.photometric_interpretation().clone();
-    let bits_stored = pixel.bits_stored();
-    let window = pixel
-        .window()
-        .ok()
-        .flatten()
-        .and_then(|w| w.first().copied())
-        // LINEAR needs width ≥ 1 (it divides by width − 1), the others width > 0.
-        .filter(|w| {
-            w.width.is_finite()
-                && w.center.is_finite()
-                && if voi_function == VoiFunction::Linear {
-                    w.width >= 1.0
-                } else {
-                    w.width > 0.0
-                }
-        })
-        .map(|w| (w.center, w.width));
-    let pixel_count = width as usize * height as usize;
-    let check_len = |n: usize, per_pixel: usize| {
-        if n == pixel_count * per_pixel {
-            Ok(())
-        } else {
-            Err(err(format!(
+    for frame in 0..decoded_frames {
+        let pixel = obj.decode_pixel_data_frame(frame).map_err(|e| {
+            err(format!(
+                "cannot decode pixel data of frame {} ({transfer_syntax}): {e}",
+                frame + 1
+            ))
+        })?;
+        let (width, height) = (pixel.columns(), pixel.rows());
+        let samples = u32::from(pixel.samples_per_pixel());
+        let photometric = pixel.photometric_interpretation().clone();
+        let bits_stored = pixel.bits_stored();
+        let window = pixel
+            .window()
+            .ok()
+            .flatten()
+            .and_then(|w| w.first().copied())
+            // LINEAR needs width ≥ 1 (it divides by width − 1), the others width > 0.
+            .filter(|w| {
+                w.width.is_finite()
+                    && w.center.is_finite()
+                    && if voi_function == VoiFunction::Linear {
+                        w.width >= 1.0
+                    } else {
+                        w.width > 0.0
+                    }
+            })
+            .map(|w| (w.center, w.width));
+        let pixel_count = width as usize * height as usize;
+        let check_len = |n: usize, per_pixel: usize| {
+            if n == pixel_count * per_pixel {
+                Ok(())
+            } else {
+                Err(err(format!(
                 "pixel data holds {n} samples, {width}x{height}x{per_pixel} expected (truncated?)"
             )))
-        }
-    };
-    let monochrome = matches!(
-        photometric,
-        PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2
-    );
-    let voi_lut = if monochrome {
-        sequence_lut(&obj, tags::VOILUT_SEQUENCE, "VOI LUT Sequence", big_endian).map_err(err)?
-    } else {
-        None
-    };
-    let (channels, values, bits_stored) = match (&photometric, samples) {
-        (PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2, 1) => {
-            // Stored values with the modality LUT applied: rescale slope/intercept (by
-            // dicom-pixeldata, also from enhanced objects' functional groups) or a LUT.
-            let mut values: Vec<f32> = pixel
-                .to_vec_frame(0)
-                .map_err(|e| err(format!("cannot read pixel values: {e}")))?;
-            check_len(values.len(), 1)?;
-            if let Some(lut) = &lut {
-                values.iter_mut().for_each(|v| *v = lut.look_up(*v));
             }
-            (1, values, bits_stored)
-        }
-        (PhotometricInterpretation::PaletteColor, 1) => {
-            let indices: Vec<f32> = pixel
-                .to_vec_frame(0)
-                .map_err(|e| err(format!("cannot read palette indices: {e}")))?;
-            check_len(indices.len(), 1)?;
-            let (values, bits) = apply_palette(&obj, &indices, big_endian).map_err(err)?;
-            (3, values, bits)
-        }
-        (
-            PhotometricInterpretation::Rgb
-            | PhotometricInterpretation::YbrFull
-            | PhotometricInterpretation::YbrFull422,
-            3,
-        ) => {
-            let mut values = color_samples(&pixel, pixel_count).map_err(err)?;
-            check_len(values.len(), 3)?;
-            if photometric != PhotometricInterpretation::Rgb {
-                let max = ((1_u32 << bits_stored.min(16)) - 1) as f32;
-                ybr_full_to_rgb(&mut values, max);
+        };
+        let monochrome = matches!(
+            photometric,
+            PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2
+        );
+        let voi_lut = if monochrome {
+            sequence_lut(&obj, tags::VOILUT_SEQUENCE, "VOI LUT Sequence", big_endian)
+                .map_err(err)?
+        } else {
+            None
+        };
+        let (channels, values, bits_stored) = match (&photometric, samples) {
+            (
+                PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2,
+                1,
+            ) => {
+                // Stored values with the modality LUT applied: rescale slope/intercept (by
+                // dicom-pixeldata, also from enhanced objects' functional groups) or a LUT.
+                let mut values: Vec<f32> = pixel
+                    .to_vec_frame(0)
+                    .map_err(|e| err(format!("cannot read pixel values: {e}")))?;
+                check_len(values.len(), 1)?;
+                if let Some(lut) = &lut {
+                    values.iter_mut().for_each(|v| *v = lut.look_up(*v));
+                }
+                (1, values, bits_stored)
             }
-            (3, values, bits_stored)
-        }
-        (other, n) => {
-            return Err(err(format!(
+            (PhotometricInterpretation::PaletteColor, 1) => {
+                let indices: Vec<f32> = pixel
+                    .to_vec_frame(0)
+                    .map_err(|e| err(format!("cannot read palette indices: {e}")))?;
+                check_len(indices.len(), 1)?;
+                let (values, bits) = apply_palette(&obj, &indices, big_endian).map_err(err)?;
+                (3, values, bits)
+            }
+            (
+                PhotometricInterpretation::Rgb
+                | PhotometricInterpretation::YbrFull
+                | PhotometricInterpretation::YbrFull422,
+                3,
+            ) => {
+                let mut values = color_samples(&pixel, pixel_count).map_err(err)?;
+                check_len(values.len(), 3)?;
+                if photometric != PhotometricInterpretation::Rgb {
+                    let max = ((1_u32 << bits_stored.min(16)) - 1) as f32;
+                    ybr_full_to_rgb(&mut values, max);
+                }
+                (3, values, bits_stored)
+            }
+            (other, n) => {
+                return Err(err(format!(
                 "photometric interpretation {other} with {n} samples per pixel is not supported"
             )))
-        }
-    };
-    Ok(DicomValues {
-        width,
-        height,
-        channels,
-        values,
-        photometric: photometric_in_file,
-        bits_stored,
-        frames,
-        transfer_syntax,
-        modality,
-        window,
-        voi_function,
-        voi_lut,
-    })
+            }
+        };
+        each(DicomValues {
+            width,
+            height,
+            channels,
+            values,
+            photometric: photometric_in_file.clone(),
+            bits_stored,
+            frames,
+            frame,
+            transfer_syntax: transfer_syntax.clone(),
+            modality: modality.clone(),
+            window,
+            voi_function,
+            voi_lut,
+        })?;
+    }
+    Ok(())
 }
 
 fn decode_dicom(path: &Path, bytes: &[u8], policy: DicomWindow) -> Result<DecodedImage> {

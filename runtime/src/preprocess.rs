@@ -35,14 +35,29 @@ pub struct PreprocessConfig {
     /// it from the bundle, never from a flag.
     #[serde(default)]
     pub dicom_window: DicomWindow,
+    /// Which frames of a multi-frame DICOM file are screened.
+    #[serde(default)]
+    pub dicom_frames: DicomFrames,
+}
+
+/// The frame policy for multi-frame DICOM files (cine loops, tomosynthesis, enhanced objects).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DicomFrames {
+    /// The first frame only (what the trainer trains with).
+    #[default]
+    First,
+    /// Every frame (up to [`crate::decode::MAX_FRAMES`]), each screened on its own; the
+    /// file's result is the per-class maximum, with each frame's result beside it.
+    Every,
 }
 
 /// The windowing policy for monochrome DICOM images.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "policy")]
 pub enum DicomWindow {
-    /// The file's first window centre/width (0028,1050/1051); min–max when it has none. What the
-    /// trainer trains with.
+    /// The file's VOI LUT Sequence, else its first window centre/width (0028,1050/1051) with
+    /// its VOI LUT Function; min–max when it has neither. What the trainer trains with.
     #[default]
     File,
     /// Always the image's own minimum and maximum.
@@ -77,6 +92,7 @@ impl PreprocessConfig {
             std,
             resize: ResizeMethod::StretchBilinear,
             dicom_window: DicomWindow::File,
+            dicom_frames: DicomFrames::First,
         }
     }
 

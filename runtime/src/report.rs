@@ -46,8 +46,31 @@ pub struct ScreeningResult {
     pub logits: Vec<f32>,
     /// What was decoded.
     pub source: SourceInfo,
-    /// Per-stage timings.
+    /// Per-stage timings (summed over frames).
     pub timings: Timings,
+    /// Each frame's result, when the bundle screens every frame of a multi-frame DICOM file
+    /// (`preprocess.dicom_frames = "every"`); the fields above are then the per-class maximum
+    /// over frames (probabilities and logits), the union of their flags and its top class.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<FrameResult>,
+}
+
+/// One frame of a multi-frame result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrameResult {
+    /// Frame number, 1-based as in DICOM.
+    pub frame: u32,
+    /// The frame's most probable class.
+    pub top_class: String,
+    /// Its probability.
+    pub top_probability: f32,
+    /// Every class's probability for this frame.
+    #[serde(serialize_with = "ordered_map")]
+    pub probabilities: Vec<(String, f32)>,
+    /// Classes flagged on this frame.
+    pub flags: Vec<String>,
+    /// The frame's raw model outputs.
+    pub logits: Vec<f32>,
 }
 
 /// How a bundle's logits are reported: class names, activation, calibration.
@@ -108,6 +131,55 @@ impl ScreeningResult {
             logits: logits.to_vec(),
             source,
             timings,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Folds per-frame results (each from [`ScreeningResult::new`], in frame order, at least
+    /// one) into the file's result: per-class maximum of probabilities and logits, the union
+    /// of flags, the top class of the maxima, timings summed, the first frame's source.
+    pub fn from_frames(frames: Vec<ScreeningResult>) -> Option<Self> {
+        let mut it = frames.into_iter();
+        let first = it.next()?;
+        let mut file = Self {
+            frames: vec![first.frame_result(1)],
+            ..first
+        };
+        for (i, frame) in it.enumerate() {
+            for ((_, p), (_, q)) in file.probabilities.iter_mut().zip(&frame.probabilities) {
+                *p = p.max(*q);
+            }
+            for (z, w) in file.logits.iter_mut().zip(&frame.logits) {
+                *z = z.max(*w);
+            }
+            file.timings.decode_ms += frame.timings.decode_ms;
+            file.timings.preprocess_ms += frame.timings.preprocess_ms;
+            file.timings.infer_ms += frame.timings.infer_ms;
+            file.frames.push(frame.frame_result(i as u32 + 2));
+        }
+        let flagged = |name: &String| file.frames.iter().any(|f| f.flags.contains(name));
+        file.flags = file
+            .probabilities
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| flagged(name))
+            .cloned()
+            .collect();
+        let probs: Vec<f32> = file.probabilities.iter().map(|(_, p)| *p).collect();
+        let top = argmax(&probs);
+        file.top_class = file.probabilities[top].0.clone();
+        file.top_probability = probs[top];
+        Some(file)
+    }
+
+    fn frame_result(&self, frame: u32) -> FrameResult {
+        FrameResult {
+            frame,
+            top_class: self.top_class.clone(),
+            top_probability: self.top_probability,
+            probabilities: self.probabilities.clone(),
+            flags: self.flags.clone(),
+            logits: self.logits.clone(),
         }
     }
 }

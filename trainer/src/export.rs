@@ -94,6 +94,9 @@ pub struct ExportOptions {
     pub flash_budget: Option<usize>,
     /// Refuse an int8 model whose arena exceeds this many bytes.
     pub ram_budget: Option<usize>,
+    /// Which frames of multi-frame DICOM files the runtime screens (a deployment choice: the
+    /// model sees one frame at a time either way).
+    pub dicom_frames: scanside_runtime::preprocess::DicomFrames,
 }
 
 /// Export targets named on the command line (`onnx`, `onnx,onnx-int8,mcu`).
@@ -639,7 +642,10 @@ pub fn export_run<B: Backend>(
             input_name: INPUT_NAME.into(),
             output_name: OUTPUT_NAME.into(),
         },
-        preprocess: preprocess.clone(),
+        preprocess: scanside_runtime::preprocess::PreprocessConfig {
+            dicom_frames: options.dicom_frames,
+            ..preprocess.clone()
+        },
         class_names: config.class_names.clone(),
         calibration: evaluation.as_ref().and_then(calibration_of),
         output: if index.task == Task::MultiLabel {

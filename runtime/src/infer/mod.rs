@@ -8,7 +8,7 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 
 use crate::bundle::{Bundle, SignatureStatus};
-use crate::preprocess::{preprocess, PreprocessConfig};
+use crate::preprocess::{preprocess, DicomFrames, PreprocessConfig};
 use crate::report::{OutputSpec, ScreeningResult, Timings};
 use crate::{decode, Error, Result};
 
@@ -296,9 +296,35 @@ impl Screener {
         bytes: &[u8],
         started: Instant,
     ) -> Result<ScreeningResult> {
-        let t0 = started;
+        if self.preprocess.dicom_frames == DicomFrames::Every
+            && decode::sniff(bytes) == Some(decode::FileFormat::Dicom)
+        {
+            let mut frames = Vec::new();
+            let mut t0 = started;
+            decode::read_dicom_frames(path, bytes, DicomFrames::Every, |values| {
+                let image = decode::dicom_image(values, self.preprocess.dicom_window);
+                frames.push(self.screen_image(path, image, t0, Instant::now())?);
+                t0 = Instant::now();
+                Ok(())
+            })?;
+            return ScreeningResult::from_frames(frames).ok_or_else(|| Error::Decode {
+                path: path.to_path_buf(),
+                reason: "no frame decoded".into(),
+            });
+        }
         let image = decode::decode_bytes_with(path, bytes, self.preprocess.dicom_window)?;
-        let t1 = Instant::now();
+        self.screen_image(path, image, started, Instant::now())
+    }
+
+    /// Preprocess → infer → report for one decoded image (or frame); `started` and `decoded`
+    /// time its decoding.
+    fn screen_image(
+        &self,
+        path: &Path,
+        image: decode::DecodedImage,
+        started: Instant,
+        decoded: Instant,
+    ) -> Result<ScreeningResult> {
         let input = preprocess(&image, &self.preprocess, path)?;
         let t2 = Instant::now();
         let logits = self.classifier.logits(&input)?;
@@ -311,8 +337,8 @@ impl Screener {
             &logits,
             image.source,
             Timings {
-                decode_ms: ms(t0, t1),
-                preprocess_ms: ms(t1, t2),
+                decode_ms: ms(started, decoded),
+                preprocess_ms: ms(decoded, t2),
                 infer_ms: ms(t2, t3),
             },
         );

@@ -282,3 +282,92 @@ fn sigmoid_and_linear_exact_voi_functions_follow_the_standard() {
     let err = decode_file(&path).unwrap_err().to_string();
     assert!(err.contains("odd.dcm") && err.contains("\"LOG\""), "{err}");
 }
+
+#[test]
+fn a_bundle_with_the_every_frame_policy_screens_each_frame_and_keeps_the_maximum() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use scanside_runtime::bundle::{write_bundle, Bundle, Trust};
+    use scanside_runtime::infer::Screener;
+    use scanside_runtime::preprocess::DicomFrames;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle_dir = dir.path().join("bundle");
+    crate::util::write_linear_bundle(&bundle_dir);
+    let three_frames = dir.path().join("cine.dcm");
+    // Window 1000/1001 maps 0 → 0 (dark), 1200 → 0.7005, 1000 → 0.5005, on 4×4 frames that
+    // match the fixture model's input.
+    let pixels: Vec<u16> = [0_u16, 1200, 1000].iter().flat_map(|&v| [v; 16]).collect();
+    write_dicom(
+        &three_frames,
+        "MONOCHROME2",
+        &pixels,
+        4,
+        4,
+        Some((1000.0, 1001.0)),
+    );
+    let mut obj = dicom_object::open_file(&three_frames).unwrap();
+    obj.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from("3"),
+    ));
+    obj.write_to_file(&three_frames).unwrap();
+
+    let screen = |policy: DicomFrames| {
+        let bundle = Bundle::load(&bundle_dir, &Trust::AllowUnsigned).unwrap();
+        let mut manifest = bundle.manifest.clone();
+        manifest.preprocess.dicom_frames = policy;
+        write_bundle(
+            &bundle_dir,
+            manifest,
+            &bundle.model_bytes,
+            Some(&crate::util::test_key()),
+        )
+        .unwrap();
+        let bundle = Bundle::load(&bundle_dir, &Trust::AllowUnsigned).unwrap();
+        Screener::new(&bundle).unwrap().screen_file(&three_frames)
+    };
+    let first = screen(DicomFrames::First).unwrap();
+    assert!(first.frames.is_empty());
+    assert_eq!(first.top_class, "dark");
+    let every = screen(DicomFrames::Every).unwrap();
+    let tops: Vec<(u32, &str)> = every
+        .frames
+        .iter()
+        .map(|f| (f.frame, f.top_class.as_str()))
+        .collect();
+    assert_eq!(tops[..2], [(1, "dark"), (2, "bright")], "{tops:?}");
+    assert_eq!(every.frames.len(), 3);
+    // The file's probabilities are the per-class maxima over frames.
+    for (class, p) in &every.probabilities {
+        let max = every
+            .frames
+            .iter()
+            .map(|f| f.probabilities.iter().find(|(c, _)| c == class).unwrap().1)
+            .fold(f32::MIN, f32::max);
+        assert_eq!(*p, max, "{class}");
+    }
+    assert_eq!(every.top_class, "dark");
+    assert!((every.top_probability - 0.731).abs() < 1e-3, "{every:?}");
+    assert_eq!(every.frames[0].logits, first.logits);
+    let json = serde_json::to_value(&every).unwrap();
+    assert_eq!(json["frames"][1]["frame"], 2, "{json}");
+    assert!(serde_json::to_value(&first)
+        .unwrap()
+        .get("frames")
+        .is_none());
+
+    // A header claiming more frames than the policy's limit is refused by name.
+    let mut obj = dicom_object::open_file(&three_frames).unwrap();
+    obj.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from("100000"),
+    ));
+    obj.write_to_file(&three_frames).unwrap();
+    let err = screen(DicomFrames::Every).unwrap_err().to_string();
+    assert!(
+        err.contains("cine.dcm") && err.contains("frame limit"),
+        "{err}"
+    );
+}

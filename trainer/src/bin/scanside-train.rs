@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use scanside_runtime::bundle::signing;
+use scanside_runtime::preprocess::DicomFrames;
 use scanside_trainer::augment::Preset;
 use scanside_trainer::data::{
     bench_decode_augment, check_dataset, make_split, open_split, write_preview, BagStats,
@@ -275,6 +276,10 @@ enum Command {
         /// Refuse an int8 model whose activation arena does not fit this RAM budget (e.g. 256K).
         #[arg(long, value_parser = parse_bytes)]
         ram: Option<usize>,
+        /// Multi-frame DICOM files: screen the `first` frame, or `every` frame (the result is
+        /// the per-class maximum, each frame's result beside it).
+        #[arg(long, default_value = "first", value_parser = ["first", "every"])]
+        dicom_frames: String,
     },
     /// Make an ed25519 key pair for signing bundles: OUT.key (secret, owner-only) and OUT.pub
     /// (for the runtime's --public-key).
@@ -838,6 +843,7 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             int8_val_images,
             flash,
             ram,
+            dicom_frames,
         } => {
             let key = sign_key
                 .map(|p| signing::read_signing_key(&p))
@@ -855,6 +861,11 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
                 },
                 flash_budget: flash,
                 ram_budget: ram,
+                dicom_frames: if dicom_frames == "every" {
+                    DicomFrames::Every
+                } else {
+                    DicomFrames::First
+                },
             };
             let report = export_run::<B::InnerBackend>(&run, &out, &options, key.as_ref(), device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);

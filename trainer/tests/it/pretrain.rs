@@ -819,9 +819,19 @@ fn quantisation_aware_training_continues_a_fine_tuned_run_and_exports() {
         "8",
         "--check-images",
         "2",
+        "--dicom-frames",
+        "every",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(bundle.join("model.i8").is_file());
+    // The deployment's frame policy travels in the signed manifest.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["preprocess"]["dicom_frames"], "every",
+        "{manifest}"
+    );
     // Usage errors: --qat with --pretrained; an unknown calibration method.
     let out = finetune(
         &[
