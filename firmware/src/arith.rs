@@ -47,9 +47,12 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
         return i32::MAX;
     }
     let ab = i64::from(a) * i64::from(b);
-    let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-    // Division (not a shift) truncates toward zero, which the nudge above relies on.
-    ((ab + nudge) / (1_i64 << 31)) as i32
+    // gemmlowp adds a nudge of 2^30 (1 − 2^30 when ab < 0) and divides truncating toward
+    // zero. That is floor((ab + 2^30) / 2^31) for every product: for ab < 0, truncating the
+    // negative (ab + 1 − 2^30) / 2^31 is flooring (ab + 1 − 2^30 + 2^31 − 1) / 2^31. One
+    // multiply-accumulate and a shift instead of a select and a signed division (Cortex-M:
+    // SMLAL; checked against the gemmlowp form in `high_mul_equals_gemmlowps_nudge_and_truncation`).
+    ((ab + (1 << 30)) >> 31) as i32
 }
 
 /// `x / 2^exponent` rounded to nearest, ties away from zero. `exponent` must be in `0..=31`.
@@ -129,6 +132,57 @@ mod tests {
         assert_eq!(rounding_divide_by_pot(4, 1), 2);
         assert_eq!(rounding_divide_by_pot(-7, 2), -2);
         assert_eq!(rounding_divide_by_pot(7, 0), 7);
+    }
+
+    #[test]
+    fn high_mul_equals_gemmlowps_nudge_and_truncation() {
+        let gemmlowp = |a: i32, b: i32| -> i32 {
+            if a == i32::MIN && b == i32::MIN {
+                return i32::MAX;
+            }
+            let ab = i64::from(a) * i64::from(b);
+            let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+            ((ab + nudge) / (1_i64 << 31)) as i32
+        };
+        // Exact ties and their neighbours (ab = k·2^31 ± 2^30 ± 1), both signs, the extremes,
+        // then a pseudo-random sweep.
+        let mut cases = vec![
+            (i32::MIN, i32::MAX),
+            (i32::MAX, i32::MAX),
+            (i32::MIN, 1),
+            (i32::MIN, -1),
+            (0, i32::MIN),
+        ];
+        for k in -4_i32..=4 {
+            for delta in [-1_i32, 0, 1] {
+                // a · 2 = k·2^31 + 2^30 + delta·2 is a tie (or next to one) when b = 2.
+                let a = k
+                    .wrapping_mul(1 << 30)
+                    .wrapping_add(1 << 29)
+                    .wrapping_add(delta);
+                cases.push((a, 2));
+                cases.push((a, -2));
+                cases.push((-a, 2));
+            }
+        }
+        let mut state = 0x1234_5678_u64;
+        for _ in 0..200_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            cases.push(((state >> 32) as i32, state as i32));
+            cases.push((
+                (state >> 40) as i32 - (1 << 23),
+                (1 << 30) + (state as i32 & 0x3FFF_FFFF),
+            ));
+        }
+        for (a, b) in cases {
+            assert_eq!(
+                saturating_rounding_doubling_high_mul(a, b),
+                gemmlowp(a, b),
+                "{a} × {b}"
+            );
+        }
     }
 
     #[test]

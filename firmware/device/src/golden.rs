@@ -54,7 +54,15 @@ pub fn run_all(arena: &mut [i8; ARENA_BYTES], clock: &impl Fn() -> u32) -> bool 
         };
         let start = clock();
         let result = run(&model, &mut arena[..], input, |layer, op| {
-            defmt::debug!("vector {=usize} layer {=usize}: {}", i, layer, op);
+            // Ticks since the vector started, as each layer begins: a per-layer profile.
+            let at = start.wrapping_sub(clock()) & 0x00FF_FFFF;
+            defmt::debug!(
+                "vector {=usize} layer {=usize}: {} at {=u32} ticks",
+                i,
+                layer,
+                op,
+                at
+            );
         });
         let ticks = start.wrapping_sub(clock()) & 0x00FF_FFFF;
         match result {
