@@ -59,7 +59,8 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
 #[inline]
 pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
     debug_assert!((0..=31).contains(&exponent));
-    let mask = ((1_i64 << exponent) - 1) as i32;
+    // u32 arithmetic: 2^31 − 1 still fits, and no 64-bit shift is needed on 32-bit cores.
+    let mask = ((1_u32 << exponent) - 1) as i32;
     let remainder = x & mask;
     let threshold = (mask >> 1) + i32::from(x < 0);
     (x >> exponent) + i32::from(remainder > threshold)
