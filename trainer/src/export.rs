@@ -782,7 +782,8 @@ fn export_int8<B: Backend>(
     let warning = (best.drop_points() > q.warn_drop_points).then(|| {
         format!(
             "int8 ({}) loses {:.2} points against fp32 on validation (more than {}); consider \
-             more calibration images",
+             more calibration images, or quantisation-aware training (`scanside-train finetune \
+             --qat RUN`) and exporting that run",
             best.method,
             best.drop_points(),
             q.warn_drop_points
