@@ -1087,6 +1087,17 @@ mod tests {
         }
     }
 
+    /// ResNet-18 at width 0.125 with the small-input stem (basic or separable blocks).
+    fn resnet18_eighth(separable: bool) -> ResNetConfig {
+        ResNetConfig {
+            depth: 18,
+            width_multiplier: 0.125,
+            in_channels: 3,
+            small_input_stem: true,
+            separable,
+        }
+    }
+
     fn preprocess(side: u32) -> PreprocessConfig {
         PreprocessConfig::new(side, 3, vec![0.5; 3], vec![0.25; 3])
     }
@@ -1114,13 +1125,7 @@ mod tests {
     #[test]
     fn the_traced_graph_ends_in_the_models_logits() {
         let device = Default::default();
-        let config = ResNetConfig {
-            depth: 18,
-            width_multiplier: 0.125,
-            in_channels: 3,
-            small_input_stem: true,
-            separable: false,
-        };
+        let config = resnet18_eighth(false);
         let model = Classifier::<Flex>::new(config.init(&device), config.feature_dim(), 3, &device);
         let x = input_tensor::<Flex>(images(2, 16, 1).pixels, &preprocess(16), &device);
         let (graph, values) = trace(&model, x.clone());
@@ -1231,13 +1236,7 @@ mod tests {
     fn the_fake_quantised_forward_rounds_every_activation_onto_its_int8_grid() {
         let device = Default::default();
         <Flex as Backend>::seed(&device, 7);
-        let config = ResNetConfig {
-            depth: 18,
-            width_multiplier: 0.125,
-            in_channels: 3,
-            small_input_stem: true,
-            separable: false,
-        };
+        let config = resnet18_eighth(false);
         let model = Classifier::<Flex>::new(config.init(&device), config.feature_dim(), 3, &device);
         let pre = preprocess(16);
         let calibration = images(24, 16, 2);
@@ -1297,30 +1296,12 @@ mod tests {
 
     #[test]
     fn int8_resnet18_tracks_fp32_on_the_same_images() {
-        check_int8_tracks_fp32(
-            ResNetConfig {
-                depth: 18,
-                width_multiplier: 0.125,
-                in_channels: 3,
-                small_input_stem: true,
-                separable: false,
-            },
-            16,
-        );
+        check_int8_tracks_fp32(resnet18_eighth(false), 16);
     }
 
     #[test]
     fn int8_separable_micro_net_tracks_fp32() {
-        check_int8_tracks_fp32(
-            ResNetConfig {
-                depth: 18,
-                width_multiplier: 0.125,
-                in_channels: 3,
-                small_input_stem: true,
-                separable: true,
-            },
-            16,
-        );
+        check_int8_tracks_fp32(resnet18_eighth(true), 16);
     }
 
     #[test]

@@ -319,6 +319,34 @@ fn dot(patch: &[i16], filter: &[i8]) -> i32 {
     acc
 }
 
+/// Four patch values against three filters (the body of [`dot3`]'s loop, unrolled twice
+/// there): one `LDRD` of the patch pair (0, 2) / (1, 3), then per channel one word of weights,
+/// two `SXTB16` and two `SMLAD`. Channel 2 is at `f + 2·len`, channel 1 at `f + len`,
+/// channel 0 at `f`, whose load advances `f`.
+#[cfg(feature = "dsp")]
+macro_rules! dot3_four {
+    () => {
+        concat!(
+            "ldrd {p0}, {p1}, [{patch}], #8\n",
+            "ldr {w}, [{f}, {len}, lsl #1]\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {a2}, {p0}, {t}, {a2}\n",
+            "smlad {a2}, {p1}, {w}, {a2}\n",
+            "ldr {w}, [{f}, {len}]\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {a1}, {p0}, {t}, {a1}\n",
+            "smlad {a1}, {p1}, {w}, {a1}\n",
+            "ldr {w}, [{f}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {a0}, {p0}, {t}, {a0}\n",
+            "smlad {a0}, {p1}, {w}, {a0}\n",
+        )
+    };
+}
+
 /// Output channels [`dot3`] computes per pass over the patch.
 #[cfg(feature = "dsp")]
 const DOT3_CHANNELS: usize = 3;
@@ -354,38 +382,9 @@ fn dot3(patch: &[i16], filters: &[i8]) -> [i32; DOT3_CHANNELS] {
         unsafe {
             core::arch::asm!(
                 "2:",
-                "ldrd {p0}, {p1}, [{patch}], #8",
-                "ldr {w}, [{f}, {len}, lsl #1]",
-                "sxtb16 {t}, {w}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a2}, {p0}, {t}, {a2}",
-                "smlad {a2}, {p1}, {w}, {a2}",
-                "ldr {w}, [{f}, {len}]",
-                "sxtb16 {t}, {w}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a1}, {p0}, {t}, {a1}",
-                "smlad {a1}, {p1}, {w}, {a1}",
-                "ldr {w}, [{f}], #4",
-                "sxtb16 {t}, {w}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a0}, {p0}, {t}, {a0}",
-                "smlad {a0}, {p1}, {w}, {a0}",
-                "ldrd {p0}, {p1}, [{patch}], #8",
-                "ldr {w}, [{f}, {len}, lsl #1]",
-                "sxtb16 {t}, {w}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a2}, {p0}, {t}, {a2}",
-                "smlad {a2}, {p1}, {w}, {a2}",
-                "ldr {w}, [{f}, {len}]",
-                "sxtb16 {t}, {w}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a1}, {p0}, {t}, {a1}",
-                "smlad {a1}, {p1}, {w}, {a1}",
-                "ldr {w}, [{f}], #4",
-                "sxtb16 {t}, {w}",
-                "sxtb16 {w}, {w}, ror #8",
-                "smlad {a0}, {p0}, {t}, {a0}",
-                "smlad {a0}, {p1}, {w}, {a0}",
+                // Unrolled twice: 8 patch values per pass.
+                dot3_four!(),
+                dot3_four!(),
                 "subs {n}, {n}, #1",
                 "bne 2b",
                 patch = inout(reg) patch.as_ptr() => _,

@@ -68,6 +68,26 @@ fn pretrain_args<'a>(split: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a
     args
 }
 
+/// `scanside-train export` of a fine-tuned run with the int8 targets, small calibration and
+/// check sets, plus `extra` arguments.
+fn export_int8(run: &Path, bundle: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+        "--targets",
+        "onnx,mcu",
+        "--calibration-images",
+        "8",
+        "--check-images",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    train(&args)
+}
+
 /// (step, loss) of every step in a run's metrics log.
 fn losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -807,21 +827,7 @@ fn quantisation_aware_training_continues_a_fine_tuned_run_and_exports() {
         std::fs::read(qat.join("model.mpk")).unwrap(),
         std::fs::read(ft.join("model.mpk")).unwrap()
     );
-    let out = train(&[
-        "export",
-        "--run",
-        qat.to_str().unwrap(),
-        "--out",
-        bundle.to_str().unwrap(),
-        "--targets",
-        "onnx,mcu",
-        "--calibration-images",
-        "8",
-        "--check-images",
-        "2",
-        "--dicom-frames",
-        "every",
-    ]);
+    let out = export_int8(&qat, &bundle, &["--dicom-frames", "every"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(bundle.join("model.i8").is_file());
     // The deployment's frame policy travels in the signed manifest.
@@ -883,23 +889,7 @@ fn a_micro_net_trains_exports_to_an_mcu_blob_with_depthwise_layers_and_respects_
         "8",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let export = |extra: &[&str]| {
-        let mut args = vec![
-            "export",
-            "--run",
-            ft.to_str().unwrap(),
-            "--out",
-            bundle.to_str().unwrap(),
-            "--targets",
-            "onnx,mcu",
-            "--calibration-images",
-            "8",
-            "--check-images",
-            "2",
-        ];
-        args.extend_from_slice(extra);
-        train(&args)
-    };
+    let export = |extra: &[&str]| export_int8(&ft, &bundle, extra);
     // A RAM budget below the arena: refused, naming both numbers, nothing written.
     let out = export(&["--ram", "1K"]);
     assert_eq!(out.status.code(), Some(1));
