@@ -384,6 +384,12 @@ pub fn read_dicom_frames(
             )))
         }
     };
+    // Read once for all frames (a VOI LUT can hold 65,536 entries).
+    let voi_lut = if photometric_in_file.starts_with("MONOCHROME") {
+        sequence_lut(&obj, tags::VOILUT_SEQUENCE, "VOI LUT Sequence", big_endian).map_err(err)?
+    } else {
+        None
+    };
     for frame in 0..decoded_frames {
         let pixel = obj.decode_pixel_data_frame(frame).map_err(|e| {
             err(format!(
@@ -420,16 +426,6 @@ pub fn read_dicom_frames(
                 "pixel data holds {n} samples, {width}x{height}x{per_pixel} expected (truncated?)"
             )))
             }
-        };
-        let monochrome = matches!(
-            photometric,
-            PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2
-        );
-        let voi_lut = if monochrome {
-            sequence_lut(&obj, tags::VOILUT_SEQUENCE, "VOI LUT Sequence", big_endian)
-                .map_err(err)?
-        } else {
-            None
         };
         let (channels, values, bits_stored) = match (&photometric, samples) {
             (
@@ -488,7 +484,7 @@ pub fn read_dicom_frames(
             modality: modality.clone(),
             window,
             voi_function,
-            voi_lut,
+            voi_lut: voi_lut.clone(),
         })?;
     }
     Ok(())

@@ -41,7 +41,7 @@ pub struct PreprocessConfig {
 }
 
 /// The frame policy for multi-frame DICOM files (cine loops, tomosynthesis, enhanced objects).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum DicomFrames {
     /// The first frame only (what the trainer trains with).

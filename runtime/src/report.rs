@@ -136,8 +136,8 @@ impl ScreeningResult {
     }
 
     /// Folds per-frame results (each from [`ScreeningResult::new`], in frame order, at least
-    /// one) into the file's result: per-class maximum of probabilities and logits, the union
-    /// of flags, the top class of the maxima, timings summed, the first frame's source.
+    /// one) into the file's result with [`fold_max`], the logits' per-class maximum beside it,
+    /// timings summed and the first frame's source.
     pub fn from_frames(frames: Vec<ScreeningResult>) -> Option<Self> {
         let mut it = frames.into_iter();
         let first = it.next()?;
@@ -146,9 +146,6 @@ impl ScreeningResult {
             ..first
         };
         for (i, frame) in it.enumerate() {
-            for ((_, p), (_, q)) in file.probabilities.iter_mut().zip(&frame.probabilities) {
-                *p = p.max(*q);
-            }
             for (z, w) in file.logits.iter_mut().zip(&frame.logits) {
                 *z = z.max(*w);
             }
@@ -157,18 +154,23 @@ impl ScreeningResult {
             file.timings.infer_ms += frame.timings.infer_ms;
             file.frames.push(frame.frame_result(i as u32 + 2));
         }
-        let flagged = |name: &String| file.frames.iter().any(|f| f.flags.contains(name));
-        file.flags = file
-            .probabilities
+        let names: Vec<String> = file.probabilities.iter().map(|(n, _)| n.clone()).collect();
+        let values: Vec<Vec<f32>> = file
+            .frames
             .iter()
-            .map(|(name, _)| name)
-            .filter(|name| flagged(name))
-            .cloned()
+            .map(|f| f.probabilities.iter().map(|(_, p)| *p).collect())
             .collect();
-        let probs: Vec<f32> = file.probabilities.iter().map(|(_, p)| *p).collect();
-        let top = argmax(&probs);
-        file.top_class = file.probabilities[top].0.clone();
-        file.top_probability = probs[top];
+        let folded = fold_max(
+            &names,
+            values
+                .iter()
+                .zip(&file.frames)
+                .map(|(v, f)| (v.as_slice(), f.flags.as_slice())),
+        );
+        file.top_class = names[folded.top].clone();
+        file.top_probability = folded.probabilities[folded.top].1;
+        file.probabilities = folded.probabilities;
+        file.flags = folded.flags;
         Some(file)
     }
 
@@ -181,6 +183,45 @@ impl ScreeningResult {
             flags: self.flags.clone(),
             logits: self.logits.clone(),
         }
+    }
+}
+
+/// Several results summarised as one by [`fold_max`].
+pub(crate) struct Folded {
+    /// Per class (in class order), the highest probability.
+    pub(crate) probabilities: Vec<(String, f32)>,
+    /// Classes flagged in any of the results, in class order.
+    pub(crate) flags: Vec<String>,
+    /// Index of the top class of the maxima (0 when there are no classes).
+    pub(crate) top: usize,
+}
+
+/// How several results are summarised as one — a multi-frame file's frames, a study's
+/// images: per class the highest probability (each part's probabilities in the model's class
+/// order), the union of flags, and the top class of the maxima.
+pub(crate) fn fold_max<'a>(
+    class_names: &[String],
+    parts: impl IntoIterator<Item = (&'a [f32], &'a [String])>,
+) -> Folded {
+    let mut max = vec![0.0_f32; class_names.len()];
+    let mut flagged = vec![false; class_names.len()];
+    for (probabilities, flags) in parts {
+        for (m, p) in max.iter_mut().zip(probabilities) {
+            *m = m.max(*p);
+        }
+        for (f, name) in flagged.iter_mut().zip(class_names) {
+            *f |= flags.contains(name);
+        }
+    }
+    Folded {
+        top: argmax(&max),
+        flags: class_names
+            .iter()
+            .zip(&flagged)
+            .filter(|(_, f)| **f)
+            .map(|(n, _)| n.clone())
+            .collect(),
+        probabilities: class_names.iter().cloned().zip(max).collect(),
     }
 }
 
@@ -204,6 +245,23 @@ pub(crate) fn ordered_map<S: Serializer>(pairs: &[(String, f32)], s: S) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folding_keeps_each_class_maximum_and_the_union_of_flags_in_class_order() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let (p1, p2) = ([0.7_f32, 0.2, 0.1], [0.1_f32, 0.3, 0.6]);
+        let (f1, f2) = (vec!["c".to_string()], vec!["a".to_string()]);
+        let folded = fold_max(&names, [(&p1[..], &f1[..]), (&p2[..], &f2[..])]);
+        assert_eq!(
+            folded.probabilities,
+            vec![("a".into(), 0.7), ("b".into(), 0.3), ("c".into(), 0.6)]
+        );
+        assert_eq!(folded.flags, vec!["a".to_string(), "c".to_string()]);
+        assert_eq!(folded.top, 0);
+        // Nothing to fold: zeros, no flags, index 0.
+        let empty = fold_max(&names, std::iter::empty());
+        assert!(empty.flags.is_empty() && empty.probabilities.iter().all(|(_, p)| *p == 0.0));
+    }
 
     #[test]
     fn json_keeps_class_order_and_picks_the_top_class() {

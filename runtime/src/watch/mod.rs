@@ -154,25 +154,20 @@ impl StudyResult {
     /// Recomputes the aggregate from the instances; `latest` supplies class names and model.
     fn aggregate(&mut self, latest: &ScreeningResult) {
         self.model_id = latest.model_id.clone();
-        let names: Vec<&String> = latest.probabilities.iter().map(|(n, _)| n).collect();
-        let mut max = vec![0.0_f32; names.len()];
-        let mut flags: Vec<String> = Vec::new();
-        for instance in &self.instances {
-            for (m, p) in max.iter_mut().zip(&instance.probabilities) {
-                *m = m.max(*p);
-            }
-            for flag in &instance.flags {
-                if !flags.contains(flag) {
-                    flags.push(flag.clone());
-                }
-            }
-        }
-        let top = crate::report::argmax(&max);
-        self.top_class = names.get(top).map(|n| n.to_string()).unwrap_or_default();
-        self.probabilities = names.into_iter().cloned().zip(max).collect();
-        // Flags in class order, as in the per-image results.
-        flags.sort_by_key(|f| self.probabilities.iter().position(|(n, _)| n == f));
-        self.flags = flags;
+        let names: Vec<String> = latest
+            .probabilities
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let folded = crate::report::fold_max(
+            &names,
+            self.instances
+                .iter()
+                .map(|i| (i.probabilities.as_slice(), i.flags.as_slice())),
+        );
+        self.top_class = names.get(folded.top).cloned().unwrap_or_default();
+        self.probabilities = folded.probabilities;
+        self.flags = folded.flags;
     }
 }
 

@@ -278,8 +278,8 @@ enum Command {
         ram: Option<usize>,
         /// Multi-frame DICOM files: screen the `first` frame, or `every` frame (the result is
         /// the per-class maximum, each frame's result beside it).
-        #[arg(long, default_value = "first", value_parser = ["first", "every"])]
-        dicom_frames: String,
+        #[arg(long, value_enum, default_value = "first")]
+        dicom_frames: DicomFrames,
     },
     /// Make an ed25519 key pair for signing bundles: OUT.key (secret, owner-only) and OUT.pub
     /// (for the runtime's --public-key).
@@ -861,11 +861,7 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
                 },
                 flash_budget: flash,
                 ram_budget: ram,
-                dicom_frames: if dicom_frames == "every" {
-                    DicomFrames::Every
-                } else {
-                    DicomFrames::First
-                },
+                dicom_frames,
             };
             let report = export_run::<B::InnerBackend>(&run, &out, &options, key.as_ref(), device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
