@@ -68,8 +68,55 @@ pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
 
 /// Rescales an int32 accumulator by the fixed-point pair from [`quantize_multiplier`].
 /// `shift` must be in `-31..=30` (checked by the kernels before they call this).
-#[inline]
+///
+/// Equal bit for bit to [`multiply_by_quantized_multiplier_reference`] (TFLite's two roundings,
+/// written out step by step); a right shift — every layer of a trained model scales down —
+/// takes [`multiply_by_quantized_multiplier_right`], one 64-bit multiply-add and one shift.
+#[inline(always)]
 pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
+    if shift < 0 {
+        multiply_by_quantized_multiplier_right(x, multiplier, shift.unsigned_abs())
+    } else {
+        multiply_by_quantized_multiplier_reference(x, multiplier, shift)
+    }
+}
+
+/// [`multiply_by_quantized_multiplier_reference`] for `shift = −exponent`, `exponent` in
+/// `1..=31`, with both roundings folded into one: `(x·m + q·2^30) >> (31 + e)` in 64 bits,
+/// `q = 2^e + 1 − 2n`, `n = 1` when `x` and `m` differ in sign. On a Cortex-M4 that is an
+/// `SMLAL` into a constant and an `ASR` of its high word, instead of ~30 instructions of
+/// nudges, masks and compares.
+///
+/// Why it is equal. The reference computes `r1 = ⌊(ab + 2^30) / 2^31⌋` (gemmlowp's high
+/// multiply, see [`saturating_rounding_doubling_high_mul`]) and then
+/// `r2 = ⌊(r1 + h − [r1 < 0]) / 2^e⌋` with `h = 2^(e−1)` (that is [`rounding_divide_by_pot`]:
+/// round half away from zero). Nested floors of integer divisions compose, so
+/// `r2 = ⌊(ab + 2^30 + (h − [r1 < 0])·2^31) / 2^(31+e)⌋ = ⌊(ab + q'·2^30) / 2^(31+e)⌋` with
+/// `q' = 2^e + 1 − 2·[r1 < 0]`, and `r1 < 0` exactly when `ab < −2^30`. The sign test used here,
+/// `n = [x, m differ in sign]`, agrees with that except for `ab` in `[−2^30, 0]`, where both
+/// choices put the numerator in `[0, 2^(31+e))` and give 0. The one saturating case of the
+/// reference (`x = m = i32::MIN`, high multiply `2^31 − 1`) also gives `2^(31−e)` both ways.
+/// Range: `|ab| ≤ 2^62` and `q·2^30 < 2^61 + 2^30`, so the sum fits in an i64. Checked against
+/// the reference in `right_shift_form_equals_the_two_roundings`.
+#[inline(always)]
+pub fn multiply_by_quantized_multiplier_right(x: i32, multiplier: i32, exponent: u32) -> i32 {
+    debug_assert!((1..=31).contains(&exponent));
+    // 0 or 0xFFFF_FFFF: the sign of x·m (up to the product-zero cases shown harmless above).
+    let differ = ((x ^ multiplier) >> 31) as u32;
+    // q = 2^e + 1 − 2n: in 1..=2^31 + 1, so u32 arithmetic holds it without overflow.
+    let q = (1_u32 << exponent)
+        .wrapping_add(1)
+        .wrapping_add(differ.wrapping_mul(2));
+    let sum = i64::from(x) * i64::from(multiplier) + (i64::from(q) << 30);
+    // sum >> (31 + e), taken as the high word shifted by e − 1 (no 64-bit shift on 32-bit cores).
+    ((sum >> 32) as i32) >> (exponent - 1)
+}
+
+/// TFLite's `MultiplyByQuantizedMultiplier` step by step: a saturating left shift, the
+/// rounding doubling high multiply, a rounding right shift. The reference
+/// [`multiply_by_quantized_multiplier`] is tested against.
+#[inline]
+pub fn multiply_by_quantized_multiplier_reference(x: i32, multiplier: i32, shift: i32) -> i32 {
     let left_shift = if shift > 0 { shift } else { 0 };
     let right_shift = if shift > 0 { 0 } else { -shift };
     let scaled = x.saturating_mul(1 << left_shift);
@@ -183,6 +230,68 @@ mod tests {
                 gemmlowp(a, b),
                 "{a} × {b}"
             );
+        }
+    }
+
+    #[test]
+    fn right_shift_form_equals_the_two_roundings() {
+        let mut cases: Vec<(i32, i32)> = Vec::new();
+        let edges = [
+            i32::MIN,
+            i32::MIN + 1,
+            -(1 << 30) - 1,
+            -(1 << 30),
+            -(1 << 30) + 1,
+            -65_537,
+            -2,
+            -1,
+            0,
+            1,
+            2,
+            65_537,
+            (1 << 30) - 1,
+            1 << 30,
+            i32::MAX - 1,
+            i32::MAX,
+        ];
+        for &a in &edges {
+            for &b in &edges {
+                cases.push((a, b));
+            }
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        for _ in 0..100_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let (hi, lo) = ((state >> 32) as i32, state as i32);
+            // Full-range pairs, and accumulator-sized values against normalised multipliers.
+            cases.push((hi, lo));
+            cases.push((hi >> 12, (1 << 30) | (lo & 0x3FFF_FFFF)));
+        }
+        for shift in -31..=30 {
+            for &(x, m) in &cases {
+                assert_eq!(
+                    multiply_by_quantized_multiplier(x, m, shift),
+                    multiply_by_quantized_multiplier_reference(x, m, shift),
+                    "{x} × {m}, shift {shift}"
+                );
+            }
+        }
+        // Exact ties of both roundings: x·m/2^31 = k + ½ and r1/2^e = j + ½.
+        for exponent in 1..=31_u32 {
+            for x in -2_000..2_000 {
+                let m = 1 << 30; // x·m / 2^31 = x / 2
+                let shift = -(exponent as i32);
+                assert_eq!(
+                    multiply_by_quantized_multiplier(x << (exponent.min(20)), m, shift),
+                    multiply_by_quantized_multiplier_reference(x << (exponent.min(20)), m, shift),
+                );
+                assert_eq!(
+                    multiply_by_quantized_multiplier(x, m, shift),
+                    multiply_by_quantized_multiplier_reference(x, m, shift),
+                );
+            }
         }
     }
 

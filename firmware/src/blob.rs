@@ -333,19 +333,22 @@ impl<'a> Model<'a> {
 
     /// Multiply-accumulates of one inference (convolutions and fully connected layers).
     pub fn macs(&self) -> u64 {
-        (0..self.layers)
-            .filter_map(|i| self.layer(i))
-            .map(|l| {
-                let out = self.tensor_record(l.output);
-                match l.op {
-                    Op::Conv2d | Op::DepthwiseConv2d => {
-                        (out.height * out.width) as u64 * l.weights.len() as u64
-                    }
-                    Op::FullyConnected => l.weights.len() as u64,
-                    _ => 0,
-                }
-            })
-            .sum()
+        (0..self.layers).map(|i| self.layer_macs(i)).sum()
+    }
+
+    /// Multiply-accumulates of layer `index` (0 for layers without weights or out of range).
+    pub fn layer_macs(&self, index: usize) -> u64 {
+        let Some(l) = self.layer(index) else {
+            return 0;
+        };
+        let out = self.tensor_record(l.output);
+        match l.op {
+            Op::Conv2d | Op::DepthwiseConv2d => {
+                (out.height * out.width) as u64 * l.weights.len() as u64
+            }
+            Op::FullyConnected => l.weights.len() as u64,
+            _ => 0,
+        }
     }
 
     /// The input tensor.

@@ -54,13 +54,15 @@ pub fn run_all(arena: &mut [i8; ARENA_BYTES], clock: &impl Fn() -> u32) -> bool 
         };
         let start = clock();
         let result = run(&model, &mut arena[..], input, |layer, op| {
-            // Ticks since the vector started, as each layer begins: a per-layer profile.
+            // Ticks since the vector started, as each layer begins: a per-layer profile
+            // (`tools/firmware_profile.py` turns it into instructions per MAC).
             let at = start.wrapping_sub(clock()) & 0x00FF_FFFF;
             defmt::debug!(
-                "vector {=usize} layer {=usize}: {} at {=u32} ticks",
+                "vector {=usize} layer {=usize}: {} ({=u64} MACs) at {=u32} ticks",
                 i,
                 layer,
                 op,
+                model.layer_macs(layer),
                 at
             );
         });

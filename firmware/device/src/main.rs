@@ -35,6 +35,7 @@ fn nops() {
 mod demo_layer;
 #[cfg(golden)]
 mod golden;
+mod kernel_check;
 mod stack;
 
 #[entry]
@@ -79,6 +80,17 @@ fn main() -> ! {
         CALIBRATION_LOOPS * 100,
         ticks
     );
+
+    match kernel_check::run() {
+        Ok(layers) => defmt::info!(
+            "kernel check: DSP convolution bit-exact with the reference on {=usize} layers",
+            layers
+        ),
+        Err(_) => {
+            defmt::error!("FAIL: DSP convolution differs from the reference");
+            debug::exit(EXIT_FAILURE);
+        }
+    }
 
     #[cfg(golden)]
     {

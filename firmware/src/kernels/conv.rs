@@ -123,10 +123,12 @@ impl ConvParams {
     #[inline(always)]
     fn finish(&self, acc: i32, multiplier: i32, shift: i32) -> i8 {
         let scaled = multiply_by_quantized_multiplier(acc, multiplier, shift);
-        scaled.saturating_add(self.output_offset).clamp(
-            i32::from(self.activation_min),
-            i32::from(self.activation_max),
-        ) as i8
+        // max/min rather than `clamp`, which re-checks min ≤ max (a compare and a panic
+        // branch per output); `check` refused an empty range before any arithmetic.
+        scaled
+            .saturating_add(self.output_offset)
+            .max(i32::from(self.activation_min))
+            .min(i32::from(self.activation_max)) as i8
     }
 }
 
@@ -386,7 +388,7 @@ fn dot(patch: &[i16], filter: &[i8]) -> i32 {
     acc
 }
 
-/// Four patch values against three filters (the body of [`dot3`]'s loop, unrolled twice
+/// Four patch values against three filters (the body of [`dot_channels`]'s loop, unrolled twice
 /// there): one `LDRD` of the patch pair (0, 2) / (1, 3), then per channel one word of weights,
 /// two `SXTB16` and two `SMLAD`. Channel 2 is at `f + 2·len`, channel 1 at `f + len`,
 /// channel 0 at `f`, whose load advances `f`.
@@ -414,108 +416,284 @@ macro_rules! dot3_four {
     };
 }
 
-/// Output channels [`dot3`] computes per pass over the patch.
+/// [`dot3_four`] for two filters (channel 1 at `f + len`, channel 0 at `f`): the body of
+/// [`dot2`]'s loop.
 #[cfg(feature = "dsp")]
-const DOT3_CHANNELS: usize = 3;
+macro_rules! dot2_four {
+    () => {
+        concat!(
+            "ldrd {p0}, {p1}, [{patch}], #8\n",
+            "ldr {w}, [{f}, {len}]\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {a1}, {p0}, {t}, {a1}\n",
+            "smlad {a1}, {p1}, {w}, {a1}\n",
+            "ldr {w}, [{f}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {a0}, {p0}, {t}, {a0}\n",
+            "smlad {a0}, {p1}, {w}, {a0}\n",
+        )
+    };
+}
 
-/// [`dot`] for three consecutive output channels (`filters` holds their `3 × len` OHWI
-/// weights) in one pass over the patch: per eight patch values, two `LDRD` of the patch feed
-/// all three channels, each channel's weights cost one word load and two `SXTB16` per four,
-/// and 24 `SMLAD`-paired MACs take 24 instructions — 1.5 per MAC where the one-channel loop
-/// takes 2.5 (it reloads the patch for every channel). Channels 1 and 2 are addressed as
-/// `[filters + len]` and `[filters + 2·len]` (register offset, `LSL #1`), so the loop needs no
-/// extra pointers and fits the registers. Values past the last multiple of eight go through
-/// [`dot`]. The patch must be 4-byte aligned (`LDRD` faults otherwise): [`conv2d_patches`]'s
-/// buffer is.
+/// `CHANNELS` (2 or 3) consecutive output channels in one pass over the patch (`filters`
+/// holds their `CHANNELS × len` OHWI weights): per eight patch values, two `LDRD` feed every
+/// channel, each channel's weights cost one word load and two `SXTB16` per four. Three
+/// channels: 34 instructions per 24 MACs in the loop (1.42 per MAC, where the one-channel
+/// [`dot`] takes 2.5: it reloads the patch for every channel); two: 24 per 16 (1.5).
+/// Channel `c` is addressed as `[f + c·len]` (register offset), so the loop needs no extra
+/// pointers and fits the 11 registers inline assembly may use. Values past the last multiple
+/// of eight (only the 3-channel stem has them) go through [`dot_tail`]. The patch must be
+/// 4-byte aligned (`LDRD` faults otherwise): [`conv2d_patches`]'s buffer is.
 #[cfg(feature = "dsp")]
 #[inline(always)]
-fn dot3(patch: &[i16], filters: &[i8]) -> [i32; DOT3_CHANNELS] {
+fn dot_channels<const CHANNELS: usize>(patch: &[i16], filters: &[i8]) -> [i32; CHANNELS] {
     let len = patch.len();
-    let whole = len & !7;
-    let mut acc = [0_i32; DOT3_CHANNELS];
-    if whole > 0
-        && filters.len() == DOT3_CHANNELS * len
-        && (patch.as_ptr() as usize).is_multiple_of(4)
-    {
-        let (mut a0, mut a1, mut a2) = (0_i32, 0_i32, 0_i32);
-        #[allow(unsafe_code)]
-        // SAFETY: the loop runs `whole / 8` times; each pass reads 8 patch values (16 bytes)
-        // from `patch` onwards and 8 bytes from each of `filters`, `filters + len` and
-        // `filters + 2·len` onwards, so it reads `patch[..whole]` and the first `whole` bytes
-        // of each channel's `len` weights — inside both slices (checked just above:
-        // `whole ≤ len`, `filters.len() = 3·len`). `LDRD` needs the word alignment checked
-        // above; `LDR` may be unaligned on ARMv7E-M. Only registers named here are written;
-        // no stack. SXTB16/SMLAD exist on every ARMv7E-M core, the only targets of `dsp`.
-        unsafe {
-            core::arch::asm!(
-                "2:",
-                // Unrolled twice: 8 patch values per pass.
-                dot3_four!(),
-                dot3_four!(),
-                "subs {n}, {n}, #1",
-                "bne 2b",
-                patch = inout(reg) patch.as_ptr() => _,
-                f = inout(reg) filters.as_ptr() => _,
-                len = in(reg) len,
-                n = inout(reg) whole / 8 => _,
-                p0 = out(reg) _,
-                p1 = out(reg) _,
-                w = out(reg) _,
-                t = out(reg) _,
-                a0 = inout(reg) a0,
-                a1 = inout(reg) a1,
-                a2 = inout(reg) a2,
-                options(readonly, nostack),
-            );
+    if filters.len() != CHANNELS * len {
+        // Not the expected shapes (never, from conv_pixel_dsp): one channel at a time.
+        return core::array::from_fn(|k| {
+            filters
+                .get(k * len..(k + 1) * len)
+                .map_or(0, |filter| dot(patch, filter))
+        });
+    }
+    let mut whole = len & !7;
+    if !(patch.as_ptr() as usize).is_multiple_of(4) || !(2..=3).contains(&CHANNELS) {
+        whole = 0;
+    }
+    let mut acc = [0_i32; CHANNELS];
+    if whole > 0 {
+        let f = filters.as_ptr();
+        if CHANNELS == 3 {
+            let (mut a0, mut a1, mut a2) = (0_i32, 0_i32, 0_i32);
+            #[allow(unsafe_code)]
+            // SAFETY: the loop runs `whole / 8` times; each pass reads 8 patch values (16
+            // bytes) and 8 bytes at each of `f`, `f + len`, `f + 2·len`, so it reads
+            // `patch[..whole]` and the first `whole` bytes of each channel's `len` weights —
+            // inside both slices (`whole ≤ len`, `filters.len() = 3·len`, checked above).
+            // `LDRD` needs the word alignment checked above; `LDR` may be unaligned on
+            // ARMv7E-M. Only registers named here are written; no stack. SXTB16/SMLAD exist
+            // on every ARMv7E-M core, the only targets of `dsp`.
+            unsafe {
+                core::arch::asm!(
+                    "2:",
+                    // Unrolled twice: 8 patch values per pass.
+                    dot3_four!(),
+                    dot3_four!(),
+                    "subs {n}, {n}, #1",
+                    "bne 2b",
+                    patch = inout(reg) patch.as_ptr() => _,
+                    f = inout(reg) f => _,
+                    len = in(reg) len,
+                    n = inout(reg) whole / 8 => _,
+                    p0 = out(reg) _,
+                    p1 = out(reg) _,
+                    w = out(reg) _,
+                    t = out(reg) _,
+                    a0 = inout(reg) a0,
+                    a1 = inout(reg) a1,
+                    a2 = inout(reg) a2,
+                    options(readonly, nostack),
+                );
+            }
+            acc[0] = a0;
+            acc[1] = a1;
+            acc[2] = a2;
+        } else {
+            let (mut a0, mut a1) = (0_i32, 0_i32);
+            #[allow(unsafe_code)]
+            // SAFETY: as for three channels, reading at `f` and `f + len` only
+            // (`filters.len() = 2·len`).
+            unsafe {
+                core::arch::asm!(
+                    "2:",
+                    dot2_four!(),
+                    dot2_four!(),
+                    "subs {n}, {n}, #1",
+                    "bne 2b",
+                    patch = inout(reg) patch.as_ptr() => _,
+                    f = inout(reg) f => _,
+                    len = in(reg) len,
+                    n = inout(reg) whole / 8 => _,
+                    p0 = out(reg) _,
+                    p1 = out(reg) _,
+                    w = out(reg) _,
+                    t = out(reg) _,
+                    a0 = inout(reg) a0,
+                    a1 = inout(reg) a1,
+                    options(readonly, nostack),
+                );
+            }
+            acc[0] = a0;
+            acc[1] = a1;
         }
-        acc = [a0, a1, a2];
-    } else if whole > 0 {
-        // Not the expected shapes (never, from conv2d_patches): the one-channel loop.
-        return core::array::from_fn(|k| dot(patch, &filters[k * len..(k + 1) * len]));
     }
     if whole < len {
-        // Only the stem (3 input channels) has a tail; the other layers' k·k·Cin are
-        // multiples of 8, and skipping the call keeps the per-pixel cost down.
         for (k, a) in acc.iter_mut().enumerate() {
-            let filter = &filters[k * len..(k + 1) * len];
-            *a = a.wrapping_add(dot(&patch[whole..], &filter[whole..]));
+            *a = a.wrapping_add(dot_tail(patch, filters, k * len + whole, whole));
         }
     }
     acc
 }
 
+/// `Σ patch[i]·filters[start + i − from]` for `i` in `from..patch.len()`, in the patch's DSP
+/// order: every complete group of four (counted from `from`, a multiple of eight) holds
+/// values (0, 2, 1, 3), the last one to three values are in order. The values a pass of eight
+/// leaves: the stem's last 3 (k·k·Cin = 27), or a group of four when k·k·Cin is 4 mod 8.
+/// Slices taken with `get`, so no panic path; `dot`'s split-and-chunk form did not inline
+/// here and cost a call per channel.
+#[cfg(feature = "dsp")]
+#[inline(always)]
+fn dot_tail(patch: &[i16], filters: &[i8], start: usize, from: usize) -> i32 {
+    const DSP_ORDER: [usize; 4] = [0, 2, 1, 3];
+    let values = patch.get(from..).unwrap_or(&[]);
+    let weights = filters.get(start..).unwrap_or(&[]);
+    let quads = values.len() & !3;
+    values.iter().enumerate().fold(0_i32, |acc, (i, &p)| {
+        let at = if i < quads {
+            i - i % 4 + DSP_ORDER[i % 4]
+        } else {
+            i
+        };
+        let w = weights.get(at).map_or(0, |&w| i32::from(w));
+        acc.wrapping_add(i32::from(p) * w)
+    })
+}
+
+/// Every output channel of one pixel on the DSP path: passes of three channels
+/// ([`dot_channels`]), the last four or two in pairs, a single channel only when the layer
+/// has one (`single`, the one-channel dot product); each result requantised as it comes.
+/// The per-channel constants are taken as fixed-size chunks so the requantisation runs
+/// without bounds checks (it is paid per output, which the narrow layers spread over only
+/// 72–144 MACs).
+#[cfg(feature = "dsp")]
+#[inline(always)]
+fn conv_pixel_dsp(
+    p: &ConvParams,
+    patch: &[i16],
+    weights: &[i8],
+    bias: &[i32],
+    requant: &PerChannelRequant<'_>,
+    out: &mut [i8],
+    single: impl Fn(&[i16], &[i8]) -> i32,
+) {
+    let channels = out.len();
+    let len = patch.len();
+    let (bias, multipliers, shifts) = (
+        &bias[..channels],
+        &requant.multipliers[..channels],
+        &requant.shifts[..channels],
+    );
+    // What passes of three leave: a remainder of 1 is taken as 2 + 2 (not 3 + 1) when there
+    // are four or more channels; a single pass only for a one-channel layer.
+    let tail = match channels % 3 {
+        0 => 0,
+        2 => 2,
+        _ if channels >= 4 => 4,
+        _ => 1,
+    };
+    let tripled = channels - tail;
+    let (out3, out_rest) = out.split_at_mut(tripled);
+    let (w3, w_rest) = weights.split_at(tripled * len);
+    let (b3, b_rest) = bias.split_at(tripled);
+    let (m3, m_rest) = multipliers.split_at(tripled);
+    let (s3, s_rest) = shifts.split_at(tripled);
+    let constants3 = b3
+        .as_chunks::<3>()
+        .0
+        .iter()
+        .zip(m3.as_chunks::<3>().0)
+        .zip(s3.as_chunks::<3>().0);
+    for ((o, w), ((b, m), s)) in out3
+        .as_chunks_mut::<3>()
+        .0
+        .iter_mut()
+        .zip(w3.chunks_exact(3 * len))
+        .zip(constants3)
+    {
+        let acc = dot_channels::<3>(patch, w);
+        for k in 0..3 {
+            o[k] = p.finish(b[k].wrapping_add(acc[k]), m[k], s[k]);
+        }
+    }
+    let (out2, out1) = out_rest.as_chunks_mut::<2>();
+    let (w2, w1) = w_rest.split_at(out2.len() * 2 * len);
+    let (b2, b1) = b_rest.as_chunks::<2>();
+    let (m2, m1) = m_rest.as_chunks::<2>();
+    let (s2, s1) = s_rest.as_chunks::<2>();
+    for ((o, w), ((b, m), s)) in out2
+        .iter_mut()
+        .zip(w2.chunks_exact(2 * len))
+        .zip(b2.iter().zip(m2).zip(s2))
+    {
+        let acc = dot_channels::<2>(patch, w);
+        for k in 0..2 {
+            o[k] = p.finish(b[k].wrapping_add(acc[k]), m[k], s[k]);
+        }
+    }
+    for ((o, w), ((&b, &m), &s)) in out1
+        .iter_mut()
+        .zip(w1.chunks_exact(len))
+        .zip(b1.iter().zip(m1).zip(s1))
+    {
+        *o = p.finish(b.wrapping_add(single(patch, w)), m, s);
+    }
+}
+
+/// Four int8 values (a little-endian word) plus `offsets` (the offset in both halves) as
+/// int16 pairs (0, 2) and (1, 3), the order `SXTB16` produces and [`dot_channels`] reads.
+#[cfg(feature = "dsp")]
+#[inline(always)]
+fn widen_four(bytes: u32, offsets: u32) -> [u32; 2] {
+    let (even, odd): (u32, u32);
+    #[allow(unsafe_code)]
+    // SAFETY: register-only arithmetic (no memory, stack or flags the compiler relies on;
+    // SADD16 sets only the GE bits, which nothing here reads); SXTB16 and SADD16 exist on
+    // every ARMv7E-M core, the only targets of `dsp`.
+    unsafe {
+        core::arch::asm!(
+            "sxtb16 {even}, {bytes}",
+            "sxtb16 {odd}, {bytes}, ror #8",
+            "sadd16 {even}, {even}, {offsets}",
+            "sadd16 {odd}, {odd}, {offsets}",
+            bytes = in(reg) bytes,
+            offsets = in(reg) offsets,
+            even = out(reg) even,
+            odd = out(reg) odd,
+            options(pure, nomem, nostack),
+        );
+    }
+    [even, odd]
+}
+
 /// `dst[i] = src[i] + offset` for a multiple of four values, written in the (0, 2, 1, 3) order
-/// of every four that [`dot3`] and the DSP [`dot`] read: per four bytes one word load, two
-/// `SXTB16` (which produce exactly that order) and two `SADD16`, instead of four
-/// load–add–store rounds and a separate swap pass.
+/// of every four that [`dot_channels`] and the DSP [`dot`] read: per four bytes one word load, two
+/// `SXTB16` (which produce exactly that order), two `SADD16` and two word stores, instead of
+/// four load–add–store rounds and a separate swap pass.
 #[cfg(feature = "dsp")]
 #[inline(always)]
 fn gather_swapped(dst: &mut [i16], src: &[i8], offset: i16) {
     let offsets = u32::from(offset as u16) * 0x0001_0001;
-    for (d, x) in dst.chunks_exact_mut(4).zip(src.chunks_exact(4)) {
-        let bytes = u32::from_le_bytes([x[0] as u8, x[1] as u8, x[2] as u8, x[3] as u8]);
-        let (even, odd): (u32, u32);
-        #[allow(unsafe_code)]
-        // SAFETY: register-only arithmetic (no memory, stack or flags the compiler relies
-        // on; SADD16 sets only the GE bits, which nothing here reads); SXTB16 and SADD16
-        // exist on every ARMv7E-M core, the only targets of `dsp`.
-        unsafe {
-            core::arch::asm!(
-                "sxtb16 {even}, {bytes}",
-                "sxtb16 {odd}, {bytes}, ror #8",
-                "sadd16 {even}, {even}, {offsets}",
-                "sadd16 {odd}, {odd}, {offsets}",
-                bytes = in(reg) bytes,
-                offsets = in(reg) offsets,
-                even = out(reg) even,
-                odd = out(reg) odd,
-                options(pure, nomem, nostack),
-            );
+    let quads = src.as_chunks::<4>().0;
+    let word = |x: &[i8; 4]| u32::from_le_bytes(x.map(|b| b as u8));
+    // Word stores when the destination is word-aligned (always, from `conv2d_patches`: whole
+    // groups of four channels in an 8-byte aligned buffer); the low half of each
+    // little-endian word is the first of its two values.
+    if let Ok(words) = bytemuck::try_cast_slice_mut::<i16, u32>(dst) {
+        for (d, x) in words.as_chunks_mut::<2>().0.iter_mut().zip(quads) {
+            *d = widen_four(word(x), offsets);
         }
-        d[0] = even as i16;
-        d[1] = (even >> 16) as i16;
-        d[2] = odd as i16;
-        d[3] = (odd >> 16) as i16;
+    } else {
+        for (d, x) in dst.as_chunks_mut::<4>().0.iter_mut().zip(quads) {
+            let [even, odd] = widen_four(word(x), offsets);
+            *d = [
+                even as i16,
+                (even >> 16) as i16,
+                odd as i16,
+                (odd >> 16) as i16,
+            ];
+        }
     }
 }
 
@@ -628,23 +806,13 @@ fn conv2d_patches(
             }
             let out =
                 &mut output[(oy * p.output_width + ox) * p.output_channels..][..p.output_channels];
-            #[allow(unused_mut)]
-            let mut first = 0;
             #[cfg(feature = "dsp")]
-            while first + DOT3_CHANNELS <= p.output_channels {
-                let filters = &weights[first * filter_len..(first + DOT3_CHANNELS) * filter_len];
-                for (k, acc) in dot3(patch, filters).into_iter().enumerate() {
-                    let oc = first + k;
-                    let acc = bias[oc].wrapping_add(acc);
-                    out[oc] = p.finish(acc, requant.multipliers[oc], requant.shifts[oc]);
-                }
-                first += DOT3_CHANNELS;
-            }
+            conv_pixel_dsp(p, patch, weights, bias, &requant, out, &dot);
+            #[cfg(not(feature = "dsp"))]
             for (oc, (o, filter)) in out
                 .iter_mut()
                 .zip(weights.chunks_exact(filter_len))
                 .enumerate()
-                .skip(first)
             {
                 let acc = bias[oc].wrapping_add(dot(patch, filter));
                 *o = p.finish(acc, requant.multipliers[oc], requant.shifts[oc]);
