@@ -1,5 +1,5 @@
 //! Image decoding: PNG and JPEG (8/16-bit, gray or colour) through the `image` crate, DICOM
-//! through the dicom-rs crates. Every decoder yields the same [`DecodedImage`]: float samples
+//! through the dicom-rs crates (JPEG-LS through [`jpegls`], then as native data). Every decoder yields the same [`DecodedImage`]: float samples
 //! in `[0, 1]`, interleaved, 1 or 3 channels, so that preprocessing is one code path.
 //!
 //! This stage only decodes: it never resizes or normalises (that is [`crate::preprocess`], driven
@@ -12,6 +12,8 @@ use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder};
 
 use crate::preprocess::{DicomFrames, DicomWindow};
 use crate::{Error, Result};
+
+mod jpegls;
 
 /// A decoded image: `height × width × channels` samples in `[0, 1]`, row-major, interleaved.
 #[derive(Debug, Clone, PartialEq)]
@@ -317,12 +319,11 @@ pub fn read_dicom_frames(
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_string();
-    if transfer_syntax.starts_with("1.2.840.10008.1.2.4.8") {
-        // 1.2.840.10008.1.2.4.80 / .81
-        return Err(err(format!(
-            "transfer syntax {transfer_syntax} (JPEG-LS) is not supported by this build"
-        )));
-    }
+    // 1.2.840.10008.1.2.4.80 / .81: decoded here (see `jpegls`), then read as native data.
+    let jpeg_ls = matches!(
+        transfer_syntax.as_str(),
+        JPEG_LS_LOSSLESS | JPEG_LS_NEAR_LOSSLESS
+    );
     let text = |tag| text_element(&obj, tag);
     let uint = |tag| {
         obj.element_opt(tag)
@@ -390,13 +391,26 @@ pub fn read_dicom_frames(
     } else {
         None
     };
+    // For JPEG-LS: the header without the encapsulated pixel data, as explicit VR little
+    // endian; each frame's decoded samples are put into a copy of it.
+    let native_header = jpeg_ls.then(|| native_header(&obj));
     for frame in 0..decoded_frames {
-        let pixel = obj.decode_pixel_data_frame(frame).map_err(|e| {
+        let native_frame;
+        let cannot = |e: &dyn std::fmt::Display| {
             err(format!(
                 "cannot decode pixel data of frame {} ({transfer_syntax}): {e}",
                 frame + 1
             ))
-        })?;
+        };
+        let pixel = match &native_header {
+            Some(header) => {
+                native_frame = jpeg_ls_frame(&obj, header, frame, frames, rows * cols)
+                    .map_err(|e| cannot(&e))?;
+                native_frame.decode_pixel_data_frame(0)
+            }
+            None => obj.decode_pixel_data_frame(frame),
+        }
+        .map_err(|e| cannot(&e))?;
         let (width, height) = (pixel.columns(), pixel.rows());
         let samples = u32::from(pixel.samples_per_pixel());
         let photometric = pixel.photometric_interpretation().clone();
@@ -488,6 +502,142 @@ pub fn read_dicom_frames(
         })?;
     }
     Ok(())
+}
+
+const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+const JPEG_LS_NEAR_LOSSLESS: &str = "1.2.840.10008.1.2.4.81";
+const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+
+type DicomFile = dicom_object::FileDicomObject<dicom_object::InMemDicomObject>;
+
+/// `obj` without its pixel data, declared explicit VR little endian with interleaved samples:
+/// what a frame decoded by [`jpeg_ls_frame`] is put into.
+fn native_header(obj: &DicomFile) -> DicomFile {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    let mut header = obj.clone();
+    header.remove_element(tags::PIXEL_DATA);
+    header.meta_mut().transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN.to_string();
+    header.meta_mut().update_information_group_length();
+    if header
+        .element_opt(tags::PLANAR_CONFIGURATION)
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        // JPEG-LS decodes to interleaved samples whatever the header said.
+        header.put(DataElement::new(
+            tags::PLANAR_CONFIGURATION,
+            VR::US,
+            PrimitiveValue::from(0_u16),
+        ));
+    }
+    header
+}
+
+/// Frame `frame` (of `frames`) of a JPEG-LS encapsulated file, decoded and put into a copy of
+/// `header` as native pixel data (frame 0 of the copy).
+fn jpeg_ls_frame(
+    obj: &DicomFile,
+    header: &DicomFile,
+    frame: u32,
+    frames: u32,
+    max_pixels: u64,
+) -> std::result::Result<DicomFile, String> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    let codestream = encapsulated_frame(obj, frame, frames)?;
+    let samples_per_pixel = header
+        .element_opt(tags::SAMPLES_PER_PIXEL)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<u16>().ok())
+        .unwrap_or(1);
+    let max_samples = usize::try_from(max_pixels.saturating_mul(u64::from(samples_per_pixel)))
+        .unwrap_or(usize::MAX);
+    let image = jpegls::decode(&codestream, max_samples)?;
+    let int = |tag| {
+        header
+            .element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let (rows, columns, bits_allocated) = (
+        int(tags::ROWS) as usize,
+        int(tags::COLUMNS) as usize,
+        int(tags::BITS_ALLOCATED),
+    );
+    if (image.width, image.height, image.components)
+        != (columns, rows, usize::from(samples_per_pixel))
+    {
+        return Err(format!(
+            "the JPEG-LS stream is {}x{} with {} components, the header says {columns}x{rows} with {samples_per_pixel}",
+            image.width, image.height, image.components
+        ));
+    }
+    let bytes: Vec<u8> = match bits_allocated {
+        8 if image.bits <= 8 => image.samples.iter().map(|&v| v as u8).collect(),
+        16 => image.samples.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        other => {
+            return Err(format!(
+                "{}-bit JPEG-LS samples in {other}-bit allocated pixels",
+                image.bits
+            ))
+        }
+    };
+    let vr = if bits_allocated == 8 { VR::OB } else { VR::OW };
+    let mut native = header.clone();
+    native.put(DataElement::new(
+        tags::PIXEL_DATA,
+        vr,
+        PrimitiveValue::from(bytes),
+    ));
+    Ok(native)
+}
+
+/// The bytes of frame `frame` of an encapsulated Pixel Data element: every fragment for a
+/// single frame, one fragment per frame, or the fragments the Basic Offset Table assigns.
+fn encapsulated_frame(
+    obj: &DicomFile,
+    frame: u32,
+    frames: u32,
+) -> std::result::Result<Vec<u8>, String> {
+    let element = obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|e| format!("no pixel data: {e}"))?;
+    let fragments = element
+        .value()
+        .fragments()
+        .ok_or("the pixel data is not encapsulated, as its transfer syntax requires")?;
+    let offsets = element.value().offset_table().unwrap_or(&[]);
+    let frame = frame as usize;
+    if frames == 1 {
+        return Ok(fragments.concat());
+    }
+    if fragments.len() == frames as usize {
+        return Ok(fragments[frame].clone());
+    }
+    if offsets.len() == frames as usize {
+        // Offsets count from the first fragment item: each item is an 8-byte header + data.
+        let start = u64::from(offsets[frame]);
+        let end = offsets.get(frame + 1).map_or(u64::MAX, |&o| u64::from(o));
+        let mut position = 0_u64;
+        let mut bytes = Vec::new();
+        for fragment in fragments {
+            if (start..end).contains(&position) {
+                bytes.extend_from_slice(fragment);
+            }
+            position += 8 + fragment.len() as u64;
+        }
+        if !bytes.is_empty() {
+            return Ok(bytes);
+        }
+    }
+    Err(format!(
+        "cannot tell which of the {} fragments hold frame {} of {frames}",
+        fragments.len(),
+        frame + 1
+    ))
 }
 
 fn decode_dicom(path: &Path, bytes: &[u8], policy: DicomWindow) -> Result<DecodedImage> {

@@ -371,3 +371,297 @@ fn a_bundle_with_the_every_frame_policy_screens_each_frame_and_keeps_the_maximum
         "{err}"
     );
 }
+
+/// A native (explicit VR little endian) DICOM file: `frames` frames of `rows × cols` pixels
+/// with `samples` samples each (interleaved), `bits_stored` of `bits_allocated` bits.
+fn write_native(
+    path: &Path,
+    (rows, cols, samples, frames): (u16, u16, u16, u32),
+    (bits_allocated, bits_stored): (u16, u16),
+    values: &[u16],
+) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    let photometric = if samples == 3 { "RGB" } else { "MONOCHROME2" };
+    let bytes: Vec<u8> = if bits_allocated == 8 {
+        values.iter().map(|&v| v as u8).collect()
+    } else {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    };
+    let mut elements = vec![
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE),
+        ),
+        DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.826.0.1.3680043.2.1125.9.1"),
+        ),
+        DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("OT")),
+        DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(samples),
+        ),
+        DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from(photometric),
+        ),
+        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
+        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)),
+        DataElement::new(
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(bits_allocated),
+        ),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(bits_stored)),
+        DataElement::new(
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(bits_stored - 1),
+        ),
+        DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0_u16),
+        ),
+        DataElement::new(
+            tags::PIXEL_DATA,
+            if bits_allocated == 8 { VR::OB } else { VR::OW },
+            PrimitiveValue::from(bytes),
+        ),
+    ];
+    if samples == 3 {
+        elements.push(DataElement::new(
+            tags::PLANAR_CONFIGURATION,
+            VR::US,
+            PrimitiveValue::from(0_u16),
+        ));
+    }
+    if frames > 1 {
+        elements.push(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from(frames.to_string()),
+        ));
+    }
+    InMemDicomObject::from_element_iter(elements)
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
+                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.1125.9.1"),
+        )
+        .unwrap()
+        .write_to_file(path)
+        .unwrap();
+}
+
+/// Image-like test content: smooth ramps, flat patches (run mode, with runs that end mid-line
+/// and at the line end), edges and noise, over the full `0..2^bits` range.
+fn image_like(rows: usize, cols: usize, samples: usize, frames: usize, bits: u32) -> Vec<u16> {
+    let max = (1_u32 << bits) - 1;
+    let mut state = 0x2545_F491_u32;
+    let mut values = Vec::with_capacity(rows * cols * samples * frames);
+    for f in 0..frames {
+        for y in 0..rows {
+            for x in 0..cols {
+                for s in 0..samples {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    let v = if (x / 9 + y / 7 + f) % 4 == 0 {
+                        max / 3 + s as u32 // flat patch
+                    } else if x > cols * 3 / 4 {
+                        if (x + y) % 2 == 0 {
+                            max
+                        } else {
+                            0
+                        } // extremes, wrap-around residuals
+                    } else {
+                        let ramp = (x * 37 + y * 11 + s * 50 + f * 13) as u32 * (max / 255).max(1);
+                        (ramp % (max + 1)).saturating_add(state % 5).min(max)
+                    };
+                    values.push(v as u16);
+                }
+            }
+        }
+    }
+    values
+}
+
+#[test]
+fn jpeg_ls_files_from_dcmtk_decode_to_their_source_pixels() {
+    use scanside_runtime::decode::read_dicom_frames;
+    use scanside_runtime::preprocess::DicomFrames;
+    if std::process::Command::new("dcmcjpls")
+        .arg("--version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        eprintln!("SKIP: dcmtk's dcmcjpls is not installed (tools/setup.sh installs dcmtk)");
+        return;
+    }
+    struct Case {
+        name: &'static str,
+        /// Rows, columns, samples per pixel, frames.
+        shape: (u16, u16, u16, u32),
+        /// Bits allocated, bits stored.
+        bits: (u16, u16),
+        options: &'static [&'static str],
+        near: u16,
+    }
+    let case = |name, shape, bits, options, near| Case {
+        name,
+        shape,
+        bits,
+        options,
+        near,
+    };
+    let cases = [
+        case("grey8", (37, 53, 1, 1), (8, 8), &["+el"][..], 0),
+        case("grey12", (41, 29, 1, 1), (16, 12), &["+el"], 0),
+        case("grey16", (33, 47, 1, 1), (16, 16), &["+el"], 0),
+        case(
+            "grey8-near3",
+            (37, 53, 1, 1),
+            (8, 8),
+            &["+en", "+md", "3"],
+            3,
+        ),
+        case(
+            "grey12-near2",
+            (41, 29, 1, 1),
+            (16, 12),
+            &["+en", "+md", "2"],
+            2,
+        ),
+        case("rgb-none", (23, 31, 3, 1), (8, 8), &["+el", "+in"], 0),
+        case("rgb-line", (23, 31, 3, 1), (8, 8), &["+el", "+il"], 0),
+        case("rgb-sample", (23, 31, 3, 1), (8, 8), &["+el", "+is"], 0),
+        case(
+            "rgb-sample-near2",
+            (23, 31, 3, 1),
+            (8, 8),
+            &["+en", "+md", "2", "+is"],
+            2,
+        ),
+        case("grey8-frames", (19, 21, 1, 3), (8, 8), &["+el"], 0),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for Case {
+        name,
+        shape: (rows, cols, samples, frames),
+        bits: (allocated, stored),
+        options,
+        near,
+    } in cases
+    {
+        let native = dir.path().join(format!("{name}.dcm"));
+        let encoded = dir.path().join(format!("{name}.jls.dcm"));
+        let source = image_like(
+            usize::from(rows),
+            usize::from(cols),
+            usize::from(samples),
+            frames as usize,
+            u32::from(stored),
+        );
+        write_native(
+            &native,
+            (rows, cols, samples, frames),
+            (allocated, stored),
+            &source,
+        );
+        let status = std::process::Command::new("dcmcjpls")
+            .args(options)
+            .arg(&native)
+            .arg(&encoded)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name}: dcmcjpls failed");
+        let bytes = std::fs::read(&encoded).unwrap();
+        let mut decoded = Vec::new();
+        read_dicom_frames(&encoded, &bytes, DicomFrames::Every, |values| {
+            assert!(
+                values.transfer_syntax.starts_with("1.2.840.10008.1.2.4.8"),
+                "{name}: {}",
+                values.transfer_syntax
+            );
+            decoded.extend(values.values);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(decoded.len(), source.len(), "{name}");
+        let worst = source
+            .iter()
+            .zip(&decoded)
+            .map(|(&s, &d)| (f32::from(s) - d).abs())
+            .fold(0.0_f32, f32::max);
+        assert!(
+            worst <= f32::from(near),
+            "{name}: largest difference {worst}, NEAR {near}"
+        );
+        if near > 0 {
+            // Near-lossless really was lossy somewhere (else the NEAR path went untested).
+            assert!(
+                source
+                    .iter()
+                    .zip(&decoded)
+                    .any(|(&s, &d)| f32::from(s) != d),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_jpeg_ls_stream_is_a_clear_error() {
+    use scanside_runtime::decode::read_dicom_values;
+    if std::process::Command::new("dcmcjpls")
+        .arg("--version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        eprintln!("SKIP: dcmtk's dcmcjpls is not installed (tools/setup.sh installs dcmtk)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (native, encoded) = (dir.path().join("n.dcm"), dir.path().join("e.dcm"));
+    write_native(
+        &native,
+        (32, 32, 1, 1),
+        (8, 8),
+        &image_like(32, 32, 1, 1, 8),
+    );
+    assert!(std::process::Command::new("dcmcjpls")
+        .arg(&native)
+        .arg(&encoded)
+        .status()
+        .unwrap()
+        .success());
+    let bytes = std::fs::read(&encoded).unwrap();
+    // The codestream starts at the first SOI after the header; cut it after a few bytes of
+    // scan data, then flip bits inside it: each is an error naming the file, never a panic.
+    let soi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD8]).unwrap();
+    for cut in [soi + 4, soi + 40, bytes.len() - 30] {
+        let mut damaged = bytes.clone();
+        damaged[cut..].iter_mut().for_each(|b| *b = 0);
+        let _ = read_dicom_values(&encoded, &damaged).map_err(|e| {
+            assert!(e.to_string().contains("e.dcm"), "{e}");
+        });
+    }
+    let mut state = 7_u32;
+    for _ in 0..200 {
+        let mut damaged = bytes.clone();
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let at = soi + 2 + (state as usize >> 8) % (bytes.len() - soi - 2);
+        damaged[at] ^= 1 << (state % 8);
+        if let Err(e) = read_dicom_values(&encoded, &damaged) {
+            assert!(e.to_string().contains("e.dcm"), "{e}");
+        }
+    }
+}
