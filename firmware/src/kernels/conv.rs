@@ -668,24 +668,52 @@ fn widen_four(bytes: u32, offsets: u32) -> [u32; 2] {
 }
 
 /// `dst[i] = src[i] + offset` for a multiple of four values, written in the (0, 2, 1, 3) order
-/// of every four that [`dot_channels`] and the DSP [`dot`] read: per four bytes one word load, two
-/// `SXTB16` (which produce exactly that order), two `SADD16` and two word stores, instead of
-/// four load–add–store rounds and a separate swap pass.
+/// of every four that [`dot_channels`] and the DSP [`dot`] read: per four bytes one word load,
+/// two `SXTB16` (which produce exactly that order), two `SADD16` and one `STRD` — 8
+/// instructions with the loop, where the compiler's version of the same steps spilled
+/// registers and took 13.
 #[cfg(feature = "dsp")]
 #[inline(always)]
 fn gather_swapped(dst: &mut [i16], src: &[i8], offset: i16) {
     let offsets = u32::from(offset as u16) * 0x0001_0001;
-    let quads = src.as_chunks::<4>().0;
+    let quads = src.len().min(dst.len()) / 4;
     let word = |x: &[i8; 4]| u32::from_le_bytes(x.map(|b| b as u8));
-    // Word stores when the destination is word-aligned (always, from `conv2d_patches`: whole
-    // groups of four channels in an 8-byte aligned buffer); the low half of each
-    // little-endian word is the first of its two values.
-    if let Ok(words) = bytemuck::try_cast_slice_mut::<i16, u32>(dst) {
-        for (d, x) in words.as_chunks_mut::<2>().0.iter_mut().zip(quads) {
-            *d = widen_four(word(x), offsets);
+    if quads > 0 && (dst.as_ptr() as usize).is_multiple_of(4) {
+        #[allow(unsafe_code)]
+        // SAFETY: `quads` passes each read 4 bytes of `src` and write 8 bytes (4 values) of
+        // `dst` from their starts: `4·quads ≤ src.len()` and `4·quads ≤ dst.len()` (values),
+        // so every access is inside both slices. `STRD` needs the word alignment checked
+        // above; `LDR` may be unaligned on ARMv7E-M. Only the registers named here and the
+        // flags (not preserved, as declared) change; no stack. SXTB16/SADD16 exist on every
+        // ARMv7E-M core, the only targets of `dsp`.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "ldr {bytes}, [{src}], #4",
+                "sxtb16 {even}, {bytes}",
+                "sxtb16 {odd}, {bytes}, ror #8",
+                "sadd16 {even}, {even}, {offsets}",
+                "sadd16 {odd}, {odd}, {offsets}",
+                "strd {even}, {odd}, [{dst}], #8",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                src = inout(reg) src.as_ptr() => _,
+                dst = inout(reg) dst.as_mut_ptr() => _,
+                n = inout(reg) quads => _,
+                offsets = in(reg) offsets,
+                bytes = out(reg) _,
+                even = out(reg) _,
+                odd = out(reg) _,
+                options(nostack),
+            );
         }
     } else {
-        for (d, x) in dst.as_chunks_mut::<4>().0.iter_mut().zip(quads) {
+        for (d, x) in dst
+            .as_chunks_mut::<4>()
+            .0
+            .iter_mut()
+            .zip(src.as_chunks::<4>().0)
+        {
             let [even, odd] = widen_four(word(x), offsets);
             *d = [
                 even as i16,
@@ -774,30 +802,38 @@ fn conv2d_patches(
     // Whole groups of four channels per position: gathered straight into the DSP order.
     #[cfg(feature = "dsp")]
     let swapped_gather = cin.is_multiple_of(4);
+    let row_len = p.kernel * cin;
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
-            for ky in 0..p.kernel {
+            // The kernel columns inside the input: the same for every kernel row, and each
+            // row's run of them is contiguous in the input (NHWC) and in the patch, so it is
+            // gathered in one call; the columns and rows in the padding are zeros.
+            let left = ox * p.stride;
+            let first = p.padding.saturating_sub(left).min(p.kernel);
+            let end = (p.input_width + p.padding)
+                .saturating_sub(left)
+                .min(p.kernel);
+            let inside = end.saturating_sub(first) * cin;
+            for (ky, row) in patch.chunks_exact_mut(row_len).enumerate() {
                 let iy = (oy * p.stride + ky)
                     .checked_sub(p.padding)
                     .filter(|&y| y < p.input_height);
-                for kx in 0..p.kernel {
-                    let dst = &mut patch[(ky * p.kernel + kx) * cin..][..cin];
-                    let ix = (ox * p.stride + kx)
-                        .checked_sub(p.padding)
-                        .filter(|&x| x < p.input_width);
-                    match (iy, ix) {
-                        #[cfg(feature = "dsp")]
-                        (Some(iy), Some(ix)) if swapped_gather => {
-                            let src = &input[(iy * p.input_width + ix) * cin..][..cin];
-                            gather_swapped(dst, src, offset);
-                        }
-                        (Some(iy), Some(ix)) => {
-                            let src = &input[(iy * p.input_width + ix) * cin..][..cin];
-                            gather(dst, src, offset);
-                        }
-                        _ => dst.fill(0),
-                    }
+                let Some(iy) = iy.filter(|_| inside > 0) else {
+                    row.fill(0);
+                    continue;
+                };
+                row[..first * cin].fill(0);
+                row[first * cin + inside..].fill(0);
+                let dst = &mut row[first * cin..][..inside];
+                // Column of the first inside position: left + first − padding ≥ 0.
+                let ix = left + first - p.padding;
+                let src = &input[(iy * p.input_width + ix) * cin..][..inside];
+                #[cfg(feature = "dsp")]
+                if swapped_gather {
+                    gather_swapped(dst, src, offset);
+                    continue;
                 }
+                gather(dst, src, offset);
             }
             // The DSP dot product pairs the patch's elements (0, 2) and (1, 3) of every four.
             #[cfg(feature = "dsp")]

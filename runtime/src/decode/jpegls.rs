@@ -837,7 +837,7 @@ mod tests {
         assert_eq!(t(12, 0), (18, 67, 276, 64, 48, 12));
         assert_eq!(t(16, 0), (18, 67, 276, 64, 64, 16));
         assert_eq!(t(8, 2), (9, 17, 35, 64, 32, 6)); // RANGE 52
-        // Small MAXVAL: FACTOR = 256 / (MAXVAL + 1).
+                                                     // Small MAXVAL: FACTOR = 256 / (MAXVAL + 1).
         assert_eq!(t(4, 0).0..=t(4, 0).2, 2..=4);
     }
 
@@ -873,7 +873,9 @@ mod tests {
         // SOI, LSE type 2 (a mapping table).
         assert!(err(&[0xFF, 0xD8, 0xFF, 0xF8, 0x00, 0x03, 0x02]).contains("mapping tables"));
         // SOI, SOF55 declaring 64k × 64k: refused before any allocation.
-        let huge = [0xFF, 0xD8, 0xFF, 0xF7, 0, 11, 8, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0x11, 0];
+        let huge = [
+            0xFF, 0xD8, 0xFF, 0xF7, 0, 11, 8, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0x11, 0,
+        ];
         assert!(err(&huge).contains("more than the limit"));
         // A scan before the frame header.
         assert!(err(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 0, 0]).contains("before the frame"));
