@@ -4,7 +4,7 @@
     cd firmware/device && SCANSIDE_GOLDEN=DIR cargo run --release 2>&1 | python3 ../../tools/firmware_profile.py
 
 QEMU runs with `-icount shift=0`, so SysTick ticks count instructions; the firmware's
-calibration line (N nops in T ticks) gives instructions per tick. Layer durations are the
+calibration line (N instructions of a counted loop in T ticks) gives instructions per tick. Layer durations are the
 differences between the logged layer start times of the first vector.
 """
 import re
@@ -13,7 +13,7 @@ import sys
 
 def main() -> int:
     log = sys.stdin.read()
-    cal = re.search(r"calibration: (\d+) nop instructions in (\d+) SysTick ticks", log)
+    cal = re.search(r"calibration: (\d+) instructions in (\d+) SysTick ticks", log)
     if not cal:
         print("no calibration line in the log", file=sys.stderr)
         return 1

@@ -101,15 +101,34 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
 #[inline(always)]
 pub fn multiply_by_quantized_multiplier_right(x: i32, multiplier: i32, exponent: u32) -> i32 {
     debug_assert!((1..=31).contains(&exponent));
+    let (rounding, high_shift) = right_shift_constants(exponent);
+    multiply_by_quantized_multiplier_prepared(x, multiplier, rounding, high_shift)
+}
+
+/// The per-channel constants of [`multiply_by_quantized_multiplier_prepared`] for a right
+/// shift by `exponent` (`1..=31`): `2^e + 1` and `e − 1`. Kernels that requantise many outputs
+/// per channel compute them once.
+#[inline(always)]
+pub fn right_shift_constants(exponent: u32) -> (u32, u32) {
+    ((1_u32 << exponent).wrapping_add(1), exponent - 1)
+}
+
+/// [`multiply_by_quantized_multiplier_right`] with its constants from
+/// [`right_shift_constants`] (see there for why it equals the reference).
+#[inline(always)]
+pub fn multiply_by_quantized_multiplier_prepared(
+    x: i32,
+    multiplier: i32,
+    rounding: u32,
+    high_shift: u32,
+) -> i32 {
     // 0 or 0xFFFF_FFFF: the sign of x·m (up to the product-zero cases shown harmless above).
     let differ = ((x ^ multiplier) >> 31) as u32;
     // q = 2^e + 1 − 2n: in 1..=2^31 + 1, so u32 arithmetic holds it without overflow.
-    let q = (1_u32 << exponent)
-        .wrapping_add(1)
-        .wrapping_add(differ.wrapping_mul(2));
+    let q = rounding.wrapping_add(differ.wrapping_mul(2));
     let sum = i64::from(x) * i64::from(multiplier) + (i64::from(q) << 30);
     // sum >> (31 + e), taken as the high word shifted by e − 1 (no 64-bit shift on 32-bit cores).
-    ((sum >> 32) as i32) >> (exponent - 1)
+    ((sum >> 32) as i32) >> high_shift
 }
 
 /// TFLite's `MultiplyByQuantizedMultiplier` step by step: a saturating left shift, the

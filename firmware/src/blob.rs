@@ -263,6 +263,8 @@ impl<'a> Model<'a> {
         Self::parse_with(bytes, false)
     }
 
+    // Out of line: its own symbol, counted as engine code (validation is part of the engine).
+    #[inline(never)]
     fn parse_with(bytes: &'a [u8], verify_checksum: bool) -> Result<Model<'a>, BlobError> {
         if bytes.len() < HEADER_LEN {
             return Err(BlobError::Truncated);

@@ -73,6 +73,9 @@ fn requant<'a>(layer: &Layer<'a>) -> PerChannelRequant<'a> {
     }
 }
 
+// Out of line: one symbol holding the kernels the engine dispatches to, so the engine's code
+// size can be measured apart from the program around it (`nm` on the firmware ELF).
+#[inline(never)]
 fn run_layer(model: &Model<'_>, layer: &Layer<'_>, arena: &mut [i8]) -> Result<(), KernelError> {
     let tensor = |t: usize| model.tensor(t).ok_or(KernelError::ShapeMismatch);
     let input = tensor(layer.input)?;

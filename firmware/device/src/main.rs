@@ -12,23 +12,26 @@ use defmt_semihosting as _;
 use panic_probe as _;
 use scanside_firmware::{fully_connected, PerChannelRequant};
 
-/// Iterations of 100 `nop`s timed to relate SysTick ticks to executed instructions.
-const CALIBRATION_LOOPS: u32 = 10_000;
+/// Passes of the two-instruction calibration loop timed to relate SysTick ticks to executed
+/// instructions.
+const CALIBRATION_PASSES: u32 = 500_000;
 
-/// 100 `nop` instructions (the loop around them adds ~2 per 100).
+/// Exactly `2 · passes` instructions (`SUBS` + `BNE` per pass): a loop written out so the
+/// count does not depend on what the compiler makes of a Rust loop. (An earlier calibration
+/// timed `nop`s inside Rust loops and assumed ≤ 3 % loop overhead; the compiled loop added
+/// 24 %, so every instruction count derived from it was 24 % low.)
 #[inline(always)]
-fn nops() {
-    for _ in 0..10 {
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
-        cortex_m::asm::nop();
+fn calibration_loop(passes: u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: register-only loop on a counter the asm owns; touches no memory or stack.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            n = inout(reg) passes => _,
+            options(nomem, nostack),
+        );
     }
 }
 
@@ -71,13 +74,11 @@ fn main() -> ! {
     core.SYST.enable_counter();
     let clock = || SYST::get_current();
     let start = clock();
-    for _ in 0..CALIBRATION_LOOPS {
-        nops();
-    }
+    calibration_loop(CALIBRATION_PASSES);
     let ticks = start.wrapping_sub(clock()) & 0x00FF_FFFF;
     defmt::info!(
-        "calibration: {=u32} nop instructions in {=u32} SysTick ticks",
-        CALIBRATION_LOOPS * 100,
+        "calibration: {=u32} instructions in {=u32} SysTick ticks",
+        2 * CALIBRATION_PASSES,
         ticks
     );
 

@@ -120,6 +120,28 @@ impl ConvParams {
         Ok(())
     }
 
+    /// [`ConvParams::finish`] with the bias and constants prepared per layer: equal to
+    /// `finish(bias + acc, multiplier, shift)`.
+    #[cfg(feature = "dsp")]
+    #[inline(always)]
+    fn finish_prepared(&self, acc: i32, c: &ChannelConstants) -> i8 {
+        let x = c.bias.wrapping_add(acc);
+        let scaled = if c.high_shift == ChannelConstants::GENERAL {
+            requantize_general(x, c.multiplier, c.rounding as i32)
+        } else {
+            crate::arith::multiply_by_quantized_multiplier_prepared(
+                x,
+                c.multiplier,
+                c.rounding,
+                c.high_shift,
+            )
+        };
+        scaled
+            .saturating_add(self.output_offset)
+            .max(i32::from(self.activation_min))
+            .min(i32::from(self.activation_max)) as i8
+    }
+
     #[inline(always)]
     fn finish(&self, acc: i32, multiplier: i32, shift: i32) -> i8 {
         let scaled = multiply_by_quantized_multiplier(acc, multiplier, shift);
@@ -184,6 +206,58 @@ pub fn conv2d_reference(
     }
     Ok(())
 }
+
+/// Output channels whose requantisation constants the DSP path prepares at a time (2 KiB of
+/// stack); a wider layer runs in blocks of this many channels.
+#[cfg(feature = "dsp")]
+const CHANNEL_BLOCK: usize = 128;
+
+/// One output channel's bias and requantisation, prepared once per layer on the DSP path so
+/// that each output costs one 64-bit multiply-add and a shift
+/// ([`crate::arith::multiply_by_quantized_multiplier_prepared`]).
+#[cfg(feature = "dsp")]
+#[derive(Clone, Copy, Default)]
+struct ChannelConstants {
+    bias: i32,
+    multiplier: i32,
+    /// `2^e + 1` for a right shift by `e`; the shift itself when it is not a right shift.
+    rounding: u32,
+    /// `e − 1`, or [`ChannelConstants::GENERAL`]: requantise with the general form.
+    high_shift: u32,
+}
+
+#[cfg(feature = "dsp")]
+impl ChannelConstants {
+    const GENERAL: u32 = u32::MAX;
+
+    fn new(bias: i32, multiplier: i32, shift: i32) -> Self {
+        let (rounding, high_shift) = if shift < 0 {
+            crate::arith::right_shift_constants(shift.unsigned_abs())
+        } else {
+            (shift as u32, Self::GENERAL)
+        };
+        ChannelConstants {
+            bias,
+            multiplier,
+            rounding,
+            high_shift,
+        }
+    }
+}
+
+/// The general requantisation (a shift ≥ 0: scales of 0.5 and above, which trained layers do
+/// not have) out of line, so the many inlined requantisations of the DSP path stay small.
+#[cfg(feature = "dsp")]
+#[inline(never)]
+#[cold]
+fn requantize_general(x: i32, multiplier: i32, shift: i32) -> i32 {
+    multiply_by_quantized_multiplier(x, multiplier, shift)
+}
+
+/// Bytes of padded filters the DSP path copies onto the stack for a layer whose `k·k·Cin` is
+/// not a multiple of eight (the stem: 16 × 32 for a 3×3 kernel over 3 channels).
+#[cfg(feature = "dsp")]
+const PADDED_WEIGHTS_MAX: usize = 2048;
 
 /// Largest `k·k·Cin` the fast path gathers on the stack (3×3×512: 9 KiB of int16); larger
 /// filters take the reference path.
@@ -388,36 +462,10 @@ fn dot(patch: &[i16], filter: &[i8]) -> i32 {
     acc
 }
 
-/// Four patch values against three filters (the body of [`dot_channels`]'s loop, unrolled twice
+/// Four patch values against two filters (the body of [`dot2`]'s loop, unrolled twice
 /// there): one `LDRD` of the patch pair (0, 2) / (1, 3), then per channel one word of weights,
-/// two `SXTB16` and two `SMLAD`. Channel 2 is at `f + 2·len`, channel 1 at `f + len`,
-/// channel 0 at `f`, whose load advances `f`.
-#[cfg(feature = "dsp")]
-macro_rules! dot3_four {
-    () => {
-        concat!(
-            "ldrd {p0}, {p1}, [{patch}], #8\n",
-            "ldr {w}, [{f}, {len}, lsl #1]\n",
-            "sxtb16 {t}, {w}\n",
-            "sxtb16 {w}, {w}, ror #8\n",
-            "smlad {a2}, {p0}, {t}, {a2}\n",
-            "smlad {a2}, {p1}, {w}, {a2}\n",
-            "ldr {w}, [{f}, {len}]\n",
-            "sxtb16 {t}, {w}\n",
-            "sxtb16 {w}, {w}, ror #8\n",
-            "smlad {a1}, {p0}, {t}, {a1}\n",
-            "smlad {a1}, {p1}, {w}, {a1}\n",
-            "ldr {w}, [{f}], #4\n",
-            "sxtb16 {t}, {w}\n",
-            "sxtb16 {w}, {w}, ror #8\n",
-            "smlad {a0}, {p0}, {t}, {a0}\n",
-            "smlad {a0}, {p1}, {w}, {a0}\n",
-        )
-    };
-}
-
-/// [`dot3_four`] for two filters (channel 1 at `f + len`, channel 0 at `f`): the body of
-/// [`dot2`]'s loop.
+/// two `SXTB16` and two `SMLAD`. Channel 1 is at `f + len`, channel 0 at `f`, whose load
+/// advances `f`.
 #[cfg(feature = "dsp")]
 macro_rules! dot2_four {
     () => {
@@ -437,20 +485,149 @@ macro_rules! dot2_four {
     };
 }
 
-/// `CHANNELS` (2 or 3) consecutive output channels in one pass over the patch (`filters`
-/// holds their `CHANNELS × len` OHWI weights): per eight patch values, two `LDRD` feed every
-/// channel, each channel's weights cost one word load and two `SXTB16` per four. Three
-/// channels: 34 instructions per 24 MACs in the loop (1.42 per MAC, where the one-channel
-/// [`dot`] takes 2.5: it reloads the patch for every channel); two: 24 per 16 (1.5).
-/// Channel `c` is addressed as `[f + c·len]` (register offset), so the loop needs no extra
-/// pointers and fits the 11 registers inline assembly may use. Values past the last multiple
-/// of eight (only the 3-channel stem has them) go through [`dot_tail`]. The patch must be
+/// Four values of two patches (pixels A and B) against two filters: the body of
+/// [`dot_pixels`]'s loop. Each channel's weights are loaded and sign-extended once and used for
+/// both pixels; the patch words are reloaded instead (`LDRD`, one instruction) because the
+/// loop has no registers left to keep both pixels' words: 17 instructions per 16 MACs.
+#[cfg(feature = "dsp")]
+macro_rules! dot_pixels_four {
+    () => {
+        concat!(
+            "ldrd {p0}, {p1}, [{pa}], #8\n",
+            "ldr {w}, [{f}, {len}]\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {a1a}, {p0}, {t}, {a1a}\n",
+            "smlad {a1a}, {p1}, {w}, {a1a}\n",
+            "ldrd {p0}, {p1}, [{pb}], #8\n",
+            "smlad {a1b}, {p0}, {t}, {a1b}\n",
+            "smlad {a1b}, {p1}, {w}, {a1b}\n",
+            "ldr {w}, [{f}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {a0b}, {p0}, {t}, {a0b}\n",
+            "smlad {a0b}, {p1}, {w}, {a0b}\n",
+            "ldrd {p0}, {p1}, [{pa}, #-8]\n",
+            "smlad {a0a}, {p0}, {t}, {a0a}\n",
+            "smlad {a0a}, {p1}, {w}, {a0a}\n",
+        )
+    };
+}
+
+/// Two output channels of two pixels in one pass: `(a0, a1, b0, b1)` for patches `a` and
+/// `b` (each `len` values, `len` a multiple of eight, word-aligned) and `filters` holding the
+/// two channels' `2 × len` weights. 36 instructions per 32 MACs with the loop (1.125 per MAC,
+/// where [`dot2`] takes 1.42 with three channels of one pixel): every weight is loaded
+/// and widened once for both pixels. Uses 13 registers. Returns zeros (nothing read) when the
+/// shapes or alignment do not fit ([`dot_pixels_fits`], which the caller checks first).
+#[cfg(feature = "dsp")]
+#[inline(always)]
+fn dot_pixels(a: &[i16], b: &[i16], filters: &[i8]) -> (i32, i32, i32, i32) {
+    if !dot_pixels_fits(a, b, filters) {
+        return (0, 0, 0, 0);
+    }
+    let len = a.len();
+    let (mut a0a, mut a1a, mut a0b, mut a1b) = (0_i32, 0_i32, 0_i32, 0_i32);
+    #[allow(unsafe_code)]
+    // SAFETY: the loop runs `len / 8` times; each pass reads 8 values (16 bytes) of each patch
+    // from its start onwards (pixel A's words twice: the `[pa, #-8]` reload re-reads the four
+    // values just passed) and 8 bytes at `f` and at `f + len`, so it reads `a[..len]`,
+    // `b[..len]`, `filters[..len]` and `filters[len..2·len]` — inside all three slices
+    // (lengths checked above). `LDRD` needs the word alignment checked above; `LDR` may be
+    // unaligned on ARMv7E-M. Only registers named here are written; no stack. SXTB16/SMLAD
+    // exist on every ARMv7E-M core, the only targets of `dsp`.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            dot_pixels_four!(),
+            dot_pixels_four!(),
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            pa = inout(reg) a.as_ptr() => _,
+            pb = inout(reg) b.as_ptr() => _,
+            f = inout(reg) filters.as_ptr() => _,
+            len = in(reg) len,
+            n = inout(reg) len / 8 => _,
+            p0 = out(reg) _,
+            p1 = out(reg) _,
+            w = out(reg) _,
+            t = out(reg) _,
+            a0a = inout(reg) a0a,
+            a1a = inout(reg) a1a,
+            a0b = inout(reg) a0b,
+            a1b = inout(reg) a1b,
+            options(readonly, nostack),
+        );
+    }
+    (a0a, a1a, a0b, a1b)
+}
+
+/// Whether [`dot_pixels`] takes these patches and filters: equal lengths, a multiple of eight,
+/// word-aligned patches (it returns zeros otherwise, reading nothing).
+#[cfg(feature = "dsp")]
+#[inline(always)]
+fn dot_pixels_fits(a: &[i16], b: &[i16], filters: &[i8]) -> bool {
+    let len = a.len();
+    len != 0
+        && len.is_multiple_of(8)
+        && b.len() == len
+        && filters.len() == 2 * len
+        && (a.as_ptr() as usize).is_multiple_of(4)
+        && (b.as_ptr() as usize).is_multiple_of(4)
+}
+
+/// Every output channel of two pixels on the DSP path ([`dot_pixels`], channels in pairs; an
+/// odd last channel through `single` for each pixel), each result requantised as it comes with
+/// the layer's prepared constants (`table`, one per channel). Returns `false` (nothing
+/// written) when the patches do not fit [`dot_pixels`].
+#[cfg(feature = "dsp")]
+#[inline(always)]
+fn conv_pixel_pair_dsp(
+    p: &ConvParams,
+    (patch_a, patch_b): (&[i16], &[i16]),
+    weights: &[i8],
+    table: &[ChannelConstants],
+    (out_a, out_b): (&mut [i8], &mut [i8]),
+    single: impl Fn(&[i16], &[i8]) -> i32,
+) -> bool {
+    let channels = out_a.len();
+    let len = patch_a.len();
+    if out_b.len() != channels
+        || weights.len() != channels * len
+        || table.len() != channels
+        || (channels >= 2 && !dot_pixels_fits(patch_a, patch_b, &weights[..2 * len]))
+    {
+        return false;
+    }
+    let (w2, w1) = weights.split_at(channels / 2 * 2 * len);
+    let (c2, c1) = table.as_chunks::<2>();
+    let (a2, a1) = out_a.as_chunks_mut::<2>();
+    let (b2, b1) = out_b.as_chunks_mut::<2>();
+    for (((f, [c0, c1]), a), b) in w2.chunks_exact(2 * len).zip(c2).zip(a2).zip(b2) {
+        let (a0, a1, b0, b1) = dot_pixels(patch_a, patch_b, f);
+        *a = [p.finish_prepared(a0, c0), p.finish_prepared(a1, c1)];
+        *b = [p.finish_prepared(b0, c0), p.finish_prepared(b1, c1)];
+    }
+    for (((c, a), b), f) in c1.iter().zip(a1).zip(b1).zip(w1.chunks_exact(len)) {
+        *a = p.finish_prepared(single(patch_a, f), c);
+        *b = p.finish_prepared(single(patch_b, f), c);
+    }
+    true
+}
+
+/// Two consecutive output channels of one pixel in one pass over the patch (`filters` holds
+/// their `2 × len` OHWI weights): per eight patch values, two `LDRD` feed both channels, each
+/// channel's weights cost one word load and two `SXTB16` per four: 24 instructions per 16
+/// MACs with the loop (1.5 per MAC, where the one-channel [`dot`] takes 2.5: it reloads the
+/// patch for every channel). The one-pixel path: a row's odd last pixel and layers the
+/// two-pixel [`dot_pixels`] does not take. Channel 1 is addressed as `[f + len]` (register
+/// offset). Values past the last multiple of eight go through [`dot_tail`]. The patch must be
 /// 4-byte aligned (`LDRD` faults otherwise): [`conv2d_patches`]'s buffer is.
 #[cfg(feature = "dsp")]
 #[inline(always)]
-fn dot_channels<const CHANNELS: usize>(patch: &[i16], filters: &[i8]) -> [i32; CHANNELS] {
+fn dot2(patch: &[i16], filters: &[i8]) -> [i32; 2] {
     let len = patch.len();
-    if filters.len() != CHANNELS * len {
+    if filters.len() != 2 * len {
         // Not the expected shapes (never, from conv_pixel_dsp): one channel at a time.
         return core::array::from_fn(|k| {
             filters
@@ -459,76 +636,42 @@ fn dot_channels<const CHANNELS: usize>(patch: &[i16], filters: &[i8]) -> [i32; C
         });
     }
     let mut whole = len & !7;
-    if !(patch.as_ptr() as usize).is_multiple_of(4) || !(2..=3).contains(&CHANNELS) {
+    if !(patch.as_ptr() as usize).is_multiple_of(4) {
         whole = 0;
     }
-    let mut acc = [0_i32; CHANNELS];
+    let (mut a0, mut a1) = (0_i32, 0_i32);
     if whole > 0 {
-        let f = filters.as_ptr();
-        if CHANNELS == 3 {
-            let (mut a0, mut a1, mut a2) = (0_i32, 0_i32, 0_i32);
-            #[allow(unsafe_code)]
-            // SAFETY: the loop runs `whole / 8` times; each pass reads 8 patch values (16
-            // bytes) and 8 bytes at each of `f`, `f + len`, `f + 2·len`, so it reads
-            // `patch[..whole]` and the first `whole` bytes of each channel's `len` weights —
-            // inside both slices (`whole ≤ len`, `filters.len() = 3·len`, checked above).
-            // `LDRD` needs the word alignment checked above; `LDR` may be unaligned on
-            // ARMv7E-M. Only registers named here are written; no stack. SXTB16/SMLAD exist
-            // on every ARMv7E-M core, the only targets of `dsp`.
-            unsafe {
-                core::arch::asm!(
-                    "2:",
-                    // Unrolled twice: 8 patch values per pass.
-                    dot3_four!(),
-                    dot3_four!(),
-                    "subs {n}, {n}, #1",
-                    "bne 2b",
-                    patch = inout(reg) patch.as_ptr() => _,
-                    f = inout(reg) f => _,
-                    len = in(reg) len,
-                    n = inout(reg) whole / 8 => _,
-                    p0 = out(reg) _,
-                    p1 = out(reg) _,
-                    w = out(reg) _,
-                    t = out(reg) _,
-                    a0 = inout(reg) a0,
-                    a1 = inout(reg) a1,
-                    a2 = inout(reg) a2,
-                    options(readonly, nostack),
-                );
-            }
-            acc[0] = a0;
-            acc[1] = a1;
-            acc[2] = a2;
-        } else {
-            let (mut a0, mut a1) = (0_i32, 0_i32);
-            #[allow(unsafe_code)]
-            // SAFETY: as for three channels, reading at `f` and `f + len` only
-            // (`filters.len() = 2·len`).
-            unsafe {
-                core::arch::asm!(
-                    "2:",
-                    dot2_four!(),
-                    dot2_four!(),
-                    "subs {n}, {n}, #1",
-                    "bne 2b",
-                    patch = inout(reg) patch.as_ptr() => _,
-                    f = inout(reg) f => _,
-                    len = in(reg) len,
-                    n = inout(reg) whole / 8 => _,
-                    p0 = out(reg) _,
-                    p1 = out(reg) _,
-                    w = out(reg) _,
-                    t = out(reg) _,
-                    a0 = inout(reg) a0,
-                    a1 = inout(reg) a1,
-                    options(readonly, nostack),
-                );
-            }
-            acc[0] = a0;
-            acc[1] = a1;
+        #[allow(unsafe_code)]
+        // SAFETY: the loop runs `whole / 8` times; each pass reads 8 patch values (16 bytes)
+        // and 8 bytes at each of `f` and `f + len`, so it reads `patch[..whole]` and the
+        // first `whole` bytes of each channel's `len` weights — inside both slices (`whole ≤
+        // len`, `filters.len() = 2·len`, checked above). `LDRD` needs the word alignment
+        // checked above; `LDR` may be unaligned on ARMv7E-M. Only registers named here are
+        // written; no stack. SXTB16/SMLAD exist on every ARMv7E-M core, the only targets of
+        // `dsp`.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                // Unrolled twice: 8 patch values per pass.
+                dot2_four!(),
+                dot2_four!(),
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                patch = inout(reg) patch.as_ptr() => _,
+                f = inout(reg) filters.as_ptr() => _,
+                len = in(reg) len,
+                n = inout(reg) whole / 8 => _,
+                p0 = out(reg) _,
+                p1 = out(reg) _,
+                w = out(reg) _,
+                t = out(reg) _,
+                a0 = inout(reg) a0,
+                a1 = inout(reg) a1,
+                options(readonly, nostack),
+            );
         }
     }
+    let mut acc = [a0, a1];
     if whole < len {
         for (k, a) in acc.iter_mut().enumerate() {
             *a = a.wrapping_add(dot_tail(patch, filters, k * len + whole, whole));
@@ -540,11 +683,11 @@ fn dot_channels<const CHANNELS: usize>(patch: &[i16], filters: &[i8]) -> [i32; C
 /// `Σ patch[i]·filters[start + i − from]` for `i` in `from..patch.len()`, in the patch's DSP
 /// order: every complete group of four (counted from `from`, a multiple of eight) holds
 /// values (0, 2, 1, 3), the last one to three values are in order. The values a pass of eight
-/// leaves: the stem's last 3 (k·k·Cin = 27), or a group of four when k·k·Cin is 4 mod 8.
-/// Slices taken with `get`, so no panic path; `dot`'s split-and-chunk form did not inline
-/// here and cost a call per channel.
+/// leaves: a group of four when k·k·Cin is 4 mod 8, or the last few values of a filter too
+/// wide for the padded copy. Out of line (rarely used); slices taken with `get`, so no panic
+/// path.
 #[cfg(feature = "dsp")]
-#[inline(always)]
+#[inline(never)]
 fn dot_tail(patch: &[i16], filters: &[i8], start: usize, from: usize) -> i32 {
     const DSP_ORDER: [usize; 4] = [0, 2, 1, 3];
     let values = patch.get(from..).unwrap_or(&[]);
@@ -561,88 +704,34 @@ fn dot_tail(patch: &[i16], filters: &[i8], start: usize, from: usize) -> i32 {
     })
 }
 
-/// Every output channel of one pixel on the DSP path: passes of three channels
-/// ([`dot_channels`]), the last four or two in pairs, a single channel only when the layer
-/// has one (`single`, the one-channel dot product); each result requantised as it comes.
-/// The per-channel constants are taken as fixed-size chunks so the requantisation runs
-/// without bounds checks (it is paid per output, which the narrow layers spread over only
-/// 72–144 MACs).
+/// Every output channel of one pixel on the DSP path: channels in pairs ([`dot2`]), an odd
+/// last one through `single` (the one-channel dot product); each result requantised as it
+/// comes with the layer's prepared constants (`table`, one per channel).
 #[cfg(feature = "dsp")]
 #[inline(always)]
 fn conv_pixel_dsp(
     p: &ConvParams,
     patch: &[i16],
     weights: &[i8],
-    bias: &[i32],
-    requant: &PerChannelRequant<'_>,
+    table: &[ChannelConstants],
     out: &mut [i8],
     single: impl Fn(&[i16], &[i8]) -> i32,
 ) {
-    let channels = out.len();
     let len = patch.len();
-    let (bias, multipliers, shifts) = (
-        &bias[..channels],
-        &requant.multipliers[..channels],
-        &requant.shifts[..channels],
-    );
-    // What passes of three leave: a remainder of 1 is taken as 2 + 2 (not 3 + 1) when there
-    // are four or more channels; a single pass only for a one-channel layer.
-    let tail = match channels % 3 {
-        0 => 0,
-        2 => 2,
-        _ if channels >= 4 => 4,
-        _ => 1,
-    };
-    let tripled = channels - tail;
-    let (out3, out_rest) = out.split_at_mut(tripled);
-    let (w3, w_rest) = weights.split_at(tripled * len);
-    let (b3, b_rest) = bias.split_at(tripled);
-    let (m3, m_rest) = multipliers.split_at(tripled);
-    let (s3, s_rest) = shifts.split_at(tripled);
-    let constants3 = b3
-        .as_chunks::<3>()
-        .0
-        .iter()
-        .zip(m3.as_chunks::<3>().0)
-        .zip(s3.as_chunks::<3>().0);
-    for ((o, w), ((b, m), s)) in out3
-        .as_chunks_mut::<3>()
-        .0
-        .iter_mut()
-        .zip(w3.chunks_exact(3 * len))
-        .zip(constants3)
-    {
-        let acc = dot_channels::<3>(patch, w);
-        for k in 0..3 {
-            o[k] = p.finish(b[k].wrapping_add(acc[k]), m[k], s[k]);
-        }
+    let (out2, out1) = out.as_chunks_mut::<2>();
+    let (c2, c1) = table.as_chunks::<2>();
+    let (w2, w1) = weights.split_at((out2.len() * 2 * len).min(weights.len()));
+    for ((o, w), [c0, c1]) in out2.iter_mut().zip(w2.chunks_exact(2 * len)).zip(c2) {
+        let [a0, a1] = dot2(patch, w);
+        *o = [p.finish_prepared(a0, c0), p.finish_prepared(a1, c1)];
     }
-    let (out2, out1) = out_rest.as_chunks_mut::<2>();
-    let (w2, w1) = w_rest.split_at(out2.len() * 2 * len);
-    let (b2, b1) = b_rest.as_chunks::<2>();
-    let (m2, m1) = m_rest.as_chunks::<2>();
-    let (s2, s1) = s_rest.as_chunks::<2>();
-    for ((o, w), ((b, m), s)) in out2
-        .iter_mut()
-        .zip(w2.chunks_exact(2 * len))
-        .zip(b2.iter().zip(m2).zip(s2))
-    {
-        let acc = dot_channels::<2>(patch, w);
-        for k in 0..2 {
-            o[k] = p.finish(b[k].wrapping_add(acc[k]), m[k], s[k]);
-        }
-    }
-    for ((o, w), ((&b, &m), &s)) in out1
-        .iter_mut()
-        .zip(w1.chunks_exact(len))
-        .zip(b1.iter().zip(m1).zip(s1))
-    {
-        *o = p.finish(b.wrapping_add(single(patch, w)), m, s);
+    for ((o, w), c) in out1.iter_mut().zip(w1.chunks_exact(len)).zip(c1) {
+        *o = p.finish_prepared(single(patch, w), c);
     }
 }
 
 /// Four int8 values (a little-endian word) plus `offsets` (the offset in both halves) as
-/// int16 pairs (0, 2) and (1, 3), the order `SXTB16` produces and [`dot_channels`] reads.
+/// int16 pairs (0, 2) and (1, 3), the order `SXTB16` produces and [`dot2`] reads.
 #[cfg(feature = "dsp")]
 #[inline(always)]
 fn widen_four(bytes: u32, offsets: u32) -> [u32; 2] {
@@ -668,7 +757,7 @@ fn widen_four(bytes: u32, offsets: u32) -> [u32; 2] {
 }
 
 /// `dst[i] = src[i] + offset` for a multiple of four values, written in the (0, 2, 1, 3) order
-/// of every four that [`dot_channels`] and the DSP [`dot`] read: per four bytes one word load,
+/// of every four that [`dot2`] and the DSP [`dot`] read: per four bytes one word load,
 /// two `SXTB16` (which produce exactly that order), two `SADD16` and one `STRD` — 8
 /// instructions with the loop, where the compiler's version of the same steps spilled
 /// registers and took 13.
@@ -797,54 +886,134 @@ fn conv2d_patches(
     #[repr(align(8))]
     struct Patch([i16; PATCH_MAX]);
     let mut patch_buffer = Patch([0; PATCH_MAX]);
-    let patch = &mut patch_buffer.0[..filter_len];
     let offset = p.input_offset as i16;
     // Whole groups of four channels per position: gathered straight into the DSP order.
     #[cfg(feature = "dsp")]
     let swapped_gather = cin.is_multiple_of(4);
     let row_len = p.kernel * cin;
+    // The patch of output pixel (oy, ox): `x + offset` over its receptive field, 0 in the
+    // padding. The kernel columns inside the input are the same for every kernel row, and each
+    // row's run of them is contiguous in the input (NHWC) and in the patch: one call per row.
+    let fill = |oy: usize, ox: usize, patch: &mut [i16]| {
+        // A padded patch (see `work_len` below) ends in zeros.
+        let filled = filter_len.min(patch.len());
+        patch[filled..].fill(0);
+        let left = ox * p.stride;
+        let first = p.padding.saturating_sub(left).min(p.kernel);
+        let end = (p.input_width + p.padding)
+            .saturating_sub(left)
+            .min(p.kernel);
+        let inside = end.saturating_sub(first) * cin;
+        for (ky, row) in patch[..filled].chunks_exact_mut(row_len).enumerate() {
+            let iy = (oy * p.stride + ky)
+                .checked_sub(p.padding)
+                .filter(|&y| y < p.input_height);
+            let Some(iy) = iy.filter(|_| inside > 0) else {
+                row.fill(0);
+                continue;
+            };
+            row[..first * cin].fill(0);
+            row[first * cin + inside..].fill(0);
+            let dst = &mut row[first * cin..][..inside];
+            // Column of the first inside position: left + first − padding ≥ 0.
+            let ix = left + first - p.padding;
+            let src = &input[(iy * p.input_width + ix) * cin..][..inside];
+            #[cfg(feature = "dsp")]
+            if swapped_gather {
+                gather_swapped(dst, src, offset);
+                continue;
+            }
+            gather(dst, src, offset);
+        }
+        // The DSP dot product pairs the patch's elements (0, 2) and (1, 3) of every four
+        // (of the padded length too).
+        #[cfg(feature = "dsp")]
+        if !swapped_gather {
+            patch.chunks_exact_mut(4).for_each(|four| four.swap(1, 2));
+        }
+    };
+    let out_len = p.output_channels;
+    #[cfg(feature = "dsp")]
+    {
+        // Filters whose length is not a multiple of eight (the 3-channel stem: 27) are copied
+        // once per layer into a stack buffer, each padded with zeros to a multiple of eight,
+        // and the patches padded to match: the zeros add nothing, and the layer runs on the
+        // two-pixel loop instead of a slow tail per channel.
+        let mut padded_weights = [0_i8; PADDED_WEIGHTS_MAX];
+        let (work_len, work_weights) = {
+            let padded_len = filter_len.next_multiple_of(8);
+            match padded_weights.get_mut(..out_len * padded_len) {
+                Some(padded) if padded_len != filter_len && 2 * padded_len <= PATCH_MAX => {
+                    for (to, from) in padded
+                        .chunks_exact_mut(padded_len)
+                        .zip(weights.chunks_exact(filter_len))
+                    {
+                        to[..filter_len].copy_from_slice(from);
+                    }
+                    (padded_len, &*padded)
+                }
+                _ => (filter_len, weights),
+            }
+        };
+        // Two pixels per pass when both patches fit the buffer and need no tail.
+        let in_pairs = (swapped_gather || work_len != filter_len)
+            && work_len.is_multiple_of(8)
+            && 2 * work_len <= PATCH_MAX;
+        // Output channels in blocks, each with its requantisation constants prepared once
+        // (one block for every layer up to CHANNEL_BLOCK channels).
+        let mut table = [ChannelConstants::default(); CHANNEL_BLOCK];
+        for block_start in (0..out_len).step_by(CHANNEL_BLOCK) {
+            let block_len = CHANNEL_BLOCK.min(out_len - block_start);
+            let table = &mut table[..block_len];
+            for (c, entry) in table.iter_mut().enumerate() {
+                let oc = block_start + c;
+                *entry =
+                    ChannelConstants::new(bias[oc], requant.multipliers[oc], requant.shifts[oc]);
+            }
+            let table = &*table;
+            let block_weights = &work_weights[block_start * work_len..][..block_len * work_len];
+            for oy in 0..p.output_height {
+                let out_row =
+                    &mut output[oy * p.output_width * out_len..][..p.output_width * out_len];
+                let mut ox = 0;
+                while ox < p.output_width {
+                    if in_pairs && ox + 1 < p.output_width {
+                        let (patch_a, rest) = patch_buffer.0.split_at_mut(work_len);
+                        let patch_b = &mut rest[..work_len];
+                        fill(oy, ox, patch_a);
+                        fill(oy, ox + 1, patch_b);
+                        let (out_a, out_b) = out_row[ox * out_len..]
+                            [..out_len + block_start + block_len]
+                            .split_at_mut(out_len);
+                        let out_a = &mut out_a[block_start..][..block_len];
+                        let out_b = &mut out_b[block_start..][..block_len];
+                        if conv_pixel_pair_dsp(
+                            p,
+                            (patch_a, patch_b),
+                            block_weights,
+                            table,
+                            (out_a, out_b),
+                            &dot,
+                        ) {
+                            ox += 2;
+                            continue;
+                        }
+                    }
+                    let patch = &mut patch_buffer.0[..work_len];
+                    fill(oy, ox, patch);
+                    let out = &mut out_row[ox * out_len + block_start..][..block_len];
+                    conv_pixel_dsp(p, patch, block_weights, table, out, &dot);
+                    ox += 1;
+                }
+            }
+        }
+    }
+    #[cfg(not(feature = "dsp"))]
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
-            // The kernel columns inside the input: the same for every kernel row, and each
-            // row's run of them is contiguous in the input (NHWC) and in the patch, so it is
-            // gathered in one call; the columns and rows in the padding are zeros.
-            let left = ox * p.stride;
-            let first = p.padding.saturating_sub(left).min(p.kernel);
-            let end = (p.input_width + p.padding)
-                .saturating_sub(left)
-                .min(p.kernel);
-            let inside = end.saturating_sub(first) * cin;
-            for (ky, row) in patch.chunks_exact_mut(row_len).enumerate() {
-                let iy = (oy * p.stride + ky)
-                    .checked_sub(p.padding)
-                    .filter(|&y| y < p.input_height);
-                let Some(iy) = iy.filter(|_| inside > 0) else {
-                    row.fill(0);
-                    continue;
-                };
-                row[..first * cin].fill(0);
-                row[first * cin + inside..].fill(0);
-                let dst = &mut row[first * cin..][..inside];
-                // Column of the first inside position: left + first − padding ≥ 0.
-                let ix = left + first - p.padding;
-                let src = &input[(iy * p.input_width + ix) * cin..][..inside];
-                #[cfg(feature = "dsp")]
-                if swapped_gather {
-                    gather_swapped(dst, src, offset);
-                    continue;
-                }
-                gather(dst, src, offset);
-            }
-            // The DSP dot product pairs the patch's elements (0, 2) and (1, 3) of every four.
-            #[cfg(feature = "dsp")]
-            if !swapped_gather {
-                patch.chunks_exact_mut(4).for_each(|four| four.swap(1, 2));
-            }
-            let out =
-                &mut output[(oy * p.output_width + ox) * p.output_channels..][..p.output_channels];
-            #[cfg(feature = "dsp")]
-            conv_pixel_dsp(p, patch, weights, bias, &requant, out, &dot);
-            #[cfg(not(feature = "dsp"))]
+            let patch = &mut patch_buffer.0[..filter_len];
+            fill(oy, ox, patch);
+            let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
             for (oc, (o, filter)) in out
                 .iter_mut()
                 .zip(weights.chunks_exact(filter_len))

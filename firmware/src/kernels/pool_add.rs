@@ -1,6 +1,9 @@
 //! Residual add, global average pooling and max pooling over NHWC int8 tensors.
 
-use crate::arith::multiply_by_quantized_multiplier;
+use crate::arith::{
+    multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_prepared,
+    right_shift_constants,
+};
 use crate::kernels::conv::{volume, ConvParams};
 use crate::KernelError;
 
@@ -61,9 +64,23 @@ pub fn add(params: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<
     };
     let scaled1 = table(p.input1_offset, p.input1_multiplier);
     let scaled2 = table(p.input2_offset, p.input2_multiplier);
-    for ((out, &x1), &x2) in output.iter_mut().zip(a).zip(b) {
-        let sum = scaled1[usize::from(x1 as u8)].saturating_add(scaled2[usize::from(x2 as u8)]);
-        *out = add_output(p, sum);
+    let (multiplier, shift) = p.output_multiplier;
+    let (low, high) = (i32::from(p.activation_min), i32::from(p.activation_max));
+    let pairs = output.iter_mut().zip(a).zip(b);
+    if shift < 0 {
+        // The output rescaling's constants once, not per element (equal to `add_output`).
+        let (rounding, high_shift) = right_shift_constants(shift.unsigned_abs());
+        for ((out, &x1), &x2) in pairs {
+            let sum = scaled1[usize::from(x1 as u8)].saturating_add(scaled2[usize::from(x2 as u8)]);
+            let scaled =
+                multiply_by_quantized_multiplier_prepared(sum, multiplier, rounding, high_shift);
+            *out = scaled.saturating_add(p.output_offset).max(low).min(high) as i8;
+        }
+    } else {
+        for ((out, &x1), &x2) in pairs {
+            let sum = scaled1[usize::from(x1 as u8)].saturating_add(scaled2[usize::from(x2 as u8)]);
+            *out = add_output(p, sum);
+        }
     }
     Ok(())
 }
@@ -93,9 +110,12 @@ fn check_add(params: &AddParams, a: &[i8], b: &[i8], output: &[i8]) -> Result<()
 /// The sum's requantisation to the output, shared by both variants.
 #[inline(always)]
 fn add_output(p: &AddParams, sum: i32) -> i8 {
+    // max/min, not `clamp` (which re-checks its bounds per element): `check_add` refused an
+    // empty range.
     multiply_by_quantized_multiplier(sum, p.output_multiplier.0, p.output_multiplier.1)
         .saturating_add(p.output_offset)
-        .clamp(i32::from(p.activation_min), i32::from(p.activation_max)) as i8
+        .max(i32::from(p.activation_min))
+        .min(i32::from(p.activation_max)) as i8
 }
 
 /// `out = a + b` element by element, in real terms: the generic reference of [`add`].
