@@ -6,6 +6,8 @@ use core::ops::Range;
 
 use crate::blob::{Layer, Model, Op};
 use crate::kernels::conv::{conv2d, depthwise_conv2d};
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+use crate::kernels::conv::{conv2d_packed, PackedFilters};
 use crate::kernels::fully_connected::{fully_connected, FullyConnectedParams, PerChannelRequant};
 use crate::kernels::pool_add::{
     add, global_avg_pool, max_pool, AddParams, GlobalAvgPoolParams, ADD_LEFT_SHIFT,
@@ -76,7 +78,12 @@ fn requant<'a>(layer: &Layer<'a>) -> PerChannelRequant<'a> {
 // Out of line: one symbol holding the kernels the engine dispatches to, so the engine's code
 // size can be measured apart from the program around it (`nm` on the firmware ELF).
 #[inline(never)]
-fn run_layer(model: &Model<'_>, layer: &Layer<'_>, arena: &mut [i8]) -> Result<(), KernelError> {
+fn run_layer(
+    model: &Model<'_>,
+    layer: &Layer<'_>,
+    arena: &mut [i8],
+    #[cfg(all(feature = "std", target_arch = "x86_64"))] packed: Option<&PackedFilters>,
+) -> Result<(), KernelError> {
     let tensor = |t: usize| model.tensor(t).ok_or(KernelError::ShapeMismatch);
     let input = tensor(layer.input)?;
     let output = tensor(layer.output)?;
@@ -88,14 +95,28 @@ fn run_layer(model: &Model<'_>, layer: &Layer<'_>, arena: &mut [i8]) -> Result<(
         input2.map(|t| t.range()),
     );
     match layer.op {
-        Op::Conv2d => conv2d(
-            &model.conv_params(layer),
-            x,
-            layer.weights,
-            layer.bias,
-            requant(layer),
-            out,
-        ),
+        Op::Conv2d => {
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            if let Some(packed) = packed {
+                return conv2d_packed(
+                    &model.conv_params(layer),
+                    x,
+                    packed,
+                    layer.weights,
+                    layer.bias,
+                    requant(layer),
+                    out,
+                );
+            }
+            conv2d(
+                &model.conv_params(layer),
+                x,
+                layer.weights,
+                layer.bias,
+                requant(layer),
+                out,
+            )
+        }
         Op::DepthwiseConv2d => depthwise_conv2d(
             &model.conv_params(layer),
             x,
@@ -155,6 +176,63 @@ pub fn run<'a>(
     model: &Model<'_>,
     arena: &'a mut [i8],
     input: &[i8],
+    on_layer: impl FnMut(usize, Op),
+) -> Result<&'a [i8], RunError> {
+    run_with(model, None, arena, input, on_layer)
+}
+
+/// Host-side data prepared once per model to speed up [`run_prepared`]: each standard
+/// convolution's filters repacked for the AVX2 kernel ([`PackedFilters`]). The blob itself is
+/// unchanged (it is the microcontroller's format).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[derive(Debug, Clone)]
+pub struct HostPrepared {
+    packed: Vec<Option<PackedFilters>>,
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+impl HostPrepared {
+    /// Repacks every standard convolution of `model`.
+    pub fn new(model: &Model<'_>) -> Self {
+        let packed = (0..model.layer_count())
+            .map(|i| {
+                let layer = model.layer(i)?;
+                (layer.op == Op::Conv2d)
+                    .then(|| {
+                        PackedFilters::new(
+                            layer.weights,
+                            layer.bias.len(),
+                            layer.bias,
+                            requant(&layer),
+                        )
+                    })
+                    .flatten()
+            })
+            .collect();
+        HostPrepared { packed }
+    }
+}
+
+/// [`run`] with the host's prepared data: the same outputs, bit for bit, faster.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub fn run_prepared<'a>(
+    model: &Model<'_>,
+    prepared: &HostPrepared,
+    arena: &'a mut [i8],
+    input: &[i8],
+    on_layer: impl FnMut(usize, Op),
+) -> Result<&'a [i8], RunError> {
+    run_with(model, Some(prepared), arena, input, on_layer)
+}
+
+#[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+type HostPrepared = core::convert::Infallible;
+
+fn run_with<'a>(
+    model: &Model<'_>,
+    prepared: Option<&HostPrepared>,
+    arena: &'a mut [i8],
+    input: &[i8],
     mut on_layer: impl FnMut(usize, Op),
 ) -> Result<&'a [i8], RunError> {
     if arena.len() < model.arena_bytes() {
@@ -170,7 +248,18 @@ pub fn run<'a>(
             .layer(index)
             .ok_or(RunError::Kernel(KernelError::ShapeMismatch))?;
         on_layer(index, layer.op);
-        run_layer(model, &layer, arena)?;
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        run_layer(
+            model,
+            &layer,
+            arena,
+            prepared.and_then(|p| p.packed.get(index)?.as_ref()),
+        )?;
+        #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+        {
+            let _ = prepared;
+            run_layer(model, &layer, arena)?;
+        }
     }
     Ok(&arena[model.output().range()])
 }

@@ -838,6 +838,289 @@ pub fn conv2d(
     conv2d_patches(params, input, weights, bias, requant, output, (gather, dot))
 }
 
+/// A convolution's OHWI filters repacked on the host for [`conv2d_packed`]: per block of eight
+/// output channels and per pair of patch positions `(2j, 2j + 1)`, the eight channels' two
+/// weights as int16 — one 256-bit row that `vpmaddwd` multiplies with the pair broadcast.
+/// Built once per model (the blob stays the microcontroller's format; this is host memory).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[derive(Debug, Clone)]
+pub struct PackedFilters {
+    channels: usize,
+    len: usize,
+    pairs: usize,
+    data: Vec<i16>,
+    /// Per block of eight channels, when every channel of the layer scales down (a right
+    /// shift): bias, multiplier, `2^e + 1` and `e − 1` per lane, for the vector
+    /// requantisation. `None`: the scalar one.
+    requant: Option<Vec<[[i32; 8]; 4]>>,
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+impl PackedFilters {
+    /// Output channels of a block.
+    const LANES: usize = 8;
+
+    /// Repacks `channels` filters of `weights.len() / channels` values each, with their bias
+    /// and requantisation; `None` when the lengths do not describe `channels` filters.
+    pub fn new(
+        weights: &[i8],
+        channels: usize,
+        bias: &[i32],
+        requant: PerChannelRequant<'_>,
+    ) -> Option<Self> {
+        if channels == 0
+            || !weights.len().is_multiple_of(channels)
+            || bias.len() != channels
+            || requant.multipliers.len() != channels
+            || requant.shifts.len() != channels
+        {
+            return None;
+        }
+        let len = weights.len() / channels;
+        let pairs = len.div_ceil(2);
+        let blocks = channels.div_ceil(Self::LANES);
+        let mut data = vec![0_i16; blocks * pairs * 2 * Self::LANES];
+        for (c, filter) in weights.chunks_exact(len).enumerate() {
+            let (block, lane) = (c / Self::LANES, c % Self::LANES);
+            for (k, &w) in filter.iter().enumerate() {
+                data[(block * pairs + k / 2) * 2 * Self::LANES + 2 * lane + k % 2] = i16::from(w);
+            }
+        }
+        let right_shifts = requant.shifts.iter().all(|&s| (-31..0).contains(&s));
+        let requant = right_shifts.then(|| {
+            (0..blocks)
+                .map(|block| {
+                    // Per lane (bias, multiplier, 2^e + 1, e − 1); lanes past the last channel
+                    // get multiplier 0 and a shift of 1 (harmless, never stored).
+                    let lane = |lane: usize| {
+                        let c = block * Self::LANES + lane;
+                        if c >= channels {
+                            return [0, 0, 3, 0];
+                        }
+                        let (rounding, high_shift) =
+                            crate::arith::right_shift_constants(requant.shifts[c].unsigned_abs());
+                        [
+                            bias[c],
+                            requant.multipliers[c],
+                            rounding as i32,
+                            high_shift as i32,
+                        ]
+                    };
+                    let per_lane: [[i32; 4]; 8] = core::array::from_fn(lane);
+                    core::array::from_fn(|field| per_lane.map(|l| l[field]))
+                })
+                .collect()
+        });
+        Some(PackedFilters {
+            channels,
+            len,
+            pairs,
+            data,
+            requant,
+        })
+    }
+
+    /// Whether this packing was made from these filters' shape and constants.
+    fn matches(&self, p: &ConvParams, bias: &[i32], requant: &PerChannelRequant<'_>) -> bool {
+        let Some(lanes) = &self.requant else {
+            return self.channels == p.output_channels;
+        };
+        self.channels == p.output_channels
+            && (0..self.channels).all(|c| {
+                let block = &lanes[c / Self::LANES];
+                let lane = c % Self::LANES;
+                let (rounding, high_shift) = if requant.shifts[c] < 0 {
+                    crate::arith::right_shift_constants(requant.shifts[c].unsigned_abs())
+                } else {
+                    (0, u32::MAX)
+                };
+                block[0][lane] == bias[c]
+                    && block[1][lane] == requant.multipliers[c]
+                    && block[2][lane] == rounding as i32
+                    && block[3][lane] == high_shift as i32
+            })
+    }
+}
+
+/// [`conv2d`] with filters repacked by [`PackedFilters`], bit for bit equal to
+/// [`conv2d_reference`]: per output pixel the patch is gathered once (as in [`conv2d`]), then
+/// every block of eight output channels accumulates vertically — per pair of patch values one
+/// broadcast, one `vpmaddwd` (16 MACs) and one add, with no horizontal sums — and the eight
+/// results are requantised. Falls back to [`conv2d`] without AVX2 or when the packing does not
+/// match the layer.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub fn conv2d_packed(
+    params: &ConvParams,
+    input: &[i8],
+    packed: &PackedFilters,
+    weights: &[i8],
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) -> Result<(), KernelError> {
+    params.check(false, input, weights, bias, &requant, output)?;
+    let p = params;
+    let fits = packed.matches(p, bias, &requant)
+        && packed.len == p.kernel * p.kernel * p.input_channels
+        && packed.len <= PATCH_MAX
+        && (-255..=255).contains(&p.input_offset);
+    if !fits || !std::is_x86_feature_detected!("avx2") {
+        return conv2d(params, input, weights, bias, requant, output);
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `conv2d_packed_avx2` only requires the CPU to support AVX2, checked just above.
+    unsafe {
+        conv2d_packed_avx2(p, input, packed, bias, requant, output);
+    }
+    Ok(())
+}
+
+/// The body of [`conv2d_packed`] (shapes checked by the caller).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+fn conv2d_packed_avx2(
+    p: &ConvParams,
+    input: &[i8],
+    packed: &PackedFilters,
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) {
+    use core::arch::x86_64::*;
+    const LANES: usize = PackedFilters::LANES;
+    // Heap, sized to the layer (this is the host): zeroing a PATCH_MAX stack buffer per layer
+    // cost more than the allocation. int32 storage, viewed as int16, so the pairs are aligned.
+    // Even length: an odd filter's last pair ends in a zero weight and a zero value.
+    let mut patch_pairs = vec![0_i32; packed.pairs];
+    let patch: &mut [i16] = bytemuck::cast_slice_mut(&mut patch_pairs);
+    let offset = p.input_offset as i16;
+    let block_len = packed.pairs * 2 * LANES;
+    let out_len = p.output_channels;
+    let mut sums = [0_i32; LANES];
+    // The vector requantisation adds the offset without saturating: exact while |offset| is
+    // far below the ±2^30 a requantised value can reach.
+    let small_offset = p.output_offset.unsigned_abs() <= 1 << 16;
+    let clamp = (
+        p.output_offset,
+        i32::from(p.activation_min),
+        i32::from(p.activation_max),
+    );
+    for oy in 0..p.output_height {
+        for ox in 0..p.output_width {
+            gather_patch(p, input, (oy, ox), &mut patch[..packed.len], |dst, src| {
+                gather_avx2(dst, src, offset)
+            });
+            let pairs: &[i32] = bytemuck::cast_slice(&patch[..]);
+            let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
+            for (block, filters) in packed.data.chunks_exact(block_len).enumerate() {
+                let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                let rows = filters.as_chunks::<{ 2 * LANES }>().0;
+                // Two accumulators: the adds of consecutive pairs do not wait on each other.
+                let mut chunks = pairs.chunks_exact(2).zip(rows.chunks_exact(2));
+                for (two, rows) in chunks.by_ref() {
+                    #[allow(unsafe_code)]
+                    // SAFETY: each row is 16 int16 (32 bytes) read in place; unaligned loads.
+                    let (w0, w1) = unsafe {
+                        (
+                            _mm256_loadu_si256(rows[0].as_ptr().cast()),
+                            _mm256_loadu_si256(rows[1].as_ptr().cast()),
+                        )
+                    };
+                    // |x + offset| ≤ 383 and |w| ≤ 128: each lane's pair sum fits int32.
+                    even = _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_set1_epi32(two[0]), w0));
+                    odd = _mm256_add_epi32(odd, _mm256_madd_epi16(_mm256_set1_epi32(two[1]), w1));
+                }
+                if pairs.len() % 2 == 1 {
+                    let (last, row) = (pairs[pairs.len() - 1], &rows[rows.len() - 1]);
+                    #[allow(unsafe_code)]
+                    // SAFETY: a 16-value row read in place; unaligned load.
+                    let w = unsafe { _mm256_loadu_si256(row.as_ptr().cast()) };
+                    even = _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_set1_epi32(last), w));
+                }
+                let sum = _mm256_add_epi32(even, odd);
+                let first = block * LANES;
+                if let (Some(lanes), true) = (
+                    packed.requant.as_ref().and_then(|r| r.get(block)),
+                    small_offset,
+                ) {
+                    let values = requantize_lanes_avx2(sum, lanes, clamp);
+                    for (o, &v) in out[first..].iter_mut().zip(&values) {
+                        *o = v as i8;
+                    }
+                    continue;
+                }
+                #[allow(unsafe_code)]
+                // SAFETY: `sums` is 8 int32 (32 bytes); unaligned store.
+                unsafe {
+                    _mm256_storeu_si256(sums.as_mut_ptr().cast(), sum);
+                }
+                for (lane, &sum) in sums.iter().enumerate().take(out_len - first) {
+                    let oc = first + lane;
+                    out[oc] = p.finish(
+                        bias[oc].wrapping_add(sum),
+                        requant.multipliers[oc],
+                        requant.shifts[oc],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// [`ConvParams::finish`] for eight channels at once with the prepared right-shift
+/// constants (`lanes`: bias, multiplier, `2^e + 1`, `e − 1`): the formula of
+/// [`crate::arith::multiply_by_quantized_multiplier_prepared`] in 64-bit lanes (`vpmuldq` on
+/// the even and the odd channels), then offset and clamp. Equal to the scalar path for every
+/// input (`vector_requantisation_equals_the_scalar_one`).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+pub(crate) fn requantize_lanes_avx2(
+    sum: core::arch::x86_64::__m256i,
+    lanes: &[[i32; 8]; 4],
+    (offset, low, high): (i32, i32, i32),
+) -> [i32; 8] {
+    use core::arch::x86_64::*;
+    #[allow(unsafe_code)]
+    // SAFETY: each `lanes` row is 8 int32 (32 bytes), read in place; unaligned loads.
+    let [bias, multiplier, rounding, high_shift] =
+        lanes.map(|row| unsafe { _mm256_loadu_si256(row.as_ptr().cast()) });
+    let x = _mm256_add_epi32(sum, bias);
+    // q = (2^e + 1) − 2n, n = 1 where x and m differ in sign (as unsigned 32-bit values).
+    let differ = _mm256_srai_epi32::<31>(_mm256_xor_si256(x, multiplier));
+    let q = _mm256_add_epi32(rounding, _mm256_slli_epi32::<1>(differ));
+    // x·m + q·2^30 in 64 bits, even channels in the low halves, odd ones shifted down.
+    let low_words = _mm256_set1_epi64x(0xFFFF_FFFF);
+    let even = _mm256_add_epi64(
+        _mm256_mul_epi32(x, multiplier),
+        _mm256_slli_epi64::<30>(_mm256_and_si256(q, low_words)),
+    );
+    let odd = _mm256_add_epi64(
+        _mm256_mul_epi32(
+            _mm256_srli_epi64::<32>(x),
+            _mm256_srli_epi64::<32>(multiplier),
+        ),
+        _mm256_slli_epi64::<30>(_mm256_srli_epi64::<32>(q)),
+    );
+    // The high words: the even ones moved down into their channel's slot, the odd ones
+    // already there.
+    let high_words = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
+    let scaled = _mm256_srav_epi32(high_words, high_shift);
+    let out = _mm256_min_epi32(
+        _mm256_max_epi32(
+            _mm256_add_epi32(scaled, _mm256_set1_epi32(offset)),
+            _mm256_set1_epi32(low),
+        ),
+        _mm256_set1_epi32(high),
+    );
+    let mut values = [0_i32; 8];
+    #[allow(unsafe_code)]
+    // SAFETY: `values` is 8 int32 (32 bytes); unaligned store.
+    unsafe {
+        _mm256_storeu_si256(values.as_mut_ptr().cast(), out);
+    }
+    values
+}
+
 /// [`conv2d_patches`] compiled for AVX2 (16 int16 MACs per `vpmaddwd` instead of SSE2's 8):
 /// the host build targets baseline x86-64, so the wider code is chosen at run time.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -890,41 +1173,17 @@ fn conv2d_patches(
     // Whole groups of four channels per position: gathered straight into the DSP order.
     #[cfg(feature = "dsp")]
     let swapped_gather = cin.is_multiple_of(4);
-    let row_len = p.kernel * cin;
-    // The patch of output pixel (oy, ox): `x + offset` over its receptive field, 0 in the
-    // padding. The kernel columns inside the input are the same for every kernel row, and each
-    // row's run of them is contiguous in the input (NHWC) and in the patch: one call per row.
     let fill = |oy: usize, ox: usize, patch: &mut [i16]| {
         // A padded patch (see `work_len` below) ends in zeros.
         let filled = filter_len.min(patch.len());
         patch[filled..].fill(0);
-        let left = ox * p.stride;
-        let first = p.padding.saturating_sub(left).min(p.kernel);
-        let end = (p.input_width + p.padding)
-            .saturating_sub(left)
-            .min(p.kernel);
-        let inside = end.saturating_sub(first) * cin;
-        for (ky, row) in patch[..filled].chunks_exact_mut(row_len).enumerate() {
-            let iy = (oy * p.stride + ky)
-                .checked_sub(p.padding)
-                .filter(|&y| y < p.input_height);
-            let Some(iy) = iy.filter(|_| inside > 0) else {
-                row.fill(0);
-                continue;
-            };
-            row[..first * cin].fill(0);
-            row[first * cin + inside..].fill(0);
-            let dst = &mut row[first * cin..][..inside];
-            // Column of the first inside position: left + first − padding ≥ 0.
-            let ix = left + first - p.padding;
-            let src = &input[(iy * p.input_width + ix) * cin..][..inside];
+        gather_patch(p, input, (oy, ox), &mut patch[..filled], |dst, src| {
             #[cfg(feature = "dsp")]
             if swapped_gather {
-                gather_swapped(dst, src, offset);
-                continue;
+                return gather_swapped(dst, src, offset);
             }
-            gather(dst, src, offset);
-        }
+            gather(dst, src, offset)
+        });
         // The DSP dot product pairs the patch's elements (0, 2) and (1, 3) of every four
         // (of the padded length too).
         #[cfg(feature = "dsp")]
@@ -1025,6 +1284,44 @@ fn conv2d_patches(
         }
     }
     Ok(())
+}
+
+/// The patch of output pixel `(oy, ox)` (`k·k·Cin` values): `x + offset` over its receptive
+/// field (`gather(dst, src)` widens a run of input values), 0 in the padding. The kernel
+/// columns inside the input are the same for every kernel row, and each row's run of them is
+/// contiguous in the input (NHWC) and in the patch: one `gather` call per kernel row.
+#[inline(always)]
+fn gather_patch(
+    p: &ConvParams,
+    input: &[i8],
+    (oy, ox): (usize, usize),
+    patch: &mut [i16],
+    gather: impl Fn(&mut [i16], &[i8]),
+) {
+    let cin = p.input_channels;
+    let left = ox * p.stride;
+    let first = p.padding.saturating_sub(left).min(p.kernel);
+    let end = (p.input_width + p.padding)
+        .saturating_sub(left)
+        .min(p.kernel);
+    let inside = end.saturating_sub(first) * cin;
+    for (ky, row) in patch.chunks_exact_mut(p.kernel * cin).enumerate() {
+        let iy = (oy * p.stride + ky)
+            .checked_sub(p.padding)
+            .filter(|&y| y < p.input_height);
+        let Some(iy) = iy.filter(|_| inside > 0) else {
+            row.fill(0);
+            continue;
+        };
+        row[..first * cin].fill(0);
+        row[first * cin + inside..].fill(0);
+        // Column of the first inside position: left + first − padding ≥ 0.
+        let ix = left + first - p.padding;
+        gather(
+            &mut row[first * cin..][..inside],
+            &input[(iy * p.input_width + ix) * cin..][..inside],
+        );
+    }
 }
 
 /// Largest kernel side whose window [`depthwise_conv2d`] tabulates (7×7 positions on the
@@ -1190,6 +1487,134 @@ mod tests {
                 distinct > n.min(20) / 2,
                 "case {seed}: degenerate outputs {reference:?}"
             );
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn packed_conv_equals_the_reference_bit_for_bit() {
+        // Odd and even filter lengths, channel counts on both sides of a block of eight.
+        for (seed, h, w, cin, cout, k, s, pad) in [
+            (11, 9, 7, 3, 5, 3, 1, 1),
+            (12, 8, 8, 4, 8, 3, 2, 1),
+            (13, 6, 6, 16, 12, 3, 1, 1),
+            (14, 5, 5, 13, 17, 3, 1, 1),
+            (15, 7, 7, 8, 9, 1, 2, 0),
+            (16, 4, 4, 32, 64, 3, 1, 1),
+        ] {
+            let c = case(seed, h, w, cin, cout, k, s, pad);
+            let rq = PerChannelRequant {
+                multipliers: &c.mults,
+                shifts: &c.shifts,
+            };
+            let n = c.p.output_height * c.p.output_width * cout;
+            let (mut fast, mut reference) = (vec![0; n], vec![0; n]);
+            let packed = PackedFilters::new(&c.weights, cout, &c.bias, rq).unwrap();
+            conv2d_packed(&c.p, &c.input, &packed, &c.weights, &c.bias, rq, &mut fast).unwrap();
+            conv2d_reference(&c.p, &c.input, &c.weights, &c.bias, rq, &mut reference).unwrap();
+            assert_eq!(fast, reference, "case {seed}");
+        }
+        // A packing that does not match the layer is not used: the result is still right.
+        let c = case(17, 6, 6, 4, 6, 3, 1, 1);
+        let rq = PerChannelRequant {
+            multipliers: &c.mults,
+            shifts: &c.shifts,
+        };
+        let n = c.p.output_height * c.p.output_width * 6;
+        let other = PackedFilters::new(
+            &c.weights[..c.weights.len() / 2],
+            3,
+            &c.bias[..3],
+            PerChannelRequant {
+                multipliers: &c.mults[..3],
+                shifts: &c.shifts[..3],
+            },
+        )
+        .unwrap();
+        let (mut fast, mut reference) = (vec![0; n], vec![0; n]);
+        conv2d_packed(&c.p, &c.input, &other, &c.weights, &c.bias, rq, &mut fast).unwrap();
+        conv2d_reference(&c.p, &c.input, &c.weights, &c.bias, rq, &mut reference).unwrap();
+        assert_eq!(fast, reference);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_requantisation_equals_the_scalar_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("SKIP: no AVX2 on this CPU");
+            return;
+        }
+        let p = ConvParams {
+            input_height: 1,
+            input_width: 1,
+            input_channels: 1,
+            output_height: 1,
+            output_width: 1,
+            output_channels: 8,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+            input_offset: 0,
+            output_offset: 0,
+            activation_min: -128,
+            activation_max: 127,
+        };
+        let mut state = 0x0123_4567_89AB_CDEF_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 32) as i32
+        };
+        for round in 0..20_000 {
+            let bias: [i32; 8] = core::array::from_fn(|_| next() >> 8);
+            let multipliers: [i32; 8] = core::array::from_fn(|_| next());
+            let shifts: [i32; 8] = core::array::from_fn(|_| -1 - (next().rem_euclid(31)));
+            let sums: [i32; 8] = core::array::from_fn(|lane| match round % 4 {
+                0 => next(),
+                1 => next() >> 12,
+                2 => [
+                    i32::MIN,
+                    i32::MAX,
+                    0,
+                    -1,
+                    1,
+                    i32::MIN + 1,
+                    1 << 30,
+                    -(1 << 30),
+                ][lane],
+                _ => next() >> 20,
+            });
+            let (offset, low, high) = (next() % 200, -128 + next().rem_euclid(100), 127);
+            let rq = PerChannelRequant {
+                multipliers: &multipliers,
+                shifts: &shifts,
+            };
+            let packed = PackedFilters::new(&[1; 8], 8, &bias, rq).unwrap();
+            let lanes = &packed.requant.as_ref().unwrap()[0];
+            #[allow(unsafe_code)]
+            // SAFETY: AVX2 checked above; `sums` is 8 int32.
+            let got = unsafe {
+                requantize_lanes_avx2(
+                    core::arch::x86_64::_mm256_loadu_si256(sums.as_ptr().cast()),
+                    lanes,
+                    (offset, low, high),
+                )
+            };
+            let q = ConvParams {
+                output_offset: offset,
+                activation_min: low as i8,
+                activation_max: high as i8,
+                ..p
+            };
+            for lane in 0..8 {
+                let want = q.finish(
+                    bias[lane].wrapping_add(sums[lane]),
+                    multipliers[lane],
+                    shifts[lane],
+                );
+                assert_eq!(got[lane] as i8, want, "round {round} lane {lane}");
+            }
         }
     }
 

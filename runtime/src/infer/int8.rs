@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 
 use scanside_firmware::blob::write::AlignedBlob;
 use scanside_firmware::blob::{Model, Tensor};
-use scanside_firmware::engine::{dequantize, quantize, run};
+#[cfg(not(target_arch = "x86_64"))]
+use scanside_firmware::engine::run;
+use scanside_firmware::engine::{dequantize, quantize};
+#[cfg(target_arch = "x86_64")]
+use scanside_firmware::engine::{run_prepared, HostPrepared};
 
 use crate::{Error, Result};
 
@@ -22,6 +26,9 @@ pub struct Int8Classifier {
     output: Tensor,
     arena_bytes: usize,
     path: PathBuf,
+    /// x86-64: the convolutions' filters repacked for the AVX2 kernel, once per model.
+    #[cfg(target_arch = "x86_64")]
+    prepared: HostPrepared,
 }
 
 impl Int8Classifier {
@@ -50,12 +57,16 @@ impl Int8Classifier {
             )));
         }
         let arena_bytes = model.arena_bytes();
+        #[cfg(target_arch = "x86_64")]
+        let prepared = HostPrepared::new(&model);
         Ok(Self {
             blob,
             input,
             output,
             arena_bytes,
             path: path.to_path_buf(),
+            #[cfg(target_arch = "x86_64")]
+            prepared,
         })
     }
 
@@ -84,12 +95,14 @@ impl Int8Classifier {
             reason: format!("int8 blob refused: {e}"),
         })?;
         let mut arena = vec![0_i8; self.arena_bytes];
-        run(&model, &mut arena, input, |_, _| ())
-            .map(<[i8]>::to_vec)
-            .map_err(|e| Error::Model {
-                path: self.path.clone(),
-                reason: format!("int8 inference failed: {e}"),
-            })
+        #[cfg(target_arch = "x86_64")]
+        let result = run_prepared(&model, &self.prepared, &mut arena, input, |_, _| ());
+        #[cfg(not(target_arch = "x86_64"))]
+        let result = run(&model, &mut arena, input, |_, _| ());
+        result.map(<[i8]>::to_vec).map_err(|e| Error::Model {
+            path: self.path.clone(),
+            reason: format!("int8 inference failed: {e}"),
+        })
     }
 
     /// The quantised input and the int8 output for one preprocessed `C×H×W` input: a golden
