@@ -2,7 +2,8 @@
 # Inference benchmark of a bundle's models against the onnxruntime peer, same images, same run:
 # `scanside bench` for tract fp32, the int8 core and tract on the QDQ model (one process each, so
 # peak RSS is per engine), and onnxruntime (Python, one thread, batch 1) on the fp32 ONNX model and its int8
-# QDQ twin. Prints each engine's p50/p99, cold start and peak RSS, and ratios to onnxruntime fp32.
+# QDQ twin (each in its own process). Prints each engine's p50/p99, cold start and peak RSS, and their ratios to
+# onnxruntime fp32.
 #   BUNDLE=runs/demo/bundle KEY=runs/demo/keys/demo.pub N=300 bash tools/bench/int8.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,14 +22,16 @@ python3 - "$ort" <<'PY'
 import json, sys
 peer = json.loads(sys.argv[1])
 rows = [json.load(open(f"/tmp/scanside-bench-{e}.json"))["engines"][0] for e in ("fp32", "int8", "qdq")]
-base = peer["fp32_p50_ms"]
-print(f"{'engine':<28}{'p50 ms':>9}{'p99 ms':>9}{'cold start ms':>15}{'peak RSS MiB':>14}{'p50 / ort fp32':>16}")
-for r in rows:
-    name = {"fp32": "scanside tract fp32", "int8": "scanside int8 core", "qdq": "scanside tract QDQ"}[r["engine"]]
+base = peer["fp32"]
+print(f"{'engine':<28}{'p50 ms':>9}{'p99 ms':>9}{'cold start ms':>15}{'peak RSS MiB':>14}"
+      f"{'p50 / ort fp32':>16}{'cold / ort':>12}{'RSS / ort':>11}")
+def row(name, r):
     print(f"{name:<28}{r['p50_ms']:9.3f}{r['p99_ms']:9.3f}{r['cold_start_ms']:15.1f}"
-          f"{r['peak_rss_kib'] / 1024:14.1f}{r['p50_ms'] / base:15.2f}x")
-print(f"{'onnxruntime ' + peer['onnxruntime'] + ' fp32':<28}{base:9.3f}{'':>9}{'':>15}{'':>14}{1:15.2f}x")
-if "qdq_int8_p50_ms" in peer:
-    q = peer["qdq_int8_p50_ms"]
-    print(f"{'onnxruntime QDQ int8':<28}{q:9.3f}{'':>9}{'':>15}{'':>14}{q / base:15.2f}x")
+          f"{r['peak_rss_kib'] / 1024:14.1f}{r['p50_ms'] / base['p50_ms']:15.2f}x"
+          f"{r['cold_start_ms'] / base['cold_start_ms']:11.2f}x{r['peak_rss_kib'] / base['peak_rss_kib']:10.2f}x")
+for r in rows:
+    row({"fp32": "scanside tract fp32", "int8": "scanside int8 core", "qdq": "scanside tract QDQ"}[r["engine"]], r)
+row(f"onnxruntime {peer['onnxruntime']} fp32", base)
+if "qdq_int8" in peer:
+    row("onnxruntime QDQ int8", peer["qdq_int8"])
 PY

@@ -1,22 +1,34 @@
 #!/usr/bin/env python3
 """onnxruntime peer for tools/bench/int8.sh: per-image latency (batch 1, one thread, like the
-scanside runtime's per-image `infer_ms`) of a bundle's fp32 ONNX model and its int8 QDQ twin.
+scanside runtime's per-image `infer_ms`) of a bundle's fp32 ONNX model and its int8 QDQ twin,
+with the same cold start and peak-RSS measures as `scanside bench`.
 
 Usage: onnxruntime_peer.py BUNDLE_DIR [N]
+Each model runs in its own Python process (so peak RSS is per engine, as scanside's is):
+cold start = creating the InferenceSession (load + graph optimisation; scanside's is bundle
+load + verification + engine preparation), peak RSS = the process's maximum resident set
+(Python, numpy and onnxruntime included: how the peer is deployed here).
 Inputs are random normal values of the model's input shape: latency does not depend on content.
 """
 import json
+import resource
+import subprocess
 import sys
 import time
 
-import numpy as np
-import onnxruntime as ort
 
+def one(path, shape, n):
+    """Measures one model in this process and prints its JSON line."""
+    import numpy as np
+    import onnxruntime as ort
 
-def p50_ms(path, x, n):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 1, *shape)).astype(np.float32)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    t0 = time.perf_counter()
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    cold_start_ms = (time.perf_counter() - t0) * 1e3
     name = session.get_inputs()[0].name
     for i in range(10):
         session.run(None, {name: x[i % len(x)]})
@@ -26,20 +38,44 @@ def p50_ms(path, x, n):
         session.run(None, {name: x[i % len(x)]})
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
-    return times[len(times) // 2]
+    print(json.dumps({
+        "onnxruntime": ort.__version__,
+        "p50_ms": times[len(times) // 2],
+        "p99_ms": times[min(len(times) - 1, len(times) * 99 // 100)],
+        "cold_start_ms": cold_start_ms,
+        # Linux reports ru_maxrss in KiB.
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }))
+
+
+def measure(path, shape, n):
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", path, json.dumps(shape), str(n)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out)
 
 
 def main():
+    if sys.argv[1] == "--one":
+        one(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))
+        return
     bundle = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     manifest = json.load(open(f"{bundle}/manifest.json"))
     p = manifest["preprocess"]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((32, 1, p["channels"], p["height"], p["width"])).astype(np.float32)
-    result = {"onnxruntime": ort.__version__, "fp32_p50_ms": p50_ms(f"{bundle}/{manifest['model']['file']}", x, n)}
+    shape = [p["channels"], p["height"], p["width"]]
+    fp32 = measure(f"{bundle}/{manifest['model']['file']}", shape, n)
+    result = {
+        "onnxruntime": fp32["onnxruntime"],
+        "fp32_p50_ms": fp32["p50_ms"],
+        "fp32": fp32,
+    }
     qdq = (manifest.get("int8") or {}).get("qdq_onnx")
     if qdq:
-        result["qdq_int8_p50_ms"] = p50_ms(f"{bundle}/{qdq['file']}", x, n)
+        q = measure(f"{bundle}/{qdq['file']}", shape, n)
+        result["qdq_int8_p50_ms"] = q["p50_ms"]
+        result["qdq_int8"] = q
     print(json.dumps(result))
 
 
