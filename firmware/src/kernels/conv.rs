@@ -506,6 +506,32 @@ mod tests {
         }
     }
 
+    impl Case {
+        fn requant(&self) -> PerChannelRequant<'_> {
+            PerChannelRequant {
+                multipliers: &self.mults,
+                shifts: &self.shifts,
+            }
+        }
+
+        /// The outputs of `fast` and of [`conv2d_reference`] on this case.
+        fn fast_and_reference(&self, fast: impl FnOnce(&Case, &mut [i8])) -> (Vec<i8>, Vec<i8>) {
+            let n = self.p.output_height * self.p.output_width * self.p.output_channels;
+            let (mut out, mut reference) = (vec![0; n], vec![0; n]);
+            fast(self, &mut out);
+            conv2d_reference(
+                &self.p,
+                &self.input,
+                &self.weights,
+                &self.bias,
+                self.requant(),
+                &mut reference,
+            )
+            .unwrap();
+            (out, reference)
+        }
+    }
+
     #[test]
     fn fast_conv_equals_the_reference_bit_for_bit() {
         for (seed, h, w, cin, cout, k, s, pad) in [
@@ -520,15 +546,11 @@ mod tests {
             (8, 5, 5, 13, 7, 3, 1, 1),
         ] {
             let c = case(seed, h, w, cin, cout, k, s, pad);
-            let rq = PerChannelRequant {
-                multipliers: &c.mults,
-                shifts: &c.shifts,
-            };
-            let n = c.p.output_height * c.p.output_width * cout;
-            let (mut fast, mut reference) = (vec![0; n], vec![0; n]);
-            conv2d(&c.p, &c.input, &c.weights, &c.bias, rq, &mut fast).unwrap();
-            conv2d_reference(&c.p, &c.input, &c.weights, &c.bias, rq, &mut reference).unwrap();
+            let (fast, reference) = c.fast_and_reference(|c, out| {
+                conv2d(&c.p, &c.input, &c.weights, &c.bias, c.requant(), out).unwrap()
+            });
             assert_eq!(fast, reference, "case {seed}");
+            let n = reference.len();
             let distinct = reference
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
@@ -553,24 +575,23 @@ mod tests {
             (16, 4, 4, 32, 64, 3, 1, 1),
         ] {
             let c = case(seed, h, w, cin, cout, k, s, pad);
-            let rq = PerChannelRequant {
-                multipliers: &c.mults,
-                shifts: &c.shifts,
-            };
-            let n = c.p.output_height * c.p.output_width * cout;
-            let (mut fast, mut reference) = (vec![0; n], vec![0; n]);
-            let packed = PackedFilters::new(&c.weights, cout, &c.bias, rq).unwrap();
-            conv2d_packed(&c.p, &c.input, &packed, &c.weights, &c.bias, rq, &mut fast).unwrap();
-            conv2d_reference(&c.p, &c.input, &c.weights, &c.bias, rq, &mut reference).unwrap();
+            let packed = PackedFilters::new(&c.weights, cout, &c.bias, c.requant()).unwrap();
+            let (fast, reference) = c.fast_and_reference(|c, out| {
+                conv2d_packed(
+                    &c.p,
+                    &c.input,
+                    &packed,
+                    &c.weights,
+                    &c.bias,
+                    c.requant(),
+                    out,
+                )
+                .unwrap()
+            });
             assert_eq!(fast, reference, "case {seed}");
         }
         // A packing that does not match the layer is not used: the result is still right.
         let c = case(17, 6, 6, 4, 6, 3, 1, 1);
-        let rq = PerChannelRequant {
-            multipliers: &c.mults,
-            shifts: &c.shifts,
-        };
-        let n = c.p.output_height * c.p.output_width * 6;
         let other = PackedFilters::new(
             &c.weights[..c.weights.len() / 2],
             3,
@@ -581,9 +602,18 @@ mod tests {
             },
         )
         .unwrap();
-        let (mut fast, mut reference) = (vec![0; n], vec![0; n]);
-        conv2d_packed(&c.p, &c.input, &other, &c.weights, &c.bias, rq, &mut fast).unwrap();
-        conv2d_reference(&c.p, &c.input, &c.weights, &c.bias, rq, &mut reference).unwrap();
+        let (fast, reference) = c.fast_and_reference(|c, out| {
+            conv2d_packed(
+                &c.p,
+                &c.input,
+                &other,
+                &c.weights,
+                &c.bias,
+                c.requant(),
+                out,
+            )
+            .unwrap()
+        });
         assert_eq!(fast, reference);
     }
 

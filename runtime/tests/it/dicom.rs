@@ -494,16 +494,23 @@ fn image_like(rows: usize, cols: usize, samples: usize, frames: usize, bits: u32
     values
 }
 
+/// Whether dcmtk's JPEG-LS encoder is absent (the test then says so and skips).
+fn dcmcjpls_missing() -> bool {
+    let missing = std::process::Command::new("dcmcjpls")
+        .arg("--version")
+        .output()
+        .map_or(true, |o| !o.status.success());
+    if missing {
+        eprintln!("SKIP: dcmtk's dcmcjpls is not installed (tools/setup.sh installs dcmtk)");
+    }
+    missing
+}
+
 #[test]
 fn jpeg_ls_files_from_dcmtk_decode_to_their_source_pixels() {
     use scanside_runtime::decode::read_dicom_frames;
     use scanside_runtime::preprocess::DicomFrames;
-    if std::process::Command::new("dcmcjpls")
-        .arg("--version")
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        eprintln!("SKIP: dcmtk's dcmcjpls is not installed (tools/setup.sh installs dcmtk)");
+    if dcmcjpls_missing() {
         return;
     }
     struct Case {
@@ -621,12 +628,7 @@ fn jpeg_ls_files_from_dcmtk_decode_to_their_source_pixels() {
 #[test]
 fn a_corrupt_jpeg_ls_stream_is_a_clear_error() {
     use scanside_runtime::decode::read_dicom_values;
-    if std::process::Command::new("dcmcjpls")
-        .arg("--version")
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        eprintln!("SKIP: dcmtk's dcmcjpls is not installed (tools/setup.sh installs dcmtk)");
+    if dcmcjpls_missing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
