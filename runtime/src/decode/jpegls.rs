@@ -553,10 +553,17 @@ impl<'a> Bits<'a> {
         // so no header can make it wrap.
         let escape = limit.saturating_sub(qbpp + 1);
         let high = self.unary(escape)?;
-        if high >= escape {
-            return Ok(self.read(qbpp) as i32 + 1);
+        let value = if high >= escape {
+            self.read(qbpp) + 1
+        } else {
+            (high << k) | self.read(k)
+        };
+        // A mapped error is below 2·RANGE ≤ 2^(qbpp+1) in any valid stream; refusing larger
+        // ones keeps every context update far from overflow on corrupt data.
+        if value > 1 << (qbpp + 1) {
+            return Err("JPEG-LS: corrupt scan data (error value out of range)".into());
         }
-        Ok(((high << k) | self.read(k)) as i32)
+        Ok(value as i32)
     }
 
     fn check_end(&self) -> Result<(), JlsError> {
@@ -863,6 +870,10 @@ mod tests {
         assert_eq!(bits.golomb(2, 32, 8).unwrap(), 14);
         let mut escaped = Bits::new(&[0, 0, 0b0000_0001, 41]);
         assert_eq!(escaped.golomb(0, 32, 8).unwrap(), 42);
+        // A code no valid 8-bit stream has (a corrupt context's k = 20): refused, so the
+        // context updates cannot overflow.
+        let mut corrupt = Bits::new(&[0b0001_1111, 0xFF, 0xFF, 0xFF]);
+        assert!(corrupt.golomb(20, 32, 8).is_err());
     }
 
     #[test]
