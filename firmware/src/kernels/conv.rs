@@ -363,12 +363,18 @@ fn gather_patch(
             row.fill(0);
             continue;
         };
-        row[..first * cin].fill(0);
-        row[first * cin + inside..].fill(0);
+        // Only at the borders: a `fill` of nothing still costs a `memset` call per row.
+        let (left_pad, rest) = row.split_at_mut(first * cin);
+        if !left_pad.is_empty() {
+            left_pad.fill(0);
+        }
+        if rest.len() > inside {
+            rest[inside..].fill(0);
+        }
         // Column of the first inside position: left + first − padding ≥ 0.
         let ix = left + first - p.padding;
         gather(
-            &mut row[first * cin..][..inside],
+            &mut rest[..inside],
             &input[(iy * p.input_width + ix) * cin..][..inside],
         );
     }

@@ -63,14 +63,18 @@ fn dot_avx2(patch: &[i16], filter: &[i8]) -> i32 {
 }
 
 /// A convolution's OHWI filters repacked on the host for [`conv2d_packed`]: per block of eight
-/// output channels and per pair of patch positions `(2j, 2j + 1)`, the eight channels' two
-/// weights as int16 — one 256-bit row that `vpmaddwd` multiplies with the pair broadcast.
-/// Built once per model (the blob stays the microcontroller's format; this is host memory).
+/// (AVX2) or sixteen (AVX-512 VNNI, for layers of 16 channels or more on CPUs that have it)
+/// output channels and per pair of patch positions `(2j, 2j + 1)`, the block's two weights per
+/// channel as int16 — one 256- or 512-bit row that `vpmaddwd` / `vpdpwssd` multiplies with the
+/// pair broadcast. Built once per model (the blob stays the microcontroller's format; this is
+/// host memory).
 #[derive(Debug, Clone)]
 pub struct PackedFilters {
     channels: usize,
     len: usize,
     pairs: usize,
+    /// Channels per block: 8 or 16.
+    lanes: usize,
     data: Vec<i16>,
     /// Per block of eight channels, when every channel of the layer scales down (a right
     /// shift): bias, multiplier, `2^e + 1` and `e − 1` per lane, for the vector
@@ -100,14 +104,20 @@ impl PackedFilters {
         }
         let len = weights.len() / channels;
         let pairs = len.div_ceil(2);
-        let blocks = channels.div_ceil(Self::LANES);
-        let mut data = vec![0_i16; blocks * pairs * 2 * Self::LANES];
+        let lanes = if channels >= 16 && avx512_vnni() {
+            16
+        } else {
+            Self::LANES
+        };
+        let blocks = channels.div_ceil(lanes);
+        let mut data = vec![0_i16; blocks * pairs * 2 * lanes];
         for (c, filter) in weights.chunks_exact(len).enumerate() {
-            let (block, lane) = (c / Self::LANES, c % Self::LANES);
+            let (block, lane) = (c / lanes, c % lanes);
             for (k, &w) in filter.iter().enumerate() {
-                data[(block * pairs + k / 2) * 2 * Self::LANES + 2 * lane + k % 2] = i16::from(w);
+                data[(block * pairs + k / 2) * 2 * lanes + 2 * lane + k % 2] = i16::from(w);
             }
         }
+        let blocks = channels.div_ceil(Self::LANES);
         let right_shifts = requant.shifts.iter().all(|&s| (-31..0).contains(&s));
         let requant = right_shifts.then(|| {
             (0..blocks)
@@ -137,6 +147,7 @@ impl PackedFilters {
             channels,
             len,
             pairs,
+            lanes,
             data,
             requant,
         })
@@ -188,12 +199,126 @@ pub fn conv2d_packed(
     if !fits || !std::is_x86_feature_detected!("avx2") {
         return conv2d(params, input, weights, bias, requant, output);
     }
+    if packed.lanes == 16 && avx512_vnni() {
+        #[allow(unsafe_code)]
+        // SAFETY: `conv2d_packed_avx512` requires AVX2 and AVX-512 F/BW/VNNI, checked above.
+        unsafe {
+            conv2d_packed_avx512(p, input, packed, bias, requant, output);
+        }
+        return Ok(());
+    }
+    if packed.lanes != PackedFilters::LANES {
+        return conv2d(params, input, weights, bias, requant, output);
+    }
     #[allow(unsafe_code)]
     // SAFETY: `conv2d_packed_avx2` only requires the CPU to support AVX2, checked just above.
     unsafe {
         conv2d_packed_avx2(p, input, packed, bias, requant, output);
     }
     Ok(())
+}
+
+/// Whether this CPU runs [`conv2d_packed_avx512`] (AVX-512 F, BW and VNNI).
+fn avx512_vnni() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vnni")
+}
+
+/// [`conv2d_packed_avx2`] with sixteen output channels per block: per pair of patch values
+/// one broadcast and one `vpdpwssd` (32 MACs, multiply and accumulate fused), against the
+/// AVX2 loop's broadcast, `vpmaddwd` and add for 16. Each block's two halves are requantised by
+/// [`requantize_lanes_avx2`].
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+fn conv2d_packed_avx512(
+    p: &ConvParams,
+    input: &[i8],
+    packed: &PackedFilters,
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) {
+    use core::arch::x86_64::*;
+    const LANES: usize = 16;
+    let mut patch_pairs = vec![0_i32; packed.pairs];
+    let offset = p.input_offset as i16;
+    let block_len = packed.pairs * 2 * LANES;
+    let out_len = p.output_channels;
+    let small_offset = p.output_offset.unsigned_abs() <= 1 << 16;
+    let clamp = (
+        p.output_offset,
+        i32::from(p.activation_min),
+        i32::from(p.activation_max),
+    );
+    let mut sums = [0_i32; 8];
+    for oy in 0..p.output_height {
+        for ox in 0..p.output_width {
+            let patch: &mut [i16] = bytemuck::cast_slice_mut(&mut patch_pairs);
+            gather_patch(p, input, (oy, ox), &mut patch[..packed.len], |dst, src| {
+                gather_avx2(dst, src, offset)
+            });
+            let pairs: &[i32] = &patch_pairs;
+            let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
+            for (block, filters) in packed.data.chunks_exact(block_len).enumerate() {
+                let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                let rows = filters.as_chunks::<{ 2 * LANES }>().0;
+                let mut chunks = pairs.chunks_exact(2).zip(rows.chunks_exact(2));
+                for (two, rows) in chunks.by_ref() {
+                    #[allow(unsafe_code)]
+                    // SAFETY: each row is 32 int16 (64 bytes) read in place; unaligned loads.
+                    let (w0, w1) = unsafe {
+                        (
+                            _mm512_loadu_si512(rows[0].as_ptr().cast()),
+                            _mm512_loadu_si512(rows[1].as_ptr().cast()),
+                        )
+                    };
+                    // |x + offset| ≤ 383 and |w| ≤ 128: each lane's pair sum fits int32.
+                    even = _mm512_dpwssd_epi32(even, _mm512_set1_epi32(two[0]), w0);
+                    odd = _mm512_dpwssd_epi32(odd, _mm512_set1_epi32(two[1]), w1);
+                }
+                if pairs.len() % 2 == 1 {
+                    let (last, row) = (pairs[pairs.len() - 1], &rows[rows.len() - 1]);
+                    #[allow(unsafe_code)]
+                    // SAFETY: a 32-value row read in place; unaligned load.
+                    let w = unsafe { _mm512_loadu_si512(row.as_ptr().cast()) };
+                    even = _mm512_dpwssd_epi32(even, _mm512_set1_epi32(last), w);
+                }
+                let sum = _mm512_add_epi32(even, odd);
+                let first = block * LANES;
+                let halves = [
+                    _mm512_castsi512_si256(sum),
+                    _mm512_extracti64x4_epi64::<1>(sum),
+                ];
+                let prepared = packed.requant.as_ref().filter(|_| small_offset);
+                for (half, lanes) in halves.into_iter().enumerate() {
+                    let first = first + 8 * half;
+                    if first >= out_len {
+                        break;
+                    }
+                    if let Some(constants) = prepared.and_then(|r| r.get(first / 8)) {
+                        let values = requantize_lanes_avx2(lanes, constants, clamp);
+                        for (o, &v) in out[first..].iter_mut().zip(&values) {
+                            *o = v as i8;
+                        }
+                        continue;
+                    }
+                    #[allow(unsafe_code)]
+                    // SAFETY: 8 int32 (32 bytes) stored into `sums`; unaligned store.
+                    unsafe {
+                        _mm256_storeu_si256(sums.as_mut_ptr().cast(), lanes);
+                    }
+                    for (lane, &sum) in sums.iter().enumerate().take(out_len - first) {
+                        let oc = first + lane;
+                        out[oc] = p.finish(
+                            bias[oc].wrapping_add(sum),
+                            requant.multipliers[oc],
+                            requant.shifts[oc],
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The body of [`conv2d_packed`] (shapes checked by the caller).
