@@ -667,3 +667,47 @@ fn a_corrupt_jpeg_ls_stream_is_a_clear_error() {
         }
     }
 }
+
+#[test]
+fn signed_jpeg_ls_samples_keep_their_sign() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use scanside_runtime::decode::read_dicom_values;
+    if dcmcjpls_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (native, encoded) = (dir.path().join("s.dcm"), dir.path().join("s.jls.dcm"));
+    // 12-bit signed values (−2048..=2047, CT-like: air, water, bone), stored sign-extended.
+    let values: Vec<i16> = (0..40 * 30)
+        .map(|i| match i % 7 {
+            0 => -2048,
+            1 => -1000,
+            2 => -1,
+            3 => 0,
+            4 => 40 + (i % 50) as i16,
+            5 => 1200,
+            _ => 2047,
+        })
+        .collect();
+    let stored: Vec<u16> = values.iter().map(|&v| v as u16).collect();
+    write_native(&native, (40, 30, 1, 1), (16, 12), &stored);
+    let mut obj = dicom_object::open_file(&native).unwrap();
+    obj.put(DataElement::new(
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        PrimitiveValue::from(1_u16),
+    ));
+    obj.write_to_file(&native).unwrap();
+    assert!(std::process::Command::new("dcmcjpls")
+        .arg(&native)
+        .arg(&encoded)
+        .status()
+        .unwrap()
+        .success());
+    let bytes = std::fs::read(&encoded).unwrap();
+    let decoded = read_dicom_values(&encoded, &bytes).unwrap();
+    assert!(decoded.transfer_syntax.starts_with("1.2.840.10008.1.2.4.8"));
+    let want: Vec<f32> = values.iter().map(|&v| f32::from(v)).collect();
+    assert_eq!(decoded.values, want);
+}
