@@ -65,9 +65,10 @@ step "firmware on QEMU mps2-an386: golden output and status"
 done_step
 
 step "aarch64: runtime and core tests under qemu-aarch64, then the binary screens like x86"
-# The CLI tests exec the runtime binary, which an emulated test process cannot do without
-# binfmt_misc; the cross-compiled binary is exercised directly below instead.
-cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu -- --skip cli:: --skip service::
+# The whole suite, CLI and service tests included: they start the aarch64 `scanside` through
+# qemu-aarch64 (SCANSIDE_TEST_RUNNER; without binfmt_misc the emulated tests could not exec it).
+SCANSIDE_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+  cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu
 cargo build -p scanside-runtime --target aarch64-unknown-linux-gnu --bin scanside
 native=$(target/debug/scanside screen --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" \
   "$fixture/bundle/sample.jpg")

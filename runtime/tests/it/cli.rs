@@ -2,7 +2,7 @@
 //! exit codes 0 / 1 / 2.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::util::{write_dicom, write_linear_bundle, write_linear_bundle_with_int8, write_png};
 
@@ -23,7 +23,7 @@ fn scanside(args: &[&Path]) -> Output {
             }
         }
     }
-    Command::new(env!("CARGO_BIN_EXE_scanside"))
+    crate::util::scanside_command()
         .args(&args)
         .output()
         .unwrap()
@@ -265,7 +265,7 @@ fn only_bundles_signed_by_a_trusted_key_load_unless_unsigned_is_allowed_loudly()
     assert_eq!(line["model_verified"], false);
 
     // Neither a key nor --allow-unsigned: a usage error.
-    let out = Command::new(env!("CARGO_BIN_EXE_scanside"))
+    let out = crate::util::scanside_command()
         .args([Path::new("screen"), Path::new("--bundle"), &bundle, &img])
         .output()
         .unwrap();

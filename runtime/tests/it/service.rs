@@ -36,7 +36,7 @@ impl Site {
     }
 
     fn command(&self, subcommand: &str, extra: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scanside"));
+        let mut cmd = crate::util::scanside_command();
         cmd.arg(subcommand)
             .arg("--bundle")
             .arg(&self.bundle)

@@ -253,3 +253,20 @@ pub fn write_png(path: &Path, level: u8) {
         .save(path)
         .unwrap();
 }
+
+/// A `Command` for the `scanside` binary under test. With `SCANSIDE_TEST_RUNNER` set (e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`, as `tools/test.sh` does for the cross-compiled
+/// test run), the binary is started through that runner, so the CLI tests also run the
+/// aarch64 binary.
+pub fn scanside_command() -> std::process::Command {
+    let binary = env!("CARGO_BIN_EXE_scanside");
+    match std::env::var("SCANSIDE_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut command = std::process::Command::new(words.next().unwrap_or_default());
+            command.args(words).arg(binary);
+            command
+        }
+        _ => std::process::Command::new(binary),
+    }
+}
