@@ -250,6 +250,20 @@ fn blob_runs_exactly_like_the_kernels_called_directly() {
     // Deterministic: a second run in a dirty arena gives the same answer.
     let again = run(&model, &mut arena, &input(), |_, _| ()).unwrap();
     assert_eq!(again, &out[..]);
+    // The host's prepared run (repacked filters) gives the same bits.
+    #[cfg(target_arch = "x86_64")]
+    {
+        let prepared = scanside_firmware::engine::HostPrepared::new(&model);
+        let fast = scanside_firmware::engine::run_prepared(
+            &model,
+            &prepared,
+            &mut arena,
+            &input(),
+            |_, _| (),
+        )
+        .unwrap();
+        assert_eq!(fast, &out[..]);
+    }
 }
 
 #[test]
