@@ -489,31 +489,68 @@ pub(crate) mod tests {
             seed in any::<u64>(),
             multi in any::<bool>(),
         ) {
-            // 900 groups of 1–3 images over 3 labels (multi-label: pairs too).
-            let groups: Vec<(Vec<usize>, usize)> = (0..900)
-                .map(|g| {
-                    let labels = if multi && g % 5 == 0 { vec![g % 3, (g + 1) % 3] } else { vec![g % 3] };
-                    (labels, 1 + g % 3)
-                })
-                .collect();
-            let index = synthetic_index(&groups, 3, multi);
-            let split = make_split(&index, seed, [0.7, 0.15, 0.15]).unwrap();
-            let all = index.class_counts(0..index.samples.len());
-            for (p, target) in [(Partition::Train, 0.7), (Partition::Val, 0.15), (Partition::Test, 0.15)] {
-                let counts = index.class_counts(split.indices(&index, p));
-                for c in 0..3 {
-                    let frac = counts[c] as f64 / all[c] as f64;
-                    prop_assert!((frac - target).abs() < 0.03, "{:?} label {}: {}", p, c, frac);
-                }
-            }
-            // The 10 % subset is stratified too (per stratum, within one group's share).
-            let train_counts = index.class_counts(split.indices(&index, Partition::Train));
-            let tenth = index.class_counts(split.labeled_subset(&index, 0.1));
+            assert_stratified(seed, multi);
+        }
+    }
+
+    /// Partitions within 3 points of their targets per label, and the 10 % labeled subset
+    /// near 10 % per label, on 900 groups of 1–3 images over 3 labels.
+    fn assert_stratified(seed: u64, multi: bool) {
+        // 900 groups of 1–3 images over 3 labels (multi-label: pairs too).
+        let groups: Vec<(Vec<usize>, usize)> = (0..900)
+            .map(|g| {
+                let labels = if multi && g % 5 == 0 {
+                    vec![g % 3, (g + 1) % 3]
+                } else {
+                    vec![g % 3]
+                };
+                (labels, 1 + g % 3)
+            })
+            .collect();
+        let index = synthetic_index(&groups, 3, multi);
+        let split = make_split(&index, seed, [0.7, 0.15, 0.15]).unwrap();
+        let all = index.class_counts(0..index.samples.len());
+        for (p, target) in [
+            (Partition::Train, 0.7),
+            (Partition::Val, 0.15),
+            (Partition::Test, 0.15),
+        ] {
+            let counts = index.class_counts(split.indices(&index, p));
             for c in 0..3 {
-                let frac = tenth[c] as f64 / train_counts[c] as f64;
-                prop_assert!((frac - 0.1).abs() < 0.04, "10 % subset label {}: {}", c, frac);
+                let frac = counts[c] as f64 / all[c] as f64;
+                assert!(
+                    (frac - target).abs() < 0.03,
+                    "{:?} label {}: {}",
+                    p,
+                    c,
+                    frac
+                );
             }
         }
+        // The 10 % subset is stratified too: exactly per class for single-label data. In
+        // multi-label data a group counts toward each of its labels but is ranked in one
+        // stratum (its rarest finding), so a label's share also follows the other strata's
+        // draws — the worst deviation over 1,500 seeds of this data set was 0.049 (a
+        // tolerance of 0.04 failed on seed 5362766465984389358: 0.043).
+        let tolerance = if multi { 0.07 } else { 0.01 };
+        let train_counts = index.class_counts(split.indices(&index, Partition::Train));
+        let tenth = index.class_counts(split.labeled_subset(&index, 0.1));
+        for c in 0..3 {
+            let frac = tenth[c] as f64 / train_counts[c] as f64;
+            assert!(
+                (frac - 0.1).abs() < tolerance,
+                "10 % subset label {}: {}",
+                c,
+                frac
+            );
+        }
+    }
+
+    #[test]
+    fn multi_label_subset_tolerance_seed_5362766465984389358() {
+        // Regression: this seed put label 0 at 14.3 % of the 10 % subset, beyond the old
+        // tolerance of 4 points (see `assert_stratified`).
+        assert_stratified(5_362_766_465_984_389_358, true);
     }
 
     #[test]
