@@ -244,13 +244,6 @@ fn conv2d_packed_avx512(
     let offset = p.input_offset as i16;
     let block_len = packed.pairs * 2 * LANES;
     let out_len = p.output_channels;
-    let small_offset = p.output_offset.unsigned_abs() <= 1 << 16;
-    let clamp = (
-        p.output_offset,
-        i32::from(p.activation_min),
-        i32::from(p.activation_max),
-    );
-    let mut sums = [0_i32; 8];
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
             let patch: &mut [i16] = bytemuck::cast_slice_mut(&mut patch_pairs);
@@ -289,31 +282,9 @@ fn conv2d_packed_avx512(
                     _mm512_castsi512_si256(sum),
                     _mm512_extracti64x4_epi64::<1>(sum),
                 ];
-                let prepared = packed.requant.as_ref().filter(|_| small_offset);
                 for (half, lanes) in halves.into_iter().enumerate() {
-                    let first = first + 8 * half;
-                    if first >= out_len {
-                        break;
-                    }
-                    if let Some(constants) = prepared.and_then(|r| r.get(first / 8)) {
-                        let values = requantize_lanes_avx2(lanes, constants, clamp);
-                        for (o, &v) in out[first..].iter_mut().zip(&values) {
-                            *o = v as i8;
-                        }
-                        continue;
-                    }
-                    #[allow(unsafe_code)]
-                    // SAFETY: 8 int32 (32 bytes) stored into `sums`; unaligned store.
-                    unsafe {
-                        _mm256_storeu_si256(sums.as_mut_ptr().cast(), lanes);
-                    }
-                    for (lane, &sum) in sums.iter().enumerate().take(out_len - first) {
-                        let oc = first + lane;
-                        out[oc] = p.finish(
-                            bias[oc].wrapping_add(sum),
-                            requant.multipliers[oc],
-                            requant.shifts[oc],
-                        );
+                    if first + 8 * half < out_len {
+                        store_eight(p, packed, (bias, &requant), lanes, first + 8 * half, out);
                     }
                 }
             }
@@ -341,15 +312,6 @@ fn conv2d_packed_avx2(
     let offset = p.input_offset as i16;
     let block_len = packed.pairs * 2 * LANES;
     let out_len = p.output_channels;
-    let mut sums = [0_i32; LANES];
-    // The vector requantisation adds the offset without saturating: exact while |offset| is
-    // far below the ±2^30 a requantised value can reach.
-    let small_offset = p.output_offset.unsigned_abs() <= 1 << 16;
-    let clamp = (
-        p.output_offset,
-        i32::from(p.activation_min),
-        i32::from(p.activation_max),
-    );
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
             gather_patch(p, input, (oy, ox), &mut patch[..packed.len], |dst, src| {
@@ -383,32 +345,56 @@ fn conv2d_packed_avx2(
                     even = _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_set1_epi32(last), w));
                 }
                 let sum = _mm256_add_epi32(even, odd);
-                let first = block * LANES;
-                if let (Some(lanes), true) = (
-                    packed.requant.as_ref().and_then(|r| r.get(block)),
-                    small_offset,
-                ) {
-                    let values = requantize_lanes_avx2(sum, lanes, clamp);
-                    for (o, &v) in out[first..].iter_mut().zip(&values) {
-                        *o = v as i8;
-                    }
-                    continue;
-                }
-                #[allow(unsafe_code)]
-                // SAFETY: `sums` is 8 int32 (32 bytes); unaligned store.
-                unsafe {
-                    _mm256_storeu_si256(sums.as_mut_ptr().cast(), sum);
-                }
-                for (lane, &sum) in sums.iter().enumerate().take(out_len - first) {
-                    let oc = first + lane;
-                    out[oc] = p.finish(
-                        bias[oc].wrapping_add(sum),
-                        requant.multipliers[oc],
-                        requant.shifts[oc],
-                    );
-                }
+                store_eight(p, packed, (bias, &requant), sum, block * LANES, out);
             }
         }
+    }
+}
+
+/// Requantises the sums of output channels `first..first + 8` (fewer at the layer's end) into
+/// `out`: eight at a time with the packing's prepared constants ([`requantize_lanes_avx2`]) when
+/// it has them and the output offset is small (the vector form adds it without saturating:
+/// exact while |offset| is far below the ±2^30 a requantised value can reach), else channel by
+/// channel.
+#[target_feature(enable = "avx2")]
+fn store_eight(
+    p: &ConvParams,
+    packed: &PackedFilters,
+    (bias, requant): (&[i32], &PerChannelRequant<'_>),
+    sums: core::arch::x86_64::__m256i,
+    first: usize,
+    out: &mut [i8],
+) {
+    use core::arch::x86_64::*;
+    let prepared = packed
+        .requant
+        .as_ref()
+        .filter(|_| p.output_offset.unsigned_abs() <= 1 << 16)
+        .and_then(|r| r.get(first / PackedFilters::LANES));
+    if let Some(constants) = prepared {
+        let clamp = (
+            p.output_offset,
+            i32::from(p.activation_min),
+            i32::from(p.activation_max),
+        );
+        let values = requantize_lanes_avx2(sums, constants, clamp);
+        for (o, &v) in out[first..].iter_mut().zip(&values) {
+            *o = v as i8;
+        }
+        return;
+    }
+    let mut lanes = [0_i32; 8];
+    #[allow(unsafe_code)]
+    // SAFETY: `lanes` is 8 int32 (32 bytes); unaligned store.
+    unsafe {
+        _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums);
+    }
+    for (oc, &sum) in (first..out.len()).zip(&lanes) {
+        out[oc] = p.finish(
+            bias[oc].wrapping_add(sum),
+            requant.multipliers[oc],
+            requant.shifts[oc],
+        );
     }
 }
 
