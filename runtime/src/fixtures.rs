@@ -28,11 +28,40 @@ pub struct DicomFixture<'a> {
     pub study_uid: Option<&'a str>,
 }
 
-/// Writes the fixture to `path`; panics on failure (tests only).
-pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
-    let sop_instance_uid = fixture
-        .sop_instance_uid
-        .unwrap_or("1.2.826.0.1.3680043.2.1125.1.1");
+/// The pixel module of a generated native (explicit VR little endian) image: grey or RGB
+/// (interleaved), one or more frames, 8- or 16-bit allocated, unsigned or signed.
+#[derive(Debug, Clone)]
+pub struct PixelFixture<'a> {
+    /// `MONOCHROME1`, `MONOCHROME2` or `RGB`.
+    pub photometric: &'a str,
+    /// Samples per pixel (1 or 3).
+    pub samples: u16,
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+    /// Frames (Number of Frames is written when more than one).
+    pub frames: u32,
+    /// Bits allocated (8 or 16).
+    pub bits_allocated: u16,
+    /// Bits stored.
+    pub bits_stored: u16,
+    /// Pixel Representation 1 (two's complement) instead of 0.
+    pub signed: bool,
+    /// Stored values (bit patterns), frame by frame, row-major, samples interleaved.
+    pub values: &'a [u16],
+}
+
+/// The data set of an image with `pixels` (Modality CR, Secondary Capture).
+fn image_object(pixels: &PixelFixture<'_>, sop_instance_uid: &str) -> InMemDicomObject {
+    let us = |tag, value: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(value));
+    let pixel_data = if pixels.bits_allocated == 8 {
+        let bytes: Vec<u8> = pixels.values.iter().map(|&v| v as u8).collect();
+        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(bytes))
+    } else {
+        let words = PrimitiveValue::U16(pixels.values.iter().copied().collect());
+        DataElement::new(tags::PIXEL_DATA, VR::OW, words)
+    };
     let mut obj = InMemDicomObject::from_element_iter([
         DataElement::new(
             tags::SOP_CLASS_UID,
@@ -45,28 +74,70 @@ pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
             PrimitiveValue::from(sop_instance_uid),
         ),
         DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CR")),
-        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1_u16)),
+        us(tags::SAMPLES_PER_PIXEL, pixels.samples),
         DataElement::new(
             tags::PHOTOMETRIC_INTERPRETATION,
             VR::CS,
-            PrimitiveValue::from(fixture.photometric),
+            PrimitiveValue::from(pixels.photometric),
         ),
-        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(fixture.rows)),
-        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(fixture.cols)),
-        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16_u16)),
-        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12_u16)),
-        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11_u16)),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0_u16),
-        ),
-        DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(fixture.pixels.iter().copied().collect()),
-        ),
+        us(tags::ROWS, pixels.rows),
+        us(tags::COLUMNS, pixels.cols),
+        us(tags::BITS_ALLOCATED, pixels.bits_allocated),
+        us(tags::BITS_STORED, pixels.bits_stored),
+        us(tags::HIGH_BIT, pixels.bits_stored - 1),
+        us(tags::PIXEL_REPRESENTATION, u16::from(pixels.signed)),
+        pixel_data,
     ]);
+    if pixels.samples > 1 {
+        obj.put(us(tags::PLANAR_CONFIGURATION, 0));
+    }
+    if pixels.frames > 1 {
+        obj.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from(pixels.frames.to_string()),
+        ));
+    }
+    obj
+}
+
+/// Writes `obj` as an explicit VR little endian Part 10 file; panics on failure (tests only).
+fn save(obj: InMemDicomObject, path: &Path, sop_instance_uid: &str) {
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
+                .media_storage_sop_instance_uid(sop_instance_uid),
+        )
+        .expect("file meta table");
+    file.write_to_file(path).expect("write DICOM fixture");
+}
+
+/// Writes an image with `pixels` to `path`; panics on failure (tests only).
+pub fn write_pixels(path: &Path, pixels: &PixelFixture<'_>) {
+    let uid = "1.2.826.0.1.3680043.2.1125.9.1";
+    save(image_object(pixels, uid), path, uid);
+}
+
+/// Writes the fixture (16-bit MONOCHROME, 12 bits stored) to `path`; panics on failure (tests
+/// only).
+pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
+    let sop_instance_uid = fixture
+        .sop_instance_uid
+        .unwrap_or("1.2.826.0.1.3680043.2.1125.1.1");
+    let pixels = PixelFixture {
+        photometric: fixture.photometric,
+        samples: 1,
+        rows: fixture.rows,
+        cols: fixture.cols,
+        frames: 1,
+        bits_allocated: 16,
+        bits_stored: 12,
+        signed: false,
+        values: fixture.pixels,
+    };
+    let mut obj = image_object(&pixels, sop_instance_uid);
     if let Some((center, width)) = fixture.window {
         obj.put(DataElement::new(
             tags::WINDOW_CENTER,
@@ -93,13 +164,5 @@ pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
             PrimitiveValue::from(id),
         ));
     }
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
-                .media_storage_sop_instance_uid(sop_instance_uid),
-        )
-        .expect("file meta table");
-    file.write_to_file(path).expect("write DICOM fixture");
+    save(obj, path, sop_instance_uid);
 }

@@ -372,93 +372,28 @@ fn a_bundle_with_the_every_frame_policy_screens_each_frame_and_keeps_the_maximum
     );
 }
 
-/// A native (explicit VR little endian) DICOM file: `frames` frames of `rows × cols` pixels
-/// with `samples` samples each (interleaved), `bits_stored` of `bits_allocated` bits.
+/// A native DICOM file: `frames` frames of `rows × cols` pixels with `samples` samples each
+/// (RGB when 3), `bits_stored` of `bits_allocated` bits, unsigned.
 fn write_native(
     path: &Path,
     (rows, cols, samples, frames): (u16, u16, u16, u32),
     (bits_allocated, bits_stored): (u16, u16),
     values: &[u16],
 ) {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::{tags, uids};
-    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-    let photometric = if samples == 3 { "RGB" } else { "MONOCHROME2" };
-    let bytes: Vec<u8> = if bits_allocated == 8 {
-        values.iter().map(|&v| v as u8).collect()
-    } else {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
-    };
-    let mut elements = vec![
-        DataElement::new(
-            tags::SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE),
-        ),
-        DataElement::new(
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from("1.2.826.0.1.3680043.2.1125.9.1"),
-        ),
-        DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("OT")),
-        DataElement::new(
-            tags::SAMPLES_PER_PIXEL,
-            VR::US,
-            PrimitiveValue::from(samples),
-        ),
-        DataElement::new(
-            tags::PHOTOMETRIC_INTERPRETATION,
-            VR::CS,
-            PrimitiveValue::from(photometric),
-        ),
-        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
-        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)),
-        DataElement::new(
-            tags::BITS_ALLOCATED,
-            VR::US,
-            PrimitiveValue::from(bits_allocated),
-        ),
-        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(bits_stored)),
-        DataElement::new(
-            tags::HIGH_BIT,
-            VR::US,
-            PrimitiveValue::from(bits_stored - 1),
-        ),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0_u16),
-        ),
-        DataElement::new(
-            tags::PIXEL_DATA,
-            if bits_allocated == 8 { VR::OB } else { VR::OW },
-            PrimitiveValue::from(bytes),
-        ),
-    ];
-    if samples == 3 {
-        elements.push(DataElement::new(
-            tags::PLANAR_CONFIGURATION,
-            VR::US,
-            PrimitiveValue::from(0_u16),
-        ));
-    }
-    if frames > 1 {
-        elements.push(DataElement::new(
-            tags::NUMBER_OF_FRAMES,
-            VR::IS,
-            PrimitiveValue::from(frames.to_string()),
-        ));
-    }
-    InMemDicomObject::from_element_iter(elements)
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax("1.2.840.10008.1.2.1")
-                .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
-                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.1125.9.1"),
-        )
-        .unwrap()
-        .write_to_file(path)
-        .unwrap();
+    scanside_runtime::fixtures::write_pixels(
+        path,
+        &scanside_runtime::fixtures::PixelFixture {
+            photometric: if samples == 3 { "RGB" } else { "MONOCHROME2" },
+            samples,
+            rows,
+            cols,
+            frames,
+            bits_allocated,
+            bits_stored,
+            signed: false,
+            values,
+        },
+    );
 }
 
 /// Image-like test content: smooth ramps, flat patches (run mode, with runs that end mid-line
@@ -670,8 +605,6 @@ fn a_corrupt_jpeg_ls_stream_is_a_clear_error() {
 
 #[test]
 fn signed_jpeg_ls_samples_keep_their_sign() {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::tags;
     use scanside_runtime::decode::read_dicom_values;
     if dcmcjpls_missing() {
         return;
@@ -691,14 +624,20 @@ fn signed_jpeg_ls_samples_keep_their_sign() {
         })
         .collect();
     let stored: Vec<u16> = values.iter().map(|&v| v as u16).collect();
-    write_native(&native, (40, 30, 1, 1), (16, 12), &stored);
-    let mut obj = dicom_object::open_file(&native).unwrap();
-    obj.put(DataElement::new(
-        tags::PIXEL_REPRESENTATION,
-        VR::US,
-        PrimitiveValue::from(1_u16),
-    ));
-    obj.write_to_file(&native).unwrap();
+    scanside_runtime::fixtures::write_pixels(
+        &native,
+        &scanside_runtime::fixtures::PixelFixture {
+            photometric: "MONOCHROME2",
+            samples: 1,
+            rows: 40,
+            cols: 30,
+            frames: 1,
+            bits_allocated: 16,
+            bits_stored: 12,
+            signed: true,
+            values: &stored,
+        },
+    );
     assert!(std::process::Command::new("dcmcjpls")
         .arg(&native)
         .arg(&encoded)
