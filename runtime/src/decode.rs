@@ -514,10 +514,16 @@ type DicomFile = dicom_object::FileDicomObject<dicom_object::InMemDicomObject>;
 /// what a frame decoded by [`jpeg_ls_frame`] is put into.
 fn native_header(obj: &DicomFile) -> DicomFile {
     use dicom_core::{DataElement, PrimitiveValue, VR};
-    let mut header = obj.clone();
-    header.remove_element(tags::PIXEL_DATA);
-    header.meta_mut().transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN.to_string();
-    header.meta_mut().update_information_group_length();
+    // Every element but the (possibly large) encapsulated pixel data, which is not copied.
+    let elements = obj
+        .iter()
+        .filter(|e| e.header().tag != tags::PIXEL_DATA)
+        .cloned();
+    let mut meta = obj.meta().clone();
+    meta.transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN.to_string();
+    meta.update_information_group_length();
+    let mut header =
+        dicom_object::InMemDicomObject::from_element_iter(elements).with_exact_meta(meta);
     if header
         .element_opt(tags::PLANAR_CONFIGURATION)
         .ok()
