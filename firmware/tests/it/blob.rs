@@ -267,6 +267,20 @@ fn blob_runs_exactly_like_the_kernels_called_directly() {
 }
 
 #[test]
+fn multiply_accumulates_are_counted_per_layer() {
+    // conv a 8·8 outputs × 3·3·3·4 weights, conv b 8·8 × 3·3·4·4, add 0, depthwise 4·4 ×
+    // 3·3·4, pool 0, fully connected 4·3.
+    let (bytes, _) = encode(&small_model()).unwrap();
+    let blob = AlignedBlob::new(&bytes);
+    let model = Model::parse(blob.bytes()).unwrap();
+    let per_layer: Vec<u64> = (0..model.layer_count() + 1)
+        .map(|i| model.layer_macs(i))
+        .collect();
+    assert_eq!(per_layer, [6912, 9216, 0, 576, 0, 12, 0]);
+    assert_eq!(model.macs(), per_layer.iter().sum::<u64>());
+}
+
+#[test]
 fn blob_records_read_back_as_written() {
     let spec = small_model();
     let (bytes, _) = encode(&spec).unwrap();
