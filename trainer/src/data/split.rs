@@ -494,8 +494,9 @@ pub(crate) mod tests {
     }
 
     /// Partitions within 3 points of their targets per label, and the 10 % labeled subset
-    /// near 10 % per label, on 900 groups of 1–3 images over 3 labels.
-    fn assert_stratified(seed: u64, multi: bool) {
+    /// near 10 % per label, on 900 groups of 1–3 images over 3 labels; returns the subset's
+    /// largest deviation.
+    fn assert_stratified(seed: u64, multi: bool) -> f64 {
         // 900 groups of 1–3 images over 3 labels (multi-label: pairs too).
         let groups: Vec<(Vec<usize>, usize)> = (0..900)
             .map(|g| {
@@ -530,11 +531,13 @@ pub(crate) mod tests {
         // The 10 % subset is stratified too: exactly per class for single-label data. In
         // multi-label data a group counts toward each of its labels but is ranked in one
         // stratum (its rarest finding), so a label's share also follows the other strata's
-        // draws — the worst deviation over 1,500 seeds of this data set was 0.049 (a
+        // draws — the worst deviation over 1,500 seeds of this data set is 0.049
+        // (`subset_tolerance_holds_over_1500_seeds`; a
         // tolerance of 0.04 failed on seed 5362766465984389358: 0.043).
         let tolerance = if multi { 0.07 } else { 0.01 };
         let train_counts = index.class_counts(split.indices(&index, Partition::Train));
         let tenth = index.class_counts(split.labeled_subset(&index, 0.1));
+        let mut worst = 0.0_f64;
         for c in 0..3 {
             let frac = tenth[c] as f64 / train_counts[c] as f64;
             assert!(
@@ -543,7 +546,23 @@ pub(crate) mod tests {
                 c,
                 frac
             );
+            worst = worst.max((frac - 0.1).abs());
         }
+        worst
+    }
+
+    /// The measurement behind `assert_stratified`'s multi-label tolerance: the worst 10 %
+    /// subset deviation over 1,500 seeds (0.049 when measured) stays inside it. Slow in debug
+    /// builds: `cargo test --release -p scanside-trainer --lib subset_tolerance -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore = "1,500 splits; run on demand in release"]
+    fn subset_tolerance_holds_over_1500_seeds() {
+        let worst = (0..1500_u64)
+            .map(|seed| assert_stratified(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), true))
+            .fold(0.0_f64, f64::max);
+        println!("worst 10 % subset deviation over 1,500 seeds: {worst:.4}");
+        assert!(worst < 0.07, "{worst}");
     }
 
     #[test]
