@@ -14,6 +14,18 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "flex")]
+pub mod cpu_conv;
+
+/// `conv.forward(x)`; on burn's CPU training backend with a faster backward pass
+/// ([`cpu_conv`]), elsewhere burn's own.
+pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    return cpu_conv::forward(conv, x);
+    #[cfg(not(feature = "flex"))]
+    conv.forward(x)
+}
+
 /// Backbone architecture, saved with every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,13 +313,13 @@ impl<B: Backend> Block<B> {
     /// Applies the block.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let shortcut = match &self.downsample {
-            Some(d) => batch_norm(&d.bn, d.conv.forward(x.clone())),
+            Some(d) => batch_norm(&d.bn, conv_forward(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
-        let mut y = batch_norm(&self.bn2, self.conv2.forward(y));
+        let y = relu(batch_norm(&self.bn1, conv_forward(&self.conv1, x)));
+        let mut y = batch_norm(&self.bn2, conv_forward(&self.conv2, y));
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            y = batch_norm(bn3, conv3.forward(relu(y)));
+            y = batch_norm(bn3, conv_forward(conv3, relu(y)));
         }
         relu(y + shortcut)
     }
@@ -329,7 +341,7 @@ pub struct ResNet<B: Backend> {
 impl<B: Backend> ResNet<B> {
     /// `N×C×H×W` images to `N×features` pooled features.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut y = relu(batch_norm(&self.stem_bn, self.stem_conv.forward(x)));
+        let mut y = relu(batch_norm(&self.stem_bn, conv_forward(&self.stem_conv, x)));
         if let Some(pool) = &self.stem_pool {
             y = pool.forward(y);
         }

@@ -1,0 +1,771 @@
+//! The backward pass of the model's convolutions on burn's CPU backend (`Autodiff<Flex>`).
+//!
+//! Written here, not taken from burn, because burn-flex 0.21's convolution gradients are where
+//! a CPU training step went: the input gradient is a `conv_transpose2d` that runs one sample
+//! after another on one thread with a branchy scalar col2im, and the weight gradient is a
+//! `conv2d` over batch/channel-swapped tensors that flex first copies element by element
+//! through its generic strided iterator. Profiled on a SimCLR step (2 cores), those two serial
+//! parts were ~70 % of the main thread's time (docs/benchmarks.md). Here both gradients come
+//! from one pass over the batch in fixed chunks of samples spread over rayon's threads: per
+//! chunk the samples' im2col matrices side by side, one gemm for the chunk's weight gradient,
+//! one gemm for the columns' gradient and a col2im per sample over contiguous rows. The
+//! forward pass stays flex's own (already tiled and parallel).
+//!
+//! Only what the ResNets use takes this path: `f32`, no bias, one group, no dilation, the same
+//! explicit padding on every side. Anything else, and every other backend, goes through burn's
+//! `Conv2d::forward` unchanged ([`forward`] decides per call).
+
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+/// The training backend this module speeds up.
+type Train = Autodiff<Flex>;
+
+/// Samples per chunk are fixed by the layer and batch shapes alone, so the weight gradient's
+/// summation order, and with it every bit of a training run, does not depend on how rayon
+/// schedules the chunks: `--resume` reproduces a run exactly. A chunk holds enough samples for
+/// about this many output positions side by side (deep layers have 16–64 per sample, too few
+/// for an efficient matrix product), one sample where a sample alone has more...
+const CHUNK_POSITIONS: usize = 256;
+
+/// ...and at most the batch over this many (so there is work for several threads).
+const MIN_CHUNKS: usize = 16;
+
+/// A convolution's stride and padding (square kernels or not; dilation 1, one group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Vertical and horizontal stride.
+    pub stride: [usize; 2],
+    /// Zero padding above/below and left/right.
+    pub padding: [usize; 2],
+}
+
+impl ConvSpec {
+    /// The spec of a layer this module handles, or `None` (bias, groups, dilation or
+    /// asymmetric padding: burn's path).
+    pub fn of<B: Backend>(conv: &Conv2d<B>) -> Option<Self> {
+        let PaddingConfig2d::Explicit(top, left, bottom, right) = conv.padding else {
+            return None;
+        };
+        (conv.bias.is_none()
+            && conv.groups == 1
+            && conv.dilation == [1, 1]
+            && top == bottom
+            && left == right)
+            .then_some(Self {
+                stride: conv.stride,
+                padding: [top, left],
+            })
+    }
+}
+
+/// `conv.forward(x)`, with this module's backward pass when `B` is `Autodiff<Flex>`.
+pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let Some(spec) = ConvSpec::of(conv) else {
+        return conv.forward(x);
+    };
+    if TypeId::of::<B>() != TypeId::of::<Train>() || x.dtype() != DType::F32 {
+        return conv.forward(x);
+    }
+    match (
+        cast::<_, Tensor<Train, 4>>(x),
+        cast::<_, Tensor<Train, 4>>(conv.weight.val()),
+    ) {
+        (Ok(x), Ok(weight)) if weight.dtype() == DType::F32 => {
+            match cast(conv2d(x, weight, spec)) {
+                Ok(y) => y,
+                Err(_) => unreachable!("B is Autodiff<Flex>, checked above"),
+            }
+        }
+        (Ok(x), _) => match cast(x) {
+            Ok(x) => conv.forward(x),
+            Err(_) => unreachable!("a tensor casts back to its own type"),
+        },
+        (Err(x), _) => conv.forward(x),
+    }
+}
+
+/// `value` as a `U` when `T` and `U` are the same type (a checked, safe downcast).
+fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    let boxed: Box<dyn Any> = Box::new(value);
+    match boxed.downcast::<U>() {
+        Ok(u) => Ok(*u),
+        Err(boxed) => match boxed.downcast::<T>() {
+            Ok(t) => Err(*t),
+            Err(_) => unreachable!("a box holds the type it was made from"),
+        },
+    }
+}
+
+/// A tracked convolution: flex's forward, this module's backward.
+pub fn conv2d(x: Tensor<Train, 4>, weight: Tensor<Train, 4>, spec: ConvSpec) -> Tensor<Train, 4> {
+    let x = x.into_primitive().tensor();
+    let weight = weight.into_primitive().tensor();
+    let output = match Conv2dBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let weight_state = prep.checkpoint(&weight);
+            prep.finish(
+                (x_state, weight_state, spec),
+                convolve(&x.primitive, &weight.primitive, spec),
+            )
+        }
+        OpsKind::UnTracked(prep) => prep.finish(convolve(&x.primitive, &weight.primitive, spec)),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+#[derive(Debug)]
+struct Conv2dBackward;
+
+impl Backward<Flex, 2> for Conv2dBackward {
+    type State = (NodeId, NodeId, ConvSpec);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x_state, weight_state, spec) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+        let (x_grad, weight_grad) = gradients(
+            &x,
+            &weight,
+            &grad,
+            spec,
+            node_x.is_some(),
+            node_weight.is_some(),
+        );
+        if let (Some(node), Some(g)) = (node_x, x_grad) {
+            grads.register::<Flex>(node.id, g);
+        }
+        if let (Some(node), Some(g)) = (node_weight, weight_grad) {
+            grads.register::<Flex>(node.id, g);
+        }
+    }
+}
+
+/// Shapes of one convolution, `N×Ci×H×W` ⊛ `Co×Ci×Kh×Kw` → `N×Co×Ho×Wo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Input channels, height, width.
+    pub input: [usize; 3],
+    /// Output channels, height, width.
+    pub output: [usize; 3],
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Stride and padding.
+    pub spec: ConvSpec,
+}
+
+impl Geometry {
+    /// Rows of the im2col matrix (`Ci·Kh·Kw`).
+    fn patch_len(&self) -> usize {
+        self.input[0] * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Output positions per channel (`Ho·Wo`).
+    fn positions(&self) -> usize {
+        self.output[1] * self.output[2]
+    }
+
+    fn input_len(&self) -> usize {
+        self.input.iter().product()
+    }
+
+    fn output_len(&self) -> usize {
+        self.output.iter().product()
+    }
+
+    /// The output positions `o` along one axis whose input `o·stride + offset − pad` lies in
+    /// `0..size`, as a range (empty when none does).
+    fn valid_outputs(
+        out: usize,
+        stride: usize,
+        offset: usize,
+        pad: usize,
+        size: usize,
+    ) -> (usize, usize) {
+        let first = pad.saturating_sub(offset).div_ceil(stride);
+        let end = (size + pad)
+            .saturating_sub(offset)
+            .div_ceil(stride)
+            .min(out);
+        (first.min(end), end)
+    }
+
+    /// Calls `row(r, oy, iy, first, end)` for every im2col row `r = (ci, ky, kx)` and output
+    /// row `oy` whose input row `iy` exists, with the output columns `first..end` whose
+    /// inputs exist; `input_x(ox) = ox·stride + kx − pad`.
+    fn for_each_row(&self, mut row: impl FnMut(RowPlan)) {
+        let [ci_count, height, width] = self.input;
+        let [_, out_h, out_w] = self.output;
+        let [kh, kw] = self.kernel;
+        let [sy, sx] = self.spec.stride;
+        let [py, px] = self.spec.padding;
+        for ci in 0..ci_count {
+            for ky in 0..kh {
+                let (oy_first, oy_end) = Self::valid_outputs(out_h, sy, ky, py, height);
+                for kx in 0..kw {
+                    let r = (ci * kh + ky) * kw + kx;
+                    let (ox_first, ox_end) = Self::valid_outputs(out_w, sx, kx, px, width);
+                    row(RowPlan {
+                        r,
+                        ci,
+                        oy: (oy_first, oy_end),
+                        ox: (ox_first, ox_end),
+                        iy_of: (ky, py, sy),
+                        ix_start: (ox_first * sx + kx).wrapping_sub(px),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One im2col row's valid region (see [`Geometry::for_each_row`]).
+struct RowPlan {
+    r: usize,
+    ci: usize,
+    oy: (usize, usize),
+    ox: (usize, usize),
+    /// `iy = oy·sy + ky − py`.
+    iy_of: (usize, usize, usize),
+    /// Input column of `ox.0`.
+    ix_start: usize,
+}
+
+impl RowPlan {
+    fn iy(&self, oy: usize) -> usize {
+        let (ky, py, sy) = self.iy_of;
+        oy * sy + ky - py
+    }
+}
+
+/// im2col of one sample: `cols[r·row_stride + oy·Wo + ox] = x[ci][oy·sy + ky − py][ox·sx + kx − px]`
+/// for each row `r = (ci·Kh + ky)·Kw + kx`, zero where that falls in the padding. A row stride
+/// larger than `Ho·Wo` lays several samples side by side (the caller offsets `cols`).
+pub fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32], row_stride: usize) {
+    let [_, height, width] = g.input;
+    let out_w = g.output[2];
+    let positions = g.positions();
+    let sx = g.spec.stride[1];
+    g.for_each_row(|plan| {
+        let row = &mut cols[plan.r * row_stride..][..positions];
+        let (first, end) = plan.ox;
+        if first >= end {
+            row.fill(0.0);
+            return;
+        }
+        row[..plan.oy.0 * out_w].fill(0.0);
+        row[plan.oy.1 * out_w..].fill(0.0);
+        for oy in plan.oy.0..plan.oy.1 {
+            let src = &x[(plan.ci * height + plan.iy(oy)) * width..][..width];
+            let dst = &mut row[oy * out_w..][..out_w];
+            dst[..first].fill(0.0);
+            dst[end..].fill(0.0);
+            let dst = &mut dst[first..end];
+            if sx == 1 {
+                dst.copy_from_slice(&src[plan.ix_start..plan.ix_start + (end - first)]);
+            } else {
+                for (d, s) in dst.iter_mut().zip(src[plan.ix_start..].iter().step_by(sx)) {
+                    *d = *s;
+                }
+            }
+        }
+    });
+}
+
+/// col2im of one sample, the adjoint of [`im2col`] (same row stride): adds every column entry
+/// into the input position it was read from (`dx` must start at zero).
+pub fn col2im(g: &Geometry, cols: &[f32], row_stride: usize, dx: &mut [f32]) {
+    let [_, height, width] = g.input;
+    let out_w = g.output[2];
+    let positions = g.positions();
+    let sx = g.spec.stride[1];
+    g.for_each_row(|plan| {
+        let (first, end) = plan.ox;
+        if first >= end {
+            return;
+        }
+        let row = &cols[plan.r * row_stride..][..positions];
+        for oy in plan.oy.0..plan.oy.1 {
+            let dst = &mut dx[(plan.ci * height + plan.iy(oy)) * width..][..width];
+            let src = &row[oy * out_w..][first..end];
+            if sx == 1 {
+                for (d, s) in dst[plan.ix_start..plan.ix_start + (end - first)]
+                    .iter_mut()
+                    .zip(src)
+                {
+                    *d += *s;
+                }
+            } else {
+                for (d, s) in dst[plan.ix_start..].iter_mut().step_by(sx).zip(src) {
+                    *d += *s;
+                }
+            }
+        }
+    });
+}
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, every operand given by its row and column
+/// strides, on the calling thread (the callers parallelise over samples).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: &[f32],
+    [rhs_rs, rhs_cs]: [usize; 2],
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    assert!(
+        dst.len() >= last(m, n, n, 1),
+        "matmul: destination too short"
+    );
+    assert!(
+        lhs.len() >= last(m, k, lhs_rs, lhs_cs),
+        "matmul: lhs too short"
+    );
+    assert!(
+        rhs.len() >= last(k, n, rhs_rs, rhs_cs),
+        "matmul: rhs too short"
+    );
+    // The one unsafe block of the trainer: gemm's entry point takes raw pointers and strides.
+    // SAFETY: the asserts above keep every element gemm reads or writes inside its slice
+    // (dst is row-major m×n; lhs/rhs are read at (i·rs + j·cs) for i, j within their
+    // shapes), the slices do not alias (one &mut, two &), and gemm runs on this thread only.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Samples per chunk for a layer with `positions` outputs per channel (see [`CHUNK_POSITIONS`]).
+fn chunk_samples(positions: usize, batch: usize) -> usize {
+    (CHUNK_POSITIONS / positions.max(1)).clamp(1, batch.div_ceil(MIN_CHUNKS).max(1))
+}
+
+/// `y = conv(x, w)` on plain slices (`x` `N×Ci×H×W`, `w` `Co×Ci×Kh×Kw`, contiguous): per chunk of
+/// samples one im2col matrix and one matrix product, chunks on rayon's threads.
+pub fn convolve_f32(g: &Geometry, batch: usize, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    let co = g.output[0];
+    let k = g.patch_len();
+    let l = g.positions();
+    let (x_len, y_len) = (g.input_len(), g.output_len());
+    let chunk = chunk_samples(l, batch);
+    let mut y = vec![0.0f32; batch * y_len];
+    y.par_chunks_mut(chunk * y_len)
+        .enumerate()
+        .for_each(|(i, y_chunk)| {
+            let first = i * chunk;
+            let samples = y_chunk.len() / y_len;
+            let wide = samples * l;
+            let mut cols = vec![0.0f32; k * wide];
+            for s in 0..samples {
+                im2col(
+                    g,
+                    &x[(first + s) * x_len..][..x_len],
+                    &mut cols[s * l..],
+                    wide,
+                );
+            }
+            if samples == 1 {
+                matmul([co, l, k], y_chunk, false, weight, [k, 1], &cols, [l, 1]);
+                return;
+            }
+            // y (Co×S·L) = w (Co×K) · cols (K×S·L), then back to N×Co×L.
+            let mut y_wide = vec![0.0f32; co * wide];
+            matmul(
+                [co, wide, k],
+                &mut y_wide,
+                false,
+                weight,
+                [k, 1],
+                &cols,
+                [wide, 1],
+            );
+            for (s, y_n) in y_chunk.chunks_exact_mut(y_len).enumerate() {
+                for (c, row) in y_n.chunks_exact_mut(l).enumerate() {
+                    row.copy_from_slice(&y_wide[c * wide + s * l..][..l]);
+                }
+            }
+        });
+    y
+}
+
+/// The input and weight gradients of `y = conv(x, w)` given `dy`, plain slices: `x` is
+/// `N×Ci×H×W`, `w` is `Co×Ci×Kh×Kw`, `dy` is `N×Co×Ho×Wo`, all contiguous.
+pub fn gradients_f32(
+    g: &Geometry,
+    batch: usize,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    want_x: bool,
+    want_weight: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let co = g.output[0];
+    let k = g.patch_len();
+    let l = g.positions();
+    let (x_len, y_len) = (g.input_len(), g.output_len());
+    let mut dx = want_x.then(|| vec![0.0f32; batch * x_len]);
+    let chunk = chunk_samples(l, batch);
+
+    // One chunk of samples, side by side: their im2col matrices as one `K × S·L` matrix and
+    // their output gradients as one `Co × S·L`, so each gradient is one matrix product per
+    // chunk (deep layers have only 16–64 positions per sample: per-sample products would be
+    // mostly packing). Returns the chunk's weight gradient; input gradients go in place.
+    let run_chunk = |first: usize, dx_chunk: Option<&mut [f32]>| -> Option<Vec<f32>> {
+        let samples = chunk.min(batch - first);
+        let wide = samples * l;
+        let mut cols = vec![0.0f32; k * wide];
+        let mut dy_wide = vec![0.0f32; co * wide];
+        for s in 0..samples {
+            let dy_n = &dy[(first + s) * y_len..][..y_len];
+            for (c, row) in dy_n.chunks_exact(l).enumerate() {
+                dy_wide[c * wide + s * l..][..l].copy_from_slice(row);
+            }
+        }
+        let dw = want_weight.then(|| {
+            for s in 0..samples {
+                im2col(
+                    g,
+                    &x[(first + s) * x_len..][..x_len],
+                    &mut cols[s * l..],
+                    wide,
+                );
+            }
+            // dW (Co×K) = dy (Co×S·L) · colsᵀ (S·L×K)
+            let mut dw = vec![0.0f32; co * k];
+            matmul(
+                [co, k, wide],
+                &mut dw,
+                false,
+                &dy_wide,
+                [wide, 1],
+                &cols,
+                [1, wide],
+            );
+            dw
+        });
+        if let Some(dx_chunk) = dx_chunk {
+            // dcols (K×S·L) = wᵀ (K×Co) · dy (Co×S·L), then each sample's col2im.
+            matmul(
+                [k, wide, co],
+                &mut cols,
+                false,
+                weight,
+                [1, k],
+                &dy_wide,
+                [wide, 1],
+            );
+            for (s, dx_n) in dx_chunk.chunks_exact_mut(x_len).enumerate() {
+                col2im(g, &cols[s * l..], wide, dx_n);
+            }
+        }
+        dw
+    };
+
+    let partial: Vec<Option<Vec<f32>>> = match dx.as_mut() {
+        Some(dx) => dx
+            .par_chunks_mut(chunk * x_len)
+            .enumerate()
+            .map(|(i, d)| run_chunk(i * chunk, Some(d)))
+            .collect(),
+        None => (0..batch.div_ceil(chunk))
+            .into_par_iter()
+            .map(|i| run_chunk(i * chunk, None))
+            .collect(),
+    };
+    // Chunks summed in order: the same bits whatever the thread count or schedule.
+    let dw = want_weight.then(|| {
+        let mut total = vec![0.0f32; co * k];
+        for part in partial.into_iter().flatten() {
+            for (t, p) in total.iter_mut().zip(part) {
+                *t += p;
+            }
+        }
+        total
+    });
+    (dx, dw)
+}
+
+/// The geometry of `x ⊛ weight` (`x` `N×Ci×H×W`, `weight` `Co×Ci×Kh×Kw`) and the batch size.
+fn geometry(x: &FlexTensor, weight: &FlexTensor, spec: ConvSpec) -> (Geometry, usize) {
+    let dims = |t: &FlexTensor| -> [usize; 4] {
+        let s = t.layout().shape();
+        [s[0], s[1], s[2], s[3]]
+    };
+    let [batch, ci, h, w] = dims(x);
+    let [co, _, kh, kw] = dims(weight);
+    let out = |size: usize, k: usize, stride: usize, pad: usize| (size + 2 * pad - k) / stride + 1;
+    let geometry = Geometry {
+        input: [ci, h, w],
+        output: [
+            co,
+            out(h, kh, spec.stride[0], spec.padding[0]),
+            out(w, kw, spec.stride[1], spec.padding[1]),
+        ],
+        kernel: [kh, kw],
+        spec,
+    };
+    (geometry, batch)
+}
+
+fn flex_tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// [`convolve_f32`] on flex tensors.
+fn convolve(x: &FlexTensor, weight: &FlexTensor, spec: ConvSpec) -> FlexTensor {
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let (g, batch) = geometry(&x, &weight, spec);
+    let y = convolve_f32(&g, batch, x.storage::<f32>(), weight.storage::<f32>());
+    flex_tensor(y, [batch, g.output[0], g.output[1], g.output[2]])
+}
+
+/// [`gradients_f32`] on flex tensors.
+fn gradients(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    dy: &FlexTensor,
+    spec: ConvSpec,
+    want_x: bool,
+    want_weight: bool,
+) -> (Option<FlexTensor>, Option<FlexTensor>) {
+    let (x, weight, dy) = (
+        x.to_contiguous(),
+        weight.to_contiguous(),
+        dy.to_contiguous(),
+    );
+    let (g, batch) = geometry(&x, &weight, spec);
+    let (dx, dw) = gradients_f32(
+        &g,
+        batch,
+        x.storage::<f32>(),
+        weight.storage::<f32>(),
+        dy.storage::<f32>(),
+        want_x,
+        want_weight,
+    );
+    let [ci, h, w] = g.input;
+    let [co, kh, kw] = [g.output[0], g.kernel[0], g.kernel[1]];
+    (
+        dx.map(|d| flex_tensor(d, [batch, ci, h, w])),
+        dw.map(|d| flex_tensor(d, [co, ci, kh, kw])),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    /// Output, and gradients of `sum(conv(x) · r)` w.r.t. `x` and the weight, by burn's own
+    /// convolution and by this module's, for the same layer and data.
+    fn both_gradients(
+        [n, ci, h, w]: [usize; 4],
+        co: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> [[Vec<f32>; 3]; 2] {
+        let device = Default::default();
+        let layer: Conv2d<Train> = Conv2dConfig::new([ci, co], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_bias(false)
+            .init(&device);
+        let x = Tensor::<Train, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let run = |ours: bool| {
+            let x = x.clone().detach().require_grad();
+            let layer = Conv2d {
+                weight: Param::from_tensor(layer.weight.val().detach().require_grad()),
+                ..layer.clone()
+            };
+            let y = if ours {
+                forward(&layer, x.clone())
+            } else {
+                layer.forward(x.clone())
+            };
+            let r = Tensor::<Train, 4>::ones(y.dims(), &device).mul(y.clone().detach().cos());
+            let grads = (y.clone() * r).sum().backward();
+            let dx = x
+                .grad(&grads)
+                .expect("x gradient")
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let dw = layer
+                .weight
+                .val()
+                .grad(&grads)
+                .expect("weight gradient")
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            [y.into_data().to_vec::<f32>().unwrap(), dx, dw]
+        };
+        [run(false), run(true)]
+    }
+
+    fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-4 * scale,
+                "{what}[{i}]: burn {p} vs ours {q}"
+            );
+        }
+    }
+
+    #[test]
+    fn outputs_and_gradients_match_burns_convolution_for_every_resnet_layer_kind() {
+        // (input, output channels, kernel, stride, padding): 3×3 same, 3×3 stride 2, 1×1,
+        // 1×1 stride 2 (shortcut), the 7×7/2 ImageNet stem, odd sizes and one sample.
+        let cases = [
+            ([3, 4, 9, 9], 5, 3, 1, 1),
+            ([2, 3, 10, 7], 4, 3, 2, 1),
+            ([2, 6, 5, 5], 3, 1, 1, 0),
+            ([3, 4, 9, 8], 6, 1, 2, 0),
+            ([2, 3, 15, 15], 4, 7, 2, 3),
+            ([1, 2, 4, 4], 2, 3, 1, 1),
+            ([20, 2, 3, 3], 3, 3, 1, 1),
+        ];
+        for (input, co, k, stride, pad) in cases {
+            let [burns, ours] = both_gradients(input, co, k, stride, pad);
+            let case = format!("{input:?} co {co} k {k} s {stride} p {pad}");
+            let [(y_burn, dx_burn, dw_burn), (y_ours, dx_ours, dw_ours)] =
+                [burns, ours].map(|[y, dx, dw]| (y, dx, dw));
+            assert_close(&format!("y {case}"), &y_burn, &y_ours);
+            assert_close(&format!("dx {case}"), &dx_burn, &dx_ours);
+            assert_close(&format!("dw {case}"), &dw_burn, &dw_ours);
+        }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), c> = <x, col2im(c)> for every geometry the model uses.
+        for (input, kernel, stride, padding) in [
+            ([2, 5, 6], [3, 3], [1, 1], [1, 1]),
+            ([2, 6, 5], [3, 3], [2, 2], [1, 1]),
+            ([1, 7, 7], [7, 7], [2, 2], [3, 3]),
+            ([3, 4, 4], [1, 1], [2, 2], [0, 0]),
+        ] {
+            let out = |size: usize, k: usize, s: usize, p: usize| (size + 2 * p - k) / s + 1;
+            let g = Geometry {
+                input,
+                output: [
+                    1,
+                    out(input[1], kernel[0], stride[0], padding[0]),
+                    out(input[2], kernel[1], stride[1], padding[1]),
+                ],
+                kernel,
+                spec: ConvSpec { stride, padding },
+            };
+            let x: Vec<f32> = (0..g.input_len())
+                .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+                .collect();
+            let c: Vec<f32> = (0..g.patch_len() * g.positions())
+                .map(|i| ((i * 104729) % 11) as f32 - 5.0)
+                .collect();
+            let l = g.positions();
+            let mut cols = vec![f32::NAN; c.len()];
+            im2col(&g, &x, &mut cols, l);
+            let mut back = vec![0.0; x.len()];
+            col2im(&g, &c, l, &mut back);
+            let lhs: f32 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
+            let rhs: f32 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert_eq!(lhs, rhs, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn outputs_and_gradients_do_not_depend_on_the_thread_count() {
+        let g = Geometry {
+            input: [4, 6, 6],
+            output: [5, 6, 6],
+            kernel: [3, 3],
+            spec: ConvSpec {
+                stride: [1, 1],
+                padding: [1, 1],
+            },
+        };
+        let batch = 37;
+        let fill = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i + seed) * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let x = fill(batch * g.input_len(), 1);
+        let w = fill(5 * g.patch_len(), 2);
+        let dy = fill(batch * g.output_len(), 3);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    (
+                        convolve_f32(&g, batch, &x, &w),
+                        gradients_f32(&g, batch, &x, &w, &dy, true, true),
+                    )
+                })
+        };
+        let one = run(1);
+        assert_eq!(one, run(3));
+        assert_eq!(one, run(8));
+    }
+}
