@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "flex")]
 pub mod cpu_conv;
+#[cfg(feature = "flex")]
+pub mod cpu_norm;
 
 /// `conv.forward(x)`; on burn's CPU training backend with a faster backward pass
 /// ([`cpu_conv`]), elsewhere burn's own.
@@ -175,13 +177,35 @@ fn conv<B: Backend>(
 }
 
 /// BatchNorm over `N×C×H×W` with burn's [`BatchNorm`] parameters and semantics (batch
-/// statistics and a running-average update while autodiff is on, running statistics otherwise),
-/// written so that CPU backends stay on their fast paths. burn's own forward swaps the batch and
-/// channel axes (a strided copy) and broadcasts `1×C×1×1` factors, which burn-flex evaluates
-/// element by element through a generic strided iterator: profiled, that was 38 % of a SimCLR
-/// step on 2 cores. Here statistics reduce along contiguous trailing axes and every per-channel
-/// factor is materialised as `N×C×1×1` (a few hundred floats), which flex broadcasts with SIMD.
+/// statistics and a running-average update while autodiff is on, running statistics otherwise):
+/// one fused operation while training on burn's CPU backend ([`cpu_norm`]), otherwise
+/// [`batch_norm_composed`].
 pub fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let x = match cpu_norm::forward(bn, x, false) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    batch_norm_composed(bn, x)
+}
+
+/// `relu(batch_norm(bn, x))`, fused on burn's CPU training backend.
+pub fn batch_norm_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let x = match cpu_norm::forward(bn, x, true) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    relu(batch_norm_composed(bn, x))
+}
+
+/// [`batch_norm`] from tensor operations (every backend), written so that CPU backends stay on
+/// their fast paths. burn's own forward swaps the batch and channel axes (a strided copy) and
+/// broadcasts `1×C×1×1` factors, which burn-flex evaluates element by element through a generic
+/// strided iterator: profiled, that was 38 % of a SimCLR step on 2 cores. Here statistics reduce
+/// along contiguous trailing axes and every per-channel factor is materialised as `N×C×1×1` (a
+/// few hundred floats), which flex broadcasts with SIMD.
+pub fn batch_norm_composed<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
     let device = x.device();
     let per_sample = |v: Tensor<B, 1>| v.reshape([1, c, 1, 1]).repeat_dim(0, n);
@@ -316,7 +340,7 @@ impl<B: Backend> Block<B> {
             Some(d) => batch_norm(&d.bn, conv_forward(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let y = relu(batch_norm(&self.bn1, conv_forward(&self.conv1, x)));
+        let y = batch_norm_relu(&self.bn1, conv_forward(&self.conv1, x));
         let mut y = batch_norm(&self.bn2, conv_forward(&self.conv2, y));
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
             y = batch_norm(bn3, conv_forward(conv3, relu(y)));
@@ -341,7 +365,7 @@ pub struct ResNet<B: Backend> {
 impl<B: Backend> ResNet<B> {
     /// `N×C×H×W` images to `N×features` pooled features.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut y = relu(batch_norm(&self.stem_bn, conv_forward(&self.stem_conv, x)));
+        let mut y = batch_norm_relu(&self.stem_bn, conv_forward(&self.stem_conv, x));
         if let Some(pool) = &self.stem_pool {
             y = pool.forward(y);
         }

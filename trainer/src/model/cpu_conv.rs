@@ -31,7 +31,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 /// The training backend this module speeds up.
-type Train = Autodiff<Flex>;
+pub(crate) type Train = Autodiff<Flex>;
 
 /// Samples per chunk are fixed by the layer and batch shapes alone, so the weight gradient's
 /// summation order, and with it every bit of a training run, does not depend on how rayon
@@ -98,7 +98,7 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 }
 
 /// `value` as a `U` when `T` and `U` are the same type (a checked, safe downcast).
-fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     let boxed: Box<dyn Any> = Box::new(value);
     match boxed.downcast::<U>() {
         Ok(u) => Ok(*u),

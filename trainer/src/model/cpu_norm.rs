@@ -1,0 +1,397 @@
+//! Training-mode BatchNorm (optionally followed by ReLU) as one operation on burn's CPU
+//! training backend (`Autodiff<Flex>`).
+//!
+//! Composed from tensor operations, a BatchNorm is about fifteen element-wise passes and
+//! reductions forward and back, each of which burn-flex runs on the calling thread; once the
+//! convolutions ran on every core ([`super::cpu_conv`]), those passes were most of what kept the
+//! main thread busy while the other core waited. Here the forward pass is two parallel passes
+//! (statistics per channel, then normalise per sample) and the backward pass two more, with the
+//! ReLU's mask folded in. Same arithmetic as [`super::batch_norm`]: batch mean, biased batch
+//! variance, `ε` inside the square root.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+use burn::nn::BatchNorm;
+use burn::tensor::backend::Backend;
+use burn::tensor::DType;
+use std::any::TypeId;
+
+use super::cpu_conv::{cast, Train};
+
+/// Training-mode `batch_norm` (then ReLU when `relu`) of `x` through this module when `B` is
+/// `Autodiff<Flex>` with autodiff on, updating `bn`'s running statistics; `Err(x)` otherwise.
+pub fn forward<B: Backend>(
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    relu: bool,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let device = x.device();
+    if TypeId::of::<B>() != TypeId::of::<Train>()
+        || !B::ad_enabled(&device)
+        || x.dtype() != DType::F32
+        || bn.gamma.val().dtype() != DType::F32
+    {
+        return Err(x);
+    }
+    let (Ok(xt), Ok(gamma), Ok(beta)) = (
+        cast::<_, Tensor<Train, 4>>(x),
+        cast::<_, Tensor<Train, 1>>(bn.gamma.val()),
+        cast::<_, Tensor<Train, 1>>(bn.beta.val()),
+    ) else {
+        unreachable!("B is Autodiff<Flex>, checked above");
+    };
+    let c = gamma.dims()[0];
+    let (y, mean, var) = batch_norm_train(xt, gamma, beta, bn.epsilon, relu);
+    let momentum = bn.momentum;
+    let stat = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device);
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(
+        running_mean
+            .mul_scalar(1.0 - momentum)
+            .add(stat(mean).mul_scalar(momentum))
+            .detach(),
+    );
+    bn.running_var.update(
+        running_var
+            .mul_scalar(1.0 - momentum)
+            .add(stat(var).mul_scalar(momentum))
+            .detach(),
+    );
+    match cast(y) {
+        Ok(y) => Ok(y),
+        Err(_) => unreachable!("B is Autodiff<Flex>, checked above"),
+    }
+}
+
+/// `Σ f(a[i], b[i])` over two equal-length slices in eight f32 lanes (vectorised by the
+/// compiler; a plane holds at most a few thousand values, so f32 partial sums are exact
+/// enough, and planes are summed in f64).
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            lanes[i] += f(x[i], y[i]);
+        }
+    }
+    lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
+}
+
+/// Channel statistics of a batch: per-channel mean and biased variance of `x` (`N×C×L`).
+pub fn channel_statistics(x: &[f32], [n, c, l]: [usize; 3]) -> (Vec<f32>, Vec<f32>) {
+    let count = (n * l) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            // Two passes (mean, then squared deviations): the variance of post-convolution
+            // activations can be small against their mean.
+            let plane = |s: usize| &x[(s * c + ch) * l..][..l];
+            let sum: f64 = (0..n).map(|s| lane_sum(plane(s), plane(s), |v, _| v)).sum();
+            let mean = (sum / count) as f32;
+            let squares: f64 = (0..n)
+                .map(|s| lane_sum(plane(s), plane(s), |v, _| (v - mean) * (v - mean)))
+                .sum();
+            (mean, (squares / count) as f32)
+        })
+        .unzip()
+}
+
+/// `y = max?(0, (x − mean)·scale + β)` with `scale = γ/√(var + ε)`, per sample in parallel.
+fn normalize(
+    x: &[f32],
+    [n, c, l]: [usize; 3],
+    mean: &[f32],
+    scale: &[f32],
+    beta: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    let mut y = vec![0.0f32; n * c * l];
+    y.par_chunks_mut(c * l)
+        .zip(x.par_chunks(c * l))
+        .for_each(|(y_n, x_n)| {
+            for ch in 0..c {
+                let (m, s, b) = (mean[ch], scale[ch], beta[ch]);
+                let out = &mut y_n[ch * l..][..l];
+                let inp = &x_n[ch * l..][..l];
+                if relu {
+                    for (o, &v) in out.iter_mut().zip(inp) {
+                        *o = ((v - m) * s + b).max(0.0);
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(inp) {
+                        *o = (v - m) * s + b;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// What the backward pass needs: the input, the batch statistics and the affine parameters.
+#[derive(Debug, Clone)]
+pub struct NormState {
+    x: FlexTensor,
+    /// `N×C×H×W`.
+    shape: [usize; 4],
+    /// `N×C×(H·W)`.
+    dims: [usize; 3],
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    relu: bool,
+}
+
+/// Gradients w.r.t. `x`, `γ` and `β` of [`normalize`] given `dy`.
+pub fn norm_gradients(state: &NormState, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let [n, c, l] = state.dims;
+    let NormState {
+        mean,
+        inv_std,
+        gamma,
+        beta,
+        relu,
+        ..
+    } = state;
+    // dy through the ReLU: zero where the output was clipped (recomputed, not stored).
+    let through = |ch: usize| {
+        let (m, k, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+        let relu = *relu;
+        move |v: f32, d: f32| {
+            if !relu || (v - m) * k * g + b > 0.0 {
+                d
+            } else {
+                0.0
+            }
+        }
+    };
+    let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (m, k) = (mean[ch], inv_std[ch]);
+            let pass = through(ch);
+            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
+            for s in 0..n {
+                let at = (s * c + ch) * l;
+                let (xs, ds) = (&x[at..at + l], &dy[at..at + l]);
+                sum_dy += lane_sum(xs, ds, pass);
+                sum_dy_xhat += lane_sum(xs, ds, |v, d| pass(v, d) * (v - m) * k);
+            }
+            (sum_dy as f32, sum_dy_xhat as f32)
+        })
+        .unzip();
+    let count = (n * l) as f32;
+    let mut dx = vec![0.0f32; n * c * l];
+    dx.par_chunks_mut(c * l)
+        .zip(x.par_chunks(c * l).zip(dy.par_chunks(c * l)))
+        .for_each(|(dx_n, (x_n, dy_n))| {
+            for ch in 0..c {
+                // dx = γ/σ · (dy − Σdy/M − x̂ · Σ(dy·x̂)/M)
+                let k = gamma[ch] * inv_std[ch];
+                let (m, inv) = (mean[ch], inv_std[ch]);
+                let pass = through(ch);
+                let mean_dy = dbeta[ch] / count;
+                let mean_dy_xhat = dgamma[ch] / count;
+                let range = ch * l..(ch + 1) * l;
+                for ((o, &v), &d) in dx_n[range.clone()]
+                    .iter_mut()
+                    .zip(&x_n[range.clone()])
+                    .zip(&dy_n[range])
+                {
+                    let d = pass(v, d);
+                    let xhat = (v - m) * inv;
+                    *o = k * (d - mean_dy - xhat * mean_dy_xhat);
+                }
+            }
+        });
+    (dx, dgamma, dbeta)
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl Backward<Flex, 3> for BatchNormBackward {
+    type State = NormState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let state = ops.state;
+        let x = state.x.to_contiguous();
+        let (dx, dgamma, dbeta) = norm_gradients(&state, x.storage::<f32>(), dy.storage::<f32>());
+        let [n, c, l] = state.dims;
+        let tensor =
+            |data: Vec<f32>, dims: Vec<usize>| FlexTensor::from_data(TensorData::new(data, dims));
+        debug_assert_eq!(state.shape.iter().product::<usize>(), n * c * l);
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(dx, state.shape.to_vec()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(dgamma, vec![c]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(dbeta, vec![c]));
+        }
+    }
+}
+
+/// Training-mode BatchNorm of `x` (`N×C×H×W`) with `γ`, `β` (`C`), then ReLU when `relu`:
+/// returns the output and the batch mean and biased variance (for the running statistics).
+pub fn batch_norm_train(
+    x: Tensor<Train, 4>,
+    gamma: Tensor<Train, 1>,
+    beta: Tensor<Train, 1>,
+    epsilon: f64,
+    relu: bool,
+) -> (Tensor<Train, 4>, Vec<f32>, Vec<f32>) {
+    let [n, c, h, w] = x.dims();
+    let dims = [n, c, h * w];
+    let x = x.into_primitive().tensor();
+    let gamma = gamma.into_primitive().tensor();
+    let beta = beta.into_primitive().tensor();
+    let x_values = x.primitive.to_contiguous();
+    let gamma_values = gamma.primitive.to_contiguous().storage::<f32>().to_vec();
+    let beta_values = beta.primitive.to_contiguous().storage::<f32>().to_vec();
+    let (mean, var) = channel_statistics(x_values.storage::<f32>(), dims);
+    let inv_std: Vec<f32> = var
+        .iter()
+        .map(|v| 1.0 / (v + epsilon as f32).sqrt())
+        .collect();
+    let scale: Vec<f32> = gamma_values
+        .iter()
+        .zip(&inv_std)
+        .map(|(g, s)| g * s)
+        .collect();
+    let y = normalize(
+        x_values.storage::<f32>(),
+        dims,
+        &mean,
+        &scale,
+        &beta_values,
+        relu,
+    );
+    let y = FlexTensor::from_data(TensorData::new(y, [n, c, h, w]));
+    let output = match BatchNormBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            NormState {
+                x: x_values,
+                shape: [n, c, h, w],
+                dims,
+                mean: mean.clone(),
+                inv_std,
+                gamma: gamma_values,
+                beta: beta_values,
+                relu,
+            },
+            y,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    (
+        Tensor::from_primitive(TensorPrimitive::Float(output)),
+        mean,
+        var,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::activation;
+    use burn::tensor::Distribution;
+
+    fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    /// Output and gradients of `sum(bn(x) · r)` by tensor operations and by this module.
+    #[test]
+    fn output_and_gradients_match_the_composed_batch_norm_with_and_without_relu() {
+        let device = Default::default();
+        for relu in [false, true] {
+            let x =
+                Tensor::<Train, 4>::random([3, 4, 5, 6], Distribution::Normal(0.5, 2.0), &device);
+            let gamma = Tensor::<Train, 1>::from_data([0.5f32, 1.0, 2.0, -1.0], &device);
+            let beta = Tensor::<Train, 1>::from_data([0.1f32, -0.3, 0.0, 0.7], &device);
+            let run = |ours: bool| {
+                let x = x.clone().detach().require_grad();
+                let gamma = gamma.clone().detach().require_grad();
+                let beta = beta.clone().detach().require_grad();
+                let y = if ours {
+                    batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu).0
+                } else {
+                    let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
+                    let centered = x.clone() - mean;
+                    let var = centered
+                        .clone()
+                        .square()
+                        .mean_dim(0)
+                        .mean_dim(2)
+                        .mean_dim(3);
+                    let y = centered / (var + 1e-5).sqrt() * gamma.clone().reshape([1, 4, 1, 1])
+                        + beta.clone().reshape([1, 4, 1, 1]);
+                    if relu {
+                        activation::relu(y)
+                    } else {
+                        y
+                    }
+                };
+                let r = y.clone().detach().sin() + 0.5;
+                let grads = (y.clone() * r).sum().backward();
+                [
+                    to_vec(y),
+                    to_vec(x.grad(&grads).unwrap()),
+                    to_vec(gamma.grad(&grads).unwrap()),
+                    to_vec(beta.grad(&grads).unwrap()),
+                ]
+            };
+            let (composed, ours) = (run(false), run(true));
+            for (what, (a, b)) in ["y", "dx", "dgamma", "dbeta"]
+                .iter()
+                .zip(composed.iter().zip(&ours))
+            {
+                let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (p - q).abs() <= 2e-5 * scale,
+                        "relu {relu} {what}[{i}]: {p} vs {q}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn statistics_are_exact_for_a_large_offset() {
+        // Values 1000 ± 0.001: a one-pass f32 variance would lose them entirely.
+        let x: Vec<f32> = (0..64)
+            .map(|i| 1000.0 + if i % 2 == 0 { 0.001 } else { -0.001 })
+            .collect();
+        let (mean, var) = channel_statistics(&x, [4, 1, 16]);
+        assert!((mean[0] - 1000.0).abs() < 1e-3);
+        assert!((var[0] - 1e-6).abs() < 1e-7, "{}", var[0]);
+    }
+}
