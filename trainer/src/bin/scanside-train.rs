@@ -27,6 +27,12 @@ use scanside_trainer::report::write_report;
 use scanside_trainer::runlog::save_json;
 use scanside_trainer::study::{read_study_config, run_study};
 
+/// mimalloc keeps freed tensor buffers for reuse; glibc's malloc returned them to the kernel
+/// and faulted fresh pages in on every step (~15 % of a CPU training step in the kernel,
+/// 4.5 → 0.7 s of system time over 33 SimCLR steps).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[cfg(feature = "cuda")]
 type Inner = burn::backend::Cuda;
 #[cfg(all(not(feature = "cuda"), feature = "flex"))]
