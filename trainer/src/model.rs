@@ -219,21 +219,7 @@ pub fn batch_norm_composed<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Te
         let mean = channel_mean(x.clone());
         let centered = x - per_sample(mean.clone());
         let var = channel_mean(centered.clone().square());
-        let momentum = bn.momentum;
-        let running_mean = bn.running_mean.value_sync().to_device(&device);
-        let running_var = bn.running_var.value_sync().to_device(&device);
-        bn.running_mean.update(
-            running_mean
-                .mul_scalar(1.0 - momentum)
-                .add(mean.detach().mul_scalar(momentum))
-                .detach(),
-        );
-        bn.running_var.update(
-            running_var
-                .mul_scalar(1.0 - momentum)
-                .add(var.clone().detach().mul_scalar(momentum))
-                .detach(),
-        );
+        update_running_statistics(bn, mean.detach(), var.clone().detach());
         (centered, var)
     } else {
         let mean = bn.running_mean.value().to_device(&device);
@@ -242,6 +228,23 @@ pub fn batch_norm_composed<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Te
     };
     let scale = bn.gamma.val() / var.add_scalar(bn.epsilon).sqrt();
     centered * per_sample(scale) + per_sample(bn.beta.val())
+}
+
+/// burn's running-average update of `bn`'s statistics with one batch's mean and (biased)
+/// variance, `running ← (1 − momentum)·running + momentum·batch`.
+fn update_running_statistics<B: Backend>(bn: &BatchNorm<B>, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+    let device = mean.device();
+    let blend = |running: Tensor<B, 1>, batch: Tensor<B, 1>| {
+        running
+            .to_device(&device)
+            .mul_scalar(1.0 - bn.momentum)
+            .add(batch.mul_scalar(bn.momentum))
+            .detach()
+    };
+    bn.running_mean
+        .update(blend(bn.running_mean.value_sync(), mean));
+    bn.running_var
+        .update(blend(bn.running_var.value_sync(), var));
 }
 
 /// Projection shortcut of a block that changes shape.

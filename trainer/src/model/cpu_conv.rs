@@ -1,4 +1,5 @@
-//! The backward pass of the model's convolutions on burn's CPU backend (`Autodiff<Flex>`).
+//! The model's convolutions, forward and backward, on burn's CPU training backend
+//! (`Autodiff<Flex>`).
 //!
 //! Written here, not taken from burn, because burn-flex 0.21's convolution gradients are where
 //! a CPU training step went: the input gradient is a `conv_transpose2d` that runs one sample
@@ -8,8 +9,8 @@
 //! parts were ~70 % of the main thread's time (docs/benchmarks.md). Here both gradients come
 //! from one pass over the batch in fixed chunks of samples spread over rayon's threads: per
 //! chunk the samples' im2col matrices side by side, one gemm for the chunk's weight gradient,
-//! one gemm for the columns' gradient and a col2im per sample over contiguous rows. The
-//! forward pass stays flex's own (already tiled and parallel).
+//! one gemm for the columns' gradient and a col2im per sample over contiguous rows. The forward
+//! pass is the same im2col + one gemm per chunk (it also saves flex's serial layout conversion).
 //!
 //! Only what the ResNets use takes this path: `f32`, no bias, one group, no dilation, the same
 //! explicit padding on every side. Anything else, and every other backend, goes through burn's
@@ -71,29 +72,34 @@ impl ConvSpec {
     }
 }
 
-/// `conv.forward(x)`, with this module's backward pass when `B` is `Autodiff<Flex>`.
+/// `conv.forward(x)`: through this module when `B` is `Autodiff<Flex>` and the layer and
+/// shapes are ones it handles, through burn otherwise (which also reports impossible shapes).
 pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let Some(spec) = ConvSpec::of(conv) else {
         return conv.forward(x);
     };
-    if TypeId::of::<B>() != TypeId::of::<Train>() || x.dtype() != DType::F32 {
+    let weight = conv.weight.val();
+    let [batch, _, h, w] = x.dims();
+    let [_, _, kh, kw] = weight.dims();
+    let fits = |size: usize, k: usize, pad: usize| size + 2 * pad >= k;
+    if TypeId::of::<B>() != TypeId::of::<Train>()
+        || x.dtype() != DType::F32
+        || weight.dtype() != DType::F32
+        || batch == 0
+        || !fits(h, kh, spec.padding[0])
+        || !fits(w, kw, spec.padding[1])
+    {
         return conv.forward(x);
     }
-    match (
+    let (Ok(x), Ok(weight)) = (
         cast::<_, Tensor<Train, 4>>(x),
-        cast::<_, Tensor<Train, 4>>(conv.weight.val()),
-    ) {
-        (Ok(x), Ok(weight)) if weight.dtype() == DType::F32 => {
-            match cast(conv2d(x, weight, spec)) {
-                Ok(y) => y,
-                Err(_) => unreachable!("B is Autodiff<Flex>, checked above"),
-            }
-        }
-        (Ok(x), _) => match cast(x) {
-            Ok(x) => conv.forward(x),
-            Err(_) => unreachable!("a tensor casts back to its own type"),
-        },
-        (Err(x), _) => conv.forward(x),
+        cast::<_, Tensor<Train, 4>>(weight),
+    ) else {
+        unreachable!("B is Autodiff<Flex>, checked above");
+    };
+    match cast(conv2d(x, weight, spec)) {
+        Ok(y) => y,
+        Err(_) => unreachable!("B is Autodiff<Flex>, checked above"),
     }
 }
 
@@ -109,7 +115,7 @@ pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     }
 }
 
-/// A tracked convolution: flex's forward, this module's backward.
+/// A tracked convolution: this module's forward pass and gradients.
 pub fn conv2d(x: Tensor<Train, 4>, weight: Tensor<Train, 4>, spec: ConvSpec) -> Tensor<Train, 4> {
     let x = x.into_primitive().tensor();
     let weight = weight.into_primitive().tensor();
@@ -214,9 +220,9 @@ impl Geometry {
         (first.min(end), end)
     }
 
-    /// Calls `row(r, oy, iy, first, end)` for every im2col row `r = (ci, ky, kx)` and output
-    /// row `oy` whose input row `iy` exists, with the output columns `first..end` whose
-    /// inputs exist; `input_x(ox) = ox·stride + kx − pad`.
+    /// Calls `row` with the plan of every im2col row `r = (ci·Kh + ky)·Kw + kx`: the output rows
+    /// and columns whose input position `(oy·sy + ky − py, ox·sx + kx − px)` lies inside the
+    /// image, and the input column of the first such output column.
     fn for_each_row(&self, mut row: impl FnMut(RowPlan)) {
         let [ci_count, height, width] = self.input;
         let [_, out_h, out_w] = self.output;
@@ -328,13 +334,12 @@ pub fn col2im(g: &Geometry, cols: &[f32], row_stride: usize, dx: &mut [f32]) {
     });
 }
 
-/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, every operand given by its row and column
-/// strides, on the calling thread (the callers parallelise over samples).
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, `dst` row-major, `lhs`/`rhs` given by their row and
+/// column strides, on the calling thread (the callers parallelise over chunks of samples).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     [m, n, k]: [usize; 3],
     dst: &mut [f32],
-    accumulate: bool,
     lhs: &[f32],
     [lhs_rs, lhs_cs]: [usize; 2],
     rhs: &[f32],
@@ -372,7 +377,7 @@ fn matmul(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            accumulate,
+            false,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
@@ -420,19 +425,11 @@ pub fn convolve_f32(g: &Geometry, batch: usize, x: &[f32], weight: &[f32]) -> Ve
                     );
                 }
                 if samples == 1 {
-                    matmul([co, l, k], y_chunk, false, weight, [k, 1], cols, [l, 1]);
+                    matmul([co, l, k], y_chunk, weight, [k, 1], cols, [l, 1]);
                     return;
                 }
                 // y (Co×S·L) = w (Co×K) · cols (K×S·L), then back to N×Co×L.
-                matmul(
-                    [co, wide, k],
-                    y_wide,
-                    false,
-                    weight,
-                    [k, 1],
-                    cols,
-                    [wide, 1],
-                );
+                matmul([co, wide, k], y_wide, weight, [k, 1], cols, [wide, 1]);
                 for (s, y_n) in y_chunk.chunks_exact_mut(y_len).enumerate() {
                     for (c, row) in y_n.chunks_exact_mut(l).enumerate() {
                         row.copy_from_slice(&y_wide[c * wide + s * l..][..l]);
@@ -493,13 +490,20 @@ pub fn gradients_f32(
     let run_chunk = |first: usize, dx_chunk: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
         let samples = chunk.min(batch - first);
         let wide = samples * l;
-        with_scratch([k * wide, co * wide], |cols, dy_wide| {
-            for s in 0..samples {
-                let dy_n = &dy[(first + s) * y_len..][..y_len];
-                for (c, row) in dy_n.chunks_exact(l).enumerate() {
-                    dy_wide[c * wide + s * l..][..l].copy_from_slice(row);
+        // A lone sample's dy already is its `Co × L` matrix; only side-by-side ones are copied.
+        let dy_wide_len = if samples == 1 { 0 } else { co * wide };
+        with_scratch([k * wide, dy_wide_len], |cols, dy_wide| {
+            let dy_chunk: &[f32] = if samples == 1 {
+                &dy[first * y_len..][..y_len]
+            } else {
+                for s in 0..samples {
+                    let dy_n = &dy[(first + s) * y_len..][..y_len];
+                    for (c, row) in dy_n.chunks_exact(l).enumerate() {
+                        dy_wide[c * wide + s * l..][..l].copy_from_slice(row);
+                    }
                 }
-            }
+                dy_wide
+            };
             if let Some(dw) = dw {
                 for s in 0..samples {
                     im2col(
@@ -510,27 +514,11 @@ pub fn gradients_f32(
                     );
                 }
                 // dW (Co×K) = dy (Co×S·L) · colsᵀ (S·L×K)
-                matmul(
-                    [co, k, wide],
-                    dw,
-                    false,
-                    dy_wide,
-                    [wide, 1],
-                    cols,
-                    [1, wide],
-                );
+                matmul([co, k, wide], dw, dy_chunk, [wide, 1], cols, [1, wide]);
             }
             if let Some(dx_chunk) = dx_chunk {
                 // dcols (K×S·L) = wᵀ (K×Co) · dy (Co×S·L), then each sample's col2im.
-                matmul(
-                    [k, wide, co],
-                    cols,
-                    false,
-                    weight,
-                    [1, k],
-                    dy_wide,
-                    [wide, 1],
-                );
+                matmul([k, wide, co], cols, weight, [1, k], dy_chunk, [wide, 1]);
                 for (s, dx_n) in dx_chunk.chunks_exact_mut(x_len).enumerate() {
                     col2im(g, &cols[s * l..], wide, dx_n);
                 }
@@ -540,20 +528,16 @@ pub fn gradients_f32(
 
     let chunks = batch.div_ceil(chunk);
     let mut partial = vec![0.0f32; if want_weight { chunks * co * k } else { 0 }];
-    let mut dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
+    let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
         Some(dx) => dx.chunks_mut(chunk * x_len).map(Some).collect(),
         None => (0..chunks).map(|_| None).collect(),
     };
-    let mut dw_chunks: Vec<Option<&mut [f32]>> = if want_weight {
+    let dw_chunks: Vec<Option<&mut [f32]>> = if want_weight {
         partial.chunks_mut(co * k).map(Some).collect()
     } else {
         (0..chunks).map(|_| None).collect()
     };
-    let work: Vec<_> = dx_chunks
-        .drain(..)
-        .zip(dw_chunks.drain(..))
-        .enumerate()
-        .collect();
+    let work: Vec<_> = dx_chunks.into_iter().zip(dw_chunks).enumerate().collect();
     work.into_par_iter()
         .for_each(|(i, (dx_chunk, dw))| run_chunk(i * chunk, dx_chunk, dw));
     // Chunks summed in order: the same bits whatever the thread count or schedule.

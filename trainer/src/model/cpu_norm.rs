@@ -6,8 +6,10 @@
 //! convolutions ran on every core ([`super::cpu_conv`]), those passes were most of what kept the
 //! main thread busy while the other core waited. Here the forward pass is two parallel passes
 //! (statistics per channel, then normalise per sample) and the backward pass two more, with the
-//! ReLU's mask folded in. Same arithmetic as [`super::batch_norm`]: batch mean, biased batch
-//! variance, `ε` inside the square root.
+//! ReLU's mask folded in. Same arithmetic as [`super::batch_norm_composed`]: batch mean, biased
+//! batch variance, `ε` inside the square root, the same running-statistics update.
+
+use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -15,15 +17,13 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use rayon::prelude::*;
-
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
-use burn::tensor::DType;
-use std::any::TypeId;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
 
 use super::cpu_conv::{cast, Train};
+use super::update_running_statistics;
 
 /// Training-mode `batch_norm` (then ReLU when `relu`) of `x` through this module when `B` is
 /// `Autodiff<Flex>` with autodiff on, updating `bn`'s running statistics; `Err(x)` otherwise.
@@ -49,22 +49,8 @@ pub fn forward<B: Backend>(
     };
     let c = gamma.dims()[0];
     let (y, mean, var) = batch_norm_train(xt, gamma, beta, bn.epsilon, relu);
-    let momentum = bn.momentum;
     let stat = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device);
-    let running_mean = bn.running_mean.value_sync().to_device(&device);
-    let running_var = bn.running_var.value_sync().to_device(&device);
-    bn.running_mean.update(
-        running_mean
-            .mul_scalar(1.0 - momentum)
-            .add(stat(mean).mul_scalar(momentum))
-            .detach(),
-    );
-    bn.running_var.update(
-        running_var
-            .mul_scalar(1.0 - momentum)
-            .add(stat(var).mul_scalar(momentum))
-            .detach(),
-    );
+    update_running_statistics(bn, stat(mean), stat(var));
     match cast(y) {
         Ok(y) => Ok(y),
         Err(_) => unreachable!("B is Autodiff<Flex>, checked above"),
