@@ -257,8 +257,8 @@ impl<'a> Model<'a> {
     }
 
     /// [`Model::parse`] without recomputing the CRC, for a blob that passed [`Model::parse`]
-    /// before and stayed in memory the caller owns (the host engine re-borrows its blob per
-    /// inference). Every structural check still runs, so memory safety never rests on it.
+    /// before and stayed in memory the caller owns (and for fuzzing the structural checks,
+    /// which all still run).
     pub fn parse_checked_before(bytes: &'a [u8]) -> Result<Model<'a>, BlobError> {
         Self::parse_with(bytes, false)
     }

@@ -182,8 +182,8 @@ pub fn run<'a>(
 }
 
 /// Host-side data prepared once per model to speed up [`run_prepared`]: each standard
-/// convolution's filters repacked for the AVX2 kernel ([`PackedFilters`]). The blob itself is
-/// unchanged (it is the microcontroller's format).
+/// convolution's filters repacked for the vector kernels ([`PackedFilters`]). The blob itself
+/// is unchanged (it is the microcontroller's format).
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 #[derive(Debug, Clone)]
 pub struct HostPrepared {
@@ -197,11 +197,12 @@ impl HostPrepared {
         let packed = (0..model.layer_count())
             .map(|i| {
                 let layer = model.layer(i)?;
+                let input_channels = model.tensor(layer.input)?.channels;
                 (layer.op == Op::Conv2d)
                     .then(|| {
                         PackedFilters::new(
                             layer.weights,
-                            layer.bias.len(),
+                            (layer.bias.len(), input_channels),
                             layer.bias,
                             requant(&layer),
                         )
@@ -265,6 +266,9 @@ fn run_with<'a>(
 }
 
 /// `round(x / scale) + zero_point`, saturated to int8: how a real input enters the model.
+/// Inline so a caller's loop over a whole input can be vectorised (out of line it was 4 % of
+/// the host engine's time).
+#[inline]
 pub fn quantize(x: f32, scale: f32, zero_point: i8) -> i8 {
     // Round half away from zero by hand (`f32::round` needs std); `as` truncates toward zero,
     // saturates and maps NaN to 0, so huge or non-finite inputs cannot wrap.

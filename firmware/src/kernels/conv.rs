@@ -20,7 +20,7 @@ mod neon;
 mod x86;
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-pub(crate) use x86::requantize_lanes_avx2;
+pub(crate) use x86::requantize_lanes;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub use x86::{conv2d_packed, PackedFilters};
 
@@ -313,7 +313,7 @@ fn conv2d_patches(
     let mut patch_buffer = [0_i16; PATCH_MAX];
     let offset = p.input_offset as i16;
     let fill = |oy: usize, ox: usize, patch: &mut [i16]| {
-        gather_patch(p, input, (oy, ox), patch, |dst, src| {
+        gather_patch(p, input, (oy, ox), patch, 0, |dst, src| {
             gather(dst, src, offset)
         });
     };
@@ -337,16 +337,18 @@ fn conv2d_patches(
 }
 
 /// The patch of output pixel `(oy, ox)` (`k·k·Cin` values): `x + offset` over its receptive
-/// field (`gather(dst, src)` widens a run of input values), 0 in the padding. The kernel
+/// field (`gather(dst, src)` converts a run of input values), `padding` (the encoding of real
+/// zero: 0 for offset-applied int16 patches) where the kernel leaves the input. The kernel
 /// columns inside the input are the same for every kernel row, and each row's run of them is
 /// contiguous in the input (NHWC) and in the patch: one `gather` call per kernel row.
 #[inline(always)]
-fn gather_patch(
+fn gather_patch<T: Copy>(
     p: &ConvParams,
     input: &[i8],
     (oy, ox): (usize, usize),
-    patch: &mut [i16],
-    gather: impl Fn(&mut [i16], &[i8]),
+    patch: &mut [T],
+    padding: T,
+    gather: impl Fn(&mut [T], &[i8]),
 ) {
     let cin = p.input_channels;
     let left = ox * p.stride;
@@ -360,16 +362,16 @@ fn gather_patch(
             .checked_sub(p.padding)
             .filter(|&y| y < p.input_height);
         let Some(iy) = iy.filter(|_| inside > 0) else {
-            row.fill(0);
+            row.fill(padding);
             continue;
         };
         // Only at the borders: a `fill` of nothing still costs a `memset` call per row.
         let (left_pad, rest) = row.split_at_mut(first * cin);
         if !left_pad.is_empty() {
-            left_pad.fill(0);
+            left_pad.fill(padding);
         }
         if rest.len() > inside {
-            rest[inside..].fill(0);
+            rest[inside..].fill(padding);
         }
         // Column of the first inside position: left + first − padding ≥ 0.
         let ix = left + first - p.padding;
@@ -579,32 +581,60 @@ mod tests {
             (14, 5, 5, 13, 17, 3, 1, 1),
             (15, 7, 7, 8, 9, 1, 2, 0),
             (16, 4, 4, 32, 64, 3, 1, 1),
+            // Pixel counts that are not a multiple of the VNNI kernel's four, a long filter
+            // (3×3×128), a strided 1×1 shortcut.
+            (18, 5, 3, 3, 8, 3, 1, 1),
+            (19, 3, 3, 128, 16, 3, 1, 1),
+            (20, 6, 6, 16, 32, 1, 2, 0),
         ] {
             let mut c = case(seed, h, w, cin, cout, k, s, pad);
             if seed % 2 == 0 {
                 // A scale of 0.75 (shift 0) in one channel: the scalar requantisation path.
                 (c.mults[0], c.shifts[0]) = quantize_multiplier(0.75);
             }
-            let packed = PackedFilters::new(&c.weights, cout, &c.bias, c.requant()).unwrap();
-            let (fast, reference) = c.fast_and_reference(|c, out| {
-                conv2d_packed(
-                    &c.p,
-                    &c.input,
-                    &packed,
-                    &c.weights,
-                    &c.bias,
-                    c.requant(),
-                    out,
-                )
-                .unwrap()
-            });
-            assert_eq!(fast, reference, "case {seed}");
+            // Both layouts where the CPU runs both (the VNNI one needs AVX-512 VNNI), with the
+            // extreme offsets of int8 zero points: real zero as unsigned byte 255 and 0.
+            let layouts: &[bool] = if x86::avx512_vnni() {
+                &[false, true]
+            } else {
+                eprintln!("no AVX-512 VNNI on this CPU: the quad layout is not tested");
+                &[false]
+            };
+            for &quads in layouts {
+                for input_offset in [c.p.input_offset, -127, 128] {
+                    c.p.input_offset = input_offset;
+                    let packed = PackedFilters::with_layout(
+                        &c.weights,
+                        (cout, cin),
+                        &c.bias,
+                        c.requant(),
+                        quads,
+                    )
+                    .unwrap();
+                    let (fast, reference) = c.fast_and_reference(|c, out| {
+                        conv2d_packed(
+                            &c.p,
+                            &c.input,
+                            &packed,
+                            &c.weights,
+                            &c.bias,
+                            c.requant(),
+                            out,
+                        )
+                        .unwrap()
+                    });
+                    assert_eq!(
+                        fast, reference,
+                        "case {seed}, quads {quads}, offset {input_offset}"
+                    );
+                }
+            }
         }
         // A packing that does not match the layer is not used: the result is still right.
         let c = case(17, 6, 6, 4, 6, 3, 1, 1);
         let other = PackedFilters::new(
             &c.weights[..c.weights.len() / 2],
-            3,
+            (3, 4),
             &c.bias[..3],
             PerChannelRequant {
                 multipliers: &c.mults[..3],
@@ -680,12 +710,12 @@ mod tests {
                 multipliers: &multipliers,
                 shifts: &shifts,
             };
-            let packed = PackedFilters::new(&[1; 8], 8, &bias, rq).unwrap();
+            let packed = PackedFilters::new(&[1; 8], (8, 1), &bias, rq).unwrap();
             let lanes = &packed.requant.as_ref().unwrap()[0];
             #[allow(unsafe_code)]
             // SAFETY: AVX2 checked above; `sums` is 8 int32.
             let got = unsafe {
-                requantize_lanes_avx2(
+                x86::requantize_lanes_avx2(
                     core::arch::x86_64::_mm256_loadu_si256(sums.as_ptr().cast()),
                     lanes,
                     (offset, low, high),

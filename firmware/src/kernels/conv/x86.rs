@@ -62,40 +62,83 @@ fn dot_avx2(patch: &[i16], filter: &[i8]) -> i32 {
     _mm_cvtsi128_si32(lanes).wrapping_add(dot_portable(&patch[whole..n], &filter[whole..n]))
 }
 
-/// A convolution's OHWI filters repacked on the host for [`conv2d_packed`]: per block of eight
-/// (AVX2) or sixteen (AVX-512 VNNI, for layers of 16 channels or more on CPUs that have it)
-/// output channels and per pair of patch positions `(2j, 2j + 1)`, the block's two weights per
-/// channel as int16 — one 256- or 512-bit row that `vpmaddwd` / `vpdpwssd` multiplies with the
-/// pair broadcast. Built once per model (the blob stays the microcontroller's format; this is
+/// Output channels per block of a [`PackedFilters`]: one 256-bit register of int32 sums.
+const LANES: usize = 8;
+
+/// Output pixels per pass of [`conv2d_quads_vnni`]: each weight row loaded feeds this many
+/// pixels' accumulators, so the layer's weights are read once per four pixels, not per pixel
+/// (measured: eight per pass was slower). The loop is written out for four.
+const PIXELS: usize = 4;
+
+/// A convolution's OHWI filters repacked on the host for [`conv2d_packed`], in blocks of eight
+/// output channels. Built once per model (the blob stays the microcontroller's format; this is
 /// host memory).
 #[derive(Debug, Clone)]
 pub struct PackedFilters {
     channels: usize,
     len: usize,
-    pairs: usize,
-    /// Channels per block: 8 or 16.
-    lanes: usize,
-    data: Vec<i16>,
+    weights: Packing,
     /// Per block of eight channels, when every channel of the layer scales down (a right
     /// shift): bias, multiplier, `2^e + 1` and `e − 1` per lane, for the vector
     /// requantisation. `None`: the scalar one.
     pub(super) requant: Option<Vec<[[i32; 8]; 4]>>,
 }
 
-impl PackedFilters {
-    /// Output channels of a block.
-    const LANES: usize = 8;
+/// One 256-bit row of packed weights, aligned so that no load splits a cache line (with
+/// `Vec<i8>` rows the engine ran at two speeds, 0.13 or 0.20 ms, by where the allocator put
+/// them).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+struct Row<T, const N: usize>([T; N]);
 
-    /// Repacks `channels` filters of `weights.len() / channels` values each, with their bias
-    /// and requantisation; `None` when the lengths do not describe `channels` filters.
+/// How a [`PackedFilters`] lays its weights out, by the instructions that will multiply them.
+#[derive(Debug, Clone)]
+enum Packing {
+    /// AVX2 (`vpmaddwd`): per block and per pair of patch positions `(2j, 2j + 1)`, each
+    /// channel's two weights as int16 — one 256-bit row multiplied with the pair broadcast.
+    Pairs {
+        pairs: usize,
+        data: Vec<Row<i16, 16>>,
+    },
+    /// AVX-512 VNNI (`vpdpbusd`): the input channels padded to a multiple of four (`cin4`,
+    /// zero weights in the extra ones), then per block and per quad of filter positions
+    /// `4j..4j + 4` in `[ky][kx][cin4]` order, each channel's four weights as int8 — one 32-byte
+    /// row multiplied with four unsigned input bytes broadcast — and each channel's `Σw`, which
+    /// turns the unsigned sums back into the offset-applied ones.
+    Quads {
+        cin4: usize,
+        data: Vec<Row<i8, 32>>,
+        weight_sums: Vec<i32>,
+    },
+}
+
+impl PackedFilters {
+    /// Repacks `channels` OHWI filters of `weights.len() / channels` values over
+    /// `input_channels`, with their bias and requantisation, for the best kernel this CPU has;
+    /// `None` when the lengths do not describe such filters.
     pub fn new(
         weights: &[i8],
-        channels: usize,
+        (channels, input_channels): (usize, usize),
         bias: &[i32],
         requant: PerChannelRequant<'_>,
     ) -> Option<Self> {
+        let quads = avx512_vnni();
+        Self::with_layout(weights, (channels, input_channels), bias, requant, quads)
+    }
+
+    /// [`PackedFilters::new`] with the layout chosen by the caller: `quads` for the VNNI kernel,
+    /// else pairs for the AVX2 one.
+    pub(super) fn with_layout(
+        weights: &[i8],
+        (channels, input_channels): (usize, usize),
+        bias: &[i32],
+        requant: PerChannelRequant<'_>,
+        quads: bool,
+    ) -> Option<Self> {
         if channels == 0
+            || input_channels == 0
             || !weights.len().is_multiple_of(channels)
+            || !(weights.len() / channels).is_multiple_of(input_channels)
             || bias.len() != channels
             || requant.multipliers.len() != channels
             || requant.shifts.len() != channels
@@ -103,21 +146,40 @@ impl PackedFilters {
             return None;
         }
         let len = weights.len() / channels;
-        let pairs = len.div_ceil(2);
-        let lanes = if channels >= 16 && avx512_vnni() {
-            16
-        } else {
-            Self::LANES
-        };
-        let blocks = channels.div_ceil(lanes);
-        let mut data = vec![0_i16; blocks * pairs * 2 * lanes];
-        for (c, filter) in weights.chunks_exact(len).enumerate() {
-            let (block, lane) = (c / lanes, c % lanes);
-            for (k, &w) in filter.iter().enumerate() {
-                data[(block * pairs + k / 2) * 2 * lanes + 2 * lane + k % 2] = i16::from(w);
+        let blocks = channels.div_ceil(LANES);
+        // Positions past `len` (the last pair or quad's tail) and lanes past the last channel
+        // keep zero weights: whatever the patch holds there contributes nothing.
+        let packed_weights = if quads {
+            let cin4 = input_channels.next_multiple_of(4);
+            let quads = len / input_channels * cin4 / 4;
+            let mut data = vec![Row([0_i8; 32]); blocks * quads];
+            for (c, filter) in weights.chunks_exact(len).enumerate() {
+                let (block, lane) = (c / LANES, c % LANES);
+                for (k, &w) in filter.iter().enumerate() {
+                    let k = k / input_channels * cin4 + k % input_channels;
+                    data[block * quads + k / 4].0[4 * lane + k % 4] = w;
+                }
             }
-        }
-        let blocks = channels.div_ceil(Self::LANES);
+            let weight_sums = weights
+                .chunks_exact(len)
+                .map(|filter| filter.iter().map(|&w| i32::from(w)).sum())
+                .collect();
+            Packing::Quads {
+                cin4,
+                data,
+                weight_sums,
+            }
+        } else {
+            let pairs = len.div_ceil(2);
+            let mut data = vec![Row([0_i16; 16]); blocks * pairs];
+            for (c, filter) in weights.chunks_exact(len).enumerate() {
+                let (block, lane) = (c / LANES, c % LANES);
+                for (k, &w) in filter.iter().enumerate() {
+                    data[block * pairs + k / 2].0[2 * lane + k % 2] = i16::from(w);
+                }
+            }
+            Packing::Pairs { pairs, data }
+        };
         let right_shifts = requant.shifts.iter().all(|&s| (-31..0).contains(&s));
         let requant = right_shifts.then(|| {
             (0..blocks)
@@ -125,7 +187,7 @@ impl PackedFilters {
                     // Per lane (bias, multiplier, 2^e + 1, e − 1); lanes past the last channel
                     // get multiplier 0 and a shift of 1 (harmless, never stored).
                     let lane = |lane: usize| {
-                        let c = block * Self::LANES + lane;
+                        let c = block * LANES + lane;
                         if c >= channels {
                             return [0, 0, 3, 0];
                         }
@@ -146,22 +208,26 @@ impl PackedFilters {
         Some(PackedFilters {
             channels,
             len,
-            pairs,
-            lanes,
-            data,
+            weights: packed_weights,
             requant,
         })
     }
 
     /// Whether this packing was made from these filters' shape and constants.
     fn matches(&self, p: &ConvParams, bias: &[i32], requant: &PerChannelRequant<'_>) -> bool {
+        let shape = self.channels == p.output_channels
+            && self.len == p.kernel * p.kernel * p.input_channels
+            && match self.weights {
+                Packing::Quads { cin4, .. } => cin4 == p.input_channels.next_multiple_of(4),
+                Packing::Pairs { .. } => true,
+            };
         let Some(lanes) = &self.requant else {
-            return self.channels == p.output_channels;
+            return shape;
         };
-        self.channels == p.output_channels
+        shape
             && (0..self.channels).all(|c| {
-                let block = &lanes[c / Self::LANES];
-                let lane = c % Self::LANES;
+                let block = &lanes[c / LANES];
+                let lane = c % LANES;
                 let (rounding, high_shift) = if requant.shifts[c] < 0 {
                     crate::arith::right_shift_constants(requant.shifts[c].unsigned_abs())
                 } else {
@@ -176,11 +242,11 @@ impl PackedFilters {
 }
 
 /// [`conv2d`] with filters repacked by [`PackedFilters`], bit for bit equal to
-/// `conv2d_reference`: per output pixel the patch is gathered once (as in [`conv2d`]), then
-/// every block of eight output channels accumulates vertically — per pair of patch values one
-/// broadcast, one `vpmaddwd` (16 MACs) and one add, with no horizontal sums — and the eight
-/// results are requantised. Falls back to [`conv2d`] without AVX2 or when the packing does not
-/// match the layer.
+/// `conv2d_reference`: every block of eight output channels accumulates vertically, with no
+/// horizontal sums, and the eight results are requantised together. With AVX-512 VNNI
+/// ([`conv2d_quads_vnni`]) four patch values and four pixels per weight row; else AVX2
+/// ([`conv2d_packed_avx2`]) two patch values per row, one pixel at a time. Falls back to
+/// [`conv2d`] without AVX2 or when the packing does not match the layer.
 pub fn conv2d_packed(
     params: &ConvParams,
     input: &[i8],
@@ -199,38 +265,78 @@ pub fn conv2d_packed(
     if !fits || !std::is_x86_feature_detected!("avx2") {
         return conv2d(params, input, weights, bias, requant, output);
     }
-    if packed.lanes == 16 && avx512_vnni() {
-        #[allow(unsafe_code)]
-        // SAFETY: `conv2d_packed_avx512` requires AVX2 and AVX-512 F/BW/VNNI, checked above.
-        unsafe {
-            conv2d_packed_avx512(p, input, packed, bias, requant, output);
+    match &packed.weights {
+        // Offsets of int8 zero points (−127..=128) encode real zero as an unsigned byte.
+        Packing::Quads { .. } if avx512_vnni() && (-127..=128).contains(&p.input_offset) => {
+            #[allow(unsafe_code)]
+            // SAFETY: `conv2d_quads_vnni` requires AVX2 and AVX-512 F/VL/VNNI, checked above.
+            unsafe {
+                conv2d_quads_vnni(p, input, packed, bias, requant, output);
+            }
         }
-        return Ok(());
-    }
-    if packed.lanes != PackedFilters::LANES {
-        return conv2d(params, input, weights, bias, requant, output);
-    }
-    #[allow(unsafe_code)]
-    // SAFETY: `conv2d_packed_avx2` only requires the CPU to support AVX2, checked just above.
-    unsafe {
-        conv2d_packed_avx2(p, input, packed, bias, requant, output);
+        Packing::Pairs { .. } => {
+            #[allow(unsafe_code)]
+            // SAFETY: `conv2d_packed_avx2` only requires the CPU to support AVX2, checked above.
+            unsafe {
+                conv2d_packed_avx2(p, input, packed, bias, requant, output);
+            }
+        }
+        Packing::Quads { .. } => return conv2d(params, input, weights, bias, requant, output),
     }
     Ok(())
 }
 
-/// Whether this CPU runs [`conv2d_packed_avx512`] (AVX-512 F, BW and VNNI).
-fn avx512_vnni() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
+/// Whether this CPU runs [`conv2d_quads_vnni`] (AVX2, AVX-512 F, VL and VNNI).
+pub(super) fn avx512_vnni() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vl")
         && std::is_x86_feature_detected!("avx512vnni")
 }
 
-/// [`conv2d_packed_avx2`] with sixteen output channels per block: per pair of patch values
-/// one broadcast and one `vpdpwssd` (32 MACs, multiply and accumulate fused), against the
-/// AVX2 loop's broadcast, `vpmaddwd` and add for 16. Each block's two halves are requantised by
-/// [`requantize_lanes_avx2`].
-#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-fn conv2d_packed_avx512(
+/// `dst[i] = src[i] + 128` as unsigned bytes (the sign bit flipped): the patch encoding of
+/// [`conv2d_quads_vnni`], 32 bytes per AVX2 `vpxor`, then eight per 64-bit word.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn flip_sign_avx2(dst: &mut [u8], src: &[i8]) {
+    use core::arch::x86_64::*;
+    let n = dst.len().min(src.len());
+    let whole = n & !31;
+    let signs = _mm256_set1_epi8(i8::MIN);
+    for i in (0..whole).step_by(32) {
+        #[allow(unsafe_code)]
+        // SAFETY: `i + 32 ≤ whole ≤ n`, within both slices (32 bytes each); unaligned.
+        unsafe {
+            let x = _mm256_loadu_si256(src.as_ptr().add(i).cast());
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), _mm256_xor_si256(x, signs));
+        }
+    }
+    // A 3×3 layer of eight channels gathers rows of 24 bytes: mostly this tail.
+    let (dst, src) = (&mut dst[whole..n], &src[whole..n]);
+    let mut words = dst.chunks_exact_mut(8).zip(src.chunks_exact(8));
+    for (d, s) in words.by_ref() {
+        let mut word = [0_u8; 8];
+        for (w, &x) in word.iter_mut().zip(s) {
+            *w = x as u8;
+        }
+        d.copy_from_slice(&(u64::from_ne_bytes(word) ^ 0x8080_8080_8080_8080).to_ne_bytes());
+    }
+    let done = n - whole - (n - whole) % 8;
+    for (d, &x) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = (x as u8) ^ 0x80;
+    }
+}
+
+/// The VNNI body of [`conv2d_packed`] (shapes checked by the caller), as an implicit matrix
+/// product: the input is copied once per layer into unsigned bytes `u = x + 128` with the
+/// padding around it (real zero, `128 − offset`) and its channels padded to `cin4`, so each
+/// kernel row of a patch is `k·cin4` contiguous bytes read in place — no per-pixel gather.
+/// One `vpdpbusd` multiplies four of them with four int8 weights for each of eight channels
+/// and adds the 32 products (32 MACs; `vpdpwssd` on int16 does 16). Exact: `Σ u·w + (offset −
+/// 128)·Σw = Σ (x + offset)·w` in wrapping int32, with `Σw` per channel from the packing. Four
+/// pixels share each weight row loaded.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn conv2d_quads_vnni(
     p: &ConvParams,
     input: &[i8],
     packed: &PackedFilters,
@@ -239,60 +345,166 @@ fn conv2d_packed_avx512(
     output: &mut [i8],
 ) {
     use core::arch::x86_64::*;
-    const LANES: usize = 16;
-    let mut patch_pairs = vec![0_i32; packed.pairs];
-    let offset = p.input_offset as i16;
-    let block_len = packed.pairs * 2 * LANES;
+    let Packing::Quads {
+        cin4,
+        data,
+        weight_sums,
+    } = &packed.weights
+    else {
+        return;
+    };
+    let (cin, cin4, k) = (p.input_channels, *cin4, p.kernel);
+    let padded_width = p.input_width + 2 * p.padding;
+    let padded_height = p.input_height + 2 * p.padding;
+    // int32 storage viewed as bytes, so every quad is one aligned broadcast (`cin4` is a
+    // multiple of four). Heap, sized to the layer (this is the host).
+    let mut padded = vec![0_u32; padded_height * padded_width * cin4 / 4];
+    {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut padded);
+        bytes.fill((128 - p.input_offset) as u8);
+        for (y, row) in input
+            .chunks_exact(p.input_width * cin)
+            .take(p.input_height)
+            .enumerate()
+        {
+            let at = ((y + p.padding) * padded_width + p.padding) * cin4;
+            let dst = &mut bytes[at..at + p.input_width * cin4];
+            if cin == cin4 {
+                flip_sign_avx2(dst, row);
+            } else {
+                for (d, s) in dst.chunks_exact_mut(cin4).zip(row.chunks_exact(cin)) {
+                    flip_sign_avx2(&mut d[..cin], s);
+                }
+            }
+        }
+    }
+    let blocks = packed.channels.div_ceil(LANES);
+    let correction: Vec<i32> = (0..blocks * LANES)
+        .map(|c| {
+            weight_sums
+                .get(c)
+                .map_or(0, |&s| s.wrapping_mul(p.input_offset - 128))
+        })
+        .collect();
+    // As in `store_eight`: the vector requantisation when the layer has it and the output
+    // offset is small.
+    let vector_requant = packed
+        .requant
+        .as_deref()
+        .filter(|_| p.output_offset.unsigned_abs() <= 1 << 16);
+    let clamp = (
+        p.output_offset,
+        i32::from(p.activation_min),
+        i32::from(p.activation_max),
+    );
+    // Quads per kernel row of a patch, and between two input rows of the padded copy.
+    let row_quads = k * cin4 / 4;
+    let line_quads = padded_width * cin4 / 4;
+    let pixels = p.output_height * p.output_width;
     let out_len = p.output_channels;
-    for oy in 0..p.output_height {
-        for ox in 0..p.output_width {
-            let patch: &mut [i16] = bytemuck::cast_slice_mut(&mut patch_pairs);
-            gather_patch(p, input, (oy, ox), &mut patch[..packed.len], |dst, src| {
-                gather_avx2(dst, src, offset)
-            });
-            let pairs: &[i32] = &patch_pairs;
-            let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
-            for (block, filters) in packed.data.chunks_exact(block_len).enumerate() {
-                let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                let rows = filters.as_chunks::<{ 2 * LANES }>().0;
-                let mut chunks = pairs.chunks_exact(2).zip(rows.chunks_exact(2));
-                for (two, rows) in chunks.by_ref() {
+    for first in (0..pixels).step_by(PIXELS) {
+        let count = PIXELS.min(pixels - first);
+        // Where each pixel's patch starts in `padded`; the last pass may hold fewer pixels,
+        // the others repeat its first (their sums are computed and dropped). Plain loops, no
+        // closures: a closure does not inherit this function's target features and was not
+        // inlined (18 % of the engine's time in calls).
+        let mut starts = [0_usize; PIXELS];
+        for (i, start) in starts.iter_mut().enumerate() {
+            let pixel = first + if i < count { i } else { 0 };
+            let (oy, ox) = (pixel / p.output_width, pixel % p.output_width);
+            *start = (oy * p.stride * padded_width + ox * p.stride) * cin4 / 4;
+        }
+        for (block, block_rows) in data.chunks_exact(k * row_quads).enumerate() {
+            let mut sums = [_mm256_setzero_si256(); PIXELS];
+            let mut odd = [_mm256_setzero_si256(); PIXELS];
+            let kernel_rows = block_rows.chunks_exact(row_quads);
+            for (ky, rows) in kernel_rows.enumerate() {
+                let line = ky * line_quads;
+                let [a, b, c, d] = starts;
+                let (a, b) = (
+                    &padded[a + line..][..row_quads],
+                    &padded[b + line..][..row_quads],
+                );
+                let (c, d) = (
+                    &padded[c + line..][..row_quads],
+                    &padded[d + line..][..row_quads],
+                );
+                // Two quads per step into two sets of sums: eight independent `vpdpbusd`
+                // chains, enough to cover the instruction's latency (four were not).
+                let mut pairs = rows.chunks_exact(2).zip(a.chunks_exact(2)).zip(
+                    b.chunks_exact(2)
+                        .zip(c.chunks_exact(2))
+                        .zip(d.chunks_exact(2)),
+                );
+                for ((two_rows, qa), ((qb, qc), qd)) in pairs.by_ref() {
                     #[allow(unsafe_code)]
-                    // SAFETY: each row is 32 int16 (64 bytes) read in place; unaligned loads.
+                    // SAFETY: each row is 32 bytes aligned to 32 (`Row`), read in place.
                     let (w0, w1) = unsafe {
                         (
-                            _mm512_loadu_si512(rows[0].as_ptr().cast()),
-                            _mm512_loadu_si512(rows[1].as_ptr().cast()),
+                            _mm256_load_si256(two_rows[0].0.as_ptr().cast()),
+                            _mm256_load_si256(two_rows[1].0.as_ptr().cast()),
                         )
                     };
-                    // |x + offset| ≤ 383 and |w| ≤ 128: each lane's pair sum fits int32.
-                    even = _mm512_dpwssd_epi32(even, _mm512_set1_epi32(two[0]), w0);
-                    odd = _mm512_dpwssd_epi32(odd, _mm512_set1_epi32(two[1]), w1);
+                    // Unsigned × signed bytes, four products per lane summed into int32.
+                    sums[0] = _mm256_dpbusd_epi32(sums[0], _mm256_set1_epi32(qa[0] as i32), w0);
+                    sums[1] = _mm256_dpbusd_epi32(sums[1], _mm256_set1_epi32(qb[0] as i32), w0);
+                    sums[2] = _mm256_dpbusd_epi32(sums[2], _mm256_set1_epi32(qc[0] as i32), w0);
+                    sums[3] = _mm256_dpbusd_epi32(sums[3], _mm256_set1_epi32(qd[0] as i32), w0);
+                    odd[0] = _mm256_dpbusd_epi32(odd[0], _mm256_set1_epi32(qa[1] as i32), w1);
+                    odd[1] = _mm256_dpbusd_epi32(odd[1], _mm256_set1_epi32(qb[1] as i32), w1);
+                    odd[2] = _mm256_dpbusd_epi32(odd[2], _mm256_set1_epi32(qc[1] as i32), w1);
+                    odd[3] = _mm256_dpbusd_epi32(odd[3], _mm256_set1_epi32(qd[1] as i32), w1);
                 }
-                if pairs.len() % 2 == 1 {
-                    let (last, row) = (pairs[pairs.len() - 1], &rows[rows.len() - 1]);
+                if row_quads % 2 == 1 {
+                    let last = row_quads - 1;
                     #[allow(unsafe_code)]
-                    // SAFETY: a 32-value row read in place; unaligned load.
-                    let w = unsafe { _mm512_loadu_si512(row.as_ptr().cast()) };
-                    even = _mm512_dpwssd_epi32(even, _mm512_set1_epi32(last), w);
-                }
-                let sum = _mm512_add_epi32(even, odd);
-                let first = block * LANES;
-                let halves = [
-                    _mm512_castsi512_si256(sum),
-                    _mm512_extracti64x4_epi64::<1>(sum),
-                ];
-                for (half, lanes) in halves.into_iter().enumerate() {
-                    if first + 8 * half < out_len {
-                        store_eight(p, packed, (bias, &requant), lanes, first + 8 * half, out);
+                    // SAFETY: a row is 32 bytes aligned to 32 (`Row`), read in place.
+                    let w = unsafe { _mm256_load_si256(rows[last].0.as_ptr().cast()) };
+                    for (sum, q) in sums.iter_mut().zip([a[last], b[last], c[last], d[last]]) {
+                        *sum = _mm256_dpbusd_epi32(*sum, _mm256_set1_epi32(q as i32), w);
                     }
+                }
+            }
+            for (sum, odd) in sums.iter_mut().zip(odd) {
+                *sum = _mm256_add_epi32(*sum, odd);
+            }
+            #[allow(unsafe_code)]
+            // SAFETY: `correction` holds `blocks × 8` int32; 32 bytes read in place.
+            let correct =
+                unsafe { _mm256_loadu_si256(correction[block * LANES..].as_ptr().cast()) };
+            let first_channel = block * LANES;
+            for (i, &sum) in sums.iter().enumerate().take(count) {
+                let out = &mut output[(first + i) * out_len..][..out_len];
+                let sum = _mm256_add_epi32(sum, correct);
+                let Some(constants) = vector_requant.map(|blocks| &blocks[block]) else {
+                    store_eight(p, packed, (bias, &requant), sum, first_channel, out);
+                    continue;
+                };
+                // Clamped to int8 already: `vpmovdb`'s truncation keeps every value.
+                let bytes = _mm256_cvtepi32_epi8(requantize_lanes(sum, constants, clamp));
+                if let Some(eight) = out.get_mut(first_channel..first_channel + LANES) {
+                    #[allow(unsafe_code)]
+                    // SAFETY: `eight` is 8 bytes of `out`; unaligned 64-bit store.
+                    unsafe {
+                        _mm_storel_epi64(eight.as_mut_ptr().cast(), bytes);
+                    }
+                } else {
+                    let mut values = [0_i8; 16];
+                    #[allow(unsafe_code)]
+                    // SAFETY: `values` is 16 bytes; unaligned store.
+                    unsafe {
+                        _mm_storeu_si128(values.as_mut_ptr().cast(), bytes);
+                    }
+                    out[first_channel..].copy_from_slice(&values[..out_len - first_channel]);
                 }
             }
         }
     }
 }
 
-/// The body of [`conv2d_packed`] (shapes checked by the caller).
+/// The AVX2 body of [`conv2d_packed`] (shapes checked by the caller): per output pixel the
+/// patch is gathered once (as in [`conv2d`]), then per pair of patch values one broadcast, one
+/// `vpmaddwd` (16 MACs) and one add per block.
 #[target_feature(enable = "avx2")]
 fn conv2d_packed_avx2(
     p: &ConvParams,
@@ -303,34 +515,41 @@ fn conv2d_packed_avx2(
     output: &mut [i8],
 ) {
     use core::arch::x86_64::*;
-    const LANES: usize = PackedFilters::LANES;
+    let Packing::Pairs { pairs, data } = &packed.weights else {
+        return;
+    };
+    let pairs_per_filter = *pairs;
     // Heap, sized to the layer (this is the host): zeroing a PATCH_MAX stack buffer per layer
     // cost more than the allocation. int32 storage, viewed as int16, so the pairs are aligned.
     // Even length: an odd filter's last pair ends in a zero weight and a zero value.
-    let mut patch_pairs = vec![0_i32; packed.pairs];
+    let mut patch_pairs = vec![0_i32; *pairs];
     let patch: &mut [i16] = bytemuck::cast_slice_mut(&mut patch_pairs);
     let offset = p.input_offset as i16;
-    let block_len = packed.pairs * 2 * LANES;
     let out_len = p.output_channels;
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
-            gather_patch(p, input, (oy, ox), &mut patch[..packed.len], |dst, src| {
-                gather_avx2(dst, src, offset)
-            });
+            gather_patch(
+                p,
+                input,
+                (oy, ox),
+                &mut patch[..packed.len],
+                0,
+                |dst, src| gather_avx2(dst, src, offset),
+            );
             let pairs: &[i32] = bytemuck::cast_slice(&patch[..]);
             let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
-            for (block, filters) in packed.data.chunks_exact(block_len).enumerate() {
+            for (block, rows) in data.chunks_exact(pairs_per_filter).enumerate() {
                 let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                let rows = filters.as_chunks::<{ 2 * LANES }>().0;
                 // Two accumulators: the adds of consecutive pairs do not wait on each other.
                 let mut chunks = pairs.chunks_exact(2).zip(rows.chunks_exact(2));
                 for (two, rows) in chunks.by_ref() {
                     #[allow(unsafe_code)]
-                    // SAFETY: each row is 16 int16 (32 bytes) read in place; unaligned loads.
+                    // SAFETY: each row is 16 int16 (32 bytes) aligned to 32 (`Row`), read in
+                    // place.
                     let (w0, w1) = unsafe {
                         (
-                            _mm256_loadu_si256(rows[0].as_ptr().cast()),
-                            _mm256_loadu_si256(rows[1].as_ptr().cast()),
+                            _mm256_load_si256(rows[0].0.as_ptr().cast()),
+                            _mm256_load_si256(rows[1].0.as_ptr().cast()),
                         )
                     };
                     // |x + offset| ≤ 383 and |w| ≤ 128: each lane's pair sum fits int32.
@@ -340,8 +559,8 @@ fn conv2d_packed_avx2(
                 if pairs.len() % 2 == 1 {
                     let (last, row) = (pairs[pairs.len() - 1], &rows[rows.len() - 1]);
                     #[allow(unsafe_code)]
-                    // SAFETY: a 16-value row read in place; unaligned load.
-                    let w = unsafe { _mm256_loadu_si256(row.as_ptr().cast()) };
+                    // SAFETY: a 16-value row aligned to 32 (`Row`), read in place.
+                    let w = unsafe { _mm256_load_si256(row.0.as_ptr().cast()) };
                     even = _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_set1_epi32(last), w));
                 }
                 let sum = _mm256_add_epi32(even, odd);
@@ -370,7 +589,7 @@ fn store_eight(
         .requant
         .as_ref()
         .filter(|_| p.output_offset.unsigned_abs() <= 1 << 16)
-        .and_then(|r| r.get(first / PackedFilters::LANES));
+        .and_then(|r| r.get(first / LANES));
     if let Some(constants) = prepared {
         let clamp = (
             p.output_offset,
@@ -404,11 +623,29 @@ fn store_eight(
 /// the even and the odd channels), then offset and clamp. Equal to the scalar path for every
 /// input (`vector_requantisation_equals_the_scalar_one`).
 #[target_feature(enable = "avx2")]
-pub(crate) fn requantize_lanes_avx2(
+pub(super) fn requantize_lanes_avx2(
+    sum: core::arch::x86_64::__m256i,
+    lanes: &[[i32; 8]; 4],
+    clamp: (i32, i32, i32),
+) -> [i32; 8] {
+    let out = requantize_lanes(sum, lanes, clamp);
+    let mut values = [0_i32; 8];
+    #[allow(unsafe_code)]
+    // SAFETY: `values` is 8 int32 (32 bytes); unaligned store.
+    unsafe {
+        core::arch::x86_64::_mm256_storeu_si256(values.as_mut_ptr().cast(), out);
+    }
+    values
+}
+
+/// [`requantize_lanes_avx2`] leaving the eight results in a register.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn requantize_lanes(
     sum: core::arch::x86_64::__m256i,
     lanes: &[[i32; 8]; 4],
     (offset, low, high): (i32, i32, i32),
-) -> [i32; 8] {
+) -> core::arch::x86_64::__m256i {
     use core::arch::x86_64::*;
     #[allow(unsafe_code)]
     // SAFETY: each `lanes` row is 8 int32 (32 bytes), read in place; unaligned loads.
@@ -435,20 +672,13 @@ pub(crate) fn requantize_lanes_avx2(
     // already there.
     let high_words = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
     let scaled = _mm256_srav_epi32(high_words, high_shift);
-    let out = _mm256_min_epi32(
+    _mm256_min_epi32(
         _mm256_max_epi32(
             _mm256_add_epi32(scaled, _mm256_set1_epi32(offset)),
             _mm256_set1_epi32(low),
         ),
         _mm256_set1_epi32(high),
-    );
-    let mut values = [0_i32; 8];
-    #[allow(unsafe_code)]
-    // SAFETY: `values` is 8 int32 (32 bytes); unaligned store.
-    unsafe {
-        _mm256_storeu_si256(values.as_mut_ptr().cast(), out);
-    }
-    values
+    )
 }
 
 /// [`conv2d_patches`] compiled for AVX2 (16 int16 MACs per `vpmaddwd` instead of SSE2's 8):
