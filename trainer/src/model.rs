@@ -521,6 +521,20 @@ pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().iter::<f32>().collect()
 }
 
+/// Test helper for the CPU kernels: `a` (burn's or the composed result) and `b` (ours) agree
+/// element by element within `tolerance` times the largest magnitude in `a` (at least 1e-3).
+#[cfg(test)]
+pub(crate) fn assert_close_relative(what: &str, a: &[f32], b: &[f32], tolerance: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (p, q)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (p - q).abs() <= tolerance * scale,
+            "{what}[{i}]: reference {p} vs ours {q}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,9 +20,9 @@ mod neon;
 mod x86;
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-pub(crate) use x86::requantize_lanes;
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub use x86::{conv2d_packed, PackedFilters};
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub(crate) use x86::{requantize_lanes, store_lanes};
 
 /// Shape and quantisation constants of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,7 +313,7 @@ fn conv2d_patches(
     let mut patch_buffer = [0_i16; PATCH_MAX];
     let offset = p.input_offset as i16;
     let fill = |oy: usize, ox: usize, patch: &mut [i16]| {
-        gather_patch(p, input, (oy, ox), patch, 0, |dst, src| {
+        gather_patch(p, input, (oy, ox), patch, |dst, src| {
             gather(dst, src, offset)
         });
     };
@@ -337,18 +337,16 @@ fn conv2d_patches(
 }
 
 /// The patch of output pixel `(oy, ox)` (`k·k·Cin` values): `x + offset` over its receptive
-/// field (`gather(dst, src)` converts a run of input values), `padding` (the encoding of real
-/// zero: 0 for offset-applied int16 patches) where the kernel leaves the input. The kernel
+/// field (`gather(dst, src)` widens a run of input values), 0 in the padding. The kernel
 /// columns inside the input are the same for every kernel row, and each row's run of them is
 /// contiguous in the input (NHWC) and in the patch: one `gather` call per kernel row.
 #[inline(always)]
-fn gather_patch<T: Copy>(
+fn gather_patch(
     p: &ConvParams,
     input: &[i8],
     (oy, ox): (usize, usize),
-    patch: &mut [T],
-    padding: T,
-    gather: impl Fn(&mut [T], &[i8]),
+    patch: &mut [i16],
+    gather: impl Fn(&mut [i16], &[i8]),
 ) {
     let cin = p.input_channels;
     let left = ox * p.stride;
@@ -362,16 +360,16 @@ fn gather_patch<T: Copy>(
             .checked_sub(p.padding)
             .filter(|&y| y < p.input_height);
         let Some(iy) = iy.filter(|_| inside > 0) else {
-            row.fill(padding);
+            row.fill(0);
             continue;
         };
         // Only at the borders: a `fill` of nothing still costs a `memset` call per row.
         let (left_pad, rest) = row.split_at_mut(first * cin);
         if !left_pad.is_empty() {
-            left_pad.fill(padding);
+            left_pad.fill(0);
         }
         if rest.len() > inside {
-            rest[inside..].fill(padding);
+            rest[inside..].fill(0);
         }
         // Column of the first inside position: left + first − padding ≥ 0.
         let ix = left + first - p.padding;

@@ -5,7 +5,7 @@ use crate::arith::{
     right_shift_constants,
 };
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-use crate::kernels::conv::requantize_lanes;
+use crate::kernels::conv::{requantize_lanes, store_lanes};
 use crate::kernels::conv::{volume, ConvParams};
 use crate::KernelError;
 
@@ -58,10 +58,7 @@ pub fn add(params: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<
     if add_avx2_applies(params) && std::is_x86_feature_detected!("avx2") {
         #[allow(unsafe_code)]
         // SAFETY: `add_avx2` only requires the CPU to support AVX2, checked just above.
-        unsafe {
-            add_avx2(params, a, b, output);
-        }
-        return Ok(());
+        return unsafe { add_avx2(params, a, b, output) };
     }
     add_portable(params, a, b, output)
 }
@@ -127,10 +124,10 @@ fn add_avx2_applies(p: &AddParams) -> bool {
 /// slower than the arithmetic (15 % of the host engine's time). Each input's rescaling is
 /// [`rescale_lanes`]; the two rescaled values are below 2^29 in magnitude, so their sum cannot
 /// saturate; the output is requantised as a convolution's ([`requantize_lanes`]). The last few
-/// elements go through the scalar reference.
+/// elements go through [`add_reference`].
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2")]
-fn add_avx2(p: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) {
+fn add_avx2(p: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     use core::arch::x86_64::*;
     let (multiplier, shift) = p.output_multiplier;
     let (rounding, high_shift) = right_shift_constants(shift.unsigned_abs());
@@ -163,31 +160,9 @@ fn add_avx2(p: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) {
             input(x1, p.input1_offset, p.input1_multiplier),
             input(x2, p.input2_offset, p.input2_multiplier),
         );
-        let values = requantize_lanes(sum, &lanes, clamp);
-        // In −128..=127 already: saturating packs keep every value; the two 128-bit halves'
-        // first four bytes moved together.
-        let words = _mm256_packs_epi32(values, values);
-        let bytes = _mm256_packs_epi16(words, words);
-        let eight = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
-        #[allow(unsafe_code)]
-        // SAFETY: `out` is an 8-byte chunk; unaligned 64-bit store.
-        unsafe {
-            _mm_storel_epi64(out.as_mut_ptr().cast(), _mm256_castsi256_si128(eight));
-        }
+        store_lanes(requantize_lanes(sum, &lanes, clamp), out);
     }
-    for ((out, &x1), &x2) in output[whole..].iter_mut().zip(&a[whole..]).zip(&b[whole..]) {
-        let scaled1 = multiply_by_quantized_multiplier(
-            (i32::from(x1) + p.input1_offset) << p.left_shift,
-            p.input1_multiplier.0,
-            p.input1_multiplier.1,
-        );
-        let scaled2 = multiply_by_quantized_multiplier(
-            (i32::from(x2) + p.input2_offset) << p.left_shift,
-            p.input2_multiplier.0,
-            p.input2_multiplier.1,
-        );
-        *out = add_output(p, scaled1.saturating_add(scaled2));
-    }
+    add_reference(p, &a[whole..], &b[whole..], &mut output[whole..])
 }
 
 /// `multiply_by_quantized_multiplier(x, multiplier, −exponent)` in eight lanes, for

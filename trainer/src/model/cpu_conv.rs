@@ -675,14 +675,7 @@ mod tests {
     }
 
     fn assert_close(what: &str, a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        for (i, (p, q)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (p - q).abs() <= 1e-4 * scale,
-                "{what}[{i}]: burn {p} vs ours {q}"
-            );
-        }
+        crate::model::assert_close_relative(what, a, b, 1e-4);
     }
 
     #[test]

@@ -359,13 +359,7 @@ mod tests {
                 .iter()
                 .zip(composed.iter().zip(&ours))
             {
-                let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-                for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                    assert!(
-                        (p - q).abs() <= 2e-5 * scale,
-                        "relu {relu} {what}[{i}]: {p} vs {q}"
-                    );
-                }
+                crate::model::assert_close_relative(&format!("relu {relu} {what}"), a, b, 2e-5);
             }
         }
     }

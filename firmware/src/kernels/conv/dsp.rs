@@ -39,7 +39,7 @@ pub(super) fn conv2d_dsp(
         // A padded patch (see `work_len` below) ends in zeros.
         let filled = filter_len.min(patch.len());
         patch[filled..].fill(0);
-        gather_patch(p, input, (oy, ox), &mut patch[..filled], 0, |dst, src| {
+        gather_patch(p, input, (oy, ox), &mut patch[..filled], |dst, src| {
             if swapped_gather {
                 gather_swapped(dst, src, offset)
             } else {

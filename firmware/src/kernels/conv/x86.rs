@@ -259,7 +259,6 @@ pub fn conv2d_packed(
     params.check(false, input, weights, bias, &requant, output)?;
     let p = params;
     let fits = packed.matches(p, bias, &requant)
-        && packed.len == p.kernel * p.kernel * p.input_channels
         && packed.len <= PATCH_MAX
         && (-255..=255).contains(&p.input_offset);
     if !fits || !std::is_x86_feature_detected!("avx2") {
@@ -294,8 +293,8 @@ pub(super) fn avx512_vnni() -> bool {
         && std::is_x86_feature_detected!("avx512vnni")
 }
 
-/// `dst[i] = src[i] + 128` as unsigned bytes (the sign bit flipped): the patch encoding of
-/// [`conv2d_quads_vnni`], 32 bytes per AVX2 `vpxor`, then eight per 64-bit word.
+/// `dst[i] = src[i] + 128` as unsigned bytes (the sign bit flipped): the input encoding of
+/// [`conv2d_quads_vnni`], 32 bytes per AVX2 `vpxor`.
 #[target_feature(enable = "avx2")]
 #[inline]
 fn flip_sign_avx2(dst: &mut [u8], src: &[i8]) {
@@ -311,18 +310,7 @@ fn flip_sign_avx2(dst: &mut [u8], src: &[i8]) {
             _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), _mm256_xor_si256(x, signs));
         }
     }
-    // A 3×3 layer of eight channels gathers rows of 24 bytes: mostly this tail.
-    let (dst, src) = (&mut dst[whole..n], &src[whole..n]);
-    let mut words = dst.chunks_exact_mut(8).zip(src.chunks_exact(8));
-    for (d, s) in words.by_ref() {
-        let mut word = [0_u8; 8];
-        for (w, &x) in word.iter_mut().zip(s) {
-            *w = x as u8;
-        }
-        d.copy_from_slice(&(u64::from_ne_bytes(word) ^ 0x8080_8080_8080_8080).to_ne_bytes());
-    }
-    let done = n - whole - (n - whole) % 8;
-    for (d, &x) in dst[done..].iter_mut().zip(&src[done..]) {
+    for (d, &x) in dst[whole..n].iter_mut().zip(&src[whole..n]) {
         *d = (x as u8) ^ 0x80;
     }
 }
@@ -386,17 +374,7 @@ fn conv2d_quads_vnni(
                 .map_or(0, |&s| s.wrapping_mul(p.input_offset - 128))
         })
         .collect();
-    // As in `store_eight`: the vector requantisation when the layer has it and the output
-    // offset is small.
-    let vector_requant = packed
-        .requant
-        .as_deref()
-        .filter(|_| p.output_offset.unsigned_abs() <= 1 << 16);
-    let clamp = (
-        p.output_offset,
-        i32::from(p.activation_min),
-        i32::from(p.activation_max),
-    );
+    let vector = vector_constants(p, packed);
     // Quads per kernel row of a patch, and between two input rows of the padded copy.
     let row_quads = k * cin4 / 4;
     let line_quads = padded_width * cin4 / 4;
@@ -472,31 +450,10 @@ fn conv2d_quads_vnni(
             // SAFETY: `correction` holds `blocks × 8` int32; 32 bytes read in place.
             let correct =
                 unsafe { _mm256_loadu_si256(correction[block * LANES..].as_ptr().cast()) };
-            let first_channel = block * LANES;
             for (i, &sum) in sums.iter().enumerate().take(count) {
                 let out = &mut output[(first + i) * out_len..][..out_len];
                 let sum = _mm256_add_epi32(sum, correct);
-                let Some(constants) = vector_requant.map(|blocks| &blocks[block]) else {
-                    store_eight(p, packed, (bias, &requant), sum, first_channel, out);
-                    continue;
-                };
-                // Clamped to int8 already: `vpmovdb`'s truncation keeps every value.
-                let bytes = _mm256_cvtepi32_epi8(requantize_lanes(sum, constants, clamp));
-                if let Some(eight) = out.get_mut(first_channel..first_channel + LANES) {
-                    #[allow(unsafe_code)]
-                    // SAFETY: `eight` is 8 bytes of `out`; unaligned 64-bit store.
-                    unsafe {
-                        _mm_storel_epi64(eight.as_mut_ptr().cast(), bytes);
-                    }
-                } else {
-                    let mut values = [0_i8; 16];
-                    #[allow(unsafe_code)]
-                    // SAFETY: `values` is 16 bytes; unaligned store.
-                    unsafe {
-                        _mm_storeu_si128(values.as_mut_ptr().cast(), bytes);
-                    }
-                    out[first_channel..].copy_from_slice(&values[..out_len - first_channel]);
-                }
+                store_eight(p, vector, (bias, &requant), sum, block * LANES, out);
             }
         }
     }
@@ -526,16 +483,12 @@ fn conv2d_packed_avx2(
     let patch: &mut [i16] = bytemuck::cast_slice_mut(&mut patch_pairs);
     let offset = p.input_offset as i16;
     let out_len = p.output_channels;
+    let vector = vector_constants(p, packed);
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
-            gather_patch(
-                p,
-                input,
-                (oy, ox),
-                &mut patch[..packed.len],
-                0,
-                |dst, src| gather_avx2(dst, src, offset),
-            );
+            gather_patch(p, input, (oy, ox), &mut patch[..packed.len], |dst, src| {
+                gather_avx2(dst, src, offset)
+            });
             let pairs: &[i32] = bytemuck::cast_slice(&patch[..]);
             let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
             for (block, rows) in data.chunks_exact(pairs_per_filter).enumerate() {
@@ -564,42 +517,43 @@ fn conv2d_packed_avx2(
                     even = _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_set1_epi32(last), w));
                 }
                 let sum = _mm256_add_epi32(even, odd);
-                store_eight(p, packed, (bias, &requant), sum, block * LANES, out);
+                store_eight(p, vector, (bias, &requant), sum, block * LANES, out);
             }
         }
     }
 }
 
+/// The packing's prepared requantisation constants, when it has them and the output offset is
+/// small (the vector form adds it without saturating: exact while |offset| is far below the
+/// ±2^30 a requantised value can reach). Looked up once per layer.
+fn vector_constants<'a>(p: &ConvParams, packed: &'a PackedFilters) -> Option<&'a [[[i32; 8]; 4]]> {
+    packed
+        .requant
+        .as_deref()
+        .filter(|_| p.output_offset.unsigned_abs() <= 1 << 16)
+}
+
 /// Requantises the sums of output channels `first..first + 8` (fewer at the layer's end) into
-/// `out`: eight at a time with the packing's prepared constants ([`requantize_lanes_avx2`]) when
-/// it has them and the output offset is small (the vector form adds it without saturating:
-/// exact while |offset| is far below the ±2^30 a requantised value can reach), else channel by
-/// channel.
+/// `out`: eight at a time with the prepared constants ([`requantize_lanes`]) when the layer
+/// has them (`vector`, from [`vector_constants`]), else channel by channel.
 #[target_feature(enable = "avx2")]
+#[inline]
 fn store_eight(
     p: &ConvParams,
-    packed: &PackedFilters,
+    vector: Option<&[[[i32; 8]; 4]]>,
     (bias, requant): (&[i32], &PerChannelRequant<'_>),
     sums: core::arch::x86_64::__m256i,
     first: usize,
     out: &mut [i8],
 ) {
     use core::arch::x86_64::*;
-    let prepared = packed
-        .requant
-        .as_ref()
-        .filter(|_| p.output_offset.unsigned_abs() <= 1 << 16)
-        .and_then(|r| r.get(first / LANES));
-    if let Some(constants) = prepared {
+    if let Some(constants) = vector.and_then(|blocks| blocks.get(first / LANES)) {
         let clamp = (
             p.output_offset,
             i32::from(p.activation_min),
             i32::from(p.activation_max),
         );
-        let values = requantize_lanes_avx2(sums, constants, clamp);
-        for (o, &v) in out[first..].iter_mut().zip(&values) {
-            *o = v as i8;
-        }
+        store_lanes(requantize_lanes(sums, constants, clamp), &mut out[first..]);
         return;
     }
     let mut lanes = [0_i32; 8];
@@ -608,7 +562,21 @@ fn store_eight(
     unsafe {
         _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums);
     }
-    for (oc, &sum) in (first..out.len()).zip(&lanes) {
+    store_eight_scalar(p, (bias, requant), &lanes, first, out);
+}
+
+/// The channel-by-channel branch of [`store_eight`], out of line and cold so that the vector
+/// branch stays small enough to be inlined into the kernels (it was not, at 27 % of the time).
+#[cold]
+#[inline(never)]
+fn store_eight_scalar(
+    p: &ConvParams,
+    (bias, requant): (&[i32], &PerChannelRequant<'_>),
+    lanes: &[i32; 8],
+    first: usize,
+    out: &mut [i8],
+) {
+    for (oc, &sum) in (first..out.len()).zip(lanes) {
         out[oc] = p.finish(
             bias[oc].wrapping_add(sum),
             requant.multipliers[oc],
@@ -617,11 +585,37 @@ fn store_eight(
     }
 }
 
+/// Stores eight int32 lanes already clamped to `−128..=127` as the first `min(8, out.len())`
+/// bytes of `out`: saturating packs (which keep every such value), then the two 128-bit
+/// halves' first four bytes moved together — one 64-bit store.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn store_lanes(values: core::arch::x86_64::__m256i, out: &mut [i8]) {
+    use core::arch::x86_64::*;
+    let words = _mm256_packs_epi32(values, values);
+    let bytes = _mm256_packs_epi16(words, words);
+    let eight = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+    let eight = _mm256_castsi256_si128(eight);
+    if out.len() >= 8 {
+        #[allow(unsafe_code)]
+        // SAFETY: `out` holds at least 8 bytes; unaligned 64-bit store.
+        unsafe {
+            _mm_storel_epi64(out.as_mut_ptr().cast(), eight);
+        }
+    } else {
+        let bytes = _mm_cvtsi128_si64(eight).to_ne_bytes();
+        for (o, &b) in out.iter_mut().zip(&bytes) {
+            *o = b as i8;
+        }
+    }
+}
+
 /// [`ConvParams::finish`] for eight channels at once with the prepared right-shift
 /// constants (`lanes`: bias, multiplier, `2^e + 1`, `e − 1`): the formula of
 /// [`crate::arith::multiply_by_quantized_multiplier_prepared`] in 64-bit lanes (`vpmuldq` on
 /// the even and the odd channels), then offset and clamp. Equal to the scalar path for every
 /// input (`vector_requantisation_equals_the_scalar_one`).
+#[cfg(test)]
 #[target_feature(enable = "avx2")]
 pub(super) fn requantize_lanes_avx2(
     sum: core::arch::x86_64::__m256i,
