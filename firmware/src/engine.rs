@@ -197,14 +197,15 @@ impl HostPrepared {
         let packed = (0..model.layer_count())
             .map(|i| {
                 let layer = model.layer(i)?;
-                let input_channels = model.tensor(layer.input)?.channels;
+                let input = model.tensor(layer.input)?;
                 (layer.op == Op::Conv2d)
                     .then(|| {
                         PackedFilters::new(
                             layer.weights,
-                            (layer.bias.len(), input_channels),
+                            (layer.bias.len(), input.channels),
                             layer.bias,
                             requant(&layer),
+                            -i32::from(input.zero_point),
                         )
                     })
                     .flatten()

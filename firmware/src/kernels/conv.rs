@@ -22,7 +22,7 @@ mod x86;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub use x86::{conv2d_packed, PackedFilters};
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-pub(crate) use x86::{requantize_lanes, store_lanes};
+pub(crate) use x86::{requant_lanes, requantize_lanes, store_lanes};
 
 /// Shape and quantisation constants of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -584,6 +584,13 @@ mod tests {
             (18, 5, 3, 3, 8, 3, 1, 1),
             (19, 3, 3, 128, 16, 3, 1, 1),
             (20, 6, 6, 16, 32, 1, 2, 0),
+            // Eight channels with the vector requantisation (odd seeds): the one-pixel-per-lane
+            // kernel, neighbours one quad apart (RGB, stride 1) and two (8 channels, stride 1;
+            // 4 channels, stride 2), rows of 9 and 11 pixels (a short last pass), a 1×1.
+            (21, 6, 9, 8, 8, 3, 1, 1),
+            (23, 5, 11, 3, 8, 3, 1, 1),
+            (25, 9, 17, 4, 8, 3, 2, 1),
+            (27, 4, 8, 8, 8, 1, 1, 0),
         ] {
             let mut c = case(seed, h, w, cin, cout, k, s, pad);
             if seed % 2 == 0 {
@@ -604,7 +611,7 @@ mod tests {
                     let packed = PackedFilters::with_layout(
                         &c.weights,
                         (cout, cin),
-                        &c.bias,
+                        (&c.bias, input_offset),
                         c.requant(),
                         quads,
                     )
@@ -630,7 +637,7 @@ mod tests {
         }
         // A packing that does not match the layer is not used: the result is still right.
         let c = case(17, 6, 6, 4, 6, 3, 1, 1);
-        let other = PackedFilters::new(
+        let other_shape = PackedFilters::new(
             &c.weights[..c.weights.len() / 2],
             (3, 4),
             &c.bias[..3],
@@ -638,21 +645,31 @@ mod tests {
                 multipliers: &c.mults[..3],
                 shifts: &c.shifts[..3],
             },
+            c.p.input_offset,
         )
         .unwrap();
-        let (fast, reference) = c.fast_and_reference(|c, out| {
-            conv2d_packed(
-                &c.p,
-                &c.input,
-                &other,
-                &c.weights,
-                &c.bias,
-                c.requant(),
-                out,
-            )
-            .unwrap()
-        });
-        assert_eq!(fast, reference);
+        // Same filters, packed for another input offset or another bias.
+        let rq = c.requant();
+        let other_offset =
+            PackedFilters::new(&c.weights, (6, 4), &c.bias, rq, c.p.input_offset - 1).unwrap();
+        let other_bias: Vec<i32> = c.bias.iter().map(|b| b + 1).collect();
+        let other_bias =
+            PackedFilters::new(&c.weights, (6, 4), &other_bias, rq, c.p.input_offset).unwrap();
+        for other in [other_shape, other_offset, other_bias] {
+            let (fast, reference) = c.fast_and_reference(|c, out| {
+                conv2d_packed(
+                    &c.p,
+                    &c.input,
+                    &other,
+                    &c.weights,
+                    &c.bias,
+                    c.requant(),
+                    out,
+                )
+                .unwrap()
+            });
+            assert_eq!(fast, reference);
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -686,7 +703,8 @@ mod tests {
         };
         for round in 0..20_000 {
             let bias: [i32; 8] = core::array::from_fn(|_| next() >> 8);
-            let multipliers: [i32; 8] = core::array::from_fn(|_| next());
+            // The vector form takes non-negative multipliers (the only ones quantisation makes).
+            let multipliers: [i32; 8] = core::array::from_fn(|_| next() & i32::MAX);
             let shifts: [i32; 8] = core::array::from_fn(|_| -1 - (next().rem_euclid(31)));
             let sums: [i32; 8] = core::array::from_fn(|lane| match round % 4 {
                 0 => next(),
@@ -708,13 +726,14 @@ mod tests {
                 multipliers: &multipliers,
                 shifts: &shifts,
             };
-            let packed = PackedFilters::new(&[1; 8], (8, 1), &bias, rq).unwrap();
+            let packed = PackedFilters::new(&[1; 8], (8, 1), &bias, rq, 0).unwrap();
             let lanes = &packed.requant.as_ref().unwrap()[0];
+            let biased: [i32; 8] = core::array::from_fn(|l| bias[l].wrapping_add(sums[l]));
             #[allow(unsafe_code)]
-            // SAFETY: AVX2 checked above; `sums` is 8 int32.
+            // SAFETY: AVX2 checked above; `biased` is 8 int32.
             let got = unsafe {
                 x86::requantize_lanes_avx2(
-                    core::arch::x86_64::_mm256_loadu_si256(sums.as_ptr().cast()),
+                    core::arch::x86_64::_mm256_loadu_si256(biased.as_ptr().cast()),
                     lanes,
                     (offset, low, high),
                 )

@@ -5,7 +5,7 @@ use crate::arith::{
     right_shift_constants,
 };
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-use crate::kernels::conv::{requantize_lanes, store_lanes};
+use crate::kernels::conv::{requant_lanes, requantize_lanes, store_lanes};
 use crate::kernels::conv::{volume, ConvParams};
 use crate::KernelError;
 
@@ -106,13 +106,16 @@ fn add_portable(
 
 /// Whether [`add_avx2`] computes `params` exactly: input rescalings that do not shift left
 /// (TFLite's scheme: each input multiplier is at most 1/2), a right-shifting output scale,
-/// offsets of int8 zero points (so every shifted input, `(x + offset)·2^20`, stays below 2^29
-/// in magnitude) and a small output offset.
+/// non-negative multipliers, offsets of int8 zero points (so every shifted input,
+/// `(x + offset)·2^20`, stays below 2^29 in magnitude) and a small output offset.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 fn add_avx2_applies(p: &AddParams) -> bool {
     p.input1_multiplier.1 <= 0
         && p.input2_multiplier.1 <= 0
         && p.output_multiplier.1 < 0
+        && p.input1_multiplier.0 >= 0
+        && p.input2_multiplier.0 >= 0
+        && p.output_multiplier.0 >= 0
         && p.input1_offset.unsigned_abs() <= 255
         && p.input2_offset.unsigned_abs() <= 255
         && p.left_shift <= 20
@@ -130,25 +133,30 @@ fn add_avx2_applies(p: &AddParams) -> bool {
 fn add_avx2(p: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     use core::arch::x86_64::*;
     let (multiplier, shift) = p.output_multiplier;
-    let (rounding, high_shift) = right_shift_constants(shift.unsigned_abs());
-    let lanes = [
-        [0; 8],
-        [multiplier; 8],
-        [rounding as i32; 8],
-        [high_shift as i32; 8],
-    ];
+    let lanes = requant_lanes(&[multiplier; 8], &[shift; 8]);
     let clamp = (
         p.output_offset,
         i32::from(p.activation_min),
         i32::from(p.activation_max),
     );
     let left_shift = _mm_cvtsi32_si128(p.left_shift);
+    // A multiplier of exactly ½ (2^30, no shift: the input with the larger scale, in TFLite's
+    // scheme) on an even value `(x + offset)·2^left_shift` is exact: the rescaling is a shift
+    // by one bit less, no multiply.
+    let half_shift = _mm_cvtsi32_si128(p.left_shift - 1);
     let input = |bytes: &[i8], offset: i32, (multiplier, shift): (i32, i32)| {
         #[allow(unsafe_code)]
         // SAFETY: `bytes` is an 8-element chunk: 8 bytes read.
         let x = unsafe { _mm256_cvtepi8_epi32(_mm_loadl_epi64(bytes.as_ptr().cast())) };
-        let shifted = _mm256_sll_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(offset)), left_shift);
-        rescale_lanes(shifted, multiplier, shift.unsigned_abs())
+        let x = _mm256_add_epi32(x, _mm256_set1_epi32(offset));
+        if (multiplier, shift) == (HALF, 0) && p.left_shift > 0 {
+            return _mm256_sll_epi32(x, half_shift);
+        }
+        rescale_lanes(
+            _mm256_sll_epi32(x, left_shift),
+            multiplier,
+            shift.unsigned_abs(),
+        )
     };
     let whole = output.len() / 8 * 8;
     for ((out, x1), x2) in output[..whole]
@@ -165,8 +173,12 @@ fn add_avx2(p: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), 
     add_reference(p, &a[whole..], &b[whole..], &mut output[whole..])
 }
 
+/// The fixed-point multiplier of ½.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+const HALF: i32 = 1 << 30;
+
 /// `multiply_by_quantized_multiplier(x, multiplier, −exponent)` in eight lanes, for
-/// `exponent` in `0..=31` and `|x| < 2^30`: `⌊(x·m + q·2^30) / 2^(31+e)⌋` in 64 bits, with
+/// `exponent` in `0..=31`, `multiplier ≥ 0` and `|x| < 2^30`: `⌊(x·m + q·2^30) / 2^(31+e)⌋` in 64 bits, with
 /// `q = 2^e + 1 − 2n` (`n = 1` where `x` and `m` differ in sign) for a right shift — the form
 /// proven equal to the two roundings at [`crate::arith::multiply_by_quantized_multiplier_right`]
 /// — and `q = 1` for none (the rounding doubling high multiply alone). The sum is doubled
@@ -186,7 +198,8 @@ fn rescale_lanes(
         _mm256_set1_epi32(1)
     } else {
         let rounding = (1_u32 << exponent).wrapping_add(1) as i32;
-        let differ = _mm256_srai_epi32::<31>(_mm256_xor_si256(x, m));
+        // x and m differ in sign where x < 0 (m ≥ 0).
+        let differ = _mm256_srai_epi32::<31>(x);
         _mm256_add_epi32(_mm256_set1_epi32(rounding), _mm256_slli_epi32::<1>(differ))
     };
     let low_words = _mm256_set1_epi64x(0xFFFF_FFFF);

@@ -70,6 +70,23 @@ const LANES: usize = 8;
 /// (measured: eight per pass was slower). The loop is written out for four.
 const PIXELS: usize = 4;
 
+/// Output pixels per pass of [`conv2d_lanes_vnni`]: one per int32 lane.
+const LANE_PIXELS: usize = 8;
+
+/// The `vpermb` indices of [`conv2d_lanes_vnni`]: after its packs (which work within 128-bit
+/// lanes), byte `16·(2·(c % 2) + i / 4) + 4·(c / 2) + i % 4` holds pixel `i`'s channel `c`,
+/// which output byte `8·i + c` takes.
+const PIXEL_MAJOR: [u8; 64] = {
+    let mut indices = [0; 64];
+    let mut o = 0;
+    while o < 64 {
+        let (i, c) = (o / 8, o % 8);
+        indices[o] = (16 * (2 * (c % 2) + i / 4) + 4 * (c / 2) + i % 4) as u8;
+        o += 1;
+    }
+    indices
+};
+
 /// A convolution's OHWI filters repacked on the host for [`conv2d_packed`], in blocks of eight
 /// output channels. Built once per model (the blob stays the microcontroller's format; this is
 /// host memory).
@@ -78,11 +95,26 @@ pub struct PackedFilters {
     channels: usize,
     len: usize,
     weights: Packing,
+    /// The bias and the input offset the starting values were computed from.
+    bias: Vec<i32>,
+    input_offset: i32,
+    /// Per block of eight channels, each lane's starting value: its channel's bias, plus for
+    /// the quad layout `(input_offset − 128)·Σw` (see [`conv2d_quads_vnni`]). Folded here once
+    /// per model instead of added per pixel.
+    initial: Vec<[i32; 8]>,
     /// Per block of eight channels, when every channel of the layer scales down (a right
-    /// shift): bias, multiplier, `2^e + 1` and `e − 1` per lane, for the vector
-    /// requantisation. `None`: the scalar one.
-    pub(super) requant: Option<Vec<[[i32; 8]; 4]>>,
+    /// shift) by a non-negative multiplier: multiplier, `2^e + 1` and `e − 1` per lane, for the
+    /// vector requantisation. `None`: the scalar one.
+    pub(super) requant: Option<Vec<RequantLanes>>,
+    /// For a layer of exactly eight channels with the vector requantisation: per pair of
+    /// channels, the first's constants in eight lanes and the second's in the next eight, for
+    /// [`conv2d_lanes_vnni`] (one pixel per lane).
+    channel_requant: Option<Box<[RequantLanes<16>; LANES / 2]>>,
 }
+
+/// A block's prepared right-shift requantisation, per lane: multiplier, the odd lanes'
+/// multipliers moved to the even lanes, `2^e + 1`, `e − 1` (see [`requantize_lanes`]).
+pub(crate) type RequantLanes<const N: usize = 8> = [[i32; N]; 4];
 
 /// One 256-bit row of packed weights, aligned so that no load splits a cache line (with
 /// `Vec<i8>` rows the engine ran at two speeds, 0.13 or 0.20 ms, by where the allocator put
@@ -103,27 +135,25 @@ enum Packing {
     /// AVX-512 VNNI (`vpdpbusd`): the input channels padded to a multiple of four (`cin4`,
     /// zero weights in the extra ones), then per block and per quad of filter positions
     /// `4j..4j + 4` in `[ky][kx][cin4]` order, each channel's four weights as int8 — one 32-byte
-    /// row multiplied with four unsigned input bytes broadcast — and each channel's `Σw`, which
-    /// turns the unsigned sums back into the offset-applied ones.
-    Quads {
-        cin4: usize,
-        data: Vec<Row<i8, 32>>,
-        weight_sums: Vec<i32>,
-    },
+    /// row multiplied with four unsigned input bytes broadcast.
+    Quads { cin4: usize, data: Vec<Row<i8, 32>> },
 }
 
 impl PackedFilters {
     /// Repacks `channels` OHWI filters of `weights.len() / channels` values over
-    /// `input_channels`, with their bias and requantisation, for the best kernel this CPU has;
-    /// `None` when the lengths do not describe such filters.
+    /// `input_channels`, with their bias and requantisation, for the best kernel this CPU has
+    /// and inputs offset by `input_offset`; `None` when the lengths do not describe such
+    /// filters.
     pub fn new(
         weights: &[i8],
         (channels, input_channels): (usize, usize),
         bias: &[i32],
         requant: PerChannelRequant<'_>,
+        input_offset: i32,
     ) -> Option<Self> {
         let quads = avx512_vnni();
-        Self::with_layout(weights, (channels, input_channels), bias, requant, quads)
+        let shape = (channels, input_channels);
+        Self::with_layout(weights, shape, (bias, input_offset), requant, quads)
     }
 
     /// [`PackedFilters::new`] with the layout chosen by the caller: `quads` for the VNNI kernel,
@@ -131,7 +161,7 @@ impl PackedFilters {
     pub(super) fn with_layout(
         weights: &[i8],
         (channels, input_channels): (usize, usize),
-        bias: &[i32],
+        (bias, input_offset): (&[i32], i32),
         requant: PerChannelRequant<'_>,
         quads: bool,
     ) -> Option<Self> {
@@ -160,15 +190,7 @@ impl PackedFilters {
                     data[block * quads + k / 4].0[4 * lane + k % 4] = w;
                 }
             }
-            let weight_sums = weights
-                .chunks_exact(len)
-                .map(|filter| filter.iter().map(|&w| i32::from(w)).sum())
-                .collect();
-            Packing::Quads {
-                cin4,
-                data,
-                weight_sums,
-            }
+            Packing::Quads { cin4, data }
         } else {
             let pairs = len.div_ceil(2);
             let mut data = vec![Row([0_i16; 16]); blocks * pairs];
@@ -180,36 +202,51 @@ impl PackedFilters {
             }
             Packing::Pairs { pairs, data }
         };
-        let right_shifts = requant.shifts.iter().all(|&s| (-31..0).contains(&s));
-        let requant = right_shifts.then(|| {
-            (0..blocks)
-                .map(|block| {
-                    // Per lane (bias, multiplier, 2^e + 1, e − 1); lanes past the last channel
-                    // get multiplier 0 and a shift of 1 (harmless, never stored).
-                    let lane = |lane: usize| {
-                        let c = block * LANES + lane;
-                        if c >= channels {
-                            return [0, 0, 3, 0];
-                        }
-                        let (rounding, high_shift) =
-                            crate::arith::right_shift_constants(requant.shifts[c].unsigned_abs());
-                        [
-                            bias[c],
-                            requant.multipliers[c],
-                            rounding as i32,
-                            high_shift as i32,
-                        ]
-                    };
-                    let per_lane: [[i32; 4]; 8] = core::array::from_fn(lane);
-                    core::array::from_fn(|field| per_lane.map(|l| l[field]))
+        let initial = (0..blocks)
+            .map(|block| {
+                core::array::from_fn(|lane| {
+                    let c = block * LANES + lane;
+                    let Some(&b) = bias.get(c) else { return 0 };
+                    if !quads {
+                        return b;
+                    }
+                    let filter = &weights[c * len..][..len];
+                    let weight_sum: i32 = filter.iter().map(|&w| i32::from(w)).sum();
+                    b.wrapping_add(weight_sum.wrapping_mul(input_offset.wrapping_sub(128)))
                 })
+            })
+            .collect();
+        let vector_requant = requant
+            .shifts
+            .iter()
+            .zip(requant.multipliers)
+            .all(|(&s, &m)| (-31..0).contains(&s) && m >= 0);
+        let (multipliers, shifts) = (requant.multipliers, requant.shifts);
+        let channel_requant = (vector_requant && channels == LANES).then(|| {
+            Box::new(core::array::from_fn(|pair| {
+                let lane_channel: [usize; 16] = core::array::from_fn(|l| 2 * pair + l / 8);
+                requant_lanes(
+                    &lane_channel.map(|c| multipliers[c]),
+                    &lane_channel.map(|c| shifts[c]),
+                )
+            }))
+        });
+        let requant = vector_requant.then(|| {
+            multipliers
+                .chunks(LANES)
+                .zip(shifts.chunks(LANES))
+                .map(|(m, s)| requant_lanes(m, s))
                 .collect()
         });
         Some(PackedFilters {
             channels,
             len,
             weights: packed_weights,
+            bias: bias.to_vec(),
+            input_offset,
+            initial,
             requant,
+            channel_requant,
         })
     }
 
@@ -218,13 +255,18 @@ impl PackedFilters {
         let shape = self.channels == p.output_channels
             && self.len == p.kernel * p.kernel * p.input_channels
             && match self.weights {
-                Packing::Quads { cin4, .. } => cin4 == p.input_channels.next_multiple_of(4),
+                Packing::Quads { cin4, .. } => {
+                    cin4 == p.input_channels.next_multiple_of(4)
+                        && self.input_offset == p.input_offset
+                }
                 Packing::Pairs { .. } => true,
             };
+        let bias_ok = self.bias == bias;
         let Some(lanes) = &self.requant else {
-            return shape;
+            return shape && bias_ok;
         };
         shape
+            && bias_ok
             && (0..self.channels).all(|c| {
                 let block = &lanes[c / LANES];
                 let lane = c % LANES;
@@ -233,8 +275,7 @@ impl PackedFilters {
                 } else {
                     (0, u32::MAX)
                 };
-                block[0][lane] == bias[c]
-                    && block[1][lane] == requant.multipliers[c]
+                block[0][lane] == requant.multipliers[c]
                     && block[2][lane] == rounding as i32
                     && block[3][lane] == high_shift as i32
             })
@@ -265,24 +306,46 @@ pub fn conv2d_packed(
         return conv2d(params, input, weights, bias, requant, output);
     }
     match &packed.weights {
+        Packing::Quads { cin4, .. }
+            if lanes_kernel_applies(p, packed, *cin4) && (-127..=128).contains(&p.input_offset) =>
+        {
+            #[allow(unsafe_code)]
+            // SAFETY: `conv2d_lanes_vnni` requires AVX2 and AVX-512 F/VL/VNNI/BW/VBMI, checked
+            // by `lanes_kernel_applies`.
+            unsafe {
+                conv2d_lanes_vnni(p, input, packed, output);
+            }
+        }
         // Offsets of int8 zero points (−127..=128) encode real zero as an unsigned byte.
         Packing::Quads { .. } if avx512_vnni() && (-127..=128).contains(&p.input_offset) => {
             #[allow(unsafe_code)]
             // SAFETY: `conv2d_quads_vnni` requires AVX2 and AVX-512 F/VL/VNNI, checked above.
             unsafe {
-                conv2d_quads_vnni(p, input, packed, bias, requant, output);
+                conv2d_quads_vnni(p, input, packed, requant, output);
             }
         }
         Packing::Pairs { .. } => {
             #[allow(unsafe_code)]
             // SAFETY: `conv2d_packed_avx2` only requires the CPU to support AVX2, checked above.
             unsafe {
-                conv2d_packed_avx2(p, input, packed, bias, requant, output);
+                conv2d_packed_avx2(p, input, packed, requant, output);
             }
         }
         Packing::Quads { .. } => return conv2d(params, input, weights, bias, requant, output),
     }
     Ok(())
+}
+
+/// Whether [`conv2d_lanes_vnni`] runs this layer: eight output channels with the vector
+/// requantisation, neighbouring output pixels one or two quads apart in the padded input, and a
+/// CPU with AVX-512 VNNI, BW and VBMI.
+fn lanes_kernel_applies(p: &ConvParams, packed: &PackedFilters, cin4: usize) -> bool {
+    packed.channel_requant.is_some()
+        && vector_constants(p, packed).is_some()
+        && matches!(p.stride * cin4 / 4, 1 | 2)
+        && avx512_vnni()
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vbmi")
 }
 
 /// Whether this CPU runs [`conv2d_quads_vnni`] (AVX2, AVX-512 F, VL and VNNI).
@@ -315,6 +378,149 @@ fn flip_sign_avx2(dst: &mut [u8], src: &[i8]) {
     }
 }
 
+/// The input of the VNNI kernels, copied once per layer into unsigned bytes `u = x + 128`
+/// with the padding around it (real zero, `128 − offset`) and each pixel's channels padded to
+/// `cin4` (a multiple of four); at least `min_quads` quads long (the tail repeats the padding
+/// value). int32 storage viewed as bytes, so every quad is one aligned load. Heap, sized to the
+/// layer (this is the host).
+#[target_feature(enable = "avx2")]
+fn padded_input(p: &ConvParams, input: &[i8], cin4: usize, min_quads: usize) -> Vec<u32> {
+    let cin = p.input_channels;
+    let padded_width = p.input_width + 2 * p.padding;
+    let padded_height = p.input_height + 2 * p.padding;
+    let quads = (padded_height * padded_width * cin4 / 4).max(min_quads);
+    let fill = u32::from_ne_bytes([(128 - p.input_offset) as u8; 4]);
+    let mut padded = vec![fill; quads];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut padded);
+    for (y, row) in input
+        .chunks_exact(p.input_width * cin)
+        .take(p.input_height)
+        .enumerate()
+    {
+        let at = ((y + p.padding) * padded_width + p.padding) * cin4;
+        let dst = &mut bytes[at..at + p.input_width * cin4];
+        if cin == cin4 {
+            flip_sign_avx2(dst, row);
+        } else {
+            // Pixel by pixel, byte by byte: a few channels (an RGB input) per pixel, where a
+            // call of the vector copy per pixel cost as much as the convolution.
+            for (d, s) in dst.chunks_exact_mut(cin4).zip(row.chunks_exact(cin)) {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = (x as u8) ^ 0x80;
+                }
+            }
+        }
+    }
+    padded
+}
+
+/// The VNNI body of [`conv2d_packed`] for layers of eight output channels (shapes checked by
+/// the caller), transposed: one output pixel per int32 lane and one register per channel, so
+/// each `vpdpbusd` takes eight pixels' unsigned input quads from one load (a permute when
+/// neighbours are two quads apart) and the channel's four weights as an embedded broadcast —
+/// no broadcast instruction per pixel, as [`conv2d_quads_vnni`] needs when eight channels make
+/// one block. Eight pixels of an output row per pass; a row's last pass may hold fewer, its
+/// other lanes read padding or the next row (the padded copy is long enough) and are not
+/// stored. The eight channels' results are packed to bytes and put in pixel-major order with
+/// one `vpermb`.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni,avx512bw,avx512vbmi")]
+fn conv2d_lanes_vnni(p: &ConvParams, input: &[i8], packed: &PackedFilters, output: &mut [i8]) {
+    use core::arch::x86_64::*;
+    let (Packing::Quads { cin4, data }, Some(channel_requant), Some(initial)) = (
+        &packed.weights,
+        packed.channel_requant.as_deref(),
+        packed.initial.first(),
+    ) else {
+        return;
+    };
+    let (cin4, k) = (*cin4, p.kernel);
+    let padded_width = p.input_width + 2 * p.padding;
+    let row_quads = k * cin4 / 4;
+    let line_quads = padded_width * cin4 / 4;
+    // Quads between neighbouring output pixels' patches: 1 or 2 (`lanes_kernel_applies`).
+    let step = p.stride * cin4 / 4;
+    let (height, width) = (p.output_height, p.output_width);
+    if height == 0 || width == 0 || output.len() < height * width * LANES {
+        return;
+    }
+    // The furthest quad read: the last row's last pass, lane 7, the patch's last quad, read
+    // by a load of `8·step` quads.
+    let last_pass = (width - 1) / LANE_PIXELS * LANE_PIXELS;
+    let last_start = ((height - 1) * p.stride * padded_width + last_pass * p.stride) * cin4 / 4;
+    let reach = last_start + (k - 1) * line_quads + row_quads - 1 + LANE_PIXELS * step;
+    let padded = padded_input(p, input, cin4, reach);
+    if data.len() != k * row_quads {
+        return;
+    }
+    let base = padded.as_ptr();
+    let clamp = (
+        p.output_offset,
+        i32::from(p.activation_min),
+        i32::from(p.activation_max),
+    );
+    // Lane i takes quad 2i of a 16-quad load (neighbours two quads apart).
+    let every_other = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    #[allow(unsafe_code)]
+    // SAFETY: `PIXEL_MAJOR` is 64 bytes; unaligned load.
+    let pixel_major = unsafe { _mm512_loadu_si512(PIXEL_MAJOR.as_ptr().cast()) };
+    let weights = data.as_ptr().cast::<i32>();
+    for oy in 0..height {
+        for first in (0..width).step_by(LANE_PIXELS) {
+            let count = LANE_PIXELS.min(width - first);
+            let start = (oy * p.stride * padded_width + first * p.stride) * cin4 / 4;
+            let mut sums = [_mm256_setzero_si256(); LANES];
+            for (sum, &initial) in sums.iter_mut().zip(initial) {
+                *sum = _mm256_set1_epi32(initial);
+            }
+            for ky in 0..k {
+                #[allow(unsafe_code)]
+                // SAFETY: quads `start + ky·line_quads + j` for `j < row_quads`, plus the
+                // `8·step` a load covers, stay below `reach` ≤ `padded.len()`; weight rows
+                // `ky·row_quads + j` < `data.len()` (checked above), 8 int32 each.
+                unsafe {
+                    let x_row = base.add(start + ky * line_quads);
+                    let w_row = weights.add(ky * row_quads * LANES);
+                    for j in 0..row_quads {
+                        let x = if step == 1 {
+                            _mm256_loadu_si256(x_row.add(j).cast())
+                        } else {
+                            let wide = _mm512_loadu_si512(x_row.add(j).cast());
+                            _mm512_castsi512_si256(_mm512_permutexvar_epi32(every_other, wide))
+                        };
+                        let w = w_row.add(j * LANES);
+                        for (c, sum) in sums.iter_mut().enumerate() {
+                            *sum = _mm256_dpbusd_epi32(*sum, x, _mm256_set1_epi32(*w.add(c)));
+                        }
+                    }
+                }
+            }
+            // Two channels per 512-bit requantisation (half the instructions of eight 256-bit
+            // ones).
+            let mut r = [_mm512_setzero_si512(); LANES / 2];
+            for (pair, (r, constants)) in r.iter_mut().zip(channel_requant).enumerate() {
+                let two = _mm512_castsi256_si512(sums[2 * pair]);
+                let two = _mm512_inserti64x4::<1>(two, sums[2 * pair + 1]);
+                *r = requantize_lanes16(two, constants, clamp);
+            }
+            // Values already clamped to int8: the saturating packs keep them.
+            let both = _mm512_packs_epi16(
+                _mm512_packs_epi32(r[0], r[1]),
+                _mm512_packs_epi32(r[2], r[3]),
+            );
+            let bytes = _mm512_permutexvar_epi8(pixel_major, both);
+            let mask = u64::MAX >> (64 - 8 * count);
+            #[allow(unsafe_code)]
+            // SAFETY: pixels `first..first + count` of row `oy` are bytes
+            // `(oy·width + first)·8 ..` + `8·count` of `output` (length checked above); the
+            // masked store writes only those.
+            unsafe {
+                let out = output.as_mut_ptr().add((oy * width + first) * LANES);
+                _mm512_mask_storeu_epi8(out.cast(), mask, bytes);
+            }
+        }
+    }
+}
+
 /// The VNNI body of [`conv2d_packed`] (shapes checked by the caller), as an implicit matrix
 /// product: the input is copied once per layer into unsigned bytes `u = x + 128` with the
 /// padding around it (real zero, `128 − offset`) and its channels padded to `cin4`, so each
@@ -328,58 +534,37 @@ fn conv2d_quads_vnni(
     p: &ConvParams,
     input: &[i8],
     packed: &PackedFilters,
-    bias: &[i32],
     requant: PerChannelRequant<'_>,
     output: &mut [i8],
 ) {
     use core::arch::x86_64::*;
-    let Packing::Quads {
-        cin4,
-        data,
-        weight_sums,
-    } = &packed.weights
-    else {
+    let Packing::Quads { cin4, data } = &packed.weights else {
         return;
     };
-    let (cin, cin4, k) = (p.input_channels, *cin4, p.kernel);
+    let (cin4, k) = (*cin4, p.kernel);
     let padded_width = p.input_width + 2 * p.padding;
-    let padded_height = p.input_height + 2 * p.padding;
-    // int32 storage viewed as bytes, so every quad is one aligned broadcast (`cin4` is a
-    // multiple of four). Heap, sized to the layer (this is the host).
-    let mut padded = vec![0_u32; padded_height * padded_width * cin4 / 4];
-    {
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut padded);
-        bytes.fill((128 - p.input_offset) as u8);
-        for (y, row) in input
-            .chunks_exact(p.input_width * cin)
-            .take(p.input_height)
-            .enumerate()
-        {
-            let at = ((y + p.padding) * padded_width + p.padding) * cin4;
-            let dst = &mut bytes[at..at + p.input_width * cin4];
-            if cin == cin4 {
-                flip_sign_avx2(dst, row);
-            } else {
-                for (d, s) in dst.chunks_exact_mut(cin4).zip(row.chunks_exact(cin)) {
-                    flip_sign_avx2(&mut d[..cin], s);
-                }
-            }
-        }
-    }
-    let blocks = packed.channels.div_ceil(LANES);
-    let correction: Vec<i32> = (0..blocks * LANES)
-        .map(|c| {
-            weight_sums
-                .get(c)
-                .map_or(0, |&s| s.wrapping_mul(p.input_offset - 128))
-        })
-        .collect();
+    let padded = padded_input(p, input, cin4, 0);
     let vector = vector_constants(p, packed);
     // Quads per kernel row of a patch, and between two input rows of the padded copy.
     let row_quads = k * cin4 / 4;
     let line_quads = padded_width * cin4 / 4;
     let pixels = p.output_height * p.output_width;
     let out_len = p.output_channels;
+    // Every quad read below lies in `padded`: the furthest patch row read is the last pixel's
+    // last one. Holds for every shape `check` accepted; checked once here so the inner loop
+    // can read through pointers without a bounds check per kernel row.
+    let last_start =
+        ((p.output_height - 1) * p.stride * padded_width + (p.output_width - 1) * p.stride) * cin4
+            / 4;
+    if pixels == 0
+        || last_start + (k - 1) * line_quads + row_quads > padded.len()
+        || data.len() != packed.initial.len() * k * row_quads
+    {
+        return;
+    }
+    let base = padded.as_ptr();
+    // The next pass's first pixel, advanced pixel by pixel (no division per pass).
+    let (mut oy, mut ox) = (0, 0);
     for first in (0..pixels).step_by(PIXELS) {
         let count = PIXELS.min(pixels - first);
         // Where each pixel's patch starts in `padded`; the last pass may hold fewer pixels,
@@ -387,73 +572,88 @@ fn conv2d_quads_vnni(
         // closures: a closure does not inherit this function's target features and was not
         // inlined (18 % of the engine's time in calls).
         let mut starts = [0_usize; PIXELS];
-        for (i, start) in starts.iter_mut().enumerate() {
-            let pixel = first + if i < count { i } else { 0 };
-            let (oy, ox) = (pixel / p.output_width, pixel % p.output_width);
+        for start in starts.iter_mut().take(count) {
             *start = (oy * p.stride * padded_width + ox * p.stride) * cin4 / 4;
+            ox += 1;
+            if ox == p.output_width {
+                (oy, ox) = (oy + 1, 0);
+            }
         }
-        for (block, block_rows) in data.chunks_exact(k * row_quads).enumerate() {
-            let mut sums = [_mm256_setzero_si256(); PIXELS];
+        for i in count..PIXELS {
+            starts[i] = starts[0];
+        }
+        let blocks = data.chunks_exact(k * row_quads).zip(&packed.initial);
+        for (block, (block_rows, initial)) in blocks.enumerate() {
+            #[allow(unsafe_code)]
+            // SAFETY: `initial` is 8 int32 (32 bytes); unaligned load.
+            let initial = unsafe { _mm256_loadu_si256(initial.as_ptr().cast()) };
+            // Bias and offset correction are the starting values (see `PackedFilters`).
+            let mut sums = [initial; PIXELS];
             let mut odd = [_mm256_setzero_si256(); PIXELS];
-            let kernel_rows = block_rows.chunks_exact(row_quads);
-            for (ky, rows) in kernel_rows.enumerate() {
+            for (ky, rows) in block_rows.chunks_exact(row_quads).enumerate() {
                 let line = ky * line_quads;
-                let [a, b, c, d] = starts;
-                let (a, b) = (
-                    &padded[a + line..][..row_quads],
-                    &padded[b + line..][..row_quads],
-                );
-                let (c, d) = (
-                    &padded[c + line..][..row_quads],
-                    &padded[d + line..][..row_quads],
-                );
+                #[allow(unsafe_code)]
+                // SAFETY: each pixel's kernel row `start + line .. start + line + row_quads`
+                // lies in `padded` (checked above for the furthest one); pointers only formed.
+                let [a, b, c, d] = unsafe {
+                    [
+                        base.add(starts[0] + line),
+                        base.add(starts[1] + line),
+                        base.add(starts[2] + line),
+                        base.add(starts[3] + line),
+                    ]
+                };
+                let w = rows.as_ptr();
                 // Two quads per step into two sets of sums: eight independent `vpdpbusd`
                 // chains, enough to cover the instruction's latency (four were not).
-                let mut pairs = rows.chunks_exact(2).zip(a.chunks_exact(2)).zip(
-                    b.chunks_exact(2)
-                        .zip(c.chunks_exact(2))
-                        .zip(d.chunks_exact(2)),
-                );
-                for ((two_rows, qa), ((qb, qc), qd)) in pairs.by_ref() {
+                for j in (0..row_quads & !1).step_by(2) {
                     #[allow(unsafe_code)]
-                    // SAFETY: each row is 32 bytes aligned to 32 (`Row`), read in place.
-                    let (w0, w1) = unsafe {
-                        (
-                            _mm256_load_si256(two_rows[0].0.as_ptr().cast()),
-                            _mm256_load_si256(two_rows[1].0.as_ptr().cast()),
-                        )
-                    };
-                    // Unsigned × signed bytes, four products per lane summed into int32.
-                    sums[0] = _mm256_dpbusd_epi32(sums[0], _mm256_set1_epi32(qa[0] as i32), w0);
-                    sums[1] = _mm256_dpbusd_epi32(sums[1], _mm256_set1_epi32(qb[0] as i32), w0);
-                    sums[2] = _mm256_dpbusd_epi32(sums[2], _mm256_set1_epi32(qc[0] as i32), w0);
-                    sums[3] = _mm256_dpbusd_epi32(sums[3], _mm256_set1_epi32(qd[0] as i32), w0);
-                    odd[0] = _mm256_dpbusd_epi32(odd[0], _mm256_set1_epi32(qa[1] as i32), w1);
-                    odd[1] = _mm256_dpbusd_epi32(odd[1], _mm256_set1_epi32(qb[1] as i32), w1);
-                    odd[2] = _mm256_dpbusd_epi32(odd[2], _mm256_set1_epi32(qc[1] as i32), w1);
-                    odd[3] = _mm256_dpbusd_epi32(odd[3], _mm256_set1_epi32(qd[1] as i32), w1);
+                    // SAFETY: `j + 1 < row_quads`: rows `j, j + 1` of `rows` (32 bytes each,
+                    // aligned to 32 by `Row`) and quads `j, j + 1` of each pixel's kernel row
+                    // (checked above) are read in place.
+                    unsafe {
+                        let w0 = _mm256_load_si256(w.add(j).cast());
+                        let w1 = _mm256_load_si256(w.add(j + 1).cast());
+                        // Unsigned × signed bytes, four products per lane summed into int32.
+                        let j1 = j + 1;
+                        let qa = _mm256_set1_epi32(*a.add(j) as i32);
+                        let qb = _mm256_set1_epi32(*b.add(j) as i32);
+                        let qc = _mm256_set1_epi32(*c.add(j) as i32);
+                        let qd = _mm256_set1_epi32(*d.add(j) as i32);
+                        sums[0] = _mm256_dpbusd_epi32(sums[0], qa, w0);
+                        sums[1] = _mm256_dpbusd_epi32(sums[1], qb, w0);
+                        sums[2] = _mm256_dpbusd_epi32(sums[2], qc, w0);
+                        sums[3] = _mm256_dpbusd_epi32(sums[3], qd, w0);
+                        let qa = _mm256_set1_epi32(*a.add(j1) as i32);
+                        let qb = _mm256_set1_epi32(*b.add(j1) as i32);
+                        let qc = _mm256_set1_epi32(*c.add(j1) as i32);
+                        let qd = _mm256_set1_epi32(*d.add(j1) as i32);
+                        odd[0] = _mm256_dpbusd_epi32(odd[0], qa, w1);
+                        odd[1] = _mm256_dpbusd_epi32(odd[1], qb, w1);
+                        odd[2] = _mm256_dpbusd_epi32(odd[2], qc, w1);
+                        odd[3] = _mm256_dpbusd_epi32(odd[3], qd, w1);
+                    }
                 }
                 if row_quads % 2 == 1 {
                     let last = row_quads - 1;
                     #[allow(unsafe_code)]
-                    // SAFETY: a row is 32 bytes aligned to 32 (`Row`), read in place.
-                    let w = unsafe { _mm256_load_si256(rows[last].0.as_ptr().cast()) };
-                    for (sum, q) in sums.iter_mut().zip([a[last], b[last], c[last], d[last]]) {
-                        *sum = _mm256_dpbusd_epi32(*sum, _mm256_set1_epi32(q as i32), w);
+                    // SAFETY: row `last` of `rows` (32 bytes aligned to 32) and quad `last` of
+                    // each pixel's kernel row (checked above) are read in place.
+                    unsafe {
+                        let w = _mm256_load_si256(w.add(last).cast());
+                        for (sum, q) in sums.iter_mut().zip([a, b, c, d]) {
+                            let q = _mm256_set1_epi32(*q.add(last) as i32);
+                            *sum = _mm256_dpbusd_epi32(*sum, q, w);
+                        }
                     }
                 }
             }
             for (sum, odd) in sums.iter_mut().zip(odd) {
                 *sum = _mm256_add_epi32(*sum, odd);
             }
-            #[allow(unsafe_code)]
-            // SAFETY: `correction` holds `blocks × 8` int32; 32 bytes read in place.
-            let correct =
-                unsafe { _mm256_loadu_si256(correction[block * LANES..].as_ptr().cast()) };
             for (i, &sum) in sums.iter().enumerate().take(count) {
                 let out = &mut output[(first + i) * out_len..][..out_len];
-                let sum = _mm256_add_epi32(sum, correct);
-                store_eight(p, vector, (bias, &requant), sum, block * LANES, out);
+                store_eight(p, vector, &requant, sum, block * LANES, out);
             }
         }
     }
@@ -467,7 +667,6 @@ fn conv2d_packed_avx2(
     p: &ConvParams,
     input: &[i8],
     packed: &PackedFilters,
-    bias: &[i32],
     requant: PerChannelRequant<'_>,
     output: &mut [i8],
 ) {
@@ -491,8 +690,12 @@ fn conv2d_packed_avx2(
             });
             let pairs: &[i32] = bytemuck::cast_slice(&patch[..]);
             let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
-            for (block, rows) in data.chunks_exact(pairs_per_filter).enumerate() {
-                let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            let blocks = data.chunks_exact(pairs_per_filter).zip(&packed.initial);
+            for (block, (rows, initial)) in blocks.enumerate() {
+                #[allow(unsafe_code)]
+                // SAFETY: `initial` is 8 int32 (32 bytes); unaligned load.
+                let mut even = unsafe { _mm256_loadu_si256(initial.as_ptr().cast()) };
+                let mut odd = _mm256_setzero_si256();
                 // Two accumulators: the adds of consecutive pairs do not wait on each other.
                 let mut chunks = pairs.chunks_exact(2).zip(rows.chunks_exact(2));
                 for (two, rows) in chunks.by_ref() {
@@ -517,7 +720,7 @@ fn conv2d_packed_avx2(
                     even = _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_set1_epi32(last), w));
                 }
                 let sum = _mm256_add_epi32(even, odd);
-                store_eight(p, vector, (bias, &requant), sum, block * LANES, out);
+                store_eight(p, vector, &requant, sum, block * LANES, out);
             }
         }
     }
@@ -526,22 +729,23 @@ fn conv2d_packed_avx2(
 /// The packing's prepared requantisation constants, when it has them and the output offset is
 /// small (the vector form adds it without saturating: exact while |offset| is far below the
 /// ±2^30 a requantised value can reach). Looked up once per layer.
-fn vector_constants<'a>(p: &ConvParams, packed: &'a PackedFilters) -> Option<&'a [[[i32; 8]; 4]]> {
+fn vector_constants<'a>(p: &ConvParams, packed: &'a PackedFilters) -> Option<&'a [RequantLanes]> {
     packed
         .requant
         .as_deref()
         .filter(|_| p.output_offset.unsigned_abs() <= 1 << 16)
 }
 
-/// Requantises the sums of output channels `first..first + 8` (fewer at the layer's end) into
-/// `out`: eight at a time with the prepared constants ([`requantize_lanes`]) when the layer
-/// has them (`vector`, from [`vector_constants`]), else channel by channel.
+/// Requantises the sums (bias included) of output channels `first..first + 8` (fewer at the
+/// layer's end) into `out`: eight at a time with the prepared constants
+/// ([`requantize_lanes`]) when the layer has them (`vector`, from [`vector_constants`]), else
+/// channel by channel.
 #[target_feature(enable = "avx2")]
 #[inline]
 fn store_eight(
     p: &ConvParams,
-    vector: Option<&[[[i32; 8]; 4]]>,
-    (bias, requant): (&[i32], &PerChannelRequant<'_>),
+    vector: Option<&[RequantLanes]>,
+    requant: &PerChannelRequant<'_>,
     sums: core::arch::x86_64::__m256i,
     first: usize,
     out: &mut [i8],
@@ -562,7 +766,7 @@ fn store_eight(
     unsafe {
         _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums);
     }
-    store_eight_scalar(p, (bias, requant), &lanes, first, out);
+    store_eight_scalar(p, requant, &lanes, first, out);
 }
 
 /// The channel-by-channel branch of [`store_eight`], out of line and cold so that the vector
@@ -571,17 +775,13 @@ fn store_eight(
 #[inline(never)]
 fn store_eight_scalar(
     p: &ConvParams,
-    (bias, requant): (&[i32], &PerChannelRequant<'_>),
+    requant: &PerChannelRequant<'_>,
     lanes: &[i32; 8],
     first: usize,
     out: &mut [i8],
 ) {
     for (oc, &sum) in (first..out.len()).zip(lanes) {
-        out[oc] = p.finish(
-            bias[oc].wrapping_add(sum),
-            requant.multipliers[oc],
-            requant.shifts[oc],
-        );
+        out[oc] = p.finish(sum, requant.multipliers[oc], requant.shifts[oc]);
     }
 }
 
@@ -611,15 +811,15 @@ pub(crate) fn store_lanes(values: core::arch::x86_64::__m256i, out: &mut [i8]) {
 }
 
 /// [`ConvParams::finish`] for eight channels at once with the prepared right-shift
-/// constants (`lanes`: bias, multiplier, `2^e + 1`, `e − 1`): the formula of
+/// constants (`lanes`, see [`RequantLanes`]): the formula of
 /// [`crate::arith::multiply_by_quantized_multiplier_prepared`] in 64-bit lanes (`vpmuldq` on
-/// the even and the odd channels), then offset and clamp. Equal to the scalar path for every
-/// input (`vector_requantisation_equals_the_scalar_one`).
+/// the even and the odd channels), then offset and clamp. `sum` includes the bias. Equal to the
+/// scalar path for every input (`vector_requantisation_equals_the_scalar_one`).
 #[cfg(test)]
 #[target_feature(enable = "avx2")]
 pub(super) fn requantize_lanes_avx2(
     sum: core::arch::x86_64::__m256i,
-    lanes: &[[i32; 8]; 4],
+    lanes: &RequantLanes,
     clamp: (i32, i32, i32),
 ) -> [i32; 8] {
     let out = requantize_lanes(sum, lanes, clamp);
@@ -632,22 +832,41 @@ pub(super) fn requantize_lanes_avx2(
     values
 }
 
+/// The per-lane rows of a [`RequantLanes`] for channels with these multipliers (each `≥ 0`)
+/// and right shifts (`−31..=−1`); lanes past the slices get multiplier 0 and a shift of 1
+/// (harmless: never stored).
+pub(crate) fn requant_lanes<const N: usize>(
+    multipliers: &[i32],
+    shifts: &[i32],
+) -> RequantLanes<N> {
+    let multiplier: [i32; N] = core::array::from_fn(|l| multipliers.get(l).copied().unwrap_or(0));
+    let exponent = |l: usize| shifts.get(l).map_or(1, |&s| s.unsigned_abs());
+    let constants: [(u32, u32); N] =
+        core::array::from_fn(|l| crate::arith::right_shift_constants(exponent(l)));
+    [
+        multiplier,
+        // The odd channels' multipliers moved into the even slots `vpmuldq` reads.
+        core::array::from_fn(|l| if l % 2 == 0 { multiplier[l + 1] } else { 0 }),
+        constants.map(|(rounding, _)| rounding as i32),
+        constants.map(|(_, high_shift)| high_shift as i32),
+    ]
+}
+
 /// [`requantize_lanes_avx2`] leaving the eight results in a register.
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(crate) fn requantize_lanes(
-    sum: core::arch::x86_64::__m256i,
-    lanes: &[[i32; 8]; 4],
+    x: core::arch::x86_64::__m256i,
+    lanes: &RequantLanes,
     (offset, low, high): (i32, i32, i32),
 ) -> core::arch::x86_64::__m256i {
     use core::arch::x86_64::*;
     #[allow(unsafe_code)]
     // SAFETY: each `lanes` row is 8 int32 (32 bytes), read in place; unaligned loads.
-    let [bias, multiplier, rounding, high_shift] =
+    let [multiplier, odd_multiplier, rounding, high_shift] =
         lanes.map(|row| unsafe { _mm256_loadu_si256(row.as_ptr().cast()) });
-    let x = _mm256_add_epi32(sum, bias);
-    // q = (2^e + 1) − 2n, n = 1 where x and m differ in sign (as unsigned 32-bit values).
-    let differ = _mm256_srai_epi32::<31>(_mm256_xor_si256(x, multiplier));
+    // q = (2^e + 1) − 2n, n = 1 where x and m differ in sign: where x < 0, as m ≥ 0.
+    let differ = _mm256_srai_epi32::<31>(x);
     let q = _mm256_add_epi32(rounding, _mm256_slli_epi32::<1>(differ));
     // x·m + q·2^30 in 64 bits, even channels in the low halves, odd ones shifted down.
     let low_words = _mm256_set1_epi64x(0xFFFF_FFFF);
@@ -656,10 +875,7 @@ pub(crate) fn requantize_lanes(
         _mm256_slli_epi64::<30>(_mm256_and_si256(q, low_words)),
     );
     let odd = _mm256_add_epi64(
-        _mm256_mul_epi32(
-            _mm256_srli_epi64::<32>(x),
-            _mm256_srli_epi64::<32>(multiplier),
-        ),
+        _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), odd_multiplier),
         _mm256_slli_epi64::<30>(_mm256_srli_epi64::<32>(q)),
     );
     // The high words: the even ones moved down into their channel's slot, the odd ones
@@ -672,6 +888,41 @@ pub(crate) fn requantize_lanes(
             _mm256_set1_epi32(low),
         ),
         _mm256_set1_epi32(high),
+    )
+}
+
+/// [`requantize_lanes`] on sixteen lanes (AVX-512 F).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn requantize_lanes16(
+    x: core::arch::x86_64::__m512i,
+    lanes: &RequantLanes<16>,
+    (offset, low, high): (i32, i32, i32),
+) -> core::arch::x86_64::__m512i {
+    use core::arch::x86_64::*;
+    #[allow(unsafe_code)]
+    // SAFETY: each `lanes` row is 16 int32 (64 bytes), read in place; unaligned loads.
+    let [multiplier, odd_multiplier, rounding, high_shift] =
+        lanes.map(|row| unsafe { _mm512_loadu_si512(row.as_ptr().cast()) });
+    let differ = _mm512_srai_epi32::<31>(x);
+    let q = _mm512_add_epi32(rounding, _mm512_slli_epi32::<1>(differ));
+    let low_words = _mm512_set1_epi64(0xFFFF_FFFF);
+    let even = _mm512_add_epi64(
+        _mm512_mul_epi32(x, multiplier),
+        _mm512_slli_epi64::<30>(_mm512_and_si512(q, low_words)),
+    );
+    let odd = _mm512_add_epi64(
+        _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), odd_multiplier),
+        _mm512_slli_epi64::<30>(_mm512_srli_epi64::<32>(q)),
+    );
+    let high_words = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64::<32>(even), odd);
+    let scaled = _mm512_srav_epi32(high_words, high_shift);
+    _mm512_min_epi32(
+        _mm512_max_epi32(
+            _mm512_add_epi32(scaled, _mm512_set1_epi32(offset)),
+            _mm512_set1_epi32(low),
+        ),
+        _mm512_set1_epi32(high),
     )
 }
 
