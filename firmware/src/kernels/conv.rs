@@ -22,7 +22,7 @@ mod x86;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub use x86::{conv2d_packed, PackedFilters};
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-pub(crate) use x86::{requant_lanes, requantize_lanes, store_lanes};
+pub(crate) use x86::{requant_lanes, requantize_lanes, requantize_lanes16, store_lanes};
 
 /// Shape and quantisation constants of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use crate::arith::{
     right_shift_constants,
 };
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-use crate::kernels::conv::{requant_lanes, requantize_lanes, store_lanes};
+use crate::kernels::conv::{requant_lanes, requantize_lanes, requantize_lanes16, store_lanes};
 use crate::kernels::conv::{volume, ConvParams};
 use crate::KernelError;
 
@@ -54,6 +54,15 @@ const ADD_TABLE_MIN_ELEMENTS: usize = 512;
 /// input rescalings).
 pub fn add(params: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
     check_add(params, a, b, output)?;
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if add_avx512_applies(params)
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("avx512f")
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: `add_avx512` requires AVX2 and AVX-512 F, checked just above.
+        return unsafe { add_avx512(params, a, b, output) };
+    }
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     if add_avx2_applies(params) && std::is_x86_feature_detected!("avx2") {
         #[allow(unsafe_code)]
@@ -171,6 +180,100 @@ fn add_avx2(p: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), 
         store_lanes(requantize_lanes(sum, &lanes, clamp), out);
     }
     add_reference(p, &a[whole..], &b[whole..], &mut output[whole..])
+}
+
+/// Whether [`add_avx512`] computes `params` exactly: where [`add_avx2`] does, with TFLite's
+/// left shift of 20 and each input's multiplier either exactly ½ or a right shift by at most
+/// 19 (the bounds of [`rescale_split`]).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+fn add_avx512_applies(p: &AddParams) -> bool {
+    let input_ok = |(multiplier, shift): (i32, i32)| {
+        (multiplier, shift) == (HALF, 0) || (-19..=0).contains(&shift)
+    };
+    add_avx2_applies(p)
+        && p.left_shift == ADD_LEFT_SHIFT
+        && input_ok(p.input1_multiplier)
+        && input_ok(p.input2_multiplier)
+}
+
+/// [`add_avx2`] sixteen elements at a time in 512-bit registers, the input rescalings in
+/// 32-bit arithmetic ([`rescale_split`], no 64-bit products), bit for bit equal to
+/// [`add_reference`]. The last few elements go through [`add_avx2`].
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,avx512f")]
+fn add_avx512(p: &AddParams, a: &[i8], b: &[i8], output: &mut [i8]) -> Result<(), KernelError> {
+    use core::arch::x86_64::*;
+    let (multiplier, shift) = p.output_multiplier;
+    let lanes: [[i32; 16]; 4] = requant_lanes(&[multiplier; 16], &[shift; 16]);
+    let clamp = (
+        p.output_offset,
+        i32::from(p.activation_min),
+        i32::from(p.activation_max),
+    );
+    let input = |bytes: &[i8], offset: i32, (multiplier, shift): (i32, i32)| {
+        #[allow(unsafe_code)]
+        // SAFETY: `bytes` is a 16-element chunk: 16 bytes read, unaligned.
+        let x = unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(bytes.as_ptr().cast())) };
+        let v = _mm512_add_epi32(x, _mm512_set1_epi32(offset));
+        if (multiplier, shift) == (HALF, 0) {
+            // ((x + offset)·2^20)·½, exact (see `add_avx2`).
+            return _mm512_slli_epi32::<{ ADD_LEFT_SHIFT as u32 - 1 }>(v);
+        }
+        rescale_split(v, multiplier, shift.unsigned_abs())
+    };
+    let whole = output.len() / 16 * 16;
+    for ((out, x1), x2) in output[..whole]
+        .chunks_exact_mut(16)
+        .zip(a.chunks_exact(16))
+        .zip(b.chunks_exact(16))
+    {
+        let sum = _mm512_add_epi32(
+            input(x1, p.input1_offset, p.input1_multiplier),
+            input(x2, p.input2_offset, p.input2_multiplier),
+        );
+        // Already clamped to int8: the saturating narrowing keeps every value.
+        let bytes = _mm512_cvtsepi32_epi8(requantize_lanes16(sum, &lanes, clamp));
+        #[allow(unsafe_code)]
+        // SAFETY: `out` is a 16-element chunk: 16 bytes written, unaligned.
+        unsafe {
+            _mm_storeu_si128(out.as_mut_ptr().cast(), bytes);
+        }
+    }
+    add_avx2(p, &a[whole..], &b[whole..], &mut output[whole..])
+}
+
+/// `multiply_by_quantized_multiplier(v·2^20, multiplier, −exponent)` in sixteen lanes with
+/// 32-bit products, for `|v| < 2^9`, `multiplier ≥ 0` and `exponent ≤ 19`. The 64-bit form
+/// ([`rescale_lanes`]) is `⌊(v·2^20·m + q·2^30) / 2^(31+e)⌋ = ⌊(v·m + q·2^10) / 2^(11+e)⌋`;
+/// with `m = mh·2^11 + ml` (`ml < 2^11`) that is `⌊(v·mh + ⌊(v·ml + q·2^10) / 2^11⌋) / 2^e⌋`
+/// (nested floors of powers of two), where `|v·ml| < 2^20`, `q·2^10 ≤ (2^19 + 1)·2^10`,
+/// `|v·mh| < 2^29`: every term fits an int32.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn rescale_split(
+    v: core::arch::x86_64::__m512i,
+    multiplier: i32,
+    exponent: u32,
+) -> core::arch::x86_64::__m512i {
+    use core::arch::x86_64::*;
+    let (high, low) = (multiplier >> 11, multiplier & 0x7FF);
+    // q·2^10: 2^10 without a right shift; else (2^e + 1)·2^10 − n·2^11, n = 1 where v < 0.
+    let rounding = if exponent == 0 {
+        _mm512_set1_epi32(1 << 10)
+    } else {
+        let constant = _mm512_set1_epi32(((1 << exponent) + 1) << 10);
+        _mm512_add_epi32(
+            constant,
+            _mm512_slli_epi32::<11>(_mm512_srai_epi32::<31>(v)),
+        )
+    };
+    let fraction = _mm512_srai_epi32::<11>(_mm512_add_epi32(
+        _mm512_mullo_epi32(v, _mm512_set1_epi32(low)),
+        rounding,
+    ));
+    let whole = _mm512_add_epi32(_mm512_mullo_epi32(v, _mm512_set1_epi32(high)), fraction);
+    _mm512_sra_epi32(whole, _mm_cvtsi32_si128(exponent as i32))
 }
 
 /// The fixed-point multiplier of ½.
@@ -438,6 +541,50 @@ mod tests {
                     tabulated, slow,
                     "tables, scales {s1} {s2} → {so}, {n} elements"
                 );
+            }
+        }
+    }
+
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    #[test]
+    fn split_rescaling_equals_the_reference_for_every_input() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIP: no AVX-512 F on this CPU");
+            return;
+        }
+        // Every shifted input v (|v| ≤ 383: an int8 plus an int8 zero point's offset), every
+        // allowed exponent, multipliers across [2^30, 2^31) with low bits set and clear.
+        let values: Vec<i32> = (-383..=383).collect();
+        for exponent in 0..=19_u32 {
+            for multiplier in [
+                1 << 30,
+                (1 << 30) + 1,
+                1_518_500_250,
+                2_147_481_600,
+                i32::MAX,
+            ] {
+                for chunk in values.chunks(16) {
+                    let mut lanes = [0_i32; 16];
+                    lanes[..chunk.len()].copy_from_slice(chunk);
+                    #[allow(unsafe_code)]
+                    // SAFETY: AVX-512 F checked above; `lanes` is 16 int32 (64 bytes).
+                    let got: [i32; 16] = unsafe {
+                        use core::arch::x86_64::*;
+                        let v = _mm512_loadu_si512(lanes.as_ptr().cast());
+                        let mut out = [0_i32; 16];
+                        let r = rescale_split(v, multiplier, exponent);
+                        _mm512_storeu_si512(out.as_mut_ptr().cast(), r);
+                        out
+                    };
+                    for (&v, &got) in lanes.iter().zip(&got) {
+                        let want = multiply_by_quantized_multiplier(
+                            v << ADD_LEFT_SHIFT,
+                            multiplier,
+                            -(exponent as i32),
+                        );
+                        assert_eq!(got, want, "v {v}, m {multiplier}, e {exponent}");
+                    }
+                }
             }
         }
     }

@@ -894,7 +894,7 @@ pub(crate) fn requantize_lanes(
 /// [`requantize_lanes`] on sixteen lanes (AVX-512 F).
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn requantize_lanes16(
+pub(crate) fn requantize_lanes16(
     x: core::arch::x86_64::__m512i,
     lanes: &RequantLanes<16>,
     (offset, low, high): (i32, i32, i32),
