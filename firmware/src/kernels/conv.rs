@@ -591,6 +591,13 @@ mod tests {
             (23, 5, 11, 3, 8, 3, 1, 1),
             (25, 9, 17, 4, 8, 3, 2, 1),
             (27, 4, 8, 8, 8, 1, 1, 0),
+            // Pairs of blocks with the vector requantisation (odd seeds): the 512-bit kernel,
+            // strided, a 1×1 over channels padded to a multiple of four, a pixel count not a
+            // multiple of four.
+            (29, 7, 7, 16, 32, 3, 1, 1),
+            (31, 6, 6, 8, 16, 3, 2, 1),
+            (33, 5, 5, 13, 48, 1, 2, 0),
+            (35, 3, 5, 5, 16, 3, 1, 1),
         ] {
             let mut c = case(seed, h, w, cin, cout, k, s, pad);
             if seed % 2 == 0 {

@@ -110,6 +110,16 @@ pub struct PackedFilters {
     /// channels, the first's constants in eight lanes and the second's in the next eight, for
     /// [`conv2d_lanes_vnni`] (one pixel per lane).
     channel_requant: Option<Box<[RequantLanes<16>; LANES / 2]>>,
+    /// For a layer of pairs of blocks with the vector requantisation: per pair, its starting
+    /// values and requantisation in sixteen lanes, for [`conv2d_quads16_vnni`].
+    wide: Option<Vec<WideBlock>>,
+}
+
+/// Two blocks' starting values and requantisation constants side by side (sixteen lanes).
+#[derive(Debug, Clone)]
+struct WideBlock {
+    initial: [i32; 16],
+    requant: RequantLanes<16>,
 }
 
 /// A block's prepared right-shift requantisation, per lane: multiplier, the odd lanes'
@@ -202,7 +212,7 @@ impl PackedFilters {
             }
             Packing::Pairs { pairs, data }
         };
-        let initial = (0..blocks)
+        let initial: Vec<[i32; 8]> = (0..blocks)
             .map(|block| {
                 core::array::from_fn(|lane| {
                     let c = block * LANES + lane;
@@ -231,13 +241,28 @@ impl PackedFilters {
                 )
             }))
         });
-        let requant = vector_requant.then(|| {
+        let requant: Option<Vec<RequantLanes>> = vector_requant.then(|| {
             multipliers
                 .chunks(LANES)
                 .zip(shifts.chunks(LANES))
                 .map(|(m, s)| requant_lanes(m, s))
                 .collect()
         });
+        let wide = match &requant {
+            Some(lanes) if quads && channels.is_multiple_of(2 * LANES) => Some(
+                lanes
+                    .chunks_exact(2)
+                    .zip(initial.chunks_exact(2))
+                    .map(|(lanes, initial)| WideBlock {
+                        initial: core::array::from_fn(|l| initial[l / LANES][l % LANES]),
+                        requant: core::array::from_fn(|row| {
+                            core::array::from_fn(|l| lanes[l / LANES][row][l % LANES])
+                        }),
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
         Some(PackedFilters {
             channels,
             len,
@@ -247,6 +272,7 @@ impl PackedFilters {
             initial,
             requant,
             channel_requant,
+            wide,
         })
     }
 
@@ -314,6 +340,21 @@ pub fn conv2d_packed(
             // by `lanes_kernel_applies`.
             unsafe {
                 conv2d_lanes_vnni(p, input, packed, output);
+            }
+        }
+        Packing::Quads { .. }
+            if packed.wide.is_some()
+                && vector_constants(p, packed).is_some()
+                && avx512_vnni()
+                && (-127..=128).contains(&p.input_offset) =>
+        {
+            if let Some(wide) = &packed.wide {
+                #[allow(unsafe_code)]
+                // SAFETY: `conv2d_quads16_vnni` requires AVX2 and AVX-512 F/VL/VNNI, checked
+                // above.
+                unsafe {
+                    conv2d_quads16_vnni(p, input, packed, wide, output);
+                }
             }
         }
         // Offsets of int8 zero points (−127..=128) encode real zero as an unsigned byte.
@@ -521,6 +562,31 @@ fn conv2d_lanes_vnni(p: &ConvParams, input: &[i8], packed: &PackedFilters, outpu
     }
 }
 
+/// Where the patches of the next `count` output pixels start in the padded input (in quads),
+/// from pixel `(oy, ox)`, which is advanced past them (no division per pass). A pass holds
+/// [`PIXELS`] pixels; the last one may hold fewer, the others repeat its first (their sums
+/// are computed and dropped).
+#[inline]
+fn pass_starts(
+    p: &ConvParams,
+    (padded_width, cin4): (usize, usize),
+    count: usize,
+    (oy, ox): (&mut usize, &mut usize),
+) -> [usize; PIXELS] {
+    let mut starts = [0_usize; PIXELS];
+    for start in starts.iter_mut().take(count) {
+        *start = (*oy * p.stride * padded_width + *ox * p.stride) * cin4 / 4;
+        *ox += 1;
+        if *ox == p.output_width {
+            (*oy, *ox) = (*oy + 1, 0);
+        }
+    }
+    for i in count..PIXELS {
+        starts[i] = starts[0];
+    }
+    starts
+}
+
 /// The VNNI body of [`conv2d_packed`] (shapes checked by the caller), as an implicit matrix
 /// product: the input is copied once per layer into unsigned bytes `u = x + 128` with the
 /// padding around it (real zero, `128 − offset`) and its channels padded to `cin4`, so each
@@ -567,21 +633,7 @@ fn conv2d_quads_vnni(
     let (mut oy, mut ox) = (0, 0);
     for first in (0..pixels).step_by(PIXELS) {
         let count = PIXELS.min(pixels - first);
-        // Where each pixel's patch starts in `padded`; the last pass may hold fewer pixels,
-        // the others repeat its first (their sums are computed and dropped). Plain loops, no
-        // closures: a closure does not inherit this function's target features and was not
-        // inlined (18 % of the engine's time in calls).
-        let mut starts = [0_usize; PIXELS];
-        for start in starts.iter_mut().take(count) {
-            *start = (oy * p.stride * padded_width + ox * p.stride) * cin4 / 4;
-            ox += 1;
-            if ox == p.output_width {
-                (oy, ox) = (oy + 1, 0);
-            }
-        }
-        for i in count..PIXELS {
-            starts[i] = starts[0];
-        }
+        let starts = pass_starts(p, (padded_width, cin4), count, (&mut oy, &mut ox));
         let blocks = data.chunks_exact(k * row_quads).zip(&packed.initial);
         for (block, (block_rows, initial)) in blocks.enumerate() {
             #[allow(unsafe_code)]
@@ -654,6 +706,131 @@ fn conv2d_quads_vnni(
             for (i, &sum) in sums.iter().enumerate().take(count) {
                 let out = &mut output[(first + i) * out_len..][..out_len];
                 store_eight(p, vector, &requant, sum, block * LANES, out);
+            }
+        }
+    }
+}
+
+/// [`conv2d_quads_vnni`] sixteen output channels at a time in 512-bit registers, for layers
+/// whose channels come in pairs of blocks and that have the vector requantisation (`wide`,
+/// from [`PackedFilters`]): one broadcast and one `vpdpbusd` per pixel and quad serve sixteen
+/// channels (half the instructions of two 256-bit blocks), and the sixteen sums are
+/// requantised together and narrowed with one `vpmovsdb`.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn conv2d_quads16_vnni(
+    p: &ConvParams,
+    input: &[i8],
+    packed: &PackedFilters,
+    wide: &[WideBlock],
+    output: &mut [i8],
+) {
+    use core::arch::x86_64::*;
+    let Packing::Quads { cin4, data } = &packed.weights else {
+        return;
+    };
+    let (cin4, k) = (*cin4, p.kernel);
+    let padded_width = p.input_width + 2 * p.padding;
+    let padded = padded_input(p, input, cin4, 0);
+    let row_quads = k * cin4 / 4;
+    let line_quads = padded_width * cin4 / 4;
+    let block_len = k * row_quads;
+    let pixels = p.output_height * p.output_width;
+    let out_len = p.output_channels;
+    // As in `conv2d_quads_vnni`: every quad read lies in `padded`.
+    let last_start =
+        ((p.output_height - 1) * p.stride * padded_width + (p.output_width - 1) * p.stride) * cin4
+            / 4;
+    if pixels == 0
+        || last_start + (k - 1) * line_quads + row_quads > padded.len()
+        || data.len() != 2 * wide.len() * block_len
+        || out_len != 16 * wide.len()
+    {
+        return;
+    }
+    let clamp = (
+        p.output_offset,
+        i32::from(p.activation_min),
+        i32::from(p.activation_max),
+    );
+    let base = padded.as_ptr();
+    let (mut oy, mut ox) = (0, 0);
+    for first in (0..pixels).step_by(PIXELS) {
+        let count = PIXELS.min(pixels - first);
+        let starts = pass_starts(p, (padded_width, cin4), count, (&mut oy, &mut ox));
+        for (pair, (rows, block)) in data.chunks_exact(2 * block_len).zip(wide).enumerate() {
+            let (low_rows, high_rows) = rows.split_at(block_len);
+            #[allow(unsafe_code)]
+            // SAFETY: `initial` is 16 int32 (64 bytes); unaligned load.
+            let initial = unsafe { _mm512_loadu_si512(block.initial.as_ptr().cast()) };
+            let mut sums = [initial; PIXELS];
+            let mut odd = [_mm512_setzero_si512(); PIXELS];
+            for ky in 0..k {
+                let line = ky * line_quads;
+                #[allow(unsafe_code)]
+                // SAFETY: as in `conv2d_quads_vnni`: each pixel's kernel row lies in `padded`;
+                // pointers only formed.
+                let [a, b, c, d] = unsafe {
+                    [
+                        base.add(starts[0] + line),
+                        base.add(starts[1] + line),
+                        base.add(starts[2] + line),
+                        base.add(starts[3] + line),
+                    ]
+                };
+                let low = low_rows[ky * row_quads..][..row_quads].as_ptr();
+                let high = high_rows[ky * row_quads..][..row_quads].as_ptr();
+                // Row j of both blocks, side by side: sixteen channels' four weights.
+                #[allow(unsafe_code)]
+                // SAFETY: called for `j < row_quads`: rows of 32 bytes aligned to 32 (`Row`).
+                let weights = |j: usize| unsafe {
+                    let low = _mm512_castsi256_si512(_mm256_load_si256(low.add(j).cast()));
+                    _mm512_inserti64x4::<1>(low, _mm256_load_si256(high.add(j).cast()))
+                };
+                for j in (0..row_quads & !1).step_by(2) {
+                    let (w0, w1, j1) = (weights(j), weights(j + 1), j + 1);
+                    #[allow(unsafe_code)]
+                    // SAFETY: quads `j, j + 1 < row_quads` of each pixel's kernel row (checked
+                    // above), read in place.
+                    unsafe {
+                        let qa = _mm512_set1_epi32(*a.add(j) as i32);
+                        let qb = _mm512_set1_epi32(*b.add(j) as i32);
+                        let qc = _mm512_set1_epi32(*c.add(j) as i32);
+                        let qd = _mm512_set1_epi32(*d.add(j) as i32);
+                        sums[0] = _mm512_dpbusd_epi32(sums[0], qa, w0);
+                        sums[1] = _mm512_dpbusd_epi32(sums[1], qb, w0);
+                        sums[2] = _mm512_dpbusd_epi32(sums[2], qc, w0);
+                        sums[3] = _mm512_dpbusd_epi32(sums[3], qd, w0);
+                        let qa = _mm512_set1_epi32(*a.add(j1) as i32);
+                        let qb = _mm512_set1_epi32(*b.add(j1) as i32);
+                        let qc = _mm512_set1_epi32(*c.add(j1) as i32);
+                        let qd = _mm512_set1_epi32(*d.add(j1) as i32);
+                        odd[0] = _mm512_dpbusd_epi32(odd[0], qa, w1);
+                        odd[1] = _mm512_dpbusd_epi32(odd[1], qb, w1);
+                        odd[2] = _mm512_dpbusd_epi32(odd[2], qc, w1);
+                        odd[3] = _mm512_dpbusd_epi32(odd[3], qd, w1);
+                    }
+                }
+                if row_quads % 2 == 1 {
+                    let last = row_quads - 1;
+                    let w = weights(last);
+                    for (sum, q) in sums.iter_mut().zip([a, b, c, d]) {
+                        #[allow(unsafe_code)]
+                        // SAFETY: quad `last` of a pixel's kernel row (checked above).
+                        let q = unsafe { _mm512_set1_epi32(*q.add(last) as i32) };
+                        *sum = _mm512_dpbusd_epi32(*sum, q, w);
+                    }
+                }
+            }
+            for (i, (&sum, odd)) in sums.iter().zip(odd).enumerate().take(count) {
+                let values = requantize_lanes16(_mm512_add_epi32(sum, odd), &block.requant, clamp);
+                // Already clamped to int8: the saturating narrowing keeps every value.
+                let bytes = _mm512_cvtsepi32_epi8(values);
+                let out = &mut output[(first + i) * out_len + 16 * pair..][..16];
+                #[allow(unsafe_code)]
+                // SAFETY: `out` is 16 bytes; unaligned store.
+                unsafe {
+                    _mm_storeu_si128(out.as_mut_ptr().cast(), bytes);
+                }
             }
         }
     }
