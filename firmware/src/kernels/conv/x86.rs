@@ -1068,7 +1068,9 @@ pub(crate) fn requantize_lanes(
     )
 }
 
-/// [`requantize_lanes`] on sixteen lanes (AVX-512 F).
+/// [`requantize_lanes`] on sixteen lanes (AVX-512 F): the same formula, kept as a second body
+/// because the 256-bit one must also run on AVX2-only hosts and the 512-bit intrinsics differ
+/// in type and name (the blend is a mask register here).
 #[target_feature(enable = "avx512f")]
 #[inline]
 pub(crate) fn requantize_lanes16(
