@@ -331,60 +331,47 @@ pub fn conv2d_packed(
     if !fits || !std::is_x86_feature_detected!("avx2") {
         return conv2d(params, input, weights, bias, requant, output);
     }
-    match &packed.weights {
-        Packing::Quads { cin4, .. }
-            if lanes_kernel_applies(p, packed, *cin4) && (-127..=128).contains(&p.input_offset) =>
-        {
-            #[allow(unsafe_code)]
-            // SAFETY: `conv2d_lanes_vnni` requires AVX2 and AVX-512 F/VL/VNNI/BW/VBMI, checked
-            // by `lanes_kernel_applies`.
-            unsafe {
-                conv2d_lanes_vnni(p, input, packed, output);
-            }
-        }
-        Packing::Quads { .. }
-            if packed.wide.is_some()
-                && vector_constants(p, packed).is_some()
-                && avx512_vnni()
-                && (-127..=128).contains(&p.input_offset) =>
-        {
-            if let Some(wide) = &packed.wide {
-                #[allow(unsafe_code)]
-                // SAFETY: `conv2d_quads16_vnni` requires AVX2 and AVX-512 F/VL/VNNI, checked
-                // above.
-                unsafe {
-                    conv2d_quads16_vnni(p, input, packed, wide, output);
-                }
-            }
-        }
+    // Each kernel says whether it ran; one that declines (a packing or shape it was not made
+    // for, which `matches` and `check` rule out) leaves the layer to the portable kernel
+    // rather than to an unwritten output.
+    let ran = match &packed.weights {
         // Offsets of int8 zero points (−127..=128) encode real zero as an unsigned byte.
-        Packing::Quads { .. } if avx512_vnni() && (-127..=128).contains(&p.input_offset) => {
+        Packing::Quads { cin4, .. } if avx512_vnni() && (-127..=128).contains(&p.input_offset) => {
             #[allow(unsafe_code)]
-            // SAFETY: `conv2d_quads_vnni` requires AVX2 and AVX-512 F/VL/VNNI, checked above.
+            // SAFETY: the three VNNI kernels require AVX2 and AVX-512 F/VL/VNNI, checked above;
+            // `conv2d_lanes_vnni` also BW and VBMI, checked by `lanes_kernel_applies`.
             unsafe {
-                conv2d_quads_vnni(p, input, packed, requant, output);
+                if lanes_kernel_applies(p, packed, *cin4) {
+                    conv2d_lanes_vnni(p, input, packed, output)
+                } else if let (Some(wide), Some(_)) = (&packed.wide, vector_constants(p, packed)) {
+                    conv2d_quads16_vnni(p, input, packed, wide, output)
+                } else {
+                    conv2d_quads_vnni(p, input, packed, requant, output)
+                }
             }
         }
         Packing::Pairs { .. } => {
             #[allow(unsafe_code)]
             // SAFETY: `conv2d_packed_avx2` only requires the CPU to support AVX2, checked above.
             unsafe {
-                conv2d_packed_avx2(p, input, packed, requant, output);
+                conv2d_packed_avx2(p, input, packed, requant, output)
             }
         }
-        Packing::Quads { .. } => return conv2d(params, input, weights, bias, requant, output),
+        Packing::Quads { .. } => false,
+    };
+    if !ran {
+        return conv2d(params, input, weights, bias, requant, output);
     }
     Ok(())
 }
 
 /// Whether [`conv2d_lanes_vnni`] runs this layer: eight output channels with the vector
 /// requantisation, neighbouring output pixels one or two quads apart in the padded input, and a
-/// CPU with AVX-512 VNNI, BW and VBMI.
+/// CPU with AVX-512 BW and VBMI (besides VNNI, checked by the caller).
 fn lanes_kernel_applies(p: &ConvParams, packed: &PackedFilters, cin4: usize) -> bool {
     packed.channel_requant.is_some()
         && vector_constants(p, packed).is_some()
         && matches!(p.stride * cin4 / 4, 1 | 2)
-        && avx512_vnni()
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vbmi")
 }
@@ -455,6 +442,46 @@ fn padded_input(p: &ConvParams, input: &[i8], cin4: usize, min_quads: usize) -> 
     padded
 }
 
+/// A layer's input as the VNNI kernels read it: the padded copy ([`padded_input`]) and its
+/// geometry in quads.
+struct QuadInput {
+    padded: Vec<u32>,
+    /// Padded input columns.
+    padded_width: usize,
+    /// Quads per kernel row of a patch.
+    row_quads: usize,
+    /// Quads between two rows of the padded copy.
+    line_quads: usize,
+}
+
+impl QuadInput {
+    /// The padded copy of `input`, at least `min_quads` long, or `None` when the output is
+    /// empty or a patch would reach past the copy (neither happens for a layer `check`
+    /// accepted). Every patch row `start + ky·line_quads + (0..row_quads)` of an output pixel
+    /// then lies in `padded`: the furthest is the last pixel's last, checked here once so the
+    /// kernels read through pointers without a bounds check per kernel row.
+    #[target_feature(enable = "avx2")]
+    fn new(p: &ConvParams, input: &[i8], cin4: usize, min_quads: usize) -> Option<Self> {
+        if p.output_height == 0 || p.output_width == 0 || p.kernel == 0 {
+            return None;
+        }
+        let padded_width = p.input_width + 2 * p.padding;
+        let row_quads = p.kernel * cin4 / 4;
+        let line_quads = padded_width * cin4 / 4;
+        let padded = padded_input(p, input, cin4, min_quads);
+        let last_start = ((p.output_height - 1) * p.stride * padded_width
+            + (p.output_width - 1) * p.stride)
+            * cin4
+            / 4;
+        (last_start + (p.kernel - 1) * line_quads + row_quads <= padded.len()).then_some(Self {
+            padded,
+            padded_width,
+            row_quads,
+            line_quads,
+        })
+    }
+}
+
 /// The VNNI body of [`conv2d_packed`] for layers of eight output channels (shapes checked by
 /// the caller), transposed: one output pixel per int32 lane and one register per channel, so
 /// each `vpdpbusd` takes eight pixels' unsigned input quads from one load (a permute when
@@ -465,35 +492,41 @@ fn padded_input(p: &ConvParams, input: &[i8], cin4: usize, min_quads: usize) -> 
 /// stored. The eight channels' results are packed to bytes and put in pixel-major order with
 /// one `vpermb`.
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni,avx512bw,avx512vbmi")]
-fn conv2d_lanes_vnni(p: &ConvParams, input: &[i8], packed: &PackedFilters, output: &mut [i8]) {
+fn conv2d_lanes_vnni(
+    p: &ConvParams,
+    input: &[i8],
+    packed: &PackedFilters,
+    output: &mut [i8],
+) -> bool {
     use core::arch::x86_64::*;
     let (Packing::Quads { cin4, data }, Some(channel_requant), Some(initial)) = (
         &packed.weights,
         packed.channel_requant.as_deref(),
         packed.initial.first(),
     ) else {
-        return;
+        return false;
     };
     let (cin4, k) = (*cin4, p.kernel);
-    let padded_width = p.input_width + 2 * p.padding;
-    let row_quads = k * cin4 / 4;
-    let line_quads = padded_width * cin4 / 4;
+    let (height, width) = (p.output_height, p.output_width);
+    if height == 0 || width == 0 || k == 0 || output.len() < height * width * LANES {
+        return false;
+    }
     // Quads between neighbouring output pixels' patches: 1 or 2 (`lanes_kernel_applies`).
     let step = p.stride * cin4 / 4;
-    let (height, width) = (p.output_height, p.output_width);
-    if height == 0 || width == 0 || output.len() < height * width * LANES {
-        return;
-    }
-    // The furthest quad read: the last row's last pass, lane 7, the patch's last quad, read
-    // by a load of `8·step` quads.
+    // The furthest quad read: the last row's last pass, the patch's last quad, read by a load
+    // of `8·step` quads; the padded copy is made at least that long.
+    let padded_width = p.input_width + 2 * p.padding;
+    let (row_quads, line_quads) = (k * cin4 / 4, padded_width * cin4 / 4);
     let last_pass = (width - 1) / LANE_PIXELS * LANE_PIXELS;
     let last_start = ((height - 1) * p.stride * padded_width + last_pass * p.stride) * cin4 / 4;
     let reach = last_start + (k - 1) * line_quads + row_quads - 1 + LANE_PIXELS * step;
-    let padded = padded_input(p, input, cin4, reach);
+    let Some(quad_input) = QuadInput::new(p, input, cin4, reach) else {
+        return false;
+    };
     if data.len() != k * row_quads {
-        return;
+        return false;
     }
-    let base = padded.as_ptr();
+    let base = quad_input.padded.as_ptr();
     let clamp = (
         p.output_offset,
         i32::from(p.activation_min),
@@ -560,6 +593,7 @@ fn conv2d_lanes_vnni(p: &ConvParams, input: &[i8], packed: &PackedFilters, outpu
             }
         }
     }
+    true
 }
 
 /// Where the patches of the next `count` output pixels start in the padded input (in quads),
@@ -602,33 +636,28 @@ fn conv2d_quads_vnni(
     packed: &PackedFilters,
     requant: PerChannelRequant<'_>,
     output: &mut [i8],
-) {
+) -> bool {
     use core::arch::x86_64::*;
     let Packing::Quads { cin4, data } = &packed.weights else {
-        return;
+        return false;
     };
     let (cin4, k) = (*cin4, p.kernel);
-    let padded_width = p.input_width + 2 * p.padding;
-    let padded = padded_input(p, input, cin4, 0);
+    let Some(quad_input) = QuadInput::new(p, input, cin4, 0) else {
+        return false;
+    };
+    let QuadInput {
+        padded_width,
+        row_quads,
+        line_quads,
+        ..
+    } = quad_input;
+    if data.len() != packed.initial.len() * k * row_quads {
+        return false;
+    }
     let vector = vector_constants(p, packed);
-    // Quads per kernel row of a patch, and between two input rows of the padded copy.
-    let row_quads = k * cin4 / 4;
-    let line_quads = padded_width * cin4 / 4;
     let pixels = p.output_height * p.output_width;
     let out_len = p.output_channels;
-    // Every quad read below lies in `padded`: the furthest patch row read is the last pixel's
-    // last one. Holds for every shape `check` accepted; checked once here so the inner loop
-    // can read through pointers without a bounds check per kernel row.
-    let last_start =
-        ((p.output_height - 1) * p.stride * padded_width + (p.output_width - 1) * p.stride) * cin4
-            / 4;
-    if pixels == 0
-        || last_start + (k - 1) * line_quads + row_quads > padded.len()
-        || data.len() != packed.initial.len() * k * row_quads
-    {
-        return;
-    }
-    let base = padded.as_ptr();
+    let base = quad_input.padded.as_ptr();
     // The next pass's first pixel, advanced pixel by pixel (no division per pass).
     let (mut oy, mut ox) = (0, 0);
     for first in (0..pixels).step_by(PIXELS) {
@@ -709,6 +738,7 @@ fn conv2d_quads_vnni(
             }
         }
     }
+    true
 }
 
 /// [`conv2d_quads_vnni`] sixteen output channels at a time in 512-bit registers, for layers
@@ -723,36 +753,33 @@ fn conv2d_quads16_vnni(
     packed: &PackedFilters,
     wide: &[WideBlock],
     output: &mut [i8],
-) {
+) -> bool {
     use core::arch::x86_64::*;
     let Packing::Quads { cin4, data } = &packed.weights else {
-        return;
+        return false;
     };
     let (cin4, k) = (*cin4, p.kernel);
-    let padded_width = p.input_width + 2 * p.padding;
-    let padded = padded_input(p, input, cin4, 0);
-    let row_quads = k * cin4 / 4;
-    let line_quads = padded_width * cin4 / 4;
+    let Some(quad_input) = QuadInput::new(p, input, cin4, 0) else {
+        return false;
+    };
+    let QuadInput {
+        padded_width,
+        row_quads,
+        line_quads,
+        ..
+    } = quad_input;
     let block_len = k * row_quads;
     let pixels = p.output_height * p.output_width;
     let out_len = p.output_channels;
-    // As in `conv2d_quads_vnni`: every quad read lies in `padded`.
-    let last_start =
-        ((p.output_height - 1) * p.stride * padded_width + (p.output_width - 1) * p.stride) * cin4
-            / 4;
-    if pixels == 0
-        || last_start + (k - 1) * line_quads + row_quads > padded.len()
-        || data.len() != 2 * wide.len() * block_len
-        || out_len != 16 * wide.len()
-    {
-        return;
+    if data.len() != 2 * wide.len() * block_len || out_len != 16 * wide.len() {
+        return false;
     }
     let clamp = (
         p.output_offset,
         i32::from(p.activation_min),
         i32::from(p.activation_max),
     );
-    let base = padded.as_ptr();
+    let base = quad_input.padded.as_ptr();
     let (mut oy, mut ox) = (0, 0);
     for first in (0..pixels).step_by(PIXELS) {
         let count = PIXELS.min(pixels - first);
@@ -834,6 +861,7 @@ fn conv2d_quads16_vnni(
             }
         }
     }
+    true
 }
 
 /// The AVX2 body of [`conv2d_packed`] (shapes checked by the caller): per output pixel the
@@ -846,10 +874,10 @@ fn conv2d_packed_avx2(
     packed: &PackedFilters,
     requant: PerChannelRequant<'_>,
     output: &mut [i8],
-) {
+) -> bool {
     use core::arch::x86_64::*;
     let Packing::Pairs { pairs, data } = &packed.weights else {
-        return;
+        return false;
     };
     let pairs_per_filter = *pairs;
     // Heap, sized to the layer (this is the host): zeroing a PATCH_MAX stack buffer per layer
@@ -901,6 +929,7 @@ fn conv2d_packed_avx2(
             }
         }
     }
+    true
 }
 
 /// The packing's prepared requantisation constants, when it has them and the output offset is
