@@ -32,8 +32,9 @@ enum Command {
     Screen {
         #[command(flatten)]
         bundle: BundleArgs,
-        /// Which model of the bundle runs: fp32 (tract), int8 (the int8 core; bundles exported
-        /// with the `mcu` target) or qdq (the QDQ ONNX twin on tract, for comparison).
+        /// Which model of the bundle runs: fp32 (the direct engine on x86-64 with AVX2/FMA for
+        /// the graphs it knows, tract otherwise), tract (fp32 on tract), int8 (the int8 core;
+        /// bundles exported with the `mcu` target) or qdq (the QDQ ONNX twin on tract).
         #[arg(long, default_value = "fp32")]
         engine: EngineKind,
         /// Images screened at once (default: the number of cores); output stays in input order.
@@ -97,7 +98,7 @@ enum Command {
     Watch {
         #[command(flatten)]
         bundle: BundleArgs,
-        /// Which model of the bundle screens: fp32, int8 or qdq.
+        /// Which model of the bundle screens: fp32, tract, int8 or qdq.
         #[arg(long, default_value = "fp32")]
         engine: EngineKind,
         /// The drop folder.
@@ -113,7 +114,7 @@ enum Command {
     Receive {
         #[command(flatten)]
         bundle: BundleArgs,
-        /// Which model of the bundle screens: fp32, int8 or qdq.
+        /// Which model of the bundle screens: fp32, tract, int8 or qdq.
         #[arg(long, default_value = "fp32")]
         engine: EngineKind,
         /// Folder where received instances are stored for screening.

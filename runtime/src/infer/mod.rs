@@ -12,8 +12,10 @@ use crate::preprocess::{preprocess, DicomFrames, PreprocessConfig};
 use crate::report::{OutputSpec, ScreeningResult, Timings};
 use crate::{decode, Error, Result};
 
+pub mod direct;
 pub mod int8;
 
+pub use direct::DirectClassifier;
 pub use int8::Int8Classifier;
 
 /// A runnable classifier built from a bundle's model.
@@ -104,9 +106,12 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineKind {
-    /// The fp32 ONNX model on tract.
+    /// The fp32 ONNX model on the direct engine where it runs fast (x86-64 with AVX2 and FMA,
+    /// a graph of the operators it knows), otherwise on tract.
     #[default]
     Fp32,
+    /// The fp32 ONNX model on tract, whatever the host.
+    Tract,
     /// The int8 blob on the shared int8 core.
     Int8,
     /// The int8 model's QDQ ONNX twin on tract (for comparison: tract runs QDQ in float).
@@ -118,10 +123,11 @@ impl std::str::FromStr for EngineKind {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "fp32" => Ok(EngineKind::Fp32),
+            "tract" => Ok(EngineKind::Tract),
             "int8" => Ok(EngineKind::Int8),
             "qdq" => Ok(EngineKind::Qdq),
             other => Err(format!(
-                "unknown engine {other:?}: expected fp32, int8 or qdq"
+                "unknown engine {other:?}: expected fp32, tract, int8 or qdq"
             )),
         }
     }
@@ -130,8 +136,12 @@ impl std::str::FromStr for EngineKind {
 /// A loaded model of either kind.
 #[derive(Debug, Clone)]
 pub enum Engine {
-    /// tract fp32.
+    /// The direct fp32 engine.
+    Direct(DirectClassifier),
+    /// tract fp32, chosen as `fp32` where the direct engine does not run.
     Fp32(Classifier),
+    /// tract fp32, asked for by name.
+    Tract(Classifier),
     /// The int8 core.
     Int8(Int8Classifier),
     /// tract on the QDQ ONNX model.
@@ -143,7 +153,25 @@ impl Engine {
     /// `mcu` target.
     pub fn load(bundle: &Bundle, kind: EngineKind) -> Result<Self> {
         match kind {
-            EngineKind::Fp32 => Ok(Engine::Fp32(Classifier::load(bundle)?)),
+            EngineKind::Fp32 => {
+                if direct::kernels::fast_path_available() {
+                    let p = &bundle.manifest.preprocess;
+                    let chw = [p.channels as usize, p.height as usize, p.width as usize];
+                    let classes = bundle.manifest.class_names.len();
+                    // A graph the direct engine does not know runs on tract, which also names
+                    // what is wrong with a model that neither can run.
+                    if let Ok(model) = DirectClassifier::from_onnx(
+                        &bundle.model_bytes,
+                        &bundle.model_path(),
+                        chw,
+                        classes,
+                    ) {
+                        return Ok(Engine::Direct(model));
+                    }
+                }
+                Ok(Engine::Fp32(Classifier::load(bundle)?))
+            }
+            EngineKind::Tract => Ok(Engine::Tract(Classifier::load(bundle)?)),
             EngineKind::Qdq => {
                 let (Some(entry), Some(bytes)) = (
                     bundle
@@ -187,7 +215,8 @@ impl Engine {
     /// Logits of one preprocessed `C×H×W` input.
     pub fn logits(&self, input: &[f32]) -> Result<Vec<f32>> {
         match self {
-            Engine::Fp32(c) | Engine::Qdq(c) => c.logits(input),
+            Engine::Direct(c) => c.logits(input),
+            Engine::Fp32(c) | Engine::Tract(c) | Engine::Qdq(c) => c.logits(input),
             Engine::Int8(c) => c.logits(input),
         }
     }
@@ -195,7 +224,8 @@ impl Engine {
     /// Which kind it is.
     pub fn kind(&self) -> EngineKind {
         match self {
-            Engine::Fp32(_) => EngineKind::Fp32,
+            Engine::Direct(_) | Engine::Fp32(_) => EngineKind::Fp32,
+            Engine::Tract(_) => EngineKind::Tract,
             Engine::Int8(_) => EngineKind::Int8,
             Engine::Qdq(_) => EngineKind::Qdq,
         }

@@ -1,0 +1,1049 @@
+//! The fp32 convolution kernel of the direct engine and its reference.
+//!
+//! Activations are NHWC with a zero border (`pad` pixels on every side) wide enough for every
+//! convolution that reads them, so the kernel never tests bounds: each output pixel's taps are
+//! fixed offsets from one pointer. The filters are packed once per model into blocks of
+//! [`PackedConv::block`] output channels, `[tap][input channel][channel in block]`, so a block's
+//! weights for one tap and input channel are one vector load.
+//!
+//! On x86-64 with AVX2 and FMA, a register tile of up to twelve output pixels × one block (eight
+//! or sixteen channels) accumulates `broadcast(input) × weight vector` with fused multiply-adds;
+//! bias, residual add and ReLU are applied as the tile is stored. [`conv_reference`] is the plain
+//! definition every kernel is tested against.
+
+/// Where a convolution reads and writes: sizes and the zero borders of its input, output and
+/// residual buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Input height, width, channels.
+    pub input: [usize; 3],
+    /// Zero border of the input buffer (≥ `pad`).
+    pub input_border: usize,
+    /// Output height, width, channels.
+    pub output: [usize; 3],
+    /// Zero border of the output buffer (left untouched: written once when the buffer is made).
+    pub output_border: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride (both directions).
+    pub stride: usize,
+    /// Zero padding of the convolution (both directions, both sides).
+    pub pad: usize,
+}
+
+impl ConvGeometry {
+    /// Floats in a buffer of `[h, w, c]` with a border of `border` pixels.
+    pub fn buffer_len([h, w, c]: [usize; 3], border: usize) -> usize {
+        (h + 2 * border) * (w + 2 * border) * c
+    }
+
+    /// Offset of pixel `(y, x)` (unpadded coordinates) in a bordered buffer.
+    fn offset([_, w, c]: [usize; 3], border: usize, y: usize, x: usize) -> usize {
+        ((y + border) * (w + 2 * border) + x + border) * c
+    }
+
+    /// Offset, in the input buffer, of output pixel `(y, x)`'s first tap (its top-left
+    /// neighbour, `pad` pixels up and left, which the border makes a real address).
+    fn input_offset(&self, y: usize, x: usize) -> usize {
+        let shift = self.input_border - self.pad;
+        let [_, w, c] = self.input;
+        ((y * self.stride + shift) * (w + 2 * self.input_border) + x * self.stride + shift) * c
+    }
+
+    /// Whether the sizes agree: output size from input, kernel, stride and pad; a border wide
+    /// enough for the padding.
+    pub fn is_consistent(&self) -> bool {
+        let [h, w, _] = self.input;
+        let out = |n: usize| {
+            (n + 2 * self.pad)
+                .checked_sub(self.kernel)
+                .map(|v| v / self.stride + 1)
+        };
+        self.kernel > 0
+            && self.stride > 0
+            && self.input_border >= self.pad
+            && out(h) == Some(self.output[0])
+            && out(w) == Some(self.output[1])
+            && self.input.iter().chain(&self.output).all(|&d| d > 0)
+    }
+}
+
+/// A convolution's filters and bias packed for the kernel, with the input offsets of its taps.
+#[derive(Debug, Clone)]
+pub struct PackedConv {
+    geometry: ConvGeometry,
+    /// One filter per channel: `weights` is `[tap][channel]`, `taps` the spatial offsets.
+    depthwise: bool,
+    /// Output channels per block: 16, 8, or (when the channels are not a multiple of 8) 1.
+    block: usize,
+    /// Per block: `[tap · input channel][channel in block]`.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    /// Offset of each (kernel row, kernel column, input channel) from a pixel's first tap.
+    taps: Vec<usize>,
+}
+
+impl PackedConv {
+    /// Packs an `O×I×K×K` filter and its bias for a consistent geometry of the same shape.
+    pub fn new(
+        geometry: ConvGeometry,
+        weight_oihw: &[f32],
+        bias: &[f32],
+    ) -> Result<Self, ConvError> {
+        let in_c = geometry.input[2];
+        let out_c = geometry.output[2];
+        let k = geometry.kernel;
+        if !geometry.is_consistent() {
+            return Err(ConvError::Geometry);
+        }
+        if weight_oihw.len() != out_c * in_c * k * k || bias.len() != out_c {
+            return Err(ConvError::WeightSize);
+        }
+        Ok(Self::with_blocks(
+            geometry,
+            weight_oihw,
+            bias,
+            block_sizes(),
+        ))
+    }
+
+    /// [`PackedConv::new`] with the first of `blocks` that divides the output channels (tests
+    /// pack for every kernel, whatever this CPU's fastest is).
+    fn with_blocks(
+        geometry: ConvGeometry,
+        weight_oihw: &[f32],
+        bias: &[f32],
+        blocks: &[usize],
+    ) -> Self {
+        let [_, in_w, in_c] = geometry.input;
+        let out_c = geometry.output[2];
+        let k = geometry.kernel;
+        let block = blocks
+            .iter()
+            .copied()
+            .find(|&b| out_c.is_multiple_of(b))
+            .unwrap_or(1);
+        let row = (in_w + 2 * geometry.input_border) * in_c;
+        let mut taps = Vec::with_capacity(k * k * in_c);
+        for ky in 0..k {
+            for kx in 0..k {
+                for ci in 0..in_c {
+                    taps.push(ky * row + kx * in_c + ci);
+                }
+            }
+        }
+        let mut weights = Vec::with_capacity(out_c * taps.len());
+        for first in (0..out_c).step_by(block) {
+            for ky in 0..k {
+                for kx in 0..k {
+                    for ci in 0..in_c {
+                        for co in first..first + block {
+                            weights.push(weight_oihw[((co * in_c + ci) * k + ky) * k + kx]);
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            geometry,
+            depthwise: false,
+            block,
+            weights,
+            bias: bias.to_vec(),
+            taps,
+        }
+    }
+
+    /// Packs a depthwise `C×1×K×K` filter (one per channel) and its bias.
+    pub fn depthwise(
+        geometry: ConvGeometry,
+        weight: &[f32],
+        bias: &[f32],
+    ) -> Result<Self, ConvError> {
+        let [_, in_w, c] = geometry.input;
+        let k = geometry.kernel;
+        if !geometry.is_consistent() || geometry.output[2] != c {
+            return Err(ConvError::Geometry);
+        }
+        if weight.len() != c * k * k || bias.len() != c {
+            return Err(ConvError::WeightSize);
+        }
+        let row = (in_w + 2 * geometry.input_border) * c;
+        let taps = (0..k * k).map(|t| (t / k) * row + (t % k) * c).collect();
+        let weights = (0..k * k)
+            .flat_map(|t| (0..c).map(move |ch| weight[ch * k * k + t]))
+            .collect();
+        Ok(Self {
+            geometry,
+            depthwise: true,
+            block: c,
+            weights,
+            bias: bias.to_vec(),
+            taps,
+        })
+    }
+
+    /// Whether it is a depthwise convolution.
+    pub fn is_depthwise(&self) -> bool {
+        self.depthwise
+    }
+
+    /// The geometry it was packed for.
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.geometry
+    }
+}
+
+/// A residual input added before the ReLU: a buffer of the output's size with its own border.
+#[derive(Debug, Clone, Copy)]
+pub struct Residual<'a> {
+    /// The bordered buffer.
+    pub data: &'a [f32],
+    /// Its border.
+    pub border: usize,
+}
+
+/// Why a convolution was not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvError {
+    /// A buffer's length does not match the geometry.
+    BufferSize,
+    /// The sizes, kernel, stride, padding and borders do not fit together.
+    Geometry,
+    /// The filter or bias does not have the geometry's number of values.
+    WeightSize,
+}
+
+fn check_buffers(
+    g: &ConvGeometry,
+    input: &[f32],
+    output: &[f32],
+    residual: Option<Residual<'_>>,
+) -> Result<(), ConvError> {
+    let ok = g.is_consistent()
+        && input.len() == ConvGeometry::buffer_len(g.input, g.input_border)
+        && output.len() == ConvGeometry::buffer_len(g.output, g.output_border)
+        && residual.is_none_or(|r| r.data.len() == ConvGeometry::buffer_len(g.output, r.border));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConvError::BufferSize)
+    }
+}
+
+/// `output = relu?(conv(input) + bias + residual?)` by definition: the oracle of the tests.
+/// Reads only the input's interior (padding is zero by definition, not by the border).
+/// `depthwise`: one filter per channel (ONNX `group` = channels, weights `C×1×K×K`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_reference(
+    g: &ConvGeometry,
+    depthwise: bool,
+    weight_oihw: &[f32],
+    bias: &[f32],
+    input: &[f32],
+    output: &mut [f32],
+    residual: Option<Residual<'_>>,
+    relu: bool,
+) -> Result<(), ConvError> {
+    check_buffers(g, input, output, residual)?;
+    let [in_h, in_w, in_c] = g.input;
+    let [out_h, out_w, out_c] = g.output;
+    let k = g.kernel;
+    for y in 0..out_h {
+        for x in 0..out_w {
+            for co in 0..out_c {
+                let mut sum = bias[co];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let (iy, ix) = (y * g.stride + ky, x * g.stride + kx);
+                        if iy < g.pad || ix < g.pad || iy - g.pad >= in_h || ix - g.pad >= in_w {
+                            continue;
+                        }
+                        let at =
+                            ConvGeometry::offset(g.input, g.input_border, iy - g.pad, ix - g.pad);
+                        if depthwise {
+                            sum += weight_oihw[(co * k + ky) * k + kx] * input[at + co];
+                            continue;
+                        }
+                        for ci in 0..in_c {
+                            sum +=
+                                weight_oihw[((co * in_c + ci) * k + ky) * k + kx] * input[at + ci];
+                        }
+                    }
+                }
+                if let Some(r) = residual {
+                    sum += r.data[ConvGeometry::offset(g.output, r.border, y, x) + co];
+                }
+                output[ConvGeometry::offset(g.output, g.output_border, y, x) + co] =
+                    if relu { sum.max(0.0) } else { sum };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Output channels per packed block, largest first: what the fastest kernel of this CPU takes.
+fn block_sizes() -> &'static [usize] {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return &[64, 32, 16, 8, 1];
+    }
+    &[16, 8, 1]
+}
+
+/// Whether this CPU runs the vector kernel (elsewhere the plain loops would be slower than
+/// tract, so the engine is not chosen by default).
+pub fn fast_path_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Runs a packed convolution with the fastest kernel this CPU has; the result equals
+/// [`conv_reference`] up to the order of the fp32 additions.
+pub fn conv(
+    packed: &PackedConv,
+    input: &[f32],
+    output: &mut [f32],
+    residual: Option<Residual<'_>>,
+    relu: bool,
+) -> Result<(), ConvError> {
+    check_buffers(&packed.geometry, input, output, residual)?;
+    if packed.depthwise {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            #[allow(unsafe_code)]
+            unsafe {
+                avx2::depthwise(packed, input, output, residual, relu)
+            };
+            return Ok(());
+        }
+        depthwise_packed(packed, input, output, residual, relu);
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() && packed.block >= 32 {
+        // SAFETY: the CPU has AVX-512F (checked above); the buffers' lengths match the
+        // geometry (checked above), which is all the kernel's pointer arithmetic assumes.
+        #[allow(unsafe_code)]
+        unsafe {
+            avx512::conv(packed, input, output, residual, relu)
+        };
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() && matches!(packed.block, 8 | 16) {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); the buffers' lengths match the
+        // geometry (checked above), which is all the kernel's pointer arithmetic assumes.
+        #[allow(unsafe_code)]
+        unsafe {
+            avx2::conv(packed, input, output, residual, relu)
+        };
+        return Ok(());
+    }
+    conv_packed_portable(packed, input, output, residual, relu);
+    Ok(())
+}
+
+/// A depthwise convolution with plain loops over the packed `[tap][channel]` weights.
+fn depthwise_packed(
+    p: &PackedConv,
+    input: &[f32],
+    output: &mut [f32],
+    residual: Option<Residual<'_>>,
+    relu: bool,
+) {
+    let g = &p.geometry;
+    let [out_h, out_w, c] = g.output;
+    let mut acc = vec![0.0_f32; c];
+    for y in 0..out_h {
+        for x in 0..out_w {
+            let src = &input[g.input_offset(y, x)..];
+            acc.copy_from_slice(&p.bias);
+            for (&tap, w) in p.taps.iter().zip(p.weights.chunks_exact(c)) {
+                for ((a, &wi), &v) in acc.iter_mut().zip(w).zip(&src[tap..tap + c]) {
+                    *a = v.mul_add(wi, *a);
+                }
+            }
+            if let Some(r) = residual {
+                let at = ConvGeometry::offset(g.output, r.border, y, x);
+                for (a, &v) in acc.iter_mut().zip(&r.data[at..at + c]) {
+                    *a += v;
+                }
+            }
+            let at = ConvGeometry::offset(g.output, g.output_border, y, x);
+            for (o, &a) in output[at..at + c].iter_mut().zip(&acc) {
+                *o = if relu { a.max(0.0) } else { a };
+            }
+        }
+    }
+}
+
+/// The packed layout run with plain loops: hosts without AVX2/FMA, and channel counts that are
+/// not a multiple of eight.
+fn conv_packed_portable(
+    p: &PackedConv,
+    input: &[f32],
+    output: &mut [f32],
+    residual: Option<Residual<'_>>,
+    relu: bool,
+) {
+    let g = &p.geometry;
+    let [out_h, out_w, out_c] = g.output;
+    let per_block = p.taps.len() * p.block;
+    let mut acc = vec![0.0_f32; p.block];
+    for y in 0..out_h {
+        for x in 0..out_w {
+            let src = &input[g.input_offset(y, x)..];
+            let dst = ConvGeometry::offset(g.output, g.output_border, y, x);
+            for (b, weights) in p.weights.chunks_exact(per_block).enumerate() {
+                let first = b * p.block;
+                acc.copy_from_slice(&p.bias[first..first + p.block]);
+                for (&tap, w) in p.taps.iter().zip(weights.chunks_exact(p.block)) {
+                    let v = src[tap];
+                    for (a, &wi) in acc.iter_mut().zip(w) {
+                        *a += v * wi;
+                    }
+                }
+                if let Some(r) = residual {
+                    let at = ConvGeometry::offset(g.output, r.border, y, x) + first;
+                    for (a, &v) in acc.iter_mut().zip(&r.data[at..at + p.block]) {
+                        *a += v;
+                    }
+                }
+                for (o, &a) in output[dst + first..dst + first + p.block]
+                    .iter_mut()
+                    .zip(&acc)
+                {
+                    *o = if relu { a.max(0.0) } else { a };
+                }
+            }
+            debug_assert_eq!(out_c % p.block, 0);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // The kernel: raw pointers into bordered buffers, AVX2 intrinsics.
+mod avx2 {
+    use core::arch::x86_64::*;
+
+    use super::{ConvGeometry, PackedConv, Residual};
+
+    /// Output pixels per register tile: eight accumulators for 8-channel blocks, four pixels ×
+    /// two registers for 16-channel blocks. Larger tiles (twelve and six, or twelve with
+    /// AVX-512's 32 registers) measured no faster or slower: the kernel is bound by the loads
+    /// of its broadcasts, not by the FMA latency more accumulators would hide.
+    const PIXELS_8: usize = 8;
+    const PIXELS_16: usize = 4;
+
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+
+    /// `(row, column)` of the `P` output pixels from raster index `first`. (Stepping from one
+    /// division instead of dividing per pixel measured no faster.)
+    #[inline(always)]
+    fn tile_coords<const P: usize>(first: usize, out_w: usize) -> [(usize, usize); P] {
+        let mut coords = [(0, 0); P];
+        for (p, c) in coords.iter_mut().enumerate() {
+            *c = ((first + p) / out_w, (first + p) % out_w);
+        }
+        coords
+    }
+
+    /// Output pixels per depthwise tile: eight independent FMA chains hide the FMA latency.
+    const DEPTHWISE_PIXELS: usize = 8;
+
+    /// A depthwise convolution: per group of eight channels, tiles of up to eight output pixels
+    /// (raster order, crossing rows) accumulate one tap at a time, the tap's weight vector loaded
+    /// once per tile. Channel counts that are not a multiple of eight run the plain loops.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; buffer lengths match `packed`'s geometry.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn depthwise(
+        packed: &PackedConv,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<Residual<'_>>,
+        relu: bool,
+    ) {
+        let g = &packed.geometry;
+        let [out_h, out_w, c] = g.output;
+        if !c.is_multiple_of(8) {
+            return super::depthwise_packed(packed, input, output, residual, relu);
+        }
+        let pixels = out_h * out_w;
+        for channel in (0..c).step_by(8) {
+            let block = Block {
+                g,
+                input: input.as_ptr(),
+                taps: &packed.taps,
+                weights: packed.weights[channel..].as_ptr(),
+                bias: packed.bias[channel..].as_ptr(),
+                output: output.as_mut_ptr(),
+                residual: residual.map(|r| (r.data.as_ptr(), r.border)),
+                channel,
+                relu,
+            };
+            let mut first = 0;
+            while first < pixels {
+                let n = DEPTHWISE_PIXELS.min(pixels - first);
+                macro_rules! arms {
+                    ($($n:literal)*) => {
+                        match n {
+                            // SAFETY: the caller's contract; pixels `first..first + n` exist.
+                            $($n => unsafe { depthwise_tile::<$n>(&block, first) },)*
+                            _ => unreachable!("tile of {n} pixels"),
+                        }
+                    };
+                }
+                arms!(1 2 3 4 5 6 7 8);
+                first += n;
+            }
+        }
+    }
+
+    /// `P` output pixels × the eight channels from `b.channel` of a depthwise convolution.
+    ///
+    /// # Safety
+    /// As [`depthwise`]; pixels `first..first + P` exist; `b.weights` points at the block's
+    /// first channel of a `[tap][channel]` array.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn depthwise_tile<const P: usize>(b: &Block<'_>, first: usize) {
+        let g = b.g;
+        let [_, out_w, c] = g.output;
+        let coords = tile_coords::<P>(first, out_w);
+        let mut src = [b.input; P];
+        for p in 0..P {
+            // SAFETY: an existing output pixel's first tap is inside the bordered input; its
+            // channel `b.channel` is too.
+            src[p] = unsafe {
+                b.input
+                    .add(g.input_offset(coords[p].0, coords[p].1) + b.channel)
+            };
+        }
+        // SAFETY: the bias has `c` values; `b.channel + 8 ≤ c`.
+        let mut acc = [unsafe { _mm256_loadu_ps(b.bias) }; P];
+        for (t, &tap) in b.taps.iter().enumerate() {
+            // SAFETY: tap `t`'s weights start at `t · c` (+ the block's channel, in `b.weights`).
+            let w = unsafe { _mm256_loadu_ps(b.weights.add(t * c)) };
+            for p in 0..P {
+                // SAFETY: a tap of an existing output pixel, eight channels within the pixel.
+                let x = unsafe { _mm256_loadu_ps(src[p].add(tap)) };
+                acc[p] = _mm256_fmadd_ps(x, w, acc[p]);
+            }
+        }
+        let zero = _mm256_setzero_ps();
+        for (&(y, x), &sum) in coords.iter().zip(&acc) {
+            let mut v = sum;
+            if let Some((res, border)) = b.residual {
+                let ra = ConvGeometry::offset(g.output, border, y, x) + b.channel;
+                // SAFETY: the residual buffer has the output's size with its own border.
+                v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(res.add(ra)) });
+            }
+            if b.relu {
+                v = _mm256_max_ps(v, zero);
+            }
+            let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+            // SAFETY: pixel `(y, x)`'s channels `channel..channel + 8` are in the output buffer.
+            unsafe { _mm256_storeu_ps(b.output.add(at), v) };
+        }
+    }
+
+    /// Everything the tile kernel needs about one block of output channels.
+    struct Block<'a> {
+        g: &'a ConvGeometry,
+        input: *const f32,
+        taps: &'a [usize],
+        weights: *const f32,
+        bias: *const f32,
+        output: *mut f32,
+        residual: Option<(*const f32, usize)>,
+        /// First output channel of the block.
+        channel: usize,
+        relu: bool,
+    }
+
+    /// # Safety
+    /// AVX2 and FMA available; buffer lengths match `packed`'s geometry; `packed.block` is 8 or
+    /// 16.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn conv(
+        packed: &PackedConv,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<Residual<'_>>,
+        relu: bool,
+    ) {
+        let g = &packed.geometry;
+        let [out_h, out_w, _] = g.output;
+        let pixels = out_h * out_w;
+        let per_block = packed.taps.len() * packed.block;
+        for (b, weights) in packed.weights.chunks_exact(per_block).enumerate() {
+            let channel = b * packed.block;
+            let block = Block {
+                g,
+                input: input.as_ptr(),
+                taps: &packed.taps,
+                weights: weights.as_ptr(),
+                bias: packed.bias[channel..].as_ptr(),
+                output: output.as_mut_ptr(),
+                residual: residual.map(|r| (r.data.as_ptr(), r.border)),
+                channel,
+                relu,
+            };
+            let tile = if packed.block == 16 {
+                PIXELS_16
+            } else {
+                PIXELS_8
+            };
+            let mut first = 0;
+            while first < pixels {
+                let n = tile.min(pixels - first);
+                // SAFETY: the caller's contract; `first + n ≤ pixels`.
+                unsafe { dispatch(&block, packed.block, first, n) };
+                first += n;
+            }
+        }
+    }
+
+    /// Calls the tile kernel monomorphised for `block / 8` registers and `n` pixels.
+    ///
+    /// # Safety
+    /// As [`conv`]; `n` ≤ the tile size of the block.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dispatch(block: &Block<'_>, channels: usize, first: usize, n: usize) {
+        macro_rules! arms {
+            ($regs:literal; $($n:literal)*) => {
+                match n {
+                    // SAFETY: forwarded contract.
+                    $($n => unsafe { tile::<$regs, $n>(block, first) },)*
+                    _ => unreachable!("tile of {n} pixels"),
+                }
+            };
+        }
+        if channels == 16 {
+            arms!(2; 1 2 3 4)
+        } else {
+            arms!(1; 1 2 3 4 5 6 7 8)
+        }
+    }
+
+    /// `P` output pixels (raster order from `first`, crossing rows freely) × `R` registers of
+    /// eight channels.
+    ///
+    /// # Safety
+    /// As [`conv`]; pixels `first..first + P` exist.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const R: usize, const P: usize>(b: &Block<'_>, first: usize) {
+        let g = b.g;
+        let [_, out_w, out_c] = g.output;
+        let coords = tile_coords::<P>(first, out_w);
+        let mut src = [b.input; P];
+        for p in 0..P {
+            // SAFETY: `input_offset` of an existing output pixel is inside the input buffer
+            // (its border covers the padding), as is every tap offset from it.
+            src[p] = unsafe { b.input.add(g.input_offset(coords[p].0, coords[p].1)) };
+        }
+        let mut acc = [[_mm256_setzero_ps(); R]; P];
+        for r in 0..R {
+            // SAFETY: the bias has `out_c` values and the block's channels are within them.
+            let bias = unsafe { _mm256_loadu_ps(b.bias.add(8 * r)) };
+            for a in acc.iter_mut() {
+                a[r] = bias;
+            }
+        }
+        let mut w = b.weights;
+        for &tap in b.taps {
+            let mut wv = [_mm256_setzero_ps(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                // SAFETY: the block's weights are `taps.len() × 8R` floats; `w` advances 8R per tap.
+                *v = unsafe { _mm256_loadu_ps(w.add(8 * r)) };
+            }
+            // SAFETY: as above (one past the end at most after the last tap).
+            w = unsafe { w.add(8 * R) };
+            for p in 0..P {
+                // SAFETY: a tap of an existing output pixel (see `src`).
+                let x = unsafe { _mm256_broadcast_ss(&*src[p].add(tap)) };
+                for r in 0..R {
+                    acc[p][r] = _mm256_fmadd_ps(x, wv[r], acc[p][r]);
+                }
+            }
+        }
+        let zero = _mm256_setzero_ps();
+        for (&(y, x), pixel) in coords.iter().zip(&acc) {
+            let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+            for (r, &sum) in pixel.iter().enumerate() {
+                let mut v = sum;
+                if let Some((res, border)) = b.residual {
+                    let ra = ConvGeometry::offset(g.output, border, y, x) + b.channel;
+                    // SAFETY: the residual buffer has the output's size with its own border.
+                    v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(res.add(ra + 8 * r)) });
+                }
+                if b.relu {
+                    v = _mm256_max_ps(v, zero);
+                }
+                // SAFETY: pixel `(y, x)`'s channels `channel..channel + 8R` are within the
+                // output buffer (`channel + 8R ≤ out_c`).
+                unsafe { _mm256_storeu_ps(b.output.add(at + 8 * r), v) };
+            }
+        }
+        debug_assert!(b.channel + 8 * R <= out_c);
+    }
+}
+
+/// The same register tile with 512-bit registers, for blocks of 32 or 64 channels: the 32
+/// registers hold up to 24 accumulators, so each broadcast input feeds two or four FMAs of
+/// sixteen lanes. Measured against the AVX2 tile (docs/benchmarks.md): 64- and 128-channel
+/// layers ~10 % faster, 32-channel layers ~4 %; 16-channel blocks were slower as one 512-bit
+/// register × twelve pixels than as two 256-bit registers × four, so they stay on AVX2.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // The kernel: raw pointers into bordered buffers, AVX-512 intrinsics.
+mod avx512 {
+    use core::arch::x86_64::*;
+
+    use super::{ConvGeometry, PackedConv, Residual};
+
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+    }
+
+    struct Block<'a> {
+        g: &'a ConvGeometry,
+        input: *const f32,
+        taps: &'a [usize],
+        weights: *const f32,
+        bias: *const f32,
+        output: *mut f32,
+        residual: Option<(*const f32, usize)>,
+        channel: usize,
+        relu: bool,
+    }
+
+    /// Pixels per tile for `registers` registers of sixteen channels: 16 or 24 accumulators.
+    fn tile_pixels(registers: usize) -> usize {
+        if registers == 2 {
+            8
+        } else {
+            6
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F available; buffer lengths match `packed`'s geometry; `packed.block` is 32 or
+    /// 64.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn conv(
+        packed: &PackedConv,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<Residual<'_>>,
+        relu: bool,
+    ) {
+        let g = &packed.geometry;
+        let [out_h, out_w, _] = g.output;
+        let pixels = out_h * out_w;
+        let per_block = packed.taps.len() * packed.block;
+        let registers = packed.block / 16;
+        let tile_size = tile_pixels(registers);
+        for (b, weights) in packed.weights.chunks_exact(per_block).enumerate() {
+            let channel = b * packed.block;
+            let block = Block {
+                g,
+                input: input.as_ptr(),
+                taps: &packed.taps,
+                weights: weights.as_ptr(),
+                bias: packed.bias[channel..].as_ptr(),
+                output: output.as_mut_ptr(),
+                residual: residual.map(|r| (r.data.as_ptr(), r.border)),
+                channel,
+                relu,
+            };
+            let mut first = 0;
+            while first < pixels {
+                let n = tile_size.min(pixels - first);
+                macro_rules! arms {
+                    ($regs:literal; $($n:literal)*) => {
+                        match n {
+                            // SAFETY: the caller's contract; pixels `first..first + n` exist.
+                            $($n => unsafe { tile::<$regs, $n>(&block, first) },)*
+                            _ => unreachable!("tile of {n} pixels"),
+                        }
+                    };
+                }
+                if registers == 2 {
+                    arms!(2; 1 2 3 4 5 6 7 8)
+                } else {
+                    arms!(4; 1 2 3 4 5 6)
+                }
+                first += n;
+            }
+        }
+    }
+
+    /// `P` output pixels × `R` registers of sixteen channels.
+    ///
+    /// # Safety
+    /// As [`conv`]; pixels `first..first + P` exist; `16R` is the packed block.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize, const P: usize>(b: &Block<'_>, first: usize) {
+        let g = b.g;
+        let out_w = g.output[1];
+        let mut coords = [(0_usize, 0_usize); P];
+        for (p, c) in coords.iter_mut().enumerate() {
+            *c = ((first + p) / out_w, (first + p) % out_w);
+        }
+        let mut src = [b.input; P];
+        for p in 0..P {
+            // SAFETY: `input_offset` of an existing output pixel is inside the input buffer
+            // (its border covers the padding), as is every tap offset from it.
+            src[p] = unsafe { b.input.add(g.input_offset(coords[p].0, coords[p].1)) };
+        }
+        let mut acc = [[_mm512_setzero_ps(); R]; P];
+        for r in 0..R {
+            // SAFETY: the bias has `out_c` values and the block's channels are within them.
+            let bias = unsafe { _mm512_loadu_ps(b.bias.add(16 * r)) };
+            for a in acc.iter_mut() {
+                a[r] = bias;
+            }
+        }
+        let mut w = b.weights;
+        for &tap in b.taps {
+            let mut wv = [_mm512_setzero_ps(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                // SAFETY: the block's weights are `taps.len() × 16R` floats; `w` advances 16R
+                // per tap.
+                *v = unsafe { _mm512_loadu_ps(w.add(16 * r)) };
+            }
+            // SAFETY: as above (one past the end at most after the last tap).
+            w = unsafe { w.add(16 * R) };
+            for p in 0..P {
+                // SAFETY: a tap of an existing output pixel (see `src`).
+                let x = _mm512_set1_ps(unsafe { *src[p].add(tap) });
+                for r in 0..R {
+                    acc[p][r] = _mm512_fmadd_ps(x, wv[r], acc[p][r]);
+                }
+            }
+        }
+        let zero = _mm512_setzero_ps();
+        for (&(y, x), pixel) in coords.iter().zip(&acc) {
+            let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+            for (r, &sum) in pixel.iter().enumerate() {
+                let mut v = sum;
+                if let Some((res, border)) = b.residual {
+                    let ra = ConvGeometry::offset(g.output, border, y, x) + b.channel;
+                    // SAFETY: the residual buffer has the output's size with its own border.
+                    v = _mm512_add_ps(v, unsafe { _mm512_loadu_ps(res.add(ra + 16 * r)) });
+                }
+                if b.relu {
+                    v = _mm512_max_ps(v, zero);
+                }
+                // SAFETY: pixel `(y, x)`'s channels `channel..channel + 16R` are within the
+                // output buffer.
+                unsafe { _mm512_storeu_ps(b.output.add(at + 16 * r), v) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as f32 / (1 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// A bordered buffer whose interior is random and border zero.
+    pub(crate) fn bordered(shape: [usize; 3], border: usize, seed: u32) -> Vec<f32> {
+        let mut buf = vec![0.0; ConvGeometry::buffer_len(shape, border)];
+        let v = values(shape.iter().product(), seed);
+        let [h, w, c] = shape;
+        for y in 0..h {
+            for x in 0..w {
+                let at = ConvGeometry::offset(shape, border, y, x);
+                buf[at..at + c].copy_from_slice(&v[(y * w + x) * c..][..c]);
+            }
+        }
+        buf
+    }
+
+    #[test]
+    fn packed_kernels_equal_the_reference_on_every_tile_shape() {
+        // Channel counts reach the 16-, 8- and 1-channel blocks, sizes every tile remainder.
+        let cases = [
+            (3, 8, 3, 1, 1, 9, 9),
+            (8, 8, 3, 1, 1, 28, 5),
+            (8, 16, 3, 2, 1, 11, 13),
+            (8, 16, 1, 2, 0, 14, 14),
+            (16, 32, 3, 1, 1, 7, 7),
+            (32, 64, 3, 2, 1, 7, 7),
+            (64, 64, 3, 1, 1, 4, 4),
+            (5, 3, 3, 1, 1, 6, 5),
+            (4, 24, 5, 1, 2, 3, 8),
+        ];
+        for (i, &(cin, cout, k, stride, pad, h, w)) in cases.iter().enumerate() {
+            for (relu, with_residual, extra_border) in
+                [(false, false, 0), (true, true, 1), (true, false, 2)]
+            {
+                let oh = (h + 2 * pad - k) / stride + 1;
+                let ow = (w + 2 * pad - k) / stride + 1;
+                let g = ConvGeometry {
+                    input: [h, w, cin],
+                    input_border: pad + extra_border,
+                    output: [oh, ow, cout],
+                    output_border: extra_border,
+                    kernel: k,
+                    stride,
+                    pad,
+                };
+                assert!(g.is_consistent(), "case {i}");
+                let weight = values(cout * cin * k * k, 7 + i as u32);
+                let bias = values(cout, 11 + i as u32);
+                let input = bordered(g.input, g.input_border, 13 + i as u32);
+                let res_buf = bordered(g.output, 1, 17 + i as u32);
+                let residual = with_residual.then_some(Residual {
+                    data: &res_buf,
+                    border: 1,
+                });
+                let len = ConvGeometry::buffer_len(g.output, g.output_border);
+                let (mut want, mut got) = (vec![0.0; len], vec![0.0; len]);
+                conv_reference(&g, false, &weight, &bias, &input, &mut want, residual, relu)
+                    .unwrap();
+                let packed = PackedConv::new(g, &weight, &bias).unwrap();
+                conv(&packed, &input, &mut got, residual, relu).unwrap();
+                let mut results = vec![("fastest", got)];
+                // Every packing through the portable loops, and through the AVX2 kernel when
+                // this CPU has it (here the AVX-512 one may take the wide blocks).
+                for blocks in [&[64, 32, 16, 8, 1][..], &[16, 8, 1], &[8, 1], &[1]] {
+                    let packed = PackedConv::with_blocks(g, &weight, &bias, blocks);
+                    let mut out = vec![0.0; len];
+                    conv_packed_portable(&packed, &input, &mut out, residual, relu);
+                    results.push(("portable", out));
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2::available() && matches!(packed.block, 8 | 16) {
+                        let mut out = vec![0.0; len];
+                        // SAFETY: AVX2/FMA present, buffer sizes as the geometry, block 8/16.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            avx2::conv(&packed, &input, &mut out, residual, relu)
+                        };
+                        results.push(("avx2", out));
+                    }
+                }
+                let tol = 1e-5 * (cin * k * k) as f32;
+                for (kernel, got) in &results {
+                    for (j, (a, b)) in want.iter().zip(got).enumerate() {
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "case {i} {kernel} relu {relu} residual {with_residual}: [{j}] {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_kernels_equal_the_reference() {
+        for (i, &(c, k, stride, pad, h, w)) in [
+            (16, 3, 1, 1, 9, 7),
+            (16, 3, 2, 1, 9, 7),
+            (8, 5, 1, 2, 6, 6),
+            (12, 3, 1, 0, 5, 4),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for (relu, with_residual) in [(false, false), (true, true)] {
+                let g = ConvGeometry {
+                    input: [h, w, c],
+                    input_border: pad + 1,
+                    output: [
+                        (h + 2 * pad - k) / stride + 1,
+                        (w + 2 * pad - k) / stride + 1,
+                        c,
+                    ],
+                    output_border: 1,
+                    kernel: k,
+                    stride,
+                    pad,
+                };
+                let weight = values(c * k * k, 3 + i as u32);
+                let bias = values(c, 5 + i as u32);
+                let input = bordered(g.input, g.input_border, 7 + i as u32);
+                let res_buf = bordered(g.output, 0, 9 + i as u32);
+                let residual = with_residual.then_some(Residual {
+                    data: &res_buf,
+                    border: 0,
+                });
+                let len = ConvGeometry::buffer_len(g.output, g.output_border);
+                let (mut want, mut got) = (vec![0.0; len], vec![0.0; len]);
+                conv_reference(&g, true, &weight, &bias, &input, &mut want, residual, relu)
+                    .unwrap();
+                let packed = PackedConv::depthwise(g, &weight, &bias).unwrap();
+                conv(&packed, &input, &mut got, residual, relu).unwrap();
+                for (j, (a, b)) in want.iter().zip(&got).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (k * k) as f32,
+                        "case {i}: [{j}] {a} vs {b}"
+                    );
+                }
+            }
+        }
+        let g = ConvGeometry {
+            input: [4, 4, 8],
+            input_border: 1,
+            output: [4, 4, 8],
+            output_border: 0,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        assert_eq!(
+            PackedConv::depthwise(g, &[0.0; 8 * 8 * 9], &[0.0; 8]).unwrap_err(),
+            ConvError::WeightSize
+        );
+    }
+
+    #[test]
+    fn wrong_buffer_sizes_are_refused_not_read() {
+        let g = ConvGeometry {
+            input: [4, 4, 8],
+            input_border: 1,
+            output: [4, 4, 8],
+            output_border: 0,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let packed = PackedConv::new(g, &[0.0; 8 * 8 * 9], &[0.0; 8]).unwrap();
+        let mut out = vec![0.0; 4 * 4 * 8];
+        assert_eq!(
+            conv(&packed, &[0.0; 10], &mut out, None, false),
+            Err(ConvError::BufferSize)
+        );
+        let bad = ConvGeometry {
+            input_border: 0,
+            ..g
+        };
+        assert!(!bad.is_consistent(), "a border narrower than the padding");
+    }
+}

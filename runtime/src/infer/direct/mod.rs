@@ -1,0 +1,1224 @@
+//! The direct fp32 engine: the bundle's ONNX classifier run with our own NHWC convolution
+//! kernels instead of tract's im2col + matrix multiply.
+//!
+//! Why beside tract: on the small ResNets scanside ships (8–64 channels), tract 0.23 spends a
+//! quarter of its time packing im2col patches and runs its f32 matrix tiles half empty on the
+//! 8-channel layers (profile in docs/benchmarks.md); no setting of tract's changes that. A
+//! direct convolution with a register tile of pixels × channels needs no patches at all.
+//!
+//! It runs the operators the trainer exports — `Conv` (standard or depthwise, square kernel,
+//! symmetric pads, no dilation), `Relu`, `Add` (same shapes), `MaxPool`, `GlobalAveragePool`, `Flatten` and
+//! `Gemm` — and refuses any other graph with [`Unsupported`], so the caller can run it on tract
+//! instead. A convolution followed by the residual `Add` and `Relu` that only it feeds runs as
+//! one step (bias, residual and ReLU applied as its tile is stored).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use tract_onnx::pb;
+
+use crate::{Error, Result};
+
+pub mod kernels;
+pub mod winograd;
+
+use kernels::{ConvGeometry, PackedConv, Residual};
+use winograd::WinogradConv;
+
+/// Why a model cannot run on the direct engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(String);
+
+fn unsupported<T>(reason: impl Into<String>) -> std::result::Result<T, Unsupported> {
+    Err(Unsupported(reason.into()))
+}
+
+/// One planned operation; tensors are indices into the arena.
+#[derive(Debug)]
+enum Step {
+    Conv {
+        /// Index into [`Plan::convs`].
+        conv: usize,
+        input: usize,
+        output: usize,
+        residual: Option<usize>,
+        relu: bool,
+    },
+    Add {
+        a: usize,
+        b: usize,
+        output: usize,
+        relu: bool,
+    },
+    Relu {
+        input: usize,
+        output: usize,
+    },
+    MaxPool {
+        input: usize,
+        output: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    },
+    GlobalAvgPool {
+        input: usize,
+        output: usize,
+    },
+    Gemm {
+        input: usize,
+        output: usize,
+        /// `out × in`, row-major.
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    },
+}
+
+/// An activation: NHWC `[h, w, c]` with a zero border for the convolutions that read it.
+#[derive(Debug, Clone, Copy)]
+struct Buffer {
+    shape: [usize; 3],
+    border: usize,
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        ConvGeometry::buffer_len(self.shape, self.border)
+    }
+
+    /// Offset of pixel `(y, x)`.
+    fn at(&self, y: usize, x: usize) -> usize {
+        let [_, w, c] = self.shape;
+        ((y + self.border) * (w + 2 * self.border) + x + self.border) * c
+    }
+}
+
+#[derive(Debug)]
+struct Plan {
+    steps: Vec<Step>,
+    convs: Vec<ConvKernel>,
+    /// Floats of scratch the Winograd convolutions need (the largest of them).
+    scratch_len: usize,
+    buffers: Vec<Buffer>,
+    output: usize,
+    chw: [usize; 3],
+}
+
+/// An activation buffer whose first value sits on a 64-byte boundary, so that vector loads at
+/// a pixel's channel offsets do not straddle cache lines (measured: the depthwise kernel on
+/// 16 channels ran 1.2× slower when its buffers were not 32-byte aligned).
+#[derive(Debug, Default)]
+struct Activation {
+    storage: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl Activation {
+    fn zeros(len: usize) -> Self {
+        let storage = vec![0.0; len + 16];
+        // `align_offset` may decline (usize::MAX); then the buffer is just unaligned.
+        let start = storage.as_ptr().align_offset(64).min(16);
+        Self {
+            storage,
+            start,
+            len,
+        }
+    }
+
+    fn floats(&self) -> &[f32] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    fn floats_mut(&mut self) -> &mut [f32] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
+type Arena = Vec<Activation>;
+
+/// One activation per buffer, then the scratch.
+fn new_arena(plan: &Plan) -> Arena {
+    plan.buffers
+        .iter()
+        .map(|b| b.len())
+        .chain(std::iter::once(plan.scratch_len))
+        .map(Activation::zeros)
+        .collect()
+}
+
+/// How a convolution runs.
+#[derive(Debug)]
+enum ConvKernel {
+    /// The direct kernels (standard or depthwise).
+    Direct(PackedConv),
+    /// Winograd F(2×2, 3×3).
+    Winograd(WinogradConv),
+}
+
+impl ConvKernel {
+    fn geometry(&self) -> &ConvGeometry {
+        match self {
+            ConvKernel::Direct(p) => p.geometry(),
+            ConvKernel::Winograd(w) => w.geometry(),
+        }
+    }
+
+    /// `depthwise `, `winograd ` or nothing: for the profile's step names.
+    fn label(&self) -> &'static str {
+        match self {
+            ConvKernel::Direct(p) if p.is_depthwise() => "depthwise ",
+            ConvKernel::Direct(_) => "",
+            ConvKernel::Winograd(_) => "winograd ",
+        }
+    }
+}
+
+/// A model planned for the direct engine; clones share the plan and a pool of activation
+/// arenas (one per concurrent inference, reused: their zero borders are never written).
+#[derive(Debug, Clone)]
+pub struct DirectClassifier {
+    plan: Arc<Plan>,
+    arenas: Arc<Mutex<Vec<Arena>>>,
+    path: PathBuf,
+}
+
+/// A convolution as read from the graph, packed once every reader's border is known.
+struct PendingConv {
+    input: usize,
+    output: usize,
+    depthwise: bool,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl DirectClassifier {
+    /// Plans an ONNX model (bytes already verified) for a `C×H×W` input and `classes` outputs;
+    /// `path` names it in later errors. [`Unsupported`] names the first thing it cannot run.
+    pub fn from_onnx(
+        bytes: &[u8],
+        path: &Path,
+        chw: [usize; 3],
+        classes: usize,
+    ) -> std::result::Result<Self, Unsupported> {
+        let model = pb::ModelProto::decode(bytes)
+            .map_err(|e| Unsupported(format!("not an ONNX protobuf: {e}")))?;
+        let plan = plan(&model, chw, classes)?;
+        Ok(Self {
+            plan: Arc::new(plan),
+            arenas: Arc::new(Mutex::new(Vec::new())),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Runs one preprocessed `C×H×W` input and returns the logits.
+    pub fn logits(&self, chw: &[f32]) -> Result<Vec<f32>> {
+        let plan = &*self.plan;
+        let [c, h, w] = plan.chw;
+        if chw.len() != c * h * w {
+            return Err(self.error(format!(
+                "input has {} values, {} expected",
+                chw.len(),
+                c * h * w
+            )));
+        }
+        let mut arena = self
+            .arenas
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_else(|| new_arena(plan));
+        let result = self.run(&mut arena, chw);
+        if let Ok(mut pool) = self.arenas.lock() {
+            pool.push(arena);
+        }
+        result
+    }
+
+    /// Mean time of each step over `runs` inferences of `chw` (after one warm-up), with a
+    /// description of the step: where the time goes, for docs/benchmarks.md.
+    pub fn profile(&self, chw: &[f32], runs: usize) -> Result<Vec<(String, std::time::Duration)>> {
+        self.logits(chw)?;
+        let plan = &*self.plan;
+        let mut arena = new_arena(plan);
+        let mut totals = vec![std::time::Duration::ZERO; plan.steps.len()];
+        for _ in 0..runs {
+            self.run_timed(&mut arena, chw, &mut totals)?;
+        }
+        Ok(plan
+            .steps
+            .iter()
+            .zip(totals)
+            .map(|(step, t)| (describe(step, plan), t / runs.max(1) as u32))
+            .collect())
+    }
+
+    fn run(&self, arena: &mut Arena, chw: &[f32]) -> Result<Vec<f32>> {
+        self.run_timed(arena, chw, &mut [])
+    }
+
+    /// Runs the plan; adds each step's time to `totals` when it has one entry per step.
+    fn run_timed(
+        &self,
+        arena: &mut Arena,
+        chw: &[f32],
+        totals: &mut [std::time::Duration],
+    ) -> Result<Vec<f32>> {
+        let plan = &*self.plan;
+        // The input, planar CHW, into the bordered NHWC buffer 0.
+        let input = plan.buffers[0];
+        let [h, w, c] = input.shape;
+        let input_values = arena[0].floats_mut();
+        for (ch, plane) in chw.chunks_exact(h * w).enumerate() {
+            for y in 0..h {
+                let row = input.at(y, 0) + ch;
+                for (x, &v) in plane[y * w..(y + 1) * w].iter().enumerate() {
+                    input_values[row + x * c] = v;
+                }
+            }
+        }
+        for (i, step) in plan.steps.iter().enumerate() {
+            let started = (!totals.is_empty()).then(std::time::Instant::now);
+            let output = step_output(step);
+            let mut out = std::mem::take(&mut arena[output]);
+            let mut scratch = std::mem::take(&mut arena[plan.buffers.len()]);
+            let result = run_step(step, plan, arena, out.floats_mut(), scratch.floats_mut());
+            arena[output] = out;
+            arena[plan.buffers.len()] = scratch;
+            result.map_err(|reason| self.error(reason))?;
+            if let (Some(t0), Some(total)) = (started, totals.get_mut(i)) {
+                *total += t0.elapsed();
+            }
+        }
+        Ok(arena[plan.output].floats().to_vec())
+    }
+
+    fn error(&self, reason: String) -> Error {
+        Error::Model {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+}
+
+/// One line about a step: operator, shapes, fusions.
+fn describe(step: &Step, plan: &Plan) -> String {
+    let shape = |b: usize| {
+        let [h, w, c] = plan.buffers[b].shape;
+        format!("{h}×{w}×{c}")
+    };
+    match step {
+        Step::Conv {
+            conv,
+            input,
+            output,
+            residual,
+            relu,
+        } => {
+            let g = plan.convs[*conv].geometry();
+            format!(
+                "{}conv {k}×{k}/{s} {} → {}{}{}",
+                plan.convs[*conv].label(),
+                shape(*input),
+                shape(*output),
+                if residual.is_some() {
+                    " + residual"
+                } else {
+                    ""
+                },
+                if *relu { " + relu" } else { "" },
+                k = g.kernel,
+                s = g.stride,
+            )
+        }
+        Step::Add { output, .. } => format!("add {}", shape(*output)),
+        Step::Relu { output, .. } => format!("relu {}", shape(*output)),
+        Step::MaxPool { output, .. } => format!("max pool → {}", shape(*output)),
+        Step::GlobalAvgPool { input, .. } => format!("global average pool {}", shape(*input)),
+        Step::Gemm { output, .. } => format!("fully connected → {}", shape(*output)),
+    }
+}
+
+fn step_output(step: &Step) -> usize {
+    match step {
+        Step::Conv { output, .. }
+        | Step::Add { output, .. }
+        | Step::Relu { output, .. }
+        | Step::MaxPool { output, .. }
+        | Step::GlobalAvgPool { output, .. }
+        | Step::Gemm { output, .. } => *output,
+    }
+}
+
+/// Runs one step into `out` (taken out of the arena, so inputs stay borrowable).
+fn run_step(
+    step: &Step,
+    plan: &Plan,
+    arena: &Arena,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> std::result::Result<(), String> {
+    let buffers = &plan.buffers;
+    match step {
+        Step::Conv {
+            conv,
+            input,
+            residual,
+            relu,
+            ..
+        } => {
+            let residual = residual.map(|r| Residual {
+                data: arena[r].floats(),
+                border: buffers[r].border,
+            });
+            let input = arena[*input].floats();
+            match &plan.convs[*conv] {
+                ConvKernel::Direct(packed) => kernels::conv(packed, input, out, residual, *relu),
+                ConvKernel::Winograd(w) => w.run(input, out, residual, *relu, scratch),
+            }
+            .map_err(|e| format!("convolution refused its buffers: {e:?}"))
+        }
+        Step::Add { a, b, output, relu } => {
+            let (ba, bb, bo) = (buffers[*a], buffers[*b], buffers[*output]);
+            let [h, w, c] = bo.shape;
+            for y in 0..h {
+                let (ra, rb, ro) = (ba.at(y, 0), bb.at(y, 0), bo.at(y, 0));
+                let (xa, xb) = (
+                    &arena[*a].floats()[ra..ra + w * c],
+                    &arena[*b].floats()[rb..rb + w * c],
+                );
+                for ((o, &p), &q) in out[ro..ro + w * c].iter_mut().zip(xa).zip(xb) {
+                    let s = p + q;
+                    *o = if *relu { s.max(0.0) } else { s };
+                }
+            }
+            Ok(())
+        }
+        Step::Relu { input, output } => {
+            let (bi, bo) = (buffers[*input], buffers[*output]);
+            let [h, w, c] = bo.shape;
+            for y in 0..h {
+                let (ri, ro) = (bi.at(y, 0), bo.at(y, 0));
+                for (o, &v) in out[ro..ro + w * c]
+                    .iter_mut()
+                    .zip(&arena[*input].floats()[ri..ri + w * c])
+                {
+                    *o = v.max(0.0);
+                }
+            }
+            Ok(())
+        }
+        Step::MaxPool {
+            input,
+            output,
+            kernel,
+            stride,
+            pad,
+        } => {
+            let (bi, bo) = (buffers[*input], buffers[*output]);
+            let [in_h, in_w, c] = bi.shape;
+            let [out_h, out_w, _] = bo.shape;
+            let x_in = arena[*input].floats();
+            for y in 0..out_h {
+                for x in 0..out_w {
+                    let o = bo.at(y, x);
+                    out[o..o + c].fill(f32::NEG_INFINITY);
+                    for ky in 0..*kernel {
+                        for kx in 0..*kernel {
+                            let (iy, ix) = (y * stride + ky, x * stride + kx);
+                            if iy < *pad || ix < *pad || iy - pad >= in_h || ix - pad >= in_w {
+                                continue;
+                            }
+                            let i = bi.at(iy - pad, ix - pad);
+                            for (m, &v) in out[o..o + c].iter_mut().zip(&x_in[i..i + c]) {
+                                *m = m.max(v);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Step::GlobalAvgPool { input, .. } => {
+            let bi = buffers[*input];
+            let [h, w, c] = bi.shape;
+            out.fill(0.0);
+            for y in 0..h {
+                for x in 0..w {
+                    let i = bi.at(y, x);
+                    for (s, &v) in out.iter_mut().zip(&arena[*input].floats()[i..i + c]) {
+                        *s += v;
+                    }
+                }
+            }
+            let n = (h * w) as f32;
+            out.iter_mut().for_each(|s| *s /= n);
+            Ok(())
+        }
+        Step::Gemm {
+            input,
+            weight,
+            bias,
+            ..
+        } => {
+            let x = arena[*input].floats();
+            for ((o, row), &b) in out.iter_mut().zip(weight.chunks_exact(x.len())).zip(bias) {
+                *o = b + row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// An initializer as floats with its dimensions.
+fn constant(t: &pb::TensorProto) -> std::result::Result<(Vec<usize>, Vec<f32>), Unsupported> {
+    if t.data_type != pb::tensor_proto::DataType::Float as i32 {
+        return unsupported(format!("initializer {} is not float", t.name));
+    }
+    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
+        return unsupported(format!(
+            "initializer {} is stored outside the model",
+            t.name
+        ));
+    }
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let values: Vec<f32> = if t.raw_data.is_empty() {
+        t.float_data.clone()
+    } else {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    if values.len() != dims.iter().product::<usize>() {
+        return unsupported(format!(
+            "initializer {} has {} values for dimensions {dims:?}",
+            t.name,
+            values.len()
+        ));
+    }
+    Ok((dims, values))
+}
+
+fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+/// A square, symmetric spatial attribute (`kernel_shape`, `strides`, `pads`, `dilations`) as one
+/// number; `default` when absent.
+fn square(
+    node: &pb::NodeProto,
+    name: &str,
+    default: usize,
+) -> std::result::Result<usize, Unsupported> {
+    let Some(a) = attr(node, name) else {
+        return Ok(default);
+    };
+    match a.ints.split_first() {
+        Some((&first, rest)) if first >= 0 && rest.iter().all(|&v| v == first) => {
+            Ok(first as usize)
+        }
+        _ => unsupported(format!(
+            "{} {}: {name} {:?} is not square and symmetric",
+            node.op_type, node.name, a.ints
+        )),
+    }
+}
+
+fn int_attr(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
+    attr(node, name).map_or(default, |a| a.i)
+}
+
+/// Walks the graph (ONNX nodes are in topological order) into steps, fusing what it can, then
+/// sizes every buffer's border and packs the convolutions.
+fn plan(
+    model: &pb::ModelProto,
+    chw: [usize; 3],
+    classes: usize,
+) -> std::result::Result<Plan, Unsupported> {
+    let Some(graph) = &model.graph else {
+        return unsupported("the model has no graph");
+    };
+    let constants: HashMap<&str, &pb::TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let inputs: Vec<&pb::ValueInfoProto> = graph
+        .input
+        .iter()
+        .filter(|i| !constants.contains_key(i.name.as_str()))
+        .collect();
+    let ([input], [output]) = (&inputs[..], &graph.output[..]) else {
+        return unsupported("the graph does not have exactly one input and one output");
+    };
+    // How many times each value is read (a graph output counts as a read).
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for name in graph
+        .node
+        .iter()
+        .flat_map(|n| &n.input)
+        .chain(std::iter::once(&output.name))
+    {
+        *readers.entry(name.as_str()).or_default() += 1;
+    }
+    let [c, h, w] = chw;
+    let mut buffers = vec![Buffer {
+        shape: [h, w, c],
+        border: 0,
+    }];
+    // Value name → (buffer, index of the step that wrote it, if any).
+    let mut values: HashMap<&str, (usize, Option<usize>)> = HashMap::new();
+    values.insert(input.name.as_str(), (0, None));
+    let mut steps: Vec<Step> = Vec::new();
+    let mut pending: Vec<PendingConv> = Vec::new();
+    let value = |values: &HashMap<&str, (usize, Option<usize>)>, name: &str| {
+        values
+            .get(name)
+            .copied()
+            .ok_or_else(|| Unsupported(format!("value {name} is read before it is written")))
+    };
+    for node in &graph.node {
+        let [out_name] = &node.output[..] else {
+            return unsupported(format!(
+                "{} {} has several outputs",
+                node.op_type, node.name
+            ));
+        };
+        let x_name = node.input.first().map(String::as_str).unwrap_or_default();
+        match node.op_type.as_str() {
+            "Conv" => {
+                let (x, _) = value(&values, x_name)?;
+                let [ih, iw, ic] = buffers[x].shape;
+                let weight = node
+                    .input
+                    .get(1)
+                    .and_then(|n| constants.get(n.as_str()))
+                    .ok_or_else(|| {
+                        Unsupported(format!("Conv {}: weights are not a constant", node.name))
+                    })?;
+                let (dims, weight) = constant(weight)?;
+                let [o, i, kh, kw] = dims[..] else {
+                    return unsupported(format!(
+                        "Conv {}: weights of dimensions {dims:?}",
+                        node.name
+                    ));
+                };
+                let kernel = square(node, "kernel_shape", kh)?;
+                let (stride, pad) = (square(node, "strides", 1)?, square(node, "pads", 0)?);
+                let group = int_attr(node, "group", 1);
+                let depthwise = group > 1 && group as usize == ic && o == ic && i == 1;
+                let auto_pad = attr(node, "auto_pad")
+                    .map(|a| a.s.as_slice())
+                    .unwrap_or(b"NOTSET");
+                if !(i == ic && group == 1 || depthwise)
+                    || kh != kw
+                    || kernel != kh
+                    || square(node, "dilations", 1)? != 1
+                    || !(auto_pad == b"NOTSET" || auto_pad.is_empty())
+                    || ih + 2 * pad < kernel
+                    || iw + 2 * pad < kernel
+                {
+                    return unsupported(format!(
+                        "Conv {}: {o}×{i}×{kh}×{kw} on {ic} channels with these attributes",
+                        node.name
+                    ));
+                }
+                let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
+                    None => vec![0.0; o],
+                    Some(n) => match constants.get(n.as_str()).map(|t| constant(t)).transpose()? {
+                        Some((d, b)) if d == [o] => b,
+                        _ => {
+                            return unsupported(format!(
+                                "Conv {}: bias is not a constant of {o}",
+                                node.name
+                            ))
+                        }
+                    },
+                };
+                let shape = [
+                    (ih + 2 * pad - kernel) / stride + 1,
+                    (iw + 2 * pad - kernel) / stride + 1,
+                    o,
+                ];
+                buffers.push(Buffer { shape, border: 0 });
+                let output = buffers.len() - 1;
+                pending.push(PendingConv {
+                    input: x,
+                    output,
+                    depthwise,
+                    weight,
+                    bias,
+                    kernel,
+                    stride,
+                    pad,
+                });
+                steps.push(Step::Conv {
+                    // Packed below, once the borders are known.
+                    conv: pending.len() - 1,
+                    input: x,
+                    output,
+                    residual: None,
+                    relu: false,
+                });
+                values.insert(out_name, (output, Some(steps.len() - 1)));
+            }
+            "Relu" => {
+                let (x, writer) = value(&values, x_name)?;
+                let sole_reader = readers.get(x_name) == Some(&1);
+                if let (true, Some(s)) = (sole_reader, writer) {
+                    if let Step::Conv { relu, .. } | Step::Add { relu, .. } = &mut steps[s] {
+                        if !*relu {
+                            *relu = true;
+                            values.insert(out_name, (x, Some(s)));
+                            continue;
+                        }
+                    }
+                }
+                buffers.push(Buffer {
+                    shape: buffers[x].shape,
+                    border: 0,
+                });
+                steps.push(Step::Relu {
+                    input: x,
+                    output: buffers.len() - 1,
+                });
+                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
+            }
+            "Add" => {
+                let [a_name, b_name] = &node.input[..] else {
+                    return unsupported(format!("Add {} does not have two inputs", node.name));
+                };
+                let (a, b) = (value(&values, a_name)?, value(&values, b_name)?);
+                if buffers[a.0].shape != buffers[b.0].shape {
+                    return unsupported(format!("Add {}: broadcasting", node.name));
+                }
+                // A convolution read only by this Add, whose other operand exists before it,
+                // takes the other operand as its residual.
+                let fusable = |conv: (usize, Option<usize>),
+                               conv_name: &str,
+                               other: (usize, Option<usize>)| {
+                    let s = conv.1?;
+                    let is_plain_conv = matches!(
+                        steps[s],
+                        Step::Conv {
+                            residual: None,
+                            relu: false,
+                            ..
+                        }
+                    );
+                    let before = other.1.is_none_or(|o| o < s);
+                    (is_plain_conv && before && readers.get(conv_name) == Some(&1))
+                        .then_some((s, other.0))
+                };
+                if let Some((s, other)) = fusable(a, a_name, b).or_else(|| fusable(b, b_name, a)) {
+                    if let Step::Conv {
+                        residual, output, ..
+                    } = &mut steps[s]
+                    {
+                        *residual = Some(other);
+                        values.insert(out_name, (*output, Some(s)));
+                    }
+                    continue;
+                }
+                buffers.push(Buffer {
+                    shape: buffers[a.0].shape,
+                    border: 0,
+                });
+                steps.push(Step::Add {
+                    a: a.0,
+                    b: b.0,
+                    output: buffers.len() - 1,
+                    relu: false,
+                });
+                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
+            }
+            "MaxPool" => {
+                let (x, _) = value(&values, x_name)?;
+                let [ih, iw, ic] = buffers[x].shape;
+                let kernel = square(node, "kernel_shape", 0)?;
+                let (stride, pad) = (square(node, "strides", 1)?, square(node, "pads", 0)?);
+                if kernel == 0
+                    || stride == 0
+                    || int_attr(node, "ceil_mode", 0) != 0
+                    || square(node, "dilations", 1)? != 1
+                    || attr(node, "auto_pad").is_some_and(|a| !(a.s.is_empty() || a.s == b"NOTSET"))
+                    || ih + 2 * pad < kernel
+                    || iw + 2 * pad < kernel
+                    || pad >= kernel
+                {
+                    return unsupported(format!("MaxPool {}: these attributes", node.name));
+                }
+                let shape = [
+                    (ih + 2 * pad - kernel) / stride + 1,
+                    (iw + 2 * pad - kernel) / stride + 1,
+                    ic,
+                ];
+                buffers.push(Buffer { shape, border: 0 });
+                steps.push(Step::MaxPool {
+                    input: x,
+                    output: buffers.len() - 1,
+                    kernel,
+                    stride,
+                    pad,
+                });
+                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
+            }
+            "GlobalAveragePool" => {
+                let (x, _) = value(&values, x_name)?;
+                buffers.push(Buffer {
+                    shape: [1, 1, buffers[x].shape[2]],
+                    border: 0,
+                });
+                steps.push(Step::GlobalAvgPool {
+                    input: x,
+                    output: buffers.len() - 1,
+                });
+                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
+            }
+            "Flatten" => {
+                let v = value(&values, x_name)?;
+                // NHWC and NCHW order agree only when there is one pixel.
+                if buffers[v.0].shape[..2] != [1, 1] || int_attr(node, "axis", 1) != 1 {
+                    return unsupported(format!("Flatten {} of a spatial tensor", node.name));
+                }
+                values.insert(out_name, v);
+            }
+            "Gemm" => {
+                let (x, _) = value(&values, x_name)?;
+                let [1, 1, fin] = buffers[x].shape else {
+                    return unsupported(format!("Gemm {} on a spatial tensor", node.name));
+                };
+                let float_attr = |name: &str| attr(node, name).map_or(1.0, |a| a.f);
+                if int_attr(node, "transA", 0) != 0
+                    || float_attr("alpha") != 1.0
+                    || float_attr("beta") != 1.0
+                {
+                    return unsupported(format!("Gemm {}: transA, alpha or beta", node.name));
+                }
+                let get = |i: usize| {
+                    node.input
+                        .get(i)
+                        .and_then(|n| constants.get(n.as_str()))
+                        .map(|t| constant(t))
+                        .transpose()
+                };
+                let Some((dims, b)) = get(1)? else {
+                    return unsupported(format!("Gemm {}: B is not a constant", node.name));
+                };
+                let trans_b = int_attr(node, "transB", 0) != 0;
+                let (rows, cols) = match dims[..] {
+                    [r, c] => (r, c),
+                    _ => {
+                        return unsupported(format!("Gemm {}: B of dimensions {dims:?}", node.name))
+                    }
+                };
+                let (fout, weight) = if trans_b {
+                    (rows, b)
+                } else {
+                    // Stored `in × out`; transposed once here so each output is a dot product.
+                    (
+                        cols,
+                        (0..cols)
+                            .flat_map(|o| (0..rows).map(move |i| (i, o)))
+                            .map(|(i, o)| b[i * cols + o])
+                            .collect(),
+                    )
+                };
+                if weight.len() != fin * fout {
+                    return unsupported(format!("Gemm {}: B {dims:?} for {fin} inputs", node.name));
+                }
+                let bias = match get(2)? {
+                    None => vec![0.0; fout],
+                    Some((d, c)) if d.iter().product::<usize>() == fout => c,
+                    Some((d, _)) => {
+                        return unsupported(format!("Gemm {}: C of dimensions {d:?}", node.name))
+                    }
+                };
+                buffers.push(Buffer {
+                    shape: [1, 1, fout],
+                    border: 0,
+                });
+                steps.push(Step::Gemm {
+                    input: x,
+                    output: buffers.len() - 1,
+                    weight,
+                    bias,
+                });
+                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
+            }
+            other => return unsupported(format!("operator {other} ({})", node.name)),
+        }
+    }
+    let (out, _) = value(&values, &output.name)?;
+    if buffers[out].shape != [1, 1, classes] || out == 0 {
+        return unsupported(format!(
+            "output {:?} is not {classes} logits",
+            buffers[out].shape
+        ));
+    }
+    // Which convolutions run as Winograd, and every buffer's border: the widest padding (or
+    // Winograd reach) of the convolutions reading it.
+    let winograd: Vec<bool> = pending
+        .iter()
+        .map(|p| {
+            let (in_c, out_c) = (buffers[p.input].shape[2], buffers[p.output].shape[2]);
+            !p.depthwise && WinogradConv::suits(p.kernel, p.stride, p.pad, in_c, out_c)
+        })
+        .collect();
+    for (p, &winograd) in pending.iter().zip(&winograd) {
+        let needed = if winograd {
+            WinogradConv::border_needed(buffers[p.output].shape)
+        } else {
+            p.pad
+        };
+        buffers[p.input].border = buffers[p.input].border.max(needed);
+    }
+    let mut convs = Vec::with_capacity(pending.len());
+    let mut scratch_len = 0;
+    for (p, winograd) in pending.into_iter().zip(winograd) {
+        let geometry = ConvGeometry {
+            input: buffers[p.input].shape,
+            input_border: buffers[p.input].border,
+            output: buffers[p.output].shape,
+            output_border: buffers[p.output].border,
+            kernel: p.kernel,
+            stride: p.stride,
+            pad: p.pad,
+        };
+        let kernel = if winograd {
+            WinogradConv::new(geometry, &p.weight, &p.bias).map(ConvKernel::Winograd)
+        } else if p.depthwise {
+            PackedConv::depthwise(geometry, &p.weight, &p.bias).map(ConvKernel::Direct)
+        } else {
+            PackedConv::new(geometry, &p.weight, &p.bias).map(ConvKernel::Direct)
+        }
+        .map_err(|e| Unsupported(format!("convolution {geometry:?}: {e:?}")))?;
+        if let ConvKernel::Winograd(w) = &kernel {
+            scratch_len = scratch_len.max(w.scratch_len());
+        }
+        convs.push(kernel);
+    }
+    Ok(Plan {
+        steps,
+        convs,
+        scratch_len,
+        buffers,
+        output: out,
+        chw,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::*;
+
+    /// A small graph builder for ONNX test models.
+    #[derive(Default)]
+    struct Graph {
+        nodes: Vec<pb::NodeProto>,
+        constants: Vec<pb::TensorProto>,
+        seed: u32,
+    }
+
+    impl Graph {
+        fn constant(&mut self, name: &str, dims: &[usize], scale: f32) -> String {
+            let n: usize = dims.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    self.seed = self
+                        .seed
+                        .wrapping_mul(1_664_525)
+                        .wrapping_add(1_013_904_223);
+                    ((self.seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * scale
+                })
+                .collect();
+            self.constants.push(pb::TensorProto {
+                name: name.into(),
+                dims: dims.iter().map(|&d| d as i64).collect(),
+                data_type: pb::tensor_proto::DataType::Float as i32,
+                raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ..Default::default()
+            });
+            name.into()
+        }
+
+        fn node(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, &[i64])]) -> String {
+            let output = format!("{}_{}", op.to_lowercase(), self.nodes.len());
+            self.nodes.push(pb::NodeProto {
+                op_type: op.into(),
+                name: output.clone(),
+                input: inputs.iter().map(|s| s.to_string()).collect(),
+                output: vec![output.clone()],
+                attribute: attrs
+                    .iter()
+                    .map(|(name, v)| pb::AttributeProto {
+                        name: name.to_string(),
+                        r#type: if v.len() == 1 && matches!(*name, "axis" | "transB" | "group") {
+                            pb::attribute_proto::AttributeType::Int as i32
+                        } else {
+                            pb::attribute_proto::AttributeType::Ints as i32
+                        },
+                        ints: v.to_vec(),
+                        i: v[0],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+            output
+        }
+
+        fn conv(&mut self, x: &str, cin: usize, cout: usize, k: usize, stride: i64) -> String {
+            let n = self.nodes.len();
+            let w = self.constant(&format!("w{n}"), &[cout, cin, k, k], 1.0);
+            let b = self.constant(&format!("b{n}"), &[cout], 0.2);
+            let p = (k / 2) as i64;
+            let k = k as i64;
+            self.node(
+                "Conv",
+                &[x, &w, &b],
+                &[
+                    ("kernel_shape", &[k, k]),
+                    ("strides", &[stride, stride]),
+                    ("pads", &[p, p, p, p]),
+                ],
+            )
+        }
+
+        fn depthwise(&mut self, x: &str, c: usize, stride: i64) -> String {
+            let n = self.nodes.len();
+            let w = self.constant(&format!("w{n}"), &[c, 1, 3, 3], 1.0);
+            let b = self.constant(&format!("b{n}"), &[c], 0.2);
+            self.node(
+                "Conv",
+                &[x, &w, &b],
+                &[
+                    ("kernel_shape", &[3, 3]),
+                    ("strides", &[stride, stride]),
+                    ("pads", &[1, 1, 1, 1]),
+                    ("group", &[c as i64]),
+                ],
+            )
+        }
+
+        fn bytes(self, output: &str, chw: [usize; 3], classes: usize) -> Vec<u8> {
+            let info = |name: &str, dims: &[usize]| {
+                use pb::tensor_shape_proto::{dimension::Value, Dimension};
+                pb::ValueInfoProto {
+                    name: name.into(),
+                    r#type: Some(pb::TypeProto {
+                        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                            elem_type: pb::tensor_proto::DataType::Float as i32,
+                            shape: Some(pb::TensorShapeProto {
+                                dim: dims
+                                    .iter()
+                                    .map(|&d| Dimension {
+                                        value: Some(Value::DimValue(d as i64)),
+                                        ..Default::default()
+                                    })
+                                    .collect(),
+                            }),
+                        })),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            };
+            let mut nodes = self.nodes;
+            if let Some(last) = nodes.iter_mut().find(|n| n.output[0] == output) {
+                last.output = vec!["logits".into()];
+            }
+            let [c, h, w] = chw;
+            pb::ModelProto {
+                ir_version: 7,
+                opset_import: vec![pb::OperatorSetIdProto {
+                    domain: String::new(),
+                    version: 13,
+                }],
+                graph: Some(pb::GraphProto {
+                    name: "test".into(),
+                    node: nodes,
+                    initializer: self.constants,
+                    input: vec![info("input", &[1, c, h, w])],
+                    output: vec![info("logits", &[1, classes])],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        }
+    }
+
+    /// Every operator the engine knows, fused and unfused: a stem with max pooling, a residual
+    /// block whose add fuses into its convolution, a downsampling block, an add of two values
+    /// that are read elsewhere too (so neither it nor its ReLU fuses), global pooling, Gemm.
+    fn resnet_like(trans_b: bool) -> Vec<u8> {
+        let mut g = Graph::default();
+        let x = g.conv("input", 3, 8, 3, 1);
+        let x = g.node("Relu", &[&x], &[]);
+        let x = g.node(
+            "MaxPool",
+            &[&x],
+            &[
+                ("kernel_shape", &[3, 3]),
+                ("strides", &[2, 2]),
+                ("pads", &[1, 1, 1, 1]),
+            ],
+        );
+        let y = g.conv(&x, 8, 8, 3, 1);
+        let y = g.node("Relu", &[&y], &[]);
+        let y = g.conv(&y, 8, 8, 3, 1);
+        let y = g.node("Add", &[&x, &y], &[]);
+        let a = g.node("Relu", &[&y], &[]);
+        let short = g.conv(&a, 8, 16, 1, 2);
+        let y = g.depthwise(&a, 8, 2);
+        let y = g.node("Relu", &[&y], &[]);
+        let y = g.conv(&y, 8, 16, 1, 1);
+        let y = g.node("Relu", &[&y], &[]);
+        let y = g.conv(&y, 16, 16, 3, 1);
+        let y = g.node("Add", &[&y, &short], &[]);
+        let b = g.node("Relu", &[&y], &[]);
+        let s = g.node("Add", &[&b, &short], &[]);
+        let s = g.node("Relu", &[&s], &[]);
+        let s = g.node("Add", &[&s, &b], &[]);
+        // Read twice: its ReLU is a step of its own.
+        let r = g.node("Relu", &[&s], &[]);
+        let s = g.node("Add", &[&r, &s], &[]);
+        let s = g.conv(&s, 16, 24, 3, 1);
+        let p = g.node("GlobalAveragePool", &[&s], &[]);
+        let f = g.node("Flatten", &[&p], &[("axis", &[1])]);
+        let (w, attrs): (String, &[(&str, &[i64])]) = if trans_b {
+            (g.constant("fc", &[5, 24], 1.0), &[("transB", &[1])])
+        } else {
+            (g.constant("fc", &[24, 5], 1.0), &[])
+        };
+        let bias = g.constant("fc_bias", &[5], 1.0);
+        let out = g.node("Gemm", &[&f, &w, &bias], attrs);
+        g.bytes(&out, [3, 19, 17], 5)
+    }
+
+    fn tract_logits(bytes: &[u8], chw: [usize; 3], input: &[f32]) -> Vec<f32> {
+        let [c, h, w] = chw;
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .and_then(|m| m.with_input_fact(0, f32::fact([1, c, h, w]).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .unwrap();
+        let t = Tensor::from_shape(&[1, c, h, w], input).unwrap();
+        let out = plan.run(tvec!(t.into())).unwrap();
+        out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn the_direct_engine_equals_tract_on_every_operator_it_runs() {
+        let chw = [3, 19, 17];
+        for trans_b in [false, true] {
+            let bytes = resnet_like(trans_b);
+            let model = DirectClassifier::from_onnx(&bytes, Path::new("m.onnx"), chw, 5).unwrap();
+            let plan = &model.plan;
+            // Fusion happened where it may and nowhere else.
+            let fused_residuals = plan
+                .steps
+                .iter()
+                .filter(|s| {
+                    matches!(
+                        s,
+                        Step::Conv {
+                            residual: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .count();
+            let count = |f: fn(&Step) -> bool| plan.steps.iter().filter(|s| f(s)).count();
+            let adds_with_relu = count(|s| matches!(s, Step::Add { relu: true, .. }));
+            let plain_adds = count(|s| matches!(s, Step::Add { relu: false, .. }));
+            let relus = count(|s| matches!(s, Step::Relu { .. }));
+            assert_eq!(
+                (fused_residuals, adds_with_relu, plain_adds, relus),
+                (2, 1, 2, 1),
+                "{:#?}",
+                plan.steps
+            );
+            for seed in 0..3_u32 {
+                let input: Vec<f32> = (0..chw.iter().product::<usize>())
+                    .map(|i| {
+                        (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0
+                            - 1.0
+                    })
+                    .collect();
+                let want = tract_logits(&bytes, chw, &input);
+                // Twice: the second run reuses the first's arena.
+                for _ in 0..2 {
+                    let got = model.logits(&input).unwrap();
+                    assert_eq!(got.len(), 5);
+                    for (a, b) in got.iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                            "{got:?} vs tract {want:?}"
+                        );
+                    }
+                }
+            }
+            assert!(
+                model.logits(&[0.0; 7]).is_err(),
+                "a wrong-sized input is an error"
+            );
+        }
+    }
+
+    #[test]
+    fn graphs_it_cannot_run_are_refused_with_the_reason() {
+        let mut g = Graph::default();
+        let x = g.conv("input", 3, 8, 3, 1);
+        let x = g.node("Sigmoid", &[&x], &[]);
+        let p = g.node("GlobalAveragePool", &[&x], &[]);
+        let bytes = g.bytes(&p, [3, 8, 8], 8);
+        let err =
+            DirectClassifier::from_onnx(&bytes, Path::new("m.onnx"), [3, 8, 8], 8).unwrap_err();
+        assert!(err.0.contains("Sigmoid"), "{err}");
+
+        // Grouped but not depthwise.
+        let mut g = Graph::default();
+        let w = g.constant("w", &[8, 4, 3, 3], 1.0);
+        let x = g.node(
+            "Conv",
+            &["input", &w],
+            &[
+                ("kernel_shape", &[3, 3]),
+                ("pads", &[1, 1, 1, 1]),
+                ("group", &[2]),
+            ],
+        );
+        let p = g.node("GlobalAveragePool", &[&x], &[]);
+        let bytes = g.bytes(&p, [8, 6, 6], 8);
+        let err =
+            DirectClassifier::from_onnx(&bytes, Path::new("m.onnx"), [8, 6, 6], 8).unwrap_err();
+        assert!(err.0.contains("Conv"), "{err}");
+
+        let bytes = resnet_like(true);
+        let err =
+            DirectClassifier::from_onnx(&bytes, Path::new("m.onnx"), [3, 19, 17], 4).unwrap_err();
+        assert!(err.0.contains("not 4 logits"), "{err}");
+        let err =
+            DirectClassifier::from_onnx(&bytes, Path::new("m.onnx"), [4, 19, 17], 5).unwrap_err();
+        assert!(err.0.contains("on 4 channels"), "{err}");
+        assert!(
+            DirectClassifier::from_onnx(b"\xff\xff", Path::new("m.onnx"), [3, 19, 17], 5).is_err()
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! 3×3 stride-1 convolutions as Winograd F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for
+//! Convolutional Neural Networks", 2016): each 2×2 block of outputs costs 16 multiply-adds per
+//! input × output channel instead of 36.
+//!
+//! Per layer: every 4×4 input patch (stride 2, so patches overlap by two) is transformed,
+//! `V = Bᵀ d B`, into 16 values per channel; for each of the 16 positions the products with the
+//! transformed filters `U = G g Gᵀ` are one `tiles × C_in` by `C_in × C_out` matrix product —
+//! run as a 1×1 convolution with the direct engine's register-tiled kernel; the 16 results per
+//! tile and output channel go back, `Y = Aᵀ M A`, to 2×2 outputs, with bias, residual and ReLU.
+//! The transforms loop over channels innermost (contiguous in NHWC), so they vectorise.
+//!
+//! In fp32 the transforms' rounding is small (entries 0, ±1, ±½); the tests hold the result to
+//! the direct definition within the same tolerance as the direct kernels.
+
+use super::kernels::{conv, ConvError, ConvGeometry, PackedConv, Residual};
+
+/// A 3×3, stride 1, padding 1 convolution prepared for F(2×2, 3×3).
+#[derive(Debug, Clone)]
+pub struct WinogradConv {
+    geometry: ConvGeometry,
+    /// Tiles down and across: `⌈h/2⌉ × ⌈w/2⌉`.
+    tiles: [usize; 2],
+    /// One 1×1 convolution (matrix product) per transformed position, no bias.
+    products: Vec<PackedConv>,
+    bias: Vec<f32>,
+}
+
+impl WinogradConv {
+    /// Whether a convolution of this shape runs as Winograd: 3×3, stride 1, padding 1, and at
+    /// least 16 input and output channels (with eight, the transforms cost more than the
+    /// products save; measured in docs/benchmarks.md).
+    pub fn suits(kernel: usize, stride: usize, pad: usize, in_c: usize, out_c: usize) -> bool {
+        kernel == 3 && stride == 1 && pad == 1 && in_c >= 16 && out_c >= 16
+    }
+
+    /// The input border it reads: the last tile of an odd size reaches one pixel further than
+    /// the padding.
+    pub fn border_needed(output: [usize; 3]) -> usize {
+        if output[0] % 2 == 1 || output[1] % 2 == 1 {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Transforms an `O×I×3×3` filter; the geometry must suit ([`WinogradConv::suits`]) and its
+    /// input border be at least [`WinogradConv::border_needed`].
+    pub fn new(
+        geometry: ConvGeometry,
+        weight_oihw: &[f32],
+        bias: &[f32],
+    ) -> Result<Self, ConvError> {
+        let [_, _, in_c] = geometry.input;
+        let [out_h, out_w, out_c] = geometry.output;
+        let ConvGeometry {
+            kernel,
+            stride,
+            pad,
+            ..
+        } = geometry;
+        if !geometry.is_consistent()
+            || !Self::suits(kernel, stride, pad, in_c, out_c)
+            || geometry.input_border < Self::border_needed(geometry.output)
+        {
+            return Err(ConvError::Geometry);
+        }
+        if weight_oihw.len() != out_c * in_c * 9 || bias.len() != out_c {
+            return Err(ConvError::WeightSize);
+        }
+        let tiles = [out_h.div_ceil(2), out_w.div_ceil(2)];
+        let count = tiles[0] * tiles[1];
+        // U = G g Gᵀ per (output, input) channel, computed in f64.
+        let mut transformed = vec![[0.0_f32; 16]; out_c * in_c];
+        for (u, g) in transformed.iter_mut().zip(weight_oihw.chunks_exact(9)) {
+            let g: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
+            let mut gg = [[0.0_f64; 3]; 4];
+            for c in 0..3 {
+                let (g0, g1, g2) = (g[c], g[3 + c], g[6 + c]);
+                gg[0][c] = g0;
+                gg[1][c] = 0.5 * (g0 + g1 + g2);
+                gg[2][c] = 0.5 * (g0 - g1 + g2);
+                gg[3][c] = g2;
+            }
+            for (r, row) in gg.iter().enumerate() {
+                let [a, b, c] = *row;
+                u[4 * r] = a as f32;
+                u[4 * r + 1] = (0.5 * (a + b + c)) as f32;
+                u[4 * r + 2] = (0.5 * (a - b + c)) as f32;
+                u[4 * r + 3] = c as f32;
+            }
+        }
+        let product_geometry = ConvGeometry {
+            input: [1, count, in_c],
+            input_border: 0,
+            output: [1, count, out_c],
+            output_border: 0,
+            kernel: 1,
+            stride: 1,
+            pad: 0,
+        };
+        let zeros = vec![0.0; out_c];
+        let products = (0..16)
+            .map(|position| {
+                let weight: Vec<f32> = transformed.iter().map(|u| u[position]).collect();
+                PackedConv::new(product_geometry, &weight, &zeros)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            geometry,
+            tiles,
+            products,
+            bias: bias.to_vec(),
+        })
+    }
+
+    /// Its geometry.
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.geometry
+    }
+
+    /// Floats of scratch space one run needs: the transformed input and the products.
+    pub fn scratch_len(&self) -> usize {
+        let count = self.tiles[0] * self.tiles[1];
+        16 * count * (self.geometry.input[2] + self.geometry.output[2])
+    }
+
+    /// `output = relu?(conv(input) + bias + residual?)`, as [`super::kernels::conv`].
+    pub fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<Residual<'_>>,
+        relu: bool,
+        scratch: &mut [f32],
+    ) -> Result<(), ConvError> {
+        let g = &self.geometry;
+        let in_c = g.input[2];
+        let out_c = g.output[2];
+        let count = self.tiles[0] * self.tiles[1];
+        if input.len() != ConvGeometry::buffer_len(g.input, g.input_border)
+            || output.len() != ConvGeometry::buffer_len(g.output, g.output_border)
+            || residual
+                .is_some_and(|r| r.data.len() != ConvGeometry::buffer_len(g.output, r.border))
+            || scratch.len() < self.scratch_len()
+        {
+            return Err(ConvError::BufferSize);
+        }
+        let (transformed, rest) = scratch.split_at_mut(16 * count * in_c);
+        let products = &mut rest[..16 * count * out_c];
+        transform_input(self, input, transformed);
+        for (position, packed) in self.products.iter().enumerate() {
+            conv(
+                packed,
+                &transformed[position * count * in_c..][..count * in_c],
+                &mut products[position * count * out_c..][..count * out_c],
+                None,
+                false,
+            )?;
+        }
+        transform_output(self, products, output, residual, relu);
+        Ok(())
+    }
+}
+
+/// `V = Bᵀ d B` for every tile, written `[position][tile][channel]`.
+fn transform_input(w: &WinogradConv, input: &[f32], transformed: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::kernels::fast_path_available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        #[allow(unsafe_code)]
+        unsafe {
+            return vectorised::transform_input(w, input, transformed);
+        }
+    }
+    transform_input_body(w, input, transformed)
+}
+
+/// `Y = Aᵀ M A` + bias (+ residual, ReLU) for every tile, the outputs inside the map stored.
+fn transform_output(
+    w: &WinogradConv,
+    products: &[f32],
+    output: &mut [f32],
+    residual: Option<Residual<'_>>,
+    relu: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::kernels::fast_path_available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        #[allow(unsafe_code)]
+        unsafe {
+            return vectorised::transform_output(w, products, output, residual, relu);
+        }
+    }
+    transform_output_body(w, products, output, residual, relu)
+}
+
+#[inline(always)]
+fn transform_input_body(w: &WinogradConv, input: &[f32], transformed: &mut [f32]) {
+    let g = &w.geometry;
+    let [_, in_w, c] = g.input;
+    let row = (in_w + 2 * g.input_border) * c;
+    let count = w.tiles[0] * w.tiles[1];
+    // The patch's top-left corner, one pixel up and left of the tile, inside the border.
+    let shift = g.input_border - 1;
+    for ty in 0..w.tiles[0] {
+        for tx in 0..w.tiles[1] {
+            let tile = ty * w.tiles[1] + tx;
+            let corner = (2 * ty + shift) * row + (2 * tx + shift) * c;
+            let d: [&[f32]; 16] =
+                std::array::from_fn(|k| &input[corner + (k / 4) * row + (k % 4) * c..][..c]);
+            let mut positions = transformed.chunks_exact_mut(count * c);
+            let v: [&mut [f32]; 16] = std::array::from_fn(|_| {
+                let position = positions.next().expect("16 positions");
+                &mut position[tile * c..][..c]
+            });
+            for ch in 0..c {
+                // Bᵀ d: rows.
+                let mut r = [0.0_f32; 16];
+                for j in 0..4 {
+                    let (d0, d1, d2, d3) = (d[j][ch], d[4 + j][ch], d[8 + j][ch], d[12 + j][ch]);
+                    r[j] = d0 - d2;
+                    r[4 + j] = d1 + d2;
+                    r[8 + j] = d2 - d1;
+                    r[12 + j] = d1 - d3;
+                }
+                // (Bᵀ d) B: columns.
+                for i in 0..4 {
+                    let (a, b, e, f) = (r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]);
+                    v[4 * i][ch] = a - e;
+                    v[4 * i + 1][ch] = b + e;
+                    v[4 * i + 2][ch] = e - b;
+                    v[4 * i + 3][ch] = b - f;
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn transform_output_body(
+    w: &WinogradConv,
+    products: &[f32],
+    output: &mut [f32],
+    residual: Option<Residual<'_>>,
+    relu: bool,
+) {
+    let g = &w.geometry;
+    let [out_h, out_w, c] = g.output;
+    let count = w.tiles[0] * w.tiles[1];
+    let at =
+        |border: usize, y: usize, x: usize| ((y + border) * (out_w + 2 * border) + x + border) * c;
+    let mut y = [[0.0_f32; 4]; 64];
+    for ty in 0..w.tiles[0] {
+        for tx in 0..w.tiles[1] {
+            let tile = ty * w.tiles[1] + tx;
+            let m: [&[f32]; 16] = std::array::from_fn(|k| &products[(k * count + tile) * c..][..c]);
+            for first in (0..c).step_by(64) {
+                let n = (c - first).min(64);
+                for (k, out) in y[..n].iter_mut().enumerate() {
+                    let ch = first + k;
+                    // Aᵀ M: rows 0 and 1 of four columns.
+                    let mut t = [0.0_f32; 8];
+                    for j in 0..4 {
+                        t[j] = m[j][ch] + m[4 + j][ch] + m[8 + j][ch];
+                        t[4 + j] = m[4 + j][ch] - m[8 + j][ch] - m[12 + j][ch];
+                    }
+                    let b = w.bias[ch];
+                    *out = [
+                        t[0] + t[1] + t[2] + b,
+                        t[1] - t[2] - t[3] + b,
+                        t[4] + t[5] + t[6] + b,
+                        t[5] - t[6] - t[7] + b,
+                    ];
+                }
+                for (k, (dy, dx)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                    let (oy, ox) = (2 * ty + dy, 2 * tx + dx);
+                    if oy >= out_h || ox >= out_w {
+                        continue;
+                    }
+                    let o = at(g.output_border, oy, ox) + first;
+                    let dst = &mut output[o..o + n];
+                    if let Some(r) = residual {
+                        let ra = at(r.border, oy, ox) + first;
+                        for ((d, s), &add) in dst.iter_mut().zip(&y[..n]).zip(&r.data[ra..ra + n]) {
+                            let v = s[k] + add;
+                            *d = if relu { v.max(0.0) } else { v };
+                        }
+                    } else {
+                        for (d, s) in dst.iter_mut().zip(&y[..n]) {
+                            *d = if relu { s[k].max(0.0) } else { s[k] };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The transforms with AVX2, eight channels per register (channel counts that are multiples of
+/// eight; others run the plain loops).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // The kernel: raw pointers into checked buffers, AVX2 intrinsics.
+mod vectorised {
+    use core::arch::x86_64::*;
+
+    use super::*;
+
+    /// # Safety
+    /// AVX2 available; `input` and `transformed` sized for `w` (checked by [`WinogradConv::run`]).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn transform_input(w: &WinogradConv, input: &[f32], transformed: &mut [f32]) {
+        let g = &w.geometry;
+        let [_, in_w, c] = g.input;
+        if !c.is_multiple_of(8) {
+            return transform_input_body(w, input, transformed);
+        }
+        let row = (in_w + 2 * g.input_border) * c;
+        let count = w.tiles[0] * w.tiles[1];
+        let shift = g.input_border - 1;
+        let (src, dst) = (input.as_ptr(), transformed.as_mut_ptr());
+        for ty in 0..w.tiles[0] {
+            for tx in 0..w.tiles[1] {
+                let tile = ty * w.tiles[1] + tx;
+                let corner = (2 * ty + shift) * row + (2 * tx + shift) * c;
+                for ch in (0..c).step_by(8) {
+                    let mut d = [_mm256_setzero_ps(); 16];
+                    for (k, v) in d.iter_mut().enumerate() {
+                        // SAFETY: the 4×4 patch of a tile lies inside the bordered input (the
+                        // border is at least `border_needed`), channels `ch..ch + 8` inside it.
+                        *v = unsafe {
+                            _mm256_loadu_ps(src.add(corner + (k / 4) * row + (k % 4) * c + ch))
+                        };
+                    }
+                    let mut r = [_mm256_setzero_ps(); 16];
+                    for j in 0..4 {
+                        let (d0, d1, d2, d3) = (d[j], d[4 + j], d[8 + j], d[12 + j]);
+                        r[j] = _mm256_sub_ps(d0, d2);
+                        r[4 + j] = _mm256_add_ps(d1, d2);
+                        r[8 + j] = _mm256_sub_ps(d2, d1);
+                        r[12 + j] = _mm256_sub_ps(d1, d3);
+                    }
+                    for i in 0..4 {
+                        let (a, b, e, f) = (r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]);
+                        let out = [
+                            _mm256_sub_ps(a, e),
+                            _mm256_add_ps(b, e),
+                            _mm256_sub_ps(e, b),
+                            _mm256_sub_ps(b, f),
+                        ];
+                        for (k, v) in out.into_iter().enumerate() {
+                            let position = 4 * i + k;
+                            // SAFETY: `transformed` holds 16 × tiles × c floats.
+                            unsafe {
+                                _mm256_storeu_ps(dst.add((position * count + tile) * c + ch), v)
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 available; buffers sized for `w` (checked by [`WinogradConv::run`]).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn transform_output(
+        w: &WinogradConv,
+        products: &[f32],
+        output: &mut [f32],
+        residual: Option<Residual<'_>>,
+        relu: bool,
+    ) {
+        let g = &w.geometry;
+        let [out_h, out_w, c] = g.output;
+        if !c.is_multiple_of(8) {
+            return transform_output_body(w, products, output, residual, relu);
+        }
+        let count = w.tiles[0] * w.tiles[1];
+        let at = |border: usize, y: usize, x: usize| {
+            ((y + border) * (out_w + 2 * border) + x + border) * c
+        };
+        let (m_ptr, out_ptr) = (products.as_ptr(), output.as_mut_ptr());
+        let zero = _mm256_setzero_ps();
+        for ty in 0..w.tiles[0] {
+            for tx in 0..w.tiles[1] {
+                let tile = ty * w.tiles[1] + tx;
+                for ch in (0..c).step_by(8) {
+                    let mut m = [_mm256_setzero_ps(); 16];
+                    for (k, v) in m.iter_mut().enumerate() {
+                        // SAFETY: `products` holds 16 × tiles × c floats.
+                        *v = unsafe { _mm256_loadu_ps(m_ptr.add((k * count + tile) * c + ch)) };
+                    }
+                    let mut t = [_mm256_setzero_ps(); 8];
+                    for j in 0..4 {
+                        t[j] = _mm256_add_ps(_mm256_add_ps(m[j], m[4 + j]), m[8 + j]);
+                        t[4 + j] = _mm256_sub_ps(_mm256_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
+                    }
+                    // SAFETY: the bias has `c` values.
+                    let bias = unsafe { _mm256_loadu_ps(w.bias.as_ptr().add(ch)) };
+                    let y = [
+                        _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), t[2]), bias),
+                        _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(t[1], t[2]), t[3]), bias),
+                        _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[4], t[5]), t[6]), bias),
+                        _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(t[5], t[6]), t[7]), bias),
+                    ];
+                    for (k, mut v) in y.into_iter().enumerate() {
+                        let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                        if oy >= out_h || ox >= out_w {
+                            continue;
+                        }
+                        if let Some(r) = residual {
+                            // SAFETY: the residual buffer has the output's size with its border.
+                            let add = unsafe {
+                                _mm256_loadu_ps(r.data.as_ptr().add(at(r.border, oy, ox) + ch))
+                            };
+                            v = _mm256_add_ps(v, add);
+                        }
+                        if relu {
+                            v = _mm256_max_ps(v, zero);
+                        }
+                        // SAFETY: pixel `(oy, ox)` is inside the output map.
+                        unsafe {
+                            _mm256_storeu_ps(out_ptr.add(at(g.output_border, oy, ox) + ch), v)
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kernels::conv_reference;
+    use super::super::kernels::tests::{bordered, values};
+    use super::*;
+
+    #[test]
+    fn winograd_equals_the_direct_definition() {
+        // Even and odd sizes (the last tile half outside), every block size of the products,
+        // borders wider than needed.
+        let cases = [
+            (16, 16, 28, 28),
+            (16, 32, 7, 7),
+            (32, 48, 5, 6),
+            (64, 64, 4, 4),
+            (24, 16, 3, 9),
+        ];
+        for (i, &(cin, cout, h, w)) in cases.iter().enumerate() {
+            for (relu, with_residual, extra) in [(false, false, 0), (true, true, 1)] {
+                let g = ConvGeometry {
+                    input: [h, w, cin],
+                    input_border: WinogradConv::border_needed([h, w, cout]) + extra,
+                    output: [h, w, cout],
+                    output_border: extra,
+                    kernel: 3,
+                    stride: 1,
+                    pad: 1,
+                };
+                let weight = values(cout * cin * 9, 21 + i as u32);
+                let bias = values(cout, 23 + i as u32);
+                let input = bordered(g.input, g.input_border, 25 + i as u32);
+                let res_buf = bordered(g.output, 1, 27 + i as u32);
+                let residual = with_residual.then_some(Residual {
+                    data: &res_buf,
+                    border: 1,
+                });
+                let len = ConvGeometry::buffer_len(g.output, g.output_border);
+                let (mut want, mut got) = (vec![0.0; len], vec![f32::NAN; len]);
+                conv_reference(&g, false, &weight, &bias, &input, &mut want, residual, relu)
+                    .unwrap();
+                let winograd = WinogradConv::new(g, &weight, &bias).unwrap();
+                let mut scratch = vec![0.0; winograd.scratch_len()];
+                winograd
+                    .run(&input, &mut got, residual, relu, &mut scratch)
+                    .unwrap();
+                // The output's border is not written (NaN stays), the interior is.
+                let tol = 2e-5 * (cin * 9) as f32;
+                for y in 0..h + 2 * extra {
+                    for x in 0..w + 2 * extra {
+                        let inside =
+                            (extra..h + extra).contains(&y) && (extra..w + extra).contains(&x);
+                        for ch in 0..cout {
+                            let j = (y * (w + 2 * extra) + x) * cout + ch;
+                            let (a, b) = (want[j], got[j]);
+                            assert!(
+                                if inside {
+                                    (a - b).abs() <= tol
+                                } else {
+                                    b.is_nan()
+                                },
+                                "case {i} relu {relu}: ({y}, {x}, {ch}) {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_it_does_not_suit_are_refused() {
+        let g = ConvGeometry {
+            input: [7, 7, 16],
+            input_border: 1,
+            output: [7, 7, 16],
+            output_border: 0,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let (w, b) = (vec![0.0; 16 * 16 * 9], vec![0.0; 16]);
+        // An odd size needs a border of two.
+        assert_eq!(
+            WinogradConv::new(g, &w, &b).unwrap_err(),
+            ConvError::Geometry
+        );
+        let g = ConvGeometry {
+            input_border: 2,
+            ..g
+        };
+        assert!(WinogradConv::new(g, &w, &b).is_ok());
+        assert_eq!(
+            WinogradConv::new(g, &w[1..], &b).unwrap_err(),
+            ConvError::WeightSize
+        );
+        assert!(!WinogradConv::suits(3, 2, 1, 16, 16));
+        assert!(!WinogradConv::suits(3, 1, 1, 8, 16));
+        let mut out = vec![0.0; 7 * 7 * 16];
+        let winograd = WinogradConv::new(g, &w, &b).unwrap();
+        let input = vec![0.0; ConvGeometry::buffer_len([7, 7, 16], 2)];
+        assert_eq!(
+            winograd.run(&input, &mut out, None, false, &mut [0.0; 4]),
+            Err(ConvError::BufferSize)
+        );
+    }
+}
