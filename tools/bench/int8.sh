@@ -5,16 +5,18 @@
 # QDQ twin (each in its own process). Prints each engine's p50/p99, cold start and peak RSS, and their ratios to
 # onnxruntime fp32.
 #   BUNDLE=runs/demo/bundle KEY=runs/demo/keys/demo.pub N=300 bash tools/bench/int8.sh
+# KEY= (empty) measures an unsigned development bundle (--allow-unsigned).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUNDLE=${BUNDLE:-runs/demo/bundle}
-KEY=${KEY:-runs/demo/keys/demo.pub}
+KEY=${KEY-runs/demo/keys/demo.pub}
+if [ -n "$KEY" ]; then trust=(--public-key "$KEY"); else trust=(--allow-unsigned); fi
 N=${N:-300}
 IMAGES=${IMAGES:-${SCANSIDE_DATA:-../shared/data}/ham10000/images}
 [ -x target/release/scanside ] || cargo build --release -p scanside-runtime
 mapfile -t files < <(find "$IMAGES" -maxdepth 1 -type f | sort | head -n 64)
 for engine in fp32 tract int8 qdq; do
-  target/release/scanside bench --bundle "$BUNDLE" --public-key "$KEY" --engine "$engine" \
+  target/release/scanside bench --bundle "$BUNDLE" "${trust[@]}" --engine "$engine" \
     --runs "$N" "${files[@]}" > "/tmp/scanside-bench-$engine.json"
 done
 ort=$(python3 tools/bench/onnxruntime_peer.py "$BUNDLE" "$N")
