@@ -462,7 +462,7 @@ mod avx2 {
     const DEPTHWISE_PIXELS: usize = 8;
 
     /// A depthwise convolution: per group of eight channels, tiles of up to eight output pixels
-    /// (raster order, crossing rows) accumulate one tap at a time, the tap's weight vector loaded
+    /// of a row accumulate one tap at a time, the tap's weight vector loaded
     /// once per tile. Channel counts that are not a multiple of eight run the plain loops.
     ///
     /// # Safety
@@ -480,7 +480,6 @@ mod avx2 {
         if !c.is_multiple_of(8) {
             return super::depthwise_packed(packed, input, output, residual, relu);
         }
-        let pixels = out_h * out_w;
         for channel in (0..c).step_by(8) {
             let block = Block {
                 g,
@@ -493,20 +492,23 @@ mod avx2 {
                 channel,
                 relu,
             };
-            let mut first = 0;
-            while first < pixels {
-                let n = DEPTHWISE_PIXELS.min(pixels - first);
-                macro_rules! arms {
-                    ($($n:literal)*) => {
-                        match n {
-                            // SAFETY: the caller's contract; pixels `first..first + n` exist.
-                            $($n => unsafe { depthwise_tile::<$n>(&block, first) },)*
-                            _ => unreachable!("tile of {n} pixels"),
-                        }
-                    };
+            // Tiles within a row: pixel addresses step by a constant, no division per pixel.
+            for y in 0..out_h {
+                let mut x = 0;
+                while x < out_w {
+                    let n = DEPTHWISE_PIXELS.min(out_w - x);
+                    macro_rules! arms {
+                        ($($n:literal)*) => {
+                            match n {
+                                // SAFETY: the caller's contract; pixels `(y, x..x + n)` exist.
+                                $($n => unsafe { depthwise_tile::<$n>(&block, y, x) },)*
+                                _ => unreachable!("tile of {n} pixels"),
+                            }
+                        };
+                    }
+                    arms!(1 2 3 4 5 6 7 8);
+                    x += n;
                 }
-                arms!(1 2 3 4 5 6 7 8);
-                first += n;
             }
         }
     }
@@ -517,44 +519,44 @@ mod avx2 {
     /// As [`depthwise`]; pixels `first..first + P` exist; `b.weights` points at the block's
     /// first channel of a `[tap][channel]` array.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn depthwise_tile<const P: usize>(b: &Block<'_>, first: usize) {
+    unsafe fn depthwise_tile<const P: usize>(b: &Block<'_>, y: usize, x: usize) {
         let g = b.g;
-        let [_, out_w, c] = g.output;
-        let coords = tile_coords::<P>(first, out_w);
-        let mut src = [b.input; P];
-        for p in 0..P {
-            // SAFETY: an existing output pixel's first tap is inside the bordered input; its
-            // channel `b.channel` is too.
-            src[p] = unsafe {
-                b.input
-                    .add(g.input_offset(coords[p].0, coords[p].1) + b.channel)
-            };
-        }
+        let c = g.output[2];
+        let step = g.stride * g.input[2];
+        // SAFETY: pixel `(y, x)`'s first tap is inside the bordered input, as are those of
+        // the next `P − 1` pixels of the row, `step` apart; channel `b.channel` too.
+        let src = unsafe { b.input.add(g.input_offset(y, x) + b.channel) };
         // SAFETY: the bias has `c` values; `b.channel + 8 ≤ c`.
         let mut acc = [unsafe { _mm256_loadu_ps(b.bias) }; P];
         for (t, &tap) in b.taps.iter().enumerate() {
             // SAFETY: tap `t`'s weights start at `t · c` (+ the block's channel, in `b.weights`).
             let w = unsafe { _mm256_loadu_ps(b.weights.add(t * c)) };
-            for p in 0..P {
+            for (p, a) in acc.iter_mut().enumerate() {
                 // SAFETY: a tap of an existing output pixel, eight channels within the pixel.
-                let x = unsafe { _mm256_loadu_ps(src[p].add(tap)) };
-                acc[p] = _mm256_fmadd_ps(x, w, acc[p]);
+                let v = unsafe { _mm256_loadu_ps(src.add(p * step + tap)) };
+                *a = _mm256_fmadd_ps(v, w, *a);
             }
         }
         let zero = _mm256_setzero_ps();
-        for (&(y, x), &sum) in coords.iter().zip(&acc) {
+        let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+        let residual_at = b.residual.map(|(res, border)| {
+            (
+                res,
+                ConvGeometry::offset(g.output, border, y, x) + b.channel,
+            )
+        });
+        for (p, &sum) in acc.iter().enumerate() {
             let mut v = sum;
-            if let Some((res, border)) = b.residual {
-                let ra = ConvGeometry::offset(g.output, border, y, x) + b.channel;
-                // SAFETY: the residual buffer has the output's size with its own border.
-                v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(res.add(ra)) });
+            if let Some((res, ra)) = residual_at {
+                // SAFETY: the residual buffer has the output's size with its own border; the
+                // row's pixels are `c` apart.
+                v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(res.add(ra + p * c)) });
             }
             if b.relu {
                 v = _mm256_max_ps(v, zero);
             }
-            let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
-            // SAFETY: pixel `(y, x)`'s channels `channel..channel + 8` are in the output buffer.
-            unsafe { _mm256_storeu_ps(b.output.add(at), v) };
+            // SAFETY: pixel `(y, x + p)`'s channels `channel..channel + 8` are in the output.
+            unsafe { _mm256_storeu_ps(b.output.add(at + p * c), v) };
         }
     }
 
