@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "flex")]
 pub mod cpu_conv;
+pub mod cpu_direct;
 #[cfg(feature = "flex")]
 pub mod cpu_norm;
 

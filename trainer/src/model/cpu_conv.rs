@@ -31,6 +31,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::cpu_direct;
+
 /// The training backend this module speeds up.
 pub(crate) type Train = Autodiff<Flex>;
 
@@ -512,6 +514,9 @@ fn chunk_samples(positions: usize, batch: usize) -> usize {
 /// samples one im2col matrix and one matrix product, chunks on rayon's threads.
 pub fn convolve_f32(g: &Geometry, batch: usize, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let co = g.output[0];
+    if g.is_3x3_same() && cpu_direct::applies(g.input[2], g.input[0], co) {
+        return cpu_direct::conv3x3_same(batch, g.input, co, x, weight);
+    }
     let k = g.patch_len();
     let l = g.positions();
     let (x_len, y_len) = (g.input_len(), g.output_len());
@@ -596,6 +601,10 @@ pub fn gradients_f32(
     let k = g.patch_len();
     let l = g.positions();
     let (x_len, y_len) = (g.input_len(), g.output_len());
+    // The input gradient of a 3×3 same convolution without col2im (`cpu_direct`); the
+    // chunks below then compute only the weight gradient.
+    let direct_dx = want_x && g.is_3x3_same() && cpu_direct::applies(g.input[2], co, g.input[0]);
+    let want_x = want_x && !direct_dx;
     let mut dx = want_x.then(|| vec![0.0f32; batch * x_len]);
     let chunk = chunk_samples(l, batch);
 
@@ -668,9 +677,11 @@ pub fn gradients_f32(
     } else {
         (0..chunks).map(|_| None).collect()
     };
-    let work: Vec<_> = dx_chunks.into_iter().zip(dw_chunks).enumerate().collect();
-    work.into_par_iter()
-        .for_each(|(i, (dx_chunk, dw))| run_chunk(i * chunk, dx_chunk, dw));
+    if want_x || want_weight {
+        let work: Vec<_> = dx_chunks.into_iter().zip(dw_chunks).enumerate().collect();
+        work.into_par_iter()
+            .for_each(|(i, (dx_chunk, dw))| run_chunk(i * chunk, dx_chunk, dw));
+    }
     // Chunks summed in order: the same bits whatever the thread count or schedule.
     let dw = want_weight.then(|| {
         let mut total = vec![0.0f32; co * k];
@@ -681,6 +692,11 @@ pub fn gradients_f32(
         }
         total
     });
+    if direct_dx {
+        dx = Some(cpu_direct::conv3x3_same_input_gradient(
+            batch, g.input, co, dy, weight,
+        ));
+    }
     (dx, dw)
 }
 

@@ -1,0 +1,318 @@
+//! 3×3, stride-1, padding-1 convolutions without im2col, for the forward pass and the input
+//! gradient of the ResNets' usual layer on x86-64 hosts with AVX2 and FMA.
+//!
+//! Why: on a CPU SimCLR step, im2col, col2im and the matrix library's packing of the im2col
+//! matrix were ~28 % of the time (docs/benchmarks.md). Here each sample's input planes are
+//! copied once into zero-bordered planes of width `W + 2`; on that grid every output position
+//! `o = y·(W+2) + x` reads tap `(ky, kx)` at `o + ky·(W+2) + kx`, so a row of output positions
+//! is a contiguous vector for every tap. A register tile of four output channels × 16 positions
+//! accumulates `broadcast(weight) × input vector` with FMAs; the two border columns per row it
+//! also computes are dropped when the result is copied out (cheap for the 32-, 16- and 8-wide
+//! maps this runs on; narrower maps keep the im2col path, [`applies`]).
+//!
+//! The input gradient of such a layer is the same convolution of the output gradient with the
+//! filters transposed (input ↔ output channel) and turned by 180°.
+//!
+//! Summation order differs from the im2col + gemm path (fp32 rounding), not from run to run:
+//! each output value is summed in a fixed order whatever the threads do.
+
+use rayon::prelude::*;
+
+/// Output positions per register tile row (two 8-lane vectors: with three, the four channels'
+/// twelve accumulators, the inputs and the broadcast spilled; 512-bit registers, 32 positions
+/// per tile, measured no faster).
+const POSITIONS: usize = 16;
+/// Output channels per register tile.
+const CHANNELS: usize = 4;
+
+/// Whether this host runs the direct kernel and a map of `width` × `channels` (in and out) is
+/// worth it: maps at least 8 wide (the two computed border columns cost ≤ 25 %; measured on a
+/// SimCLR step: 8-wide maps +5 % steps/s, 4-wide ones no faster than im2col), channel counts
+/// that fill the four-channel tile.
+pub fn applies(width: usize, in_channels: usize, out_channels: usize) -> bool {
+    width >= 8 && in_channels > 0 && out_channels.is_multiple_of(CHANNELS) && fast_path_available()
+}
+
+fn fast_path_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `y = conv(x, w)`: `x` is `N×Ci×H×W`, `w` is `Co×Ci×3×3`, `y` `N×Co×H×W`, all contiguous.
+/// Callers check [`applies`] first.
+pub fn conv3x3_same(
+    batch: usize,
+    [ci, h, w]: [usize; 3],
+    co: usize,
+    x: &[f32],
+    weight: &[f32],
+) -> Vec<f32> {
+    assert!(
+        applies(w, ci, co),
+        "conv3x3_same: not for this host or shape"
+    );
+    assert_eq!(x.len(), batch * ci * h * w, "conv3x3_same: input size");
+    assert_eq!(weight.len(), co * ci * 9, "conv3x3_same: weight size");
+    // [channel block][input channel][tap][channel in block]: one tap's four weights adjacent.
+    let mut packed = vec![0.0_f32; co * ci * 9];
+    for o in 0..co {
+        for c in 0..ci {
+            for t in 0..9 {
+                packed[(((o / CHANNELS) * ci + c) * 9 + t) * CHANNELS + o % CHANNELS] =
+                    weight[(o * ci + c) * 9 + t];
+            }
+        }
+    }
+    let grid = Grid::new(h, w);
+    let (x_len, y_len) = (ci * h * w, co * h * w);
+    let mut y = vec![0.0_f32; batch * y_len];
+    y.par_chunks_mut(y_len).enumerate().for_each(|(s, y_n)| {
+        let x_n = &x[s * x_len..][..x_len];
+        with_planes(grid, ci, co, |planes, out| {
+            for (c, plane) in planes.chunks_exact_mut(grid.plane).enumerate() {
+                for (row, src) in x_n[c * h * w..][..h * w].chunks_exact(w).enumerate() {
+                    plane[(row + 1) * grid.width + 1..][..w].copy_from_slice(src);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `applies` checked AVX2 and FMA; the planes and output are sized by
+            // `grid` for `ci` and `co` channels (`with_planes`), which is all the kernel's
+            // pointer arithmetic assumes.
+            #[allow(unsafe_code)]
+            unsafe {
+                avx2::convolve(grid, ci, co, planes, &packed, out)
+            };
+            for (o, y_c) in y_n.chunks_exact_mut(h * w).enumerate() {
+                for (row, dst) in y_c.chunks_exact_mut(w).enumerate() {
+                    dst.copy_from_slice(&out[o * grid.outputs + row * grid.width..][..w]);
+                }
+            }
+        });
+    });
+    y
+}
+
+/// The input gradient of [`conv3x3_same`] given `dy` (`N×Co×H×W`): the same convolution with
+/// the filters transposed and turned by 180°.
+pub fn conv3x3_same_input_gradient(
+    batch: usize,
+    [ci, h, w]: [usize; 3],
+    co: usize,
+    dy: &[f32],
+    weight: &[f32],
+) -> Vec<f32> {
+    let mut turned = vec![0.0_f32; ci * co * 9];
+    for o in 0..co {
+        for c in 0..ci {
+            for t in 0..9 {
+                turned[(c * co + o) * 9 + (8 - t)] = weight[(o * ci + c) * 9 + t];
+            }
+        }
+    }
+    conv3x3_same(batch, [co, h, w], ci, dy, &turned)
+}
+
+/// The padded grid of one `h × w` plane.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    /// `w + 2`.
+    width: usize,
+    /// Output positions computed per channel: `h · (w + 2)` rounded up to whole tiles.
+    outputs: usize,
+    /// Floats per padded input plane: the bordered image plus what the last tile's taps read.
+    plane: usize,
+}
+
+impl Grid {
+    fn new(h: usize, w: usize) -> Self {
+        let width = w + 2;
+        let outputs = (h * width).div_ceil(POSITIONS) * POSITIONS;
+        Self {
+            width,
+            outputs,
+            plane: (outputs + 2 * width + 2).max((h + 2) * width),
+        }
+    }
+}
+
+/// One thread's padded input planes, tile output, and the shape the planes were zeroed for.
+#[derive(Default)]
+struct Planes {
+    planes: Vec<f32>,
+    out: Vec<f32>,
+    /// `(grid width, plane length, channels)` of `planes`.
+    shape: (usize, usize, usize),
+}
+
+thread_local! {
+    /// Per-thread planes kept between calls (their borders and tails stay zero: only
+    /// interiors are written).
+    static PLANES: std::cell::RefCell<Planes> = std::cell::RefCell::new(Planes::default());
+}
+
+/// Runs `f` on this thread's zero-bordered planes for `ci` channels and an output of `co`.
+fn with_planes(grid: Grid, ci: usize, co: usize, f: impl FnOnce(&mut [f32], &mut [f32])) {
+    PLANES.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let Planes { planes, out, shape } = &mut *guard;
+        // A new shape: fresh zeros (the interiors of the old one would sit in the borders).
+        if *shape != (grid.width, grid.plane, ci) || planes.len() != ci * grid.plane {
+            *planes = vec![0.0; ci * grid.plane];
+            *shape = (grid.width, grid.plane, ci);
+        }
+        out.resize(co * grid.outputs, 0.0);
+        f(planes, &mut out[..co * grid.outputs]);
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // The kernel: raw pointers into the sized planes, AVX2 intrinsics.
+mod avx2 {
+    use core::arch::x86_64::*;
+
+    use super::{Grid, CHANNELS, POSITIONS};
+
+    /// # Safety
+    /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `out` `co · grid.outputs`,
+    /// `packed` `co · ci · 9`, `co` a multiple of [`CHANNELS`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn convolve(
+        grid: Grid,
+        ci: usize,
+        co: usize,
+        planes: &[f32],
+        packed: &[f32],
+        out: &mut [f32],
+    ) {
+        let taps: [usize; 9] = core::array::from_fn(|t| (t / 3) * grid.width + t % 3);
+        // Positions outer, channel blocks inner: the input rows a tile reads (a few KiB) stay
+        // in L1 for every block instead of streaming all planes once per block.
+        for first in (0..grid.outputs).step_by(POSITIONS) {
+            for block in 0..co / CHANNELS {
+                let weights = packed[block * ci * 9 * CHANNELS..].as_ptr();
+                let mut acc = [[_mm256_setzero_ps(); POSITIONS / 8]; CHANNELS];
+                for c in 0..ci {
+                    // SAFETY: plane `c` starts at `c · grid.plane`; `first + 15 + the largest
+                    // tap < grid.plane` (`Grid::new`).
+                    let base = unsafe { planes.as_ptr().add(c * grid.plane + first) };
+                    // SAFETY: block `block`'s weights for input channel `c`: 9 × 4 floats.
+                    let w = unsafe { weights.add(c * 9 * CHANNELS) };
+                    for (t, &tap) in taps.iter().enumerate() {
+                        // SAFETY: as above.
+                        let x: [__m256; POSITIONS / 8] = core::array::from_fn(|p| {
+                            // SAFETY: as above.
+                            unsafe { _mm256_loadu_ps(base.add(tap + 8 * p)) }
+                        });
+                        for (r, lanes) in acc.iter_mut().enumerate() {
+                            // SAFETY: as above.
+                            let wv = unsafe { _mm256_broadcast_ss(&*w.add(t * CHANNELS + r)) };
+                            for (a, &xv) in lanes.iter_mut().zip(&x) {
+                                *a = _mm256_fmadd_ps(wv, xv, *a);
+                            }
+                        }
+                    }
+                }
+                for (r, lanes) in acc.iter().enumerate() {
+                    let o = block * CHANNELS + r;
+                    for (p, &v) in lanes.iter().enumerate() {
+                        // SAFETY: channel `o < co`, positions `first + 8p + 8 ≤ grid.outputs`.
+                        unsafe {
+                            _mm256_storeu_ps(
+                                out.as_mut_ptr().add(o * grid.outputs + first + 8 * p),
+                                v,
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as f32 / (1 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The definitions: `y[o][i][j] = Σ w[o][c][ky][kx] · x[c][i+ky−1][j+kx−1]` and its
+    /// adjoint `dx[c][i][j] = Σ w[o][c][ky][kx] · dy[o][i−ky+1][j−kx+1]`.
+    fn reference(
+        batch: usize,
+        [ci, h, w]: [usize; 3],
+        co: usize,
+        x: &[f32],
+        weight: &[f32],
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut y = vec![0.0_f64; batch * co * h * w];
+        let mut dx = vec![0.0_f64; batch * ci * h * w];
+        for s in 0..batch {
+            for o in 0..co {
+                for c in 0..ci {
+                    for t in 0..9 {
+                        let wv = f64::from(weight[(o * ci + c) * 9 + t]);
+                        for i in 0..h {
+                            for j in 0..w {
+                                let (yi, xj) =
+                                    ((i + t / 3).wrapping_sub(1), (j + t % 3).wrapping_sub(1));
+                                if yi >= h || xj >= w {
+                                    continue;
+                                }
+                                let out = ((s * co + o) * h + i) * w + j;
+                                let inp = ((s * ci + c) * h + yi) * w + xj;
+                                y[out] += wv * f64::from(x[inp]);
+                                dx[inp] += wv * f64::from(dy[out]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        (f(y), f(dx))
+    }
+
+    #[test]
+    fn direct_convolution_and_input_gradient_equal_the_definition() {
+        if !fast_path_available() {
+            eprintln!("skipped: this host has no AVX2/FMA (the direct kernel does not run here)");
+            return;
+        }
+        for (batch, ci, co, h, w) in [(3, 5, 8, 16, 16), (2, 16, 4, 17, 20), (1, 8, 12, 32, 32)] {
+            let x = values(batch * ci * h * w, 1);
+            let weight = values(co * ci * 9, 2);
+            let dy = values(batch * co * h * w, 3);
+            let (want, want_dx) = reference(batch, [ci, h, w], co, &x, &weight, &dy);
+            let got = conv3x3_same(batch, [ci, h, w], co, &x, &weight);
+            let tol = 1e-5 * (ci * 9) as f32;
+            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert!((a - b).abs() <= tol, "forward [{i}] {a} vs {b}");
+            }
+            if !applies(w, co, ci) {
+                continue;
+            }
+            let got_dx = conv3x3_same_input_gradient(batch, [ci, h, w], co, &dy, &weight);
+            let tol = 1e-5 * (co * 9) as f32;
+            for (i, (a, b)) in want_dx.iter().zip(&got_dx).enumerate() {
+                assert!((a - b).abs() <= tol, "input gradient [{i}] {a} vs {b}");
+            }
+        }
+    }
+}
