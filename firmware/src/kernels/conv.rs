@@ -413,6 +413,25 @@ pub fn depthwise_conv2d(
     depthwise_conv2d_windows(params, input, weights, bias, requant, output)
 }
 
+/// Tabulates output pixel `(oy, ox)`'s window of a depthwise convolution: for each kernel
+/// position inside the input, the offsets of its first channel in the input and the weights.
+/// Returns how many there are.
+#[inline]
+fn depthwise_window(
+    p: &ConvParams,
+    oy: usize,
+    ox: usize,
+    taps: &mut [(usize, usize); DEPTHWISE_WINDOW_MAX * DEPTHWISE_WINDOW_MAX],
+) -> usize {
+    let c = p.output_channels;
+    let mut n = 0;
+    for (((ky, kx), (iy, ix)), tap) in p.window(oy, ox).zip(taps.iter_mut()) {
+        *tap = ((iy * p.input_width + ix) * c, (ky * p.kernel + kx) * c);
+        n += 1;
+    }
+    n
+}
+
 /// The body of [`depthwise_conv2d`] (shapes checked, kernel ≤ [`DEPTHWISE_WINDOW_MAX`]): each
 /// output pixel's window tabulated once, then channel by channel.
 fn depthwise_conv2d_windows(
@@ -427,11 +446,7 @@ fn depthwise_conv2d_windows(
     let mut taps = [(0_usize, 0_usize); DEPTHWISE_WINDOW_MAX * DEPTHWISE_WINDOW_MAX];
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
-            let mut n = 0;
-            for ((ky, kx), (iy, ix)) in p.window(oy, ox) {
-                taps[n] = ((iy * p.input_width + ix) * c, (ky * p.kernel + kx) * c);
-                n += 1;
-            }
+            let n = depthwise_window(p, oy, ox, &mut taps);
             let out = &mut output[(oy * p.output_width + ox) * c..][..c];
             for (ch, o) in out.iter_mut().enumerate() {
                 let mut acc = bias[ch];

@@ -5,8 +5,8 @@
 //! module).
 
 use super::{
-    conv2d, conv2d_patches, depthwise_conv2d_windows, dot_portable, gather_patch, gather_portable,
-    ConvParams, DEPTHWISE_WINDOW_MAX, PATCH_MAX,
+    conv2d, conv2d_patches, depthwise_conv2d_windows, depthwise_window, dot_portable, gather_patch,
+    gather_portable, ConvParams, DEPTHWISE_WINDOW_MAX, PATCH_MAX,
 };
 use crate::kernels::fully_connected::PerChannelRequant;
 use crate::KernelError;
@@ -1209,19 +1209,17 @@ pub(super) fn depthwise_conv2d_avx2(
     let mut taps = [(0_usize, 0_usize); DEPTHWISE_WINDOW_MAX * DEPTHWISE_WINDOW_MAX];
     for oy in 0..p.output_height {
         for ox in 0..p.output_width {
-            let mut n = 0;
-            if let (Some(iy), Some(ix)) = (inside(oy, p.input_height), inside(ox, p.input_width)) {
+            let n = if let (Some(iy), Some(ix)) =
+                (inside(oy, p.input_height), inside(ox, p.input_width))
+            {
                 let corner = (iy * p.input_width + ix) * c;
                 for (tap, &(at_input, at_weight)) in taps.iter_mut().zip(&full[..k * k]) {
                     *tap = (corner + at_input, at_weight);
                 }
-                n = k * k;
+                k * k
             } else {
-                for ((ky, kx), (iy, ix)) in p.window(oy, ox) {
-                    taps[n] = ((iy * p.input_width + ix) * c, (ky * p.kernel + kx) * c);
-                    n += 1;
-                }
-            }
+                depthwise_window(p, oy, ox, &mut taps)
+            };
             let out = &mut output[(oy * p.output_width + ox) * c..][..c];
             for (group, constants) in lanes.iter().enumerate() {
                 let first = group * LANES;
