@@ -605,6 +605,10 @@ pub fn gradients_f32(
     // chunks below then compute only the weight gradient.
     let direct_dx = want_x && g.is_3x3_same() && cpu_direct::applies(g.input[2], co, g.input[0]);
     let want_x = want_x && !direct_dx;
+    // Likewise the weight gradient, as a correlation of `dy` with the shifted input planes.
+    let direct_dw =
+        want_weight && g.is_3x3_same() && cpu_direct::applies(g.input[2], g.input[0], co);
+    let want_weight = want_weight && !direct_dw;
     let mut dx = want_x.then(|| vec![0.0f32; batch * x_len]);
     let chunk = chunk_samples(l, batch);
 
@@ -692,6 +696,13 @@ pub fn gradients_f32(
         }
         total
     });
+    let dw = if direct_dw {
+        Some(cpu_direct::conv3x3_same_weight_gradient(
+            batch, g.input, co, x, dy,
+        ))
+    } else {
+        dw
+    };
     if direct_dx {
         dx = Some(cpu_direct::conv3x3_same_input_gradient(
             batch, g.input, co, dy, weight,

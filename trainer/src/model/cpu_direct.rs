@@ -1,5 +1,5 @@
-//! 3×3, stride-1, padding-1 convolutions without im2col, for the forward pass and the input
-//! gradient of the ResNets' usual layer on x86-64 hosts with AVX2 and FMA.
+//! 3×3, stride-1, padding-1 convolutions without im2col — the forward pass, the input gradient
+//! and the weight gradient of the ResNets' usual layer — on x86-64 hosts with AVX2 and FMA.
 //!
 //! Why: on a CPU SimCLR step, im2col, col2im and the matrix library's packing of the im2col
 //! matrix were ~28 % of the time (docs/benchmarks.md). Here each sample's input planes are
@@ -11,7 +11,10 @@
 //! maps this runs on; narrower maps keep the im2col path, [`applies`]).
 //!
 //! The input gradient of such a layer is the same convolution of the output gradient with the
-//! filters transposed (input ↔ output channel) and turned by 180°.
+//! filters transposed (input ↔ output channel) and turned by 180°. The weight gradient is the
+//! correlation of the output gradient, laid out on the same grid with zeros in the border
+//! columns, with the input planes shifted by each tap: four output channels × two taps per
+//! register tile, the positions summed in the lanes.
 //!
 //! Summation order differs from the im2col + gemm path (fp32 rounding), not from run to run:
 //! each output value is summed in a fixed order whatever the threads do.
@@ -116,6 +119,74 @@ pub fn conv3x3_same_input_gradient(
         }
     }
     conv3x3_same(batch, [co, h, w], ci, dy, &turned)
+}
+
+/// The weight gradient of [`conv3x3_same`] given `dy` (`N×Co×H×W`):
+/// `dW[o][c][t] = Σ_samples Σ_positions dy[o][p] · x[c][p + tap t]` on the zero-bordered grid,
+/// where `dy` is laid out with zeros in the border columns so that they add nothing. Samples in
+/// fixed chunks of `batch / 16` (rounded up) on rayon's threads, the chunks' sums added in
+/// order: the same bits whatever the thread count.
+pub fn conv3x3_same_weight_gradient(
+    batch: usize,
+    [ci, h, w]: [usize; 3],
+    co: usize,
+    x: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    assert!(
+        applies(w, ci, co),
+        "conv3x3_same_weight_gradient: not for this host or shape"
+    );
+    assert_eq!(
+        x.len(),
+        batch * ci * h * w,
+        "conv3x3_same_weight_gradient: input size"
+    );
+    assert_eq!(
+        dy.len(),
+        batch * co * h * w,
+        "conv3x3_same_weight_gradient: gradient size"
+    );
+    let grid = Grid::new(h, w);
+    let (x_len, y_len) = (ci * h * w, co * h * w);
+    let chunk = batch.div_ceil(16).max(1);
+    let partial: Vec<Vec<f32>> = (0..batch.div_ceil(chunk))
+        .into_par_iter()
+        .map(|k| {
+            let mut dw = vec![0.0_f32; co * ci * 9];
+            for s in k * chunk..((k + 1) * chunk).min(batch) {
+                let (x_n, dy_n) = (&x[s * x_len..][..x_len], &dy[s * y_len..][..y_len]);
+                with_planes(grid, ci, co, |planes, dy_grid| {
+                    for (c, plane) in planes.chunks_exact_mut(grid.plane).enumerate() {
+                        for (row, src) in x_n[c * h * w..][..h * w].chunks_exact(w).enumerate() {
+                            plane[(row + 1) * grid.width + 1..][..w].copy_from_slice(src);
+                        }
+                    }
+                    for (o, grid_o) in dy_grid.chunks_exact_mut(grid.outputs).enumerate() {
+                        grid_o.fill(0.0);
+                        for (row, src) in dy_n[o * h * w..][..h * w].chunks_exact(w).enumerate() {
+                            grid_o[row * grid.width..][..w].copy_from_slice(src);
+                        }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `applies` checked AVX2 and FMA; planes, gradient grid and `dw`
+                    // are sized for `grid`, `ci` and `co`.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        avx2_weight::weight_gradient(grid, ci, co, planes, dy_grid, &mut dw)
+                    };
+                });
+            }
+            dw
+        })
+        .collect();
+    let mut total = vec![0.0_f32; co * ci * 9];
+    for part in &partial {
+        for (t, p) in total.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+    total
 }
 
 /// The padded grid of one `h × w` plane.
@@ -235,6 +306,75 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // The kernel: raw pointers into the sized planes, AVX2 intrinsics.
+mod avx2_weight {
+    use core::arch::x86_64::*;
+
+    use super::{Grid, CHANNELS};
+
+    /// Sum of the eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn lanes_sum(v: __m256) -> f32 {
+        let four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+        _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps::<1>(two, two)))
+    }
+
+    /// Adds one sample's `dW` into `dw` (`Co×Ci×3×3`).
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `dy_grid`
+    /// `co · grid.outputs` (zeros outside the map), `dw` `co · ci · 9`, `co` a multiple of
+    /// [`CHANNELS`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(in super::super) unsafe fn weight_gradient(
+        grid: Grid,
+        ci: usize,
+        co: usize,
+        planes: &[f32],
+        dy_grid: &[f32],
+        dw: &mut [f32],
+    ) {
+        let taps: [usize; 9] = core::array::from_fn(|t| (t / 3) * grid.width + t % 3);
+        for block in 0..co / CHANNELS {
+            // SAFETY: rows `block·4 .. block·4 + 4` of the gradient grid.
+            let dy = unsafe { dy_grid.as_ptr().add(block * CHANNELS * grid.outputs) };
+            for c in 0..ci {
+                // SAFETY: plane `c`; every position + tap < `grid.plane` (`Grid::new`).
+                let plane = unsafe { planes.as_ptr().add(c * grid.plane) };
+                for pair in 0..5 {
+                    let (first, two) = (2 * pair, pair < 4);
+                    let (t0, t1) = (taps[first], taps[(first + 1).min(8)]);
+                    let mut acc = [[_mm256_setzero_ps(); 2]; CHANNELS];
+                    for pos in (0..grid.outputs).step_by(8) {
+                        // SAFETY: positions `pos..pos + 8 ≤ grid.outputs`, taps inside the plane.
+                        let (x0, x1) = unsafe {
+                            (
+                                _mm256_loadu_ps(plane.add(pos + t0)),
+                                _mm256_loadu_ps(plane.add(pos + t1)),
+                            )
+                        };
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: row `r` of the block, positions as above.
+                            let d = unsafe { _mm256_loadu_ps(dy.add(r * grid.outputs + pos)) };
+                            a[0] = _mm256_fmadd_ps(d, x0, a[0]);
+                            a[1] = _mm256_fmadd_ps(d, x1, a[1]);
+                        }
+                    }
+                    for (r, a) in acc.iter().enumerate() {
+                        let at = ((block * CHANNELS + r) * ci + c) * 9 + first;
+                        dw[at] += lanes_sum(a[0]);
+                        if two {
+                            dw[at + 1] += lanes_sum(a[1]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,9 +400,10 @@ mod tests {
         x: &[f32],
         weight: &[f32],
         dy: &[f32],
-    ) -> (Vec<f32>, Vec<f32>) {
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let mut y = vec![0.0_f64; batch * co * h * w];
         let mut dx = vec![0.0_f64; batch * ci * h * w];
+        let mut dw = vec![0.0_f64; co * ci * 9];
         for s in 0..batch {
             for o in 0..co {
                 for c in 0..ci {
@@ -279,6 +420,7 @@ mod tests {
                                 let inp = ((s * ci + c) * h + yi) * w + xj;
                                 y[out] += wv * f64::from(x[inp]);
                                 dx[inp] += wv * f64::from(dy[out]);
+                                dw[(o * ci + c) * 9 + t] += f64::from(dy[out]) * f64::from(x[inp]);
                             }
                         }
                     }
@@ -286,7 +428,7 @@ mod tests {
             }
         }
         let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
-        (f(y), f(dx))
+        (f(y), f(dx), f(dw))
     }
 
     #[test]
@@ -299,7 +441,12 @@ mod tests {
             let x = values(batch * ci * h * w, 1);
             let weight = values(co * ci * 9, 2);
             let dy = values(batch * co * h * w, 3);
-            let (want, want_dx) = reference(batch, [ci, h, w], co, &x, &weight, &dy);
+            let (want, want_dx, want_dw) = reference(batch, [ci, h, w], co, &x, &weight, &dy);
+            let got_dw = conv3x3_same_weight_gradient(batch, [ci, h, w], co, &x, &dy);
+            let tol = 1e-5 * (batch * h * w) as f32;
+            for (i, (a, b)) in want_dw.iter().zip(&got_dw).enumerate() {
+                assert!((a - b).abs() <= tol, "weight gradient [{i}] {a} vs {b}");
+            }
             let got = conv3x3_same(batch, [ci, h, w], co, &x, &weight);
             let tol = 1e-5 * (ci * 9) as f32;
             for (i, (a, b)) in want.iter().zip(&got).enumerate() {
