@@ -11,6 +11,8 @@
 //! chunk the samples' im2col matrices side by side, one gemm for the chunk's weight gradient,
 //! one gemm for the columns' gradient and a col2im per sample over contiguous rows. The forward
 //! pass is the same im2col + one gemm per chunk (it also saves flex's serial layout conversion).
+//! On x86-64 with AVX2, the 3×3 stride-1 layers of maps at least 8 wide skip im2col altogether:
+//! forward, input and weight gradients come from [`super::cpu_direct`].
 //!
 //! Only what the ResNets use takes this path: `f32`, no bias, one group, no dilation, the same
 //! explicit padding on every side. Anything else, and every other backend, goes through burn's
