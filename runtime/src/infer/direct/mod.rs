@@ -496,7 +496,7 @@ fn constant(t: &pb::TensorProto) -> std::result::Result<(Vec<usize>, Vec<f32>), 
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
     };
-    if values.len() != dims.iter().product::<usize>() {
+    if Some(values.len()) != dims.iter().try_fold(1_usize, |n, &d| n.checked_mul(d)) {
         return unsupported(format!(
             "initializer {} has {} values for dimensions {dims:?}",
             t.name,
@@ -529,6 +529,18 @@ fn square(
             node.op_type, node.name, a.ints
         )),
     }
+}
+
+/// Whether a window of `kernel` with `pad` on both sides fits an extent: a non-empty kernel,
+/// padding narrower than it (what the exporter writes; anything else runs on tract), and no
+/// overflow on absurd attribute values.
+fn window_fits(extent: usize, pad: usize, kernel: usize) -> bool {
+    kernel > 0
+        && pad < kernel
+        && pad
+            .checked_mul(2)
+            .and_then(|p| p.checked_add(extent))
+            .is_some_and(|padded| padded >= kernel)
 }
 
 fn int_attr(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
@@ -620,10 +632,11 @@ fn plan(
                 if !(i == ic && group == 1 || depthwise)
                     || kh != kw
                     || kernel != kh
+                    || stride == 0
                     || square(node, "dilations", 1)? != 1
                     || !(auto_pad == b"NOTSET" || auto_pad.is_empty())
-                    || ih + 2 * pad < kernel
-                    || iw + 2 * pad < kernel
+                    || !window_fits(ih, pad, kernel)
+                    || !window_fits(iw, pad, kernel)
                 {
                     return unsupported(format!(
                         "Conv {}: {o}×{i}×{kh}×{kw} on {ic} channels with these attributes",
@@ -744,14 +757,12 @@ fn plan(
                 let [ih, iw, ic] = buffers[x].shape;
                 let kernel = square(node, "kernel_shape", 0)?;
                 let (stride, pad) = (square(node, "strides", 1)?, square(node, "pads", 0)?);
-                if kernel == 0
-                    || stride == 0
+                if stride == 0
                     || int_attr(node, "ceil_mode", 0) != 0
                     || square(node, "dilations", 1)? != 1
                     || attr(node, "auto_pad").is_some_and(|a| !(a.s.is_empty() || a.s == b"NOTSET"))
-                    || ih + 2 * pad < kernel
-                    || iw + 2 * pad < kernel
-                    || pad >= kernel
+                    || !window_fits(ih, pad, kernel)
+                    || !window_fits(iw, pad, kernel)
                 {
                     return unsupported(format!("MaxPool {}: these attributes", node.name));
                 }
@@ -1220,5 +1231,27 @@ mod tests {
         assert!(
             DirectClassifier::from_onnx(b"\xff\xff", Path::new("m.onnx"), [3, 19, 17], 5).is_err()
         );
+    }
+
+    #[test]
+    fn a_zero_stride_or_absurd_padding_is_refused_not_a_panic() {
+        for (stride, pad) in [(0, 1), (1, i64::MAX / 2), (1, 3)] {
+            let mut g = Graph::default();
+            let w = g.constant("w", &[8, 3, 3, 3], 1.0);
+            let x = g.node(
+                "Conv",
+                &["input", &w],
+                &[
+                    ("kernel_shape", &[3, 3]),
+                    ("strides", &[stride, stride]),
+                    ("pads", &[pad, pad, pad, pad]),
+                ],
+            );
+            let p = g.node("GlobalAveragePool", &[&x], &[]);
+            let bytes = g.bytes(&p, [3, 8, 8], 8);
+            let err =
+                DirectClassifier::from_onnx(&bytes, Path::new("m.onnx"), [3, 8, 8], 8).unwrap_err();
+            assert!(err.0.contains("Conv"), "stride {stride} pad {pad}: {err}");
+        }
     }
 }
