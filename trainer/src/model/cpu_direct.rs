@@ -78,11 +78,7 @@ pub fn conv3x3_same(
     y.par_chunks_mut(y_len).enumerate().for_each(|(s, y_n)| {
         let x_n = &x[s * x_len..][..x_len];
         with_planes(grid, ci, co, |planes, out| {
-            for (c, plane) in planes.chunks_exact_mut(grid.plane).enumerate() {
-                for (row, src) in x_n[c * h * w..][..h * w].chunks_exact(w).enumerate() {
-                    plane[(row + 1) * grid.width + 1..][..w].copy_from_slice(src);
-                }
-            }
+            grid.fill_planes(planes, x_n, w);
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `applies` checked AVX2 and FMA; the planes and output are sized by
             // `grid` for `ci` and `co` channels (`with_planes`), which is all the kernel's
@@ -157,11 +153,7 @@ pub fn conv3x3_same_weight_gradient(
             for s in k * chunk..((k + 1) * chunk).min(batch) {
                 let (x_n, dy_n) = (&x[s * x_len..][..x_len], &dy[s * y_len..][..y_len]);
                 with_planes(grid, ci, co, |planes, dy_grid| {
-                    for (c, plane) in planes.chunks_exact_mut(grid.plane).enumerate() {
-                        for (row, src) in x_n[c * h * w..][..h * w].chunks_exact(w).enumerate() {
-                            plane[(row + 1) * grid.width + 1..][..w].copy_from_slice(src);
-                        }
-                    }
+                    grid.fill_planes(planes, x_n, w);
                     for (o, grid_o) in dy_grid.chunks_exact_mut(grid.outputs).enumerate() {
                         grid_o.fill(0.0);
                         for (row, src) in dy_n[o * h * w..][..h * w].chunks_exact(w).enumerate() {
@@ -201,6 +193,19 @@ struct Grid {
 }
 
 impl Grid {
+    /// Copies a sample's `C×H×W` planes (`w` wide) into the interiors of the bordered planes.
+    fn fill_planes(&self, planes: &mut [f32], x: &[f32], w: usize) {
+        let plane_len = x.len() / (planes.len() / self.plane).max(1);
+        for (plane, src) in planes
+            .chunks_exact_mut(self.plane)
+            .zip(x.chunks_exact(plane_len))
+        {
+            for (row, line) in src.chunks_exact(w).enumerate() {
+                plane[(row + 1) * self.width + 1..][..w].copy_from_slice(line);
+            }
+        }
+    }
+
     fn new(h: usize, w: usize) -> Self {
         let width = w + 2;
         let outputs = (h * width).div_ceil(POSITIONS) * POSITIONS;
