@@ -14,6 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+mod cpu_buffer;
 #[cfg(feature = "flex")]
 pub mod cpu_conv;
 pub mod cpu_direct;

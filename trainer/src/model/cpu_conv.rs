@@ -33,6 +33,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::cpu_buffer::par_filled;
 use super::cpu_direct;
 
 /// The training backend this module speeds up.
@@ -523,44 +524,42 @@ pub fn convolve_f32(g: &Geometry, batch: usize, x: &[f32], weight: &[f32]) -> Ve
     let l = g.positions();
     let (x_len, y_len) = (g.input_len(), g.output_len());
     let chunk = chunk_samples(l, batch);
-    let mut y = vec![0.0f32; batch * y_len];
-    y.par_chunks_mut(chunk * y_len)
-        .enumerate()
-        .for_each(|(i, y_chunk)| {
-            let first = i * chunk;
-            let samples = y_chunk.len() / y_len;
-            let wide = samples * l;
-            let y_wide_len = if samples == 1 { 0 } else { co * wide };
-            with_scratch([k * wide, y_wide_len], |cols, y_wide| {
-                for s in 0..samples {
-                    im2col(
-                        g,
-                        &x[(first + s) * x_len..][..x_len],
-                        &mut cols[s * l..],
-                        wide,
-                    );
-                }
-                if samples == 1 {
-                    matmul([co, l, k], (y_chunk, [l, 1]), weight, [k, 1], cols, [l, 1]);
-                    return;
-                }
-                // y (Co×S·L) = w (Co×K) · cols (K×S·L), then back to N×Co×L.
-                matmul(
-                    [co, wide, k],
-                    (y_wide, [wide, 1]),
-                    weight,
-                    [k, 1],
-                    cols,
-                    [wide, 1],
+    par_filled(batch * y_len, chunk * y_len, |i, y_chunk| {
+        let first = i * chunk;
+        let samples = chunk.min(batch - first);
+        let wide = samples * l;
+        let y_wide_len = if samples == 1 { 0 } else { co * wide };
+        with_scratch([k * wide, y_wide_len], |cols, y_wide| {
+            for s in 0..samples {
+                im2col(
+                    g,
+                    &x[(first + s) * x_len..][..x_len],
+                    &mut cols[s * l..],
+                    wide,
                 );
-                for (s, y_n) in y_chunk.chunks_exact_mut(y_len).enumerate() {
-                    for (c, row) in y_n.chunks_exact_mut(l).enumerate() {
-                        row.copy_from_slice(&y_wide[c * wide + s * l..][..l]);
-                    }
+            }
+            if samples == 1 {
+                let y_n = y_chunk.zeros(y_len);
+                matmul([co, l, k], (y_n, [l, 1]), weight, [k, 1], cols, [l, 1]);
+                return;
+            }
+            // y (Co×S·L) = w (Co×K) · cols (K×S·L), then back to N×Co×L.
+            matmul(
+                [co, wide, k],
+                (y_wide, [wide, 1]),
+                weight,
+                [k, 1],
+                cols,
+                [wide, 1],
+            );
+            for s in 0..samples {
+                for c in 0..co {
+                    y_chunk.extend_from_slice(&y_wide[c * wide + s * l..][..l]);
                 }
-            });
+            }
         });
-    y
+    })
+    .0
 }
 
 thread_local! {
@@ -611,7 +610,7 @@ pub fn gradients_f32(
     let direct_dw =
         want_weight && g.is_3x3_same() && cpu_direct::applies(g.input[2], g.input[0], co);
     let want_weight = want_weight && !direct_dw;
-    let mut dx = want_x.then(|| vec![0.0f32; batch * x_len]);
+    let mut dx = None;
     let chunk = chunk_samples(l, batch);
 
     // One chunk of samples, side by side: their im2col matrices as one `K × S·L` matrix and
@@ -672,26 +671,32 @@ pub fn gradients_f32(
         });
     };
 
-    let chunks = batch.div_ceil(chunk);
-    let mut partial = vec![0.0f32; if want_weight { chunks * co * k } else { 0 }];
-    let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
-        Some(dx) => dx.chunks_mut(chunk * x_len).map(Some).collect(),
-        None => (0..chunks).map(|_| None).collect(),
+    // Each chunk's weight gradient apart, summed below in chunk order: the same bits whatever
+    // the thread count or schedule. The input gradient is written in place, unzeroed memory
+    // cleared chunk by chunk on the threads that fill it (col2im adds into it).
+    let run = |i: usize, dx_chunk: Option<&mut [f32]>| -> Option<Vec<f32>> {
+        let mut dw = want_weight.then(|| vec![0.0f32; co * k]);
+        run_chunk(i * chunk, dx_chunk, dw.as_deref_mut());
+        dw
     };
-    let dw_chunks: Vec<Option<&mut [f32]>> = if want_weight {
-        partial.chunks_mut(co * k).map(Some).collect()
+    let partial: Vec<Option<Vec<f32>>> = if want_x {
+        let (filled, partial) = par_filled(batch * x_len, chunk * x_len, |i, writer| {
+            let samples = chunk.min(batch - i * chunk);
+            run(i, Some(writer.zeros(samples * x_len)))
+        });
+        dx = Some(filled);
+        partial
+    } else if want_weight {
+        (0..batch.div_ceil(chunk))
+            .into_par_iter()
+            .map(|i| run(i, None))
+            .collect()
     } else {
-        (0..chunks).map(|_| None).collect()
+        Vec::new()
     };
-    if want_x || want_weight {
-        let work: Vec<_> = dx_chunks.into_iter().zip(dw_chunks).enumerate().collect();
-        work.into_par_iter()
-            .for_each(|(i, (dx_chunk, dw))| run_chunk(i * chunk, dx_chunk, dw));
-    }
-    // Chunks summed in order: the same bits whatever the thread count or schedule.
     let dw = want_weight.then(|| {
         let mut total = vec![0.0f32; co * k];
-        for part in partial.chunks_exact(co * k) {
+        for part in partial.iter().flatten() {
             for (t, p) in total.iter_mut().zip(part) {
                 *t += p;
             }

@@ -21,6 +21,8 @@
 
 use rayon::prelude::*;
 
+use super::cpu_buffer::par_filled;
+
 /// Output positions per register tile row (two 8-lane vectors: with three, the four channels'
 /// twelve accumulators, the inputs and the broadcast spilled; 512-bit registers, 32 positions
 /// per tile, measured no faster).
@@ -74,8 +76,7 @@ pub fn conv3x3_same(
     }
     let grid = Grid::new(h, w);
     let (x_len, y_len) = (ci * h * w, co * h * w);
-    let mut y = vec![0.0_f32; batch * y_len];
-    y.par_chunks_mut(y_len).enumerate().for_each(|(s, y_n)| {
+    par_filled(batch * y_len, y_len, |s, y_n| {
         let x_n = &x[s * x_len..][..x_len];
         with_planes(grid, ci, co, |planes, out| {
             grid.fill_planes(planes, x_n, w);
@@ -87,14 +88,14 @@ pub fn conv3x3_same(
             unsafe {
                 avx2::convolve(grid, ci, co, planes, &packed, out)
             };
-            for (o, y_c) in y_n.chunks_exact_mut(h * w).enumerate() {
-                for (row, dst) in y_c.chunks_exact_mut(w).enumerate() {
-                    dst.copy_from_slice(&out[o * grid.outputs + row * grid.width..][..w]);
+            for o in 0..co {
+                for row in 0..h {
+                    y_n.extend_from_slice(&out[o * grid.outputs + row * grid.width..][..w]);
                 }
             }
         });
-    });
-    y
+    })
+    .0
 }
 
 /// The input gradient of [`conv3x3_same`] given `dy` (`N×Co×H×W`): the same convolution with
