@@ -115,18 +115,21 @@ pub fn channel_statistics(x: &[f32], [n, c, l]: [usize; 3]) -> (Vec<f32>, Vec<f3
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            simd(|| {
-                let (mut count, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
-                for s in 0..n {
-                    let (plane_mean, plane_m2) = plane_moments(&x[(s * c + ch) * l..][..l]);
-                    let (k, total) = (l as f64, count + l as f64);
-                    let delta = plane_mean - mean;
-                    mean += delta * k / total;
-                    m2 += plane_m2 + delta * delta * count * k / total;
-                    count = total;
-                }
-                (mean as f32, (m2 / count.max(1.0)) as f32)
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    let (mut count, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+                    for s in 0..n {
+                        let (plane_mean, plane_m2) = plane_moments(&x[(s * c + ch) * l..][..l]);
+                        let (k, total) = (l as f64, count + l as f64);
+                        let delta = plane_mean - mean;
+                        mean += delta * k / total;
+                        m2 += plane_m2 + delta * delta * count * k / total;
+                        count = total;
+                    }
+                    (mean as f32, (m2 / count.max(1.0)) as f32)
+                },
+            )
         })
         .unzip()
 }
@@ -142,17 +145,20 @@ fn normalize(
 ) -> Vec<f32> {
     par_filled(n * c * l, c * l, |sample, y_n| {
         let x_n = &x[sample * c * l..][..c * l];
-        simd(|| {
-            for ch in 0..c {
-                let (m, s, b) = (mean[ch], scale[ch], beta[ch]);
-                let inp = &x_n[ch * l..][..l];
-                if relu {
-                    y_n.extend_map(inp, |v| ((v - m) * s + b).max(0.0));
-                } else {
-                    y_n.extend_map(inp, |v| (v - m) * s + b);
+        simd(
+            #[inline(always)]
+            || {
+                for ch in 0..c {
+                    let (m, s, b) = (mean[ch], scale[ch], beta[ch]);
+                    let inp = &x_n[ch * l..][..l];
+                    if relu {
+                        y_n.extend_map(inp, |v| ((v - m) * s + b).max(0.0));
+                    } else {
+                        y_n.extend_map(inp, |v| (v - m) * s + b);
+                    }
                 }
-            }
-        })
+            },
+        )
     })
     .0
 }
@@ -205,42 +211,48 @@ pub fn norm_gradients(state: &NormState, x: &[f32], dy: &[f32]) -> (Vec<f32>, Ve
         .map(|ch| {
             let (m, k) = (mean[ch], inv_std[ch]);
             let pass = through(ch);
-            simd(|| {
-                let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
-                for s in 0..n {
-                    let at = (s * c + ch) * l;
-                    let (xs, ds) = (&x[at..at + l], &dy[at..at + l]);
-                    let (a, b) = lane_sums(xs, ds, |v, d| {
-                        let d = pass(v, d);
-                        (d, d * (v - m) * k)
-                    });
-                    sum_dy += a;
-                    sum_dy_xhat += b;
-                }
-                (sum_dy as f32, sum_dy_xhat as f32)
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
+                    for s in 0..n {
+                        let at = (s * c + ch) * l;
+                        let (xs, ds) = (&x[at..at + l], &dy[at..at + l]);
+                        let (a, b) = lane_sums(xs, ds, |v, d| {
+                            let d = pass(v, d);
+                            (d, d * (v - m) * k)
+                        });
+                        sum_dy += a;
+                        sum_dy_xhat += b;
+                    }
+                    (sum_dy as f32, sum_dy_xhat as f32)
+                },
+            )
         })
         .unzip();
     let count = (n * l) as f32;
     let (dx, _) = par_filled(n * c * l, c * l, |sample, dx_n| {
         let at = sample * c * l;
         let (x_n, dy_n) = (&x[at..][..c * l], &dy[at..][..c * l]);
-        simd(|| {
-            for ch in 0..c {
-                // dx = γ/σ · (dy − Σdy/M − x̂ · Σ(dy·x̂)/M)
-                let k = gamma[ch] * inv_std[ch];
-                let (m, inv) = (mean[ch], inv_std[ch]);
-                let pass = through(ch);
-                let mean_dy = dbeta[ch] / count;
-                let mean_dy_xhat = dgamma[ch] / count;
-                let range = ch * l..(ch + 1) * l;
-                dx_n.extend_zip_map(&x_n[range.clone()], &dy_n[range], |v, d| {
-                    let d = pass(v, d);
-                    let xhat = (v - m) * inv;
-                    k * (d - mean_dy - xhat * mean_dy_xhat)
-                });
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                for ch in 0..c {
+                    // dx = γ/σ · (dy − Σdy/M − x̂ · Σ(dy·x̂)/M)
+                    let k = gamma[ch] * inv_std[ch];
+                    let (m, inv) = (mean[ch], inv_std[ch]);
+                    let pass = through(ch);
+                    let mean_dy = dbeta[ch] / count;
+                    let mean_dy_xhat = dgamma[ch] / count;
+                    let range = ch * l..(ch + 1) * l;
+                    dx_n.extend_zip_map(&x_n[range.clone()], &dy_n[range], |v, d| {
+                        let d = pass(v, d);
+                        let xhat = (v - m) * inv;
+                        k * (d - mean_dy - xhat * mean_dy_xhat)
+                    });
+                }
+            },
+        )
     });
     (dx, dgamma, dbeta)
 }
