@@ -3,18 +3,18 @@
 //!
 //! Why: on a CPU SimCLR step, im2col, col2im and the matrix library's packing of the im2col
 //! matrix were ~28 % of the time (docs/benchmarks.md). Here each sample's input planes are
-//! copied once into zero-bordered planes of width `W + 2`; on that grid every output position
-//! `o = y·(W+2) + x` reads tap `(ky, kx)` at `o + ky·(W+2) + kx`, so a row of output positions
-//! is a contiguous vector for every tap. A register tile of four output channels × 16 positions
-//! accumulates `broadcast(weight) × input vector` with FMAs; the two border columns per row it
-//! also computes are dropped when the result is copied out (cheap for the 32-, 16- and 8-wide
-//! maps this runs on; narrower maps keep the im2col path, [`applies`]).
+//! copied once into zero-bordered planes of width `W + 2`; on that grid the output at row `y`,
+//! column `x` reads tap `(ky, kx)` at `y·(W+2) + x + ky·(W+2) + kx`, so eight outputs of a row
+//! read eight contiguous inputs for every tap. The outputs are cut into such eight-wide
+//! segments of one row (the last of a row masked when `W` is not a multiple of 8); a register
+//! tile of four output channels × two segments accumulates `broadcast(weight) × input vector`
+//! with FMAs and stores straight into the output tensor — no border columns computed, no copy.
 //!
 //! The input gradient of such a layer is the same convolution of the output gradient with the
 //! filters transposed (input ↔ output channel) and turned by 180°. The weight gradient is the
-//! correlation of the output gradient, laid out on the same grid with zeros in the border
-//! columns, with the input planes shifted by each tap: four output channels × two taps per
-//! register tile, the positions summed in the lanes.
+//! correlation of the output gradient, read segment by segment where it lies, with the input
+//! planes shifted by each tap: four output channels × two taps per register tile, the
+//! positions summed in the lanes.
 //!
 //! Summation order differs from the im2col + gemm path (fp32 rounding), not from run to run:
 //! each output value is summed in a fixed order whatever the threads do.
@@ -23,17 +23,15 @@ use rayon::prelude::*;
 
 use super::cpu_buffer::par_filled;
 
-/// Output positions per register tile row (two 8-lane vectors: with three, the four channels'
-/// twelve accumulators, the inputs and the broadcast spilled; 512-bit registers, 32 positions
-/// per tile, measured no faster).
-const POSITIONS: usize = 16;
-/// Output channels per register tile.
+/// Output channels per register tile (with two eight-wide segments: with three, the four
+/// channels' twelve accumulators, the inputs and the broadcast spilled; 512-bit registers,
+/// 32 positions per tile, measured no faster).
 const CHANNELS: usize = 4;
 
 /// Whether this host runs the direct kernel and a map of `width` × `channels` (in and out) is
-/// worth it: maps at least 8 wide (the two computed border columns cost ≤ 25 %; measured on a
-/// SimCLR step: 8-wide maps +5 % steps/s, 4-wide ones no faster than im2col), channel counts
-/// that fill the four-channel tile.
+/// worth it: maps at least 8 wide (a segment's width; measured on a SimCLR step: 8-wide maps
+/// +5 % steps/s, 4-wide ones no faster than im2col), channel counts that fill the four-channel
+/// tile.
 pub fn applies(width: usize, in_channels: usize, out_channels: usize) -> bool {
     width >= 8 && in_channels > 0 && out_channels.is_multiple_of(CHANNELS) && fast_path_available()
 }
@@ -75,24 +73,21 @@ pub fn conv3x3_same(
         }
     }
     let grid = Grid::new(h, w);
+    let segments = grid.segments();
     let (x_len, y_len) = (ci * h * w, co * h * w);
     par_filled(batch * y_len, y_len, |s, y_n| {
         let x_n = &x[s * x_len..][..x_len];
-        with_planes(grid, ci, co, |planes, out| {
-            grid.fill_planes(planes, x_n, w);
+        let y_n = y_n.zeros(y_len);
+        with_planes(grid, ci, |planes| {
+            grid.fill_planes(planes, x_n);
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `applies` checked AVX2 and FMA; the planes and output are sized by
-            // `grid` for `ci` and `co` channels (`with_planes`), which is all the kernel's
-            // pointer arithmetic assumes.
+            // SAFETY: `applies` checked AVX2 and FMA; the planes are sized by `grid` for `ci`
+            // channels (`with_planes`), `y_n` holds `co` planes of `h × w`, and the segments
+            // are `grid`'s, which is all the kernel's pointer arithmetic assumes.
             #[allow(unsafe_code)]
             unsafe {
-                avx2::convolve(grid, ci, co, planes, &packed, out)
+                avx2::convolve(grid, ci, co, planes, &packed, &segments, y_n)
             };
-            for o in 0..co {
-                for row in 0..h {
-                    y_n.extend_from_slice(&out[o * grid.outputs + row * grid.width..][..w]);
-                }
-            }
         });
     })
     .0
@@ -145,6 +140,7 @@ pub fn conv3x3_same_weight_gradient(
         "conv3x3_same_weight_gradient: gradient size"
     );
     let grid = Grid::new(h, w);
+    let segments = grid.segments();
     let (x_len, y_len) = (ci * h * w, co * h * w);
     let chunk = batch.div_ceil(16).max(1);
     let partial: Vec<Vec<f32>> = (0..batch.div_ceil(chunk))
@@ -153,20 +149,15 @@ pub fn conv3x3_same_weight_gradient(
             let mut dw = vec![0.0_f32; co * ci * 9];
             for s in k * chunk..((k + 1) * chunk).min(batch) {
                 let (x_n, dy_n) = (&x[s * x_len..][..x_len], &dy[s * y_len..][..y_len]);
-                with_planes(grid, ci, co, |planes, dy_grid| {
-                    grid.fill_planes(planes, x_n, w);
-                    for (o, grid_o) in dy_grid.chunks_exact_mut(grid.outputs).enumerate() {
-                        grid_o.fill(0.0);
-                        for (row, src) in dy_n[o * h * w..][..h * w].chunks_exact(w).enumerate() {
-                            grid_o[row * grid.width..][..w].copy_from_slice(src);
-                        }
-                    }
+                with_planes(grid, ci, |planes| {
+                    grid.fill_planes(planes, x_n);
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `applies` checked AVX2 and FMA; planes, gradient grid and `dw`
-                    // are sized for `grid`, `ci` and `co`.
+                    // SAFETY: `applies` checked AVX2 and FMA; the planes are sized by `grid`
+                    // for `ci` channels, `dy_n` holds `co` planes of `h × w`, `dw` is
+                    // `co · ci · 9`, and the segments are `grid`'s.
                     #[allow(unsafe_code)]
                     unsafe {
-                        avx2_weight::weight_gradient(grid, ci, co, planes, dy_grid, &mut dw)
+                        avx2_weight::weight_gradient(grid, ci, co, planes, &segments, dy_n, &mut dw)
                     };
                 });
             }
@@ -182,47 +173,70 @@ pub fn conv3x3_same_weight_gradient(
     total
 }
 
-/// The padded grid of one `h × w` plane.
+/// The zero-bordered grid of one `h × w` plane.
 #[derive(Debug, Clone, Copy)]
 struct Grid {
+    h: usize,
+    w: usize,
     /// `w + 2`.
     width: usize,
-    /// Output positions computed per channel: `h · (w + 2)` rounded up to whole tiles.
-    outputs: usize,
-    /// Floats per padded input plane: the bordered image plus what the last tile's taps read.
+    /// Floats per padded input plane: the bordered image plus what the last segment's taps
+    /// read past it.
     plane: usize,
 }
 
+/// Up to eight adjacent outputs of one row: where the first reads on the grid (tap `(0, 0)`),
+/// where it lies in the output plane, and how many of the eight lanes are in the map.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    grid: usize,
+    map: usize,
+    lanes: usize,
+}
+
 impl Grid {
-    /// Copies a sample's `C×H×W` planes (`w` wide) into the interiors of the bordered planes.
-    fn fill_planes(&self, planes: &mut [f32], x: &[f32], w: usize) {
-        let plane_len = x.len() / (planes.len() / self.plane).max(1);
-        for (plane, src) in planes
-            .chunks_exact_mut(self.plane)
-            .zip(x.chunks_exact(plane_len))
-        {
-            for (row, line) in src.chunks_exact(w).enumerate() {
-                plane[(row + 1) * self.width + 1..][..w].copy_from_slice(line);
-            }
+    fn new(h: usize, w: usize) -> Self {
+        let width = w + 2;
+        // The last segment starts at most at column w − 1 of row h − 1 and its largest tap
+        // reads 7 + 2·width + 2 further on: (h + 2)·width + 7 at most.
+        Self {
+            h,
+            w,
+            width,
+            plane: (h + 2) * width + 8,
         }
     }
 
-    fn new(h: usize, w: usize) -> Self {
-        let width = w + 2;
-        let outputs = (h * width).div_ceil(POSITIONS) * POSITIONS;
-        Self {
-            width,
-            outputs,
-            plane: (outputs + 2 * width + 2).max((h + 2) * width),
+    /// The output segments of a plane, row by row.
+    fn segments(&self) -> Vec<Segment> {
+        (0..self.h)
+            .flat_map(|row| {
+                (0..self.w).step_by(8).map(move |col| Segment {
+                    grid: row * self.width + col,
+                    map: row * self.w + col,
+                    lanes: (self.w - col).min(8),
+                })
+            })
+            .collect()
+    }
+
+    /// Copies a sample's `C×H×W` planes into the interiors of the bordered planes.
+    fn fill_planes(&self, planes: &mut [f32], x: &[f32]) {
+        for (plane, src) in planes
+            .chunks_exact_mut(self.plane)
+            .zip(x.chunks_exact(self.h * self.w))
+        {
+            for (row, line) in src.chunks_exact(self.w).enumerate() {
+                plane[(row + 1) * self.width + 1..][..self.w].copy_from_slice(line);
+            }
         }
     }
 }
 
-/// One thread's padded input planes, tile output, and the shape the planes were zeroed for.
+/// One thread's padded input planes and the shape they were zeroed for.
 #[derive(Default)]
 struct Planes {
     planes: Vec<f32>,
-    out: Vec<f32>,
     /// `(grid width, plane length, channels)` of `planes`.
     shape: (usize, usize, usize),
 }
@@ -233,19 +247,29 @@ thread_local! {
     static PLANES: std::cell::RefCell<Planes> = std::cell::RefCell::new(Planes::default());
 }
 
-/// Runs `f` on this thread's zero-bordered planes for `ci` channels and an output of `co`.
-fn with_planes(grid: Grid, ci: usize, co: usize, f: impl FnOnce(&mut [f32], &mut [f32])) {
+/// Runs `f` on this thread's zero-bordered planes for `ci` channels.
+fn with_planes(grid: Grid, ci: usize, f: impl FnOnce(&mut [f32])) {
     PLANES.with(|cell| {
         let mut guard = cell.borrow_mut();
-        let Planes { planes, out, shape } = &mut *guard;
+        let Planes { planes, shape } = &mut *guard;
         // A new shape: fresh zeros (the interiors of the old one would sit in the borders).
         if *shape != (grid.width, grid.plane, ci) || planes.len() != ci * grid.plane {
             *planes = vec![0.0; ci * grid.plane];
             *shape = (grid.width, grid.plane, ci);
         }
-        out.resize(co * grid.outputs, 0.0);
-        f(planes, &mut out[..co * grid.outputs]);
+        f(planes);
     });
+}
+
+/// Lane mask of a segment's `lanes` first lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn lane_mask(lanes: usize) -> core::arch::x86_64::__m256i {
+    use core::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(lanes as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -253,11 +277,11 @@ fn with_planes(grid: Grid, ci: usize, co: usize, f: impl FnOnce(&mut [f32], &mut
 mod avx2 {
     use core::arch::x86_64::*;
 
-    use super::{Grid, CHANNELS, POSITIONS};
+    use super::{lane_mask, Grid, Segment, CHANNELS};
 
     /// # Safety
-    /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `out` `co · grid.outputs`,
-    /// `packed` `co · ci · 9`, `co` a multiple of [`CHANNELS`].
+    /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `y` `co · h · w`,
+    /// `packed` `co · ci · 9`, `co` a multiple of [`CHANNELS`], `segments` from `grid`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn convolve(
         grid: Grid,
@@ -265,26 +289,29 @@ mod avx2 {
         co: usize,
         planes: &[f32],
         packed: &[f32],
-        out: &mut [f32],
+        segments: &[Segment],
+        y: &mut [f32],
     ) {
         let taps: [usize; 9] = core::array::from_fn(|t| (t / 3) * grid.width + t % 3);
-        // Positions outer, channel blocks inner: the input rows a tile reads (a few KiB) stay
+        let map = grid.h * grid.w;
+        // Segments outer, channel blocks inner: the input rows a tile reads (a few KiB) stay
         // in L1 for every block instead of streaming all planes once per block.
-        for first in (0..grid.outputs).step_by(POSITIONS) {
+        for pair in segments.chunks(2) {
+            // A lone last segment is computed twice (same values, stored twice).
+            let tile = [pair[0], pair[pair.len() - 1]];
             for block in 0..co / CHANNELS {
                 let weights = packed[block * ci * 9 * CHANNELS..].as_ptr();
-                let mut acc = [[_mm256_setzero_ps(); POSITIONS / 8]; CHANNELS];
+                let mut acc = [[_mm256_setzero_ps(); 2]; CHANNELS];
                 for c in 0..ci {
-                    // SAFETY: plane `c` starts at `c · grid.plane`; `first + 15 + the largest
-                    // tap < grid.plane` (`Grid::new`).
-                    let base = unsafe { planes.as_ptr().add(c * grid.plane + first) };
+                    // SAFETY: plane `c` starts at `c · grid.plane`; a segment's start plus
+                    // 7 plus the largest tap is inside the plane (`Grid::new`).
+                    let base = unsafe { planes.as_ptr().add(c * grid.plane) };
                     // SAFETY: block `block`'s weights for input channel `c`: 9 × 4 floats.
                     let w = unsafe { weights.add(c * 9 * CHANNELS) };
                     for (t, &tap) in taps.iter().enumerate() {
-                        // SAFETY: as above.
-                        let x: [__m256; POSITIONS / 8] = core::array::from_fn(|p| {
+                        let x: [__m256; 2] = core::array::from_fn(|p| {
                             // SAFETY: as above.
-                            unsafe { _mm256_loadu_ps(base.add(tap + 8 * p)) }
+                            unsafe { _mm256_loadu_ps(base.add(tile[p].grid + tap)) }
                         });
                         for (r, lanes) in acc.iter_mut().enumerate() {
                             // SAFETY: as above.
@@ -297,14 +324,17 @@ mod avx2 {
                 }
                 for (r, lanes) in acc.iter().enumerate() {
                     let o = block * CHANNELS + r;
-                    for (p, &v) in lanes.iter().enumerate() {
-                        // SAFETY: channel `o < co`, positions `first + 8p + 8 ≤ grid.outputs`.
+                    for (segment, &v) in tile.iter().zip(lanes) {
+                        // SAFETY: channel `o < co`; the segment's `lanes` outputs lie in the
+                        // plane; lanes past them are masked off.
                         unsafe {
-                            _mm256_storeu_ps(
-                                out.as_mut_ptr().add(o * grid.outputs + first + 8 * p),
-                                v,
-                            )
-                        };
+                            let at = y.as_mut_ptr().add(o * map + segment.map);
+                            if segment.lanes == 8 {
+                                _mm256_storeu_ps(at, v);
+                            } else {
+                                _mm256_maskstore_ps(at, lane_mask(segment.lanes), v);
+                            }
+                        }
                     }
                 }
             }
@@ -317,7 +347,7 @@ mod avx2 {
 mod avx2_weight {
     use core::arch::x86_64::*;
 
-    use super::{Grid, CHANNELS};
+    use super::{lane_mask, Grid, Segment, CHANNELS};
 
     /// Sum of the eight lanes.
     #[target_feature(enable = "avx2,fma")]
@@ -330,40 +360,52 @@ mod avx2_weight {
     /// Adds one sample's `dW` into `dw` (`Co×Ci×3×3`).
     ///
     /// # Safety
-    /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `dy_grid`
-    /// `co · grid.outputs` (zeros outside the map), `dw` `co · ci · 9`, `co` a multiple of
-    /// [`CHANNELS`].
+    /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `dy` `co · h · w`, `dw`
+    /// `co · ci · 9`, `co` a multiple of [`CHANNELS`], `segments` from `grid`.
     #[target_feature(enable = "avx2,fma")]
     pub(in super::super) unsafe fn weight_gradient(
         grid: Grid,
         ci: usize,
         co: usize,
         planes: &[f32],
-        dy_grid: &[f32],
+        segments: &[Segment],
+        dy: &[f32],
         dw: &mut [f32],
     ) {
         let taps: [usize; 9] = core::array::from_fn(|t| (t / 3) * grid.width + t % 3);
+        let map = grid.h * grid.w;
         for block in 0..co / CHANNELS {
-            // SAFETY: rows `block·4 .. block·4 + 4` of the gradient grid.
-            let dy = unsafe { dy_grid.as_ptr().add(block * CHANNELS * grid.outputs) };
+            // SAFETY: planes `block·4 .. block·4 + 4` of the gradient.
+            let dy = unsafe { dy.as_ptr().add(block * CHANNELS * map) };
             for c in 0..ci {
-                // SAFETY: plane `c`; every position + tap < `grid.plane` (`Grid::new`).
+                // SAFETY: plane `c`; every segment + 7 + tap < `grid.plane` (`Grid::new`).
                 let plane = unsafe { planes.as_ptr().add(c * grid.plane) };
                 for pair in 0..5 {
                     let (first, two) = (2 * pair, pair < 4);
                     let (t0, t1) = (taps[first], taps[(first + 1).min(8)]);
                     let mut acc = [[_mm256_setzero_ps(); 2]; CHANNELS];
-                    for pos in (0..grid.outputs).step_by(8) {
-                        // SAFETY: positions `pos..pos + 8 ≤ grid.outputs`, taps inside the plane.
+                    for segment in segments {
+                        // SAFETY: inside the plane, as above.
                         let (x0, x1) = unsafe {
                             (
-                                _mm256_loadu_ps(plane.add(pos + t0)),
-                                _mm256_loadu_ps(plane.add(pos + t1)),
+                                _mm256_loadu_ps(plane.add(segment.grid + t0)),
+                                _mm256_loadu_ps(plane.add(segment.grid + t1)),
                             )
                         };
+                        // Lanes past a short segment read zeros from dy, so the inputs
+                        // they face (the border, the next row) add nothing.
+                        let mask = lane_mask(segment.lanes);
                         for (r, a) in acc.iter_mut().enumerate() {
-                            // SAFETY: row `r` of the block, positions as above.
-                            let d = unsafe { _mm256_loadu_ps(dy.add(r * grid.outputs + pos)) };
+                            // SAFETY: plane `r` of the block; the segment's `lanes` values lie
+                            // in it, lanes past them are masked off.
+                            let d = unsafe {
+                                let at = dy.add(r * map + segment.map);
+                                if segment.lanes == 8 {
+                                    _mm256_loadu_ps(at)
+                                } else {
+                                    _mm256_maskload_ps(at, mask)
+                                }
+                            };
                             a[0] = _mm256_fmadd_ps(d, x0, a[0]);
                             a[1] = _mm256_fmadd_ps(d, x1, a[1]);
                         }
@@ -443,7 +485,13 @@ mod tests {
             eprintln!("skipped: this host has no AVX2/FMA (the direct kernel does not run here)");
             return;
         }
-        for (batch, ci, co, h, w) in [(3, 5, 8, 16, 16), (2, 16, 4, 17, 20), (1, 8, 12, 32, 32)] {
+        for (batch, ci, co, h, w) in [
+            (3, 5, 8, 16, 16),
+            (2, 16, 4, 17, 20),
+            (1, 8, 12, 32, 32),
+            // One full and one single-lane segment per row, an odd number of segments.
+            (2, 4, 4, 9, 9),
+        ] {
             let x = values(batch * ci * h * w, 1);
             let weight = values(co * ci * 9, 2);
             let dy = values(batch * co * h * w, 3);
