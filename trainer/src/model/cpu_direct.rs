@@ -23,6 +23,10 @@ use rayon::prelude::*;
 
 use super::cpu_buffer::par_filled;
 
+/// Segments the weight gradient's inner loop runs over before summing its lanes: maps of
+/// fewer segments take several samples per pass (an 8 × 8 map is 8 segments; summing lanes
+/// and updating `dW` after each sample cost a third of the kernel's time there).
+const SEGMENTS_PER_PASS: usize = 64;
 /// Output channels per register tile (with two eight-wide segments: with three, the four
 /// channels' twelve accumulators, the inputs and the broadcast spilled; 512-bit registers,
 /// 32 positions per tile, measured no faster).
@@ -114,10 +118,10 @@ pub fn conv3x3_same_input_gradient(
 }
 
 /// The weight gradient of [`conv3x3_same`] given `dy` (`N×Co×H×W`):
-/// `dW[o][c][t] = Σ_samples Σ_positions dy[o][p] · x[c][p + tap t]` on the zero-bordered grid,
-/// where `dy` is laid out with zeros in the border columns so that they add nothing. Samples in
-/// fixed chunks of `batch / 16` (rounded up) on rayon's threads, the chunks' sums added in
-/// order: the same bits whatever the thread count.
+/// `dW[o][c][t] = Σ_samples Σ_positions dy[o][p] · x[c][p + tap t]` on the zero-bordered grid.
+/// Samples in fixed chunks of `batch / 16` (rounded up) on rayon's threads, the chunks' sums
+/// added in order: the same bits whatever the thread count. Within a chunk, small maps are
+/// taken a few samples at a time ([`SEGMENTS_PER_PASS`]).
 pub fn conv3x3_same_weight_gradient(
     batch: usize,
     [ci, h, w]: [usize; 3],
@@ -143,21 +147,32 @@ pub fn conv3x3_same_weight_gradient(
     let segments = grid.segments();
     let (x_len, y_len) = (ci * h * w, co * h * w);
     let chunk = batch.div_ceil(16).max(1);
+    let group = SEGMENTS_PER_PASS.div_ceil(segments.len()).clamp(1, chunk);
     let partial: Vec<Vec<f32>> = (0..batch.div_ceil(chunk))
         .into_par_iter()
         .map(|k| {
             let mut dw = vec![0.0_f32; co * ci * 9];
-            for s in k * chunk..((k + 1) * chunk).min(batch) {
-                let (x_n, dy_n) = (&x[s * x_len..][..x_len], &dy[s * y_len..][..y_len]);
-                with_planes(grid, ci, |planes| {
-                    grid.fill_planes(planes, x_n);
+            let samples = k * chunk..((k + 1) * chunk).min(batch);
+            for first in samples.clone().step_by(group) {
+                let count = group.min(samples.end - first);
+                let x_group = &x[first * x_len..][..count * x_len];
+                let dy_group = &dy[first * y_len..][..count * y_len];
+                with_planes(grid, count * ci, |planes| {
+                    grid.fill_planes(planes, x_group);
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `applies` checked AVX2 and FMA; the planes are sized by `grid`
-                    // for `ci` channels, `dy_n` holds `co` planes of `h × w`, `dw` is
-                    // `co · ci · 9`, and the segments are `grid`'s.
+                    // for `count · ci` channels, `dy_group` holds `count · co` planes of
+                    // `h × w`, `dw` is `co · ci · 9`, and the segments are `grid`'s.
                     #[allow(unsafe_code)]
                     unsafe {
-                        avx2_weight::weight_gradient(grid, ci, co, planes, &segments, dy_n, &mut dw)
+                        avx2_weight::weight_gradient(
+                            grid,
+                            [count, ci, co],
+                            planes,
+                            &segments,
+                            dy_group,
+                            &mut dw,
+                        )
                     };
                 });
             }
@@ -247,7 +262,7 @@ thread_local! {
     static PLANES: std::cell::RefCell<Planes> = std::cell::RefCell::new(Planes::default());
 }
 
-/// Runs `f` on this thread's zero-bordered planes for `ci` channels.
+/// Runs `f` on this thread's zero-bordered planes for `ci` channels (of one or more samples).
 fn with_planes(grid: Grid, ci: usize, f: impl FnOnce(&mut [f32])) {
     PLANES.with(|cell| {
         let mut guard = cell.borrow_mut();
@@ -357,64 +372,81 @@ mod avx2_weight {
         _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps::<1>(two, two)))
     }
 
-    /// Adds one sample's `dW` into `dw` (`Co×Ci×3×3`).
+    /// Adds the `dW` of `samples` samples into `dw` (`Co×Ci×3×3`). A register tile is four
+    /// output channels × one row of three taps: each gradient vector feeds three FMAs, each
+    /// input vector four.
     ///
     /// # Safety
-    /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `dy` `co · h · w`, `dw`
-    /// `co · ci · 9`, `co` a multiple of [`CHANNELS`], `segments` from `grid`.
+    /// AVX2 and FMA available; `planes` is `samples · ci · grid.plane` floats, `dy`
+    /// `samples · co · h · w`, `dw` `co · ci · 9`, `co` a multiple of [`CHANNELS`], `segments`
+    /// from `grid`.
     #[target_feature(enable = "avx2,fma")]
     pub(in super::super) unsafe fn weight_gradient(
         grid: Grid,
-        ci: usize,
-        co: usize,
+        [samples, ci, co]: [usize; 3],
         planes: &[f32],
         segments: &[Segment],
         dy: &[f32],
         dw: &mut [f32],
     ) {
-        let taps: [usize; 9] = core::array::from_fn(|t| (t / 3) * grid.width + t % 3);
         let map = grid.h * grid.w;
+        // Every sample's segments in one list, their offsets counted from sample 0's plane
+        // `c` and gradient block: one loop per tile however small the map.
+        let (full, short): (Vec<Segment>, Vec<Segment>) = (0..samples)
+            .flat_map(|s| {
+                segments.iter().map(move |segment| Segment {
+                    grid: s * ci * grid.plane + segment.grid,
+                    map: s * co * map + segment.map,
+                    lanes: segment.lanes,
+                })
+            })
+            .partition(|segment| segment.lanes == 8);
         for block in 0..co / CHANNELS {
-            // SAFETY: planes `block·4 .. block·4 + 4` of the gradient.
-            let dy = unsafe { dy.as_ptr().add(block * CHANNELS * map) };
             for c in 0..ci {
-                // SAFETY: plane `c`; every segment + 7 + tap < `grid.plane` (`Grid::new`).
-                let plane = unsafe { planes.as_ptr().add(c * grid.plane) };
-                for pair in 0..5 {
-                    let (first, two) = (2 * pair, pair < 4);
-                    let (t0, t1) = (taps[first], taps[(first + 1).min(8)]);
-                    let mut acc = [[_mm256_setzero_ps(); 2]; CHANNELS];
-                    for segment in segments {
+                for ky in 0..3 {
+                    let mut acc = [[_mm256_setzero_ps(); 3]; CHANNELS];
+                    // SAFETY: plane `c` (of sample 0), from tap row `ky`; every segment
+                    // + 7 + the row's taps < `grid.plane` (`Grid::new`) past its sample's
+                    // plane `c`.
+                    let plane = unsafe { planes.as_ptr().add(c * grid.plane + ky * grid.width) };
+                    // SAFETY: gradient planes `block·4 .. block·4 + 4` (of sample 0).
+                    let dy = unsafe { dy.as_ptr().add(block * CHANNELS * map) };
+                    // Whole segments, then the short ones (the masked loads need one
+                    // more register, which in the same loop spilled an accumulator).
+                    for segment in &full {
                         // SAFETY: inside the plane, as above.
-                        let (x0, x1) = unsafe {
-                            (
-                                _mm256_loadu_ps(plane.add(segment.grid + t0)),
-                                _mm256_loadu_ps(plane.add(segment.grid + t1)),
-                            )
-                        };
-                        // Lanes past a short segment read zeros from dy, so the inputs
-                        // they face (the border, the next row) add nothing.
-                        let mask = lane_mask(segment.lanes);
+                        let x: [__m256; 3] = core::array::from_fn(|kx| unsafe {
+                            _mm256_loadu_ps(plane.add(segment.grid + kx))
+                        });
                         for (r, a) in acc.iter_mut().enumerate() {
-                            // SAFETY: plane `r` of the block; the segment's `lanes` values lie
-                            // in it, lanes past them are masked off.
-                            let d = unsafe {
-                                let at = dy.add(r * map + segment.map);
-                                if segment.lanes == 8 {
-                                    _mm256_loadu_ps(at)
-                                } else {
-                                    _mm256_maskload_ps(at, mask)
-                                }
-                            };
-                            a[0] = _mm256_fmadd_ps(d, x0, a[0]);
-                            a[1] = _mm256_fmadd_ps(d, x1, a[1]);
+                            // SAFETY: plane `r` of the block; the segment lies in it.
+                            let d = unsafe { _mm256_loadu_ps(dy.add(r * map + segment.map)) };
+                            for (a, &xv) in a.iter_mut().zip(&x) {
+                                *a = _mm256_fmadd_ps(d, xv, *a);
+                            }
+                        }
+                    }
+                    for segment in &short {
+                        let mask = lane_mask(segment.lanes);
+                        // SAFETY: inside the plane, as above.
+                        let x: [__m256; 3] = core::array::from_fn(|kx| unsafe {
+                            _mm256_loadu_ps(plane.add(segment.grid + kx))
+                        });
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: plane `r` of the block; the segment's `lanes`
+                            // values lie in it. Lanes past them load zeros, so the inputs
+                            // they face (the border, the next row) add nothing.
+                            let d =
+                                unsafe { _mm256_maskload_ps(dy.add(r * map + segment.map), mask) };
+                            for (a, &xv) in a.iter_mut().zip(&x) {
+                                *a = _mm256_fmadd_ps(d, xv, *a);
+                            }
                         }
                     }
                     for (r, a) in acc.iter().enumerate() {
-                        let at = ((block * CHANNELS + r) * ci + c) * 9 + first;
-                        dw[at] += lanes_sum(a[0]);
-                        if two {
-                            dw[at + 1] += lanes_sum(a[1]);
+                        let at = ((block * CHANNELS + r) * ci + c) * 9 + ky * 3;
+                        for (kx, &v) in a.iter().enumerate() {
+                            dw[at + kx] += lanes_sum(v);
                         }
                     }
                 }
@@ -491,6 +523,9 @@ mod tests {
             (1, 8, 12, 32, 32),
             // One full and one single-lane segment per row, an odd number of segments.
             (2, 4, 4, 9, 9),
+            // Chunks of three samples, each one weight-gradient pass (small map); the last
+            // chunk a single sample.
+            (34, 4, 8, 8, 9),
         ] {
             let x = values(batch * ci * h * w, 1);
             let weight = values(co * ci * 9, 2);
