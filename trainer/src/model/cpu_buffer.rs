@@ -49,6 +49,15 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// Appends `n` slots left for the caller to write (a kernel's raw stores).
+    ///
+    /// # Safety
+    /// Every returned slot must be written before [`par_filled`] returns.
+    #[allow(unsafe_code)]
+    pub unsafe fn unwritten(&mut self, n: usize) -> &mut [MaybeUninit<f32>] {
+        self.next(n)
+    }
+
     /// Appends `n` zeros and lends them out as plain floats (for kernels that accumulate).
     pub fn zeros(&mut self, n: usize) -> &mut [f32] {
         let slots = self.next(n);
@@ -89,7 +98,8 @@ pub fn par_filled<R: Send>(
         })
         .collect();
     // SAFETY: the first `len` slots are the chunks above, each of which asserted that its
-    // writer appended (and so wrote, `Writer` only advances over slots it wrote) all of them.
+    // writer appended all of them, and `Writer` advances only over slots it wrote or lent out
+    // with [`Writer::unwritten`], whose callers write them.
     #[allow(unsafe_code)]
     unsafe {
         values.set_len(len)

@@ -317,9 +317,7 @@ fn im2col_general(g: &Geometry, x: &[f32], cols: &mut [f32], row_stride: usize) 
             if sx == 1 {
                 dst.copy_from_slice(&src[plan.ix_start..plan.ix_start + (end - first)]);
             } else {
-                for (d, s) in dst.iter_mut().zip(src[plan.ix_start..].iter().step_by(sx)) {
-                    *d = *s;
-                }
+                gather_strided(dst, &src[plan.ix_start..], sx);
             }
         }
     });
@@ -357,12 +355,42 @@ fn col2im_general(g: &Geometry, cols: &[f32], row_stride: usize, dx: &mut [f32])
                     *d += *s;
                 }
             } else {
-                for (d, s) in dst[plan.ix_start..].iter_mut().step_by(sx).zip(src) {
-                    *d += *s;
-                }
+                scatter_add_strided(&mut dst[plan.ix_start..], src, sx);
             }
         }
     });
+}
+
+/// `dst[i] = src[i · step]` for every `i` of `dst`. Step 2 (the stride-2 layers) walks `src`
+/// in pairs, which the compiler vectorises: the `step_by` loop, one element per iteration,
+/// was half of im2col's time (profiled).
+fn gather_strided(dst: &mut [f32], src: &[f32], step: usize) {
+    if step == 2 && !dst.is_empty() {
+        let last = dst.len() - 1;
+        for (d, pair) in dst[..last].iter_mut().zip(src.chunks_exact(2)) {
+            *d = pair[0];
+        }
+        dst[last] = src[2 * last];
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src.iter().step_by(step)) {
+        *d = *s;
+    }
+}
+
+/// `dst[i · step] += src[i]` for every `i` of `src`, the adjoint of [`gather_strided`].
+fn scatter_add_strided(dst: &mut [f32], src: &[f32], step: usize) {
+    if step == 2 && !src.is_empty() {
+        let last = src.len() - 1;
+        for (pair, s) in dst.chunks_exact_mut(2).zip(&src[..last]) {
+            pair[0] += s;
+        }
+        dst[2 * last] += src[last];
+        return;
+    }
+    for (d, s) in dst.iter_mut().step_by(step).zip(src) {
+        *d += *s;
+    }
 }
 
 /// [`im2col`] for [`Geometry::is_3x3_same`]: per input row, the three rows `kx = 0, 1, 2`

@@ -81,16 +81,25 @@ pub fn conv3x3_same(
     let (x_len, y_len) = (ci * h * w, co * h * w);
     par_filled(batch * y_len, y_len, |s, y_n| {
         let x_n = &x[s * x_len..][..x_len];
-        let y_n = y_n.zeros(y_len);
         with_planes(grid, ci, |planes| {
             grid.fill_planes(planes, x_n);
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `applies` checked AVX2 and FMA; the planes are sized by `grid` for `ci`
-            // channels (`with_planes`), `y_n` holds `co` planes of `h × w`, and the segments
-            // are `grid`'s, which is all the kernel's pointer arithmetic assumes.
+            // channels (`with_planes`), the slots hold `co` planes of `h × w`, and the
+            // segments are `grid`'s, which is all the kernel's pointer arithmetic assumes.
+            // Its segments cover every position of every output plane, so every slot is
+            // written.
             #[allow(unsafe_code)]
             unsafe {
-                avx2::convolve(grid, ci, co, planes, &packed, &segments, y_n)
+                avx2::convolve(
+                    grid,
+                    ci,
+                    co,
+                    planes,
+                    &packed,
+                    &segments,
+                    y_n.unwritten(y_len),
+                )
             };
         });
     })
@@ -294,9 +303,11 @@ mod avx2 {
 
     use super::{lane_mask, Grid, Segment, CHANNELS};
 
+    /// Writes every value of `y`.
+    ///
     /// # Safety
     /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `y` `co · h · w`,
-    /// `packed` `co · ci · 9`, `co` a multiple of [`CHANNELS`], `segments` from `grid`.
+    /// `packed` `co · ci · 9`, `co` a multiple of [`CHANNELS`], `segments` all of `grid`'s.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn convolve(
         grid: Grid,
@@ -305,7 +316,7 @@ mod avx2 {
         planes: &[f32],
         packed: &[f32],
         segments: &[Segment],
-        y: &mut [f32],
+        y: &mut [core::mem::MaybeUninit<f32>],
     ) {
         let taps: [usize; 9] = core::array::from_fn(|t| (t / 3) * grid.width + t % 3);
         let map = grid.h * grid.w;
@@ -343,7 +354,7 @@ mod avx2 {
                         // SAFETY: channel `o < co`; the segment's `lanes` outputs lie in the
                         // plane; lanes past them are masked off.
                         unsafe {
-                            let at = y.as_mut_ptr().add(o * map + segment.map);
+                            let at = y.as_mut_ptr().cast::<f32>().add(o * map + segment.map);
                             if segment.lanes == 8 {
                                 _mm256_storeu_ps(at, v);
                             } else {
