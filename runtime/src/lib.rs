@@ -99,3 +99,44 @@ pub enum Error {
 
 /// Result alias for the runtime.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line, `outer: cause: …`, leaving out a cause whose text the
+/// message before it already holds (this crate's and the trainer's I/O errors print their OS
+/// error in their own message and also report it as their source; anyhow's `{:#}` printed it
+/// twice).
+pub fn describe_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_names_its_cause_once_not_twice() {
+        let error = Error::Io {
+            path: "data/metadata.csv".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "No such file"),
+        };
+        assert_eq!(describe_error(&error), "data/metadata.csv: No such file");
+        // Wrapped: the wrapper's message already holds the whole chain.
+        let wrapped = std::io::Error::other(error);
+        assert_eq!(describe_error(&wrapped), "data/metadata.csv: No such file");
+        // A cause the message does not hold is still named.
+        let context = anyhow::Error::new(wrapped).context("loading the split");
+        assert_eq!(
+            describe_error(context.as_ref()),
+            "loading the split: data/metadata.csv: No such file"
+        );
+    }
+}

@@ -321,7 +321,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("scanside: error: {e:#}");
+            eprintln!(
+                "scanside: error: {}",
+                scanside_runtime::describe_error(e.as_ref())
+            );
             ExitCode::from(1)
         }
     }
@@ -402,7 +405,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(line) => println!("{line}"),
                     Err(e) => {
                         failed += 1;
-                        eprintln!("scanside: error: {e:#}");
+                        eprintln!(
+                            "scanside: error: {}",
+                            scanside_runtime::describe_error(e.as_ref())
+                        );
                     }
                 }
             }

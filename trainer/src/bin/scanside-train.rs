@@ -624,7 +624,10 @@ fn main() -> ExitCode {
     match parse_device::<Inner>(&cli.device).and_then(|device| run::<Train>(cli.command, &device)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("scanside-train: error: {e:#}");
+            eprintln!(
+                "scanside-train: error: {}",
+                scanside_runtime::describe_error(e.as_ref())
+            );
             if e.downcast_ref::<Usage>().is_some() {
                 ExitCode::from(2)
             } else {
