@@ -636,13 +636,38 @@ struct CheckpointState {
 
 const LATEST: &str = "checkpoints/latest.json";
 
+/// Reads every float parameter, which makes burn draw the lazily initialised ones now.
+struct DrawParameters;
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for DrawParameters {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+}
+
+/// One micro-batch's loss, its objectives' values and its gradients (on the first device).
+type MicroResult = (f32, Vec<(&'static str, f32)>, GradientsParams);
+
 /// Runs pretraining from scratch and writes the run directory `out`.
 pub fn pretrain<B: AutodiffBackend>(
     config: &PretrainConfig,
     out: &Path,
     device: &B::Device,
 ) -> Result<PretrainSummary> {
-    dispatch::<B>(config, out, device, None)
+    pretrain_on::<B>(config, out, std::slice::from_ref(device))
+}
+
+/// [`pretrain`] data-parallel over `devices` (several GPUs): every step's batch is cut into
+/// `accumulation_steps × devices` micro-batches, each device computes the gradients of its
+/// share on its own replica of the model (one thread per device), and the gradients are moved
+/// to the first device and summed there in micro-batch order before the optimiser step — the
+/// same arithmetic as `accumulation_steps × devices` micro-batches on one device.
+pub fn pretrain_on<B: AutodiffBackend>(
+    config: &PretrainConfig,
+    out: &Path,
+    devices: &[B::Device],
+) -> Result<PretrainSummary> {
+    dispatch::<B>(config, out, devices, None)
 }
 
 /// Continues the run in `out` from its latest checkpoint, with the configuration it was
@@ -651,18 +676,27 @@ pub fn resume_pretrain<B: AutodiffBackend>(
     out: &Path,
     device: &B::Device,
 ) -> Result<PretrainSummary> {
+    resume_pretrain_on::<B>(out, std::slice::from_ref(device))
+}
+
+/// [`resume_pretrain`] data-parallel over `devices` (see [`pretrain_on`]); a run resumes
+/// exactly only on as many devices as it started with.
+pub fn resume_pretrain_on<B: AutodiffBackend>(
+    out: &Path,
+    devices: &[B::Device],
+) -> Result<PretrainSummary> {
     let config: PretrainConfig = load_json(&out.join("config.json"))?;
     let state: CheckpointState = load_json(&out.join(LATEST)).map_err(|e| Error::Checkpoint {
         path: out.join(LATEST),
         reason: format!("no checkpoint to resume from ({e})"),
     })?;
-    dispatch::<B>(&config, out, device, Some(state))
+    dispatch::<B>(&config, out, devices, Some(state))
 }
 
 fn dispatch<B: AutodiffBackend>(
     config: &PretrainConfig,
     out: &Path,
-    device: &B::Device,
+    devices: &[B::Device],
     resume: Option<CheckpointState>,
 ) -> Result<PretrainSummary> {
     match config.optimizer {
@@ -670,7 +704,7 @@ fn dispatch<B: AutodiffBackend>(
             let optimizer = AdamWConfig::new()
                 .with_weight_decay(config.weight_decay)
                 .init::<B, SimClr<B>>();
-            run::<B, _>(config, out, device, optimizer, resume)
+            run::<B, _>(config, out, devices, optimizer, resume)
         }
         OptimizerKind::Lars => {
             let optimizer = Lars {
@@ -679,7 +713,7 @@ fn dispatch<B: AutodiffBackend>(
                 ..Lars::default()
             }
             .init::<B, SimClr<B>>();
-            run::<B, _>(config, out, device, optimizer, resume)
+            run::<B, _>(config, out, devices, optimizer, resume)
         }
         OptimizerKind::Sgd => {
             let optimizer = SgdConfig::new()
@@ -692,7 +726,7 @@ fn dispatch<B: AutodiffBackend>(
                     penalty: config.weight_decay,
                 }))
                 .init::<B, SimClr<B>>();
-            run::<B, _>(config, out, device, optimizer, resume)
+            run::<B, _>(config, out, devices, optimizer, resume)
         }
     }
 }
@@ -869,13 +903,18 @@ fn load_checkpoint<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
 fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     config: &PretrainConfig,
     out: &Path,
-    device: &B::Device,
+    devices: &[B::Device],
     optimizer: O,
     resume: Option<CheckpointState>,
 ) -> Result<PretrainSummary> {
     let bad = |reason: String| Error::Config {
         path: out.to_path_buf(),
         reason,
+    };
+    // The model, the optimiser and everything but the micro-batches' gradients live on the
+    // first device.
+    let Some(device) = devices.first() else {
+        return Err(bad("no compute device given".into()));
     };
     config.model.validate().map_err(bad)?;
     config.objectives.validate().map_err(bad)?;
@@ -887,14 +926,17 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     if config.batch_size < 2 || config.epochs == 0 {
         return Err(bad("pretraining needs batch_size ≥ 2 and epochs ≥ 1".into()));
     }
-    let micro = config.batch_size / config.accumulation_steps.max(1);
+    let micro_batches = config.accumulation_steps * devices.len();
     if config.accumulation_steps == 0
-        || !config.batch_size.is_multiple_of(config.accumulation_steps)
-        || micro < 2
+        || !config.batch_size.is_multiple_of(micro_batches)
+        || config.batch_size / micro_batches < 2
     {
         return Err(bad(format!(
-            "accumulation_steps {} must divide batch_size {} into micro-batches of at least 2 images",
-            config.accumulation_steps, config.batch_size
+            "accumulation_steps {} × {} device(s) must divide batch_size {} into micro-batches \
+             of at least 2 images",
+            config.accumulation_steps,
+            devices.len(),
+            config.batch_size
         )));
     }
     std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
@@ -930,6 +972,9 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         config.objectives.heads(),
         device,
     );
+    // burn creates parameters lazily, drawing their random values on first use: a clone made
+    // before then (a device's replica) would draw its own. Drawn here, in module order, once.
+    model.visit(&mut DrawParameters);
     let mut init_report = None;
     if let (Some(file), None) = (&config.init, &resume) {
         let (backbone, report) = load_torchvision::<B>(&config.model, file, device)?;
@@ -1057,13 +1102,11 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         let step = state.step;
         let epoch = step / steps_per_epoch.max(1);
         let cross = inputs.cross;
-        let micro_batches = config.accumulation_steps;
-        let mut grads = GradientsAccumulator::<SimClr<B>>::new();
-        let mut loss_value = 0.0;
-        let mut components = serde_json::Map::new();
-        for micro in 0..micro_batches {
+        // One micro-batch on one device: its loss, its objectives and its gradients, moved
+        // to the first device.
+        let micro_step = |replica: &SimClr<B>, on: &B::Device, micro: usize| {
             let batch = inputs.micro_batch(micro, micro_batches, geometry.len());
-            let parts = objective_losses(&model, batch, config, &preprocess, device);
+            let parts = objective_losses(replica, batch, config, &preprocess, on);
             let loss = parts
                 .iter()
                 .map(|(_, t)| t.clone())
@@ -1076,14 +1119,60 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
                     "loss became {value} at step {step}; lower the learning rate"
                 )));
             }
+            let values: Vec<(&'static str, f32)> =
+                parts.iter().map(|(name, t)| (*name, scalar(t))).collect();
+            let grads = GradientsParams::from_grads(loss.backward(), replica);
+            Ok((value, values, grads.to_device(device, replica)))
+        };
+        let results: Vec<MicroResult> = if devices.len() == 1 {
+            (0..micro_batches)
+                .map(|micro| micro_step(&model, device, micro))
+                .collect::<Result<_>>()?
+        } else {
+            // Device `d` takes micro-batches d, d + D, d + 2D, … on its own thread.
+            let mut by_device = std::thread::scope(|scope| {
+                let workers: Vec<_> = devices
+                    .iter()
+                    .enumerate()
+                    .map(|(d, on)| {
+                        let replica = model.clone().fork(on);
+                        let micro_step = &micro_step;
+                        scope.spawn(move || {
+                            (d..micro_batches)
+                                .step_by(devices.len())
+                                .map(|micro| micro_step(&replica, on, micro))
+                                .collect::<Result<Vec<_>>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|worker| worker.join().expect("a device's worker panicked"))
+                    .collect::<Result<Vec<_>>>()
+            })?
+            .into_iter()
+            .map(Vec::into_iter)
+            .collect::<Vec<_>>();
+            // Back into micro-batch order: the sums below do not depend on which device
+            // finished first.
+            (0..micro_batches)
+                .map(|micro| {
+                    by_device[micro % devices.len()]
+                        .next()
+                        .expect("every device returns its micro-batches")
+                })
+                .collect()
+        };
+        let mut grads = GradientsAccumulator::<SimClr<B>>::new();
+        let mut loss_value = 0.0;
+        let mut components = serde_json::Map::new();
+        for (value, parts, micro_grads) in results {
             loss_value += value;
-            for (name, t) in &parts {
+            for (name, t) in parts {
                 let sum = components.entry(name.to_string()).or_insert(json!(0.0));
-                *sum = json!(
-                    sum.as_f64().unwrap_or(0.0) + f64::from(scalar(t)) / micro_batches as f64
-                );
+                *sum = json!(sum.as_f64().unwrap_or(0.0) + f64::from(t) / micro_batches as f64);
             }
-            grads.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            grads.accumulate(&model, micro_grads);
         }
         let grads = grads.grads();
         let lr = learning_rate_at(step, total, config.learning_rate, config.warmup_fraction);

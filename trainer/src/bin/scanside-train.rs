@@ -21,7 +21,9 @@ use scanside_trainer::evaluate::{evaluate, probe_pretrained, EvalSettings};
 use scanside_trainer::export::{export_run, parse_targets, ExportOptions, Targets};
 use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode, QatConfig};
 use scanside_trainer::optim::OptimizerKind;
-use scanside_trainer::pretrain::{pretrain, resume_pretrain, Method, Objectives, PretrainConfig};
+use scanside_trainer::pretrain::{
+    pretrain_on, resume_pretrain_on, Method, Objectives, PretrainConfig,
+};
 use scanside_trainer::quantize::{parse_bytes, CalibrationMethod, QuantizeConfig};
 use scanside_trainer::report::write_report;
 use scanside_trainer::runlog::save_json;
@@ -56,7 +58,8 @@ type Train = burn::backend::Autodiff<Inner>;
 )]
 struct Cli {
     /// Compute device: `cpu`, or `cuda:N` in builds with the `cuda` feature (default: `cuda:0`
-    /// there, `cpu` otherwise).
+    /// there, `cpu` otherwise). `pretrain` also takes several, `cuda:0,cuda:1`: data-parallel,
+    /// each step's batch split across them.
     #[arg(long, global = true, default_value = DEFAULT_DEVICE)]
     device: String,
     #[command(subcommand)]
@@ -621,7 +624,12 @@ struct TrainArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match parse_device::<Inner>(&cli.device).and_then(|device| run::<Train>(cli.command, &device)) {
+    let devices = cli
+        .device
+        .split(',')
+        .map(|one| parse_device::<Inner>(one.trim()))
+        .collect::<anyhow::Result<Vec<_>>>();
+    match devices.and_then(|devices| run::<Train>(cli.command, &devices)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!(
@@ -659,7 +667,11 @@ fn parse_device<B: burn::tensor::backend::Backend>(s: &str) -> anyhow::Result<B:
     Ok(Default::default())
 }
 
-fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Result<ExitCode> {
+fn run<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> anyhow::Result<ExitCode> {
+    let device = &devices[0];
+    if devices.len() > 1 && !matches!(command, Command::Pretrain { .. }) {
+        return Err(usage("several --device values are for pretrain only"));
+    }
     match command {
         Command::Data { command } => return run_data(command),
         Command::Pretrain {
@@ -687,13 +699,13 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
             preset,
         } => {
             if resume {
-                let summary = resume_pretrain::<B>(&out, device)?;
+                let summary = resume_pretrain_on::<B>(&out, devices)?;
                 println!("{}", serde_json::to_string_pretty(&summary)?);
                 return Ok(ExitCode::SUCCESS);
             }
             if let Some(file) = config_file {
                 let config = read_pretrain_config(&file)?;
-                let summary = pretrain::<B>(&config, &out, device)?;
+                let summary = pretrain_on::<B>(&config, &out, devices)?;
                 println!("{}", serde_json::to_string_pretty(&summary)?);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -734,7 +746,7 @@ fn run<B: AutodiffBackend>(command: Command, device: &B::Device) -> anyhow::Resu
                 OptimizerKind::Lars => 1e-6,
                 _ => 1e-4,
             });
-            let summary = pretrain::<B>(&config, &out, device)?;
+            let summary = pretrain_on::<B>(&config, &out, devices)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Finetune {

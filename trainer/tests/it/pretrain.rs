@@ -314,6 +314,55 @@ crop_scale = [0.35, 1.0]
     assert!(stderr(&out).contains("jigsaw"), "{}", stderr(&out));
 }
 
+/// Several `--device`s split each batch across model replicas on their own threads and sum
+/// the gradients in micro-batch order: on this CPU-only machine two CPU replicas stand in for
+/// two GPUs, and must reproduce `--accumulate 2` on one device exactly.
+#[test]
+fn data_parallel_devices_reproduce_gradient_accumulation_on_one_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 16);
+    let split = split.to_str().unwrap();
+    let run = |name: &str, device: &str, accumulate: &str| {
+        let out_dir = dir.path().join(name);
+        let mut args = vec!["--device", device];
+        args.extend(pretrain_args(
+            split,
+            out_dir.to_str().unwrap(),
+            &[
+                "--max-steps",
+                "3",
+                "--health-every",
+                "0",
+                "--checkpoint-every",
+                "0",
+                "--accumulate",
+                accumulate,
+            ],
+        ));
+        let out = train(&args);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        losses(&out_dir)
+    };
+    let one = run("one", "cpu", "2");
+    let two = run("two", "cpu,cpu", "1");
+    assert_eq!(one.len(), 3, "{one:?}");
+    assert_eq!(one, two, "two replicas vs two micro-batches on one device");
+    // Replicas times micro-batches must still split the batch (8 images into 2 × 8: no).
+    let bad = dir.path().join("bad");
+    let mut args = vec!["--device", "cpu,cpu"];
+    args.extend(pretrain_args(
+        split,
+        bad.to_str().unwrap(),
+        &["--max-steps", "1", "--accumulate", "8"],
+    ));
+    let out = train(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("2 device(s)"), "{}", stderr(&out));
+    // Other commands take one device.
+    let out = train(&["--device", "cpu,cpu", "data", "check", "--data", split]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
 #[test]
 fn imagenet_init_and_gradient_accumulation_run_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
