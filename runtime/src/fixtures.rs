@@ -166,3 +166,17 @@ pub fn write_dicom(path: &Path, fixture: &DicomFixture<'_>) {
     }
     save(obj, path, sop_instance_uid);
 }
+
+/// `n` deterministic pseudo-random values in [-1, 1) (xorshift32 from `seed`): kernel tests'
+/// inputs and weights, the same on every machine.
+pub fn pseudo_random_values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1 << 23) as f32 - 1.0
+        })
+        .collect()
+}

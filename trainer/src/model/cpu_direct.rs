@@ -470,17 +470,7 @@ mod avx2_weight {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use scanside_runtime::fixtures::pseudo_random_values as values;
 
     /// The definitions: `y[o][i][j] = Σ w[o][c][ky][kx] · x[c][i+ky−1][j+kx−1]` and its
     /// adjoint `dx[c][i][j] = Σ w[o][c][ky][kx] · dy[o][i−ky+1][j−kx+1]`.

@@ -71,28 +71,27 @@ fn simd<R>(f: impl FnOnce() -> R) -> R {
 /// other.
 const LANES: usize = 16;
 
-/// `(Σ f(a[i], b[i]).0, Σ f(a[i], b[i]).1)` over two equal-length slices in [`LANES`] f32
-/// lanes (a plane holds at most a few thousand values, so f32 partial sums are exact enough,
-/// and planes are summed in f64).
+/// `Σ f(a[i], b[i])` of each of the `K` values `f` returns, over two equal-length slices in
+/// [`LANES`] f32 lanes (a plane holds at most a few thousand values, so f32 partial sums are
+/// exact enough, and planes are summed in f64).
 #[inline(always)]
-fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
-    let (mut first, mut second) = ([0.0f32; LANES], [0.0f32; LANES]);
+fn lane_sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
+    let mut lanes = [[0.0f32; LANES]; K];
     let (a16, b16) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (mut tail_first, mut tail_second) = (0.0f64, 0.0f64);
+    let mut tail = [0.0f64; K];
     for (&x, &y) in a16.remainder().iter().zip(b16.remainder()) {
-        let (p, q) = f(x, y);
-        tail_first += f64::from(p);
-        tail_second += f64::from(q);
+        for (t, v) in tail.iter_mut().zip(f(x, y)) {
+            *t += f64::from(v);
+        }
     }
     for (x, y) in a16.zip(b16) {
         for i in 0..LANES {
-            let (p, q) = f(x[i], y[i]);
-            first[i] += p;
-            second[i] += q;
+            for (sum, v) in lanes.iter_mut().zip(f(x[i], y[i])) {
+                sum[i] += v;
+            }
         }
     }
-    let total = |lanes: [f32; LANES]| lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
-    (total(first) + tail_first, total(second) + tail_second)
+    core::array::from_fn(|k| lanes[k].iter().map(|&v| f64::from(v)).sum::<f64>() + tail[k])
 }
 
 /// Mean and sum of squared deviations from it of one plane: two passes while the plane sits in
@@ -100,9 +99,10 @@ fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, 
 #[inline(always)]
 fn plane_moments(plane: &[f32]) -> (f64, f64) {
     let count = plane.len() as f64;
-    let mean = lane_sums(plane, plane, |v, _| (v, 0.0)).0 / count;
+    let [sum] = lane_sums(plane, plane, |v, _| [v]);
+    let mean = sum / count;
     let centre = mean as f32;
-    let squares = lane_sums(plane, plane, |v, _| ((v - centre) * (v - centre), 0.0)).0;
+    let [squares] = lane_sums(plane, plane, |v, _| [(v - centre) * (v - centre)]);
     // Deviations were taken from the rounded mean: Σ(v − c)² = M2 + n·(mean − c)².
     let off = mean - f64::from(centre);
     (mean, squares - count * off * off)
@@ -218,9 +218,9 @@ pub fn norm_gradients(state: &NormState, x: &[f32], dy: &[f32]) -> (Vec<f32>, Ve
                     for s in 0..n {
                         let at = (s * c + ch) * l;
                         let (xs, ds) = (&x[at..at + l], &dy[at..at + l]);
-                        let (a, b) = lane_sums(xs, ds, |v, d| {
+                        let [a, b] = lane_sums(xs, ds, |v, d| {
                             let d = pass(v, d);
-                            (d, d * (v - m) * k)
+                            [d, d * (v - m) * k]
                         });
                         sum_dy += a;
                         sum_dy_xhat += b;

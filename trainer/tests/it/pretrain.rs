@@ -314,6 +314,52 @@ crop_scale = [0.35, 1.0]
     assert!(stderr(&out).contains("jigsaw"), "{}", stderr(&out));
 }
 
+/// `scanside-train` restarts itself once with `MIMALLOC_PURGE_DELAY=-1` (freed activations
+/// stay committed) and leaves a value the user set alone: read from the running process's
+/// environment once its run directory has a metrics file (so `main` got past the restart).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_trainer_keeps_freed_memory_committed_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 8);
+    let split = split.to_str().unwrap();
+    for (given, expected) in [
+        (None, "MIMALLOC_PURGE_DELAY=-1"),
+        (Some("250"), "MIMALLOC_PURGE_DELAY=250"),
+    ] {
+        let run = dir.path().join(format!("run-{}", given.unwrap_or("unset")));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_scanside-train"));
+        command
+            .args(pretrain_args(
+                split,
+                run.to_str().unwrap(),
+                &["--health-every", "0"],
+            ))
+            .env_remove("MIMALLOC_PURGE_DELAY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(value) = given {
+            command.env("MIMALLOC_PURGE_DELAY", value);
+        }
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !run.join("metrics.jsonl").exists() {
+            assert!(Instant::now() < deadline, "the run never started");
+            assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let settings: Vec<String> = environ
+            .split(|&b| b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY="))
+            .collect();
+        assert_eq!(settings, [expected], "given {given:?}");
+    }
+}
+
 /// Several `--device`s split each batch across model replicas on their own threads and sum
 /// the gradients in micro-batch order: on this CPU-only machine two CPU replicas stand in for
 /// two GPUs, and must reproduce `--accumulate 2` on one device exactly.

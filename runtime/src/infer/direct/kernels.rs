@@ -860,18 +860,7 @@ mod avx512 {
 pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic values in [-1, 1).
-    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    pub(crate) use crate::fixtures::pseudo_random_values as values;
 
     /// A bordered buffer whose interior is random and border zero.
     pub(crate) fn bordered(shape: [usize; 3], border: usize, seed: u32) -> Vec<f32> {
