@@ -37,7 +37,7 @@ python3 tools/dicom_corpus.py --scanside target/debug/scanside --out "$fixture/d
 done_step
 
 step "firmware core builds for thumbv7em-none-eabihf (no_std, with defmt)"
-cargo build -p scanside-firmware --target thumbv7em-none-eabihf --features defmt
+cargo build -p scanside-int8 --target thumbv7em-none-eabihf --features defmt
 done_step
 
 step "firmware on QEMU mps2-an386: golden output and status"
@@ -68,7 +68,7 @@ step "aarch64: runtime and core tests under qemu-aarch64, then the binary screen
 # The whole suite, CLI and service tests included: they start the aarch64 `scanside` through
 # qemu-aarch64 (SCANSIDE_TEST_RUNNER; without binfmt_misc the emulated tests could not exec it).
 SCANSIDE_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
-  cargo test -p scanside-runtime -p scanside-firmware --target aarch64-unknown-linux-gnu
+  cargo test -p scanside-runtime -p scanside-int8 --target aarch64-unknown-linux-gnu
 cargo build -p scanside-runtime --target aarch64-unknown-linux-gnu --bin scanside
 native=$(target/debug/scanside screen --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" \
   "$fixture/bundle/sample.jpg")

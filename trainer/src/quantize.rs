@@ -1,4 +1,4 @@
-//! Post-training static quantisation to the int8 model blob (`scanside_firmware::blob`).
+//! Post-training static quantisation to the int8 model blob (`scanside_int8::blob`).
 //!
 //! The classifier is traced once in burn to get its graph (BatchNorm folded, as in the ONNX
 //! export) and, on a sample of training images, every intermediate activation. Weights are
@@ -21,12 +21,12 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
-use scanside_firmware::arith::quantize_multiplier;
-use scanside_firmware::blob::write::{
+use scanside_int8::arith::quantize_multiplier;
+use scanside_int8::blob::write::{
     encode, AlignedBlob, LayerSpec, MemoryPlan, ModelSpec, TensorSpec,
 };
-use scanside_firmware::blob::{Model, Op};
-use scanside_firmware::kernels::pool_add::ADD_LEFT_SHIFT;
+use scanside_int8::blob::{Model, Op};
+use scanside_int8::kernels::pool_add::ADD_LEFT_SHIFT;
 use scanside_runtime::infer::Int8Classifier;
 use scanside_runtime::preprocess::{normalize_in_place, PreprocessConfig};
 use serde::{Deserialize, Serialize};
@@ -1334,8 +1334,8 @@ mod tests {
     fn affine_ranges_represent_zero_exactly() {
         for (lo, hi) in [(-1.0_f32, 3.0_f32), (0.0, 6.0), (-0.2, 0.0)] {
             let (s, z) = affine(lo, hi);
-            assert_eq!(scanside_firmware::engine::quantize(0.0, s, z), z);
-            assert!(scanside_firmware::engine::dequantize(z, s, z).abs() < 1e-12);
+            assert_eq!(scanside_int8::engine::quantize(0.0, s, z), z);
+            assert!(scanside_int8::engine::dequantize(z, s, z).abs() < 1e-12);
         }
     }
 

@@ -1,8 +1,8 @@
 //! The built-in layer the firmware runs: a 64 -> 8 int8 fully connected layer with fused ReLU
 //! and per-channel requantisation. Shared verbatim with the host test
-//! `firmware/tests/it/device_layer.rs`, which recomputes `EXPECTED` with the reference kernel.
+//! `firmware/int8/tests/it/device_layer.rs`, which recomputes `EXPECTED` with the reference kernel.
 
-use scanside_firmware::FullyConnectedParams;
+use scanside_int8::FullyConnectedParams;
 
 /// Inputs per sample.
 pub const INPUT_LEN: usize = 64;

@@ -2,9 +2,9 @@
 //! (the host runtime's int8 engine), embedded at build time from `$SCANSIDE_GOLDEN`. Every
 //! vector's output must equal the host's bit for bit.
 
-use scanside_firmware::blob::Model;
-use scanside_firmware::engine::run;
-use scanside_firmware::vectors::Vectors;
+use scanside_int8::blob::Model;
+use scanside_int8::engine::run;
+use scanside_int8::vectors::Vectors;
 
 /// 4-byte alignment for data embedded with `include_bytes!` (the blob's int32 arrays are read
 /// in place).

@@ -7,8 +7,8 @@
 //! kernels 1 and 3, strides 1 and 2 (odd and even output widths: two-pixel passes and a
 //! row's last single pixel), padding 0 and 1, and requantisation shifts on both sides of zero
 //! (the prepared right-shift form and the general one).
-use scanside_firmware::kernels::conv::{conv2d, conv2d_reference, ConvParams};
-use scanside_firmware::PerChannelRequant;
+use scanside_int8::kernels::conv::{conv2d, conv2d_reference, ConvParams};
+use scanside_int8::PerChannelRequant;
 
 const SIDE: usize = 5;
 const MAX_CIN: usize = 12;

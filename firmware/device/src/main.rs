@@ -10,7 +10,7 @@ use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
 use defmt_semihosting as _;
 use panic_probe as _;
-use scanside_firmware::{fully_connected, PerChannelRequant};
+use scanside_int8::{fully_connected, PerChannelRequant};
 
 /// Passes of the two-instruction calibration loop timed to relate SysTick ticks to executed
 /// instructions.

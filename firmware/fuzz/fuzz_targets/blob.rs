@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scanside_firmware::blob::write::AlignedBlob;
-use scanside_firmware::blob::Model;
-use scanside_firmware::engine::run;
+use scanside_int8::blob::write::AlignedBlob;
+use scanside_int8::blob::Model;
+use scanside_int8::engine::run;
 
 /// Arenas larger than this are not allocated (a device would not have them either).
 const MAX_ARENA: usize = 4 << 20;

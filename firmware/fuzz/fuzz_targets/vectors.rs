@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scanside_firmware::vectors::Vectors;
+use scanside_int8::vectors::Vectors;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(vectors) = Vectors::parse(data) {

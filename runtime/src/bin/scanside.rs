@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use scanside_firmware::vectors;
+use scanside_int8::vectors;
 use scanside_runtime::bundle::{Bundle, Trust};
 use scanside_runtime::infer::{Engine, EngineKind, Screener};
 use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};

@@ -50,7 +50,7 @@ pub struct BundleManifest {
     pub int8: Option<Int8Entry>,
 }
 
-/// The int8 model blob of a bundle (format: `scanside_firmware::blob`), run on the host by the
+/// The int8 model blob of a bundle (format: `scanside_int8::blob`), run on the host by the
 /// shared int8 core and on microcontrollers by the firmware.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

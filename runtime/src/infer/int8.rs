@@ -1,5 +1,5 @@
 //! The int8 engine on the host: runs the bundle's int8 blob with the shared no_std core
-//! (`scanside-firmware`), the same code and arithmetic the microcontroller firmware runs, so
+//! (`scanside-int8`), the same code and arithmetic the microcontroller firmware runs, so
 //! the host result is the firmware's reference bit for bit.
 //!
 //! Why not tract for int8: tract 0.23 executes ONNX QDQ convolutions in float, does not load
@@ -9,13 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use scanside_firmware::blob::write::AlignedBlob;
-use scanside_firmware::blob::{Model, Tensor};
+use scanside_int8::blob::write::AlignedBlob;
+use scanside_int8::blob::{Model, Tensor};
 #[cfg(not(target_arch = "x86_64"))]
-use scanside_firmware::engine::run;
-use scanside_firmware::engine::{dequantize, quantize};
+use scanside_int8::engine::run;
+use scanside_int8::engine::{dequantize, quantize};
 #[cfg(target_arch = "x86_64")]
-use scanside_firmware::engine::{run_prepared, HostPrepared};
+use scanside_int8::engine::{run_prepared, HostPrepared};
 
 use crate::{Error, Result};
 

@@ -400,7 +400,7 @@ fn mcu_vectors_hold_the_int8_engines_outputs() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let bytes = std::fs::read(golden.join("vectors.bin")).unwrap();
-    let vectors = scanside_firmware::vectors::Vectors::parse(&bytes).unwrap();
+    let vectors = scanside_int8::vectors::Vectors::parse(&bytes).unwrap();
     assert_eq!(vectors.len(), 2);
     let (input, output) = vectors.get(0).unwrap();
     assert_eq!(input.len(), 3 * 4 * 4);
@@ -409,13 +409,13 @@ fn mcu_vectors_hold_the_int8_engines_outputs() {
         std::fs::read(golden.join("model.i8")).unwrap(),
         std::fs::read(bundle.join("model.i8")).unwrap()
     );
-    let blob = scanside_firmware::blob::write::AlignedBlob::new(
+    let blob = scanside_int8::blob::write::AlignedBlob::new(
         &std::fs::read(golden.join("model.i8")).unwrap(),
     );
-    let model = scanside_firmware::blob::Model::parse(blob.bytes()).unwrap();
+    let model = scanside_int8::blob::Model::parse(blob.bytes()).unwrap();
     let mut arena = vec![0_i8; model.arena_bytes()];
     assert_eq!(
-        scanside_firmware::engine::run(&model, &mut arena, input, |_, _| ()).unwrap(),
+        scanside_int8::engine::run(&model, &mut arena, input, |_, _| ()).unwrap(),
         output
     );
 }

@@ -127,9 +127,9 @@ pub fn write_linear_bundle(dir: &Path) {
 /// [`write_linear_bundle`] plus the same classifier as an int8 blob: global average pool of
 /// the 4×4×3 input, then a 3 → 2 fully connected layer with weights ∓1/3 and biases ±0.5.
 pub fn write_linear_bundle_with_int8(dir: &Path) {
-    use scanside_firmware::arith::quantize_multiplier;
-    use scanside_firmware::blob::write::{encode, LayerSpec, ModelSpec, TensorSpec};
-    use scanside_firmware::blob::Op;
+    use scanside_int8::arith::quantize_multiplier;
+    use scanside_int8::blob::write::{encode, LayerSpec, ModelSpec, TensorSpec};
+    use scanside_int8::blob::Op;
     write_linear_bundle(dir);
     let unit = 1.0_f32 / 255.0;
     let side = SIZE as usize;

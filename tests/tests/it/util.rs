@@ -168,10 +168,10 @@ pub fn compare_int8_with_fp32(
     let int8 = Screener::with_engine(&bundle, EngineKind::Int8)?;
     // The QDQ twin on tract carries the same quantisation: within 2 of the blob's output steps.
     let qdq = Screener::with_engine(&bundle, EngineKind::Qdq)?;
-    let blob = scanside_firmware::blob::write::AlignedBlob::new(
+    let blob = scanside_int8::blob::write::AlignedBlob::new(
         bundle.int8_bytes.as_deref().unwrap_or_default(),
     );
-    let step = scanside_firmware::blob::Model::parse(blob.bytes())
+    let step = scanside_int8::blob::Model::parse(blob.bytes())
         .map_err(|e| anyhow::anyhow!("int8 blob: {e}"))?
         .output()
         .scale;

@@ -954,8 +954,8 @@ fn quantisation_aware_training_continues_a_fine_tuned_run_and_exports() {
 
 #[test]
 fn a_micro_net_trains_exports_to_an_mcu_blob_with_depthwise_layers_and_respects_the_budget() {
-    use scanside_firmware::blob::write::AlignedBlob;
-    use scanside_firmware::blob::{Model, Op};
+    use scanside_int8::blob::write::AlignedBlob;
+    use scanside_int8::blob::{Model, Op};
 
     let dir = tempfile::tempdir().unwrap();
     let split = write_cases(dir.path(), 16);

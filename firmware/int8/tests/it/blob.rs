@@ -1,17 +1,17 @@
 //! The blob format end to end on the host: write, parse, plan, run; and refusal of every kind
 //! of damaged blob without a panic.
 
-use scanside_firmware::arith::quantize_multiplier;
-use scanside_firmware::blob::write::{
+use scanside_int8::arith::quantize_multiplier;
+use scanside_int8::blob::write::{
     encode, plan_memory, AlignedBlob, LayerSpec, ModelSpec, TensorSpec,
 };
-use scanside_firmware::blob::{BlobError, Model, Op};
-use scanside_firmware::engine::run;
-use scanside_firmware::kernels::conv::{conv2d_reference, ConvParams};
-use scanside_firmware::kernels::fully_connected::{
+use scanside_int8::blob::{BlobError, Model, Op};
+use scanside_int8::engine::run;
+use scanside_int8::kernels::conv::{conv2d_reference, ConvParams};
+use scanside_int8::kernels::fully_connected::{
     fully_connected, FullyConnectedParams, PerChannelRequant,
 };
-use scanside_firmware::kernels::pool_add::{
+use scanside_int8::kernels::pool_add::{
     add, global_avg_pool, AddParams, GlobalAvgPoolParams, ADD_LEFT_SHIFT,
 };
 
@@ -157,7 +157,7 @@ fn direct(spec: &ModelSpec, input: &[i8]) -> Vec<i8> {
         };
         let mut out = vec![0; b.height * b.width * b.channels];
         if depthwise {
-            scanside_firmware::kernels::conv::depthwise_conv2d(
+            scanside_int8::kernels::conv::depthwise_conv2d(
                 &p,
                 x,
                 &l.weights,
@@ -253,8 +253,8 @@ fn blob_runs_exactly_like_the_kernels_called_directly() {
     // The host's prepared run (repacked filters) gives the same bits.
     #[cfg(target_arch = "x86_64")]
     {
-        let prepared = scanside_firmware::engine::HostPrepared::new(&model);
-        let fast = scanside_firmware::engine::run_prepared(
+        let prepared = scanside_int8::engine::HostPrepared::new(&model);
+        let fast = scanside_int8::engine::run_prepared(
             &model,
             &prepared,
             &mut arena,
@@ -350,7 +350,7 @@ fn damaged_blobs_are_refused_with_the_reason() {
 }
 
 fn with_crc(mut b: Vec<u8>) -> Vec<u8> {
-    let crc = scanside_firmware::blob::checksum(&b[16..]);
+    let crc = scanside_int8::blob::checksum(&b[16..]);
     b[12..16].copy_from_slice(&crc.to_le_bytes());
     b
 }
@@ -406,12 +406,12 @@ fn the_engine_refuses_a_small_arena_and_a_wrong_input() {
     let mut small = vec![0_i8; model.arena_bytes() - 1];
     assert_eq!(
         run(&model, &mut small, &input(), |_, _| ()).map(|_| ()),
-        Err(scanside_firmware::engine::RunError::ArenaTooSmall)
+        Err(scanside_int8::engine::RunError::ArenaTooSmall)
     );
     let mut arena = vec![0_i8; model.arena_bytes()];
     assert_eq!(
         run(&model, &mut arena, &input()[1..], |_, _| ()).map(|_| ()),
-        Err(scanside_firmware::engine::RunError::InputLength)
+        Err(scanside_int8::engine::RunError::InputLength)
     );
 }
 
@@ -423,7 +423,7 @@ fn fuzz_seeds_are_the_small_model_and_its_vectors() {
     let (blob, _) = encode(&small_model()).unwrap();
     let x = input();
     let expected = direct(&small_model(), &x);
-    let vectors = scanside_firmware::vectors::write(&[(x, expected)]);
+    let vectors = scanside_int8::vectors::write(&[(x, expected)]);
     if std::env::var_os("SCANSIDE_UPDATE_FUZZ_SEEDS").is_some() {
         std::fs::write(seeds.join("small_model.i8"), &blob).unwrap();
         std::fs::write(seeds.join("small_model.vectors"), &vectors).unwrap();

@@ -1,11 +1,11 @@
 //! The firmware's built-in layer gives, on the host reference, exactly the output the firmware
 //! checks itself against and prints (`firmware/device/expected.log`, compared in CI).
 
-#[path = "../../device/src/demo_layer.rs"]
+#[path = "../../../device/src/demo_layer.rs"]
 #[allow(dead_code)]
 mod demo_layer;
 
-use scanside_firmware::{fully_connected, PerChannelRequant};
+use scanside_int8::{fully_connected, PerChannelRequant};
 
 fn reference_output() -> [i8; demo_layer::OUTPUT_LEN] {
     let mut output = [0_i8; demo_layer::OUTPUT_LEN];
@@ -43,7 +43,7 @@ fn device_expected_output_is_not_degenerate() {
 
 #[test]
 fn golden_log_lists_the_expected_output() {
-    let log = include_str!("../../device/expected.log");
+    let log = include_str!("../../../device/expected.log");
     let values: Vec<String> = demo_layer::EXPECTED.iter().map(|v| v.to_string()).collect();
     let line = format!("output = [{}]", values.join(", "));
     assert!(log.contains(&line), "expected.log lacks `{line}`:\n{log}");

@@ -2,11 +2,11 @@
 //! synthetic input and prints each layer's mean time and MAC rate, to find the layers worth
 //! optimising.
 //!
-//! `cargo run --release -p scanside-firmware --features std --example layer_profile -- MODEL.i8 [RUNS]`
+//! `cargo run --release -p scanside-int8 --features std --example layer_profile -- MODEL.i8 [RUNS]`
 
 use std::time::Instant;
 
-use scanside_firmware::blob::Model;
+use scanside_int8::blob::Model;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -35,7 +35,7 @@ fn main() {
             std::process::exit(1);
         });
     #[cfg(target_arch = "x86_64")]
-    let prepared = scanside_firmware::engine::HostPrepared::new(&model);
+    let prepared = scanside_int8::engine::HostPrepared::new(&model);
     let mut arena = vec![0_i8; model.arena_bytes()];
     let input: Vec<i8> = (0..model.input().len())
         .map(|i| (i * 37 % 251) as i8)
@@ -47,11 +47,11 @@ fn main() {
         stamps.clear();
         let on_layer = |_, _| stamps.push(Instant::now());
         #[cfg(target_arch = "x86_64")]
-        let result = scanside_firmware::engine::run_prepared(
+        let result = scanside_int8::engine::run_prepared(
             &model, &prepared, &mut arena, &input, on_layer,
         );
         #[cfg(not(target_arch = "x86_64"))]
-        let result = scanside_firmware::engine::run(&model, &mut arena, &input, on_layer);
+        let result = scanside_int8::engine::run(&model, &mut arena, &input, on_layer);
         if let Err(e) = result {
             eprintln!("{path}: {e}");
             std::process::exit(1);
