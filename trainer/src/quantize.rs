@@ -26,7 +26,7 @@ use scanside_int8::blob::write::{
     encode, AlignedBlob, LayerSpec, MemoryPlan, ModelSpec, TensorSpec,
 };
 use scanside_int8::blob::{Model, Op};
-use scanside_int8::kernels::pool_add::ADD_LEFT_SHIFT;
+use scanside_int8::kernels::add::ADD_LEFT_SHIFT;
 use scanside_runtime::infer::Int8Classifier;
 use scanside_runtime::preprocess::{normalize_in_place, PreprocessConfig};
 use serde::{Deserialize, Serialize};

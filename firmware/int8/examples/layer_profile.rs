@@ -47,9 +47,8 @@ fn main() {
         stamps.clear();
         let on_layer = |_, _| stamps.push(Instant::now());
         #[cfg(target_arch = "x86_64")]
-        let result = scanside_int8::engine::run_prepared(
-            &model, &prepared, &mut arena, &input, on_layer,
-        );
+        let result =
+            scanside_int8::engine::run_prepared(&model, &prepared, &mut arena, &input, on_layer);
         #[cfg(not(target_arch = "x86_64"))]
         let result = scanside_int8::engine::run(&model, &mut arena, &input, on_layer);
         if let Err(e) = result {

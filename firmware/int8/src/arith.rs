@@ -66,6 +66,12 @@ pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
     (x >> exponent) + i32::from(remainder > threshold)
 }
 
+/// Whether a requantisation shift lies in `-31..=30`, the range the fixed-point math supports
+/// (the kernels refuse any other before their first multiply).
+pub(crate) fn shift_supported(shift: i32) -> bool {
+    (-31..=30).contains(&shift)
+}
+
 /// Rescales an int32 accumulator by the fixed-point pair from [`quantize_multiplier`].
 /// `shift` must be in `-31..=30` (checked by the kernels before they call this).
 ///

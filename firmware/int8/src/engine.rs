@@ -5,13 +5,13 @@
 use core::ops::Range;
 
 use crate::blob::{Layer, Model, Op};
-use crate::kernels::conv::{conv2d, depthwise_conv2d};
+use crate::kernels::add::{add, AddParams, ADD_LEFT_SHIFT};
+use crate::kernels::conv::conv2d;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 use crate::kernels::conv::{conv2d_packed, PackedFilters};
+use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::fully_connected::{fully_connected, FullyConnectedParams, PerChannelRequant};
-use crate::kernels::pool_add::{
-    add, global_avg_pool, max_pool, AddParams, GlobalAvgPoolParams, ADD_LEFT_SHIFT,
-};
+use crate::kernels::pool::{global_avg_pool, max_pool, GlobalAvgPoolParams};
 use crate::KernelError;
 
 /// Why a run failed.

@@ -7,13 +7,12 @@ use scanside_int8::blob::write::{
 };
 use scanside_int8::blob::{BlobError, Model, Op};
 use scanside_int8::engine::run;
+use scanside_int8::kernels::add::{add, AddParams, ADD_LEFT_SHIFT};
 use scanside_int8::kernels::conv::{conv2d_reference, ConvParams};
 use scanside_int8::kernels::fully_connected::{
     fully_connected, FullyConnectedParams, PerChannelRequant,
 };
-use scanside_int8::kernels::pool_add::{
-    add, global_avg_pool, AddParams, GlobalAvgPoolParams, ADD_LEFT_SHIFT,
-};
+use scanside_int8::kernels::pool::{global_avg_pool, GlobalAvgPoolParams};
 
 struct Rng(u64);
 impl Rng {
@@ -157,7 +156,7 @@ fn direct(spec: &ModelSpec, input: &[i8]) -> Vec<i8> {
         };
         let mut out = vec![0; b.height * b.width * b.channels];
         if depthwise {
-            scanside_int8::kernels::conv::depthwise_conv2d(
+            scanside_int8::kernels::depthwise::depthwise_conv2d(
                 &p,
                 x,
                 &l.weights,
@@ -254,14 +253,9 @@ fn blob_runs_exactly_like_the_kernels_called_directly() {
     #[cfg(target_arch = "x86_64")]
     {
         let prepared = scanside_int8::engine::HostPrepared::new(&model);
-        let fast = scanside_int8::engine::run_prepared(
-            &model,
-            &prepared,
-            &mut arena,
-            &input(),
-            |_, _| (),
-        )
-        .unwrap();
+        let fast =
+            scanside_int8::engine::run_prepared(&model, &prepared, &mut arena, &input(), |_, _| ())
+                .unwrap();
         assert_eq!(fast, &out[..]);
     }
 }

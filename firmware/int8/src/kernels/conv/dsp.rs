@@ -4,6 +4,11 @@
 //! prepared once per layer. Every function here is bit for bit equal to the generic reference
 //! (`conv2d_reference`): the QEMU golden run and the device's start-up kernel check compare
 //! them (the host cannot run this code).
+//!
+//! One of the per-architecture files where `unsafe` is allowed (the inline assembly; every
+//! block with a `// SAFETY:` line). Compiled only for `dsp` builds, which target ARMv7E-M, so
+//! its safe entry point needs no run-time check.
+#![allow(unsafe_code)]
 
 use super::{conv2d_reference, gather_patch, gather_portable, ConvParams, PATCH_MAX};
 use crate::arith::multiply_by_quantized_multiplier;
@@ -215,7 +220,6 @@ pub(super) fn dot(patch: &[i16], filter: &[i8]) -> i32 {
         let weights = u32::from_le_bytes([f[0] as u8, f[1] as u8, f[2] as u8, f[3] as u8]);
         let pair = |a: i16, b: i16| u32::from(a as u16) | (u32::from(b as u16) << 16);
         let (even, odd) = (pair(p[0], p[1]), pair(p[2], p[3]));
-        #[allow(unsafe_code)]
         // SAFETY: register-only arithmetic (no memory, stack or flags the compiler relies on);
         // SXTB16 and SMLAD exist on every ARMv7E-M core, the only targets the `dsp` feature is
         // for.
@@ -304,7 +308,6 @@ fn dot_pixels(a: &[i16], b: &[i16], filters: &[i8]) -> (i32, i32, i32, i32) {
     }
     let len = a.len();
     let (mut a0a, mut a1a, mut a0b, mut a1b) = (0_i32, 0_i32, 0_i32, 0_i32);
-    #[allow(unsafe_code)]
     // SAFETY: the loop runs `len / 8` times; each pass reads 8 values (16 bytes) of each patch
     // from its start onwards (pixel A's words twice: the `[pa, #-8]` reload re-reads the four
     // values just passed) and 8 bytes at `f` and at `f + len`, so it reads `a[..len]`,
@@ -414,7 +417,6 @@ fn dot2(patch: &[i16], filters: &[i8]) -> [i32; 2] {
     }
     let (mut a0, mut a1) = (0_i32, 0_i32);
     if whole > 0 {
-        #[allow(unsafe_code)]
         // SAFETY: the loop runs `whole / 8` times; each pass reads 8 patch values (16 bytes)
         // and 8 bytes at each of `f` and `f + len`, so it reads `patch[..whole]` and the
         // first `whole` bytes of each channel's `len` weights — inside both slices (`whole ≤
@@ -506,7 +508,6 @@ fn conv_pixel_dsp(
 #[inline(always)]
 fn widen_four(bytes: u32, offsets: u32) -> [u32; 2] {
     let (even, odd): (u32, u32);
-    #[allow(unsafe_code)]
     // SAFETY: register-only arithmetic (no memory, stack or flags the compiler relies on;
     // SADD16 sets only the GE bits, which nothing here reads); SXTB16 and SADD16 exist on
     // every ARMv7E-M core, the only targets of `dsp`.
@@ -537,7 +538,6 @@ fn gather_swapped(dst: &mut [i16], src: &[i8], offset: i16) {
     let quads = src.len().min(dst.len()) / 4;
     let word = |x: &[i8; 4]| u32::from_le_bytes(x.map(|b| b as u8));
     if quads > 0 && (dst.as_ptr() as usize).is_multiple_of(4) {
-        #[allow(unsafe_code)]
         // SAFETY: `quads` passes each read 4 bytes of `src` and write 8 bytes (4 values) of
         // `dst` from their starts: `4·quads ≤ src.len()` and `4·quads ≤ dst.len()` (values),
         // so every access is inside both slices. `STRD` needs the word alignment checked

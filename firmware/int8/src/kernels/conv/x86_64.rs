@@ -1,18 +1,39 @@
-//! The convolution on x86-64 hosts (feature `std`): AVX2 chosen at run time. [`conv2d_avx2`]
-//! is the patch convolution with `vpmaddwd` dot products; [`conv2d_packed`] runs filters
-//! repacked once per model ([`PackedFilters`]) eight output channels at a time and requantises
-//! them together. Both are bit for bit equal to `conv2d_reference` (tests in the parent
-//! module).
+//! The convolution on x86-64 hosts (feature `std`), AVX2 and AVX-512 chosen at run time.
+//! [`conv2d`] is the patch convolution with `vpmaddwd` dot products; [`conv2d_packed`] runs
+//! filters repacked once per model ([`PackedFilters`]) eight output channels at a time and
+//! requantises them together. Both are bit for bit equal to `conv2d_reference` (tests in the
+//! parent module). The vector requantisation ([`requantize_lanes`], [`store_lanes`]) is shared
+//! with the depthwise and add kernels' x86-64 code.
+//!
+//! One of the per-architecture files where `unsafe` is allowed (intrinsics, raw loads and
+//! stores; every block with a `// SAFETY:` line). Its public functions are safe: each checks
+//! the CPU features it needs and declines (`None`, or the portable kernel) without them.
+#![allow(unsafe_code)]
 
-use super::{
-    conv2d, conv2d_patches, depthwise_conv2d_windows, depthwise_window, dot_portable, gather_patch,
-    gather_portable, ConvParams, DEPTHWISE_WINDOW_MAX, PATCH_MAX,
-};
+use super::{conv2d_patches, dot_portable, gather_patch, gather_portable, ConvParams, PATCH_MAX};
 use crate::kernels::fully_connected::PerChannelRequant;
 use crate::KernelError;
 
+/// [`conv2d`](super::conv2d) with AVX2 where this CPU has it (`None` where it does not): the
+/// patch convolution with 16 int16 MACs per `vpmaddwd`. Shapes are the caller's to check; every
+/// access here goes through slices.
+pub(super) fn conv2d(
+    params: &ConvParams,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i32],
+    requant: PerChannelRequant<'_>,
+    output: &mut [i8],
+) -> Option<Result<(), KernelError>> {
+    if !std::is_x86_feature_detected!("avx2") {
+        return None;
+    }
+    // SAFETY: `conv2d_avx2` only requires the CPU to support AVX2, checked just above.
+    Some(unsafe { conv2d_avx2(params, input, weights, bias, requant, output) })
+}
+
 /// The patch gather with AVX2 written out (16 values per `vpmovsxbw` + `vpaddw`), for the same
-/// reason as `neon::gather_neon`.
+/// reason as `aarch64::gather_neon`.
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(super) fn gather_avx2(dst: &mut [i16], src: &[i8], offset: i16) {
@@ -21,7 +42,6 @@ pub(super) fn gather_avx2(dst: &mut [i16], src: &[i8], offset: i16) {
     let whole = n & !15;
     let offsets = _mm256_set1_epi16(offset);
     for i in (0..whole).step_by(16) {
-        #[allow(unsafe_code)]
         // SAFETY: `i + 16 ≤ whole ≤ n`, within both slices (16 bytes read, 32 written);
         // unaligned loads and stores.
         unsafe {
@@ -33,7 +53,7 @@ pub(super) fn gather_avx2(dst: &mut [i16], src: &[i8], offset: i16) {
 }
 
 /// The patch dot product with AVX2 written out (16 MACs per `vpmaddwd`), for the same reason as
-/// `neon::dot_neon`; chosen at run time by [`conv2d`].
+/// `aarch64::dot_neon`; chosen at run time by [`conv2d`].
 #[target_feature(enable = "avx2")]
 #[inline]
 fn dot_avx2(patch: &[i16], filter: &[i8]) -> i32 {
@@ -42,7 +62,6 @@ fn dot_avx2(patch: &[i16], filter: &[i8]) -> i32 {
     let whole = n & !15;
     let mut acc = _mm256_setzero_si256();
     for i in (0..whole).step_by(16) {
-        #[allow(unsafe_code)]
         // SAFETY: `i + 16 ≤ whole ≤ n`, within both slices (32 bytes of patch, 16 of filter);
         // unaligned loads.
         let (p, w) = unsafe {
@@ -64,7 +83,7 @@ fn dot_avx2(patch: &[i16], filter: &[i8]) -> i32 {
 }
 
 /// Output channels per block of a [`PackedFilters`]: one 256-bit register of int32 sums.
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 
 /// Output pixels per pass of [`conv2d_quads_vnni`]: each weight row loaded feeds this many
 /// pixels' accumulators, so the layer's weights are read once per four pixels, not per pixel
@@ -330,7 +349,7 @@ pub fn conv2d_packed(
         && packed.len <= PATCH_MAX
         && (-255..=255).contains(&p.input_offset);
     if !fits || !std::is_x86_feature_detected!("avx2") {
-        return conv2d(params, input, weights, bias, requant, output);
+        return super::conv2d(params, input, weights, bias, requant, output);
     }
     // Each kernel says whether it ran; one that declines (a packing or shape it was not made
     // for, which `matches` and `check` rule out) leaves the layer to the portable kernel
@@ -338,7 +357,6 @@ pub fn conv2d_packed(
     let ran = match &packed.weights {
         // Offsets of int8 zero points (−127..=128) encode real zero as an unsigned byte.
         Packing::Quads { cin4, .. } if avx512_vnni() && (-127..=128).contains(&p.input_offset) => {
-            #[allow(unsafe_code)]
             // SAFETY: the three VNNI kernels require AVX2 and AVX-512 F/VL/VNNI, checked above;
             // `conv2d_lanes_vnni` also BW and VBMI, checked by `lanes_kernel_applies`.
             unsafe {
@@ -352,16 +370,13 @@ pub fn conv2d_packed(
             }
         }
         Packing::Pairs { .. } => {
-            #[allow(unsafe_code)]
             // SAFETY: `conv2d_packed_avx2` only requires the CPU to support AVX2, checked above.
-            unsafe {
-                conv2d_packed_avx2(p, input, packed, requant, output)
-            }
+            unsafe { conv2d_packed_avx2(p, input, packed, requant, output) }
         }
         Packing::Quads { .. } => false,
     };
     if !ran {
-        return conv2d(params, input, weights, bias, requant, output);
+        return super::conv2d(params, input, weights, bias, requant, output);
     }
     Ok(())
 }
@@ -395,7 +410,6 @@ fn flip_sign_avx2(dst: &mut [u8], src: &[i8]) {
     let whole = n & !31;
     let signs = _mm256_set1_epi8(i8::MIN);
     for i in (0..whole).step_by(32) {
-        #[allow(unsafe_code)]
         // SAFETY: `i + 32 ≤ whole ≤ n`, within both slices (32 bytes each); unaligned.
         unsafe {
             let x = _mm256_loadu_si256(src.as_ptr().add(i).cast());
@@ -535,7 +549,6 @@ fn conv2d_lanes_vnni(
     );
     // Lane i takes quad 2i of a 16-quad load (neighbours two quads apart).
     let every_other = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
-    #[allow(unsafe_code)]
     // SAFETY: `PIXEL_MAJOR` is 64 bytes; unaligned load.
     let pixel_major = unsafe { _mm512_loadu_si512(PIXEL_MAJOR.as_ptr().cast()) };
     let weights = data.as_ptr().cast::<i32>();
@@ -548,7 +561,6 @@ fn conv2d_lanes_vnni(
                 *sum = _mm256_set1_epi32(initial);
             }
             for ky in 0..k {
-                #[allow(unsafe_code)]
                 // SAFETY: quads `start + ky·line_quads + j` for `j < row_quads`, plus the
                 // `8·step` a load covers, stay below `reach` ≤ `padded.len()`; weight rows
                 // `ky·row_quads + j` < `data.len()` (checked above), 8 int32 each.
@@ -584,7 +596,6 @@ fn conv2d_lanes_vnni(
             );
             let bytes = _mm512_permutexvar_epi8(pixel_major, both);
             let mask = u64::MAX >> (64 - 8 * count);
-            #[allow(unsafe_code)]
             // SAFETY: pixels `first..first + count` of row `oy` are bytes
             // `(oy·width + first)·8 ..` + `8·count` of `output` (length checked above); the
             // masked store writes only those.
@@ -666,7 +677,6 @@ fn conv2d_quads_vnni(
         let starts = pass_starts(p, (padded_width, cin4), count, (&mut oy, &mut ox));
         let blocks = data.chunks_exact(k * row_quads).zip(&packed.initial);
         for (block, (block_rows, initial)) in blocks.enumerate() {
-            #[allow(unsafe_code)]
             // SAFETY: `initial` is 8 int32 (32 bytes); unaligned load.
             let initial = unsafe { _mm256_loadu_si256(initial.as_ptr().cast()) };
             // Bias and offset correction are the starting values (see `PackedFilters`).
@@ -674,7 +684,6 @@ fn conv2d_quads_vnni(
             let mut odd = [_mm256_setzero_si256(); PIXELS];
             for (ky, rows) in block_rows.chunks_exact(row_quads).enumerate() {
                 let line = ky * line_quads;
-                #[allow(unsafe_code)]
                 // SAFETY: each pixel's kernel row `start + line .. start + line + row_quads`
                 // lies in `padded` (checked above for the furthest one); pointers only formed.
                 let [a, b, c, d] = unsafe {
@@ -689,7 +698,6 @@ fn conv2d_quads_vnni(
                 // Two quads per step into two sets of sums: eight independent `vpdpbusd`
                 // chains, enough to cover the instruction's latency (four were not).
                 for j in (0..row_quads & !1).step_by(2) {
-                    #[allow(unsafe_code)]
                     // SAFETY: `j + 1 < row_quads`: rows `j, j + 1` of `rows` (32 bytes each,
                     // aligned to 32 by `Row`) and quads `j, j + 1` of each pixel's kernel row
                     // (checked above) are read in place.
@@ -718,7 +726,6 @@ fn conv2d_quads_vnni(
                 }
                 if row_quads % 2 == 1 {
                     let last = row_quads - 1;
-                    #[allow(unsafe_code)]
                     // SAFETY: row `last` of `rows` (32 bytes aligned to 32) and quad `last` of
                     // each pixel's kernel row (checked above) are read in place.
                     unsafe {
@@ -787,14 +794,12 @@ fn conv2d_quads16_vnni(
         let starts = pass_starts(p, (padded_width, cin4), count, (&mut oy, &mut ox));
         for (pair, (rows, block)) in data.chunks_exact(2 * block_len).zip(wide).enumerate() {
             let (low_rows, high_rows) = rows.split_at(block_len);
-            #[allow(unsafe_code)]
             // SAFETY: `initial` is 16 int32 (64 bytes); unaligned load.
             let initial = unsafe { _mm512_loadu_si512(block.initial.as_ptr().cast()) };
             let mut sums = [initial; PIXELS];
             let mut odd = [_mm512_setzero_si512(); PIXELS];
             for ky in 0..k {
                 let line = ky * line_quads;
-                #[allow(unsafe_code)]
                 // SAFETY: as in `conv2d_quads_vnni`: each pixel's kernel row lies in `padded`;
                 // pointers only formed.
                 let [a, b, c, d] = unsafe {
@@ -808,7 +813,6 @@ fn conv2d_quads16_vnni(
                 let low = low_rows[ky * row_quads..][..row_quads].as_ptr();
                 let high = high_rows[ky * row_quads..][..row_quads].as_ptr();
                 // Row j of both blocks, side by side: sixteen channels' four weights.
-                #[allow(unsafe_code)]
                 // SAFETY: called for `j < row_quads`: rows of 32 bytes aligned to 32 (`Row`).
                 let weights = |j: usize| unsafe {
                     let low = _mm512_castsi256_si512(_mm256_load_si256(low.add(j).cast()));
@@ -816,7 +820,6 @@ fn conv2d_quads16_vnni(
                 };
                 for j in (0..row_quads & !1).step_by(2) {
                     let (w0, w1, j1) = (weights(j), weights(j + 1), j + 1);
-                    #[allow(unsafe_code)]
                     // SAFETY: quads `j, j + 1 < row_quads` of each pixel's kernel row (checked
                     // above), read in place.
                     unsafe {
@@ -842,7 +845,6 @@ fn conv2d_quads16_vnni(
                     let last = row_quads - 1;
                     let w = weights(last);
                     for (sum, q) in sums.iter_mut().zip([a, b, c, d]) {
-                        #[allow(unsafe_code)]
                         // SAFETY: quad `last` of a pixel's kernel row (checked above).
                         let q = unsafe { _mm512_set1_epi32(*q.add(last) as i32) };
                         *sum = _mm512_dpbusd_epi32(*sum, q, w);
@@ -854,7 +856,6 @@ fn conv2d_quads16_vnni(
                 // Already clamped to int8: the saturating narrowing keeps every value.
                 let bytes = _mm512_cvtsepi32_epi8(values);
                 let out = &mut output[(first + i) * out_len + 16 * pair..][..16];
-                #[allow(unsafe_code)]
                 // SAFETY: `out` is 16 bytes; unaligned store.
                 unsafe {
                     _mm_storeu_si128(out.as_mut_ptr().cast(), bytes);
@@ -898,14 +899,12 @@ fn conv2d_packed_avx2(
             let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
             let blocks = data.chunks_exact(pairs_per_filter).zip(&packed.initial);
             for (block, (rows, initial)) in blocks.enumerate() {
-                #[allow(unsafe_code)]
                 // SAFETY: `initial` is 8 int32 (32 bytes); unaligned load.
                 let mut even = unsafe { _mm256_loadu_si256(initial.as_ptr().cast()) };
                 let mut odd = _mm256_setzero_si256();
                 // Two accumulators: the adds of consecutive pairs do not wait on each other.
                 let mut chunks = pairs.chunks_exact(2).zip(rows.chunks_exact(2));
                 for (two, rows) in chunks.by_ref() {
-                    #[allow(unsafe_code)]
                     // SAFETY: each row is 16 int16 (32 bytes) aligned to 32 (`Row`), read in
                     // place.
                     let (w0, w1) = unsafe {
@@ -920,7 +919,6 @@ fn conv2d_packed_avx2(
                 }
                 if pairs.len() % 2 == 1 {
                     let (last, row) = (pairs[pairs.len() - 1], &rows[rows.len() - 1]);
-                    #[allow(unsafe_code)]
                     // SAFETY: a 16-value row aligned to 32 (`Row`), read in place.
                     let w = unsafe { _mm256_load_si256(row.0.as_ptr().cast()) };
                     even = _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_set1_epi32(last), w));
@@ -968,7 +966,6 @@ fn store_eight(
         return;
     }
     let mut lanes = [0_i32; 8];
-    #[allow(unsafe_code)]
     // SAFETY: `lanes` is 8 int32 (32 bytes); unaligned store.
     unsafe {
         _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums);
@@ -1004,7 +1001,6 @@ pub(crate) fn store_lanes(values: core::arch::x86_64::__m256i, out: &mut [i8]) {
     let eight = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
     let eight = _mm256_castsi256_si128(eight);
     if out.len() >= 8 {
-        #[allow(unsafe_code)]
         // SAFETY: `out` holds at least 8 bytes; unaligned 64-bit store.
         unsafe {
             _mm_storel_epi64(out.as_mut_ptr().cast(), eight);
@@ -1024,14 +1020,13 @@ pub(crate) fn store_lanes(values: core::arch::x86_64::__m256i, out: &mut [i8]) {
 /// scalar path for every input (`vector_requantisation_equals_the_scalar_one`).
 #[cfg(test)]
 #[target_feature(enable = "avx2")]
-pub(super) fn requantize_lanes_avx2(
+fn requantize_lanes_avx2(
     sum: core::arch::x86_64::__m256i,
     lanes: &RequantLanes,
     clamp: (i32, i32, i32),
 ) -> [i32; 8] {
     let out = requantize_lanes(sum, lanes, clamp);
     let mut values = [0_i32; 8];
-    #[allow(unsafe_code)]
     // SAFETY: `values` is 8 int32 (32 bytes); unaligned store.
     unsafe {
         core::arch::x86_64::_mm256_storeu_si256(values.as_mut_ptr().cast(), out);
@@ -1068,7 +1063,6 @@ pub(crate) fn requantize_lanes(
     (offset, low, high): (i32, i32, i32),
 ) -> core::arch::x86_64::__m256i {
     use core::arch::x86_64::*;
-    #[allow(unsafe_code)]
     // SAFETY: each `lanes` row is 8 int32 (32 bytes), read in place; unaligned loads.
     let [multiplier, odd_multiplier, rounding, high_shift] =
         lanes.map(|row| unsafe { _mm256_loadu_si256(row.as_ptr().cast()) });
@@ -1109,7 +1103,6 @@ pub(crate) fn requantize_lanes16(
     (offset, low, high): (i32, i32, i32),
 ) -> core::arch::x86_64::__m512i {
     use core::arch::x86_64::*;
-    #[allow(unsafe_code)]
     // SAFETY: each `lanes` row is 16 int32 (64 bytes), read in place; unaligned loads.
     let [multiplier, odd_multiplier, rounding, high_shift] =
         lanes.map(|row| unsafe { _mm512_loadu_si512(row.as_ptr().cast()) });
@@ -1138,7 +1131,7 @@ pub(crate) fn requantize_lanes16(
 /// [`conv2d_patches`] compiled for AVX2 (16 int16 MACs per `vpmaddwd` instead of SSE2's 8):
 /// the host build targets baseline x86-64, so the wider code is chosen at run time.
 #[target_feature(enable = "avx2")]
-pub(super) fn conv2d_avx2(
+fn conv2d_avx2(
     params: &ConvParams,
     input: &[i8],
     weights: &[i8],
@@ -1157,95 +1150,88 @@ pub(super) fn conv2d_avx2(
     )
 }
 
-/// Depthwise convolution with AVX2: per output pixel, eight channels per register — the
-/// window's input and weight bytes widened to int32, `(x + input_offset) · w` accumulated with
-/// wrapping 32-bit arithmetic as the reference does, requantised eight at a time
-/// ([`requantize_lanes`]). Layers whose channels are not a multiple of eight, or whose
-/// requantisation constants the vector form does not take, run the window loop.
-#[target_feature(enable = "avx2")]
-pub(super) fn depthwise_conv2d_avx2(
-    p: &ConvParams,
-    input: &[i8],
-    weights: &[i8],
-    bias: &[i32],
-    requant: PerChannelRequant<'_>,
-    output: &mut [i8],
-) -> Result<(), KernelError> {
-    use core::arch::x86_64::*;
-    let c = p.output_channels;
-    let vector_requant = requant
-        .shifts
-        .iter()
-        .zip(requant.multipliers)
-        .all(|(&s, &m)| (-31..0).contains(&s) && m >= 0)
-        && p.output_offset.unsigned_abs() <= 1 << 16;
-    if !c.is_multiple_of(LANES) || !vector_requant || p.kernel > DEPTHWISE_WINDOW_MAX {
-        return depthwise_conv2d_windows(p, input, weights, bias, requant, output);
-    }
-    let lanes: Vec<RequantLanes> = requant
-        .multipliers
-        .chunks_exact(LANES)
-        .zip(requant.shifts.chunks_exact(LANES))
-        .map(|(m, s)| requant_lanes(m, s))
-        .collect();
-    let clamp = (
-        p.output_offset,
-        i32::from(p.activation_min),
-        i32::from(p.activation_max),
-    );
-    let offset = _mm256_set1_epi32(p.input_offset);
-    let k = p.kernel;
-    // A window wholly inside the input: its taps are fixed offsets from its top-left pixel,
-    // tabulated once; only the border pixels walk `window`.
-    let mut full = [(0_usize, 0_usize); DEPTHWISE_WINDOW_MAX * DEPTHWISE_WINDOW_MAX];
-    for (t, tap) in full.iter_mut().take(k * k).enumerate() {
-        *tap = (((t / k) * p.input_width + t % k) * c, t * c);
-    }
-    let inside = |o: usize, extent: usize| {
-        (o * p.stride)
-            .checked_sub(p.padding)
-            .filter(|&first| first + k <= extent)
-    };
-    let mut taps = [(0_usize, 0_usize); DEPTHWISE_WINDOW_MAX * DEPTHWISE_WINDOW_MAX];
-    for oy in 0..p.output_height {
-        for ox in 0..p.output_width {
-            let n = if let (Some(iy), Some(ix)) =
-                (inside(oy, p.input_height), inside(ox, p.input_width))
-            {
-                let corner = (iy * p.input_width + ix) * c;
-                for (tap, &(at_input, at_weight)) in taps.iter_mut().zip(&full[..k * k]) {
-                    *tap = (corner + at_input, at_weight);
-                }
-                k * k
-            } else {
-                depthwise_window(p, oy, ox, &mut taps)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_requantisation_equals_the_scalar_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("SKIP: no AVX2 on this CPU");
+            return;
+        }
+        let p = ConvParams {
+            input_height: 1,
+            input_width: 1,
+            input_channels: 1,
+            output_height: 1,
+            output_width: 1,
+            output_channels: 8,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+            input_offset: 0,
+            output_offset: 0,
+            activation_min: -128,
+            activation_max: 127,
+        };
+        let mut state = 0x0123_4567_89AB_CDEF_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 32) as i32
+        };
+        for round in 0..20_000 {
+            let bias: [i32; 8] = core::array::from_fn(|_| next() >> 8);
+            // The vector form takes non-negative multipliers (the only ones quantisation makes).
+            let multipliers: [i32; 8] = core::array::from_fn(|_| next() & i32::MAX);
+            let shifts: [i32; 8] = core::array::from_fn(|_| -1 - (next().rem_euclid(31)));
+            let sums: [i32; 8] = core::array::from_fn(|lane| match round % 4 {
+                0 => next(),
+                1 => next() >> 12,
+                2 => [
+                    i32::MIN,
+                    i32::MAX,
+                    0,
+                    -1,
+                    1,
+                    i32::MIN + 1,
+                    1 << 30,
+                    -(1 << 30),
+                ][lane],
+                _ => next() >> 20,
+            });
+            let (offset, low, high) = (next() % 200, -128 + next().rem_euclid(100), 127);
+            let rq = PerChannelRequant {
+                multipliers: &multipliers,
+                shifts: &shifts,
             };
-            let out = &mut output[(oy * p.output_width + ox) * c..][..c];
-            for (group, constants) in lanes.iter().enumerate() {
-                let first = group * LANES;
-                #[allow(unsafe_code)]
-                // SAFETY: `check` sized the bias to `c` values; `first + 8 ≤ c`.
-                let mut acc = unsafe { _mm256_loadu_si256(bias.as_ptr().add(first).cast()) };
-                for &(at_input, at_weight) in &taps[..n] {
-                    // Bounds-checked slices of eight bytes (the window is inside the input,
-                    // the kernel inside the weights: `check`).
-                    let (x, w) = (
-                        &input[at_input + first..][..LANES],
-                        &weights[at_weight + first..][..LANES],
-                    );
-                    #[allow(unsafe_code)]
-                    // SAFETY: eight bytes each, just checked; unaligned 64-bit loads.
-                    let (x, w) = unsafe {
-                        (
-                            _mm256_cvtepi8_epi32(_mm_loadl_epi64(x.as_ptr().cast())),
-                            _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.as_ptr().cast())),
-                        )
-                    };
-                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_add_epi32(x, offset), w));
-                }
-                store_lanes(requantize_lanes(acc, constants, clamp), &mut out[first..]);
+            let packed = PackedFilters::new(&[1; 8], (8, 1), &bias, rq, 0).unwrap();
+            let lanes = &packed.requant.as_ref().unwrap()[0];
+            let biased: [i32; 8] = core::array::from_fn(|l| bias[l].wrapping_add(sums[l]));
+            // SAFETY: AVX2 checked above; `biased` is 8 int32.
+            let got = unsafe {
+                requantize_lanes_avx2(
+                    core::arch::x86_64::_mm256_loadu_si256(biased.as_ptr().cast()),
+                    lanes,
+                    (offset, low, high),
+                )
+            };
+            let q = ConvParams {
+                output_offset: offset,
+                activation_min: low as i8,
+                activation_max: high as i8,
+                ..p
+            };
+            for lane in 0..8 {
+                let want = q.finish(
+                    bias[lane].wrapping_add(sums[lane]),
+                    multipliers[lane],
+                    shifts[lane],
+                );
+                assert_eq!(got[lane] as i8, want, "round {round} lane {lane}");
             }
         }
     }
-    Ok(())
 }
