@@ -413,7 +413,7 @@ fn the_engine_refuses_a_small_arena_and_a_wrong_input() {
 fn fuzz_seeds_are_the_small_model_and_its_vectors() {
     // The cargo-fuzz targets (firmware/fuzz) start from these files; they must stay valid
     // as the format evolves. SCANSIDE_UPDATE_FUZZ_SEEDS=1 rewrites them.
-    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
     let (blob, _) = encode(&small_model()).unwrap();
     let x = input();
     let expected = direct(&small_model(), &x);
