@@ -1,11 +1,11 @@
-//! Speed of the trainer's direct 3×3 convolution and its weight gradient (`model::cpu_direct`)
+//! Speed of the trainer's direct 3×3 convolution and its weight gradient (`model::cpu::direct`)
 //! alone, at the SimCLR benchmark's shapes (128 views, ResNet-18 ×0.25 stages 1–3): ms per call and useful GMAC/s
 //! (docs/benchmarks.md). Threads: rayon's default, or `RAYON_NUM_THREADS`.
 //!
 //!     cargo run --release -p scanside-trainer --example direct_conv_speed
 use std::time::Instant;
 
-use scanside_trainer::model::cpu_direct::{applies, conv3x3_same, conv3x3_same_weight_gradient};
+use scanside_trainer::model::cpu::direct::{applies, conv3x3_same, conv3x3_same_weight_gradient};
 
 fn main() {
     let batch = 128;

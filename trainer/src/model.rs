@@ -14,18 +14,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-mod cpu_buffer;
-#[cfg(feature = "flex")]
-pub mod cpu_conv;
-pub mod cpu_direct;
-#[cfg(feature = "flex")]
-pub mod cpu_norm;
+pub mod cpu;
 
 /// `conv.forward(x)`; on burn's CPU training backend with a faster backward pass
-/// ([`cpu_conv`]), elsewhere burn's own.
+/// ([`cpu::conv`]), elsewhere burn's own.
 pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
-    return cpu_conv::forward(conv, x);
+    return cpu::conv::forward(conv, x);
     #[cfg(not(feature = "flex"))]
     conv.forward(x)
 }
@@ -180,11 +175,11 @@ fn conv<B: Backend>(
 
 /// BatchNorm over `N×C×H×W` with burn's [`BatchNorm`] parameters and semantics (batch
 /// statistics and a running-average update while autodiff is on, running statistics otherwise):
-/// one fused operation while training on burn's CPU backend ([`cpu_norm`]), otherwise
+/// one fused operation while training on burn's CPU backend ([`cpu::norm`]), otherwise
 /// [`batch_norm_composed`].
 pub fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
-    let x = match cpu_norm::forward(bn, x, false) {
+    let x = match cpu::norm::forward(bn, x, false) {
         Ok(y) => return y,
         Err(x) => x,
     };
@@ -194,7 +189,7 @@ pub fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4
 /// `relu(batch_norm(bn, x))`, fused on burn's CPU training backend.
 pub fn batch_norm_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
-    let x = match cpu_norm::forward(bn, x, true) {
+    let x = match cpu::norm::forward(bn, x, true) {
         Ok(y) => return y,
         Err(x) => x,
     };

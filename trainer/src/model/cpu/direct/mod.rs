@@ -18,10 +18,19 @@
 //!
 //! Summation order differs from the im2col + gemm path (fp32 rounding), not from run to run:
 //! each output value is summed in a fixed order whatever the threads do.
+//!
+//! The kernel pattern (as in the int8 core's `kernels`): this file holds the layout (grid,
+//! segments, packing), the dispatch and, in its tests, the definition the kernels are checked
+//! against; `x86_64.rs` the AVX2 kernels behind safe entry points that check the CPU and the
+//! sizes themselves. No `unsafe` here. Other hosts do not run this path ([`applies`] is false
+//! there): the im2col convolution ([`super::conv`]) is their portable kernel.
 
 use rayon::prelude::*;
 
-use super::cpu_buffer::par_filled;
+use super::output_buffer::par_filled;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
 
 /// Segments the weight gradient's inner loop runs over before summing its lanes: maps of
 /// fewer segments take several samples per pass (an 8 × 8 map is 8 segments; summing lanes
@@ -43,7 +52,7 @@ pub fn applies(width: usize, in_channels: usize, out_channels: usize) -> bool {
 fn fast_path_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        x86_64::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -76,31 +85,18 @@ pub fn conv3x3_same(
             }
         }
     }
-    let grid = Grid::new(h, w);
-    let segments = grid.segments();
+    let tiling = Tiling::new(h, w);
+    let grid = tiling.grid;
     let (x_len, y_len) = (ci * h * w, co * h * w);
     par_filled(batch * y_len, y_len, |s, y_n| {
         let x_n = &x[s * x_len..][..x_len];
         with_planes(grid, ci, |planes| {
             grid.fill_planes(planes, x_n);
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `applies` checked AVX2 and FMA; the planes are sized by `grid` for `ci`
-            // channels (`with_planes`), the slots hold `co` planes of `h × w`, and the
-            // segments are `grid`'s, which is all the kernel's pointer arithmetic assumes.
-            // Its segments cover every position of every output plane, so every slot is
-            // written.
-            #[allow(unsafe_code)]
-            unsafe {
-                avx2::convolve(
-                    grid,
-                    ci,
-                    co,
-                    planes,
-                    &packed,
-                    &segments,
-                    y_n.unwritten(y_len),
-                )
-            };
+            assert!(
+                x86_64::convolve(&tiling, [ci, co], planes, &packed, y_n),
+                "conv3x3_same: the kernel declined what `applies` accepted"
+            );
         });
     })
     .0
@@ -152,11 +148,13 @@ pub fn conv3x3_same_weight_gradient(
         batch * co * h * w,
         "conv3x3_same_weight_gradient: gradient size"
     );
-    let grid = Grid::new(h, w);
-    let segments = grid.segments();
+    let tiling = Tiling::new(h, w);
+    let grid = tiling.grid;
     let (x_len, y_len) = (ci * h * w, co * h * w);
     let chunk = batch.div_ceil(16).max(1);
-    let group = SEGMENTS_PER_PASS.div_ceil(segments.len()).clamp(1, chunk);
+    let group = SEGMENTS_PER_PASS
+        .div_ceil(tiling.segments.len())
+        .clamp(1, chunk);
     let partial: Vec<Vec<f32>> = (0..batch.div_ceil(chunk))
         .into_par_iter()
         .map(|k| {
@@ -169,20 +167,16 @@ pub fn conv3x3_same_weight_gradient(
                 with_planes(grid, count * ci, |planes| {
                     grid.fill_planes(planes, x_group);
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `applies` checked AVX2 and FMA; the planes are sized by `grid`
-                    // for `count · ci` channels, `dy_group` holds `count · co` planes of
-                    // `h × w`, `dw` is `co · ci · 9`, and the segments are `grid`'s.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        avx2_weight::weight_gradient(
-                            grid,
+                    assert!(
+                        x86_64::weight_gradient(
+                            &tiling,
                             [count, ci, co],
                             planes,
-                            &segments,
                             dy_group,
-                            &mut dw,
-                        )
-                    };
+                            &mut dw
+                        ),
+                        "conv3x3_same_weight_gradient: the kernel declined what `applies` accepted"
+                    );
                 });
             }
             dw
@@ -207,6 +201,24 @@ struct Grid {
     /// Floats per padded input plane: the bordered image plus what the last segment's taps
     /// read past it.
     plane: usize,
+}
+
+/// A grid and its output segments, built together: the kernels rely on every segment lying in
+/// the grid (its taps inside a bordered plane) and on the segments covering every output
+/// position.
+struct Tiling {
+    grid: Grid,
+    segments: Vec<Segment>,
+}
+
+impl Tiling {
+    fn new(h: usize, w: usize) -> Self {
+        let grid = Grid::new(h, w);
+        Self {
+            grid,
+            segments: grid.segments(),
+        }
+    }
 }
 
 /// Up to eight adjacent outputs of one row: where the first reads on the grid (tap `(0, 0)`),
@@ -283,187 +295,6 @@ fn with_planes(grid: Grid, ci: usize, f: impl FnOnce(&mut [f32])) {
         }
         f(planes);
     });
-}
-
-/// Lane mask of a segment's `lanes` first lanes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn lane_mask(lanes: usize) -> core::arch::x86_64::__m256i {
-    use core::arch::x86_64::*;
-    _mm256_cmpgt_epi32(
-        _mm256_set1_epi32(lanes as i32),
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)] // The kernel: raw pointers into the sized planes, AVX2 intrinsics.
-mod avx2 {
-    use core::arch::x86_64::*;
-
-    use super::{lane_mask, Grid, Segment, CHANNELS};
-
-    /// Writes every value of `y`.
-    ///
-    /// # Safety
-    /// AVX2 and FMA available; `planes` is `ci · grid.plane` floats, `y` `co · h · w`,
-    /// `packed` `co · ci · 9`, `co` a multiple of [`CHANNELS`], `segments` all of `grid`'s.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn convolve(
-        grid: Grid,
-        ci: usize,
-        co: usize,
-        planes: &[f32],
-        packed: &[f32],
-        segments: &[Segment],
-        y: &mut [core::mem::MaybeUninit<f32>],
-    ) {
-        let taps: [usize; 9] = core::array::from_fn(|t| (t / 3) * grid.width + t % 3);
-        let map = grid.h * grid.w;
-        // Segments outer, channel blocks inner: the input rows a tile reads (a few KiB) stay
-        // in L1 for every block instead of streaming all planes once per block.
-        for pair in segments.chunks(2) {
-            // A lone last segment is computed twice (same values, stored twice).
-            let tile = [pair[0], pair[pair.len() - 1]];
-            for block in 0..co / CHANNELS {
-                let weights = packed[block * ci * 9 * CHANNELS..].as_ptr();
-                let mut acc = [[_mm256_setzero_ps(); 2]; CHANNELS];
-                for c in 0..ci {
-                    // SAFETY: plane `c` starts at `c · grid.plane`; a segment's start plus
-                    // 7 plus the largest tap is inside the plane (`Grid::new`).
-                    let base = unsafe { planes.as_ptr().add(c * grid.plane) };
-                    // SAFETY: block `block`'s weights for input channel `c`: 9 × 4 floats.
-                    let w = unsafe { weights.add(c * 9 * CHANNELS) };
-                    for (t, &tap) in taps.iter().enumerate() {
-                        let x: [__m256; 2] = core::array::from_fn(|p| {
-                            // SAFETY: as above.
-                            unsafe { _mm256_loadu_ps(base.add(tile[p].grid + tap)) }
-                        });
-                        for (r, lanes) in acc.iter_mut().enumerate() {
-                            // SAFETY: as above.
-                            let wv = unsafe { _mm256_broadcast_ss(&*w.add(t * CHANNELS + r)) };
-                            for (a, &xv) in lanes.iter_mut().zip(&x) {
-                                *a = _mm256_fmadd_ps(wv, xv, *a);
-                            }
-                        }
-                    }
-                }
-                for (r, lanes) in acc.iter().enumerate() {
-                    let o = block * CHANNELS + r;
-                    for (segment, &v) in tile.iter().zip(lanes) {
-                        // SAFETY: channel `o < co`; the segment's `lanes` outputs lie in the
-                        // plane; lanes past them are masked off.
-                        unsafe {
-                            let at = y.as_mut_ptr().cast::<f32>().add(o * map + segment.map);
-                            if segment.lanes == 8 {
-                                _mm256_storeu_ps(at, v);
-                            } else {
-                                _mm256_maskstore_ps(at, lane_mask(segment.lanes), v);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)] // The kernel: raw pointers into the sized planes, AVX2 intrinsics.
-mod avx2_weight {
-    use core::arch::x86_64::*;
-
-    use super::{lane_mask, Grid, Segment, CHANNELS};
-
-    /// Sum of the eight lanes.
-    #[target_feature(enable = "avx2,fma")]
-    fn lanes_sum(v: __m256) -> f32 {
-        let four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
-        _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps::<1>(two, two)))
-    }
-
-    /// Adds the `dW` of `samples` samples into `dw` (`Co×Ci×3×3`). A register tile is four
-    /// output channels × one row of three taps: each gradient vector feeds three FMAs, each
-    /// input vector four.
-    ///
-    /// # Safety
-    /// AVX2 and FMA available; `planes` is `samples · ci · grid.plane` floats, `dy`
-    /// `samples · co · h · w`, `dw` `co · ci · 9`, `co` a multiple of [`CHANNELS`], `segments`
-    /// from `grid`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(in super::super) unsafe fn weight_gradient(
-        grid: Grid,
-        [samples, ci, co]: [usize; 3],
-        planes: &[f32],
-        segments: &[Segment],
-        dy: &[f32],
-        dw: &mut [f32],
-    ) {
-        let map = grid.h * grid.w;
-        // Every sample's segments in one list, their offsets counted from sample 0's plane
-        // `c` and gradient block: one loop per tile however small the map.
-        let (full, short): (Vec<Segment>, Vec<Segment>) = (0..samples)
-            .flat_map(|s| {
-                segments.iter().map(move |segment| Segment {
-                    grid: s * ci * grid.plane + segment.grid,
-                    map: s * co * map + segment.map,
-                    lanes: segment.lanes,
-                })
-            })
-            .partition(|segment| segment.lanes == 8);
-        for block in 0..co / CHANNELS {
-            for c in 0..ci {
-                for ky in 0..3 {
-                    let mut acc = [[_mm256_setzero_ps(); 3]; CHANNELS];
-                    // SAFETY: plane `c` (of sample 0), from tap row `ky`; every segment
-                    // + 7 + the row's taps < `grid.plane` (`Grid::new`) past its sample's
-                    // plane `c`.
-                    let plane = unsafe { planes.as_ptr().add(c * grid.plane + ky * grid.width) };
-                    // SAFETY: gradient planes `block·4 .. block·4 + 4` (of sample 0).
-                    let dy = unsafe { dy.as_ptr().add(block * CHANNELS * map) };
-                    // Whole segments, then the short ones (the masked loads need one
-                    // more register, which in the same loop spilled an accumulator).
-                    for segment in &full {
-                        // SAFETY: inside the plane, as above.
-                        let x: [__m256; 3] = core::array::from_fn(|kx| unsafe {
-                            _mm256_loadu_ps(plane.add(segment.grid + kx))
-                        });
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            // SAFETY: plane `r` of the block; the segment lies in it.
-                            let d = unsafe { _mm256_loadu_ps(dy.add(r * map + segment.map)) };
-                            for (a, &xv) in a.iter_mut().zip(&x) {
-                                *a = _mm256_fmadd_ps(d, xv, *a);
-                            }
-                        }
-                    }
-                    for segment in &short {
-                        let mask = lane_mask(segment.lanes);
-                        // SAFETY: inside the plane, as above.
-                        let x: [__m256; 3] = core::array::from_fn(|kx| unsafe {
-                            _mm256_loadu_ps(plane.add(segment.grid + kx))
-                        });
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            // SAFETY: plane `r` of the block; the segment's `lanes`
-                            // values lie in it. Lanes past them load zeros, so the inputs
-                            // they face (the border, the next row) add nothing.
-                            let d =
-                                unsafe { _mm256_maskload_ps(dy.add(r * map + segment.map), mask) };
-                            for (a, &xv) in a.iter_mut().zip(&x) {
-                                *a = _mm256_fmadd_ps(d, xv, *a);
-                            }
-                        }
-                    }
-                    for (r, a) in acc.iter().enumerate() {
-                        let at = ((block * CHANNELS + r) * ci + c) * 9 + ky * 3;
-                        for (kx, &v) in a.iter().enumerate() {
-                            dw[at + kx] += lanes_sum(v);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,11 @@
 //! chunk is handed to its closure as a [`Writer`] that can only append, and the buffer becomes a
 //! `Vec` only once every chunk reported all its values written (checked, so a short write is a
 //! panic, never uninitialised floats).
+//!
+//! One of the trainer's two `unsafe` exceptions that are not architecture code (listed in the
+//! workspace `Cargo.toml` and `tools/check_structure.py`): a `Vec` whose length is set over
+//! memory the chunks wrote, with no safe equivalent that skips the zeroing. The architecture
+//! kernels that store into [`Writer::unwritten`] slots are the only callers of its `unsafe fn`.
 
 use std::mem::MaybeUninit;
 

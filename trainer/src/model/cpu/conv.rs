@@ -12,7 +12,7 @@
 //! one gemm for the columns' gradient and a col2im per sample over contiguous rows. The forward
 //! pass is the same im2col + one gemm per chunk (it also saves flex's serial layout conversion).
 //! On x86-64 with AVX2, the 3×3 stride-1 layers of maps at least 8 wide skip im2col altogether:
-//! forward, input and weight gradients come from [`super::cpu_direct`].
+//! forward, input and weight gradients come from [`super::direct`].
 //!
 //! Only what the ResNets use takes this path: `f32`, no bias, one group, no dilation, the same
 //! explicit padding on every side. Anything else, and every other backend, goes through burn's
@@ -33,8 +33,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::cpu_buffer::par_filled;
-use super::cpu_direct;
+use super::direct;
+use super::matmul::matmul;
+use super::output_buffer::par_filled;
 
 /// The training backend this module speeds up.
 pub(crate) type Train = Autodiff<Flex>;
@@ -475,67 +476,6 @@ fn col2im_3x3_same(g: &Geometry, cols: &[f32], row_stride: usize, dx: &mut [f32]
     }
 }
 
-/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, all three given by their row and column strides, on
-/// the calling thread (the callers parallelise over chunks of samples).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    [m, n, k]: [usize; 3],
-    (dst, [dst_rs, dst_cs]): (&mut [f32], [usize; 2]),
-    lhs: &[f32],
-    [lhs_rs, lhs_cs]: [usize; 2],
-    rhs: &[f32],
-    [rhs_rs, rhs_cs]: [usize; 2],
-) {
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows - 1) * rs + (cols - 1) * cs + 1
-        }
-    };
-    assert!(
-        dst.len() >= last(m, n, dst_rs, dst_cs),
-        "matmul: destination too short"
-    );
-    assert!(
-        lhs.len() >= last(m, k, lhs_rs, lhs_cs),
-        "matmul: lhs too short"
-    );
-    assert!(
-        rhs.len() >= last(k, n, rhs_rs, rhs_cs),
-        "matmul: rhs too short"
-    );
-    // The one unsafe block of the trainer: gemm's entry point takes raw pointers and strides.
-    // SAFETY: the asserts above keep every element gemm reads or writes inside its slice
-    // (each operand is accessed at (i·rs + j·cs) for i, j within its shape; callers give
-    // destination strides that do not map two elements to one place), the slices do not alias
-    // (one &mut, two &), and gemm runs on this thread only.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// Samples per chunk for a layer with `positions` outputs per channel (see [`CHUNK_POSITIONS`]).
 fn chunk_samples(positions: usize, batch: usize) -> usize {
     (CHUNK_POSITIONS / positions.max(1)).clamp(1, batch.div_ceil(MIN_CHUNKS).max(1))
@@ -545,8 +485,8 @@ fn chunk_samples(positions: usize, batch: usize) -> usize {
 /// samples one im2col matrix and one matrix product, chunks on rayon's threads.
 pub fn convolve_f32(g: &Geometry, batch: usize, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let co = g.output[0];
-    if g.is_3x3_same() && cpu_direct::applies(g.input[2], g.input[0], co) {
-        return cpu_direct::conv3x3_same(batch, g.input, co, x, weight);
+    if g.is_3x3_same() && direct::applies(g.input[2], g.input[0], co) {
+        return direct::conv3x3_same(batch, g.input, co, x, weight);
     }
     let k = g.patch_len();
     let l = g.positions();
@@ -629,82 +569,29 @@ pub fn gradients_f32(
     let co = g.output[0];
     let k = g.patch_len();
     let l = g.positions();
-    let (x_len, y_len) = (g.input_len(), g.output_len());
-    // The input gradient of a 3×3 same convolution without col2im (`cpu_direct`); the
+    let x_len = g.input_len();
+    // The input gradient of a 3×3 same convolution without col2im (`direct`); the
     // chunks below then compute only the weight gradient.
-    let direct_dx = want_x && g.is_3x3_same() && cpu_direct::applies(g.input[2], co, g.input[0]);
+    let direct_dx = want_x && g.is_3x3_same() && direct::applies(g.input[2], co, g.input[0]);
     let want_x = want_x && !direct_dx;
     // Likewise the weight gradient, as a correlation of `dy` with the shifted input planes.
-    let direct_dw =
-        want_weight && g.is_3x3_same() && cpu_direct::applies(g.input[2], g.input[0], co);
+    let direct_dw = want_weight && g.is_3x3_same() && direct::applies(g.input[2], g.input[0], co);
     let want_weight = want_weight && !direct_dw;
     let mut dx = None;
     let chunk = chunk_samples(l, batch);
-
-    // One chunk of samples, side by side: their im2col matrices as one `K × S·L` matrix and
-    // their output gradients as one `Co × S·L`, so each gradient is one matrix product per
-    // chunk (deep layers have only 16–64 positions per sample: per-sample products would be
-    // mostly packing). Writes the chunk's weight gradient and its samples' input gradients.
-    let run_chunk = |first: usize, dx_chunk: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
-        let samples = chunk.min(batch - first);
-        let wide = samples * l;
-        // A lone sample's dy already is its `Co × L` matrix; only side-by-side ones are copied.
-        let dy_wide_len = if samples == 1 { 0 } else { co * wide };
-        with_scratch([k * wide, dy_wide_len], |cols, dy_wide| {
-            let dy_chunk: &[f32] = if samples == 1 {
-                &dy[first * y_len..][..y_len]
-            } else {
-                for s in 0..samples {
-                    let dy_n = &dy[(first + s) * y_len..][..y_len];
-                    for (c, row) in dy_n.chunks_exact(l).enumerate() {
-                        dy_wide[c * wide + s * l..][..l].copy_from_slice(row);
-                    }
-                }
-                dy_wide
-            };
-            if let Some(dw) = dw {
-                for s in 0..samples {
-                    im2col(
-                        g,
-                        &x[(first + s) * x_len..][..x_len],
-                        &mut cols[s * l..],
-                        wide,
-                    );
-                }
-                // dWᵀ (K×Co) = cols (K×S·L) · dyᵀ (S·L×Co), written as dW: gemm ran this
-                // orientation up to 1.3× faster for the shallow layers' few channels.
-                matmul(
-                    [k, co, wide],
-                    (dw, [1, k]),
-                    cols,
-                    [wide, 1],
-                    dy_chunk,
-                    [1, wide],
-                );
-            }
-            if let Some(dx_chunk) = dx_chunk {
-                // dcols (K×S·L) = wᵀ (K×Co) · dy (Co×S·L), then each sample's col2im.
-                matmul(
-                    [k, wide, co],
-                    (cols, [wide, 1]),
-                    weight,
-                    [1, k],
-                    dy_chunk,
-                    [wide, 1],
-                );
-                for (s, dx_n) in dx_chunk.chunks_exact_mut(x_len).enumerate() {
-                    col2im(g, &cols[s * l..], wide, dx_n);
-                }
-            }
-        });
-    };
-
     // Each chunk's weight gradient apart, summed below in chunk order: the same bits whatever
     // the thread count or schedule. The input gradient is written in place, unzeroed memory
     // cleared chunk by chunk on the threads that fill it (col2im adds into it).
     let run = |i: usize, dx_chunk: Option<&mut [f32]>| -> Option<Vec<f32>> {
         let mut dw = want_weight.then(|| vec![0.0f32; co * k]);
-        run_chunk(i * chunk, dx_chunk, dw.as_deref_mut());
+        let (first, samples) = (i * chunk, chunk.min(batch - i * chunk));
+        chunk_gradients(
+            g,
+            (first, samples),
+            (x, weight, dy),
+            dx_chunk,
+            dw.as_deref_mut(),
+        );
         dw
     };
     let partial: Vec<Option<Vec<f32>>> = if want_x {
@@ -732,18 +619,86 @@ pub fn gradients_f32(
         total
     });
     let dw = if direct_dw {
-        Some(cpu_direct::conv3x3_same_weight_gradient(
+        Some(direct::conv3x3_same_weight_gradient(
             batch, g.input, co, x, dy,
         ))
     } else {
         dw
     };
     if direct_dx {
-        dx = Some(cpu_direct::conv3x3_same_input_gradient(
+        dx = Some(direct::conv3x3_same_input_gradient(
             batch, g.input, co, dy, weight,
         ));
     }
     (dx, dw)
+}
+
+/// One chunk of `samples` samples from `first`, side by side: their im2col matrices as one
+/// `K × S·L` matrix and their output gradients as one `Co × S·L`, so each gradient is one
+/// matrix product per chunk (deep layers have only 16–64 positions per sample: per-sample
+/// products would be mostly packing). Writes the chunk's weight gradient into `dw` and its
+/// samples' input gradients into `dx_chunk` (each when given).
+fn chunk_gradients(
+    g: &Geometry,
+    (first, samples): (usize, usize),
+    (x, weight, dy): (&[f32], &[f32], &[f32]),
+    dx_chunk: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+) {
+    let co = g.output[0];
+    let k = g.patch_len();
+    let l = g.positions();
+    let (x_len, y_len) = (g.input_len(), g.output_len());
+    let wide = samples * l;
+    // A lone sample's dy already is its `Co × L` matrix; only side-by-side ones are copied.
+    let dy_wide_len = if samples == 1 { 0 } else { co * wide };
+    with_scratch([k * wide, dy_wide_len], |cols, dy_wide| {
+        let dy_chunk: &[f32] = if samples == 1 {
+            &dy[first * y_len..][..y_len]
+        } else {
+            for s in 0..samples {
+                let dy_n = &dy[(first + s) * y_len..][..y_len];
+                for (c, row) in dy_n.chunks_exact(l).enumerate() {
+                    dy_wide[c * wide + s * l..][..l].copy_from_slice(row);
+                }
+            }
+            dy_wide
+        };
+        if let Some(dw) = dw {
+            for s in 0..samples {
+                im2col(
+                    g,
+                    &x[(first + s) * x_len..][..x_len],
+                    &mut cols[s * l..],
+                    wide,
+                );
+            }
+            // dWᵀ (K×Co) = cols (K×S·L) · dyᵀ (S·L×Co), written as dW: gemm ran this
+            // orientation up to 1.3× faster for the shallow layers' few channels.
+            matmul(
+                [k, co, wide],
+                (dw, [1, k]),
+                cols,
+                [wide, 1],
+                dy_chunk,
+                [1, wide],
+            );
+        }
+        if let Some(dx_chunk) = dx_chunk {
+            // dcols (K×S·L) = wᵀ (K×Co) · dy (Co×S·L), then each sample's col2im.
+            matmul(
+                [k, wide, co],
+                (cols, [wide, 1]),
+                weight,
+                [1, k],
+                dy_chunk,
+                [wide, 1],
+            );
+            for (s, dx_n) in dx_chunk.chunks_exact_mut(x_len).enumerate() {
+                col2im(g, &cols[s * l..], wide, dx_n);
+            }
+        }
+    });
 }
 
 /// The geometry of `x ⊛ weight` (`x` `N×Ci×H×W`, `weight` `Co×Ci×Kh×Kw`) and the batch size.

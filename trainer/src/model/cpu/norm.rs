@@ -3,10 +3,10 @@
 //!
 //! Composed from tensor operations, a BatchNorm is about fifteen element-wise passes and
 //! reductions forward and back, each of which burn-flex runs on the calling thread; once the
-//! convolutions ran on every core ([`super::cpu_conv`]), those passes were most of what kept the
+//! convolutions ran on every core ([`super::conv`]), those passes were most of what kept the
 //! main thread busy while the other core waited. Here the forward pass is two parallel passes
 //! (statistics per channel, then normalise per sample) and the backward pass two more, with the
-//! ReLU's mask folded in. Same arithmetic as [`super::batch_norm_composed`]: batch mean, biased
+//! ReLU's mask folded in. Same arithmetic as [`crate::model::batch_norm_composed`]: batch mean, biased
 //! batch variance, `ε` inside the square root, the same running-statistics update.
 
 use std::any::TypeId;
@@ -22,9 +22,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::cpu_buffer::par_filled;
-use super::cpu_conv::{cast, Train};
-use super::update_running_statistics;
+use super::conv::{cast, Train};
+use super::output_buffer::par_filled;
+use crate::model::update_running_statistics;
 
 /// Training-mode `batch_norm` (then ReLU when `relu`) of `x` through this module when `B` is
 /// `Autodiff<Flex>` with autodiff on, updating `bn`'s running statistics; `Err(x)` otherwise.
