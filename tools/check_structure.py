@@ -3,8 +3,10 @@
 
 1. No import circle between the modules of one crate.
 2. `unsafe` only in per-architecture kernel modules (files named `x86_64.rs`, `aarch64.rs` or
-   `dsp.rs`) and the firmware's hardware layer, every `unsafe` block or function preceded by a
-   `// SAFETY:` line (or `# Safety` docs for an `unsafe fn`).
+   `dsp.rs`), the firmware's hardware layer and the files of ALLOWED_UNSAFE (each with its
+   reason; the workspace `Cargo.toml` lists the same), every `unsafe` block or function
+   preceded by a `// SAFETY:` line (or `# Safety` docs for an `unsafe fn`). An ALLOWED_UNSAFE
+   entry that no longer holds `unsafe` is reported too, so the list stays true.
 3. No function longer than MAX_FUNCTION_LINES outside those per-architecture modules (SIMD
    kernels may be longer where splitting them would cost registers) and test modules.
 
@@ -235,6 +237,24 @@ def find_cycles(edges):
 
 MAX_FUNCTION_LINES = 120
 ARCH_FILES = {"x86_64.rs", "aarch64.rs", "dsp.rs"}
+# The only files outside per-architecture modules where `unsafe` is allowed (paths from the
+# repository root), with the reason. Keep in step with the workspace Cargo.toml's lint comment.
+ALLOWED_UNSAFE = {
+    "trainer/src/model/cpu/output_buffer.rs": "output tensors filled on rayon's threads without "
+    "being zeroed first: a `Vec` whose length is set over memory the chunks wrote (no safe "
+    "equivalent skips the zeroing, ~3 % of a CPU SimCLR step)",
+    "trainer/src/model/cpu/matmul.rs": "the call into `gemm::gemm`, an `unsafe fn` of the gemm "
+    "crate taking raw pointers and strides, wrapped in a safe function that checks them",
+}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_path(file):
+    """`file` as a path from the repository root (as written when it lies outside)."""
+    try:
+        return Path(file).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return Path(file).as_posix()
 FN_START = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?(?:const\s+)?(?:async\s+)?(?:unsafe\s+)?(?:extern\s+\"C\"\s+)?fn\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -280,15 +300,16 @@ def long_functions(file, code):
     return found
 
 
-def unsafe_problems(file, raw, code, arch):
-    """Places where `unsafe` is used outside a per-architecture module, or without SAFETY."""
+def unsafe_problems(file, raw, code, allowed):
+    """Places where `unsafe` is used outside a per-architecture module or an ALLOWED_UNSAFE
+    file, or without SAFETY."""
     problems = []
     raw_lines = raw.split("\n")
     for i, line in enumerate(code.split("\n")):
         if not re.search(r"\bunsafe\b", line) or "unsafe_code" in line:
             continue
-        if not arch:
-            problems.append(f"{file}:{i + 1}: unsafe outside a per-architecture module")
+        if not allowed:
+            problems.append(f"{file}:{i + 1}: unsafe outside a per-architecture module or ALLOWED_UNSAFE file")
             continue
         if re.search(r"\bunsafe\s+(impl|trait)\b", line):
             continue
@@ -298,13 +319,31 @@ def unsafe_problems(file, raw, code, arch):
     return problems
 
 
+def stale_allowed_unsafe(crate):
+    """ALLOWED_UNSAFE entries inside `crate` whose file is gone or holds no `unsafe`."""
+    stale = []
+    prefix = repo_path(Path(crate) / "src") + "/"
+    for path in sorted(ALLOWED_UNSAFE):
+        if not path.startswith(prefix):
+            continue
+        file = REPO_ROOT / path
+        code = strip_comments_and_strings(file.read_text()) if file.is_file() else ""
+        if not any(re.search(r"\bunsafe\b", line) and "unsafe_code" not in line for line in code.split("\n")):
+            stale.append(f"{path}: listed in ALLOWED_UNSAFE but holds no unsafe (remove the entry)")
+    return stale
+
+
 def check_code_rules(crate, hardware_layers):
     failed = False
+    for problem in stale_allowed_unsafe(crate):
+        print(problem)
+        failed = True
     for file in sorted((Path(crate) / "src").rglob("*.rs")):
         raw = file.read_text()
         code = strip_comments_and_strings(raw)
         arch = is_arch_file(file, hardware_layers)
-        for problem in unsafe_problems(file, raw, code, arch):
+        allowed = arch or repo_path(file) in ALLOWED_UNSAFE
+        for problem in unsafe_problems(file, raw, code, allowed):
             print(problem)
             failed = True
         if arch:
