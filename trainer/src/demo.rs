@@ -336,7 +336,7 @@ fn screen_with_runtime<B: AutodiffBackend>(
     let manifest =
         scanside_runtime::bundle::Bundle::load(bundle, &Trust::Keys(vec![public]))?.manifest;
     let burn_probs: Vec<Vec<f32>> =
-        crate::evaluate::predict_logits(&model, &images, &preprocess, device)
+        crate::metrics::predict_logits(&model, &images, &preprocess, device)
             .iter()
             .map(|z| manifest.probabilities(z))
             .collect();

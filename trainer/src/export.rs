@@ -23,7 +23,7 @@ use scanside_runtime::preprocess::normalize_in_place;
 use serde::Serialize;
 use tract_onnx::pb;
 
-use crate::data::{load_images_with, open_split, Partition, Task};
+use crate::data::{load_images_with, open_split, spread, Partition, Task};
 use crate::evaluate::load_finetuned;
 use crate::model::{input_tensor, to_vec, Block, Classifier};
 use crate::quantize::{
@@ -746,14 +746,6 @@ pub fn export_run<B: Backend>(
         signed_by: sign_key.map(|k| key_id(&k.verifying_key())),
         int8: int8_report,
     })
-}
-
-/// Every `step`-th of `indices`, at most `n` (spread over the partition, not its head).
-pub(crate) fn spread(indices: &[usize], n: usize) -> Vec<usize> {
-    if n == 0 || n >= indices.len() {
-        return indices.to_vec();
-    }
-    (0..n).map(|i| indices[i * indices.len() / n]).collect()
 }
 
 /// Quantises the model (calibration on training images, methods compared on validation),

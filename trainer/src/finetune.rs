@@ -20,15 +20,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
-use crate::data::{finding_targets, ImageSet, Target, UncertaintyPolicy};
-use crate::data::{load_images_with, open_split, Partition, Prefetch, Task};
-use crate::evaluate::metrics::{MultiLabelMetrics, MIN_POSITIVES_FOR_MEAN_AUC};
-use crate::evaluate::{embed, predict, predict_logits, ClassificationMetrics};
-use crate::model::{input_tensor, Classifier, ResNetConfig};
-use crate::pretrain::{
-    batch_schedule, learning_rate_at, load_training_images, report_skipped, step_seed,
-    PretrainConfig, BACKBONE_FILE,
+use crate::data::{
+    load_images_with, load_training_images, open_split, report_skipped, spread, Partition,
+    Prefetch, Task,
 };
+use crate::metrics::{
+    embed, predict, predict_logits, sigmoid_rows, ClassificationMetrics, Labels, MultiLabelMetrics,
+    MIN_POSITIVES_FOR_MEAN_AUC,
+};
+use crate::model::{input_tensor, Classifier, ResNetConfig};
+use crate::optim::{batch_schedule, learning_rate_at, step_seed};
+use crate::pretrain::{PretrainConfig, BACKBONE_FILE};
 use crate::quantize::{fake_quant_forward, CalibrationMethod};
 use crate::runlog::{load_json, load_weights, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
@@ -233,39 +235,6 @@ impl ValMetrics {
     }
 }
 
-/// Training labels in the form the loss takes.
-pub enum Labels {
-    /// Class index per image.
-    Classes(Vec<usize>),
-    /// `N×K` 0/1 targets and a mask (0: uncertain under U-Ignore, left out of the loss).
-    Findings {
-        /// Targets.
-        targets: Vec<f32>,
-        /// Mask.
-        mask: Vec<f32>,
-    },
-}
-
-impl Labels {
-    /// The labels of a set of images under an uncertainty policy.
-    pub fn of(images: &ImageSet, policy: UncertaintyPolicy) -> Self {
-        match images.class_labels() {
-            Some(classes) => Labels::Classes(classes),
-            None => {
-                let (mut targets, mut mask) = (Vec::new(), Vec::new());
-                for t in &images.targets {
-                    if let Target::Findings(findings) = t {
-                        let (t, m) = finding_targets(findings, policy);
-                        targets.extend(t);
-                        mask.extend(m);
-                    }
-                }
-                Labels::Findings { targets, mask }
-            }
-        }
-    }
-}
-
 /// Binary cross-entropy on logits, masked: `Σ mask·(softplus(z) − y·z) / Σ mask`, in the
 /// numerically stable form `max(z, 0) − y·z + ln(1 + e^−|z|)`.
 pub fn masked_bce_with_logits<B: Backend>(
@@ -277,14 +246,6 @@ pub fn masked_bce_with_logits<B: Backend>(
     let per =
         logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p();
     (per * mask).sum() / counted
-}
-
-/// Sigmoid of every logit.
-pub fn sigmoid_rows(logits: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    logits
-        .iter()
-        .map(|z| z.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect())
-        .collect()
 }
 
 /// Fine-tunes and writes the run directory `out`.
@@ -391,7 +352,7 @@ pub fn finetune<B: AutodiffBackend>(
     let qat_ranges = match &config.qat {
         Some(qat) => {
             model = load_weights(model, &qat.from.join(MODEL_FILE), device)?;
-            let picks = crate::export::spread(
+            let picks = spread(
                 &split.indices(&index, Partition::Train),
                 qat.calibration_images,
             );

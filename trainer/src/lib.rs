@@ -13,6 +13,7 @@ pub mod evaluate;
 pub mod export;
 pub mod finetune;
 pub mod imagenet;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plots;

@@ -35,11 +35,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::augment::{augment_batch, AugmentConfig, Geometry};
-use crate::data::{load_images_with, open_split, DatasetIndex, ImageSet, Partition, Prefetch};
-use crate::evaluate::{embed, embedding_spread, knn_scores};
+use crate::data::{
+    load_images_with, load_training_images, open_split, DatasetIndex, ImageSet, Partition, Prefetch,
+};
 use crate::imagenet::load_torchvision;
+use crate::metrics::{embed, embedding_spread, knn_scores};
 use crate::model::{input_tensor, ResNetConfig, SimClr, SslHeads, RECONSTRUCTION_GRID};
-use crate::optim::{Lars, OptimizerKind};
+use crate::optim::{batch_schedule, learning_rate_at, step_seed, Lars, OptimizerKind};
 use crate::runlog::{load_json, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
 
@@ -510,17 +512,6 @@ pub struct PretrainSummary {
 /// `tools/bench` warms up for as many).
 pub const WARMUP_STEPS: usize = 3;
 
-/// Linear warm-up then cosine decay to zero.
-pub fn learning_rate_at(step: usize, total: usize, peak: f64, warmup_fraction: f64) -> f64 {
-    let warmup = ((total as f64 * warmup_fraction).round() as usize).max(1);
-    if step < warmup {
-        peak * (step + 1) as f64 / warmup as f64
-    } else {
-        let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
-        peak * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
-    }
-}
-
 /// NT-Xent (normalised temperature-scaled cross entropy) over `2N` projections where rows `i`
 /// and `i + N` are the two views of one image.
 pub fn nt_xent_loss<B: Backend>(z: Tensor<B, 2>, temperature: f32) -> Tensor<B, 1> {
@@ -542,81 +533,6 @@ pub fn nt_xent_loss<B: Backend>(z: Tensor<B, 2>, temperature: f32) -> Tensor<B, 
     CrossEntropyLossConfig::new()
         .init(&device)
         .forward(logits, targets)
-}
-
-/// Loads the given samples and resolves preprocessing from their statistics when unset.
-/// With `skip_bad`, unreadable images are listed on stderr and left out.
-pub fn load_training_images(
-    index: &DatasetIndex,
-    which: &[usize],
-    image_size: u32,
-    channels: usize,
-    preprocess: Option<PreprocessConfig>,
-    skip_bad: bool,
-) -> Result<(ImageSet, PreprocessConfig)> {
-    let unnormalised = preprocess.clone().unwrap_or_else(|| {
-        PreprocessConfig::new(
-            image_size,
-            channels as u32,
-            vec![0.0; channels],
-            vec![1.0; channels],
-        )
-    });
-    let images = load_images_with(index, which, &unnormalised, skip_bad)?;
-    report_skipped(&images);
-    let resolved = match preprocess {
-        Some(p) => p,
-        None => {
-            let (mean, std) = images.channel_stats(channels);
-            PreprocessConfig {
-                mean,
-                std,
-                ..unnormalised
-            }
-        }
-    };
-    Ok((images, resolved))
-}
-
-/// Lists images left out by `--skip-bad` on stderr.
-pub(crate) fn report_skipped(images: &ImageSet) {
-    for reason in &images.skipped {
-        eprintln!("skipped unreadable image: {reason}");
-    }
-    if !images.skipped.is_empty() {
-        eprintln!(
-            "skipped {} unreadable image(s); {} loaded",
-            images.skipped.len(),
-            images.len()
-        );
-    }
-}
-
-/// The batches of every step: a seeded shuffle per epoch, whole batches only.
-pub(crate) fn batch_schedule(
-    images: usize,
-    batch_size: usize,
-    epochs: usize,
-    seed: u64,
-    total: usize,
-) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..images).collect();
-    let mut schedule = Vec::with_capacity(total);
-    for epoch in 0..epochs {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1)));
-        for batch in order.chunks_exact(batch_size) {
-            if schedule.len() == total {
-                return schedule;
-            }
-            schedule.push(batch.to_vec());
-        }
-    }
-    schedule
-}
-
-/// The augmentation seed of a step.
-pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
-    seed.wrapping_mul(1_000_003).wrapping_add(step as u64)
 }
 
 /// Where a checkpoint is and what it holds besides the weights.
@@ -1311,15 +1227,6 @@ mod tests {
             .unwrap();
         assert!(good < 0.01, "aligned loss {good}");
         assert!(bad > 5.0, "crossed loss {bad}");
-    }
-
-    #[test]
-    fn learning_rate_warms_up_then_decays_to_zero() {
-        let lr: Vec<f64> = (0..100)
-            .map(|s| learning_rate_at(s, 100, 1.0, 0.1))
-            .collect();
-        assert!((lr[9] - 1.0).abs() < 1e-9 && lr[0] < 0.2);
-        assert!(lr[50] < 1.0 && lr[99] < 0.01);
     }
 
     #[test]

@@ -32,8 +32,8 @@ use scanside_runtime::preprocess::{normalize_in_place, PreprocessConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Finding, ImageSet, Target};
-use crate::evaluate::{argmax, predict_logits, roc_auc};
 use crate::export::{fold, FoldedConv};
+use crate::metrics::{argmax, predict_logits, roc_auc};
 use crate::model::{batch_norm, input_tensor, to_vec, Classifier};
 use crate::{Error, Result};
 

@@ -78,7 +78,7 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.3}"))
 }
 
-fn interval(i: Option<crate::evaluate::metrics::Interval>) -> String {
+fn interval(i: Option<crate::metrics::Interval>) -> String {
     i.map_or(String::new(), |i| format!(" [{:.3}, {:.3}]", i.low, i.high))
 }
 

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::Preset;
 use crate::data::open_split;
-use crate::evaluate::metrics::Interval;
 use crate::evaluate::{evaluate, EvalSettings, Evaluation};
 use crate::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
+use crate::metrics::Interval;
 use crate::model::ResNetConfig;
 use crate::pretrain::PretrainConfig;
 use crate::report::{escape, page};

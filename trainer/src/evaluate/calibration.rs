@@ -4,8 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::argmax;
-
 /// Softmax of `logits / temperature`, in f64.
 pub fn softmax_with_temperature(logits: &[f32], temperature: f64) -> Vec<f32> {
     let scaled: Vec<f64> = logits.iter().map(|&z| f64::from(z) / temperature).collect();
@@ -55,61 +53,6 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f64 {
         }
     }
     ((a + b) / 2.0).exp()
-}
-
-/// One bin of a reliability diagram (top-label confidence).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ReliabilityBin {
-    /// Lower edge of the confidence bin.
-    pub from: f64,
-    /// Upper edge.
-    pub to: f64,
-    /// Images whose top-label confidence falls in the bin.
-    pub count: usize,
-    /// Their mean confidence.
-    pub confidence: f64,
-    /// Their accuracy.
-    pub accuracy: f64,
-}
-
-/// Reliability diagram with `bins` equal-width bins and the expected calibration error
-/// (Σ count/N · |accuracy − confidence|).
-pub fn reliability(
-    probabilities: &[Vec<f32>],
-    labels: &[usize],
-    bins: usize,
-) -> (Vec<ReliabilityBin>, f64) {
-    let mut sums = vec![(0usize, 0.0f64, 0usize); bins];
-    for (p, &y) in probabilities.iter().zip(labels) {
-        let top = argmax(p);
-        let confidence = f64::from(p[top]);
-        let b = ((confidence * bins as f64) as usize).min(bins - 1);
-        sums[b].0 += 1;
-        sums[b].1 += confidence;
-        sums[b].2 += usize::from(top == y);
-    }
-    let n = labels.len().max(1) as f64;
-    let mut ece = 0.0;
-    let diagram = sums
-        .iter()
-        .enumerate()
-        .map(|(b, &(count, conf_sum, correct))| {
-            let (confidence, accuracy) = if count > 0 {
-                (conf_sum / count as f64, correct as f64 / count as f64)
-            } else {
-                (0.0, 0.0)
-            };
-            ece += count as f64 / n * (accuracy - confidence).abs();
-            ReliabilityBin {
-                from: b as f64 / bins as f64,
-                to: (b + 1) as f64 / bins as f64,
-                count,
-                confidence,
-                accuracy,
-            }
-        })
-        .collect();
-    (diagram, ece)
 }
 
 /// The highest threshold at which at least `target` of the positives score at or above it;
@@ -206,17 +149,10 @@ mod tests {
             .iter()
             .map(|z| softmax_with_temperature(z, t))
             .collect();
-        let (_, ece_before) = reliability(&before, &labels, 15);
-        let (diagram, ece_after) = reliability(&after, &labels, 15);
+        let (_, ece_before) = crate::metrics::reliability(&before, &labels, 15);
+        let (diagram, ece_after) = crate::metrics::reliability(&after, &labels, 15);
         assert!(ece_after < ece_before / 2.0, "{ece_before} -> {ece_after}");
         assert_eq!(diagram.iter().map(|b| b.count).sum::<usize>(), 4000);
-    }
-
-    #[test]
-    fn a_perfectly_calibrated_bin_has_no_error() {
-        let probs = vec![vec![0.75, 0.25]; 4];
-        let (_, ece) = reliability(&probs, &[0, 0, 0, 1], 10);
-        assert!(ece.abs() < 1e-6, "{ece}");
     }
 
     #[test]

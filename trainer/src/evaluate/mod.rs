@@ -6,323 +6,22 @@
 //! pretrained features.
 
 pub mod calibration;
-pub mod metrics;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use scanside_runtime::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{load_images_with, open_split, ImageSet, Partition};
+use crate::data::{load_images_with, open_split, report_skipped, ImageSet, Partition};
 use crate::finetune::{FinetuneConfig, MODEL_FILE};
-use crate::model::{input_tensor, to_vec, Classifier, ResNet};
+use crate::metrics::{
+    balanced_accuracy, embed, group_bootstrap, group_members, knn_scores, predict_logits,
+    predictions, roc_auc, roc_curve, sigmoid_rows, ClassificationMetrics, Interval, Labels,
+    MultiLabelMetrics, ReliabilityBin, MIN_POSITIVES_FOR_MEAN_AUC,
+};
+use crate::model::Classifier;
 use crate::runlog::{load_json, load_weights, save_json};
 use crate::{Error, Result};
-
-/// Images per inference batch.
-const EVAL_BATCH: usize = 256;
-
-/// Metrics of a multi-class classifier on a set of images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassificationMetrics {
-    /// Number of images.
-    pub n: usize,
-    /// Top-1 accuracy.
-    pub accuracy: f64,
-    /// Mean of the per-class AUCs that are defined.
-    pub macro_auc: Option<f64>,
-    /// One-vs-rest AUC per class (`None` when the class has no positives or no negatives).
-    pub per_class_auc: Vec<Option<f64>>,
-    /// Images per true class.
-    pub class_counts: Vec<usize>,
-    /// Fraction with the true class among the three most probable.
-    #[serde(default)]
-    pub top3_accuracy: f64,
-    /// Mean per-class recall.
-    #[serde(default)]
-    pub balanced_accuracy: f64,
-    /// Counts `[true class][predicted class]`.
-    #[serde(default)]
-    pub confusion: Vec<Vec<usize>>,
-}
-
-impl ClassificationMetrics {
-    /// Computes the metrics from per-image class probabilities.
-    pub fn compute(probabilities: &[Vec<f32>], labels: &[usize], classes: usize) -> Self {
-        let n = labels.len();
-        let correct = probabilities
-            .iter()
-            .zip(labels)
-            .filter(|(p, &y)| argmax(p) == y)
-            .count();
-        let per_class_auc: Vec<Option<f64>> = (0..classes)
-            .map(|c| {
-                let scores: Vec<f32> = probabilities.iter().map(|p| p[c]).collect();
-                let positives: Vec<bool> = labels.iter().map(|&y| y == c).collect();
-                roc_auc(&scores, &positives)
-            })
-            .collect();
-        let defined: Vec<f64> = per_class_auc.iter().flatten().copied().collect();
-        let mut class_counts = vec![0; classes];
-        labels.iter().for_each(|&y| class_counts[y] += 1);
-        let predicted = metrics::predictions(probabilities);
-        Self {
-            n,
-            accuracy: correct as f64 / n.max(1) as f64,
-            macro_auc: (!defined.is_empty())
-                .then(|| defined.iter().sum::<f64>() / defined.len() as f64),
-            per_class_auc,
-            class_counts,
-            top3_accuracy: metrics::top_k_accuracy(probabilities, labels, 3),
-            balanced_accuracy: metrics::balanced_accuracy(&predicted, labels, classes),
-            confusion: metrics::confusion_matrix(&predicted, labels, classes),
-        }
-    }
-}
-
-/// Index of the largest value (the first on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
-}
-
-/// ROC AUC by the Mann–Whitney statistic with average ranks for ties; `None` when either class
-/// is absent.
-pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
-    let pos = positive.iter().filter(|&&p| p).count();
-    let neg = positive.len() - pos;
-    if pos == 0 || neg == 0 {
-        return None;
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut rank_sum_pos = 0.0;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        let average_rank = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum_pos += order[i..=j].iter().filter(|&&k| positive[k]).count() as f64 * average_rank;
-        i = j + 1;
-    }
-    Some((rank_sum_pos - (pos * (pos + 1)) as f64 / 2.0) / (pos * neg) as f64)
-}
-
-/// ROC curve points `(false-positive rate, sensitivity)` from the highest threshold down, one
-/// per distinct score, thinned to at most `max_points` (the ends kept); empty when either
-/// class is absent.
-pub fn roc_curve(scores: &[f32], positive: &[bool], max_points: usize) -> Vec<(f64, f64)> {
-    let pos = positive.iter().filter(|&&p| p).count();
-    let neg = positive.len() - pos;
-    if pos == 0 || neg == 0 {
-        return Vec::new();
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let mut points = vec![(0.0, 0.0)];
-    let (mut tp, mut fp) = (0usize, 0usize);
-    for (rank, &i) in order.iter().enumerate() {
-        if positive[i] {
-            tp += 1;
-        } else {
-            fp += 1;
-        }
-        let last_of_tie = order.get(rank + 1).is_none_or(|&j| scores[j] != scores[i]);
-        if last_of_tie {
-            points.push((fp as f64 / neg as f64, tp as f64 / pos as f64));
-        }
-    }
-    if points.len() > max_points.max(2) {
-        let stride = points.len().div_ceil(max_points.max(2) - 1);
-        let last = *points.last().expect("non-empty");
-        points = points.into_iter().step_by(stride).collect();
-        if points.last() != Some(&last) {
-            points.push(last);
-        }
-    }
-    points
-}
-
-/// Class probabilities for every image of a set (inference mode, batched).
-pub fn predict<B: Backend>(
-    model: &Classifier<B>,
-    images: &ImageSet,
-    preprocess: &PreprocessConfig,
-    device: &B::Device,
-) -> Vec<Vec<f32>> {
-    batched_outputs(model, images, preprocess, device, true)
-}
-
-/// Logits for every image of a set (inference mode, batched).
-pub fn predict_logits<B: Backend>(
-    model: &Classifier<B>,
-    images: &ImageSet,
-    preprocess: &PreprocessConfig,
-    device: &B::Device,
-) -> Vec<Vec<f32>> {
-    batched_outputs(model, images, preprocess, device, false)
-}
-
-fn batched_outputs<B: Backend>(
-    model: &Classifier<B>,
-    images: &ImageSet,
-    preprocess: &PreprocessConfig,
-    device: &B::Device,
-    probabilities: bool,
-) -> Vec<Vec<f32>> {
-    let mut out = Vec::with_capacity(images.len());
-    for start in (0..images.len()).step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(images.len());
-        let pixels = images.pixels[start * images.sample_len..end * images.sample_len].to_vec();
-        let logits = model.forward(input_tensor::<B>(pixels, preprocess, device));
-        let classes = logits.dims()[1];
-        let values = if probabilities {
-            to_vec(softmax(logits, 1))
-        } else {
-            to_vec(logits)
-        };
-        out.extend(values.chunks_exact(classes).map(|c| c.to_vec()));
-    }
-    out
-}
-
-/// Backbone features of images given as consecutive `C×H×W` blocks of `sample_len` floats
-/// (`N × feature_dim`), in batches.
-pub fn embed<B: Backend>(
-    backbone: &ResNet<B>,
-    pixels: &[f32],
-    sample_len: usize,
-    preprocess: &PreprocessConfig,
-    device: &B::Device,
-) -> Vec<Vec<f32>> {
-    let n = pixels.len() / sample_len.max(1);
-    let mut out = Vec::with_capacity(n);
-    for start in (0..n).step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(n);
-        let batch = pixels[start * sample_len..end * sample_len].to_vec();
-        let features = backbone.forward(input_tensor::<B>(batch, preprocess, device));
-        let dim = features.dims()[1];
-        out.extend(to_vec(features).chunks_exact(dim).map(|c| c.to_vec()));
-    }
-    out
-}
-
-fn l2_normalised(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter().map(|x| x / norm).collect()
-}
-
-/// Weighted k-nearest-neighbour predictions of `queries` against a labelled `bank`: cosine
-/// similarity, the `k` nearest vote with weight `exp(sim / temperature)` (Wu et al. 2018, the
-/// monitor solo-learn uses). Labels never reach training: this only measures the features.
-pub fn knn_predict(
-    bank: &[Vec<f32>],
-    bank_labels: &[usize],
-    queries: &[Vec<f32>],
-    k: usize,
-    temperature: f32,
-) -> Vec<Option<usize>> {
-    let classes = bank_labels.iter().max().map_or(0, |m| m + 1);
-    let bank: Vec<Vec<f32>> = bank.iter().map(|b| l2_normalised(b)).collect();
-    queries
-        .iter()
-        .map(|q| {
-            let q = l2_normalised(q);
-            let mut sims: Vec<(f32, usize)> = bank
-                .iter()
-                .zip(bank_labels)
-                .map(|(b, &l)| (b.iter().zip(&q).map(|(x, y)| x * y).sum::<f32>(), l))
-                .collect();
-            let k = k.min(sims.len());
-            if k == 0 {
-                return None;
-            }
-            sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
-            let mut votes = vec![0.0_f64; classes];
-            for &(sim, l) in &sims[..k] {
-                votes[l] += f64::from(sim / temperature).exp();
-            }
-            Some(argmax_f64(&votes))
-        })
-        .collect()
-}
-
-/// Top-1 accuracy of [`knn_predict`].
-pub fn knn_accuracy(
-    bank: &[Vec<f32>],
-    bank_labels: &[usize],
-    queries: &[Vec<f32>],
-    query_labels: &[usize],
-    k: usize,
-    temperature: f32,
-) -> f64 {
-    let (accuracy, _) = knn_scores(bank, bank_labels, queries, query_labels, k, temperature);
-    accuracy
-}
-
-/// Top-1 accuracy and balanced accuracy (mean per-class recall, over classes present among the
-/// queries) of [`knn_predict`]: with 67 % of HAM10000 in one class, the second is the telling one.
-pub fn knn_scores(
-    bank: &[Vec<f32>],
-    bank_labels: &[usize],
-    queries: &[Vec<f32>],
-    query_labels: &[usize],
-    k: usize,
-    temperature: f32,
-) -> (f64, f64) {
-    let predicted = knn_predict(bank, bank_labels, queries, k, temperature);
-    let classes = query_labels.iter().max().map_or(0, |m| m + 1);
-    let (mut hit, mut seen) = (vec![0_usize; classes], vec![0_usize; classes]);
-    for (p, &y) in predicted.iter().zip(query_labels) {
-        seen[y] += 1;
-        hit[y] += usize::from(*p == Some(y));
-    }
-    let accuracy = hit.iter().sum::<usize>() as f64 / query_labels.len().max(1) as f64;
-    let recalls: Vec<f64> = hit
-        .iter()
-        .zip(&seen)
-        .filter(|(_, &n)| n > 0)
-        .map(|(&h, &n)| h as f64 / n as f64)
-        .collect();
-    let balanced = recalls.iter().sum::<f64>() / recalls.len().max(1) as f64;
-    (accuracy, balanced)
-}
-
-fn argmax_f64(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
-
-/// How spread out L2-normalised embeddings are: the mean per-dimension standard deviation times
-/// `√dim` — about 1 for embeddings spread over the sphere, → 0 when they collapse to a point.
-pub fn embedding_spread(features: &[Vec<f32>]) -> f64 {
-    let Some(dim) = features.first().map(Vec::len) else {
-        return 0.0;
-    };
-    let normalised: Vec<Vec<f32>> = features.iter().map(|f| l2_normalised(f)).collect();
-    let n = normalised.len() as f64;
-    let mean_std = (0..dim)
-        .map(|d| {
-            let mean = normalised.iter().map(|f| f64::from(f[d])).sum::<f64>() / n;
-            let var = normalised
-                .iter()
-                .map(|f| (f64::from(f[d]) - mean).powi(2))
-                .sum::<f64>()
-                / n;
-            var.sqrt()
-        })
-        .sum::<f64>()
-        / dim as f64;
-    mean_std * (dim as f64).sqrt()
-}
 
 /// kNN scores of a pretrained backbone's features (or of a random-init backbone of the same
 /// architecture), with every training image as the bank.
@@ -505,11 +204,11 @@ pub struct Intervals {
     /// Resamples drawn.
     pub resamples: usize,
     /// Top-1 accuracy.
-    pub accuracy: Option<metrics::Interval>,
+    pub accuracy: Option<Interval>,
     /// Balanced accuracy.
-    pub balanced_accuracy: Option<metrics::Interval>,
+    pub balanced_accuracy: Option<Interval>,
     /// Macro one-vs-rest AUC.
-    pub macro_auc: Option<metrics::Interval>,
+    pub macro_auc: Option<Interval>,
 }
 
 /// Calibration on the evaluated partition before and after temperature scaling.
@@ -522,9 +221,9 @@ pub struct CalibrationReport {
     /// With the fitted temperature.
     pub ece_after: f64,
     /// Reliability diagram, raw softmax.
-    pub reliability_before: Vec<calibration::ReliabilityBin>,
+    pub reliability_before: Vec<ReliabilityBin>,
     /// Reliability diagram, temperature-scaled.
-    pub reliability_after: Vec<calibration::ReliabilityBin>,
+    pub reliability_after: Vec<ReliabilityBin>,
 }
 
 /// The evaluation of a run on one partition, as written to `eval-<partition>.json`.
@@ -569,7 +268,7 @@ impl EvalReport {
     pub fn table(&self) -> String {
         let m = &self.metrics;
         let fmt = |v: Option<f64>| v.map_or("   n/a".to_string(), |v| format!("{v:6.3}"));
-        let ci = |i: Option<metrics::Interval>| {
+        let ci = |i: Option<Interval>| {
             i.map_or(String::new(), |i| format!(" [{:.3}, {:.3}]", i.low, i.high))
         };
         let intervals = self.intervals.as_ref();
@@ -657,7 +356,7 @@ pub fn evaluate_run<B: Backend>(
             &preprocess,
             config.skip_bad,
         )?;
-        crate::pretrain::report_skipped(&images);
+        report_skipped(&images);
         let labels = images.class_labels().ok_or_else(|| Error::Data {
             path: index.root().to_path_buf(),
             reason: "multi-label data cannot be evaluated with a softmax classifier".into(),
@@ -682,8 +381,8 @@ pub fn evaluate_run<B: Backend>(
     let metrics = ClassificationMetrics::compute(&probabilities, &labels, classes);
 
     let intervals = (settings.bootstrap > 0).then(|| {
-        let members = metrics::group_members(&images.groups);
-        let predicted = metrics::predictions(&probabilities);
+        let members = group_members(&images.groups);
+        let predicted = predictions(&probabilities);
         let accuracy = |idx: &[usize]| {
             Some(
                 idx.iter().filter(|&&i| predicted[i] == labels[i]).count() as f64
@@ -693,7 +392,7 @@ pub fn evaluate_run<B: Backend>(
         let balanced = |idx: &[usize]| {
             let p: Vec<usize> = idx.iter().map(|&i| predicted[i]).collect();
             let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-            Some(metrics::balanced_accuracy(&p, &y, classes))
+            Some(balanced_accuracy(&p, &y, classes))
         };
         let macro_auc = |idx: &[usize]| {
             let aucs: Vec<f64> = (0..classes)
@@ -710,18 +409,18 @@ pub fn evaluate_run<B: Backend>(
             resampled_by: index.grouped_by.clone(),
             groups: members.len(),
             resamples: n,
-            accuracy: metrics::group_bootstrap(&members, n, seed, accuracy),
-            balanced_accuracy: metrics::group_bootstrap(&members, n, seed, balanced),
-            macro_auc: metrics::group_bootstrap(&members, n, seed, macro_auc),
+            accuracy: group_bootstrap(&members, n, seed, accuracy),
+            balanced_accuracy: group_bootstrap(&members, n, seed, balanced),
+            macro_auc: group_bootstrap(&members, n, seed, macro_auc),
         }
     });
 
     let temperature = calibration::fit_temperature(&val_logits, &val_labels);
     let calibrated = softmax_at(&logits, temperature);
     let (reliability_before, ece_before) =
-        calibration::reliability(&probabilities, &labels, settings.calibration_bins);
+        crate::metrics::reliability(&probabilities, &labels, settings.calibration_bins);
     let (reliability_after, ece_after) =
-        calibration::reliability(&calibrated, &labels, settings.calibration_bins);
+        crate::metrics::reliability(&calibrated, &labels, settings.calibration_bins);
     let val_calibrated = softmax_at(&val_logits, temperature);
     let operating_points = config
         .class_names
@@ -791,9 +490,9 @@ pub struct MultiLabelReport {
     /// Which partition.
     pub partition: Partition,
     /// Per-finding AUC and the mean over findings with enough positives.
-    pub metrics: metrics::MultiLabelMetrics,
+    pub metrics: MultiLabelMetrics,
     /// 95 % bootstrap interval of the mean AUC (same findings), resampled by group.
-    pub mean_auc_interval: Option<metrics::Interval>,
+    pub mean_auc_interval: Option<Interval>,
     /// What was resampled.
     pub resampled_by: String,
     /// Bootstrap resamples.
@@ -905,14 +604,11 @@ pub fn evaluate<B: Backend>(
             &preprocess,
             config.skip_bad,
         )?;
-        crate::pretrain::report_skipped(&images);
-        let crate::finetune::Labels::Findings { targets, mask } =
-            crate::finetune::Labels::of(&images, index.uncertainty)
-        else {
+        report_skipped(&images);
+        let Labels::Findings { targets, mask } = Labels::of(&images, index.uncertainty) else {
             unreachable!("multi-label index")
         };
-        let probabilities =
-            crate::finetune::sigmoid_rows(&predict_logits(&model, &images, &preprocess, device));
+        let probabilities = sigmoid_rows(&predict_logits(&model, &images, &preprocess, device));
         Ok((images, targets, mask, probabilities))
     };
     let (images, targets, mask, probabilities) = load(partition)?;
@@ -924,18 +620,18 @@ pub fn evaluate<B: Backend>(
     };
     let names = &config.class_names;
     let k = names.len();
-    let min = metrics::MIN_POSITIVES_FOR_MEAN_AUC;
-    let point = metrics::MultiLabelMetrics::compute(&probabilities, &targets, &mask, names, min);
+    let min = MIN_POSITIVES_FOR_MEAN_AUC;
+    let point = MultiLabelMetrics::compute(&probabilities, &targets, &mask, names, min);
     let included: Vec<usize> = names
         .iter()
         .enumerate()
         .filter(|(_, n)| point.mean_over.contains(n))
         .map(|(f, _)| f)
         .collect();
-    let members = metrics::group_members(&images.groups);
+    let members = group_members(&images.groups);
     let mean_auc_interval = (settings.bootstrap > 0)
         .then(|| {
-            metrics::group_bootstrap(&members, settings.bootstrap, settings.seed, |idx| {
+            group_bootstrap(&members, settings.bootstrap, settings.seed, |idx| {
                 let aucs: Vec<f64> = included
                     .iter()
                     .filter_map(|&f| {
@@ -1024,80 +720,5 @@ pub fn eval_file_name(partition: Partition, settings: &EvalSettings) -> String {
     match &settings.population {
         Some(f) => format!("eval-{name}-{}.json", f.slug()),
         None => format!("eval-{name}.json"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roc_curve_steps_through_ties_and_thins_to_its_budget() {
-        let y = [true, false, true, false];
-        let curve = roc_curve(&[0.9, 0.5, 0.5, 0.1], &y, 100);
-        assert_eq!(curve, vec![(0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]);
-        let scores: Vec<f32> = (0..1000).map(|i| i as f32).collect();
-        let alternating: Vec<bool> = (0..1000).map(|i| i % 2 == 0).collect();
-        let thin = roc_curve(&scores, &alternating, 50);
-        assert!(thin.len() <= 51, "{}", thin.len());
-        assert_eq!(thin.last(), Some(&(1.0, 1.0)));
-        assert!(roc_curve(&[0.1], &[true], 10).is_empty());
-    }
-
-    #[test]
-    fn auc_of_perfect_random_and_tied_scores() {
-        let y = [true, true, false, false];
-        assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &y), Some(1.0));
-        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &y), Some(0.0));
-        assert_eq!(roc_auc(&[0.5, 0.5, 0.5, 0.5], &y), Some(0.5));
-        assert_eq!(roc_auc(&[0.9, 0.4, 0.6, 0.1], &y), Some(0.75));
-        assert_eq!(roc_auc(&[0.1, 0.2], &[false, false]), None);
-    }
-
-    #[test]
-    fn metrics_skip_undefined_classes_in_the_macro_mean() {
-        let probs = vec![
-            vec![0.9, 0.1, 0.0],
-            vec![0.2, 0.8, 0.0],
-            vec![0.6, 0.4, 0.0],
-        ];
-        let m = ClassificationMetrics::compute(&probs, &[0, 1, 1], 3);
-        assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-9);
-        assert_eq!(m.per_class_auc[2], None);
-        assert_eq!(m.macro_auc, Some(1.0));
-        assert_eq!(m.class_counts, vec![1, 2, 0]);
-    }
-
-    #[test]
-    fn knn_finds_the_class_of_nearby_points() {
-        let bank = vec![
-            vec![1.0, 0.1],
-            vec![0.9, 0.0],
-            vec![0.0, 1.0],
-            vec![0.1, 0.8],
-        ];
-        let labels = [0, 0, 1, 1];
-        let queries = vec![vec![1.0, 0.05], vec![0.05, 1.0], vec![1.0, 0.0]];
-        let acc = knn_accuracy(&bank, &labels, &queries, &[0, 1, 1], 2, 0.07);
-        assert!((acc - 2.0 / 3.0).abs() < 1e-9, "{acc}");
-        let (_, balanced) = knn_scores(&bank, &labels, &queries, &[0, 1, 1], 2, 0.07);
-        assert!(
-            (balanced - 0.75).abs() < 1e-9,
-            "recall 1 for class 0, 1/2 for class 1"
-        );
-    }
-
-    #[test]
-    fn spread_is_near_one_for_spread_embeddings_and_zero_for_collapsed_ones() {
-        let spread: Vec<Vec<f32>> = (0..400)
-            .map(|i| {
-                let a = i as f32 * 0.7;
-                vec![a.cos(), a.sin(), (a * 1.3).cos(), (a * 1.3).sin()]
-            })
-            .collect();
-        let s = embedding_spread(&spread);
-        assert!(s > 0.8 && s < 1.2, "{s}");
-        let collapsed = vec![vec![0.3, 0.4, 0.5, 0.1]; 100];
-        assert!(embedding_spread(&collapsed) < 1e-6);
     }
 }
