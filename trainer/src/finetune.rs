@@ -24,6 +24,7 @@ use crate::data::{
     load_images_with, load_training_images, open_split, report_skipped, spread, Partition,
     Prefetch, Task,
 };
+use crate::int8_calibration::{activation_ranges, fake_quant_forward, CalibrationMethod};
 use crate::metrics::{
     embed, predict, predict_logits, sigmoid_rows, ClassificationMetrics, Labels, MultiLabelMetrics,
     MIN_POSITIVES_FOR_MEAN_AUC,
@@ -31,7 +32,6 @@ use crate::metrics::{
 use crate::model::{input_tensor, Classifier, ResNetConfig};
 use crate::optim::{batch_schedule, learning_rate_at, step_seed};
 use crate::pretrain::{PretrainConfig, BACKBONE_FILE};
-use crate::quantize::{fake_quant_forward, CalibrationMethod};
 use crate::runlog::{load_json, load_weights, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
 
@@ -357,7 +357,7 @@ pub fn finetune<B: AutodiffBackend>(
                 qat.calibration_images,
             );
             let images = load_images_with(&index, &picks, &preprocess, config.skip_bad)?;
-            Some(crate::quantize::activation_ranges(
+            Some(activation_ranges(
                 &model.valid(),
                 &images,
                 &preprocess,

@@ -20,11 +20,12 @@ use scanside_trainer::demo::{run_demo, DemoConfig};
 use scanside_trainer::evaluate::{evaluate, probe_pretrained, EvalSettings};
 use scanside_trainer::export::{export_run, parse_targets, ExportOptions, Targets};
 use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode, QatConfig};
+use scanside_trainer::int8_calibration::CalibrationMethod;
 use scanside_trainer::optim::OptimizerKind;
 use scanside_trainer::pretrain::{
     pretrain_on, resume_pretrain_on, Method, Objectives, PretrainConfig,
 };
-use scanside_trainer::quantize::{parse_bytes, CalibrationMethod, QuantizeConfig};
+use scanside_trainer::quantize::{parse_bytes, QuantizeConfig};
 use scanside_trainer::report::write_report;
 use scanside_trainer::runlog::save_json;
 use scanside_trainer::study::{read_study_config, run_study};
