@@ -16,17 +16,18 @@ use scanside_runtime::infer::Classifier as RuntimeClassifier;
 use scanside_runtime::preprocess::normalize_in_place;
 use serde::Serialize;
 
+use crate::config::{ExportOptions, FinetuneConfig};
 use crate::data::{load_images_with, open_split, spread, Partition, Task};
-use crate::evaluate::load_finetuned;
 use crate::model::{input_tensor, to_vec, Classifier};
 use crate::onnx::{onnx_bytes, INPUT_NAME, OPSET, OUTPUT_NAME};
-use crate::quantize::{check_budget, quantize, MethodReport, QuantizeConfig};
+use crate::quantize::{check_budget, quantize, MethodReport};
+use crate::run_dir::{evaluation_file, load_finetuned};
 use crate::runlog::load_json;
 use crate::{Error, Result};
 
 /// Largest logit difference accepted between burn and the exported model.
 pub const LOGIT_TOLERANCE: f32 = 1e-4;
-const MODEL_FILE: &str = "model.onnx";
+const ONNX_FILE: &str = "model.onnx";
 
 /// What an export wrote and how closely the runtime reproduced the model.
 #[derive(Debug, Clone, Serialize)]
@@ -66,54 +67,6 @@ pub struct Int8Report {
     pub methods: Vec<MethodReport>,
     /// Set when the int8 model loses more than the configured points against fp32.
     pub warning: Option<String>,
-}
-
-/// What to export besides the fp32 ONNX model.
-#[derive(Debug, Clone, Default)]
-pub struct ExportOptions {
-    /// Validation images compared between burn and the runtime (at least one).
-    pub check_images: usize,
-    /// Also write the int8 blob (the `mcu` target), run on the host by the int8 core.
-    pub int8: bool,
-    /// Quantisation settings.
-    pub quantize: QuantizeConfig,
-    /// Refuse an int8 model whose blob exceeds this many bytes.
-    pub flash_budget: Option<usize>,
-    /// Refuse an int8 model whose arena exceeds this many bytes.
-    pub ram_budget: Option<usize>,
-    /// Which frames of multi-frame DICOM files the runtime screens (a deployment choice: the
-    /// model sees one frame at a time either way).
-    pub dicom_frames: scanside_runtime::preprocess::DicomFrames,
-}
-
-/// Export targets named on the command line (`onnx`, `onnx,onnx-int8,mcu`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Targets {
-    /// The int8 models (`mcu` and/or `onnx-int8`: the blob and its QDQ ONNX twin).
-    pub mcu: bool,
-}
-
-/// Parses `--targets`.
-pub fn parse_targets(text: &str) -> std::result::Result<Targets, String> {
-    let mut int8 = false;
-    let mut onnx = false;
-    for t in text.split(',').map(str::trim) {
-        match t {
-            "onnx" => onnx = true,
-            // One quantisation serves both int8 targets, and both are written: the blob
-            // (the firmware's, and the runtime's --engine int8) and its QDQ ONNX twin.
-            "mcu" | "onnx-int8" => int8 = true,
-            other => {
-                return Err(format!(
-                    "unknown export target {other:?}: expected onnx, onnx-int8 or mcu"
-                ))
-            }
-        }
-    }
-    if !onnx {
-        return Err("the onnx target is required (the bundle's reference model)".into());
-    }
-    Ok(Targets { mcu: int8 })
 }
 
 const INT8_FILE: &str = "model.i8";
@@ -164,16 +117,12 @@ pub fn export_run<B: Backend>(
     ];
     let onnx = onnx_bytes(&model, chw);
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
-    let evaluation: Option<serde_json::Value> = ["eval-test.json", "eval-val.json"]
-        .iter()
-        .map(|f| run.join(f))
-        .find(|p| p.is_file())
-        .map(|p| load_json(&p))
-        .transpose()?;
+    let evaluation: Option<serde_json::Value> =
+        evaluation_file(run).map(|p| load_json(&p)).transpose()?;
     let manifest = BundleManifest {
         format_version: FORMAT_VERSION,
         model: ModelEntry {
-            file: MODEL_FILE.into(),
+            file: ONNX_FILE.into(),
             sha256: String::new(),
             opset: OPSET,
             input_name: INPUT_NAME.into(),
@@ -292,7 +241,7 @@ fn export_int8<B: Backend>(
     model: &Classifier<B>,
     index: &crate::data::DatasetIndex,
     split: &crate::data::SplitFile,
-    config: &crate::finetune::FinetuneConfig,
+    config: &FinetuneConfig,
     preprocess: &scanside_runtime::preprocess::PreprocessConfig,
     options: &ExportOptions,
     device: &B::Device,
@@ -332,25 +281,4 @@ fn export_int8<B: Backend>(
         warning,
     };
     Ok((quantized.blob, quantized.qdq_onnx, report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_parse_and_unknown_ones_are_named() {
-        assert_eq!(parse_targets("onnx"), Ok(Targets { mcu: false }));
-        assert_eq!(
-            parse_targets("onnx,onnx-int8,mcu"),
-            Ok(Targets { mcu: true })
-        );
-        assert_eq!(parse_targets("onnx, mcu"), Ok(Targets { mcu: true }));
-        assert!(parse_targets("mcu")
-            .unwrap_err()
-            .contains("onnx target is required"));
-        assert!(parse_targets("onnx,tflite")
-            .unwrap_err()
-            .contains("\"tflite\""));
-    }
 }

@@ -15,137 +15,27 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use scanside_runtime::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::augment::{augment_batch, AugmentConfig, Geometry};
+use crate::augment::{augment_batch, Geometry};
+use crate::config::{ClassWeights, FinetuneConfig, FinetuneMode};
 use crate::data::{
     load_images_with, load_training_images, open_split, report_skipped, spread, Partition,
     Prefetch, Task,
 };
-use crate::int8_calibration::{activation_ranges, fake_quant_forward, CalibrationMethod};
+use crate::int8_calibration::{activation_ranges, fake_quant_forward};
 use crate::metrics::{
     embed, predict, predict_logits, sigmoid_rows, ClassificationMetrics, Labels, MultiLabelMetrics,
     MIN_POSITIVES_FOR_MEAN_AUC,
 };
-use crate::model::{input_tensor, Classifier, ResNetConfig};
+use crate::model::{input_tensor, Classifier};
 use crate::optim::{batch_schedule, learning_rate_at, step_seed};
-use crate::pretrain::{PretrainConfig, BACKBONE_FILE};
-use crate::runlog::{load_json, load_weights, progress, save_json, save_weights, MetricsLog};
+use crate::run_dir::{
+    load_finetune_config, load_pretrain_config, BACKBONE_FILE, CONFIG_FILE, MODEL_FILE,
+};
+use crate::runlog::{load_weights, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
-
-/// Weights file of a fine-tuning run.
-pub const MODEL_FILE: &str = "model.mpk";
-
-/// Fine-tuning settings; the resolved form is saved as `config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneConfig {
-    /// Dataset folder or file (the split file's source, or where that data moved to).
-    pub dataset: PathBuf,
-    /// Split file.
-    pub split: PathBuf,
-    /// Fraction of the training partition's labels used (its nested, stratified subset).
-    #[serde(default = "all_labels")]
-    pub label_fraction: f64,
-    /// Leave unreadable images out (listing each) instead of stopping.
-    #[serde(default)]
-    pub skip_bad: bool,
-    /// Pretraining run directory to start from; `None` trains from scratch.
-    pub pretrained: Option<PathBuf>,
-    /// The pretraining run's resolved config (filled in when `pretrained` is set).
-    pub pretrain_config: Option<PretrainConfig>,
-    /// Backbone (taken from the pretraining run when there is one).
-    pub model: ResNetConfig,
-    /// Input size in pixels (taken from the pretraining run when there is one).
-    pub image_size: u32,
-    /// Preprocessing (taken from the pretraining run, or resolved from the training images).
-    pub preprocess: Option<PreprocessConfig>,
-    /// Class names in label order (filled in from the dataset).
-    pub class_names: Vec<String>,
-    /// Training augmentations.
-    pub augment: AugmentConfig,
-    /// Passes over the training images.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Peak learning rate (AdamW).
-    pub learning_rate: f64,
-    /// Decoupled weight decay.
-    pub weight_decay: f32,
-    /// Warm-up fraction of the cosine schedule.
-    pub warmup_fraction: f64,
-    /// Seed.
-    pub seed: u64,
-    /// Stop after this many steps; all epochs when absent.
-    pub max_steps: Option<usize>,
-    /// What is trained.
-    #[serde(default)]
-    pub mode: FinetuneMode,
-    /// Loss weights against class imbalance.
-    #[serde(default)]
-    pub class_weights: ClassWeights,
-    /// Stop after this many epochs without a better validation macro AUC (`None`: never).
-    #[serde(default)]
-    pub patience: Option<usize>,
-    /// Fine-tune (and select on validation) only this sub-population.
-    #[serde(default)]
-    pub train_where: Option<crate::data::SampleFilter>,
-    /// Validate (and keep the best checkpoint) every this many epochs, and after the last.
-    #[serde(default = "every_epoch")]
-    pub validate_every: usize,
-    /// Quantisation-aware training: continue a fine-tuned run with int8 rounding in the
-    /// forward pass.
-    #[serde(default)]
-    pub qat: Option<QatConfig>,
-}
-
-/// Quantisation-aware fine-tuning (`finetune --qat RUN`), for when post-training quantisation
-/// loses too much: the fine-tuned run continues with every weight tensor rounded to its int8
-/// grid (per output channel, as exported) and every activation to its int8 range in the
-/// forward pass, gradients passing straight through the rounding. The activation ranges are
-/// calibrated once, on the float model, and held fixed; the export then quantises the result
-/// as usual (trying every calibration method).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QatConfig {
-    /// The fine-tuned run continued (its weights, model, input size, preprocessing, classes).
-    pub from: PathBuf,
-    /// How the activation ranges are calibrated.
-    pub calibration: CalibrationMethod,
-    /// Training images they are calibrated on, spread over the training partition.
-    pub calibration_images: usize,
-}
-
-fn every_epoch() -> usize {
-    1
-}
-
-/// What fine-tuning trains.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum FinetuneMode {
-    /// Backbone and head, end to end, on augmented images.
-    #[default]
-    Full,
-    /// The head only, on the frozen backbone's features of the unaugmented images (computed
-    /// once; BatchNorm uses its running statistics): the standard linear evaluation of
-    /// self-supervised features.
-    LinearProbe,
-}
-
-/// Cross-entropy class weights.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClassWeights {
-    /// Every image counts the same.
-    #[default]
-    None,
-    /// Each class weighs `N / (K · n_class)` over the labelled training images, so every
-    /// class contributes equally (HAM10000: 67 % of images are naevi).
-    Balanced,
-}
 
 /// `N / (K · n_c)` per class from the training labels (0 for absent classes).
 pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f32> {
@@ -162,42 +52,6 @@ pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f32> {
             }
         })
         .collect()
-}
-
-impl FinetuneConfig {
-    /// Defaults for a dataset and split.
-    pub fn new(dataset: PathBuf, split: PathBuf, pretrained: Option<PathBuf>) -> Self {
-        Self {
-            dataset,
-            split,
-            label_fraction: 1.0,
-            skip_bad: false,
-            pretrained,
-            pretrain_config: None,
-            model: ResNetConfig::default(),
-            image_size: 32,
-            preprocess: None,
-            class_names: Vec::new(),
-            augment: AugmentConfig::finetune(),
-            epochs: 5,
-            batch_size: 64,
-            learning_rate: 1e-3,
-            weight_decay: 1e-4,
-            warmup_fraction: 0.05,
-            seed: 0,
-            max_steps: None,
-            mode: FinetuneMode::Full,
-            class_weights: ClassWeights::None,
-            patience: None,
-            train_where: None,
-            validate_every: 1,
-            qat: None,
-        }
-    }
-}
-
-fn all_labels() -> f64 {
-    1.0
 }
 
 /// What a fine-tuning run produced.
@@ -259,15 +113,9 @@ pub fn finetune<B: AutodiffBackend>(
         reason,
     };
     let mut config = request.clone();
+    request.validate().map_err(bad)?;
     if let Some(qat) = &request.qat {
-        if request.pretrained.is_some() || request.mode == FinetuneMode::LinearProbe {
-            return Err(bad(
-                "quantisation-aware training continues a fully fine-tuned run: no pretrained \
-                 run, no linear probe"
-                    .into(),
-            ));
-        }
-        let base: FinetuneConfig = load_json(&qat.from.join("config.json"))?;
+        let base = load_finetune_config(&qat.from)?;
         config.model = base.model;
         config.image_size = base.image_size;
         config.preprocess = base.preprocess;
@@ -275,23 +123,14 @@ pub fn finetune<B: AutodiffBackend>(
         config.class_names = base.class_names;
     }
     if let Some(dir) = &request.pretrained {
-        let pre: PretrainConfig = load_json(&dir.join("config.json"))?;
+        let pre = load_pretrain_config(dir)?;
         config.model = pre.model.clone();
         config.image_size = pre.image_size;
         config.preprocess = pre.preprocess.clone();
         config.pretrain_config = Some(pre);
     }
-    config.model.validate().map_err(bad)?;
-    if config.batch_size < 2 || config.epochs == 0 {
-        return Err(bad("fine-tuning needs batch_size ≥ 2 and epochs ≥ 1".into()));
-    }
+    config.validate().map_err(bad)?;
     std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
-    if !(config.label_fraction > 0.0 && config.label_fraction <= 1.0) {
-        return Err(bad(format!(
-            "label fraction {} must be in (0, 1]",
-            config.label_fraction
-        )));
-    }
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     if index.task == Task::MultiLabel && config.class_weights != ClassWeights::None {
         return Err(bad(
@@ -340,7 +179,7 @@ pub fn finetune<B: AutodiffBackend>(
         }
     }
     config.class_names = index.class_names.clone();
-    save_json(&out.join("config.json"), &config)?;
+    save_json(&out.join(CONFIG_FILE), &config)?;
 
     B::seed(device, config.seed);
     let mut backbone = config.model.init::<B>(device);

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod augment;
+pub mod config;
 pub mod data;
 pub mod demo;
 pub mod evaluate;
@@ -23,6 +24,7 @@ pub mod plots;
 pub mod pretrain;
 pub mod quantize;
 pub mod report;
+pub mod run_dir;
 pub mod runlog;
 pub mod study;
 

@@ -34,126 +34,21 @@ use scanside_runtime::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::augment::{augment_batch, AugmentConfig, Geometry};
+use crate::augment::{augment_batch, Geometry};
+use crate::config::{Method, Objectives, PretrainConfig};
 use crate::data::{
     load_images_with, load_training_images, open_split, DatasetIndex, ImageSet, Partition, Prefetch,
 };
 use crate::imagenet::load_torchvision;
 use crate::metrics::{embed, embedding_spread, knn_scores};
-use crate::model::{input_tensor, ResNetConfig, SimClr, SslHeads, RECONSTRUCTION_GRID};
+use crate::model::{input_tensor, SimClr, RECONSTRUCTION_GRID};
 use crate::optim::{batch_schedule, learning_rate_at, step_seed, Lars, OptimizerKind};
+use crate::run_dir::{load_pretrain_config, BACKBONE_FILE, CONFIG_FILE};
 use crate::runlog::{load_json, progress, save_json, save_weights, MetricsLog};
 use crate::{Error, Result};
 
-/// File names inside a pretraining run directory.
-pub const BACKBONE_FILE: &str = "backbone.mpk";
-
 /// Below this embedding spread (see [`embedding_spread`]) the run warns of collapse.
 pub const COLLAPSE_SPREAD: f64 = 0.05;
-
-/// Self-supervised objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Two views of one image.
-    #[default]
-    Simclr,
-    /// Views of two different images of one lesion / patient when it has several.
-    Micle,
-}
-
-/// Weights of the self-supervised objectives; a run minimises their weighted sum (the review
-/// of Huang et al. 2023 finds combinations beat single objectives). Zero turns one off.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Objectives {
-    /// NT-Xent between the two views (SimCLR or MICLe pairs) — the contrastive family.
-    pub contrastive: f32,
-    /// SimSiam: predictor + stop-gradient negative cosine, no negatives — works at small batch.
-    pub simsiam: f32,
-    /// Predict which of 0/90/180/270° a view was turned by — the innate-relationship family.
-    pub rotation: f32,
-    /// Masked-patch reconstruction: half of an 8×8 patch grid is blanked and a light decoder
-    /// predicts the blanked patches' means — the generative / self-prediction family.
-    pub reconstruction: f32,
-}
-
-impl Default for Objectives {
-    fn default() -> Self {
-        Self {
-            contrastive: 1.0,
-            simsiam: 0.0,
-            rotation: 0.0,
-            reconstruction: 0.0,
-        }
-    }
-}
-
-impl Objectives {
-    fn named(&self) -> [(&'static str, f32); 4] {
-        [
-            ("contrastive", self.contrastive),
-            ("simsiam", self.simsiam),
-            ("rotation", self.rotation),
-            ("reconstruction", self.reconstruction),
-        ]
-    }
-
-    /// Parses `name=weight` pairs, e.g. `contrastive=1,rotation=0.5`; unnamed objectives get 0.
-    pub fn parse(pairs: &[String]) -> std::result::Result<Self, String> {
-        let mut o = Objectives {
-            contrastive: 0.0,
-            ..Objectives::default()
-        };
-        for pair in pairs {
-            let (name, weight) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("objective {pair:?}: expected NAME=WEIGHT"))?;
-            let weight: f32 = weight
-                .trim()
-                .parse()
-                .map_err(|_| format!("objective {pair:?}: weight is not a number"))?;
-            let slot = match name.trim() {
-                "contrastive" => &mut o.contrastive,
-                "simsiam" => &mut o.simsiam,
-                "rotation" => &mut o.rotation,
-                "reconstruction" => &mut o.reconstruction,
-                other => {
-                    return Err(format!(
-                    "unknown objective {other:?} (contrastive, simsiam, rotation, reconstruction)"
-                ))
-                }
-            };
-            *slot = weight;
-        }
-        o.validate()?;
-        Ok(o)
-    }
-
-    /// Weights must be finite, non-negative, and not all zero.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if self
-            .named()
-            .iter()
-            .any(|(_, w)| !(w.is_finite() && *w >= 0.0))
-        {
-            return Err(format!("objective weights must be ≥ 0: {self:?}"));
-        }
-        if self.named().iter().all(|(_, w)| *w == 0.0) {
-            return Err("every objective weight is 0: nothing to learn".into());
-        }
-        Ok(())
-    }
-
-    /// The heads these objectives need.
-    pub fn heads(&self) -> SslHeads {
-        SslHeads {
-            predictor: self.simsiam > 0.0,
-            rotation: self.rotation > 0.0,
-            reconstruction: self.reconstruction > 0.0,
-        }
-    }
-}
 
 /// Negative cosine similarity of `p` with `z`, averaged (SimSiam's `D`); `z` is not
 /// differentiated through (stop-gradient).
@@ -345,126 +240,6 @@ fn objective_losses<B: AutodiffBackend>(
     parts
 }
 
-/// Pretraining settings; the resolved form is saved as `config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PretrainConfig {
-    /// Dataset folder or file (the split file's source, or where that data moved to).
-    pub dataset: PathBuf,
-    /// Split file (only its train partition is used).
-    pub split: PathBuf,
-    /// Leave unreadable images out (listing each) instead of stopping.
-    #[serde(default)]
-    pub skip_bad: bool,
-    /// How positive pairs are formed (for the contrastive and SimSiam objectives).
-    #[serde(default)]
-    pub method: Method,
-    /// Weights of the objectives summed into the loss.
-    #[serde(default)]
-    pub objectives: Objectives,
-    /// Backbone.
-    pub model: ResNetConfig,
-    /// Input size in pixels (square).
-    pub image_size: u32,
-    /// Preprocessing; when absent it is resolved from the training images' statistics.
-    pub preprocess: Option<PreprocessConfig>,
-    /// View augmentations.
-    pub augment: AugmentConfig,
-    /// Passes over the training images.
-    pub epochs: usize,
-    /// Images per step (each gives two views).
-    pub batch_size: usize,
-    /// Optimiser.
-    #[serde(default)]
-    pub optimizer: OptimizerKind,
-    /// Peak learning rate.
-    pub learning_rate: f64,
-    /// Weight decay (decoupled for AdamW; L2 on weights, not biases or BatchNorm, for LARS).
-    pub weight_decay: f32,
-    /// Momentum (LARS and SGD).
-    #[serde(default = "default_momentum")]
-    pub momentum: f64,
-    /// Fraction of steps spent in linear warm-up before cosine decay.
-    pub warmup_fraction: f64,
-    /// NT-Xent temperature.
-    pub temperature: f32,
-    /// Output size of the projection head.
-    pub projection_dim: usize,
-    /// Seed for initialisation, shuffling and augmentation.
-    pub seed: u64,
-    /// Stop after this many steps (for quick runs); all epochs when absent.
-    pub max_steps: Option<usize>,
-    /// Save a resumable checkpoint every this many steps (0: never).
-    #[serde(default = "default_checkpoint_every")]
-    pub checkpoint_every: usize,
-    /// Measure kNN accuracy and embedding spread every this many epochs (0: never).
-    #[serde(default = "default_health_every")]
-    pub health_every: usize,
-    /// At most this many training images form the kNN bank, and validation images the queries.
-    #[serde(default = "default_health_images")]
-    pub health_images: usize,
-    /// torchvision ImageNet weights (safetensors or PyTorch state dict) to start the backbone
-    /// from instead of random weights; needs the ImageNet stem.
-    #[serde(default)]
-    pub init: Option<PathBuf>,
-    /// Micro-batches per optimiser step: gradients of `batch_size / accumulation_steps` images
-    /// at a time are summed, so memory follows the micro-batch. NT-Xent's negatives and
-    /// BatchNorm's statistics come from each micro-batch, as in any accumulated contrastive
-    /// run; what grows with `batch_size` is the averaging of gradients.
-    #[serde(default = "default_accumulation_steps")]
-    pub accumulation_steps: usize,
-}
-
-fn default_accumulation_steps() -> usize {
-    1
-}
-
-fn default_momentum() -> f64 {
-    0.9
-}
-fn default_checkpoint_every() -> usize {
-    200
-}
-fn default_health_every() -> usize {
-    1
-}
-fn default_health_images() -> usize {
-    2000
-}
-
-impl PretrainConfig {
-    /// Defaults for a dataset and split.
-    pub fn new(dataset: PathBuf, split: PathBuf) -> Self {
-        Self {
-            dataset,
-            split,
-            skip_bad: false,
-            method: Method::Simclr,
-            objectives: Objectives::default(),
-            model: ResNetConfig::default(),
-            image_size: 32,
-            preprocess: None,
-            augment: AugmentConfig::derm_ssl(),
-            epochs: 10,
-            batch_size: 128,
-            optimizer: OptimizerKind::Adamw,
-            learning_rate: 1e-3,
-            weight_decay: 1e-4,
-            momentum: default_momentum(),
-            warmup_fraction: 0.1,
-            temperature: 0.2,
-            projection_dim: 128,
-            seed: 0,
-            max_steps: None,
-            checkpoint_every: default_checkpoint_every(),
-            health_every: default_health_every(),
-            health_images: default_health_images(),
-            init: None,
-            accumulation_steps: default_accumulation_steps(),
-        }
-    }
-}
-
 /// The backbone's kNN accuracy and embedding spread at one point of training.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Health {
@@ -601,7 +376,7 @@ pub fn resume_pretrain_on<B: AutodiffBackend>(
     out: &Path,
     devices: &[B::Device],
 ) -> Result<PretrainSummary> {
-    let config: PretrainConfig = load_json(&out.join("config.json"))?;
+    let config = load_pretrain_config(out)?;
     let state: CheckpointState = load_json(&out.join(LATEST)).map_err(|e| Error::Checkpoint {
         path: out.join(LATEST),
         reason: format!("no checkpoint to resume from ({e})"),
@@ -832,29 +607,8 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
     let Some(device) = devices.first() else {
         return Err(bad("no compute device given".into()));
     };
-    config.model.validate().map_err(bad)?;
-    config.objectives.validate().map_err(bad)?;
-    if config.objectives.rotation > 0.0 && config.image_size == 0 {
-        return Err(bad(
-            "rotation prediction needs a square, non-empty input".into()
-        ));
-    }
-    if config.batch_size < 2 || config.epochs == 0 {
-        return Err(bad("pretraining needs batch_size ≥ 2 and epochs ≥ 1".into()));
-    }
-    let micro_batches = config.accumulation_steps * devices.len();
-    if config.accumulation_steps == 0
-        || !config.batch_size.is_multiple_of(micro_batches)
-        || config.batch_size / micro_batches < 2
-    {
-        return Err(bad(format!(
-            "accumulation_steps {} × {} device(s) must divide batch_size {} into micro-batches \
-             of at least 2 images",
-            config.accumulation_steps,
-            devices.len(),
-            config.batch_size
-        )));
-    }
+    config.validate().map_err(bad)?;
+    let micro_batches = config.micro_batches(devices.len()).map_err(bad)?;
     std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     let (images, preprocess) = load_training_images(
@@ -877,7 +631,7 @@ fn run<B: AutodiffBackend, O: Optimizer<SimClr<B>, B>>(
         ..config.clone()
     };
     if resume.is_none() {
-        save_json(&out.join("config.json"), &resolved)?;
+        save_json(&out.join(CONFIG_FILE), &resolved)?;
     }
     let health_set = health_set(config, &index, &split, &images, &preprocess)?;
 
@@ -1264,16 +1018,6 @@ mod tests {
             blanked * 4,
             "each blanked 2×2 patch is set to the mean"
         );
-    }
-
-    #[test]
-    fn objectives_parse_validate_and_name_their_heads() {
-        let o = Objectives::parse(&["contrastive=1".into(), "rotation=0.5".into()]).unwrap();
-        assert_eq!((o.contrastive, o.rotation, o.simsiam), (1.0, 0.5, 0.0));
-        assert!(o.heads().rotation && !o.heads().predictor);
-        assert!(Objectives::parse(&["contrastive=0".into()]).is_err());
-        assert!(Objectives::parse(&["jigsaw=1".into()]).is_err());
-        assert!(Objectives::parse(&["rotation=-1".into()]).is_err());
     }
 
     #[test]

@@ -21,44 +21,16 @@ use scanside_runtime::infer::Int8Classifier;
 use scanside_runtime::preprocess::{normalize_in_place, PreprocessConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::config::QuantizeConfig;
 use crate::data::{Finding, ImageSet, Target};
 use crate::graph::{FloatGraph, FloatOp};
 use crate::int8_calibration::{
-    calibrate, quantize_bias, quantize_per_channel, tensor_quantization, CalibrationMethod,
+    calibrate, quantize_bias, quantize_per_channel, tensor_quantization,
 };
 use crate::metrics::{argmax, predict_logits, roc_auc};
 use crate::model::Classifier;
 use crate::onnx::qdq_onnx_bytes;
 use crate::{Error, Result};
-
-/// Quantisation settings (saved in the bundle's report).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QuantizeConfig {
-    /// Training images whose activations set the ranges.
-    pub calibration_images: usize,
-    /// Methods tried; the best on validation is kept.
-    pub methods: Vec<CalibrationMethod>,
-    /// Validation images the methods are compared on (0: all).
-    pub validation_images: usize,
-    /// Accuracy drop (fp32 − int8, in points) above which the export warns.
-    pub warn_drop_points: f64,
-}
-
-impl Default for QuantizeConfig {
-    fn default() -> Self {
-        Self {
-            calibration_images: 256,
-            methods: vec![
-                CalibrationMethod::MinMax,
-                CalibrationMethod::Percentile(99.99),
-                CalibrationMethod::Entropy,
-            ],
-            validation_images: 0,
-            warn_drop_points: 0.5,
-        }
-    }
-}
 
 /// OIHW → OHWI (the engine's layout: channels innermost).
 fn ohwi(weights: &[f32], [o, i, kh, kw]: [usize; 4]) -> Vec<f32> {
@@ -408,30 +380,6 @@ pub fn quantize<B: Backend>(
     })
 }
 
-/// A memory budget from `--flash` / `--ram` (`1M`, `256K`, `65536`).
-pub fn parse_bytes(text: &str) -> std::result::Result<usize, String> {
-    let t = text.trim();
-    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, ""),
-    };
-    let factor = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        _ => {
-            return Err(format!(
-                "{text:?}: expected a byte count such as 65536, 256K or 1M"
-            ))
-        }
-    };
-    digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|d| d.checked_mul(factor))
-        .ok_or_else(|| format!("{text:?}: expected a byte count such as 65536, 256K or 1M"))
-}
-
 /// Refuses a model that does not fit a device: `flash` for the blob, `ram` for the arena.
 pub fn check_budget(quantized: &Quantized, flash: Option<usize>, ram: Option<usize>) -> Result<()> {
     let mut problems = Vec::new();
@@ -460,7 +408,9 @@ pub fn check_budget(quantized: &Quantized, flash: Option<usize>, ram: Option<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_bytes;
     use crate::graph::tests::{images, preprocess, resnet18_eighth};
+    use crate::int8_calibration::CalibrationMethod;
     use crate::model::ResNetConfig;
     use burn::backend::Flex;
 

@@ -5,7 +5,6 @@
 //! with `pretrain`); "scratch" (random init, same architecture) is a row unless `scratch = false`. Resumable: a
 //! cell with its `cell.json` is done and kept; a cell without one is redone from the start.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,89 +12,15 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::augment::Preset;
+use crate::config::{EvalSettings, FinetuneConfig, PretrainConfig, StudyConfig, SCRATCH};
 use crate::data::open_split;
-use crate::evaluate::{evaluate, EvalSettings, Evaluation};
-use crate::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
+use crate::evaluate::{evaluate, Evaluation};
+use crate::finetune::finetune;
 use crate::metrics::Interval;
-use crate::model::ResNetConfig;
-use crate::pretrain::PretrainConfig;
 use crate::report::{escape, page};
+use crate::run_dir::{load_pretrain_config, CONFIG_FILE};
 use crate::runlog::{load_json, save_json};
 use crate::{plots, Error, Result};
-
-/// The row name of fine-tuning from random weights.
-pub const SCRATCH: &str = "scratch";
-
-/// The grid and the fine-tuning settings shared by every cell.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StudyConfig {
-    /// Split file (its train partition's nested label fractions are used).
-    pub split: PathBuf,
-    /// The dataset, when it moved since the split was made.
-    #[serde(default)]
-    pub data: Option<PathBuf>,
-    /// Pretraining runs by row name (e.g. `simclr = "runs/pre-simclr"`).
-    #[serde(default)]
-    pub pretrained: BTreeMap<String, PathBuf>,
-    /// Include the random-init row (default). `false` adds rows to a study whose scratch row
-    /// was already run with the same settings elsewhere.
-    #[serde(default = "default_true")]
-    pub scratch: bool,
-    /// Label fractions, e.g. `[0.01, 0.1, 0.25, 1.0]`.
-    pub fractions: Vec<f64>,
-    /// Seeds (fine-tuning initialisation, order and augmentation).
-    #[serde(default = "default_seeds")]
-    pub seeds: Vec<u64>,
-    /// Fine-tuning epochs.
-    pub epochs: usize,
-    /// At least this many optimiser steps per cell: small label fractions get more epochs (a
-    /// 1 % subset is one batch per epoch), validated ten times over the run.
-    #[serde(default)]
-    pub min_steps: Option<usize>,
-    /// Images per step.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    /// Peak learning rate (default: fine-tuning's).
-    #[serde(default)]
-    pub learning_rate: Option<f64>,
-    /// Backbone and input size of the scratch row (default: those of the first pretraining
-    /// run, so every row has the same network).
-    #[serde(default)]
-    pub scratch_model: Option<ResNetConfig>,
-    /// Input size of the scratch row (default as above, else 32).
-    #[serde(default)]
-    pub scratch_image_size: Option<u32>,
-    /// Full fine-tuning or linear probe.
-    #[serde(default)]
-    pub mode: FinetuneMode,
-    /// Class weights.
-    #[serde(default)]
-    pub class_weights: ClassWeights,
-    /// Fine-tuning augmentation preset.
-    #[serde(default)]
-    pub preset: Preset,
-    /// Early stopping patience in epochs.
-    #[serde(default)]
-    pub patience: Option<usize>,
-    /// Bootstrap resamples per evaluation.
-    #[serde(default = "default_bootstrap")]
-    pub bootstrap: usize,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_seeds() -> Vec<u64> {
-    vec![0]
-}
-fn default_batch() -> usize {
-    64
-}
-fn default_bootstrap() -> usize {
-    1000
-}
 
 /// One finished cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,17 +50,6 @@ fn bad(path: &Path, reason: String) -> Error {
     }
 }
 
-/// Reads a study configuration (TOML or JSON).
-pub fn read_study_config(path: &Path) -> Result<StudyConfig> {
-    let text = std::fs::read_to_string(path).map_err(crate::io_error(path))?;
-    let parsed = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).map_err(|e| e.to_string())
-    } else {
-        toml::from_str(&text).map_err(|e| e.to_string())
-    };
-    parsed.map_err(|e| bad(path, format!("malformed study configuration: {e}")))
-}
-
 fn cell_dir(out: &Path, name: &str, fraction: f64, seed: u64) -> PathBuf {
     out.join("cells")
         .join(name)
@@ -148,29 +62,9 @@ pub fn run_study<B: AutodiffBackend>(
     out: &Path,
     device: &B::Device,
 ) -> Result<Vec<Cell>> {
-    if config.fractions.is_empty() || config.seeds.is_empty() {
-        return Err(bad(
-            out,
-            "a study needs at least one fraction and one seed".into(),
-        ));
-    }
-    if let Some(f) = config.fractions.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
-        return Err(bad(out, format!("label fraction {f} must be in (0, 1]")));
-    }
-    if !config.scratch && config.pretrained.is_empty() {
-        return Err(bad(
-            out,
-            "no rows: `scratch = false` and no [pretrained] runs".to_string(),
-        ));
-    }
+    config.validate().map_err(|reason| bad(out, reason))?;
     for (name, dir) in &config.pretrained {
-        if name == SCRATCH {
-            return Err(bad(
-                out,
-                format!("'{SCRATCH}' is the random-init row; rename that run"),
-            ));
-        }
-        if !dir.join("config.json").is_file() {
+        if !dir.join(CONFIG_FILE).is_file() {
             return Err(bad(
                 dir,
                 format!("pretraining run '{name}' has no config.json"),
@@ -191,7 +85,7 @@ pub fn run_study<B: AutodiffBackend>(
         .pretrained
         .values()
         .next()
-        .map(|dir| load_json(&dir.join("config.json")))
+        .map(|dir| load_pretrain_config(dir))
         .transpose()?;
     let mut rows: Vec<(String, Option<PathBuf>)> = Vec::new();
     if config.scratch {

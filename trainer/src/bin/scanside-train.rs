@@ -11,24 +11,26 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use scanside_runtime::bundle::signing;
 use scanside_runtime::preprocess::DicomFrames;
 use scanside_trainer::augment::Preset;
+use scanside_trainer::config::{
+    parse_bytes, parse_targets, ClassWeights, DemoConfig, EvalSettings, ExportOptions,
+    FinetuneConfig, FinetuneMode, Method, Objectives, PretrainConfig, QatConfig, QuantizeConfig,
+    StudyConfig, Targets,
+};
 use scanside_trainer::data::{
     bench_decode_augment, check_dataset, make_split, open_split, write_preview, BagStats,
     CsvLabels, CsvSpec, Partition, PreviewConfig, SampleFilter, SourceSpec, SplitFile,
     UncertaintyPolicy, LABEL_FRACTIONS,
 };
-use scanside_trainer::demo::{run_demo, DemoConfig};
-use scanside_trainer::evaluate::{evaluate, probe_pretrained, EvalSettings};
-use scanside_trainer::export::{export_run, parse_targets, ExportOptions, Targets};
-use scanside_trainer::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode, QatConfig};
+use scanside_trainer::demo::run_demo;
+use scanside_trainer::evaluate::{evaluate, probe_pretrained};
+use scanside_trainer::export::export_run;
+use scanside_trainer::finetune::finetune;
 use scanside_trainer::int8_calibration::CalibrationMethod;
 use scanside_trainer::optim::OptimizerKind;
-use scanside_trainer::pretrain::{
-    pretrain_on, resume_pretrain_on, Method, Objectives, PretrainConfig,
-};
-use scanside_trainer::quantize::{parse_bytes, QuantizeConfig};
+use scanside_trainer::pretrain::{pretrain_on, resume_pretrain_on};
 use scanside_trainer::report::write_report;
 use scanside_trainer::runlog::save_json;
-use scanside_trainer::study::{read_study_config, run_study};
+use scanside_trainer::study::run_study;
 
 /// mimalloc keeps freed tensor buffers for reuse; glibc's malloc returned them to the kernel
 /// and faulted fresh pages in on every step (~15 % of a CPU training step in the kernel,
@@ -871,7 +873,7 @@ fn run<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> anyhow::R
         Command::Study {
             command: StudyCommand::LabelEfficiency { config, out },
         } => {
-            let config = read_study_config(&config)?;
+            let config = StudyConfig::read(&config)?;
             let cells = run_study::<B>(&config, &out, device)?;
             print!(
                 "{}",

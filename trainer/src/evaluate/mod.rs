@@ -12,15 +12,18 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{EvalSettings, FinetuneConfig};
 use crate::data::{load_images_with, open_split, report_skipped, ImageSet, Partition};
-use crate::finetune::{FinetuneConfig, MODEL_FILE};
 use crate::metrics::{
     balanced_accuracy, embed, group_bootstrap, group_members, knn_scores, predict_logits,
     predictions, roc_auc, roc_curve, sigmoid_rows, ClassificationMetrics, Interval, Labels,
     MultiLabelMetrics, ReliabilityBin, MIN_POSITIVES_FOR_MEAN_AUC,
 };
-use crate::model::Classifier;
-use crate::runlog::{load_json, load_weights, save_json};
+use crate::run_dir::{
+    load_finetune_config, load_finetuned, load_pretrain_config, load_pretrained_backbone,
+    CONFIG_FILE,
+};
+use crate::runlog::save_json;
 use crate::{Error, Result};
 
 /// kNN scores of a pretrained backbone's features (or of a random-init backbone of the same
@@ -44,17 +47,13 @@ pub fn probe_pretrained<B: Backend>(
     random_init: bool,
     device: &B::Device,
 ) -> Result<ProbeReport> {
-    use crate::pretrain::{PretrainConfig, BACKBONE_FILE};
-    let config: PretrainConfig = load_json(&run.join("config.json"))?;
+    let config = load_pretrain_config(run)?;
     let preprocess = config.preprocess.clone().ok_or_else(|| Error::Config {
-        path: run.join("config.json"),
+        path: run.join(CONFIG_FILE),
         reason: "no resolved preprocessing: not a completed pretraining run".into(),
     })?;
     B::seed(device, config.seed);
-    let mut backbone = config.model.init::<B>(device);
-    if !random_init {
-        backbone = load_weights(backbone, &run.join(BACKBONE_FILE), device)?;
-    }
+    let backbone = load_pretrained_backbone::<B>(run, &config, random_init, device)?;
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     let labelled = |partition| -> Result<(ImageSet, Vec<usize>)> {
         let images = load_images_with(
@@ -103,33 +102,6 @@ pub fn probe_pretrained<B: Backend>(
     })
 }
 
-/// A fine-tuned run loaded back: its resolved config and its model.
-pub fn load_finetuned<B: Backend>(
-    run: &Path,
-    device: &B::Device,
-) -> Result<(FinetuneConfig, Classifier<B>)> {
-    let config: FinetuneConfig = load_json(&run.join("config.json"))?;
-    config.model.validate().map_err(|reason| Error::Config {
-        path: run.join("config.json"),
-        reason,
-    })?;
-    if config.preprocess.is_none() || config.class_names.is_empty() {
-        return Err(Error::Config {
-            path: run.join("config.json"),
-            reason: "not a completed fine-tuning run (no preprocessing or class names)".into(),
-        });
-    }
-    let backbone = config.model.init::<B>(device);
-    let model = Classifier::new(
-        backbone,
-        config.model.feature_dim(),
-        config.class_names.len(),
-        device,
-    );
-    let model = load_weights(model, &run.join(MODEL_FILE), device)?;
-    Ok((config, model))
-}
-
 /// The images an evaluation scores: the evaluated partition restricted to the requested
 /// sub-population; validation (temperature, thresholds) restricted as the run was trained.
 fn population(
@@ -156,42 +128,6 @@ fn population(
         });
     }
     Ok(chosen)
-}
-
-/// How an evaluation is done.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalSettings {
-    /// Bootstrap resamples for the confidence intervals (0: none).
-    pub bootstrap: usize,
-    /// Seed of the resampling.
-    pub seed: u64,
-    /// Sensitivity each class's threshold must reach on validation.
-    pub target_sensitivity: f64,
-    /// Bins of the reliability diagram.
-    pub calibration_bins: usize,
-    /// Only the evaluated partition's images of this sub-population (distribution shift).
-    #[serde(default)]
-    pub population: Option<crate::data::SampleFilter>,
-    /// The partition being evaluated (set by the evaluation itself).
-    #[serde(default = "test_partition")]
-    pub partition: Partition,
-}
-
-fn test_partition() -> Partition {
-    Partition::Test
-}
-
-impl Default for EvalSettings {
-    fn default() -> Self {
-        Self {
-            bootstrap: 1000,
-            seed: 0,
-            target_sensitivity: 0.95,
-            calibration_bins: 15,
-            population: None,
-            partition: Partition::Test,
-        }
-    }
 }
 
 /// 95 % percentile bootstrap intervals, resampling whole groups.
@@ -584,7 +520,7 @@ pub fn evaluate<B: Backend>(
     settings: &EvalSettings,
     device: &B::Device,
 ) -> Result<Evaluation> {
-    let config: FinetuneConfig = load_json(&run.join("config.json"))?;
+    let config = load_finetune_config(run)?;
     let (index, _) = open_split(&config.split, Some(&config.dataset))?;
     if index.task == crate::data::Task::MultiClass {
         return evaluate_run::<B>(run, partition, settings, device).map(Evaluation::MultiClass);

@@ -480,8 +480,8 @@ fn imagenet_init_and_gradient_accumulation_run_end_to_end() {
 fn a_linear_probe_trains_the_head_only_with_balanced_weights_and_stops_early() {
     use burn::backend::Flex;
     use burn::tensor::Tensor;
-    use scanside_trainer::evaluate::load_finetuned;
     use scanside_trainer::model::to_vec;
+    use scanside_trainer::run_dir::load_finetuned;
     use scanside_trainer::runlog::load_weights;
 
     let dir = tempfile::tempdir().unwrap();
