@@ -17,7 +17,9 @@ use serde::Serialize;
 use crate::config::{
     DemoConfig, EvalSettings, ExportOptions, FinetuneConfig, PretrainConfig, QuantizeConfig,
 };
-use crate::data::{make_split, open_dataset, ImageRef, Partition, SplitFile};
+use crate::data::{
+    make_split, open_dataset, ImageRef, Partition, SplitFile, DEFAULT_SPLIT_FRACTIONS,
+};
 use crate::evaluate::{evaluate_run, EvalReport};
 use crate::export::{export_run, ExportReport};
 use crate::finetune::{finetune, FinetuneSummary, ValMetrics};
@@ -167,7 +169,7 @@ pub fn run_demo<B: AutodiffBackend>(
     eprintln!("[1/6] split {}", data.display());
     let index = open_dataset(&data)?;
     let split_path = out.join("split.json");
-    let split = make_split(&index, config.seed, [0.7, 0.15, 0.15])?;
+    let split = make_split(&index, config.seed, DEFAULT_SPLIT_FRACTIONS)?;
     save_json(&split_path, &split)?;
 
     eprintln!("[2/6] SimCLR pretraining (labels unused)");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use scanside_runtime::bundle::signing::key_id;
+use scanside_runtime::bundle::signing::{self, key_id};
 use scanside_runtime::bundle::{
     write_bundle_with_int8, Bundle, BundleManifest, Calibration, FileEntry, Int8Entry, ModelEntry,
     OutputActivation, Provenance, FORMAT_VERSION,
@@ -93,6 +93,57 @@ fn calibration_of(evaluation: &serde_json::Value) -> Option<Calibration> {
                     .map(|t| t as f32)
             })
             .collect(),
+    })
+}
+
+/// [`export_run`] signed with the secret key in `key_file` (`keygen`), or unsigned — with a
+/// note on stderr — without one.
+pub fn export_run_with_key_file<B: Backend>(
+    run: &Path,
+    bundle_dir: &Path,
+    options: &ExportOptions,
+    key_file: Option<&Path>,
+    device: &B::Device,
+) -> Result<ExportReport> {
+    let key = key_file.map(signing::read_signing_key).transpose()?;
+    if key.is_none() {
+        eprintln!("scanside-train: note: the bundle is unsigned (--sign-key KEY to sign)");
+    }
+    export_run::<B>(run, bundle_dir, options, key.as_ref(), device)
+}
+
+/// A new key pair for signing bundles.
+#[derive(Debug, Clone)]
+pub struct NewKeyPair {
+    /// The public key's id.
+    pub id: String,
+    /// The secret key's file (owner-only).
+    pub secret: PathBuf,
+    /// The public key's file, for the runtime's `--public-key`.
+    pub public: PathBuf,
+}
+
+impl std::fmt::Display for NewKeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "key {}: secret {} (keep private), public {}",
+            self.id,
+            self.secret.display(),
+            self.public.display()
+        )
+    }
+}
+
+/// Makes an ed25519 key pair for signing bundles: `stem.key` (secret) and `stem.pub`; an
+/// existing key is never overwritten.
+pub fn write_new_key_pair(stem: &Path) -> Result<NewKeyPair> {
+    let key = signing::generate_key()?;
+    let (secret, public) = signing::write_key_pair(stem, &key)?;
+    Ok(NewKeyPair {
+        id: key_id(&key.verifying_key()),
+        secret,
+        public,
     })
 }
 

@@ -56,12 +56,22 @@ fn cell_dir(out: &Path, name: &str, fraction: f64, seed: u64) -> PathBuf {
         .join(format!("f{:.4}-s{seed}", fraction))
 }
 
-/// Runs (or resumes) the study and writes its outputs into `out`; returns every cell.
+/// What a study produced.
+#[derive(Debug, Clone)]
+pub struct StudyResults {
+    /// Every cell.
+    pub cells: Vec<Cell>,
+    /// The table written to `table.md` (Markdown).
+    pub table: String,
+}
+
+/// Runs (or resumes) the study and writes its outputs into `out`; returns every cell and the
+/// table.
 pub fn run_study<B: AutodiffBackend>(
     config: &StudyConfig,
     out: &Path,
     device: &B::Device,
-) -> Result<Vec<Cell>> {
+) -> Result<StudyResults> {
     config.validate().map_err(|reason| bad(out, reason))?;
     for (name, dir) in &config.pretrained {
         if !dir.join(CONFIG_FILE).is_file() {
@@ -202,8 +212,13 @@ pub fn run_study<B: AutodiffBackend>(
         }
     }
     save_json(&out.join("results.json"), &cells)?;
-    write_outputs(config, &rows, &cells, out)?;
-    Ok(cells)
+    let table = write_outputs(config, &rows, &cells, out)?;
+    eprintln!(
+        "{} cells; {}",
+        cells.len(),
+        out.join("index.html").display()
+    );
+    Ok(StudyResults { cells, table })
 }
 
 /// Mean over seeds of each interval's bounds, per (row, fraction).
@@ -234,7 +249,7 @@ fn write_outputs(
     rows: &[(String, Option<PathBuf>)],
     cells: &[Cell],
     out: &Path,
-) -> Result<()> {
+) -> Result<String> {
     type Pick = fn(&Cell) -> Option<Interval>;
     let metrics: [(&str, &str, Pick); 3] = [
         (
@@ -328,5 +343,5 @@ fn write_outputs(
         &out.join("index.html"),
         page("label-efficiency study", &html).as_bytes(),
     )?;
-    Ok(())
+    Ok(markdown)
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::int8_calibration::CalibrationMethod;
 
 /// What to export besides the fp32 ONNX model.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// Validation images compared between burn and the runtime (at least one).
     pub check_images: usize,
@@ -22,6 +22,19 @@ pub struct ExportOptions {
     /// Which frames of multi-frame DICOM files the runtime screens (a deployment choice: the
     /// model sees one frame at a time either way).
     pub dicom_frames: DicomFrames,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            check_images: 16,
+            int8: false,
+            quantize: QuantizeConfig::default(),
+            flash_budget: None,
+            ram_budget: None,
+            dicom_frames: DicomFrames::default(),
+        }
+    }
 }
 
 impl ExportOptions {

@@ -9,8 +9,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{hex, BagStats, DatasetIndex, ImageRef, Partition, SplitFile, Task, PARTITIONS};
-use crate::runlog::progress;
+use std::path::Path;
+
+use super::{
+    hex, make_split, open_split_or_source, BagStats, DatasetIndex, ImageRef, Partition, SourceSpec,
+    SplitFile, Task, DEFAULT_SPLIT_FRACTIONS, PARTITIONS,
+};
+use crate::runlog::{progress, save_json};
+use crate::Result;
 
 /// What `data check` found.
 #[derive(Debug, Clone, Serialize)]
@@ -132,6 +138,29 @@ fn summarise(kind: &str, items: &[String]) -> Option<String> {
         let _ = write!(text, "; … and {} more", items.len() - EXAMPLES);
     }
     Some(text)
+}
+
+/// `data check`: opens the dataset of a split file (or of a source alone, then checked against
+/// a fresh default split with seed 0), checks it, and saves the report as JSON to `json` when
+/// given.
+pub fn check_split_or_source(
+    split: Option<&Path>,
+    source: Option<&SourceSpec>,
+    json: Option<&Path>,
+) -> Result<CheckReport> {
+    let (index, given) = open_split_or_source(split, source)?;
+    let (split, label) = match (given, split) {
+        (Some(given), Some(path)) => (given, path.display().to_string()),
+        _ => (
+            make_split(&index, 0, DEFAULT_SPLIT_FRACTIONS)?,
+            "none given; a fresh split (seed 0, 70/15/15)".to_string(),
+        ),
+    };
+    let report = check_dataset(&index, &split, &label);
+    if let Some(path) = json {
+        save_json(path, &report)?;
+    }
+    Ok(report)
 }
 
 /// Checks a dataset against a split (made with `make_split` when the caller has none).

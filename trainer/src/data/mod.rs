@@ -23,17 +23,18 @@ use scanside_runtime::bundle::hex;
 use scanside_runtime::decode::{decode_file, DecodedImage, SourceInfo};
 use serde::{Deserialize, Serialize};
 
-pub use check::{check_dataset, CheckReport};
+pub use check::{check_dataset, check_split_or_source, CheckReport};
 pub use images::{
     load_images, load_images_with, load_training_images, report_skipped, spread, ImageSet,
 };
-pub use loader::{bench_decode_augment, LoaderBench, Prefetch};
-pub use preview::{write_preview, PreviewConfig};
+pub use loader::{bench_decode_augment, bench_source, LoaderBench, Prefetch};
+pub use preview::{preview_split_or_source, write_preview, PreviewConfig};
 pub use sources::{
     CsvLabels, CsvSpec, SourceSpec, HAM10000_CLASSES, NIH_FINDINGS, SUPPORTED_LAYOUTS,
 };
 pub use split::{
-    bags, make_split, open_split, BagStats, SplitFile, LABEL_FRACTIONS, SPLIT_FORMAT_VERSION,
+    bags, make_split, open_split, open_split_or_source, write_split, BagStats, SplitFile,
+    SplitSummary, DEFAULT_SPLIT_FRACTIONS, LABEL_FRACTIONS, SPLIT_FORMAT_VERSION,
 };
 
 use crate::{Error, Result};
