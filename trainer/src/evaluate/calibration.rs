@@ -1,6 +1,7 @@
-//! Calibration and operating points: expected calibration error and the reliability diagram,
-//! temperature scaling fitted on validation logits (Guo et al. 2017), and per-class thresholds
-//! that reach a target sensitivity on validation, reported with the specificity they give.
+//! Calibration and operating points: temperature scaling fitted on validation logits (Guo et
+//! al. 2017; the reliability diagram and ECE that show its effect are in [`crate::metrics`]),
+//! and per-class thresholds that reach a target sensitivity on validation, reported with the
+//! specificity they give.
 
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +110,32 @@ pub struct OperatingPoint {
     pub sensitivity: Option<f64>,
     /// Specificity on the evaluated partition.
     pub specificity: Option<f64>,
+}
+
+/// A class's operating point: the threshold reaching `target` sensitivity on the validation
+/// scores, and the sensitivity and specificity it gives there and on the evaluated scores.
+pub fn operating_point(
+    class: &str,
+    (val_scores, val_positive): (&[f32], &[bool]),
+    (scores, positive): (&[f32], &[bool]),
+    target: f64,
+) -> OperatingPoint {
+    let threshold = threshold_for_sensitivity(val_scores, val_positive, target);
+    let at = |scores: &[f32], positive: &[bool]| {
+        threshold.map_or((None, None), |t| {
+            sensitivity_specificity(scores, positive, t)
+        })
+    };
+    let (val_sensitivity, val_specificity) = at(val_scores, val_positive);
+    let (sensitivity, specificity) = at(scores, positive);
+    OperatingPoint {
+        class: class.to_string(),
+        threshold,
+        val_sensitivity,
+        val_specificity,
+        sensitivity,
+        specificity,
+    }
 }
 
 #[cfg(test)]
