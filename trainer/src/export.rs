@@ -13,11 +13,11 @@ use scanside_runtime::bundle::{
 };
 use scanside_runtime::bundle::{SigningKey, Trust};
 use scanside_runtime::infer::Classifier as RuntimeClassifier;
-use scanside_runtime::preprocess::normalize_in_place;
+use scanside_runtime::preprocess::{normalize_in_place, PreprocessConfig};
 use serde::Serialize;
 
 use crate::config::{ExportOptions, FinetuneConfig};
-use crate::data::{load_images_with, open_split, spread, Partition, Task};
+use crate::data::{load_images_with, open_split, spread, DatasetIndex, Partition, SplitFile, Task};
 use crate::model::{input_tensor, to_vec, Classifier};
 use crate::onnx::{onnx_bytes, INPUT_NAME, OPSET, OUTPUT_NAME};
 use crate::quantize::{check_budget, quantize, MethodReport};
@@ -170,166 +170,195 @@ pub fn export_run<B: Backend>(
     let (index, split) = open_split(&config.split, Some(&config.dataset))?;
     let evaluation: Option<serde_json::Value> =
         evaluation_file(run).map(|p| load_json(&p)).transpose()?;
-    let manifest = BundleManifest {
-        format_version: FORMAT_VERSION,
-        model: ModelEntry {
-            file: ONNX_FILE.into(),
-            sha256: String::new(),
-            opset: OPSET,
-            input_name: INPUT_NAME.into(),
-            output_name: OUTPUT_NAME.into(),
-        },
-        preprocess: scanside_runtime::preprocess::PreprocessConfig {
-            dicom_frames: options.dicom_frames,
-            ..preprocess.clone()
-        },
-        class_names: config.class_names.clone(),
-        calibration: evaluation.as_ref().and_then(calibration_of),
-        output: if index.task == Task::MultiLabel {
-            OutputActivation::Sigmoid
-        } else {
-            OutputActivation::Softmax
-        },
-        provenance: Provenance {
-            created_by: format!("scanside-train {}", env!("CARGO_PKG_VERSION")),
-            created_unix_s: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            training_config: serde_json::to_value(&config).expect("config serialises"),
-            evaluation,
-        },
-        int8: None,
+    let source = ExportSource {
+        model: &model,
+        config: &config,
+        preprocess: &preprocess,
+        index: &index,
+        split: &split,
+        device,
     };
-    let (int8, int8_report) = if options.int8 {
-        let (blob, qdq, report) = export_int8(
-            &model,
-            &index,
-            &split,
-            &config,
-            &preprocess,
-            options,
-            device,
-        )?;
-        (Some((blob, qdq)), Some(report))
-    } else {
-        (None, None)
-    };
-    let mut manifest = manifest;
-    manifest.int8 = int8_report.as_ref().map(|r| Int8Entry {
-        file: r.file.clone(),
-        sha256: String::new(),
-        calibration_method: r.method.clone(),
-        arena_bytes: r.arena_bytes,
-        blob_bytes: r.blob_bytes,
-        report: Some(serde_json::to_value(&r.methods).expect("reports serialise")),
-        qdq_onnx: Some(FileEntry {
-            file: QDQ_FILE.into(),
-            sha256: String::new(),
-        }),
-    });
+    let mut manifest = source.manifest(options, evaluation);
+    let int8 = options.int8.then(|| source.int8(options)).transpose()?;
+    manifest.int8 = int8.as_ref().map(|(_, _, report)| int8_entry(report));
     let manifest = write_bundle_with_int8(
         bundle_dir,
         manifest,
         &onnx,
-        int8.as_ref().map(|(blob, _)| blob.as_slice()),
-        int8.as_ref().map(|(_, qdq)| qdq.as_slice()),
+        int8.as_ref().map(|(blob, _, _)| blob.as_slice()),
+        int8.as_ref().map(|(_, qdq, _)| qdq.as_slice()),
         sign_key,
     )?;
-
-    // Prove it: the runtime loads the bundle and matches burn on real validation images.
-    let trust = match sign_key {
-        Some(key) => Trust::Keys(vec![key.verifying_key()]),
-        None => Trust::AllowUnsigned,
-    };
-    let bundle = Bundle::load(bundle_dir, &trust)?;
-    let runtime = RuntimeClassifier::load(&bundle)?;
-    let val = split.indices(&index, Partition::Val);
-    let take: Vec<usize> = val
-        .iter()
-        .copied()
-        .take(options.check_images.max(1))
-        .collect();
-    let images = load_images_with(&index, &take, &preprocess, config.skip_bad)?;
-    let burn_logits = to_vec(model.forward(input_tensor::<B>(
-        images.pixels.clone(),
-        &preprocess,
-        device,
-    )));
-    let classes = config.class_names.len();
-    let mut max_diff = 0.0_f32;
-    for i in 0..images.len() {
-        let mut input = images.image(i).to_vec();
-        normalize_in_place(&mut input, &preprocess);
-        let logits = runtime.logits(&input)?;
-        for (a, b) in logits
-            .iter()
-            .zip(&burn_logits[i * classes..(i + 1) * classes])
-        {
-            max_diff = max_diff.max((a - b).abs());
-        }
-    }
-    if max_diff > LOGIT_TOLERANCE {
-        return Err(Error::ExportMismatch(format!(
-            "{}: tract's logits differ from burn's by {max_diff:e} (> {LOGIT_TOLERANCE:e})",
-            bundle_dir.display()
-        )));
-    }
+    let (checked_images, max_abs_logit_diff) =
+        source.check_bundle(bundle_dir, sign_key, options.check_images)?;
     Ok(ExportReport {
         bundle: bundle_dir.to_path_buf(),
         model_sha256: manifest.model.sha256,
         model_bytes: onnx.len(),
-        checked_images: images.len(),
-        max_abs_logit_diff: max_diff,
+        checked_images,
+        max_abs_logit_diff,
         signed_by: sign_key.map(|k| key_id(&k.verifying_key())),
-        int8: int8_report,
+        int8: int8.map(|(_, _, report)| report),
     })
 }
 
-/// Quantises the model (calibration on training images, methods compared on validation),
-/// checks the device budget and returns the chosen blob with its report.
-#[allow(clippy::too_many_arguments)]
-fn export_int8<B: Backend>(
-    model: &Classifier<B>,
-    index: &crate::data::DatasetIndex,
-    split: &crate::data::SplitFile,
-    config: &FinetuneConfig,
-    preprocess: &scanside_runtime::preprocess::PreprocessConfig,
-    options: &ExportOptions,
-    device: &B::Device,
-) -> Result<(Vec<u8>, Vec<u8>, Int8Report)> {
-    let q = &options.quantize;
-    let train = spread(
-        &split.indices(index, Partition::Train),
-        q.calibration_images,
-    );
-    let val = spread(&split.indices(index, Partition::Val), q.validation_images);
-    let calibration = load_images_with(index, &train, preprocess, config.skip_bad)?;
-    let validation = load_images_with(index, &val, preprocess, config.skip_bad)?;
-    let quantized = quantize(model, &calibration, &validation, preprocess, q, device)?;
-    check_budget(&quantized, options.flash_budget, options.ram_budget)?;
-    let best = &quantized.reports[0];
-    let warning = (best.drop_points() > q.warn_drop_points).then(|| {
-        format!(
-            "int8 ({}) loses {:.2} points against fp32 on validation (more than {}); consider \
-             more calibration images, or quantisation-aware training (`scanside-train finetune \
-             --qat RUN`) and exporting that run",
-            best.method,
-            best.drop_points(),
-            q.warn_drop_points
-        )
-    });
-    if let Some(w) = &warning {
-        eprintln!("scanside-train: WARNING: {w}");
+/// The manifest's entry of the int8 blob and its QDQ ONNX twin.
+fn int8_entry(report: &Int8Report) -> Int8Entry {
+    Int8Entry {
+        file: report.file.clone(),
+        sha256: String::new(),
+        calibration_method: report.method.clone(),
+        arena_bytes: report.arena_bytes,
+        blob_bytes: report.blob_bytes,
+        report: Some(serde_json::to_value(&report.methods).expect("reports serialise")),
+        qdq_onnx: Some(FileEntry {
+            file: QDQ_FILE.into(),
+            sha256: String::new(),
+        }),
     }
-    let report = Int8Report {
-        file: INT8_FILE.into(),
-        method: quantized.method.clone(),
-        blob_bytes: quantized.blob.len(),
-        arena_bytes: quantized.plan.arena_bytes,
-        unplanned_arena_bytes: quantized.plan.unplanned_bytes,
-        macs: quantized.macs,
-        methods: quantized.reports.clone(),
-        warning,
-    };
-    Ok((quantized.blob, quantized.qdq_onnx, report))
+}
+
+/// The fine-tuned run being exported: its model, config and data.
+struct ExportSource<'a, B: Backend> {
+    model: &'a Classifier<B>,
+    config: &'a FinetuneConfig,
+    preprocess: &'a PreprocessConfig,
+    index: &'a DatasetIndex,
+    split: &'a SplitFile,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> ExportSource<'_, B> {
+    /// The bundle's manifest for the fp32 model: preprocessing (with the DICOM frame policy),
+    /// classes, the evaluation's calibration, the output activation and the provenance.
+    fn manifest(
+        &self,
+        options: &ExportOptions,
+        evaluation: Option<serde_json::Value>,
+    ) -> BundleManifest {
+        BundleManifest {
+            format_version: FORMAT_VERSION,
+            model: ModelEntry {
+                file: ONNX_FILE.into(),
+                sha256: String::new(),
+                opset: OPSET,
+                input_name: INPUT_NAME.into(),
+                output_name: OUTPUT_NAME.into(),
+            },
+            preprocess: PreprocessConfig {
+                dicom_frames: options.dicom_frames,
+                ..self.preprocess.clone()
+            },
+            class_names: self.config.class_names.clone(),
+            calibration: evaluation.as_ref().and_then(calibration_of),
+            output: if self.index.task == Task::MultiLabel {
+                OutputActivation::Sigmoid
+            } else {
+                OutputActivation::Softmax
+            },
+            provenance: Provenance {
+                created_by: format!("scanside-train {}", env!("CARGO_PKG_VERSION")),
+                created_unix_s: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                training_config: serde_json::to_value(self.config).expect("config serialises"),
+                evaluation,
+            },
+            int8: None,
+        }
+    }
+
+    /// Proves the bundle: the runtime loads it (checking the signature) and reproduces burn's
+    /// logits on the first `check_images` validation images (at least one); returns how many
+    /// were compared and the largest logit difference.
+    fn check_bundle(
+        &self,
+        bundle_dir: &Path,
+        sign_key: Option<&SigningKey>,
+        check_images: usize,
+    ) -> Result<(usize, f32)> {
+        let trust = match sign_key {
+            Some(key) => Trust::Keys(vec![key.verifying_key()]),
+            None => Trust::AllowUnsigned,
+        };
+        let bundle = Bundle::load(bundle_dir, &trust)?;
+        let runtime = RuntimeClassifier::load(&bundle)?;
+        let val = self.split.indices(self.index, Partition::Val);
+        let take: Vec<usize> = val.iter().copied().take(check_images.max(1)).collect();
+        let images = load_images_with(self.index, &take, self.preprocess, self.config.skip_bad)?;
+        let burn_logits = to_vec(self.model.forward(input_tensor::<B>(
+            images.pixels.clone(),
+            self.preprocess,
+            self.device,
+        )));
+        let classes = self.config.class_names.len();
+        let mut max_diff = 0.0_f32;
+        for i in 0..images.len() {
+            let mut input = images.image(i).to_vec();
+            normalize_in_place(&mut input, self.preprocess);
+            let logits = runtime.logits(&input)?;
+            for (a, b) in logits
+                .iter()
+                .zip(&burn_logits[i * classes..(i + 1) * classes])
+            {
+                max_diff = max_diff.max((a - b).abs());
+            }
+        }
+        if max_diff > LOGIT_TOLERANCE {
+            return Err(Error::ExportMismatch(format!(
+                "{}: tract's logits differ from burn's by {max_diff:e} (> {LOGIT_TOLERANCE:e})",
+                bundle_dir.display()
+            )));
+        }
+        Ok((images.len(), max_diff))
+    }
+
+    /// Quantises the model (calibration on training images, methods compared on
+    /// validation), checks the device budget and returns the chosen blob, its QDQ ONNX twin and
+    /// the report.
+    fn int8(&self, options: &ExportOptions) -> Result<(Vec<u8>, Vec<u8>, Int8Report)> {
+        let (index, split, preprocess) = (self.index, self.split, self.preprocess);
+        let q = &options.quantize;
+        let train = spread(
+            &split.indices(index, Partition::Train),
+            q.calibration_images,
+        );
+        let val = spread(&split.indices(index, Partition::Val), q.validation_images);
+        let calibration = load_images_with(index, &train, preprocess, self.config.skip_bad)?;
+        let validation = load_images_with(index, &val, preprocess, self.config.skip_bad)?;
+        let quantized = quantize(
+            self.model,
+            &calibration,
+            &validation,
+            preprocess,
+            q,
+            self.device,
+        )?;
+        check_budget(&quantized, options.flash_budget, options.ram_budget)?;
+        let best = &quantized.reports[0];
+        let warning = (best.drop_points() > q.warn_drop_points).then(|| {
+            format!(
+                "int8 ({}) loses {:.2} points against fp32 on validation (more than {}); \
+                 consider more calibration images, or quantisation-aware training \
+                 (`scanside-train finetune --qat RUN`) and exporting that run",
+                best.method,
+                best.drop_points(),
+                q.warn_drop_points
+            )
+        });
+        if let Some(w) = &warning {
+            eprintln!("scanside-train: WARNING: {w}");
+        }
+        let report = Int8Report {
+            file: INT8_FILE.into(),
+            method: quantized.method.clone(),
+            blob_bytes: quantized.blob.len(),
+            arena_bytes: quantized.plan.arena_bytes,
+            unplanned_arena_bytes: quantized.plan.unplanned_bytes,
+            macs: quantized.macs,
+            methods: quantized.reports.clone(),
+            warning,
+        };
+        Ok((quantized.blob, quantized.qdq_onnx, report))
+    }
 }

@@ -13,7 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EvalSettings, FinetuneConfig, PretrainConfig, StudyConfig, SCRATCH};
-use crate::data::open_split;
+use crate::data::{open_split, DatasetIndex, Partition, SplitFile};
 use crate::evaluate::{evaluate, Evaluation};
 use crate::finetune::finetune;
 use crate::metrics::Interval;
@@ -72,44 +72,10 @@ pub fn run_study<B: AutodiffBackend>(
     out: &Path,
     device: &B::Device,
 ) -> Result<StudyResults> {
-    config.validate().map_err(|reason| bad(out, reason))?;
-    for (name, dir) in &config.pretrained {
-        if !dir.join(CONFIG_FILE).is_file() {
-            return Err(bad(
-                dir,
-                format!("pretraining run '{name}' has no config.json"),
-            ));
-        }
-    }
-    std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
-    save_json(&out.join("study.json"), config)?;
-    let dataset = match &config.data {
-        Some(d) => d.clone(),
-        None => crate::data::SplitFile::read(&config.split)?
-            .source
-            .path()
-            .to_path_buf(),
-    };
-    let (index, split) = open_split(&config.split, Some(&dataset))?;
-    let first_pretraining: Option<PretrainConfig> = config
-        .pretrained
-        .values()
-        .next()
-        .map(|dir| load_pretrain_config(dir))
-        .transpose()?;
-    let mut rows: Vec<(String, Option<PathBuf>)> = Vec::new();
-    if config.scratch {
-        rows.push((SCRATCH.to_string(), None));
-    }
-    rows.extend(
-        config
-            .pretrained
-            .iter()
-            .map(|(n, d)| (n.clone(), Some(d.clone()))),
-    );
+    let grid = Grid::open(config, out)?;
     let mut cells = Vec::new();
-    let total = rows.len() * config.fractions.len() * config.seeds.len();
-    for (name, pretrained) in &rows {
+    let total = grid.rows.len() * config.fractions.len() * config.seeds.len();
+    for (name, pretrained) in &grid.rows {
         for &fraction in &config.fractions {
             for &seed in &config.seeds {
                 let dir = cell_dir(out, name, fraction, seed);
@@ -127,98 +93,185 @@ pub fn run_study<B: AutodiffBackend>(
                     // Interrupted before it finished: start the cell again.
                     std::fs::remove_dir_all(&dir).map_err(crate::io_error(&dir))?;
                 }
-                let started = Instant::now();
-                let mut fine =
-                    FinetuneConfig::new(dataset.clone(), config.split.clone(), pretrained.clone());
-                fine.label_fraction = fraction;
-                fine.seed = seed;
-                fine.batch_size = config.batch_size;
-                let labelled = split.labeled_subset(&index, fraction).len();
-                let steps_per_epoch = (labelled / config.batch_size.min(labelled).max(1)).max(1);
-                fine.epochs = config
-                    .epochs
-                    .max(config.min_steps.unwrap_or(0).div_ceil(steps_per_epoch));
-                fine.validate_every = fine.epochs.div_ceil(10).max(1);
-                if let Some(lr) = config.learning_rate {
-                    fine.learning_rate = lr;
-                }
-                fine.mode = config.mode;
-                fine.class_weights = config.class_weights;
-                fine.patience = config.patience;
-                fine.augment = config.preset.finetune();
-                if pretrained.is_none() {
-                    fine.model = config
-                        .scratch_model
-                        .clone()
-                        .or_else(|| first_pretraining.as_ref().map(|p| p.model.clone()))
-                        .unwrap_or_default();
-                    fine.image_size = config
-                        .scratch_image_size
-                        .or_else(|| first_pretraining.as_ref().map(|p| p.image_size))
-                        .unwrap_or(32);
-                }
-                finetune::<B>(&fine, &dir, device)?;
-                let settings = EvalSettings {
-                    bootstrap: config.bootstrap,
-                    seed,
-                    ..EvalSettings::default()
-                };
-                let evaluation = evaluate::<B::InnerBackend>(
-                    &dir,
-                    crate::data::Partition::Test,
-                    &settings,
-                    device,
-                )?;
-                let (auc, accuracy, balanced_accuracy) = match &evaluation {
-                    Evaluation::MultiClass(r) => {
-                        let i = r.intervals.as_ref();
-                        let point = |v: f64| Interval {
-                            estimate: v,
-                            low: v,
-                            high: v,
-                        };
-                        (
-                            i.and_then(|i| i.macro_auc)
-                                .or(r.metrics.macro_auc.map(point)),
-                            i.and_then(|i| i.accuracy)
-                                .or(Some(point(r.metrics.accuracy))),
-                            i.and_then(|i| i.balanced_accuracy)
-                                .or(Some(point(r.metrics.balanced_accuracy))),
-                        )
-                    }
-                    Evaluation::MultiLabel(r) => (
-                        r.mean_auc_interval.or(r.metrics.mean_auc.map(|v| Interval {
-                            estimate: v,
-                            low: v,
-                            high: v,
-                        })),
-                        None,
-                        None,
-                    ),
-                };
-                let cell = Cell {
-                    pretraining: name.clone(),
-                    fraction,
-                    seed,
-                    labelled_images: labelled,
-                    auc,
-                    accuracy,
-                    balanced_accuracy,
-                    seconds: started.elapsed().as_secs_f64(),
-                };
+                let cell = grid.run_cell::<B>(name, pretrained, fraction, seed, &dir, device)?;
                 save_json(&done, &cell)?;
                 cells.push(cell);
             }
         }
     }
     save_json(&out.join("results.json"), &cells)?;
-    let table = write_outputs(config, &rows, &cells, out)?;
+    let table = write_outputs(config, &grid.rows, &cells, out)?;
     eprintln!(
         "{} cells; {}",
         cells.len(),
         out.join("index.html").display()
     );
     Ok(StudyResults { cells, table })
+}
+
+/// A study's fixed parts: its settings, its data, its rows (a name and the pretraining run, or
+/// none for scratch) and the first pretraining run, whose network the scratch row copies.
+struct Grid<'a> {
+    config: &'a StudyConfig,
+    dataset: PathBuf,
+    index: DatasetIndex,
+    split: SplitFile,
+    first_pretraining: Option<PretrainConfig>,
+    rows: Vec<(String, Option<PathBuf>)>,
+}
+
+impl<'a> Grid<'a> {
+    /// Checks the settings and the pretraining runs, saves the settings as `study.json` and
+    /// opens the data.
+    fn open(config: &'a StudyConfig, out: &Path) -> Result<Self> {
+        config.validate().map_err(|reason| bad(out, reason))?;
+        for (name, dir) in &config.pretrained {
+            if !dir.join(CONFIG_FILE).is_file() {
+                return Err(bad(
+                    dir,
+                    format!("pretraining run '{name}' has no config.json"),
+                ));
+            }
+        }
+        std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
+        save_json(&out.join("study.json"), config)?;
+        let dataset = match &config.data {
+            Some(d) => d.clone(),
+            None => SplitFile::read(&config.split)?.source.path().to_path_buf(),
+        };
+        let (index, split) = open_split(&config.split, Some(&dataset))?;
+        let first_pretraining: Option<PretrainConfig> = config
+            .pretrained
+            .values()
+            .next()
+            .map(|dir| load_pretrain_config(dir))
+            .transpose()?;
+        let mut rows: Vec<(String, Option<PathBuf>)> = Vec::new();
+        if config.scratch {
+            rows.push((SCRATCH.to_string(), None));
+        }
+        rows.extend(
+            config
+                .pretrained
+                .iter()
+                .map(|(n, d)| (n.clone(), Some(d.clone()))),
+        );
+        Ok(Self {
+            config,
+            dataset,
+            index,
+            split,
+            first_pretraining,
+            rows,
+        })
+    }
+
+    /// The fine-tuning of one cell, and its labelled images: at least `min_steps` steps,
+    /// validated ten times over the run; the scratch row gets the pretraining runs' network.
+    fn finetune_config(
+        &self,
+        pretrained: &Option<PathBuf>,
+        fraction: f64,
+        seed: u64,
+    ) -> (FinetuneConfig, usize) {
+        let config = self.config;
+        let mut fine = FinetuneConfig::new(
+            self.dataset.clone(),
+            config.split.clone(),
+            pretrained.clone(),
+        );
+        fine.label_fraction = fraction;
+        fine.seed = seed;
+        fine.batch_size = config.batch_size;
+        let labelled = self.split.labeled_subset(&self.index, fraction).len();
+        let steps_per_epoch = (labelled / config.batch_size.min(labelled).max(1)).max(1);
+        fine.epochs = config
+            .epochs
+            .max(config.min_steps.unwrap_or(0).div_ceil(steps_per_epoch));
+        fine.validate_every = fine.epochs.div_ceil(10).max(1);
+        if let Some(lr) = config.learning_rate {
+            fine.learning_rate = lr;
+        }
+        fine.mode = config.mode;
+        fine.class_weights = config.class_weights;
+        fine.patience = config.patience;
+        fine.augment = config.preset.finetune();
+        if pretrained.is_none() {
+            let first = self.first_pretraining.as_ref();
+            fine.model = config
+                .scratch_model
+                .clone()
+                .or_else(|| first.map(|p| p.model.clone()))
+                .unwrap_or_default();
+            fine.image_size = config
+                .scratch_image_size
+                .or_else(|| first.map(|p| p.image_size))
+                .unwrap_or(32);
+        }
+        (fine, labelled)
+    }
+
+    /// Fine-tunes one cell into `dir` and evaluates it on the test partition.
+    fn run_cell<B: AutodiffBackend>(
+        &self,
+        name: &str,
+        pretrained: &Option<PathBuf>,
+        fraction: f64,
+        seed: u64,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<Cell> {
+        let started = Instant::now();
+        let (fine, labelled) = self.finetune_config(pretrained, fraction, seed);
+        finetune::<B>(&fine, dir, device)?;
+        let settings = EvalSettings {
+            bootstrap: self.config.bootstrap,
+            seed,
+            ..EvalSettings::default()
+        };
+        let evaluation = evaluate::<B::InnerBackend>(dir, Partition::Test, &settings, device)?;
+        let (auc, accuracy, balanced_accuracy) = cell_intervals(&evaluation);
+        Ok(Cell {
+            pretraining: name.to_string(),
+            fraction,
+            seed,
+            labelled_images: labelled,
+            auc,
+            accuracy,
+            balanced_accuracy,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// A cell's AUC, accuracy and balanced accuracy with their intervals (the point estimate as a
+/// zero-width interval when the evaluation drew none; accuracies only for multi-class runs).
+fn cell_intervals(
+    evaluation: &Evaluation,
+) -> (Option<Interval>, Option<Interval>, Option<Interval>) {
+    let point = |v: f64| Interval {
+        estimate: v,
+        low: v,
+        high: v,
+    };
+    match evaluation {
+        Evaluation::MultiClass(r) => {
+            let i = r.intervals.as_ref();
+            (
+                i.and_then(|i| i.macro_auc)
+                    .or(r.metrics.macro_auc.map(point)),
+                i.and_then(|i| i.accuracy)
+                    .or(Some(point(r.metrics.accuracy))),
+                i.and_then(|i| i.balanced_accuracy)
+                    .or(Some(point(r.metrics.balanced_accuracy))),
+            )
+        }
+        Evaluation::MultiLabel(r) => (
+            r.mean_auc_interval.or(r.metrics.mean_auc.map(point)),
+            None,
+            None,
+        ),
+    }
 }
 
 /// Mean over seeds of each interval's bounds, per (row, fraction).
