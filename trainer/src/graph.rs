@@ -1,7 +1,7 @@
 //! The classifier as a float graph, the form both exporters start from: each convolution with
 //! its BatchNorm folded in (`W' = W·γ/σ`, `b' = β − μ·γ/σ`), the stem's max-pool, residual adds,
-//! global average pooling and the head, in the order the int8 engine runs them. [`trace`]
-//! records the graph and every tensor's values on a batch; [`GraphWalk`] is the one pass over
+//! global average pooling and the head, in the order the int8 engine runs them. `trace`
+//! records the graph and every tensor's values on a batch; `GraphWalk` is the one pass over
 //! the network that tracing and quantisation-aware training share, mirroring `ResNet::forward`
 //! and `Block::forward` op for op. Nothing here quantises or writes files.
 

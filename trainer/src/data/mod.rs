@@ -4,10 +4,11 @@
 //! `.npz`, a folder of class sub-folders, or a CSV manifest with multi-class, separator-joined
 //! multi-label or CheXpert-style finding columns). Opening one gives a [`DatasetIndex`]: samples
 //! with their group (lesion / patient), target and where their pixels live, plus a content hash.
-//! [`split`] makes grouped, stratified, seeded splits with nested label-fraction subsets and saves
-//! them with the source spec and hash, so every later command reopens exactly the same data.
-//! Images are decoded and resized with the runtime's decoder and preprocessing, so training sees
-//! the pixels the edge will see.
+//! [`make_split`] makes grouped, stratified, seeded splits with nested label-fraction subsets and
+//! saves them with the source spec and hash, so every later command reopens exactly the same
+//! data. Images are decoded and resized with the runtime's decoder and preprocessing
+//! ([`load_images`]), so training sees the pixels the edge will see; what is sampled and
+//! loaded is fixed by the seed, never by thread timing. Nothing here trains or augments.
 
 mod check;
 mod images;
