@@ -103,8 +103,8 @@ pub(crate) struct FloatGraph {
 /// BatchNorm (and ReLU when one follows), the stem's max-pool, residual adds with their ReLU,
 /// global average pooling, the head — mirroring `ResNet::forward` and `Block::forward` op for
 /// op. [`trace`] records the graph and its values with it; quantisation-aware training's
-/// [`crate::int8_calibration::fake_quant_forward`] computes the same ops with int8 rounding inserted. Values are made in
-/// the graph's tensor order (the input first).
+/// [`crate::int8_calibration::fake_quant_forward`] computes the same ops with int8 rounding
+/// inserted. Values are made in the graph's tensor order (the input first).
 pub(crate) trait GraphWalk<B: Backend> {
     type Value: Clone;
     fn input(&mut self, x: Tensor<B, 4>) -> Self::Value;

@@ -400,7 +400,8 @@ mod tests {
         );
 
         let file: FinetuneSettings = toml::from_str(
-            "dataset = \"d\"\nsplit = \"s\"\npretrained = \"pre\"\nepochs = 9\n[qat]\nfrom = \"ft\"\n",
+            "dataset = \"d\"\nsplit = \"s\"\npretrained = \"pre\"\nepochs = 9\n\
+             [qat]\nfrom = \"ft\"\n",
         )
         .unwrap();
         let flags = FinetuneSettings {

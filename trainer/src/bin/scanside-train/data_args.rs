@@ -27,7 +27,12 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Train, val and test fractions.
-        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = DEFAULT_SPLIT_FRACTIONS)]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            num_args = 3,
+            default_values_t = DEFAULT_SPLIT_FRACTIONS
+        )]
         fractions: Vec<f64>,
     },
     /// Read every image and report unreadable files, leaks between partitions, label counts

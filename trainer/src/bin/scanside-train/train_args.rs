@@ -98,7 +98,9 @@ pub struct PretrainArgs {
     /// rotation, reconstruction), e.g. contrastive=1,rotation=0.5. Default contrastive=1.
     #[arg(long, value_delimiter = ',')]
     objective: Vec<String>,
-    #[arg(long, value_enum, help = with_default_value("Self-supervised objective", PRETRAIN.method))]
+    #[arg(long, value_enum, help = with_default_value(
+        "Self-supervised objective", PRETRAIN.method
+    ))]
     method: Option<Method>,
     #[arg(long, value_enum, help = optimiser_help())]
     optimizer: Option<OptimizerKind>,
