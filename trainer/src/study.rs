@@ -206,7 +206,7 @@ impl<'a> Grid<'a> {
             fine.image_size = config
                 .scratch_image_size
                 .or_else(|| first.map(|p| p.image_size))
-                .unwrap_or(32);
+                .unwrap_or(fine.image_size);
         }
         (fine, labelled)
     }

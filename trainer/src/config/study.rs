@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClassWeights, FinetuneMode};
+use super::{ClassWeights, EvalSettings, FinetuneConfig, FinetuneMode};
 use crate::augment::Preset;
 use crate::model::ResNetConfig;
 use crate::Result;
@@ -75,13 +75,13 @@ fn default_true() -> bool {
     true
 }
 fn default_seeds() -> Vec<u64> {
-    vec![0]
+    vec![FinetuneConfig::new(PathBuf::new(), PathBuf::new(), None).seed]
 }
 fn default_batch() -> usize {
-    64
+    FinetuneConfig::new(PathBuf::new(), PathBuf::new(), None).batch_size
 }
 fn default_bootstrap() -> usize {
-    1000
+    EvalSettings::default().bootstrap
 }
 
 impl StudyConfig {
