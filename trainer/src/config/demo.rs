@@ -1,5 +1,6 @@
 //! Demo settings: where the data and outputs are, the network's size and how long each stage
 //! trains — with their defaults, their validation, and the optional form they are given in.
+//! Nothing here finds data or trains.
 
 use std::path::{Path, PathBuf};
 

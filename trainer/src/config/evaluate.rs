@@ -1,5 +1,5 @@
 //! Evaluation settings: bootstrap resamples, the target sensitivity of the operating points,
-//! the reliability bins and the sub-population evaluated.
+//! the reliability bins and the sub-population evaluated. Nothing here reads a run.
 
 use serde::{Deserialize, Serialize};
 

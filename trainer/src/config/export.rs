@@ -1,5 +1,6 @@
 //! Export settings: the targets, the int8 quantisation and the device budgets it must fit,
-//! and the DICOM frame policy that travels in the bundle.
+//! and the DICOM frame policy that travels in the bundle. Nothing here reads a run or writes
+//! a bundle.
 
 use scanside_runtime::preprocess::DicomFrames;
 use serde::{Deserialize, Serialize};

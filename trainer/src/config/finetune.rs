@@ -1,6 +1,7 @@
 //! Fine-tuning settings: where it starts (a pretraining run, random weights, or — for
 //! quantisation-aware training — a fine-tuned run), what it trains, on which labels, and the
 //! schedule — with their defaults, their validation, and the optional form they are given in.
+//! Nothing here reads data or trains.
 
 use std::path::{Path, PathBuf};
 

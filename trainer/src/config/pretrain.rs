@@ -1,7 +1,7 @@
 //! Pretraining settings: the objectives and how pairs are formed, the backbone, views,
 //! optimiser and schedule — with their defaults (the optimiser's learning rate and weight decay
 //! depend on the optimiser and the batch size), their validation, and the optional form they
-//! are given in.
+//! are given in. Nothing here reads data or trains.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
 //! Label-efficiency study settings: the grid of pretraining runs × label fractions × seeds and
-//! the fine-tuning and evaluation settings every cell shares.
+//! the fine-tuning and evaluation settings every cell shares. Nothing here runs a cell.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

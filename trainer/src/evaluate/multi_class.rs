@@ -1,6 +1,6 @@
 //! The evaluation of a multi-class (softmax) run: metrics with group-bootstrap intervals,
 //! calibration before and after temperature scaling, per-class operating points, ROC curves —
-//! the report written as `eval-<partition>.json` and its table.
+//! the report written as `eval-<partition>.json` and its table. Never on multi-label data.
 
 use std::path::{Path, PathBuf};
 

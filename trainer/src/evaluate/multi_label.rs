@@ -1,7 +1,7 @@
 //! The evaluation of a multi-label (one sigmoid per finding) run: per-finding AUCs over the
 //! labels that count (uncertain ones masked), their mean over findings with enough positives and
 //! its group-bootstrap interval, per-finding operating points and ROC curves — the report
-//! written as `eval-<partition>.json` and its table.
+//! written as `eval-<partition>.json` and its table. Never on multi-class data.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! Percentile bootstrap confidence intervals that resample whole groups (lesions, patients),
-//! because images of one case are not independent evidence.
+//! because images of one case are not independent evidence. Deterministic for a seed whatever
+//! the thread count; the metric resampled is the caller's.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

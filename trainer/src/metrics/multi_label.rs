@@ -1,6 +1,6 @@
 //! Multi-label targets and metrics: the per-image targets and mask (uncertain findings left
 //! out under U-Ignore) and the per-finding AUCs with their mean over findings that have enough
-//! positives.
+//! positives. Pure functions of labels and scores: nothing here runs a model.
 
 use serde::{Deserialize, Serialize};
 

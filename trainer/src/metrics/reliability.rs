@@ -1,5 +1,6 @@
 //! Calibration of class probabilities: the reliability diagram (top-label confidence against
-//! accuracy, in equal-width bins) and the expected calibration error.
+//! accuracy, in equal-width bins) and the expected calibration error. It measures; fitting a
+//! temperature is the evaluation's.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,7 @@
 //! Resumable checkpoints: model and optimiser every `checkpoint_every` steps with the step state
 //! (losses, health, MICLe pair counts), written so that a kill at any moment leaves the previous
 //! checkpoint usable, and read back to resume. Augmentation and batch order derive from the seed
-//! and the step, so that is all the state a run has.
+//! and the step, so that is all the state a run has. Nothing here decides when to save.
 
 use std::path::Path;
 

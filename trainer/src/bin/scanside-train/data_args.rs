@@ -1,6 +1,6 @@
 //! Arguments of the `data` commands — `split`, `check`, `preview`, `bench` — the dataset options
 //! they share (a dataset path and, for CSV manifests, which columns mean what), and one library
-//! call each.
+//! call each. Argument checks only: the work is the library's.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
 //! Arguments of the commands that measure finished runs — `probe`, `evaluate`, `report` — and
-//! how they become the library's settings; defaults are the library's.
+//! how they become the library's settings; defaults are the library's, never written here.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
 //! Arguments of the commands that ship a run — `export`, `keygen` — and how they become the
-//! library's export options; defaults are the library's.
+//! library's export options; defaults are the library's (`--targets onnx`: no int8 model, as
+//! in [`ExportOptions::default`]).
 
 use std::path::PathBuf;
 

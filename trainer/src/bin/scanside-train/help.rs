@@ -1,6 +1,7 @@
 //! Help texts that name the library's default, for flags that are `Option`s: such a flag
 //! overrides a `--config` file only when it is given, so clap cannot fill in (and show) a
 //! default for it; the text shows the value the library takes when neither says otherwise.
+//! The values come from the library; none is written here.
 
 use std::fmt::Display;
 

@@ -1,7 +1,7 @@
 //! Arguments of the commands that train — `pretrain`, `finetune`, `demo`, `study` — and how
 //! they become the library's settings. Each takes `--config FILE` (the settings' fields, each
 //! optional); a flag given as well overrides the file, and what neither gives takes the
-//! library's default, which `--help` shows.
+//! library's default, which `--help` shows. No default is written here.
 
 use std::path::PathBuf;
 use std::sync::LazyLock;

@@ -1,6 +1,6 @@
 //! Folders of class sub-folders: each sub-folder's name is a class, every PNG, JPEG or DICOM
 //! image below it (found by extension, or DICOM by its magic) one sample, grouped by DICOM
-//! PatientID when a file carries one.
+//! PatientID when a file carries one. Only DICOM headers are read, never pixels.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

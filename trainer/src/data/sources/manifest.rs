@@ -2,7 +2,7 @@
 //! one row per image, with its path, its case, its label — one class, joined findings, or one
 //! CheXpert-style column per finding — and other columns kept as attributes for
 //! sub-population analyses. Rows are read in file order; the content hash covers the manifest's
-//! bytes and each image file's size.
+//! bytes and each image file's size. Image files are never opened here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};

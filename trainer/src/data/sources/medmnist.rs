@@ -1,5 +1,6 @@
 //! MedMNIST v2 `.npz` archives: `{train,val,test}_{images,labels}` arrays, the images held in
-//! memory, the official partitions kept, class indices or `N×K` multi-label findings.
+//! memory, the official partitions kept, class indices or `N×K` multi-label findings. Nothing
+//! here resizes or normalises.
 
 use std::collections::BTreeMap;
 use std::path::Path;
