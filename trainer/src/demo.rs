@@ -14,12 +14,16 @@ use burn::tensor::backend::AutodiffBackend;
 use md5::{Digest, Md5};
 use serde::Serialize;
 
-use crate::data::{make_split, open_dataset, ImageRef, Partition, SplitFile};
-use crate::evaluate::{evaluate_run, EvalReport, EvalSettings};
-use crate::export::{export_run, ExportOptions, ExportReport};
-use crate::finetune::{finetune, FinetuneConfig, FinetuneSummary, ValMetrics};
-use crate::pretrain::{pretrain, PretrainConfig, PretrainSummary};
-use crate::quantize::QuantizeConfig;
+use crate::config::{
+    DemoConfig, EvalSettings, ExportOptions, FinetuneConfig, PretrainConfig, QuantizeConfig,
+};
+use crate::data::{
+    make_split, open_dataset, ImageRef, Partition, SplitFile, DEFAULT_SPLIT_FRACTIONS,
+};
+use crate::evaluate::{evaluate_run, EvalReport};
+use crate::export::{export_run, ExportReport};
+use crate::finetune::{finetune, FinetuneSummary, ValMetrics};
+use crate::pretrain::{pretrain, PretrainSummary};
 use crate::runlog::save_json;
 use crate::{Error, Result};
 use scanside_runtime::bundle::{signing, Trust};
@@ -29,31 +33,6 @@ pub const DERMAMNIST_URL: &str =
     "https://zenodo.org/records/10519652/files/dermamnist.npz?download=1";
 /// Its published MD5.
 pub const DERMAMNIST_MD5: &str = "0744692d530f8e62ec473284d019b0c7";
-
-/// Settings of the demo.
-#[derive(Debug, Clone, Serialize)]
-pub struct DemoConfig {
-    /// Output directory.
-    pub out: PathBuf,
-    /// Dataset; found as described in the module docs when `None`.
-    pub data: Option<PathBuf>,
-    /// Input size.
-    pub image_size: u32,
-    /// ResNet-18 width multiplier.
-    pub width_multiplier: f32,
-    /// Pretraining epochs.
-    pub pretrain_epochs: usize,
-    /// Fine-tuning epochs.
-    pub finetune_epochs: usize,
-    /// Cap on steps per stage (quick runs and tests).
-    pub max_steps: Option<usize>,
-    /// Held-out images screened with the runtime.
-    pub screen_images: usize,
-    /// The `scanside` binary; next to the running executable when `None`.
-    pub runtime_binary: Option<PathBuf>,
-    /// Seed.
-    pub seed: u64,
-}
 
 /// One screened image in the demo summary.
 #[derive(Debug, Clone, Serialize)]
@@ -190,7 +169,7 @@ pub fn run_demo<B: AutodiffBackend>(
     eprintln!("[1/6] split {}", data.display());
     let index = open_dataset(&data)?;
     let split_path = out.join("split.json");
-    let split = make_split(&index, config.seed, [0.7, 0.15, 0.15])?;
+    let split = make_split(&index, config.seed, DEFAULT_SPLIT_FRACTIONS)?;
     save_json(&split_path, &split)?;
 
     eprintln!("[2/6] SimCLR pretraining (labels unused)");
@@ -328,7 +307,7 @@ fn screen_with_runtime<B: AutodiffBackend>(
         });
     }
     // The same images through the burn model, for the probability comparison.
-    let (fine, model) = crate::evaluate::load_finetuned::<B::InnerBackend>(run, device)?;
+    let (fine, model) = crate::run_dir::load_finetuned::<B::InnerBackend>(run, device)?;
     let preprocess = fine.preprocess.clone().expect("completed run");
     let images = crate::data::load_images(index, &picked, &preprocess)?;
     // As the runtime reports them: with the bundle's temperature and output activation.
@@ -336,7 +315,7 @@ fn screen_with_runtime<B: AutodiffBackend>(
     let manifest =
         scanside_runtime::bundle::Bundle::load(bundle, &Trust::Keys(vec![public]))?.manifest;
     let burn_probs: Vec<Vec<f32>> =
-        crate::evaluate::predict_logits(&model, &images, &preprocess, device)
+        crate::metrics::predict_logits(&model, &images, &preprocess, device)
             .iter()
             .map(|z| manifest.probabilities(z))
             .collect();

@@ -1,26 +1,57 @@
 //! scanside's workstation trainer: self-supervised pretraining, fine-tuning, evaluation and
 //! export of medical image classifiers with burn.
 //!
-//! One module per pipeline stage, in the order data flows: [`data`] → [`augment`] → [`model`] →
-//! [`pretrain`] → [`finetune`] → [`evaluate`] → [`export`]; [`demo`] runs them all. The library
-//! is generic over the burn backend; the binary picks the backend from Cargo features.
+//! The modules are listed below bottom-up: each imports only modules above it in the list, never
+//! one below (`tools/check_structure.py` checks it). First what every stage builds on — run
+//! files, optimisers, augmentation, data, the network, metrics, the float graph and its int8
+//! grids, the settings and the run-directory contracts — then the stages in the order a model
+//! goes through them: [`pretrain`] → [`finetune`] → [`evaluate`] → [`quantize`] → [`export`],
+//! with [`report`], [`study`] and [`demo`] composing them. A stage may read an earlier stage's
+//! run (through [`run_dir`]) but never reaches sideways into another stage for a helper. The
+//! library is generic over the burn backend; the binary picks the backend from Cargo features.
 #![warn(missing_docs)]
 
-pub mod augment;
-pub mod data;
-pub mod demo;
-pub mod evaluate;
-pub mod export;
-pub mod finetune;
-pub mod imagenet;
-pub mod model;
-pub mod optim;
-pub mod plots;
-pub mod pretrain;
-pub mod quantize;
-pub mod report;
-pub mod runlog;
-pub mod study;
+pub mod runlog; // run files: JSON configs, weights saved atomically, the metrics log, progress
+
+pub mod optim; // optimisers (LARS beside burn's), learning-rate and batch schedules, step seeds
+
+pub mod augment; // augmentations of self-supervised views and fine-tuning images
+
+pub mod data; // datasets and their readers, leak-free splits, loading and sampling images
+
+pub mod model; // the ResNet backbone, the classifier and the SimCLR network (CPU kernels)
+
+pub mod imagenet; // torchvision ImageNet weights loaded into the backbone
+
+pub mod metrics; // scoring models and features: outputs, AUC, kNN, calibration, intervals
+
+pub mod graph; // the classifier as a float graph with BatchNorm folded in, and its tracing
+
+pub mod int8_calibration; // activation ranges, weight grids, fake quantisation (QAT)
+
+pub mod onnx; // ONNX writers: the fp32 classifier and its int8 QDQ twin
+
+pub mod config; // every stage's settings: defaults, validation, config files and flags
+
+pub mod run_dir; // run-directory contracts: file names, loading a finished run back
+
+pub mod plots; // SVG charts for reports
+
+pub mod pretrain; // stage: self-supervised pretraining (SimCLR, MICLe, combined objectives)
+
+pub mod finetune; // stage: supervised fine-tuning (full, linear probe, quantisation-aware)
+
+pub mod evaluate; // stage: evaluation with intervals, calibration and operating points
+
+pub mod quantize; // stage: post-training int8 quantisation to the firmware's blob
+
+pub mod export; // stage: the signed bundle (ONNX, int8), checked against the runtime
+
+pub mod report; // the HTML report of evaluated runs
+
+pub mod study; // the label-efficiency study: fine-tuning and evaluation over a grid
+
+pub mod demo; // the whole path on real data, ending in the runtime's screening
 
 use std::path::PathBuf;
 

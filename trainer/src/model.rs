@@ -2,8 +2,8 @@
 //! 28–128 px images; torchvision's layout so ImageNet weights load by name), the classifier (backbone + linear head) and the SimCLR network (backbone + 2-layer
 //! projection head).
 //!
-//! The layer structure here is mirrored by [`crate::export`], which writes the same network as
-//! ONNX with BatchNorm folded into the convolutions.
+//! The layer structure here is mirrored by [`crate::graph`], the float graph with BatchNorm
+//! folded into the convolutions that the ONNX and int8 exports write.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};

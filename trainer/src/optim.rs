@@ -1,5 +1,7 @@
-//! Optimisers for pretraining: AdamW and SGD from burn, and LARS (You, Gitman and Ginsburg
-//! 2017), which burn does not have and SimCLR trains with.
+//! Optimisers and their schedules: AdamW and SGD from burn, and LARS (You, Gitman and Ginsburg
+//! 2017), which burn does not have and SimCLR trains with; the learning-rate schedule (linear
+//! warm-up, cosine decay), the seeded order of batches and the per-step augmentation seed that
+//! pretraining and fine-tuning share. Nothing here reads data or knows a training stage.
 //!
 //! LARS as in SimCLR: weight decay is added to the gradient and the step is scaled per layer by
 //! the trust ratio `η·‖w‖ / ‖g‖`, except for biases and BatchNorm parameters (the only 1-D
@@ -13,6 +15,9 @@ use burn::optim::SimpleOptimizer;
 use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// Which optimiser a run uses.
@@ -100,6 +105,44 @@ impl<B: Backend> SimpleOptimizer<B> for Lars {
     }
 }
 
+/// Linear warm-up then cosine decay to zero.
+pub fn learning_rate_at(step: usize, total: usize, peak: f64, warmup_fraction: f64) -> f64 {
+    let warmup = ((total as f64 * warmup_fraction).round() as usize).max(1);
+    if step < warmup {
+        peak * (step + 1) as f64 / warmup as f64
+    } else {
+        let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+        peak * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+    }
+}
+
+/// The batches of every step: a seeded shuffle per epoch, whole batches only.
+pub fn batch_schedule(
+    images: usize,
+    batch_size: usize,
+    epochs: usize,
+    seed: u64,
+    total: usize,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..images).collect();
+    let mut schedule = Vec::with_capacity(total);
+    for epoch in 0..epochs {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1)));
+        for batch in order.chunks_exact(batch_size) {
+            if schedule.len() == total {
+                return schedule;
+            }
+            schedule.push(batch.to_vec());
+        }
+    }
+    schedule
+}
+
+/// The augmentation seed of a step.
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(step as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +183,14 @@ mod tests {
             (values(b1)[0] - 0.8).abs() < 1e-6,
             "bias: no adaptation, no decay"
         );
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero() {
+        let lr: Vec<f64> = (0..100)
+            .map(|s| learning_rate_at(s, 100, 1.0, 0.1))
+            .collect();
+        assert!((lr[9] - 1.0).abs() < 1e-9 && lr[0] < 0.2);
+        assert!(lr[50] < 1.0 && lr[99] < 0.01);
     }
 }

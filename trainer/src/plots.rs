@@ -5,7 +5,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::evaluate::calibration::ReliabilityBin;
+use crate::metrics::ReliabilityBin;
 
 const SIZE: (u32, u32) = (640, 440);
 

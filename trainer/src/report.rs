@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::evaluate::{EvalReport, MultiLabelReport};
 use crate::plots;
+use crate::run_dir::evaluation_file;
 use crate::runlog::load_json;
 use crate::{Error, Result};
 
@@ -78,7 +79,7 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.3}"))
 }
 
-fn interval(i: Option<crate::evaluate::metrics::Interval>) -> String {
+fn interval(i: Option<crate::metrics::Interval>) -> String {
     i.map_or(String::new(), |i| format!(" [{:.3}, {:.3}]", i.low, i.high))
 }
 
@@ -99,16 +100,152 @@ fn operating_rows(points: &[crate::evaluate::calibration::OperatingPoint]) -> St
         .collect()
 }
 
+/// The section of a multi-label evaluation: mean AUC, per-finding AUCs, operating points,
+/// and the ROC curves of the findings in the mean.
+fn multi_label_section(r: &MultiLabelReport, name: &str) -> (String, Vec<(String, String)>) {
+    let mut html = String::new();
+    let mut plots_out = Vec::new();
+    let m = &r.metrics;
+    let _ = writeln!(
+        html,
+        "<p>{n} {p:?} images; mean AUC <b>{a}</b>{ci} over the findings with ≥ {min} positives: {over}.</p>",
+        n = m.n,
+        p = r.partition,
+        a = fmt(m.mean_auc),
+        ci = interval(r.mean_auc_interval),
+        min = m.min_positives,
+        over = escape(&m.mean_over.join(", "))
+    );
+    html += "<table><tr><th>finding</th><th>positives</th><th>AUC</th></tr>";
+    for (f, finding) in m.findings.iter().enumerate() {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(finding),
+            m.positives[f],
+            fmt(m.per_finding_auc[f])
+        );
+    }
+    html += "</table>\n";
+    let _ = writeln!(
+        html,
+        "<h3>Operating points (sensitivity ≥ {:.2} on val)</h3>",
+        r.target_sensitivity
+    );
+    html += "<table><tr><th>finding</th><th>threshold</th><th>val sens</th><th>val spec</th><th>sens</th><th>spec</th></tr>";
+    html += &operating_rows(&r.operating_points);
+    html += "</table>\n";
+    let curves: Vec<(String, Vec<(f64, f64)>)> = m
+        .findings
+        .iter()
+        .zip(&r.roc)
+        .zip(&m.per_finding_auc)
+        .filter(|((name, points), _)| !points.is_empty() && m.mean_over.contains(name))
+        .map(|((name, points), auc)| (format!("{name} ({})", fmt(*auc)), points.clone()))
+        .collect();
+    if !curves.is_empty() {
+        plots_out.push((
+            format!("{name}-roc.svg"),
+            plots::roc_chart("ROC per finding (those in the mean)", &curves),
+        ));
+    }
+    (html, plots_out)
+}
+
+/// The section of a multi-class evaluation: metrics with their intervals, calibration,
+/// per-class AUCs and operating points, ROC curves and the confusion matrix.
+fn multi_class_section(r: &EvalReport, name: &str) -> (String, Vec<(String, String)>) {
+    let mut html = String::new();
+    let mut plots_out = Vec::new();
+    let m = &r.metrics;
+    let intervals = r.intervals.as_ref();
+    let _ = writeln!(
+        html,
+        "<p>{n} {p:?} images. Top-1 <b>{acc:.3}</b>{acc_ci}, top-3 {top3:.3}, balanced accuracy {bal:.3}{bal_ci}, \
+         macro one-vs-rest AUC <b>{auc}</b>{auc_ci}.</p>",
+        n = m.n,
+        p = r.partition,
+        acc = m.accuracy,
+        acc_ci = interval(intervals.and_then(|i| i.accuracy)),
+        top3 = m.top3_accuracy,
+        bal = m.balanced_accuracy,
+        bal_ci = interval(intervals.and_then(|i| i.balanced_accuracy)),
+        auc = fmt(m.macro_auc),
+        auc_ci = interval(intervals.and_then(|i| i.macro_auc)),
+    );
+    if let Some(i) = intervals {
+        let _ = writeln!(
+            html,
+            "<p class=\"note\">95 % intervals: {} bootstrap resamples of {} {} groups.</p>",
+            i.resamples,
+            i.groups,
+            escape(&i.resampled_by)
+        );
+    }
+    if let Some(c) = &r.calibration {
+        let _ = writeln!(
+            html,
+            "<p>Calibration: expected calibration error {:.3} → {:.3} with temperature {:.3} fitted on val.</p>",
+            c.ece_before, c.ece_after, c.temperature
+        );
+        plots_out.push((
+            format!("{name}-reliability.svg"),
+            plots::reliability_chart("reliability", &c.reliability_before, &c.reliability_after),
+        ));
+    }
+    html += "<table><tr><th>class</th><th>n</th><th>AUC</th></tr>";
+    for (c, class) in r.class_names.iter().enumerate() {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(class),
+            m.class_counts[c],
+            fmt(m.per_class_auc[c])
+        );
+    }
+    html += "</table>\n";
+    if let Some(t) = r.target_sensitivity {
+        let _ = writeln!(
+            html,
+            "<h3>Operating points (sensitivity ≥ {t:.2} on val)</h3>"
+        );
+        html += "<table><tr><th>class</th><th>threshold</th><th>val sens</th><th>val spec</th><th>sens</th><th>spec</th></tr>";
+        html += &operating_rows(&r.operating_points);
+        html += "</table>\n";
+    }
+    if !r.roc.is_empty() {
+        let curves: Vec<(String, Vec<(f64, f64)>)> = r
+            .class_names
+            .iter()
+            .zip(&r.roc)
+            .zip(&m.per_class_auc)
+            .filter(|((_, points), _)| !points.is_empty())
+            .map(|((class, points), auc)| (format!("{class} ({})", fmt(*auc)), points.clone()))
+            .collect();
+        plots_out.push((
+            format!("{name}-roc.svg"),
+            plots::roc_chart("ROC, one vs rest", &curves),
+        ));
+    }
+    if !m.confusion.is_empty() {
+        plots_out.push((
+            format!("{name}-confusion.svg"),
+            plots::confusion_chart(
+                "confusion matrix (shade: share of the true class)",
+                &r.class_names,
+                &m.confusion,
+            ),
+        ));
+    }
+    (html, plots_out)
+}
+
 /// The HTML section and named SVG plots of one evaluated run.
 fn run_section(run: &Path) -> Result<(String, Vec<(String, String)>)> {
-    let eval_path = ["eval-test.json", "eval-val.json"]
-        .iter()
-        .map(|f| run.join(f))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::Config {
-            path: run.to_path_buf(),
-            reason: "not evaluated yet: run `scanside-train evaluate --run` on it first".into(),
-        })?;
+    let eval_path = evaluation_file(run).ok_or_else(|| Error::Config {
+        path: run.to_path_buf(),
+        reason: "not evaluated yet: run `scanside-train evaluate --run` on it first".into(),
+    })?;
     let raw: Value = load_json(&eval_path)?;
     let name = run
         .file_name()
@@ -120,139 +257,17 @@ fn run_section(run: &Path) -> Result<(String, Vec<(String, String)>)> {
             path: eval_path.clone(),
             reason: format!("unreadable evaluation: {e}"),
         })?;
-        let m = &r.metrics;
-        let _ = writeln!(
-            html,
-            "<p>{n} {p:?} images; mean AUC <b>{a}</b>{ci} over the findings with ≥ {min} positives: {over}.</p>",
-            n = m.n,
-            p = r.partition,
-            a = fmt(m.mean_auc),
-            ci = interval(r.mean_auc_interval),
-            min = m.min_positives,
-            over = escape(&m.mean_over.join(", "))
-        );
-        html += "<table><tr><th>finding</th><th>positives</th><th>AUC</th></tr>";
-        for (f, finding) in m.findings.iter().enumerate() {
-            let _ = write!(
-                html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(finding),
-                m.positives[f],
-                fmt(m.per_finding_auc[f])
-            );
-        }
-        html += "</table>\n";
-        let _ = writeln!(
-            html,
-            "<h3>Operating points (sensitivity ≥ {:.2} on val)</h3>",
-            r.target_sensitivity
-        );
-        html += "<table><tr><th>finding</th><th>threshold</th><th>val sens</th><th>val spec</th><th>sens</th><th>spec</th></tr>";
-        html += &operating_rows(&r.operating_points);
-        html += "</table>\n";
-        let curves: Vec<(String, Vec<(f64, f64)>)> = m
-            .findings
-            .iter()
-            .zip(&r.roc)
-            .zip(&m.per_finding_auc)
-            .filter(|((name, points), _)| !points.is_empty() && m.mean_over.contains(name))
-            .map(|((name, points), auc)| (format!("{name} ({})", fmt(*auc)), points.clone()))
-            .collect();
-        if !curves.is_empty() {
-            plots_out.push((
-                format!("{name}-roc.svg"),
-                plots::roc_chart("ROC per finding (those in the mean)", &curves),
-            ));
-        }
+        let (section, plots) = multi_label_section(&r, &name);
+        html += &section;
+        plots_out.extend(plots);
     } else {
         let r: EvalReport = serde_json::from_value(raw).map_err(|e| Error::Config {
             path: eval_path.clone(),
             reason: format!("unreadable evaluation: {e}"),
         })?;
-        let m = &r.metrics;
-        let intervals = r.intervals.as_ref();
-        let _ = writeln!(
-            html,
-            "<p>{n} {p:?} images. Top-1 <b>{acc:.3}</b>{acc_ci}, top-3 {top3:.3}, balanced accuracy {bal:.3}{bal_ci}, \
-             macro one-vs-rest AUC <b>{auc}</b>{auc_ci}.</p>",
-            n = m.n,
-            p = r.partition,
-            acc = m.accuracy,
-            acc_ci = interval(intervals.and_then(|i| i.accuracy)),
-            top3 = m.top3_accuracy,
-            bal = m.balanced_accuracy,
-            bal_ci = interval(intervals.and_then(|i| i.balanced_accuracy)),
-            auc = fmt(m.macro_auc),
-            auc_ci = interval(intervals.and_then(|i| i.macro_auc)),
-        );
-        if let Some(i) = intervals {
-            let _ = writeln!(
-                html,
-                "<p class=\"note\">95 % intervals: {} bootstrap resamples of {} {} groups.</p>",
-                i.resamples,
-                i.groups,
-                escape(&i.resampled_by)
-            );
-        }
-        if let Some(c) = &r.calibration {
-            let _ = writeln!(
-                html,
-                "<p>Calibration: expected calibration error {:.3} → {:.3} with temperature {:.3} fitted on val.</p>",
-                c.ece_before, c.ece_after, c.temperature
-            );
-            plots_out.push((
-                format!("{name}-reliability.svg"),
-                plots::reliability_chart(
-                    "reliability",
-                    &c.reliability_before,
-                    &c.reliability_after,
-                ),
-            ));
-        }
-        html += "<table><tr><th>class</th><th>n</th><th>AUC</th></tr>";
-        for (c, class) in r.class_names.iter().enumerate() {
-            let _ = write!(
-                html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(class),
-                m.class_counts[c],
-                fmt(m.per_class_auc[c])
-            );
-        }
-        html += "</table>\n";
-        if let Some(t) = r.target_sensitivity {
-            let _ = writeln!(
-                html,
-                "<h3>Operating points (sensitivity ≥ {t:.2} on val)</h3>"
-            );
-            html += "<table><tr><th>class</th><th>threshold</th><th>val sens</th><th>val spec</th><th>sens</th><th>spec</th></tr>";
-            html += &operating_rows(&r.operating_points);
-            html += "</table>\n";
-        }
-        if !r.roc.is_empty() {
-            let curves: Vec<(String, Vec<(f64, f64)>)> = r
-                .class_names
-                .iter()
-                .zip(&r.roc)
-                .zip(&m.per_class_auc)
-                .filter(|((_, points), _)| !points.is_empty())
-                .map(|((class, points), auc)| (format!("{class} ({})", fmt(*auc)), points.clone()))
-                .collect();
-            plots_out.push((
-                format!("{name}-roc.svg"),
-                plots::roc_chart("ROC, one vs rest", &curves),
-            ));
-        }
-        if !m.confusion.is_empty() {
-            plots_out.push((
-                format!("{name}-confusion.svg"),
-                plots::confusion_chart(
-                    "confusion matrix (shade: share of the true class)",
-                    &r.class_names,
-                    &m.confusion,
-                ),
-            ));
-        }
+        let (section, plots) = multi_class_section(&r, &name);
+        html += &section;
+        plots_out.extend(plots);
     }
     html += "<div class=\"plots\">\n";
     for (_, svg) in &plots_out {

@@ -5,7 +5,6 @@
 //! with `pretrain`); "scratch" (random init, same architecture) is a row unless `scratch = false`. Resumable: a
 //! cell with its `cell.json` is done and kept; a cell without one is redone from the start.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,89 +12,15 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::augment::Preset;
-use crate::data::open_split;
-use crate::evaluate::metrics::Interval;
-use crate::evaluate::{evaluate, EvalSettings, Evaluation};
-use crate::finetune::{finetune, ClassWeights, FinetuneConfig, FinetuneMode};
-use crate::model::ResNetConfig;
-use crate::pretrain::PretrainConfig;
+use crate::config::{EvalSettings, FinetuneConfig, PretrainConfig, StudyConfig, SCRATCH};
+use crate::data::{open_split, DatasetIndex, Partition, SplitFile};
+use crate::evaluate::{evaluate, Evaluation};
+use crate::finetune::finetune;
+use crate::metrics::Interval;
 use crate::report::{escape, page};
+use crate::run_dir::{load_pretrain_config, CONFIG_FILE};
 use crate::runlog::{load_json, save_json};
 use crate::{plots, Error, Result};
-
-/// The row name of fine-tuning from random weights.
-pub const SCRATCH: &str = "scratch";
-
-/// The grid and the fine-tuning settings shared by every cell.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StudyConfig {
-    /// Split file (its train partition's nested label fractions are used).
-    pub split: PathBuf,
-    /// The dataset, when it moved since the split was made.
-    #[serde(default)]
-    pub data: Option<PathBuf>,
-    /// Pretraining runs by row name (e.g. `simclr = "runs/pre-simclr"`).
-    #[serde(default)]
-    pub pretrained: BTreeMap<String, PathBuf>,
-    /// Include the random-init row (default). `false` adds rows to a study whose scratch row
-    /// was already run with the same settings elsewhere.
-    #[serde(default = "default_true")]
-    pub scratch: bool,
-    /// Label fractions, e.g. `[0.01, 0.1, 0.25, 1.0]`.
-    pub fractions: Vec<f64>,
-    /// Seeds (fine-tuning initialisation, order and augmentation).
-    #[serde(default = "default_seeds")]
-    pub seeds: Vec<u64>,
-    /// Fine-tuning epochs.
-    pub epochs: usize,
-    /// At least this many optimiser steps per cell: small label fractions get more epochs (a
-    /// 1 % subset is one batch per epoch), validated ten times over the run.
-    #[serde(default)]
-    pub min_steps: Option<usize>,
-    /// Images per step.
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    /// Peak learning rate (default: fine-tuning's).
-    #[serde(default)]
-    pub learning_rate: Option<f64>,
-    /// Backbone and input size of the scratch row (default: those of the first pretraining
-    /// run, so every row has the same network).
-    #[serde(default)]
-    pub scratch_model: Option<ResNetConfig>,
-    /// Input size of the scratch row (default as above, else 32).
-    #[serde(default)]
-    pub scratch_image_size: Option<u32>,
-    /// Full fine-tuning or linear probe.
-    #[serde(default)]
-    pub mode: FinetuneMode,
-    /// Class weights.
-    #[serde(default)]
-    pub class_weights: ClassWeights,
-    /// Fine-tuning augmentation preset.
-    #[serde(default)]
-    pub preset: Preset,
-    /// Early stopping patience in epochs.
-    #[serde(default)]
-    pub patience: Option<usize>,
-    /// Bootstrap resamples per evaluation.
-    #[serde(default = "default_bootstrap")]
-    pub bootstrap: usize,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_seeds() -> Vec<u64> {
-    vec![0]
-}
-fn default_batch() -> usize {
-    64
-}
-fn default_bootstrap() -> usize {
-    1000
-}
 
 /// One finished cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,87 +50,32 @@ fn bad(path: &Path, reason: String) -> Error {
     }
 }
 
-/// Reads a study configuration (TOML or JSON).
-pub fn read_study_config(path: &Path) -> Result<StudyConfig> {
-    let text = std::fs::read_to_string(path).map_err(crate::io_error(path))?;
-    let parsed = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).map_err(|e| e.to_string())
-    } else {
-        toml::from_str(&text).map_err(|e| e.to_string())
-    };
-    parsed.map_err(|e| bad(path, format!("malformed study configuration: {e}")))
-}
-
 fn cell_dir(out: &Path, name: &str, fraction: f64, seed: u64) -> PathBuf {
     out.join("cells")
         .join(name)
         .join(format!("f{:.4}-s{seed}", fraction))
 }
 
-/// Runs (or resumes) the study and writes its outputs into `out`; returns every cell.
+/// What a study produced.
+#[derive(Debug, Clone)]
+pub struct StudyResults {
+    /// Every cell.
+    pub cells: Vec<Cell>,
+    /// The table written to `table.md` (Markdown).
+    pub table: String,
+}
+
+/// Runs (or resumes) the study and writes its outputs into `out`; returns every cell and the
+/// table.
 pub fn run_study<B: AutodiffBackend>(
     config: &StudyConfig,
     out: &Path,
     device: &B::Device,
-) -> Result<Vec<Cell>> {
-    if config.fractions.is_empty() || config.seeds.is_empty() {
-        return Err(bad(
-            out,
-            "a study needs at least one fraction and one seed".into(),
-        ));
-    }
-    if let Some(f) = config.fractions.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
-        return Err(bad(out, format!("label fraction {f} must be in (0, 1]")));
-    }
-    if !config.scratch && config.pretrained.is_empty() {
-        return Err(bad(
-            out,
-            "no rows: `scratch = false` and no [pretrained] runs".to_string(),
-        ));
-    }
-    for (name, dir) in &config.pretrained {
-        if name == SCRATCH {
-            return Err(bad(
-                out,
-                format!("'{SCRATCH}' is the random-init row; rename that run"),
-            ));
-        }
-        if !dir.join("config.json").is_file() {
-            return Err(bad(
-                dir,
-                format!("pretraining run '{name}' has no config.json"),
-            ));
-        }
-    }
-    std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
-    save_json(&out.join("study.json"), config)?;
-    let dataset = match &config.data {
-        Some(d) => d.clone(),
-        None => crate::data::SplitFile::read(&config.split)?
-            .source
-            .path()
-            .to_path_buf(),
-    };
-    let (index, split) = open_split(&config.split, Some(&dataset))?;
-    let first_pretraining: Option<PretrainConfig> = config
-        .pretrained
-        .values()
-        .next()
-        .map(|dir| load_json(&dir.join("config.json")))
-        .transpose()?;
-    let mut rows: Vec<(String, Option<PathBuf>)> = Vec::new();
-    if config.scratch {
-        rows.push((SCRATCH.to_string(), None));
-    }
-    rows.extend(
-        config
-            .pretrained
-            .iter()
-            .map(|(n, d)| (n.clone(), Some(d.clone()))),
-    );
+) -> Result<StudyResults> {
+    let grid = Grid::open(config, out)?;
     let mut cells = Vec::new();
-    let total = rows.len() * config.fractions.len() * config.seeds.len();
-    for (name, pretrained) in &rows {
+    let total = grid.rows.len() * config.fractions.len() * config.seeds.len();
+    for (name, pretrained) in &grid.rows {
         for &fraction in &config.fractions {
             for &seed in &config.seeds {
                 let dir = cell_dir(out, name, fraction, seed);
@@ -223,93 +93,185 @@ pub fn run_study<B: AutodiffBackend>(
                     // Interrupted before it finished: start the cell again.
                     std::fs::remove_dir_all(&dir).map_err(crate::io_error(&dir))?;
                 }
-                let started = Instant::now();
-                let mut fine =
-                    FinetuneConfig::new(dataset.clone(), config.split.clone(), pretrained.clone());
-                fine.label_fraction = fraction;
-                fine.seed = seed;
-                fine.batch_size = config.batch_size;
-                let labelled = split.labeled_subset(&index, fraction).len();
-                let steps_per_epoch = (labelled / config.batch_size.min(labelled).max(1)).max(1);
-                fine.epochs = config
-                    .epochs
-                    .max(config.min_steps.unwrap_or(0).div_ceil(steps_per_epoch));
-                fine.validate_every = fine.epochs.div_ceil(10).max(1);
-                if let Some(lr) = config.learning_rate {
-                    fine.learning_rate = lr;
-                }
-                fine.mode = config.mode;
-                fine.class_weights = config.class_weights;
-                fine.patience = config.patience;
-                fine.augment = config.preset.finetune();
-                if pretrained.is_none() {
-                    fine.model = config
-                        .scratch_model
-                        .clone()
-                        .or_else(|| first_pretraining.as_ref().map(|p| p.model.clone()))
-                        .unwrap_or_default();
-                    fine.image_size = config
-                        .scratch_image_size
-                        .or_else(|| first_pretraining.as_ref().map(|p| p.image_size))
-                        .unwrap_or(32);
-                }
-                finetune::<B>(&fine, &dir, device)?;
-                let settings = EvalSettings {
-                    bootstrap: config.bootstrap,
-                    seed,
-                    ..EvalSettings::default()
-                };
-                let evaluation = evaluate::<B::InnerBackend>(
-                    &dir,
-                    crate::data::Partition::Test,
-                    &settings,
-                    device,
-                )?;
-                let (auc, accuracy, balanced_accuracy) = match &evaluation {
-                    Evaluation::MultiClass(r) => {
-                        let i = r.intervals.as_ref();
-                        let point = |v: f64| Interval {
-                            estimate: v,
-                            low: v,
-                            high: v,
-                        };
-                        (
-                            i.and_then(|i| i.macro_auc)
-                                .or(r.metrics.macro_auc.map(point)),
-                            i.and_then(|i| i.accuracy)
-                                .or(Some(point(r.metrics.accuracy))),
-                            i.and_then(|i| i.balanced_accuracy)
-                                .or(Some(point(r.metrics.balanced_accuracy))),
-                        )
-                    }
-                    Evaluation::MultiLabel(r) => (
-                        r.mean_auc_interval.or(r.metrics.mean_auc.map(|v| Interval {
-                            estimate: v,
-                            low: v,
-                            high: v,
-                        })),
-                        None,
-                        None,
-                    ),
-                };
-                let cell = Cell {
-                    pretraining: name.clone(),
-                    fraction,
-                    seed,
-                    labelled_images: labelled,
-                    auc,
-                    accuracy,
-                    balanced_accuracy,
-                    seconds: started.elapsed().as_secs_f64(),
-                };
+                let cell = grid.run_cell::<B>(name, pretrained, fraction, seed, &dir, device)?;
                 save_json(&done, &cell)?;
                 cells.push(cell);
             }
         }
     }
     save_json(&out.join("results.json"), &cells)?;
-    write_outputs(config, &rows, &cells, out)?;
-    Ok(cells)
+    let table = write_outputs(config, &grid.rows, &cells, out)?;
+    eprintln!(
+        "{} cells; {}",
+        cells.len(),
+        out.join("index.html").display()
+    );
+    Ok(StudyResults { cells, table })
+}
+
+/// A study's fixed parts: its settings, its data, its rows (a name and the pretraining run, or
+/// none for scratch) and the first pretraining run, whose network the scratch row copies.
+struct Grid<'a> {
+    config: &'a StudyConfig,
+    dataset: PathBuf,
+    index: DatasetIndex,
+    split: SplitFile,
+    first_pretraining: Option<PretrainConfig>,
+    rows: Vec<(String, Option<PathBuf>)>,
+}
+
+impl<'a> Grid<'a> {
+    /// Checks the settings and the pretraining runs, saves the settings as `study.json` and
+    /// opens the data.
+    fn open(config: &'a StudyConfig, out: &Path) -> Result<Self> {
+        config.validate().map_err(|reason| bad(out, reason))?;
+        for (name, dir) in &config.pretrained {
+            if !dir.join(CONFIG_FILE).is_file() {
+                return Err(bad(
+                    dir,
+                    format!("pretraining run '{name}' has no config.json"),
+                ));
+            }
+        }
+        std::fs::create_dir_all(out).map_err(crate::io_error(out))?;
+        save_json(&out.join("study.json"), config)?;
+        let dataset = match &config.data {
+            Some(d) => d.clone(),
+            None => SplitFile::read(&config.split)?.source.path().to_path_buf(),
+        };
+        let (index, split) = open_split(&config.split, Some(&dataset))?;
+        let first_pretraining: Option<PretrainConfig> = config
+            .pretrained
+            .values()
+            .next()
+            .map(|dir| load_pretrain_config(dir))
+            .transpose()?;
+        let mut rows: Vec<(String, Option<PathBuf>)> = Vec::new();
+        if config.scratch {
+            rows.push((SCRATCH.to_string(), None));
+        }
+        rows.extend(
+            config
+                .pretrained
+                .iter()
+                .map(|(n, d)| (n.clone(), Some(d.clone()))),
+        );
+        Ok(Self {
+            config,
+            dataset,
+            index,
+            split,
+            first_pretraining,
+            rows,
+        })
+    }
+
+    /// The fine-tuning of one cell, and its labelled images: at least `min_steps` steps,
+    /// validated ten times over the run; the scratch row gets the pretraining runs' network.
+    fn finetune_config(
+        &self,
+        pretrained: &Option<PathBuf>,
+        fraction: f64,
+        seed: u64,
+    ) -> (FinetuneConfig, usize) {
+        let config = self.config;
+        let mut fine = FinetuneConfig::new(
+            self.dataset.clone(),
+            config.split.clone(),
+            pretrained.clone(),
+        );
+        fine.label_fraction = fraction;
+        fine.seed = seed;
+        fine.batch_size = config.batch_size;
+        let labelled = self.split.labeled_subset(&self.index, fraction).len();
+        let steps_per_epoch = (labelled / config.batch_size.min(labelled).max(1)).max(1);
+        fine.epochs = config
+            .epochs
+            .max(config.min_steps.unwrap_or(0).div_ceil(steps_per_epoch));
+        fine.validate_every = fine.epochs.div_ceil(10).max(1);
+        if let Some(lr) = config.learning_rate {
+            fine.learning_rate = lr;
+        }
+        fine.mode = config.mode;
+        fine.class_weights = config.class_weights;
+        fine.patience = config.patience;
+        fine.augment = config.preset.finetune();
+        if pretrained.is_none() {
+            let first = self.first_pretraining.as_ref();
+            fine.model = config
+                .scratch_model
+                .clone()
+                .or_else(|| first.map(|p| p.model.clone()))
+                .unwrap_or_default();
+            fine.image_size = config
+                .scratch_image_size
+                .or_else(|| first.map(|p| p.image_size))
+                .unwrap_or(fine.image_size);
+        }
+        (fine, labelled)
+    }
+
+    /// Fine-tunes one cell into `dir` and evaluates it on the test partition.
+    fn run_cell<B: AutodiffBackend>(
+        &self,
+        name: &str,
+        pretrained: &Option<PathBuf>,
+        fraction: f64,
+        seed: u64,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<Cell> {
+        let started = Instant::now();
+        let (fine, labelled) = self.finetune_config(pretrained, fraction, seed);
+        finetune::<B>(&fine, dir, device)?;
+        let settings = EvalSettings {
+            bootstrap: self.config.bootstrap,
+            seed,
+            ..EvalSettings::default()
+        };
+        let evaluation = evaluate::<B::InnerBackend>(dir, Partition::Test, &settings, device)?;
+        let (auc, accuracy, balanced_accuracy) = cell_intervals(&evaluation);
+        Ok(Cell {
+            pretraining: name.to_string(),
+            fraction,
+            seed,
+            labelled_images: labelled,
+            auc,
+            accuracy,
+            balanced_accuracy,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// A cell's AUC, accuracy and balanced accuracy with their intervals (the point estimate as a
+/// zero-width interval when the evaluation drew none; accuracies only for multi-class runs).
+fn cell_intervals(
+    evaluation: &Evaluation,
+) -> (Option<Interval>, Option<Interval>, Option<Interval>) {
+    let point = |v: f64| Interval {
+        estimate: v,
+        low: v,
+        high: v,
+    };
+    match evaluation {
+        Evaluation::MultiClass(r) => {
+            let i = r.intervals.as_ref();
+            (
+                i.and_then(|i| i.macro_auc)
+                    .or(r.metrics.macro_auc.map(point)),
+                i.and_then(|i| i.accuracy)
+                    .or(Some(point(r.metrics.accuracy))),
+                i.and_then(|i| i.balanced_accuracy)
+                    .or(Some(point(r.metrics.balanced_accuracy))),
+            )
+        }
+        Evaluation::MultiLabel(r) => (
+            r.mean_auc_interval.or(r.metrics.mean_auc.map(point)),
+            None,
+            None,
+        ),
+    }
 }
 
 /// Mean over seeds of each interval's bounds, per (row, fraction).
@@ -340,7 +302,7 @@ fn write_outputs(
     rows: &[(String, Option<PathBuf>)],
     cells: &[Cell],
     out: &Path,
-) -> Result<()> {
+) -> Result<String> {
     type Pick = fn(&Cell) -> Option<Interval>;
     let metrics: [(&str, &str, Pick); 3] = [
         (
@@ -434,5 +396,5 @@ fn write_outputs(
         &out.join("index.html"),
         page("label-efficiency study", &html).as_bytes(),
     )?;
-    Ok(())
+    Ok(markdown)
 }

@@ -103,8 +103,8 @@ fn assert_evaluation_is_complete(test: &scanside_trainer::evaluate::EvalReport) 
 fn write_onnxruntime_fixture(data: &Path, out: &Path, dest: &Path) -> anyhow::Result<()> {
     use burn::backend::Flex;
     use scanside_trainer::data::{load_images, open_dataset, Partition, SplitFile};
-    use scanside_trainer::evaluate::load_finetuned;
     use scanside_trainer::model::{input_tensor, to_vec};
+    use scanside_trainer::run_dir::load_finetuned;
     let device = Default::default();
     let (config, model) = load_finetuned::<Flex>(&out.join("finetune"), &device)?;
     let preprocess = config.preprocess.clone().unwrap();

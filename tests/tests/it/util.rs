@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use scanside_runtime::bundle::Bundle;
 use scanside_runtime::infer::{EngineKind, Screener};
-use scanside_trainer::data::{load_images, make_split, open_dataset, ImageRef, Partition};
-use scanside_trainer::evaluate::{
-    evaluate_run, load_finetuned, predict_logits, EvalReport, EvalSettings,
+use scanside_trainer::config::{
+    EvalSettings, ExportOptions, FinetuneConfig, PretrainConfig, QuantizeConfig,
 };
-use scanside_trainer::export::{export_run, ExportOptions, ExportReport};
-use scanside_trainer::finetune::{finetune, FinetuneConfig};
-use scanside_trainer::pretrain::{pretrain, PretrainConfig};
-use scanside_trainer::quantize::QuantizeConfig;
+use scanside_trainer::data::{load_images, make_split, open_dataset, ImageRef, Partition};
+use scanside_trainer::evaluate::{evaluate_run, EvalReport};
+use scanside_trainer::export::{export_run, ExportReport};
+use scanside_trainer::finetune::finetune;
+use scanside_trainer::metrics::predict_logits;
+use scanside_trainer::pretrain::pretrain;
+use scanside_trainer::run_dir::load_finetuned;
 use scanside_trainer::runlog::save_json;
 
 pub type Train = Autodiff<Flex>;
@@ -147,7 +149,7 @@ pub fn compare_runtime_with_burn(
         {
             max_diff = max_diff.max((p - q).abs()).max((t - q).abs());
         }
-        let burn_top = scanside_trainer::evaluate::argmax(&burn_probs[k]);
+        let burn_top = scanside_trainer::metrics::argmax(&burn_probs[k]);
         agree += usize::from(result.top_class == config.class_names[burn_top]);
     }
     Ok((max_diff, agree, test.len()))

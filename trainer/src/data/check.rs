@@ -9,8 +9,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{hex, BagStats, DatasetIndex, ImageRef, Partition, SplitFile, Task, PARTITIONS};
-use crate::runlog::progress;
+use std::path::Path;
+
+use super::{
+    hex, make_split, open_split_or_source, BagStats, DatasetIndex, ImageRef, Partition, SourceSpec,
+    SplitFile, Task, DEFAULT_SPLIT_FRACTIONS, PARTITIONS,
+};
+use crate::runlog::{progress, save_json};
+use crate::Result;
 
 /// What `data check` found.
 #[derive(Debug, Clone, Serialize)]
@@ -134,11 +140,98 @@ fn summarise(kind: &str, items: &[String]) -> Option<String> {
     Some(text)
 }
 
+/// `data check`: opens the dataset of a split file (or of a source alone, then checked against
+/// a fresh default split with seed 0), checks it, and saves the report as JSON to `json` when
+/// given.
+pub fn check_split_or_source(
+    split: Option<&Path>,
+    source: Option<&SourceSpec>,
+    json: Option<&Path>,
+) -> Result<CheckReport> {
+    let (index, given) = open_split_or_source(split, source)?;
+    let (split, label) = match (given, split) {
+        (Some(given), Some(path)) => (given, path.display().to_string()),
+        _ => (
+            make_split(&index, 0, DEFAULT_SPLIT_FRACTIONS)?,
+            "none given; a fresh split (seed 0, 70/15/15)".to_string(),
+        ),
+    };
+    let report = check_dataset(&index, &split, &label);
+    if let Some(path) = json {
+        save_json(path, &report)?;
+    }
+    Ok(report)
+}
+
 /// Checks a dataset against a split (made with `make_split` when the caller has none).
 pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str) -> CheckReport {
+    let read = content_hashes(index);
+    let partition = |i: usize| split.assignments.get(&index.samples[i].id).copied();
+    let found = ReadProblems::of(index, &read, partition);
+    let leaked_groups = leaked_groups(index, partition);
+    let unassigned: Vec<String> = (0..index.samples.len())
+        .filter(|&i| partition(i).is_none())
+        .map(|i| index.describe_sample(i))
+        .collect();
+    let mut class_counts = BTreeMap::new();
+    for p in PARTITIONS {
+        class_counts.insert(p, index.class_counts(split.indices(index, p)));
+    }
+    let total = index.class_counts(0..index.samples.len());
+    let nonzero: Vec<usize> = total.iter().copied().filter(|&c| c > 0).collect();
+    let imbalance_ratio = match (nonzero.iter().max(), nonzero.iter().min()) {
+        (Some(&hi), Some(&lo)) => hi as f64 / lo as f64,
+        _ => 0.0,
+    };
+    let mut problems: Vec<String> = [
+        summarise("unreadable image(s)", &found.unreadable),
+        summarise(
+            "image(s) identical to one in another partition (leak)",
+            &found.duplicates_across,
+        ),
+        summarise("group(s) in more than one partition (leak)", &leaked_groups),
+        summarise("image(s) without a partition", &unassigned),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if index.samples.is_empty() {
+        problems.push("the dataset lists no images".into());
+    }
+    let warnings = warnings(
+        index,
+        split,
+        &total,
+        &class_counts,
+        imbalance_ratio,
+        found.duplicates_within,
+    );
+    let train = split.indices(index, Partition::Train);
+    CheckReport {
+        source: index.root().display().to_string(),
+        layout: index.source.layout().into(),
+        task: index.task,
+        grouped_by: index.grouped_by.clone(),
+        images: index.samples.len(),
+        class_names: index.class_names.clone(),
+        split: split_label.into(),
+        class_counts,
+        train_bags: BagStats::of(index, &train),
+        unreadable: found.unreadable,
+        duplicates_across_partitions: found.duplicates_across,
+        duplicates_within_partitions: found.duplicates_within,
+        leaked_groups,
+        imbalance_ratio,
+        problems,
+        warnings,
+    }
+}
+
+/// Every image read and decoded once, in parallel: its content hash (of the file's bytes, or
+/// of an array image's pixels), or why it cannot be read.
+fn content_hashes(index: &DatasetIndex) -> Vec<std::result::Result<String, String>> {
     let bar = progress(index.samples.len() as u64, "check");
-    // Content hash of each image, or why it cannot be read.
-    let read: Vec<Result<String, String>> = (0..index.samples.len())
+    let read = (0..index.samples.len())
         .into_par_iter()
         .map(|i| {
             let result = match &index.samples[i].image {
@@ -166,30 +259,59 @@ pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str)
         })
         .collect();
     bar.finish_and_clear();
+    read
+}
 
-    let partition = |i: usize| split.assignments.get(&index.samples[i].id).copied();
-    let mut unreadable = Vec::new();
-    let mut first_by_hash: HashMap<&str, usize> = HashMap::new();
-    let mut duplicates_across = Vec::new();
-    let mut duplicates_within = 0;
-    for (i, r) in read.iter().enumerate() {
-        match r {
-            Err(e) => unreadable.push(e.clone()),
-            Ok(hash) => match first_by_hash.get(hash.as_str()) {
-                None => {
-                    first_by_hash.insert(hash, i);
-                }
-                Some(&j) if partition(i) == partition(j) => duplicates_within += 1,
-                Some(&j) => duplicates_across.push(format!(
-                    "{} ({}) = {} ({})",
-                    index.describe_sample(j),
-                    partition(j).map_or("-".into(), |p| p.to_string()),
-                    index.describe_sample(i),
-                    partition(i).map_or("-".into(), |p| p.to_string()),
-                )),
-            },
+/// What reading every image found: unreadable files and byte-identical images.
+struct ReadProblems {
+    unreadable: Vec<String>,
+    /// Identical images in two partitions, each named with its partition.
+    duplicates_across: Vec<String>,
+    /// Identical images within one partition.
+    duplicates_within: usize,
+}
+
+impl ReadProblems {
+    /// Sorts the read results (in sample order) into unreadable images and duplicates, an
+    /// image being compared with the first one of its hash.
+    fn of(
+        index: &DatasetIndex,
+        read: &[std::result::Result<String, String>],
+        partition: impl Fn(usize) -> Option<Partition>,
+    ) -> Self {
+        let mut found = Self {
+            unreadable: Vec::new(),
+            duplicates_across: Vec::new(),
+            duplicates_within: 0,
+        };
+        let mut first_by_hash: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in read.iter().enumerate() {
+            match r {
+                Err(e) => found.unreadable.push(e.clone()),
+                Ok(hash) => match first_by_hash.get(hash.as_str()) {
+                    None => {
+                        first_by_hash.insert(hash, i);
+                    }
+                    Some(&j) if partition(i) == partition(j) => found.duplicates_within += 1,
+                    Some(&j) => found.duplicates_across.push(format!(
+                        "{} ({}) = {} ({})",
+                        index.describe_sample(j),
+                        partition(j).map_or("-".into(), |p| p.to_string()),
+                        index.describe_sample(i),
+                        partition(i).map_or("-".into(), |p| p.to_string()),
+                    )),
+                },
+            }
         }
+        found
     }
+}
+
+/// Groups (lesions, patients) with images in more than one partition, each with its partitions.
+fn leaked_groups(
+    index: &DatasetIndex,
+    partition: impl Fn(usize) -> Option<Partition>,
+) -> Vec<String> {
     let mut group_partitions: BTreeMap<&str, Vec<Partition>> = BTreeMap::new();
     for (i, s) in index.samples.iter().enumerate() {
         if let Some(p) = partition(i) {
@@ -199,7 +321,7 @@ pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str)
             }
         }
     }
-    let leaked_groups: Vec<String> = group_partitions
+    group_partitions
         .iter()
         .filter(|(_, ps)| ps.len() > 1)
         .map(|(g, ps)| {
@@ -211,38 +333,19 @@ pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str)
                     .join(" and ")
             )
         })
-        .collect();
-    let unassigned: Vec<String> = (0..index.samples.len())
-        .filter(|&i| partition(i).is_none())
-        .map(|i| index.describe_sample(i))
-        .collect();
+        .collect()
+}
 
-    let mut class_counts = BTreeMap::new();
-    for p in PARTITIONS {
-        class_counts.insert(p, index.class_counts(split.indices(index, p)));
-    }
-    let total = index.class_counts(0..index.samples.len());
-    let nonzero: Vec<usize> = total.iter().copied().filter(|&c| c > 0).collect();
-    let imbalance_ratio = match (nonzero.iter().max(), nonzero.iter().min()) {
-        (Some(&hi), Some(&lo)) => hi as f64 / lo as f64,
-        _ => 0.0,
-    };
-
-    let mut problems: Vec<String> = [
-        summarise("unreadable image(s)", &unreadable),
-        summarise(
-            "image(s) identical to one in another partition (leak)",
-            &duplicates_across,
-        ),
-        summarise("group(s) in more than one partition (leak)", &leaked_groups),
-        summarise("image(s) without a partition", &unassigned),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if index.samples.is_empty() {
-        problems.push("the dataset lists no images".into());
-    }
+/// What to know that does not make the data unfit: empty classes, classes too rare in val or
+/// test for a reliable AUC, strong imbalance, duplicates within a partition.
+fn warnings(
+    index: &DatasetIndex,
+    split: &SplitFile,
+    total: &[usize],
+    class_counts: &BTreeMap<Partition, Vec<usize>>,
+    imbalance_ratio: f64,
+    duplicates_within: usize,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     for (c, name) in index.class_names.iter().enumerate() {
         if total[c] == 0 {
@@ -269,25 +372,7 @@ pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str)
             "{duplicates_within} image(s) are byte-identical to another in the same partition"
         ));
     }
-    let train = split.indices(index, Partition::Train);
-    CheckReport {
-        source: index.root().display().to_string(),
-        layout: index.source.layout().into(),
-        task: index.task,
-        grouped_by: index.grouped_by.clone(),
-        images: index.samples.len(),
-        class_names: index.class_names.clone(),
-        split: split_label.into(),
-        class_counts,
-        train_bags: BagStats::of(index, &train),
-        unreadable,
-        duplicates_across_partitions: duplicates_across,
-        duplicates_within_partitions: duplicates_within,
-        leaked_groups,
-        imbalance_ratio,
-        problems,
-        warnings,
-    }
+    warnings
 }
 
 #[cfg(test)]

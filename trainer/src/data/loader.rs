@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use scanside_runtime::preprocess::{normalize_in_place, to_model_pixels, PreprocessConfig};
 use serde::Serialize;
 
-use super::DatasetIndex;
+use super::{DatasetIndex, SourceSpec};
 use crate::augment::{augment_one, Geometry, Preset};
 use crate::Result;
 
@@ -91,6 +91,19 @@ pub struct LoaderBench {
     pub seconds: f64,
     /// Images (each giving two views) per second.
     pub images_per_second: f64,
+}
+
+/// `data bench`: [`bench_decode_augment`] over the first `images` images of a source.
+pub fn bench_source(
+    source: &SourceSpec,
+    images: usize,
+    size: u32,
+    preset: Preset,
+    repeat: usize,
+) -> Result<LoaderBench> {
+    let index = source.open()?;
+    let which: Vec<usize> = (0..index.samples.len().min(images)).collect();
+    bench_decode_augment(&index, &which, size, preset, repeat.max(1))
 }
 
 /// Reads, decodes, resizes to `size` and draws two normalised views of every image, in parallel

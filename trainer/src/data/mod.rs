@@ -4,12 +4,14 @@
 //! `.npz`, a folder of class sub-folders, or a CSV manifest with multi-class, separator-joined
 //! multi-label or CheXpert-style finding columns). Opening one gives a [`DatasetIndex`]: samples
 //! with their group (lesion / patient), target and where their pixels live, plus a content hash.
-//! [`split`] makes grouped, stratified, seeded splits with nested label-fraction subsets and saves
-//! them with the source spec and hash, so every later command reopens exactly the same data.
-//! Images are decoded and resized with the runtime's decoder and preprocessing, so training sees
-//! the pixels the edge will see.
+//! [`make_split`] makes grouped, stratified, seeded splits with nested label-fraction subsets and
+//! saves them with the source spec and hash, so every later command reopens exactly the same
+//! data. Images are decoded and resized with the runtime's decoder and preprocessing
+//! ([`load_images`]), so training sees the pixels the edge will see; what is sampled and
+//! loaded is fixed by the seed, never by thread timing. Nothing here trains or augments.
 
 mod check;
+mod images;
 mod loader;
 mod preview;
 mod sources;
@@ -18,23 +20,24 @@ mod split;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use scanside_runtime::bundle::hex;
 use scanside_runtime::decode::{decode_file, DecodedImage, SourceInfo};
-use scanside_runtime::preprocess::{to_model_pixels, PreprocessConfig};
 use serde::{Deserialize, Serialize};
 
-pub use check::{check_dataset, CheckReport};
-pub use loader::{bench_decode_augment, LoaderBench, Prefetch};
-pub use preview::{write_preview, PreviewConfig};
+pub use check::{check_dataset, check_split_or_source, CheckReport};
+pub use images::{
+    load_images, load_images_with, load_training_images, report_skipped, spread, ImageSet,
+};
+pub use loader::{bench_decode_augment, bench_source, LoaderBench, Prefetch};
+pub use preview::{preview_split_or_source, write_preview, PreviewConfig};
 pub use sources::{
     CsvLabels, CsvSpec, SourceSpec, HAM10000_CLASSES, NIH_FINDINGS, SUPPORTED_LAYOUTS,
 };
 pub use split::{
-    bags, make_split, open_split, BagStats, SplitFile, LABEL_FRACTIONS, SPLIT_FORMAT_VERSION,
+    bags, make_split, open_split, open_split_or_source, write_split, BagStats, SplitFile,
+    SplitSummary, DEFAULT_SPLIT_FRACTIONS, LABEL_FRACTIONS, SPLIT_FORMAT_VERSION,
 };
 
-use crate::runlog::progress;
 use crate::{Error, Result};
 
 /// Where one sample's pixels live.
@@ -350,139 +353,6 @@ impl std::str::FromStr for Partition {
             )),
         }
     }
-}
-
-/// Decoded, resized images (`C×H×W`, values in `[0, 1]`, not normalised) with their targets.
-#[derive(Debug, Clone)]
-pub struct ImageSet {
-    /// `len × sample_len` floats.
-    pub pixels: Vec<f32>,
-    /// Label per image.
-    pub targets: Vec<Target>,
-    /// Sample ids.
-    pub ids: Vec<String>,
-    /// Group (lesion / patient) per image, for MICLe bags.
-    pub groups: Vec<String>,
-    /// Where each image came from (file path or array id), for reports.
-    pub sources: Vec<String>,
-    /// Floats per image.
-    pub sample_len: usize,
-    /// Files that could not be read and were left out (`--skip-bad`), each with the reason.
-    pub skipped: Vec<String>,
-}
-
-impl ImageSet {
-    /// Number of images.
-    pub fn len(&self) -> usize {
-        self.targets.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-
-    /// Pixels of image `i`.
-    pub fn image(&self, i: usize) -> &[f32] {
-        &self.pixels[i * self.sample_len..(i + 1) * self.sample_len]
-    }
-
-    /// Class index per image, for multi-class data; `None` for multi-label data.
-    pub fn class_labels(&self) -> Option<Vec<usize>> {
-        self.targets.iter().map(Target::class).collect()
-    }
-
-    /// Per-channel mean and standard deviation over all pixels (for the normalisation).
-    pub fn channel_stats(&self, channels: usize) -> (Vec<f32>, Vec<f32>) {
-        let plane = self.sample_len / channels;
-        let mut sum = vec![0.0_f64; channels];
-        let mut sq = vec![0.0_f64; channels];
-        for img in self.pixels.chunks_exact(self.sample_len) {
-            for (c, values) in img.chunks_exact(plane).enumerate() {
-                for &v in values {
-                    sum[c] += f64::from(v);
-                    sq[c] += f64::from(v) * f64::from(v);
-                }
-            }
-        }
-        let n = (self.len() * plane).max(1) as f64;
-        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-        let std = sq
-            .iter()
-            .zip(&sum)
-            .map(|(q, s)| ((q / n - (s / n).powi(2)).max(1e-8).sqrt()) as f32)
-            .collect();
-        (mean, std)
-    }
-}
-
-/// Decodes and resizes the given samples in parallel; the first failure names its file.
-pub fn load_images(
-    index: &DatasetIndex,
-    which: &[usize],
-    preprocess: &PreprocessConfig,
-) -> Result<ImageSet> {
-    load_images_with(index, which, preprocess, false)
-}
-
-/// Like [`load_images`]; with `skip_bad`, unreadable images are left out and listed in
-/// [`ImageSet::skipped`] instead of stopping the load.
-pub fn load_images_with(
-    index: &DatasetIndex,
-    which: &[usize],
-    preprocess: &PreprocessConfig,
-    skip_bad: bool,
-) -> Result<ImageSet> {
-    if which.is_empty() {
-        return Err(Error::Data {
-            path: index.root().to_path_buf(),
-            reason: "the selected partition holds no images".into(),
-        });
-    }
-    let bar = progress(which.len() as u64, "decode");
-    let decoded: Vec<Result<Vec<f32>>> = which
-        .par_iter()
-        .map(|&i| {
-            let image = index.decode(i)?;
-            let name = PathBuf::from(index.describe_sample(i));
-            let pixels = to_model_pixels(&image, preprocess, &name)?;
-            bar.inc(1);
-            Ok(pixels)
-        })
-        .collect();
-    bar.finish_and_clear();
-    let mut set = ImageSet {
-        pixels: Vec::with_capacity(which.len() * preprocess.input_len()),
-        targets: Vec::with_capacity(which.len()),
-        ids: Vec::with_capacity(which.len()),
-        groups: Vec::with_capacity(which.len()),
-        sources: Vec::with_capacity(which.len()),
-        sample_len: preprocess.input_len(),
-        skipped: Vec::new(),
-    };
-    for (&i, d) in which.iter().zip(decoded) {
-        let pixels = match d {
-            Ok(p) => p,
-            Err(e) if skip_bad => {
-                set.skipped.push(e.to_string());
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let sample = &index.samples[i];
-        set.pixels.extend(pixels);
-        set.targets.push(sample.target.clone());
-        set.ids.push(sample.id.clone());
-        set.groups.push(sample.group.clone());
-        set.sources.push(index.describe_sample(i));
-    }
-    if set.is_empty() {
-        return Err(Error::Data {
-            path: index.root().to_path_buf(),
-            reason: format!("none of the {} selected images could be read", which.len()),
-        });
-    }
-    Ok(set)
 }
 
 fn array_image(index: &DatasetIndex, k: usize) -> DecodedImage {

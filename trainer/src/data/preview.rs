@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use scanside_runtime::preprocess::{to_model_pixels, PreprocessConfig};
 
-use super::DatasetIndex;
+use super::{open_split_or_source, DatasetIndex, Partition, SourceSpec};
 use crate::augment::{augment_batch, Geometry, Preset};
 use crate::{Error, Result};
 
@@ -27,6 +27,43 @@ pub struct PreviewConfig {
     pub size: u32,
     /// Picks the images and the views.
     pub seed: u64,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        Self {
+            preset: Preset::Derm,
+            finetune: false,
+            images: 6,
+            views: 6,
+            size: 96,
+            seed: 0,
+        }
+    }
+}
+
+/// `data preview`: the grid of a split's training images (or of a whole source without a
+/// split), written to `out`; returns a line for people naming the rows.
+pub fn preview_split_or_source(
+    split: Option<&Path>,
+    source: Option<&SourceSpec>,
+    config: &PreviewConfig,
+    out: &Path,
+) -> Result<String> {
+    let (index, split) = open_split_or_source(split, source)?;
+    let which = match &split {
+        Some(split) => split.indices(&index, Partition::Train),
+        None => (0..index.samples.len()).collect(),
+    };
+    let ids = write_preview(&index, &which, config, out)?;
+    Ok(format!(
+        "{}: {} images × (original + {} {:?} views), rows: {}",
+        out.display(),
+        ids.len(),
+        config.views,
+        config.preset,
+        ids.join(", ")
+    ))
 }
 
 /// Writes the grid to `out` (PNG, atomically) and returns the sample ids shown.

@@ -8,7 +8,7 @@
 //! their own, so normals are stratified too.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -23,6 +23,9 @@ pub const SPLIT_FORMAT_VERSION: u32 = 2;
 
 /// The label fractions reported by default (nested: each includes the smaller ones).
 pub const LABEL_FRACTIONS: [f64; 6] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Train, val and test fractions of a split when none are given.
+pub const DEFAULT_SPLIT_FRACTIONS: [f64; 3] = [0.7, 0.15, 0.15];
 
 /// A saved split: which partition each sample belongs to, and for which data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +331,98 @@ fn label_fraction_ranks(index: &DatasetIndex, train: &[usize], seed: u64) -> BTr
         }
     }
     ranks
+}
+
+/// The dataset of a split file (reopened at `source`'s path when given, for data that moved),
+/// or of a source alone (no split).
+pub fn open_split_or_source(
+    split: Option<&Path>,
+    source: Option<&SourceSpec>,
+) -> Result<(DatasetIndex, Option<SplitFile>)> {
+    match (split, source) {
+        (Some(path), source) => {
+            let (index, split) = open_split(path, source.map(SourceSpec::path))?;
+            Ok((index, Some(split)))
+        }
+        (None, Some(source)) => Ok((source.open()?, None)),
+        (None, None) => Err(Error::Config {
+            path: PathBuf::new(),
+            reason: "no dataset and no split file given".into(),
+        }),
+    }
+}
+
+/// What `data split` made: the dataset's groups, the partitions, MICLe bags and the
+/// label-fraction subsets.
+#[derive(Debug, Clone)]
+pub struct SplitSummary {
+    /// Dataset folder or file.
+    pub root: PathBuf,
+    /// Images listed.
+    pub images: usize,
+    /// Groups (lesions, patients) over all images.
+    pub groups: usize,
+    /// The split written.
+    pub split: SplitFile,
+    /// Where it was written.
+    pub out: PathBuf,
+    /// MICLe bags of the training partition.
+    pub train_bags: BagStats,
+    /// Images in each default label-fraction subset ([`LABEL_FRACTIONS`]).
+    pub subsets: Vec<(f64, usize)>,
+}
+
+impl SplitSummary {
+    /// Three lines for people.
+    pub fn render(&self) -> String {
+        let bags = &self.train_bags;
+        let subsets: Vec<String> = self
+            .subsets
+            .iter()
+            .map(|(f, n)| format!("{}%: {n}", f * 100.0))
+            .collect();
+        format!(
+            "{}: {} images in {} groups (grouped by {}) -> {:?}, written to {}\n\
+             MICLe bags (train): {} bags, {} with >= 2 images ({} images)\n\
+             label-fraction subsets (images): {}\n",
+            self.root.display(),
+            self.images,
+            self.groups,
+            self.split.grouped_by,
+            self.split.counts,
+            self.out.display(),
+            bags.bags,
+            bags.multi_image_bags,
+            bags.images_in_multi_image_bags,
+            subsets.join(", ")
+        )
+    }
+}
+
+/// Makes a split of the dataset `source` ([`make_split`]), saves it to `out` and describes it.
+pub fn write_split(
+    source: &SourceSpec,
+    seed: u64,
+    fractions: [f64; 3],
+    out: &Path,
+) -> Result<SplitSummary> {
+    let index = source.open()?;
+    let split = make_split(&index, seed, fractions)?;
+    crate::runlog::save_json(out, &split)?;
+    let train = split.indices(&index, Partition::Train);
+    let all: Vec<usize> = (0..index.samples.len()).collect();
+    Ok(SplitSummary {
+        root: index.root().to_path_buf(),
+        images: index.samples.len(),
+        groups: BagStats::of(&index, &all).bags,
+        train_bags: BagStats::of(&index, &train),
+        subsets: LABEL_FRACTIONS
+            .iter()
+            .map(|&f| (f, split.labeled_subset(&index, f).len()))
+            .collect(),
+        split,
+        out: out.to_path_buf(),
+    })
 }
 
 /// MICLe bags: the given samples grouped by lesion / patient, in first-seen order.

@@ -1,10 +1,9 @@
-//! Calibration and operating points: expected calibration error and the reliability diagram,
-//! temperature scaling fitted on validation logits (Guo et al. 2017), and per-class thresholds
-//! that reach a target sensitivity on validation, reported with the specificity they give.
+//! Calibration and operating points: temperature scaling fitted on validation logits (Guo et
+//! al. 2017; the reliability diagram and ECE that show its effect are in [`crate::metrics`]),
+//! and per-class thresholds that reach a target sensitivity on validation, reported with the
+//! specificity they give.
 
 use serde::{Deserialize, Serialize};
-
-use super::argmax;
 
 /// Softmax of `logits / temperature`, in f64.
 pub fn softmax_with_temperature(logits: &[f32], temperature: f64) -> Vec<f32> {
@@ -55,61 +54,6 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f64 {
         }
     }
     ((a + b) / 2.0).exp()
-}
-
-/// One bin of a reliability diagram (top-label confidence).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ReliabilityBin {
-    /// Lower edge of the confidence bin.
-    pub from: f64,
-    /// Upper edge.
-    pub to: f64,
-    /// Images whose top-label confidence falls in the bin.
-    pub count: usize,
-    /// Their mean confidence.
-    pub confidence: f64,
-    /// Their accuracy.
-    pub accuracy: f64,
-}
-
-/// Reliability diagram with `bins` equal-width bins and the expected calibration error
-/// (Σ count/N · |accuracy − confidence|).
-pub fn reliability(
-    probabilities: &[Vec<f32>],
-    labels: &[usize],
-    bins: usize,
-) -> (Vec<ReliabilityBin>, f64) {
-    let mut sums = vec![(0usize, 0.0f64, 0usize); bins];
-    for (p, &y) in probabilities.iter().zip(labels) {
-        let top = argmax(p);
-        let confidence = f64::from(p[top]);
-        let b = ((confidence * bins as f64) as usize).min(bins - 1);
-        sums[b].0 += 1;
-        sums[b].1 += confidence;
-        sums[b].2 += usize::from(top == y);
-    }
-    let n = labels.len().max(1) as f64;
-    let mut ece = 0.0;
-    let diagram = sums
-        .iter()
-        .enumerate()
-        .map(|(b, &(count, conf_sum, correct))| {
-            let (confidence, accuracy) = if count > 0 {
-                (conf_sum / count as f64, correct as f64 / count as f64)
-            } else {
-                (0.0, 0.0)
-            };
-            ece += count as f64 / n * (accuracy - confidence).abs();
-            ReliabilityBin {
-                from: b as f64 / bins as f64,
-                to: (b + 1) as f64 / bins as f64,
-                count,
-                confidence,
-                accuracy,
-            }
-        })
-        .collect();
-    (diagram, ece)
 }
 
 /// The highest threshold at which at least `target` of the positives score at or above it;
@@ -168,6 +112,32 @@ pub struct OperatingPoint {
     pub specificity: Option<f64>,
 }
 
+/// A class's operating point: the threshold reaching `target` sensitivity on the validation
+/// scores, and the sensitivity and specificity it gives there and on the evaluated scores.
+pub fn operating_point(
+    class: &str,
+    (val_scores, val_positive): (&[f32], &[bool]),
+    (scores, positive): (&[f32], &[bool]),
+    target: f64,
+) -> OperatingPoint {
+    let threshold = threshold_for_sensitivity(val_scores, val_positive, target);
+    let at = |scores: &[f32], positive: &[bool]| {
+        threshold.map_or((None, None), |t| {
+            sensitivity_specificity(scores, positive, t)
+        })
+    };
+    let (val_sensitivity, val_specificity) = at(val_scores, val_positive);
+    let (sensitivity, specificity) = at(scores, positive);
+    OperatingPoint {
+        class: class.to_string(),
+        threshold,
+        val_sensitivity,
+        val_specificity,
+        sensitivity,
+        specificity,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,17 +176,10 @@ mod tests {
             .iter()
             .map(|z| softmax_with_temperature(z, t))
             .collect();
-        let (_, ece_before) = reliability(&before, &labels, 15);
-        let (diagram, ece_after) = reliability(&after, &labels, 15);
+        let (_, ece_before) = crate::metrics::reliability(&before, &labels, 15);
+        let (diagram, ece_after) = crate::metrics::reliability(&after, &labels, 15);
         assert!(ece_after < ece_before / 2.0, "{ece_before} -> {ece_after}");
         assert_eq!(diagram.iter().map(|b| b.count).sum::<usize>(), 4000);
-    }
-
-    #[test]
-    fn a_perfectly_calibrated_bin_has_no_error() {
-        let probs = vec![vec![0.75, 0.25]; 4];
-        let (_, ece) = reliability(&probs, &[0, 0, 0, 1], 10);
-        assert!(ece.abs() < 1e-6, "{ece}");
     }
 
     #[test]

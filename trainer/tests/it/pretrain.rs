@@ -480,8 +480,8 @@ fn imagenet_init_and_gradient_accumulation_run_end_to_end() {
 fn a_linear_probe_trains_the_head_only_with_balanced_weights_and_stops_early() {
     use burn::backend::Flex;
     use burn::tensor::Tensor;
-    use scanside_trainer::evaluate::load_finetuned;
     use scanside_trainer::model::to_vec;
+    use scanside_trainer::run_dir::load_finetuned;
     use scanside_trainer::runlog::load_weights;
 
     let dir = tempfile::tempdir().unwrap();
@@ -1008,4 +1008,80 @@ fn a_micro_net_trains_exports_to_an_mcu_blob_with_depthwise_layers_and_respects_
         "one depthwise convolution per separable block"
     );
     assert!(bundle.join("model.qdq.onnx").is_file());
+}
+
+/// `--config FILE` and flags go through one builder: a flag overrides the file, a file without
+/// a learning rate gets the optimiser's default (LARS: 0.3·batch/256) as the flags path does,
+/// and `finetune` and `demo` take a config file too.
+#[test]
+fn flags_override_a_config_file_and_the_optimisers_defaults_apply_to_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 8);
+    let config = dir.path().join("lars.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "split = \"{}\"\noptimizer = \"lars\"\nimage_size = 12\nbatch_size = 8\n\
+             epochs = 100\nmax_steps = 50\nhealth_every = 0\ncheckpoint_every = 0\n\
+             [model]\nwidth_multiplier = 0.125\n",
+            split.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("pre");
+    let out = train(&[
+        "pretrain",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["max_steps"], 1, "{saved}");
+    assert_eq!(saved["learning_rate"], 0.3 * 8.0 / 256.0, "{saved}");
+    assert_eq!(saved["weight_decay"].as_f64().map(|w| w as f32), Some(1e-6));
+    assert_eq!(saved["model"]["width_multiplier"], 0.125, "{saved}");
+    assert_eq!(losses(&run).len(), 1);
+
+    // A finished run's config.json is a valid settings file for the next stage's flags.
+    let finetune_config = dir.path().join("finetune.json");
+    std::fs::write(
+        &finetune_config,
+        format!(
+            "{{\"split\": \"{}\", \"pretrained\": \"{}\", \"epochs\": 1, \"batch_size\": 8}}",
+            split.display(),
+            run.display()
+        ),
+    )
+    .unwrap();
+    let ft = dir.path().join("ft");
+    let out = train(&[
+        "finetune",
+        "--config",
+        finetune_config.to_str().unwrap(),
+        "--out",
+        ft.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ft.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["max_steps"], 1, "{saved}");
+    assert_eq!(saved["pretrained"], run.to_str().unwrap(), "{saved}");
+
+    // Settings that make no valid config are named with the file they came from.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "out = \"x\"\npretrain_epochs = 0\n").unwrap();
+    let out = train(&["demo", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bad.toml") && stderr(&out).contains("at least one epoch"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -1,0 +1,69 @@
+//! Arguments of the commands that measure finished runs — `probe`, `evaluate`, `report` — and
+//! how they become the library's settings; defaults are the library's, never written here.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use scanside_trainer::config::EvalSettings;
+use scanside_trainer::data::{Partition, SampleFilter};
+
+use crate::usage;
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// Pretraining run directory.
+    #[arg(long)]
+    pub pretrained: PathBuf,
+    /// Probe a fresh random-init backbone of the same architecture instead (the baseline).
+    #[arg(long)]
+    pub random_init: bool,
+}
+
+#[derive(Args)]
+pub struct EvaluateArgs {
+    /// Fine-tuning run directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Partition of the run's split.
+    #[arg(long, default_value_t = EvalSettings::default().partition)]
+    pub split: Partition,
+    /// Bootstrap resamples for the confidence intervals (0: none).
+    #[arg(long, default_value_t = EvalSettings::default().bootstrap)]
+    bootstrap: usize,
+    /// Sensitivity each class's threshold must reach on val (screening: 0.95).
+    #[arg(long, default_value_t = EvalSettings::default().target_sensitivity)]
+    sensitivity: f64,
+    /// Only the partition's images of a sub-population, COLUMN=VALUE[,VALUE...] (e.g.
+    /// dx_type=histo, view=AP); written to eval-<partition>-<column>-<values>.json.
+    #[arg(long = "where", value_name = "COLUMN=VALUES")]
+    population: Option<String>,
+}
+
+impl EvaluateArgs {
+    /// The evaluation settings; a value out of range is a usage error.
+    pub fn settings(&self) -> anyhow::Result<EvalSettings> {
+        let settings = EvalSettings {
+            bootstrap: self.bootstrap,
+            target_sensitivity: self.sensitivity,
+            population: self
+                .population
+                .as_deref()
+                .map(SampleFilter::parse)
+                .transpose()
+                .map_err(usage)?,
+            ..EvalSettings::default()
+        };
+        settings.validate().map_err(usage)?;
+        Ok(settings)
+    }
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Fine-tuning run directories (each evaluated first).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Folder for index.html and the SVG plots.
+    #[arg(long)]
+    pub out: PathBuf,
+}

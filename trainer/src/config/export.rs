@@ -1,0 +1,195 @@
+//! Export settings: the targets, the int8 quantisation and the device budgets it must fit,
+//! and the DICOM frame policy that travels in the bundle. Nothing here reads a run or writes
+//! a bundle.
+
+use scanside_runtime::preprocess::DicomFrames;
+use serde::{Deserialize, Serialize};
+
+use crate::int8_calibration::CalibrationMethod;
+
+/// What to export besides the fp32 ONNX model.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Validation images compared between burn and the runtime (at least one).
+    pub check_images: usize,
+    /// Also write the int8 blob (the `mcu` target), run on the host by the int8 core.
+    pub int8: bool,
+    /// Quantisation settings.
+    pub quantize: QuantizeConfig,
+    /// Refuse an int8 model whose blob exceeds this many bytes.
+    pub flash_budget: Option<usize>,
+    /// Refuse an int8 model whose arena exceeds this many bytes.
+    pub ram_budget: Option<usize>,
+    /// Which frames of multi-frame DICOM files the runtime screens (a deployment choice: the
+    /// model sees one frame at a time either way).
+    pub dicom_frames: DicomFrames,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            check_images: 16,
+            int8: false,
+            quantize: QuantizeConfig::default(),
+            flash_budget: None,
+            ram_budget: None,
+            dicom_frames: DicomFrames::default(),
+        }
+    }
+}
+
+impl ExportOptions {
+    /// Checks the quantisation settings when the int8 targets are exported.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.int8 {
+            self.quantize.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Export targets named on the command line (`onnx`, `onnx,onnx-int8,mcu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    /// The int8 models (`mcu` and/or `onnx-int8`: the blob and its QDQ ONNX twin).
+    pub mcu: bool,
+}
+
+/// Parses `--targets`.
+pub fn parse_targets(text: &str) -> Result<Targets, String> {
+    let mut int8 = false;
+    let mut onnx = false;
+    for t in text.split(',').map(str::trim) {
+        match t {
+            "onnx" => onnx = true,
+            // One quantisation serves both int8 targets, and both are written: the blob
+            // (the firmware's, and the runtime's --engine int8) and its QDQ ONNX twin.
+            "mcu" | "onnx-int8" => int8 = true,
+            other => {
+                return Err(format!(
+                    "unknown export target {other:?}: expected onnx, onnx-int8 or mcu"
+                ))
+            }
+        }
+    }
+    if !onnx {
+        return Err("the onnx target is required (the bundle's reference model)".into());
+    }
+    Ok(Targets { mcu: int8 })
+}
+
+/// Quantisation settings (saved in the bundle's report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuantizeConfig {
+    /// Training images whose activations set the ranges (0: all).
+    pub calibration_images: usize,
+    /// Methods tried; the best on validation is kept.
+    pub methods: Vec<CalibrationMethod>,
+    /// Validation images the methods are compared on (0: all).
+    pub validation_images: usize,
+    /// Accuracy drop (fp32 − int8, in points) above which the export warns.
+    pub warn_drop_points: f64,
+}
+
+impl Default for QuantizeConfig {
+    fn default() -> Self {
+        Self {
+            calibration_images: 256,
+            methods: vec![
+                CalibrationMethod::MinMax,
+                CalibrationMethod::Percentile(99.99),
+                CalibrationMethod::Entropy,
+            ],
+            validation_images: 0,
+            warn_drop_points: 0.5,
+        }
+    }
+}
+
+impl QuantizeConfig {
+    /// At least one method, percentiles in (0, 100], a finite warning threshold.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.methods.is_empty() {
+            return Err("quantisation needs at least one calibration method".into());
+        }
+        for method in &self.methods {
+            if let CalibrationMethod::Percentile(p) = method {
+                if !(*p > 0.0 && *p <= 100.0) {
+                    return Err(format!("calibration percentile {p} must be in (0, 100]"));
+                }
+            }
+        }
+        if !self.warn_drop_points.is_finite() {
+            return Err(format!(
+                "warn_drop_points {} must be a number",
+                self.warn_drop_points
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A memory budget from `--flash` / `--ram` (`1M`, `256K`, `65536`).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let factor = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected a byte count such as 65536, 256K or 1M"
+            ))
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|d| d.checked_mul(factor))
+        .ok_or_else(|| format!("{text:?}: expected a byte count such as 65536, 256K or 1M"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_unknown_ones_are_named() {
+        assert_eq!(parse_targets("onnx"), Ok(Targets { mcu: false }));
+        assert_eq!(
+            parse_targets("onnx,onnx-int8,mcu"),
+            Ok(Targets { mcu: true })
+        );
+        assert_eq!(parse_targets("onnx, mcu"), Ok(Targets { mcu: true }));
+        assert!(parse_targets("mcu")
+            .unwrap_err()
+            .contains("onnx target is required"));
+        assert!(parse_targets("onnx,tflite")
+            .unwrap_err()
+            .contains("\"tflite\""));
+    }
+
+    #[test]
+    fn quantisation_settings_need_a_method_and_sane_percentiles() {
+        assert!(QuantizeConfig::default().validate().is_ok());
+        let none = QuantizeConfig {
+            methods: vec![],
+            ..QuantizeConfig::default()
+        };
+        assert!(none.validate().is_err());
+        let options = ExportOptions {
+            int8: true,
+            quantize: QuantizeConfig {
+                methods: vec![CalibrationMethod::Percentile(120.0)],
+                ..QuantizeConfig::default()
+            },
+            ..ExportOptions::default()
+        };
+        assert!(options.validate().unwrap_err().contains("120"));
+    }
+}

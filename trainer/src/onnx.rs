@@ -1,0 +1,496 @@
+//! ONNX writers: the fp32 classifier (opset 13, BatchNorm folded into the convolutions) and its
+//! int8 twin as a standard QDQ graph. burn has no ONNX export, so the graphs are built here from
+//! the model's weights with the ONNX protobuf types that tract-onnx already compiles
+//! (`tract_onnx::pb`), encoded with prost. Bytes in, bytes out: nothing here checks, bundles or
+//! writes files.
+
+use burn::tensor::backend::Backend;
+use prost::Message;
+use tract_onnx::pb;
+
+use crate::graph::{fold, FloatGraph, FloatOp, FoldedConv};
+use crate::int8_calibration::{quantize_bias, quantize_per_channel};
+use crate::model::{to_vec, Block, Classifier};
+
+/// ONNX opset written.
+pub const OPSET: i64 = 13;
+/// Name of the models' input tensor (`N×C×H×W`, normalised).
+pub const INPUT_NAME: &str = "input";
+/// Name of the models' output tensor (`N×classes` logits).
+pub const OUTPUT_NAME: &str = "logits";
+
+/// Accumulates nodes and initialisers of the ONNX graph.
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    counter: usize,
+}
+
+impl GraphBuilder {
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}_{}", self.counter)
+    }
+
+    fn constant(&mut self, name: &str, dims: &[usize], values: Vec<f32>) -> String {
+        self.initializers.push(pb::TensorProto {
+            name: name.to_string(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    fn constant_of(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data_type: pb::tensor_proto::DataType,
+        raw: Vec<u8>,
+    ) -> String {
+        self.initializers.push(pb::TensorProto {
+            name: name.to_string(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type as i32,
+            raw_data: raw,
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    /// `DequantizeLinear` of an integer initializer (per channel along axis 0 when `scales`
+    /// has several entries).
+    fn dequantized(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        q: QuantizedConstant<'_>,
+        scales: &[f32],
+    ) -> String {
+        use pb::tensor_proto::DataType;
+        let (data, zero) = match q {
+            QuantizedConstant::I8(v) => (
+                self.constant_of(
+                    name,
+                    dims,
+                    DataType::Int8,
+                    v.iter().map(|&x| x as u8).collect(),
+                ),
+                self.constant_of(
+                    &format!("{name}.zero_point"),
+                    &[scales.len()],
+                    DataType::Int8,
+                    vec![0; scales.len()],
+                ),
+            ),
+            QuantizedConstant::I32(v) => (
+                self.constant_of(
+                    name,
+                    dims,
+                    DataType::Int32,
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ),
+                self.constant_of(
+                    &format!("{name}.zero_point"),
+                    &[scales.len()],
+                    DataType::Int32,
+                    vec![0; 4 * scales.len()],
+                ),
+            ),
+        };
+        let scale = self.constant(&format!("{name}.scale"), &[scales.len()], scales.to_vec());
+        self.node(
+            "DequantizeLinear",
+            vec![data, scale, zero],
+            vec![int("axis", 0)],
+        )
+    }
+
+    /// `DequantizeLinear(QuantizeLinear(x))` with a per-tensor int8 scale and zero point.
+    fn fake_quant(&mut self, x: String, (scale, zero_point): (f32, i8)) -> String {
+        let s = self.fresh("act_scale");
+        let s = self.constant(&s, &[], vec![scale]);
+        let z = self.fresh("act_zero_point");
+        let z = self.constant_of(
+            &z,
+            &[],
+            pb::tensor_proto::DataType::Int8,
+            vec![zero_point as u8],
+        );
+        let q = self.node("QuantizeLinear", vec![x, s.clone(), z.clone()], vec![]);
+        self.node("DequantizeLinear", vec![q, s, z], vec![])
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: Vec<String>,
+        attributes: Vec<pb::AttributeProto>,
+    ) -> String {
+        let output = self.fresh(&op.to_lowercase());
+        self.nodes.push(pb::NodeProto {
+            name: output.clone(),
+            op_type: op.to_string(),
+            input: inputs,
+            output: vec![output.clone()],
+            attribute: attributes,
+            ..Default::default()
+        });
+        output
+    }
+
+    fn conv(&mut self, input: String, c: &FoldedConv, name: &str) -> String {
+        let w = self.constant(&format!("{name}.weight"), &c.shape, c.weight.clone());
+        let b = self.constant(&format!("{name}.bias"), &[c.shape[0]], c.bias.clone());
+        let attrs = conv_attributes(c);
+        self.node("Conv", vec![input, w, b], attrs)
+    }
+
+    fn relu(&mut self, input: String) -> String {
+        self.node("Relu", vec![input], vec![])
+    }
+
+    fn block<B: Backend>(&mut self, input: String, block: &Block<B>, name: &str) -> String {
+        let shortcut = match &block.downsample {
+            Some(d) => self.conv(
+                input.clone(),
+                &fold(&d.conv, &d.bn),
+                &format!("{name}.downsample"),
+            ),
+            None => input.clone(),
+        };
+        let y = self.conv(
+            input,
+            &fold(&block.conv1, &block.bn1),
+            &format!("{name}.conv1"),
+        );
+        let y = self.relu(y);
+        let mut y = self.conv(y, &fold(&block.conv2, &block.bn2), &format!("{name}.conv2"));
+        if let (Some(conv3), Some(bn3)) = (&block.conv3, &block.bn3) {
+            let x = self.relu(y);
+            y = self.conv(x, &fold(conv3, bn3), &format!("{name}.conv3"));
+        }
+        let sum = self.node("Add", vec![y, shortcut], vec![]);
+        self.relu(sum)
+    }
+}
+
+/// Integer data behind a `DequantizeLinear`.
+enum QuantizedConstant<'a> {
+    I8(&'a [i8]),
+    I32(&'a [i32]),
+}
+
+/// Kernel, strides, pads and (for a depthwise convolution) group of an ONNX `Conv`.
+fn conv_attributes(c: &FoldedConv) -> Vec<pb::AttributeProto> {
+    let (p, k, s) = (c.padding as i64, c.shape[2] as i64, c.stride as i64);
+    let mut attrs = vec![
+        ints("kernel_shape", &[k, k]),
+        ints("strides", &[s, s]),
+        ints("pads", &[p, p, p, p]),
+    ];
+    if c.groups > 1 {
+        attrs.push(int("group", c.groups as i64));
+    }
+    attrs
+}
+
+fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_string(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, value: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_string(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
+}
+
+fn tensor_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => Value::DimValue(*v as i64),
+                None => Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Serialises a classifier as an ONNX model taking `N×C×H×W` normalised images and returning
+/// `N×classes` logits.
+pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> Vec<u8> {
+    let mut g = GraphBuilder::default();
+    let backbone = &model.backbone;
+    let y = g.conv(
+        INPUT_NAME.to_string(),
+        &fold(&backbone.stem_conv, &backbone.stem_bn),
+        "stem",
+    );
+    let mut y = g.relu(y);
+    if let Some(pool) = &backbone.stem_pool {
+        let attrs = vec![
+            ints(
+                "kernel_shape",
+                &[pool.kernel_size[0] as i64, pool.kernel_size[1] as i64],
+            ),
+            ints("strides", &[pool.stride[0] as i64, pool.stride[1] as i64]),
+            ints("pads", &[1, 1, 1, 1]),
+        ];
+        y = g.node("MaxPool", vec![y], attrs);
+    }
+    for (i, block) in backbone.blocks.iter().enumerate() {
+        y = g.block(y, block, &format!("block{i}"));
+    }
+    let pooled = g.node("GlobalAveragePool", vec![y], vec![]);
+    let flat = g.node("Flatten", vec![pooled], vec![int("axis", 1)]);
+    // burn's Linear stores its weight as [in, out], which is Gemm's B without transposition.
+    let [fin, fout] = model.head.weight.val().dims();
+    let w = g.constant("head.weight", &[fin, fout], to_vec(model.head.weight.val()));
+    let b = g.constant(
+        "head.bias",
+        &[fout],
+        model
+            .head
+            .bias
+            .as_ref()
+            .map_or(vec![0.0; fout], |b| to_vec(b.val())),
+    );
+    let logits = g.node("Gemm", vec![flat, w, b], vec![]);
+    // Rename the last output to the public output name.
+    if let Some(last) = g.nodes.last_mut() {
+        last.output = vec![OUTPUT_NAME.to_string()];
+    }
+    let _ = logits;
+    let [c, h, w] = input_chw;
+    let graph = pb::GraphProto {
+        name: "scanside_classifier".into(),
+        node: g.nodes,
+        initializer: g.initializers,
+        input: vec![tensor_info(INPUT_NAME, &[None, Some(c), Some(h), Some(w)])],
+        output: vec![tensor_info(OUTPUT_NAME, &[None, Some(fout)])],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 7,
+        producer_name: "scanside-train".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+/// The int8 model as a standard ONNX QDQ graph (opset 13): every activation passes through
+/// `QuantizeLinear → DequantizeLinear` with the blob's scale and zero point, weights are int8
+/// per output channel and biases int32 in accumulator scale, each behind a `DequantizeLinear`
+/// — the form onnxruntime and TensorRT fuse into integer kernels. Same quantisation as the blob,
+/// so the two agree up to the rounding of the requantisation (fixed point in the blob).
+pub(crate) fn qdq_onnx_bytes(
+    graph: &FloatGraph,
+    quant: &[(f32, i8)],
+    input_chw: [usize; 3],
+) -> Vec<u8> {
+    let mut g = GraphBuilder::default();
+    let mut names: Vec<String> = vec![String::new(); graph.tensors.len()];
+    names[0] = g.fake_quant(INPUT_NAME.to_string(), quant[0]);
+    let mut classes = 0;
+    for (i, layer) in graph.layers.iter().enumerate() {
+        let x = names[layer.inputs[0]].clone();
+        let y = match &layer.op {
+            FloatOp::Conv { conv, relu } => {
+                let o = conv.shape[0];
+                let (w, scales) = quantize_per_channel(&conv.weight, o);
+                let b = quantize_bias(&conv.bias, quant[layer.inputs[0]].0, &scales);
+                let bias_scales: Vec<f32> = scales
+                    .iter()
+                    .map(|s| s * quant[layer.inputs[0]].0)
+                    .collect();
+                let w = g.dequantized(
+                    &format!("layer{i}.weight"),
+                    &conv.shape,
+                    QuantizedConstant::I8(&w),
+                    &scales,
+                );
+                let b = g.dequantized(
+                    &format!("layer{i}.bias"),
+                    &[o],
+                    QuantizedConstant::I32(&b),
+                    &bias_scales,
+                );
+                let y = g.node("Conv", vec![x, w, b], conv_attributes(conv));
+                if *relu {
+                    g.relu(y)
+                } else {
+                    y
+                }
+            }
+            FloatOp::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let p = *padding as i64;
+                let attrs = vec![
+                    ints("kernel_shape", &[*kernel as i64, *kernel as i64]),
+                    ints("strides", &[*stride as i64, *stride as i64]),
+                    ints("pads", &[p, p, p, p]),
+                ];
+                g.node("MaxPool", vec![x], attrs)
+            }
+            FloatOp::Add { relu } => {
+                let sum = g.node("Add", vec![x, names[layer.inputs[1]].clone()], vec![]);
+                if *relu {
+                    g.relu(sum)
+                } else {
+                    sum
+                }
+            }
+            FloatOp::GlobalAvgPool => g.node("GlobalAveragePool", vec![x], vec![]),
+            FloatOp::FullyConnected { weight, bias } => {
+                let out = bias.len();
+                let fin = weight.len() / out;
+                let (w, scales) = quantize_per_channel(weight, out);
+                let b = quantize_bias(bias, quant[layer.inputs[0]].0, &scales);
+                let bias_scales: Vec<f32> = scales
+                    .iter()
+                    .map(|s| s * quant[layer.inputs[0]].0)
+                    .collect();
+                let w = g.dequantized(
+                    &format!("layer{i}.weight"),
+                    &[out, fin],
+                    QuantizedConstant::I8(&w),
+                    &scales,
+                );
+                let b = g.dequantized(
+                    &format!("layer{i}.bias"),
+                    &[out],
+                    QuantizedConstant::I32(&b),
+                    &bias_scales,
+                );
+                let flat = g.node("Flatten", vec![x], vec![int("axis", 1)]);
+                classes = out;
+                g.node("Gemm", vec![flat, w, b], vec![int("transB", 1)])
+            }
+        };
+        names[layer.output] = g.fake_quant(y, quant[layer.output]);
+    }
+    if let Some(last) = g.nodes.last_mut() {
+        last.output = vec![OUTPUT_NAME.to_string()];
+    }
+    let [c, h, w] = input_chw;
+    let graph = pb::GraphProto {
+        name: "scanside_classifier_qdq".into(),
+        node: g.nodes,
+        initializer: g.initializers,
+        input: vec![tensor_info(INPUT_NAME, &[None, Some(c), Some(h), Some(w)])],
+        output: vec![tensor_info(OUTPUT_NAME, &[None, Some(classes)])],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 7,
+        producer_name: "scanside-train".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ResNetConfig;
+    use burn::backend::Flex;
+    use burn::tensor::Tensor;
+    use tract_onnx::prelude::*;
+
+    /// Bottleneck blocks (conv3) and the ImageNet stem (max-pool) export like the basic ones:
+    /// tract reproduces burn's logits.
+    #[test]
+    fn resnet50_with_the_imagenet_stem_exports_to_the_same_logits() {
+        exports_to_the_same_logits(ResNetConfig {
+            depth: 50,
+            width_multiplier: 0.125,
+            in_channels: 3,
+            small_input_stem: false,
+            separable: false,
+        });
+    }
+
+    /// Depthwise-separable blocks (`--arch micro`) export with ONNX's `group` attribute.
+    #[test]
+    fn separable_blocks_export_to_the_same_logits() {
+        exports_to_the_same_logits(ResNetConfig {
+            depth: 18,
+            width_multiplier: 0.25,
+            in_channels: 3,
+            small_input_stem: true,
+            separable: true,
+        });
+    }
+
+    fn exports_to_the_same_logits(config: ResNetConfig) {
+        let device = Default::default();
+        let model = Classifier::<Flex>::new(config.init(&device), config.feature_dim(), 5, &device);
+        let side = 32;
+        let input: Vec<f32> = (0..3 * side * side)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let expected = to_vec(model.forward(Tensor::<Flex, 4>::from_data(
+            burn::tensor::TensorData::new(input.clone(), [1, 3, side, side]),
+            &device,
+        )));
+        let bytes = onnx_bytes(&model, [3, side, side]);
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut bytes.as_slice())
+            .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, side, side]).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .unwrap();
+        let tensor = tract_onnx::prelude::Tensor::from_shape(&[1, 3, side, side], &input).unwrap();
+        let out = plan.run(tvec!(tensor.into())).unwrap();
+        let got: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(got.len(), 5);
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-4, "tract {got:?} vs burn {expected:?}");
+        }
+    }
+}
