@@ -96,7 +96,7 @@ pub struct ExportOptions {
     pub ram_budget: Option<usize>,
     /// Which frames of multi-frame DICOM files the runtime screens (a deployment choice: the
     /// model sees one frame at a time either way).
-    pub dicom_frames: scanside_runtime::preprocess::DicomFrames,
+    pub dicom_frames: scanside_runtime::decode::DicomFrames,
 }
 
 /// Export targets named on the command line (`onnx`, `onnx,onnx-int8,mcu`).

@@ -261,7 +261,7 @@ fn inspect(
         .file_name()
         .map_or("image".into(), |n| n.to_string_lossy().into_owned());
     // inspect has no bundle: DICOM is shown with the file's own window (the default policy).
-    let window = preprocess::DicomWindow::File;
+    let window = decode::DicomWindow::File;
     let (image, dicom) = match (values, decode::sniff(&bytes)) {
         (Some(dir), Some(decode::FileFormat::Dicom)) => {
             let dicom = decode::read_dicom_values(file, &bytes)?;

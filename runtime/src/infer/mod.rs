@@ -8,7 +8,8 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 
 use crate::bundle::{Bundle, SignatureStatus};
-use crate::preprocess::{preprocess, DicomFrames, PreprocessConfig};
+use crate::decode::DicomFrames;
+use crate::preprocess::{preprocess, PreprocessConfig};
 use crate::report::{OutputSpec, ScreeningResult, Timings};
 use crate::{decode, Error, Result};
 

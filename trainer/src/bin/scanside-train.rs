@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use scanside_runtime::bundle::signing;
-use scanside_runtime::preprocess::DicomFrames;
+use scanside_runtime::decode::DicomFrames;
 use scanside_trainer::augment::Preset;
 use scanside_trainer::data::{
     bench_decode_augment, check_dataset, make_split, open_split, write_preview, BagStats,
