@@ -289,7 +289,7 @@ fn a_bundle_with_the_every_frame_policy_screens_each_frame_and_keeps_the_maximum
     use dicom_dictionary_std::tags;
     use scanside_runtime::bundle::{write_bundle, Bundle, Trust};
     use scanside_runtime::decode::DicomFrames;
-    use scanside_runtime::infer::Screener;
+    use scanside_runtime::pipeline::Screener;
     let dir = tempfile::tempdir().unwrap();
     let bundle_dir = dir.path().join("bundle");
     crate::util::write_linear_bundle(&bundle_dir);

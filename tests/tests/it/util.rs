@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
 use scanside_runtime::bundle::Bundle;
-use scanside_runtime::infer::{EngineKind, Screener};
+use scanside_runtime::infer::EngineKind;
+use scanside_runtime::pipeline::Screener;
 use scanside_trainer::data::{load_images, make_split, open_dataset, ImageRef, Partition};
 use scanside_trainer::evaluate::{
     evaluate_run, load_finetuned, predict_logits, EvalReport, EvalSettings,

@@ -209,7 +209,18 @@ impl DirectClassifier {
     ) -> std::result::Result<Self, Unsupported> {
         let model = pb::ModelProto::decode(bytes)
             .map_err(|e| Unsupported(format!("not an ONNX protobuf: {e}")))?;
-        let plan = plan(&model, chw, classes)?;
+        Self::from_proto(&model, path, chw, classes)
+    }
+
+    /// [`DirectClassifier::from_onnx`] for a model already decoded (the same decoded model
+    /// then serves tract when this declines).
+    pub fn from_proto(
+        model: &pb::ModelProto,
+        path: &Path,
+        chw: [usize; 3],
+        classes: usize,
+    ) -> std::result::Result<Self, Unsupported> {
+        let plan = plan(model, chw, classes)?;
         Ok(Self {
             plan: Arc::new(plan),
             arenas: Arc::new(Mutex::new(Vec::new())),
