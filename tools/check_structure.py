@@ -276,6 +276,24 @@ def test_module_lines(lines):
     return inside
 
 
+def body_start(lines, i):
+    """(line, column) of the `{` opening the body of the function declared at line `i`, or None
+    for a declaration without a body (a trait item ending in `;`). Brackets are tracked so that
+    an array type `[T; N]` in the signature is not taken for the end of a declaration."""
+    depth = 0
+    for j in range(i, len(lines)):
+        for k, ch in enumerate(lines[j]):
+            if ch in "([":
+                depth += 1
+            elif ch in ")]":
+                depth -= 1
+            elif depth == 0 and ch == ";":
+                return None
+            elif depth == 0 and ch == "{":
+                return j, k
+    return None
+
+
 def long_functions(file, code):
     """(name, first line, length) of every function over the limit, tests left out."""
     lines = code.split("\n")
@@ -285,17 +303,18 @@ def long_functions(file, code):
         m = FN_START.match(line)
         if not m or i in tests:
             continue
-        depth, opened, j = 0, False, i
-        while j < len(lines):
-            text = lines[j]
-            if not opened and ";" in text and "{" not in text:
-                break  # a declaration without a body (trait item)
+        start = body_start(lines, i)
+        if start is None:
+            continue
+        j, k = start
+        depth, text = 0, lines[j][k:]
+        while True:
             depth += text.count("{") - text.count("}")
-            opened = opened or "{" in text
-            if opened and depth <= 0:
+            if depth <= 0 or j + 1 >= len(lines):
                 break
             j += 1
-        if opened and j - i + 1 > MAX_FUNCTION_LINES:
+            text = lines[j]
+        if j - i + 1 > MAX_FUNCTION_LINES:
             found.append((m.group(1), i + 1, j - i + 1))
     return found
 

@@ -5,6 +5,20 @@
 //! between the workstation trainer and the edge. The trainer depends on this crate for that
 //! contract ([`bundle::BundleManifest`], [`preprocess::PreprocessConfig`]) and for the image
 //! decoder, so that training and screening see exactly the same pixels.
+//!
+//! The modules, bottom up; each imports only from those before it:
+//!
+//! - [`persist`]: whole-file reads and atomic, durable writes;
+//! - [`decode`]: PNG, JPEG and DICOM bytes → [`decode::DecodedImage`] (samples in `[0, 1]`),
+//!   with the DICOM window and frame policies it applies;
+//! - [`preprocess`]: decoded image → model input (`C×H×W`, normalised);
+//! - [`bundle`]: the manifest, its signature, and how logits become probabilities;
+//! - [`infer`]: the engines (direct fp32, tract, the int8 core) → logits;
+//! - [`report`]: logits → the JSON result of one image;
+//! - [`pipeline`]: decode → preprocess → infer → report for one bundle ([`pipeline::Screener`]);
+//! - the front doors, each adding only its own I/O: [`screen`], [`bench`], [`mcu_vectors`],
+//!   [`watch`] (the drop-folder service and the DICOM receiver) and [`inspect`] (decoder only);
+//! - [`logging`]: the stderr logger the binary installs.
 #![warn(missing_docs)]
 
 pub mod bench;
@@ -13,9 +27,14 @@ pub mod decode;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod infer;
+pub mod inspect;
+pub mod logging;
+pub mod mcu_vectors;
 pub mod persist;
+pub mod pipeline;
 pub mod preprocess;
 pub mod report;
+pub mod screen;
 pub mod watch;
 
 use std::path::PathBuf;

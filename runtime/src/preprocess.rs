@@ -10,7 +10,7 @@ use image::imageops::{self, FilterType};
 use image::{ImageBuffer, Luma, Rgb};
 use serde::{Deserialize, Serialize};
 
-use crate::decode::DecodedImage;
+use crate::decode::{DecodedImage, DicomFrames, DicomWindow};
 use crate::{Error, Result};
 
 /// How images become model inputs. Saved with the training config and inside every bundle.
@@ -31,44 +31,13 @@ pub struct PreprocessConfig {
     /// How the image is brought to the model's size.
     #[serde(default)]
     pub resize: ResizeMethod,
-    /// How monochrome DICOM values are mapped to `[0, 1]` (VOI windowing); the runtime takes
-    /// it from the bundle, never from a flag.
+    /// How monochrome DICOM values are mapped to `[0, 1]` (VOI windowing; the decoder applies
+    /// it); the runtime takes it from the bundle, never from a flag.
     #[serde(default)]
     pub dicom_window: DicomWindow,
-    /// Which frames of a multi-frame DICOM file are screened.
+    /// Which frames of a multi-frame DICOM file are screened (the decoder reads them).
     #[serde(default)]
     pub dicom_frames: DicomFrames,
-}
-
-/// The frame policy for multi-frame DICOM files (cine loops, tomosynthesis, enhanced objects).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum DicomFrames {
-    /// The first frame only (what the trainer trains with).
-    #[default]
-    First,
-    /// Every frame (up to [`crate::decode::MAX_FRAMES`]), each screened on its own; the
-    /// file's result is the per-class maximum, with each frame's result beside it.
-    Every,
-}
-
-/// The windowing policy for monochrome DICOM images.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "policy")]
-pub enum DicomWindow {
-    /// The file's VOI LUT Sequence, else its first window centre/width (0028,1050/1051) with
-    /// its VOI LUT Function; min–max when it has neither. What the trainer trains with.
-    #[default]
-    File,
-    /// Always the image's own minimum and maximum.
-    MinMax,
-    /// One window for every file (e.g. a lung window for CT), in modality units.
-    Fixed {
-        /// Window centre.
-        center: f64,
-        /// Window width (≥ 1).
-        width: f64,
-    },
 }
 
 /// Resizing policy.

@@ -3,6 +3,9 @@
 //! the provenance of training. The manifest format is defined here, once, and the trainer
 //! writes it through [`write_bundle`].
 //!
+//! How logits become probabilities ([`OutputActivation`]: softmax or sigmoid, after the
+//! calibration's temperature) belongs to the same contract, so it is defined here too.
+//!
 //! Loading reads each file once into memory and checks the model bytes against the manifest's
 //! hash before anything parses them; the parsed model is built from those same bytes.
 
@@ -125,10 +128,18 @@ impl OutputActivation {
     /// Probabilities from logits.
     pub fn probabilities(self, logits: &[f32]) -> Vec<f32> {
         match self {
-            OutputActivation::Softmax => crate::infer::softmax(logits),
+            OutputActivation::Softmax => softmax(logits),
             OutputActivation::Sigmoid => logits.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect(),
         }
     }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
 }
 
 /// One model file in the bundle.
@@ -461,4 +472,16 @@ pub fn write_bundle_with_int8(
         write_atomically(&sig_path, signing::sign(key, &json).as_bytes())?;
     }
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softmax;
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_logits() {
+        let p = softmax(&[1000.0, 1001.0, 999.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[1] > p[0] && p[0] > p[2]);
+    }
 }

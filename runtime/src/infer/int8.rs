@@ -17,6 +17,7 @@ use scanside_int8::engine::{dequantize, quantize};
 #[cfg(target_arch = "x86_64")]
 use scanside_int8::engine::{run_prepared, HostPrepared};
 
+use crate::bundle::Bundle;
 use crate::{Error, Result};
 
 self_cell::self_cell!(
@@ -82,6 +83,24 @@ impl Int8Classifier {
             #[cfg(target_arch = "x86_64")]
             prepared,
         })
+    }
+
+    /// The bundle's int8 blob (verified with the bundle), for the manifest's input and
+    /// classes; a bundle exported without the `mcu` target is refused by name.
+    pub fn load(bundle: &Bundle) -> Result<Self> {
+        let (Some(entry), Some(bytes)) = (&bundle.manifest.int8, &bundle.int8_bytes) else {
+            return Err(Error::Bundle {
+                path: bundle.dir.clone(),
+                reason: "the bundle has no int8 model (export with --targets onnx,mcu)".into(),
+            });
+        };
+        let p = &bundle.manifest.preprocess;
+        Self::from_bytes(
+            bytes,
+            &bundle.dir.join(&entry.file),
+            [p.channels as usize, p.height as usize, p.width as usize],
+            bundle.manifest.class_names.len(),
+        )
     }
 
     /// Arena bytes one inference needs.

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use super::receive::{self, ReceiveOptions};
 use super::{ModelInfo, Service, Summary, WatchOptions};
 use crate::bundle::{Bundle, SignatureStatus, Trust};
-use crate::infer::{EngineKind, Screener};
+use crate::infer::EngineKind;
+use crate::pipeline::Screener;
 use crate::{Error, Result};
 
 /// The whole service configuration (the TOML file's shape; see `runtime/deploy/scanside.toml`).

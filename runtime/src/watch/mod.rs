@@ -34,8 +34,8 @@ use serde::Serialize;
 
 use crate::bundle::sha256_hex;
 use crate::decode::{self, DicomIdentity, FileFormat};
-use crate::infer::Screener;
 use crate::persist::write_atomically;
+use crate::pipeline::Screener;
 use crate::report::ScreeningResult;
 use crate::{Error, Result};
 use audit::{AuditEvent, AuditLog, AuditRecord, Journal};

@@ -421,6 +421,119 @@ fn mcu_vectors_hold_the_int8_engines_outputs() {
 }
 
 #[test]
+fn mcu_vectors_hold_one_vector_per_frame_under_the_every_frame_policy() {
+    use scanside_runtime::bundle::{write_bundle_with_int8, Bundle, Trust};
+    use scanside_runtime::decode::DicomFrames;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle_dir = dir.path().join("bundle");
+    write_linear_bundle_with_int8(&bundle_dir);
+    let bundle = Bundle::load(&bundle_dir, &Trust::AllowUnsigned).unwrap();
+    let mut manifest = bundle.manifest.clone();
+    manifest.preprocess.dicom_frames = DicomFrames::Every;
+    write_bundle_with_int8(
+        &bundle_dir,
+        manifest,
+        &bundle.model_bytes,
+        bundle.int8_bytes.as_deref(),
+        None,
+        Some(&crate::util::test_key()),
+    )
+    .unwrap();
+    // Three 4×4 frames: dark, bright, mid-gray (window 1000/1001).
+    let cine = dir.path().join("cine.dcm");
+    let pixels: Vec<u16> = [0_u16, 1200, 1000].iter().flat_map(|&v| [v; 16]).collect();
+    write_dicom(&cine, "MONOCHROME2", &pixels, 4, 4, Some((1000.0, 1001.0)));
+    let mut obj = dicom_object::open_file(&cine).unwrap();
+    obj.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::NUMBER_OF_FRAMES,
+        dicom_core::VR::IS,
+        dicom_core::PrimitiveValue::from("3"),
+    ));
+    obj.write_to_file(&cine).unwrap();
+    let png = dir.path().join("x.png");
+    write_png(&png, 200);
+    let golden = dir.path().join("golden");
+    let key = bundle_dir.with_extension("pub");
+    let out = scanside(&[
+        Path::new("mcu-vectors"),
+        Path::new("--bundle"),
+        &bundle_dir,
+        Path::new("--public-key"),
+        &key,
+        Path::new("--out"),
+        &golden,
+        &png,
+        &cine,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["vectors"], 4, "{report}");
+    let bytes = std::fs::read(golden.join("vectors.bin")).unwrap();
+    let vectors = scanside_int8::vectors::Vectors::parse(&bytes).unwrap();
+    assert_eq!(vectors.len(), 4);
+    // One vector per frame, as `screen` gives one result per frame: the frames differ.
+    let inputs: Vec<Vec<i8>> = (1..4).map(|i| vectors.get(i).unwrap().0.to_vec()).collect();
+    assert!(
+        inputs[0] != inputs[1] && inputs[1] != inputs[2],
+        "{inputs:?}"
+    );
+    let screened = scanside(&[
+        Path::new("screen"),
+        Path::new("--bundle"),
+        &bundle_dir,
+        Path::new("--engine"),
+        Path::new("int8"),
+        &cine,
+    ]);
+    assert!(screened.status.success(), "{}", stderr(&screened));
+    let frames = json_lines(&screened)[0]["frames"].as_array().unwrap().len();
+    assert_eq!(frames, 3);
+}
+
+#[test]
+fn bench_and_the_debug_log_say_why_fp32_runs_on_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle(&bundle);
+    let out = crate::util::scanside_command()
+        .env("SCANSIDE_LOG", "debug")
+        .args([Path::new("bench"), Path::new("--bundle"), &bundle])
+        .args([Path::new("--public-key"), &bundle.with_extension("pub")])
+        .args(["--engine", "fp32,tract", "--runs", "2", "--warmup", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let engines = report["engines"].as_array().unwrap();
+    // The fixture's graph flattens a spatial tensor, which the direct engine does not run
+    // (on hosts without its kernels it declines for that reason instead).
+    let note = engines[0]["engine_note"].as_str().unwrap();
+    assert!(
+        note.starts_with("direct engine declined: ") && note.ends_with("; running on tract"),
+        "{note}"
+    );
+    assert!(engines[1].get("engine_note").is_none(), "{}", engines[1]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("scanside: debug: ") && err.contains(note),
+        "{err}"
+    );
+    // Without SCANSIDE_LOG nothing is logged.
+    let quiet = crate::util::scanside_command()
+        .env_remove("SCANSIDE_LOG")
+        .args([Path::new("bench"), Path::new("--bundle"), &bundle])
+        .args([Path::new("--public-key"), &bundle.with_extension("pub")])
+        .args(["--engine", "fp32", "--runs", "2", "--warmup", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        quiet.status.success() && quiet.stderr.is_empty(),
+        "{}",
+        stderr(&quiet)
+    );
+}
+
+#[test]
 fn bench_reports_both_engines_on_synthetic_and_real_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");

@@ -142,7 +142,7 @@ fn a_dicom_file_without_pixels_names_what_it_is() {
 #[test]
 fn the_windowing_policy_decides_how_values_map_to_zero_one() {
     use scanside_runtime::decode::decode_bytes_with;
-    use scanside_runtime::preprocess::DicomWindow;
+    use scanside_runtime::decode::DicomWindow;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.dcm");
     write_dicom(
@@ -200,7 +200,7 @@ fn a_voi_lut_sequence_is_preferred_to_the_window_under_the_file_policy() {
     use dicom_dictionary_std::tags;
     use dicom_object::InMemDicomObject;
     use scanside_runtime::decode::decode_bytes_with;
-    use scanside_runtime::preprocess::DicomWindow;
+    use scanside_runtime::decode::DicomWindow;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("voi.dcm");
     // 4 entries from stored value 100, 8 bits: 100 → 0, 101 → 51, 102 → 204, 103 → 255;
@@ -288,8 +288,8 @@ fn a_bundle_with_the_every_frame_policy_screens_each_frame_and_keeps_the_maximum
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::tags;
     use scanside_runtime::bundle::{write_bundle, Bundle, Trust};
-    use scanside_runtime::infer::Screener;
-    use scanside_runtime::preprocess::DicomFrames;
+    use scanside_runtime::decode::DicomFrames;
+    use scanside_runtime::pipeline::Screener;
     let dir = tempfile::tempdir().unwrap();
     let bundle_dir = dir.path().join("bundle");
     crate::util::write_linear_bundle(&bundle_dir);
@@ -444,7 +444,7 @@ fn dcmcjpls_missing() -> bool {
 #[test]
 fn jpeg_ls_files_from_dcmtk_decode_to_their_source_pixels() {
     use scanside_runtime::decode::read_dicom_frames;
-    use scanside_runtime::preprocess::DicomFrames;
+    use scanside_runtime::decode::DicomFrames;
     if dcmcjpls_missing() {
         return;
     }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
 use scanside_runtime::bundle::Bundle;
-use scanside_runtime::infer::{EngineKind, Screener};
+use scanside_runtime::infer::EngineKind;
+use scanside_runtime::pipeline::Screener;
 use scanside_trainer::config::{
     EvalSettings, ExportOptions, FinetuneConfig, PretrainConfig, QuantizeConfig,
 };

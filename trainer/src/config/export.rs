@@ -2,7 +2,7 @@
 //! and the DICOM frame policy that travels in the bundle. Nothing here reads a run or writes
 //! a bundle.
 
-use scanside_runtime::preprocess::DicomFrames;
+use scanside_runtime::decode::DicomFrames;
 use serde::{Deserialize, Serialize};
 
 use crate::int8_calibration::CalibrationMethod;

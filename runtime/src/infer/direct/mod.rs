@@ -11,8 +11,10 @@
 //! `Gemm` — and refuses any other graph with [`Unsupported`], so the caller can run it on tract
 //! instead. A convolution followed by the residual `Add` and `Relu` that only it feeds runs as
 //! one step (bias, residual and ReLU applied as its tile is stored).
+//!
+//! `planner` turns the graph into the plan once; this module runs the plan, one arena of
+//! activations per concurrent inference.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +24,7 @@ use tract_onnx::pb;
 use crate::{Error, Result};
 
 pub mod kernels;
+mod planner;
 pub mod winograd;
 
 use kernels::{ConvGeometry, PackedConv, Residual};
@@ -186,18 +189,6 @@ pub struct DirectClassifier {
     path: PathBuf,
 }
 
-/// A convolution as read from the graph, packed once every reader's border is known.
-struct PendingConv {
-    input: usize,
-    output: usize,
-    depthwise: bool,
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-}
-
 impl DirectClassifier {
     /// Plans an ONNX model (bytes already verified) for a `C×H×W` input and `classes` outputs;
     /// `path` names it in later errors. [`Unsupported`] names the first thing it cannot run.
@@ -209,7 +200,18 @@ impl DirectClassifier {
     ) -> std::result::Result<Self, Unsupported> {
         let model = pb::ModelProto::decode(bytes)
             .map_err(|e| Unsupported(format!("not an ONNX protobuf: {e}")))?;
-        let plan = plan(&model, chw, classes)?;
+        Self::from_proto(&model, path, chw, classes)
+    }
+
+    /// [`DirectClassifier::from_onnx`] for a model already decoded (the same decoded model
+    /// then serves tract when this declines).
+    pub fn from_proto(
+        model: &pb::ModelProto,
+        path: &Path,
+        chw: [usize; 3],
+        classes: usize,
+    ) -> std::result::Result<Self, Unsupported> {
+        let plan = planner::plan(model, chw, classes)?;
         Ok(Self {
             plan: Arc::new(plan),
             arenas: Arc::new(Mutex::new(Vec::new())),
@@ -474,456 +476,6 @@ fn run_step(
             Ok(())
         }
     }
-}
-
-/// An initializer as floats with its dimensions.
-fn constant(t: &pb::TensorProto) -> std::result::Result<(Vec<usize>, Vec<f32>), Unsupported> {
-    if t.data_type != pb::tensor_proto::DataType::Float as i32 {
-        return unsupported(format!("initializer {} is not float", t.name));
-    }
-    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
-        return unsupported(format!(
-            "initializer {} is stored outside the model",
-            t.name
-        ));
-    }
-    let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let values: Vec<f32> = if t.raw_data.is_empty() {
-        t.float_data.clone()
-    } else {
-        t.raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
-    if Some(values.len()) != dims.iter().try_fold(1_usize, |n, &d| n.checked_mul(d)) {
-        return unsupported(format!(
-            "initializer {} has {} values for dimensions {dims:?}",
-            t.name,
-            values.len()
-        ));
-    }
-    Ok((dims, values))
-}
-
-fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
-    node.attribute.iter().find(|a| a.name == name)
-}
-
-/// A square, symmetric spatial attribute (`kernel_shape`, `strides`, `pads`, `dilations`) as one
-/// number; `default` when absent.
-fn square(
-    node: &pb::NodeProto,
-    name: &str,
-    default: usize,
-) -> std::result::Result<usize, Unsupported> {
-    let Some(a) = attr(node, name) else {
-        return Ok(default);
-    };
-    match a.ints.split_first() {
-        Some((&first, rest)) if first >= 0 && rest.iter().all(|&v| v == first) => {
-            Ok(first as usize)
-        }
-        _ => unsupported(format!(
-            "{} {}: {name} {:?} is not square and symmetric",
-            node.op_type, node.name, a.ints
-        )),
-    }
-}
-
-/// Whether a window of `kernel` with `pad` on both sides fits an extent: a non-empty kernel,
-/// padding narrower than it (what the exporter writes; anything else runs on tract), and no
-/// overflow on absurd attribute values.
-fn window_fits(extent: usize, pad: usize, kernel: usize) -> bool {
-    kernel > 0
-        && pad < kernel
-        && pad
-            .checked_mul(2)
-            .and_then(|p| p.checked_add(extent))
-            .is_some_and(|padded| padded >= kernel)
-}
-
-fn int_attr(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
-    attr(node, name).map_or(default, |a| a.i)
-}
-
-/// Walks the graph (ONNX nodes are in topological order) into steps, fusing what it can, then
-/// sizes every buffer's border and packs the convolutions.
-fn plan(
-    model: &pb::ModelProto,
-    chw: [usize; 3],
-    classes: usize,
-) -> std::result::Result<Plan, Unsupported> {
-    let Some(graph) = &model.graph else {
-        return unsupported("the model has no graph");
-    };
-    let constants: HashMap<&str, &pb::TensorProto> = graph
-        .initializer
-        .iter()
-        .map(|t| (t.name.as_str(), t))
-        .collect();
-    let inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !constants.contains_key(i.name.as_str()))
-        .collect();
-    let ([input], [output]) = (&inputs[..], &graph.output[..]) else {
-        return unsupported("the graph does not have exactly one input and one output");
-    };
-    // How many times each value is read (a graph output counts as a read).
-    let mut readers: HashMap<&str, usize> = HashMap::new();
-    for name in graph
-        .node
-        .iter()
-        .flat_map(|n| &n.input)
-        .chain(std::iter::once(&output.name))
-    {
-        *readers.entry(name.as_str()).or_default() += 1;
-    }
-    let [c, h, w] = chw;
-    let mut buffers = vec![Buffer {
-        shape: [h, w, c],
-        border: 0,
-    }];
-    // Value name → (buffer, index of the step that wrote it, if any).
-    let mut values: HashMap<&str, (usize, Option<usize>)> = HashMap::new();
-    values.insert(input.name.as_str(), (0, None));
-    let mut steps: Vec<Step> = Vec::new();
-    let mut pending: Vec<PendingConv> = Vec::new();
-    let value = |values: &HashMap<&str, (usize, Option<usize>)>, name: &str| {
-        values
-            .get(name)
-            .copied()
-            .ok_or_else(|| Unsupported(format!("value {name} is read before it is written")))
-    };
-    for node in &graph.node {
-        let [out_name] = &node.output[..] else {
-            return unsupported(format!(
-                "{} {} has several outputs",
-                node.op_type, node.name
-            ));
-        };
-        let x_name = node.input.first().map(String::as_str).unwrap_or_default();
-        match node.op_type.as_str() {
-            "Conv" => {
-                let (x, _) = value(&values, x_name)?;
-                let [ih, iw, ic] = buffers[x].shape;
-                let weight = node
-                    .input
-                    .get(1)
-                    .and_then(|n| constants.get(n.as_str()))
-                    .ok_or_else(|| {
-                        Unsupported(format!("Conv {}: weights are not a constant", node.name))
-                    })?;
-                let (dims, weight) = constant(weight)?;
-                let [o, i, kh, kw] = dims[..] else {
-                    return unsupported(format!(
-                        "Conv {}: weights of dimensions {dims:?}",
-                        node.name
-                    ));
-                };
-                let kernel = square(node, "kernel_shape", kh)?;
-                let (stride, pad) = (square(node, "strides", 1)?, square(node, "pads", 0)?);
-                let group = int_attr(node, "group", 1);
-                let depthwise = group > 1 && group as usize == ic && o == ic && i == 1;
-                let auto_pad = attr(node, "auto_pad")
-                    .map(|a| a.s.as_slice())
-                    .unwrap_or(b"NOTSET");
-                if !(i == ic && group == 1 || depthwise)
-                    || kh != kw
-                    || kernel != kh
-                    || stride == 0
-                    || square(node, "dilations", 1)? != 1
-                    || !(auto_pad == b"NOTSET" || auto_pad.is_empty())
-                    || !window_fits(ih, pad, kernel)
-                    || !window_fits(iw, pad, kernel)
-                {
-                    return unsupported(format!(
-                        "Conv {}: {o}×{i}×{kh}×{kw} on {ic} channels with these attributes",
-                        node.name
-                    ));
-                }
-                let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
-                    None => vec![0.0; o],
-                    Some(n) => match constants.get(n.as_str()).map(|t| constant(t)).transpose()? {
-                        Some((d, b)) if d == [o] => b,
-                        _ => {
-                            return unsupported(format!(
-                                "Conv {}: bias is not a constant of {o}",
-                                node.name
-                            ))
-                        }
-                    },
-                };
-                let shape = [
-                    (ih + 2 * pad - kernel) / stride + 1,
-                    (iw + 2 * pad - kernel) / stride + 1,
-                    o,
-                ];
-                buffers.push(Buffer { shape, border: 0 });
-                let output = buffers.len() - 1;
-                pending.push(PendingConv {
-                    input: x,
-                    output,
-                    depthwise,
-                    weight,
-                    bias,
-                    kernel,
-                    stride,
-                    pad,
-                });
-                steps.push(Step::Conv {
-                    // Packed below, once the borders are known.
-                    conv: pending.len() - 1,
-                    input: x,
-                    output,
-                    residual: None,
-                    relu: false,
-                });
-                values.insert(out_name, (output, Some(steps.len() - 1)));
-            }
-            "Relu" => {
-                let (x, writer) = value(&values, x_name)?;
-                let sole_reader = readers.get(x_name) == Some(&1);
-                if let (true, Some(s)) = (sole_reader, writer) {
-                    if let Step::Conv { relu, .. } | Step::Add { relu, .. } = &mut steps[s] {
-                        if !*relu {
-                            *relu = true;
-                            values.insert(out_name, (x, Some(s)));
-                            continue;
-                        }
-                    }
-                }
-                buffers.push(Buffer {
-                    shape: buffers[x].shape,
-                    border: 0,
-                });
-                steps.push(Step::Relu {
-                    input: x,
-                    output: buffers.len() - 1,
-                });
-                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
-            }
-            "Add" => {
-                let [a_name, b_name] = &node.input[..] else {
-                    return unsupported(format!("Add {} does not have two inputs", node.name));
-                };
-                let (a, b) = (value(&values, a_name)?, value(&values, b_name)?);
-                if buffers[a.0].shape != buffers[b.0].shape {
-                    return unsupported(format!("Add {}: broadcasting", node.name));
-                }
-                // A convolution read only by this Add, whose other operand exists before it,
-                // takes the other operand as its residual.
-                let fusable = |conv: (usize, Option<usize>),
-                               conv_name: &str,
-                               other: (usize, Option<usize>)| {
-                    let s = conv.1?;
-                    let is_plain_conv = matches!(
-                        steps[s],
-                        Step::Conv {
-                            residual: None,
-                            relu: false,
-                            ..
-                        }
-                    );
-                    let before = other.1.is_none_or(|o| o < s);
-                    (is_plain_conv && before && readers.get(conv_name) == Some(&1))
-                        .then_some((s, other.0))
-                };
-                if let Some((s, other)) = fusable(a, a_name, b).or_else(|| fusable(b, b_name, a)) {
-                    if let Step::Conv {
-                        residual, output, ..
-                    } = &mut steps[s]
-                    {
-                        *residual = Some(other);
-                        values.insert(out_name, (*output, Some(s)));
-                    }
-                    continue;
-                }
-                buffers.push(Buffer {
-                    shape: buffers[a.0].shape,
-                    border: 0,
-                });
-                steps.push(Step::Add {
-                    a: a.0,
-                    b: b.0,
-                    output: buffers.len() - 1,
-                    relu: false,
-                });
-                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
-            }
-            "MaxPool" => {
-                let (x, _) = value(&values, x_name)?;
-                let [ih, iw, ic] = buffers[x].shape;
-                let kernel = square(node, "kernel_shape", 0)?;
-                let (stride, pad) = (square(node, "strides", 1)?, square(node, "pads", 0)?);
-                if stride == 0
-                    || int_attr(node, "ceil_mode", 0) != 0
-                    || square(node, "dilations", 1)? != 1
-                    || attr(node, "auto_pad").is_some_and(|a| !(a.s.is_empty() || a.s == b"NOTSET"))
-                    || !window_fits(ih, pad, kernel)
-                    || !window_fits(iw, pad, kernel)
-                {
-                    return unsupported(format!("MaxPool {}: these attributes", node.name));
-                }
-                let shape = [
-                    (ih + 2 * pad - kernel) / stride + 1,
-                    (iw + 2 * pad - kernel) / stride + 1,
-                    ic,
-                ];
-                buffers.push(Buffer { shape, border: 0 });
-                steps.push(Step::MaxPool {
-                    input: x,
-                    output: buffers.len() - 1,
-                    kernel,
-                    stride,
-                    pad,
-                });
-                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
-            }
-            "GlobalAveragePool" => {
-                let (x, _) = value(&values, x_name)?;
-                buffers.push(Buffer {
-                    shape: [1, 1, buffers[x].shape[2]],
-                    border: 0,
-                });
-                steps.push(Step::GlobalAvgPool {
-                    input: x,
-                    output: buffers.len() - 1,
-                });
-                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
-            }
-            "Flatten" => {
-                let v = value(&values, x_name)?;
-                // NHWC and NCHW order agree only when there is one pixel.
-                if buffers[v.0].shape[..2] != [1, 1] || int_attr(node, "axis", 1) != 1 {
-                    return unsupported(format!("Flatten {} of a spatial tensor", node.name));
-                }
-                values.insert(out_name, v);
-            }
-            "Gemm" => {
-                let (x, _) = value(&values, x_name)?;
-                let [1, 1, fin] = buffers[x].shape else {
-                    return unsupported(format!("Gemm {} on a spatial tensor", node.name));
-                };
-                let float_attr = |name: &str| attr(node, name).map_or(1.0, |a| a.f);
-                if int_attr(node, "transA", 0) != 0
-                    || float_attr("alpha") != 1.0
-                    || float_attr("beta") != 1.0
-                {
-                    return unsupported(format!("Gemm {}: transA, alpha or beta", node.name));
-                }
-                let get = |i: usize| {
-                    node.input
-                        .get(i)
-                        .and_then(|n| constants.get(n.as_str()))
-                        .map(|t| constant(t))
-                        .transpose()
-                };
-                let Some((dims, b)) = get(1)? else {
-                    return unsupported(format!("Gemm {}: B is not a constant", node.name));
-                };
-                let trans_b = int_attr(node, "transB", 0) != 0;
-                let (rows, cols) = match dims[..] {
-                    [r, c] => (r, c),
-                    _ => {
-                        return unsupported(format!("Gemm {}: B of dimensions {dims:?}", node.name))
-                    }
-                };
-                let (fout, weight) = if trans_b {
-                    (rows, b)
-                } else {
-                    // Stored `in × out`; transposed once here so each output is a dot product.
-                    (
-                        cols,
-                        (0..cols)
-                            .flat_map(|o| (0..rows).map(move |i| (i, o)))
-                            .map(|(i, o)| b[i * cols + o])
-                            .collect(),
-                    )
-                };
-                if weight.len() != fin * fout {
-                    return unsupported(format!("Gemm {}: B {dims:?} for {fin} inputs", node.name));
-                }
-                let bias = match get(2)? {
-                    None => vec![0.0; fout],
-                    Some((d, c)) if d.iter().product::<usize>() == fout => c,
-                    Some((d, _)) => {
-                        return unsupported(format!("Gemm {}: C of dimensions {d:?}", node.name))
-                    }
-                };
-                buffers.push(Buffer {
-                    shape: [1, 1, fout],
-                    border: 0,
-                });
-                steps.push(Step::Gemm {
-                    input: x,
-                    output: buffers.len() - 1,
-                    weight,
-                    bias,
-                });
-                values.insert(out_name, (buffers.len() - 1, Some(steps.len() - 1)));
-            }
-            other => return unsupported(format!("operator {other} ({})", node.name)),
-        }
-    }
-    let (out, _) = value(&values, &output.name)?;
-    if buffers[out].shape != [1, 1, classes] || out == 0 {
-        return unsupported(format!(
-            "output {:?} is not {classes} logits",
-            buffers[out].shape
-        ));
-    }
-    // Which convolutions run as Winograd, and every buffer's border: the widest padding (or
-    // Winograd reach) of the convolutions reading it.
-    let winograd: Vec<bool> = pending
-        .iter()
-        .map(|p| {
-            let (in_c, out_c) = (buffers[p.input].shape[2], buffers[p.output].shape[2]);
-            !p.depthwise && WinogradConv::suits(p.kernel, p.stride, p.pad, in_c, out_c)
-        })
-        .collect();
-    for (p, &winograd) in pending.iter().zip(&winograd) {
-        let needed = if winograd {
-            WinogradConv::border_needed(buffers[p.output].shape)
-        } else {
-            p.pad
-        };
-        buffers[p.input].border = buffers[p.input].border.max(needed);
-    }
-    let mut convs = Vec::with_capacity(pending.len());
-    let mut scratch_len = 0;
-    for (p, winograd) in pending.into_iter().zip(winograd) {
-        let geometry = ConvGeometry {
-            input: buffers[p.input].shape,
-            input_border: buffers[p.input].border,
-            output: buffers[p.output].shape,
-            output_border: buffers[p.output].border,
-            kernel: p.kernel,
-            stride: p.stride,
-            pad: p.pad,
-        };
-        let kernel = if winograd {
-            WinogradConv::new(geometry, &p.weight, &p.bias).map(ConvKernel::Winograd)
-        } else if p.depthwise {
-            PackedConv::depthwise(geometry, &p.weight, &p.bias).map(ConvKernel::Direct)
-        } else {
-            PackedConv::new(geometry, &p.weight, &p.bias).map(ConvKernel::Direct)
-        }
-        .map_err(|e| Unsupported(format!("convolution {geometry:?}: {e:?}")))?;
-        if let ConvKernel::Winograd(w) = &kernel {
-            scratch_len = scratch_len.max(w.scratch_len());
-        }
-        convs.push(kernel);
-    }
-    Ok(Plan {
-        steps,
-        convs,
-        scratch_len,
-        buffers,
-        output: out,
-        chw,
-    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use scanside_runtime::preprocess::DicomFrames;
+use scanside_runtime::decode::DicomFrames;
 use scanside_trainer::config::{
     parse_bytes, parse_targets, ExportOptions, QuantizeConfig, Targets,
 };

@@ -1,0 +1,286 @@
+//! The command line of `scanside`: one clap struct per subcommand, and the step from parsed
+//! flags to the library's typed settings (a bundle with its trust, a service configuration).
+//! Nothing here screens, decodes or writes files.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use scanside_runtime::bundle::{Bundle, Trust};
+use scanside_runtime::infer::EngineKind;
+use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "scanside",
+    version,
+    about = "Screen medical images offline with a scanside model bundle"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Screen image files (PNG, JPEG, DICOM); prints one JSON object per image on stdout.
+    Screen(ScreenArgs),
+    /// Measure a bundle's models: cold start, first inference, p50/p99 latency, throughput and
+    /// peak memory, on the given images or on synthetic inputs; prints one JSON object.
+    Bench(BenchArgs),
+    /// Show what the decoder reads from image files (size, format, DICOM modality, photometric
+    /// interpretation, bits, windowing applied, value range): one JSON object per file; with
+    /// --png, also write each decoded, windowed image as a 16-bit PNG.
+    Inspect(InspectArgs),
+    /// Write golden test vectors for the firmware: OUT/model.i8 (the bundle's verified int8
+    /// blob) and OUT/vectors.bin (each image's quantised input and the host's int8 output).
+    McuVectors(McuVectorsArgs),
+    /// Watch a drop folder: screen each image that appears exactly once, write
+    /// OUT/<name>.json, append to the audit log, move the input to IN_DIR/done (unreadable ones
+    /// to IN_DIR/failed with a reason). Crash-safe; SIGTERM finishes the current image, then
+    /// stops.
+    Watch(WatchArgs),
+    /// Receive DICOM instances over the network (C-STORE SCP, answers C-ECHO) into IN_DIR and
+    /// screen them as `watch` does; files dropped into IN_DIR are screened too.
+    Receive(ReceiveArgs),
+    /// Run the service (drop folder, and the DICOM receiver when configured) from a TOML file;
+    /// see runtime/deploy/scanside.toml.
+    Serve(ServeArgs),
+}
+
+// `scanside screen`.
+#[derive(clap::Args)]
+pub struct ScreenArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Which model of the bundle runs: fp32 (the direct engine on x86-64 with AVX2/FMA for
+    /// the graphs it knows, tract otherwise), tract (fp32 on tract), int8 (the int8 core;
+    /// bundles exported with the `mcu` target) or qdq (the QDQ ONNX twin on tract).
+    #[arg(long, default_value = "fp32")]
+    pub engine: EngineKind,
+    /// Images screened at once (default: the number of cores); output stays in input order.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Images to screen.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+impl ScreenArgs {
+    /// The threads to screen on: `--jobs`, else one per core.
+    pub fn jobs(&self) -> usize {
+        self.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
+// `scanside bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Engines to measure, comma-separated.
+    #[arg(long, default_value = "fp32,int8", value_delimiter = ',')]
+    pub engine: Vec<EngineKind>,
+    /// Timed inferences per engine.
+    #[arg(long, default_value_t = 200)]
+    pub runs: usize,
+    /// Untimed inferences before timing.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Images to run (decoded and preprocessed before timing); none: synthetic inputs.
+    pub files: Vec<PathBuf>,
+}
+
+// `scanside inspect`.
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// Folder for OUT_DIR/<file name>.png.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    /// Folder for DIR/<file name>.f32: a DICOM file's first frame before windowing
+    /// (modality-LUT values; RGB for colour), little-endian f32, rows × columns × channels,
+    /// and NAME.windowed.f32, the same after VOI (window or VOI LUT) mapped to 0..1;
+    /// for comparing the decoder with other toolkits (tools/dicom_corpus.py).
+    #[arg(long, value_name = "DIR")]
+    pub values: Option<PathBuf>,
+    /// Files to read.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+// `scanside mcu-vectors`.
+#[derive(clap::Args)]
+pub struct McuVectorsArgs {
+    /// A bundle exported with the `mcu` target.
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images (PNG, JPEG, DICOM).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+// `scanside watch`.
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Which model of the bundle screens: fp32, tract, int8 or qdq.
+    #[arg(long, default_value = "fp32")]
+    pub engine: EngineKind,
+    /// The drop folder.
+    pub in_dir: PathBuf,
+    /// Results folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+impl WatchArgs {
+    /// The service configuration these flags describe.
+    pub fn config(self) -> ServiceConfig {
+        self.service
+            .config(self.bundle, self.engine, self.in_dir, self.out)
+    }
+}
+
+// `scanside receive`.
+#[derive(clap::Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Which model of the bundle screens: fp32, tract, int8 or qdq.
+    #[arg(long, default_value = "fp32")]
+    pub engine: EngineKind,
+    /// Folder where received instances are stored for screening.
+    #[arg(long = "in", value_name = "IN_DIR")]
+    pub in_dir: PathBuf,
+    /// Results folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// TCP port.
+    #[arg(long, default_value_t = 11112)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen: IpAddr,
+    /// This node's AE title; associations calling another are refused.
+    #[arg(long, default_value = "SCANSIDE")]
+    pub ae_title: String,
+    /// Accept only this calling AE title (repeat for several); default: any.
+    #[arg(long = "allow-calling-ae", value_name = "AE_TITLE")]
+    pub allowed_calling_ae: Vec<String>,
+    /// Concurrent associations.
+    #[arg(long, default_value_t = 4)]
+    pub max_associations: usize,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+impl ReceiveArgs {
+    /// The service configuration these flags describe, the receiver included.
+    pub fn config(self) -> ServiceConfig {
+        let mut config = self
+            .service
+            .config(self.bundle, self.engine, self.in_dir, self.out);
+        config.receive = Some(ReceiveConfig {
+            port: self.port,
+            listen: self.listen,
+            ae_title: self.ae_title,
+            allowed_calling_ae: self.allowed_calling_ae,
+            max_associations: self.max_associations,
+        });
+        config
+    }
+}
+
+// `scanside serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Settings shared by `watch` and `receive`.
+#[derive(clap::Args)]
+pub struct ServiceArgs {
+    /// Audit log (JSONL, append-only; default OUT/audit.jsonl).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Milliseconds a file's size and mtime must stay unchanged before it is taken.
+    #[arg(long, default_value_t = 2000)]
+    settle_ms: u64,
+    /// Milliseconds between rescans when no file event arrives.
+    #[arg(long, default_value_t = 5000)]
+    rescan_ms: u64,
+    /// Stop once the folder is empty and nothing is pending (batch runs).
+    #[arg(long)]
+    exit_when_idle: bool,
+}
+
+impl ServiceArgs {
+    fn config(
+        self,
+        bundle: BundleArgs,
+        engine: EngineKind,
+        in_dir: PathBuf,
+        out: PathBuf,
+    ) -> ServiceConfig {
+        ServiceConfig {
+            bundle: bundle.bundle,
+            public_keys: bundle.public_key,
+            allow_unsigned: bundle.allow_unsigned,
+            engine,
+            in_dir,
+            out_dir: out,
+            audit_log: self.audit_log,
+            settle_ms: self.settle_ms,
+            rescan_ms: self.rescan_ms,
+            exit_when_idle: self.exit_when_idle,
+            receive: None,
+        }
+    }
+}
+
+/// Which bundle, and which keys it must be signed with.
+#[derive(clap::Args)]
+pub struct BundleArgs {
+    /// Bundle directory written by `scanside-train export`.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Public key (`scanside-train keygen`) whose signature the bundle must carry; repeat
+    /// to trust several.
+    #[arg(long, required_unless_present = "allow_unsigned")]
+    public_key: Vec<PathBuf>,
+    /// Load the bundle without checking its signature (development only; loudly warned).
+    #[arg(long, conflicts_with = "public_key")]
+    allow_unsigned: bool,
+}
+
+impl BundleArgs {
+    /// Loads the bundle, its signature verified with the given keys (or, with
+    /// --allow-unsigned, unchecked and loudly warned).
+    pub fn load(&self) -> anyhow::Result<Bundle> {
+        Ok(Bundle::load(&self.bundle, &self.trust()?)?)
+    }
+
+    /// The keys to verify with, or no check (loudly warned).
+    pub fn trust(&self) -> anyhow::Result<Trust> {
+        if self.allow_unsigned {
+            eprintln!(
+                "scanside: WARNING: --allow-unsigned: the model's origin is NOT verified; \
+                 results are marked model_verified=false"
+            );
+        }
+        Ok(Trust::from_key_files(
+            &self.public_key,
+            self.allow_unsigned,
+        )?)
+    }
+}
