@@ -349,6 +349,13 @@ def jpeg_ls():
             name = f"jpegls_{mode}_rgb8_interleave_{inter}.dcm"
             dcmtk("dcmcjpls", *args, flag, "+un", src, path_of(name))
             MADE.append((name, f"JPEG-LS {mode}, 8-bit RGB, interleave mode {inter}"))
+    ds = dataset("jls_rgb12", 32, 36, spp=3, pi="RGB", ba=16, bs=12)
+    src = tmp_native(ds, rgb(32, 36, 34).astype(np.uint16) * 16 + 7, "jls_rgb12")
+    for mode, args in (("lossless", ["+el"]), ("near2", ["+en", "+md", "2"])):
+        for inter, flag in (("none", "+in"), ("line", "+il"), ("sample", "+is")):
+            name = f"jpegls_{mode}_rgb12_interleave_{inter}.dcm"
+            dcmtk("dcmcjpls", *args, flag, "+un", src, path_of(name))
+            MADE.append((name, f"JPEG-LS {mode}, 12-bit RGB (16 allocated), interleave mode {inter}"))
     # A real CT (pydicom's CT_small.dcm, 16-bit signed), lossless.
     ct = get_testdata_file("CT_small.dcm")
     dcmtk("dcmcjpls", "+el", "+un", ct, path_of("jpegls_lossless_ct_small_signed16.dcm"))
