@@ -23,6 +23,10 @@ step "cargo clippy (workspace, all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 done_step
 
+step "structure: no import circle in a crate, unsafe only in per-architecture kernels, short functions"
+python3 tools/check_structure.py
+done_step
+
 step "cargo test --workspace"
 fixture=$(mktemp -d)
 SCANSIDE_EXPORT_FIXTURE="$fixture/bundle" cargo test --workspace
@@ -33,7 +37,11 @@ python3 tools/check_onnx.py "$fixture/bundle" "$fixture/bundle/check.json"
 done_step
 
 step "DICOM decoder against pydicom on the public corpus (pydicom test files + pydicom-data)"
-python3 tools/dicom_corpus.py --scanside target/debug/scanside --out "$fixture/dicom-corpus.md" | tail -n 2
+python3 tools/dicom_corpus.py --scanside target/debug/scanside --against baseline \
+  --out "$fixture/dicom-corpus.md" | tail -n 2
+python3 tools/dicom_corpus_make.py "$fixture/dicom-generated" >/dev/null
+python3 tools/dicom_corpus.py --scanside target/debug/scanside --report-only \
+  --out "$fixture/dicom-generated.md" generated="$fixture/dicom-generated" | tail -n 3
 done_step
 
 step "firmware core builds for thumbv7em-none-eabihf (no_std, with defmt)"
