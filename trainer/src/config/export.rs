@@ -5,7 +5,7 @@
 use scanside_runtime::preprocess::DicomFrames;
 use serde::{Deserialize, Serialize};
 
-use crate::int8_calibration::CalibrationMethod;
+use crate::int8_calibration::{CalibrationMethod, QdqProfile};
 
 /// What to export besides the fp32 ONNX model.
 #[derive(Debug, Clone)]
@@ -90,6 +90,9 @@ pub struct QuantizeConfig {
     pub validation_images: usize,
     /// Accuracy drop (fp32 − int8, in points) above which the export warns.
     pub warn_drop_points: f64,
+    /// The activation grid: asymmetric (onnxruntime) or symmetric with every zero point 0
+    /// (TensorRT); the blob and its QDQ twin share it.
+    pub profile: QdqProfile,
 }
 
 impl Default for QuantizeConfig {
@@ -103,6 +106,7 @@ impl Default for QuantizeConfig {
             ],
             validation_images: 0,
             warn_drop_points: 0.5,
+            profile: QdqProfile::default(),
         }
     }
 }
