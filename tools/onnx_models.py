@@ -2,18 +2,19 @@
 """Writes the ONNX classifiers a user would bring, to test `scanside-train export --onnx`.
 
 Usage: onnx_models.py --out DIR [--size 64] [--classes 3] [--seed 0] [--source auto|torch|onnx]
+                      [--exporter torchscript|dynamo]
                       [--models resnet18,resnet50,mobilenet_v2,mobilenet_v3_small,mixed]
 
 With torch and torchvision importable (--source auto or torch), each torchvision model is
-built with seeded random weights and exported by `torch.onnx.export` (eval mode, opset 14,
-dynamic batch): exactly what a PyTorch user hands over. Without them (--source auto or onnx),
+built with seeded random weights and exported by `torch.onnx.export` (eval mode, dynamic
+batch; the TorchScript exporter at opset 14, or with --exporter dynamo torch.export's): exactly what a PyTorch user hands over. Without them (--source auto or onnx),
 the same architectures are written node for node with the `onnx` package's helper API, as
 torch exports them: torchvision's layer shapes, strides and pads, Conv with BatchNorm folded
 (MobileNets, as torch's constant folding leaves them) or Conv + BatchNormalization nodes
 (ResNets, as an export without folding leaves them), Clip for ReLU6 with Constant bounds,
 HardSwish / HardSigmoid / Mul for MobileNetV3's activations and squeeze-excitation, Flatten or
 Reshape, Gemm with transB. `mixed` adds what those four lack: AveragePool, grouped and
-dilated-free asymmetric-pad convolutions, Concat, a stand-alone BatchNormalization, MatMul +
+asymmetrically padded convolutions, Concat, a stand-alone BatchNormalization, MatMul +
 Add and Squeeze. Weights are seeded random (He initialisation, BatchNorm statistics near the
 identity, residual branches scaled down so 50 layers stay finite): graph coverage, not
 accuracy. Prints one JSON line per model: file, source, input size, classes, nodes, opset.
@@ -222,15 +223,22 @@ def onnx_helper_model(name, size, classes, seed):
     return b.model("logits", 3, size, classes, name)
 
 
-def torch_model(name, size, classes, seed, path):
+def torch_model(name, size, classes, seed, path, exporter):
+    """torchvision's model, seeded, exported by torch: `dynamo` (torch.export, the default since
+    PyTorch 2.9; needs onnxscript) or `torchscript` (the older exporter)."""
     import torch
     import torchvision
 
     torch.manual_seed(seed)
     net = getattr(torchvision.models, name)(weights=None, num_classes=classes).eval()
     x = torch.randn(1, 3, size, size)
-    torch.onnx.export(net, x, path, opset_version=OPSET, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+    kwargs = dict(input_names=["input"], output_names=["logits"])
+    if exporter == "dynamo":
+        torch.onnx.export(net, (x,), path, dynamo=True, external_data=False,
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, **kwargs)
+    else:
+        torch.onnx.export(net, x, path, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **kwargs)
     return onnx.load(path)
 
 
@@ -251,13 +259,16 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--source", choices=["auto", "torch", "onnx"], default="auto")
     p.add_argument("--models", default="resnet18,resnet50,mobilenet_v2,mobilenet_v3_small,mixed")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="torchscript",
+                   help="torch's exporter (with --source torch)")
     args = p.parse_args()
     use_torch = args.source == "torch" or (args.source == "auto" and torch_available())
     os.makedirs(args.out, exist_ok=True)
     for name in args.models.split(","):
         path = os.path.join(args.out, f"{name}.onnx")
         if use_torch and name != "mixed":
-            model, source = torch_model(name, args.size, args.classes, args.seed, path), "torch.onnx.export"
+            model = torch_model(name, args.size, args.classes, args.seed, path, args.exporter)
+            source = f"torch.onnx.export ({args.exporter})"
         else:
             model, source = onnx_helper_model(name, args.size, args.classes, args.seed), "onnx.helper"
             onnx.save_model(model, path)

@@ -145,8 +145,13 @@ fn write_check_json(bundle: &Bundle, images: &[PathBuf]) -> PathBuf {
     path
 }
 
-/// onnxruntime's verdict on the bundle (`None`: onnxruntime is not installed).
-fn check_with_onnxruntime(bundle: &Bundle, images: &[PathBuf], args: &[&str]) -> Option<String> {
+/// onnxruntime's verdict on the bundle: whether `tools/check_onnx.py` passed, and what it
+/// printed (`None`: onnxruntime is not installed).
+fn check_with_onnxruntime(
+    bundle: &Bundle,
+    images: &[PathBuf],
+    args: &[&str],
+) -> Option<(bool, String)> {
     if !python_has("onnx, onnxruntime") {
         eprintln!("SKIPPED the onnxruntime check: python3 lacks onnxruntime (tools/setup.sh)");
         return None;
@@ -159,14 +164,13 @@ fn check_with_onnxruntime(bundle: &Bundle, images: &[PathBuf], args: &[&str]) ->
         .args(args)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "check_onnx.py {args:?}: {text}{}",
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     eprint!("{text}");
-    Some(text)
+    Some((out.status.success(), text))
 }
 
 /// Screens one image on each engine through the runtime's screening chain.
@@ -198,10 +202,15 @@ fn signing_key(dir: &Path) -> (SigningKey, Trust) {
     (key, trust)
 }
 
-/// Int8 agreement limit with onnxruntime's run of the same QDQ model, in output steps: the
-/// blob requantises in fixed point, onnxruntime in float, and each rounding difference can
-/// move a value one step; deeper networks accumulate more of them.
-const MAX_STEPS: &str = "4";
+/// Int8 agreement limits with onnxruntime's run of the same QDQ model, in output steps (of the
+/// 255 the logits' range spans): the blob requantises in fixed point, onnxruntime in float, so
+/// an intermediate value can land one step apart, and each later layer passes such differences
+/// on — more of them the deeper the network (measured 2, 5 and 16 steps: docs/import.md).
+const MAX_STEPS: [(&str, QdqProfile, &str); 3] = [
+    ("resnet18", QdqProfile::Tensorrt, "8"),
+    ("resnet50", QdqProfile::Onnxruntime, "24"),
+    ("mobilenet_v2", QdqProfile::Tensorrt, "8"),
+];
 
 #[test]
 fn torchvision_classifiers_quantise_to_the_int8_engine_and_screen() {
@@ -216,11 +225,8 @@ fn torchvision_classifiers_quantise_to_the_int8_engine_and_screen() {
     let images = write_class_folders(&data, 12);
     generate_models(tmp.path(), "resnet18,resnet50,mobilenet_v2");
     let (key, trust) = signing_key(tmp.path());
-    for (name, profile) in [
-        ("resnet18", QdqProfile::Tensorrt),
-        ("resnet50", QdqProfile::Onnxruntime),
-        ("mobilenet_v2", QdqProfile::Tensorrt),
-    ] {
+    let mut failures = Vec::new();
+    for (name, profile, max_steps) in MAX_STEPS {
         let bundle_dir = tmp.path().join(format!("{name}-bundle"));
         let model = tmp.path().join(format!("{name}.onnx"));
         let report = export(&model, &data, &bundle_dir, profile, &key).unwrap();
@@ -247,17 +253,22 @@ fn torchvision_classifiers_quantise_to_the_int8_engine_and_screen() {
             &images[0],
             &[EngineKind::Tract, EngineKind::Int8, EngineKind::Qdq],
         );
-        let mut args = vec!["--max-steps", MAX_STEPS];
+        let mut args = vec!["--max-steps", max_steps];
         if profile == QdqProfile::Tensorrt {
             args.extend(["--qdq-profile", "tensorrt"]);
         }
-        if let Some(text) = check_with_onnxruntime(&bundle, &images[..6], &args) {
+        if let Some((passed, text)) = check_with_onnxruntime(&bundle, &images[..6], &args) {
             assert!(text.contains("vs the scanside int8 engine"), "{text}");
             if profile == QdqProfile::Tensorrt {
                 assert!(text.contains("all 0 (int8)"), "{text}");
             }
+            // Every model is checked before any failure is reported, so one run measures all.
+            if !passed {
+                failures.push(format!("{name}: {text}"));
+            }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -298,10 +309,10 @@ fn operators_the_int8_core_lacks_are_named_and_fp32_and_qdq_still_export() {
         assert_eq!(record["file"], "model.qdq.onnx");
         screen_on_every_engine(&bundle, &images[0], &[EngineKind::Tract]);
         assert!(Engine::load(&bundle, EngineKind::Int8).is_err());
-        if let Some(text) =
+        if let Some((passed, text)) =
             check_with_onnxruntime(&bundle, &images[..4], &["--qdq-profile", "tensorrt"])
         {
-            assert!(text.contains("onnxruntime runs it"), "{text}");
+            assert!(passed && text.contains("onnxruntime runs it"), "{text}");
         }
     }
 }

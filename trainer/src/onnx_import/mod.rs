@@ -656,6 +656,31 @@ mod tests {
         }
     }
 
+    /// Regression: torchvision models exported by torch pass shared biases through
+    /// `Identity` nodes of initializers, which the importer first took for activations.
+    #[test]
+    fn torch_exports_constants_through_identity_nodes() {
+        let side = 8;
+        let mut g = Onnx::default();
+        let w = g.random(4 * 3 * 9, 0.5);
+        let w = g.init(&[4, 3, 3, 3], w);
+        let b = g.init(&[4], vec![0.1, -0.2, 0.3, 0.0]);
+        let b2 = g.node("Identity", &[&b], vec![]);
+        let x = g.node(
+            "Conv",
+            &["input", &w, &b2],
+            vec![attr_ints("pads", &[1, 1, 1, 1])],
+        );
+        let x = g.node("GlobalAveragePool", &[&x], vec![]);
+        let x = g.node("Flatten", &[&x], vec![]);
+        let bytes = g.bytes(&x, side, 4);
+        let model = import_onnx(&bytes, Path::new("torch.onnx"), [3, side, side]).unwrap();
+        let FloatOp::Conv { conv, .. } = &model.graph.layers[0].op else {
+            panic!("a convolution first")
+        };
+        assert_eq!(conv.bias, vec![0.1, -0.2, 0.3, 0.0]);
+    }
+
     #[test]
     fn what_cannot_be_read_is_named_with_the_file_and_node() {
         let side = 8;

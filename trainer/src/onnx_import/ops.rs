@@ -47,6 +47,12 @@ impl Importer {
             ),
             "Sigmoid" => self.unary(node, Unary::Sigmoid),
             "Identity" | "Dropout" => {
+                // torch's exporter shares equal constants through Identity nodes.
+                if let Some(c) = self.constant(node, 0).cloned() {
+                    let name = node.output.first().cloned().unwrap_or_default();
+                    self.constants.insert(name, c);
+                    return Ok(());
+                }
                 let x = self.value(node, 0)?;
                 self.alias(node, x);
                 Ok(())
