@@ -230,7 +230,14 @@ def torch_model(name, size, classes, seed, path, exporter):
     import torchvision
 
     torch.manual_seed(seed)
-    net = getattr(torchvision.models, name)(weights=None, num_classes=classes).eval()
+    net = getattr(torchvision.models, name)(weights=None, num_classes=classes)
+    # At torchvision's initialisation the BatchNorm statistics are the identity, and in eval
+    # mode MobileNetV2's activations fade to logits of 1e-9: nothing int8 can represent. A few
+    # training-mode passes over random images set the statistics, as training would.
+    with torch.no_grad():
+        for _ in range(8):
+            net(torch.randn(16, 3, size, size))
+    net = net.eval()
     x = torch.randn(1, 3, size, size)
     kwargs = dict(input_names=["input"], output_names=["logits"])
     if exporter == "dynamo":

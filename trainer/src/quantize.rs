@@ -590,7 +590,7 @@ pub fn check_budget(quantized: &Quantized, flash: Option<usize>, ram: Option<usi
         Ok(())
     } else {
         Err(Error::Quantize(format!(
-            "the int8 model does not fit the device: {} (fine-tune a smaller model: --width or --image-size)",
+            "the int8 model does not fit the device: {} (a smaller model: fine-tune with a smaller --width or --image-size, or export a smaller network)",
             problems.join("; ")
         )))
     }
