@@ -18,7 +18,7 @@ mkdir -p "$out"
 "$PYTHON" tools/onnx_models.py --out "$out/models" --size "$SIZE" --classes "$(tr ',' '\n' <<<"$CLASSES" | wc -l)" \
   --models "$MODELS" --exporter "$exporter" 2>/dev/null > "$out/models.jsonl"
 [ -f "$out/site.key" ] || "$BIN/scanside-train" keygen --out "$out/site" >/dev/null
-image=$(find "$data" -name '*.jpg' -o -name '*.png' | sort | head -n 1)
+image=$(find "$data" -name '*.jpg' -o -name '*.png' | sort | head -n 1 || true)  # head closes the pipe early
 for model in ${MODELS//,/ }; do
   start=$(date +%s)
   rc=0
@@ -36,7 +36,7 @@ done
 "$PYTHON" - "$out" "$MODELS" <<'PY'
 import json, struct, sys, os
 out, models = sys.argv[1], sys.argv[2].split(",")
-sources = {json.loads(l)["model"]: json.loads(l) for l in open(f"{out}/models.jsonl")}
+sources = {json.loads(l)["model"]: json.loads(l) for l in open(f"{out}/models.jsonl") if l.startswith("{")}
 print("| model | written by | ONNX nodes → layers | export | import vs tract | int8 method | fp32 / int8 top-1 | agreement | fp32 / int8 macro AUC | blob / arena | screened (engines) | int8 vs QDQ (tract) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in models:

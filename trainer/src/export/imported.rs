@@ -1,8 +1,10 @@
 //! The export of a classifier trained elsewhere: an ONNX file (PyTorch, timm, MONAI, the model
 //! zoo) with its class names and preprocessing becomes the same signed bundle a scanside run
-//! does — the ONNX fp32 model exactly as given (checked by tract), and for the int8 targets the
-//! blob and its QDQ twin, calibrated on any supported data source with every calibration
-//! method and compared with fp32 on labelled validation images when the data has labels.
+//! does — the ONNX fp32 model as given (checked by tract; only shape annotations tract cannot
+//! reconcile with a batch of one are ever removed, and the report says so), and for the int8
+//! targets the blob and its QDQ twin, calibrated on any supported data source with every
+//! calibration method and compared with fp32 on labelled validation images when the data has
+//! labels.
 //!
 //! The file is read into the trainer's float graph ([`crate::onnx_import`]); that graph must
 //! reproduce tract's logits of the file before anything is written. A graph with operators the
@@ -62,8 +64,12 @@ pub struct ImportReport {
     pub bundle: PathBuf,
     /// The ONNX file read.
     pub source: PathBuf,
-    /// Its sha256 (the bundle's model is these bytes).
+    /// The bundle's model's sha256 (the file's, unless normalised).
     pub model_sha256: String,
+    /// The file's sha256.
+    pub source_sha256: String,
+    /// What was changed in the file for the runtime to run it (`None`: the file as given).
+    pub normalised: Option<String>,
     /// Its size.
     pub model_bytes: usize,
     /// The resolved class names, output activation and preprocessing.
@@ -134,10 +140,10 @@ pub fn export_onnx<B: Backend>(
     device: &B::Device,
 ) -> Result<ImportReport> {
     let path = &export.model;
-    let bytes = std::fs::read(path).map_err(io_error(path))?;
-    let interface = interface(&decode_model(&bytes, path)?, path)?;
+    let source = std::fs::read(path).map_err(io_error(path))?;
+    let interface = interface(&decode_model(&source, path)?, path)?;
     let config = resolve_config(export, &interface)?;
-    let plan = tract_plan(&bytes, path, &config)?;
+    let (bytes, plan, normalised) = runnable_model(&source, path, &config)?;
     let data = load_data(export, &config)?;
     let (inputs, check_inputs) =
         check_inputs(&data, &config.preprocess, export.options.check_images);
@@ -147,7 +153,13 @@ pub fn export_onnx<B: Backend>(
     } else {
         Int8Outputs::default()
     };
-    let manifest = manifest(export, &interface, &config, &bytes, &outputs)?;
+    let manifest = manifest(
+        export,
+        &interface,
+        &config,
+        (&source, normalised.as_deref()),
+        &outputs,
+    )?;
     if let (Some(qdq), None) = (&outputs.qdq, &outputs.blob) {
         std::fs::create_dir_all(bundle_dir).map_err(io_error(bundle_dir))?;
         write_atomically(&bundle_dir.join(QDQ_FILE), qdq)?;
@@ -166,6 +178,8 @@ pub fn export_onnx<B: Backend>(
         source: path.clone(),
         model_sha256: written.model.sha256,
         model_bytes: bytes.len(),
+        source_sha256: sha256_hex(&source),
+        normalised,
         config,
         onnx_nodes: outputs.graph.as_ref().map_or(0, |g| g.nodes),
         graph_layers: outputs.graph.as_ref().map_or(0, ImportedModel::layers),
@@ -203,6 +217,35 @@ fn resolve_config(export: &OnnxExport, interface: &OnnxInterface) -> Result<Impo
         })?;
     config.preprocess.dicom_frames = export.options.dicom_frames;
     Ok(config)
+}
+
+/// The model the bundle holds and tract's plan of it: the file as given; or, when tract cannot
+/// unify the intermediate shape annotations (`value_info`) with a batch of one — torch's
+/// dynamo exporter writes them with a symbolic batch — the file without those annotations,
+/// which only describe shapes and change no computation.
+fn runnable_model(
+    source: &[u8],
+    path: &Path,
+    config: &ImportConfig,
+) -> Result<(Vec<u8>, Arc<TypedRunnableModel>, Option<String>)> {
+    let first = match tract_plan(source, path, config) {
+        Ok(plan) => return Ok((source.to_vec(), plan, None)),
+        Err(e) => e,
+    };
+    let mut model = decode_model(source, path)?;
+    let Some(graph) = model.graph.as_mut().filter(|g| !g.value_info.is_empty()) else {
+        return Err(first);
+    };
+    let dropped = graph.value_info.len();
+    graph.value_info.clear();
+    let bytes = prost::Message::encode_to_vec(&model);
+    let plan = tract_plan(&bytes, path, config).map_err(|_| first)?;
+    let note = format!(
+        "{dropped} intermediate shape annotations (value_info) removed: tract could not unify \
+         their symbolic batch with the runtime's batch of one; the computation is the file's"
+    );
+    eprintln!("scanside-train: note: {}: {note}", path.display());
+    Ok((bytes, plan, Some(note)))
 }
 
 /// The file as tract runs it on one `1×C×H×W` image, its output checked against the classes.
@@ -489,14 +532,15 @@ fn normalised_set(inputs: &[Vec<f32>], p: &PreprocessConfig) -> ImageSet {
     }
 }
 
-/// What the bundle records of the import: the file, its hash and size, the settings, the
-/// graph's int8 gaps and — when there is no blob — the QDQ model's hash (the manifest, and so
-/// the signature, pins it).
+/// What the bundle records of the import: the file, its hash and size, what was normalised,
+/// the settings, the graph's int8 gaps and — when there is no blob — the QDQ model's hash (the
+/// manifest, and so the signature, pins it).
 #[derive(Serialize)]
 struct ImportRecord<'a> {
     imported_onnx: &'a Path,
     sha256: String,
     bytes: usize,
+    normalised: Option<&'a str>,
     settings: &'a ImportConfig,
     calibration_data: Option<&'a Path>,
     validation_data: Option<&'a Path>,
@@ -509,13 +553,14 @@ fn manifest(
     export: &OnnxExport,
     interface: &OnnxInterface,
     config: &ImportConfig,
-    bytes: &[u8],
+    (source, normalised): (&[u8], Option<&str>),
     outputs: &Int8Outputs,
 ) -> Result<BundleManifest> {
     let record = ImportRecord {
         imported_onnx: &export.model,
-        sha256: sha256_hex(bytes),
-        bytes: bytes.len(),
+        sha256: sha256_hex(source),
+        bytes: source.len(),
+        normalised,
         settings: config,
         calibration_data: export.calibration_data.as_deref(),
         validation_data: export.validation_data.as_deref(),
@@ -589,4 +634,97 @@ fn check_bundle(
         }
     }
     Ok(diff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use scanside_runtime::preprocess::PreprocessConfig;
+    use tract_onnx::pb;
+
+    fn info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+        use pb::tensor_shape_proto::{dimension::Value, Dimension};
+        let dim = dims
+            .iter()
+            .map(|d| Dimension {
+                value: Some(match d {
+                    Some(v) => Value::DimValue(*v),
+                    None => Value::DimParam("batch".into()),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: pb::tensor_proto::DataType::Float as i32,
+                    shape: Some(pb::TensorShapeProto { dim }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Regression: torch's dynamo exporter annotates intermediate tensors with a symbolic
+    /// batch, which tract could not unify with the runtime's batch of one; the bundle gets
+    /// the model without those annotations, and says so.
+    #[test]
+    fn dynamo_exports_value_info_with_a_symbolic_batch_is_dropped_and_reported() {
+        let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        };
+        let weight = pb::TensorProto {
+            name: "w".into(),
+            dims: vec![2, 3, 1, 1],
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            float_data: vec![0.5, -0.25, 1.0, 0.1, 0.2, 0.3],
+            ..Default::default()
+        };
+        let model = pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 18,
+            }],
+            graph: Some(pb::GraphProto {
+                node: vec![
+                    node("Conv", &["input", "w"], "conv"),
+                    node("GlobalAveragePool", &["conv"], "pooled"),
+                    node("Flatten", &["pooled"], "logits"),
+                ],
+                initializer: vec![weight],
+                input: vec![info("input", &[None, Some(3), Some(4), Some(4)])],
+                output: vec![info("logits", &[None, Some(2)])],
+                value_info: vec![info("conv", &[None, Some(2), Some(4), Some(4)])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let source = model.encode_to_vec();
+        let config = ImportConfig {
+            classes: vec!["a".into(), "b".into()],
+            output: Default::default(),
+            preprocess: PreprocessConfig::new(4, 3, vec![0.5; 3], vec![0.25; 3]),
+        };
+        let path = Path::new("dynamo.onnx");
+        let (bytes, _plan, note) = runnable_model(&source, path, &config).unwrap();
+        let note = note.expect("tract refuses the annotated file, so it is normalised");
+        assert!(
+            note.contains("1 intermediate shape annotations (value_info)"),
+            "{note}"
+        );
+        assert!(decode_model(&bytes, path)
+            .unwrap()
+            .graph
+            .unwrap()
+            .value_info
+            .is_empty());
+        assert!(tract_plan(&source, path, &config).is_err());
+    }
 }
