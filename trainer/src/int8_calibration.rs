@@ -18,7 +18,7 @@ use scanside_runtime::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
-use crate::graph::{spatial_mean, trace, walk, FloatGraph, FloatOp, GraphWalk};
+use crate::graph::{evaluate, spatial_mean, trace, walk, FloatGraph, FloatOp, GraphWalk};
 use crate::model::{batch_norm, input_tensor, to_vec, Classifier};
 
 /// How activation ranges are chosen from calibration data.
@@ -60,6 +60,42 @@ impl CalibrationMethod {
                          percentile-99.99) or entropy"
                     )
                 }),
+        }
+    }
+}
+
+/// How activations map onto int8: the grid both the blob and its QDQ ONNX twin use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QdqProfile {
+    /// Asymmetric activations: each tensor's calibrated `[lo, hi]` over all 256 steps (ReLU
+    /// outputs get zero point −128). What onnxruntime and the int8 core run best.
+    #[default]
+    Onnxruntime,
+    /// Symmetric activations and weights, every zero point 0 (TensorRT accepts nothing
+    /// else), weights per output channel (axis 0), biases left in float for TensorRT to
+    /// fuse. A ReLU output then uses half the grid: one bit less resolution.
+    Tensorrt,
+}
+
+impl QdqProfile {
+    /// Name used on the command line, in reports and the manifest.
+    pub fn name(&self) -> &'static str {
+        match self {
+            QdqProfile::Onnxruntime => "onnxruntime",
+            QdqProfile::Tensorrt => "tensorrt",
+        }
+    }
+
+    /// The inverse of [`QdqProfile::name`].
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "onnxruntime" => Ok(QdqProfile::Onnxruntime),
+            "tensorrt" => Ok(QdqProfile::Tensorrt),
+            other => Err(format!(
+                "QDQ profile {other:?}: expected onnxruntime (asymmetric activations) or \
+                 tensorrt (symmetric, every zero point 0)"
+            )),
         }
     }
 }
@@ -181,7 +217,8 @@ pub fn activation_ranges<B: Backend>(
     device: &B::Device,
 ) -> Vec<(f32, i8)> {
     let (graph, stats) = calibrate(model, images, preprocess, device);
-    tensor_quantization(&graph, &stats, method)
+    // Training holds the grid the default export writes.
+    tensor_quantization(&graph, &stats, method, QdqProfile::default())
 }
 
 /// `N×classes` logits of `model` with int8 rounding of weights and activations in the
@@ -209,6 +246,7 @@ pub(crate) struct TensorStats {
 const SAMPLE_PER_TENSOR: usize = 1 << 18;
 const CALIBRATION_BATCH: usize = 32;
 
+/// The graph of `model` and what calibration saw of each of its tensors on `images`.
 pub(crate) fn calibrate<B: Backend>(
     model: &Classifier<B>,
     images: &ImageSet,
@@ -216,11 +254,37 @@ pub(crate) fn calibrate<B: Backend>(
     device: &B::Device,
 ) -> (FloatGraph, Vec<TensorStats>) {
     let mut graph = None;
+    let stats = collect_stats(images, preprocess, device, |x| {
+        let (g, values) = trace(model, x);
+        graph = Some(g);
+        values
+    });
+    (graph.expect("at least one calibration image"), stats)
+}
+
+/// What calibration saw of each tensor of an imported graph on `images`.
+pub(crate) fn calibrate_graph<B: Backend>(
+    graph: &FloatGraph,
+    images: &ImageSet,
+    preprocess: &PreprocessConfig,
+    device: &B::Device,
+) -> Vec<TensorStats> {
+    collect_stats::<B>(images, preprocess, device, |x| evaluate(graph, x))
+}
+
+/// Runs `values` (every tensor of the graph for a normalised batch) over `images` in batches
+/// and keeps each tensor's extremes and a strided sample of its values.
+fn collect_stats<B: Backend>(
+    images: &ImageSet,
+    preprocess: &PreprocessConfig,
+    device: &B::Device,
+    mut values: impl FnMut(Tensor<B, 4>) -> Vec<Tensor<B, 4>>,
+) -> Vec<TensorStats> {
     let mut stats: Vec<TensorStats> = Vec::new();
     for start in (0..images.len()).step_by(CALIBRATION_BATCH) {
         let end = (start + CALIBRATION_BATCH).min(images.len());
         let pixels = images.pixels[start * images.sample_len..end * images.sample_len].to_vec();
-        let (g, values) = trace(model, input_tensor::<B>(pixels, preprocess, device));
+        let batch = values(input_tensor::<B>(pixels, preprocess, device));
         if stats.is_empty() {
             stats = vec![
                 TensorStats {
@@ -228,10 +292,10 @@ pub(crate) fn calibrate<B: Backend>(
                     max: f32::NEG_INFINITY,
                     sample: Vec::new()
                 };
-                values.len()
+                batch.len()
             ];
         }
-        for (s, v) in stats.iter_mut().zip(values) {
+        for (s, v) in stats.iter_mut().zip(batch) {
             let v = to_vec(v);
             let per_image = v.len() / (end - start);
             let stride = (per_image * images.len())
@@ -245,9 +309,8 @@ pub(crate) fn calibrate<B: Backend>(
                 }
             }
         }
-        graph = Some(g);
     }
-    (graph.expect("at least one calibration image"), stats)
+    stats
 }
 
 /// Quantile `q` in `[0, 1]` of sorted values.
@@ -311,7 +374,12 @@ fn entropy_threshold(sample: &[f32], max_abs: f32, levels: usize) -> f32 {
 }
 
 /// The real range a tensor is quantised over, by method; always contains 0.
-fn tensor_range(stats: &TensorStats, non_negative: bool, method: CalibrationMethod) -> (f32, f32) {
+fn tensor_range(
+    stats: &TensorStats,
+    non_negative: bool,
+    method: CalibrationMethod,
+    profile: QdqProfile,
+) -> (f32, f32) {
     let (lo, hi) = match method {
         CalibrationMethod::MinMax => (stats.min, stats.max),
         CalibrationMethod::Percentile(p) => {
@@ -325,7 +393,14 @@ fn tensor_range(stats: &TensorStats, non_negative: bool, method: CalibrationMeth
         }
         CalibrationMethod::Entropy => {
             let max_abs = stats.min.abs().max(stats.max.abs());
-            let t = entropy_threshold(&stats.sample, max_abs, if non_negative { 255 } else { 127 });
+            // The levels a tensor has on its side of zero: all 255 for a non-negative one
+            // on an asymmetric grid, 127 on a symmetric grid.
+            let levels = if non_negative && profile == QdqProfile::Onnxruntime {
+                255
+            } else {
+                127
+            };
+            let t = entropy_threshold(&stats.sample, max_abs, levels);
             (stats.min.max(-t), stats.max.min(t))
         }
     };
@@ -338,6 +413,20 @@ fn affine(lo: f32, hi: f32) -> (f32, i8) {
     let scale = ((hi - lo) / 255.0).max(1e-8);
     let zero_point = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i8;
     (scale, zero_point)
+}
+
+/// Scale covering `[-max|x|, max|x|]` with zero point 0 (steps −127…127; −128 unused, as
+/// TensorRT does).
+fn symmetric(lo: f32, hi: f32) -> (f32, i8) {
+    ((lo.abs().max(hi.abs()) / 127.0).max(1e-8), 0)
+}
+
+/// The grid of a tensor quantised over `[lo, hi]` under `profile`.
+fn grid(lo: f32, hi: f32, profile: QdqProfile) -> (f32, i8) {
+    match profile {
+        QdqProfile::Onnxruntime => affine(lo, hi),
+        QdqProfile::Tensorrt => symmetric(lo, hi),
+    }
 }
 
 /// Per-output-channel symmetric int8 weights of `[out][rest]` floats, with the scales.
@@ -369,12 +458,13 @@ pub(crate) fn quantize_bias(bias: &[f32], input_scale: f32, weight_scales: &[f32
         .collect()
 }
 
-/// Per-tensor quantisation for a method; max-pool outputs inherit their input's (the kernel
-/// does not requantise).
+/// Per-tensor quantisation for a method and profile; max-pool outputs inherit their input's
+/// (the kernel does not requantise).
 pub(crate) fn tensor_quantization(
     graph: &FloatGraph,
     stats: &[TensorStats],
     method: CalibrationMethod,
+    profile: QdqProfile,
 ) -> Vec<(f32, i8)> {
     let mut quant: Vec<(f32, i8)> = graph
         .tensors
@@ -389,8 +479,8 @@ pub(crate) fn tensor_quantization(
             } else {
                 method
             };
-            let (lo, hi) = tensor_range(s, t.non_negative, method);
-            affine(lo, hi)
+            let (lo, hi) = tensor_range(s, t.non_negative, method, profile);
+            grid(lo, hi, profile)
         })
         .collect();
     for layer in &graph.layers {

@@ -31,6 +31,8 @@ pub mod int8_calibration; // activation ranges, weight grids, fake quantisation 
 
 pub mod onnx; // ONNX writers: the fp32 classifier and its int8 QDQ twin
 
+pub mod onnx_import; // ONNX classifiers trained elsewhere read into the float graph
+
 pub mod config; // every stage's settings: defaults, validation, config files and flags
 
 pub mod run_dir; // run-directory contracts: file names, loading a finished run back
@@ -101,6 +103,14 @@ pub enum Error {
     /// The exported model does not reproduce the trained one.
     #[error("export check failed: {0}")]
     ExportMismatch(String),
+    /// An ONNX model cannot be read into the float graph.
+    #[error("{path}: cannot import: {reason}")]
+    Import {
+        /// The ONNX file.
+        path: PathBuf,
+        /// The node and what is wrong with it.
+        reason: String,
+    },
     /// The int8 model cannot be made, or does not fit the device's budget.
     #[error("int8 export: {0}")]
     Quantize(String),

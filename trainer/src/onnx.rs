@@ -8,7 +8,8 @@ use burn::tensor::backend::Backend;
 use prost::Message;
 use tract_onnx::pb;
 
-use crate::graph::{fold, FloatGraph, FloatOp, FoldedConv};
+use crate::graph::{fold, Activation, FloatGraph, FloatLayer, FloatOp, FoldedConv, Unary, Window};
+use crate::int8_calibration::QdqProfile;
 use crate::int8_calibration::{quantize_bias, quantize_per_channel};
 use crate::model::{to_vec, Block, Classifier};
 
@@ -184,18 +185,27 @@ enum QuantizedConstant<'a> {
     I32(&'a [i32]),
 }
 
-/// Kernel, strides, pads and (for a depthwise convolution) group of an ONNX `Conv`.
+/// Kernel, strides, pads, dilations and group of an ONNX `Conv`.
 fn conv_attributes(c: &FoldedConv) -> Vec<pb::AttributeProto> {
-    let (p, k, s) = (c.padding as i64, c.shape[2] as i64, c.stride as i64);
-    let mut attrs = vec![
-        ints("kernel_shape", &[k, k]),
-        ints("strides", &[s, s]),
-        ints("pads", &[p, p, p, p]),
-    ];
+    let mut attrs = window_attributes(&c.window);
+    if c.window.dilation != [1, 1] {
+        let [dy, dx] = c.window.dilation;
+        attrs.push(ints("dilations", &[dy as i64, dx as i64]));
+    }
     if c.groups > 1 {
         attrs.push(int("group", c.groups as i64));
     }
     attrs
+}
+
+/// `kernel_shape`, `strides` and `pads` of a convolution or pooling window.
+fn window_attributes(w: &Window) -> Vec<pb::AttributeProto> {
+    let i = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    vec![
+        ints("kernel_shape", &i(&w.kernel)),
+        ints("strides", &i(&w.stride)),
+        ints("pads", &i(&w.pads)),
+    ]
 }
 
 fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
@@ -309,110 +319,185 @@ pub fn onnx_bytes<B: Backend>(model: &Classifier<B>, input_chw: [usize; 3]) -> V
     model.encode_to_vec()
 }
 
+impl GraphBuilder {
+    /// The activation's node after `x` (none for [`Activation::None`]).
+    fn activation(&mut self, x: String, activation: Activation) -> String {
+        match activation {
+            Activation::None => x,
+            Activation::Relu => self.relu(x),
+            Activation::Clip { min, max } => {
+                let lo = self.fresh("clip_min");
+                let lo = self.constant(&lo, &[], vec![min]);
+                let hi = self.fresh("clip_max");
+                let hi = self.constant(&hi, &[], vec![max]);
+                self.node("Clip", vec![x, lo, hi], vec![])
+            }
+        }
+    }
+
+    /// Weights int8 per output channel and the bias behind `DequantizeLinear`s, as inputs of
+    /// a `Conv` or `Gemm`: the bias int32 in accumulator scale (onnxruntime fuses it), or
+    /// for TensorRT (whose QDQ layers are int8 only) the same int32 values dequantised into
+    /// a float initializer, so both profiles add exactly the blob's bias.
+    fn quantized_weights(
+        &mut self,
+        name: &str,
+        (weight, dims): (&[f32], &[usize]),
+        bias: &[f32],
+        input_scale: f32,
+        profile: QdqProfile,
+    ) -> (String, String) {
+        let out = dims[0];
+        let (w, scales) = quantize_per_channel(weight, out);
+        let b = quantize_bias(bias, input_scale, &scales);
+        let bias_scales: Vec<f32> = scales.iter().map(|s| s * input_scale).collect();
+        let w = self.dequantized(
+            &format!("{name}.weight"),
+            dims,
+            QuantizedConstant::I8(&w),
+            &scales,
+        );
+        let b = match profile {
+            QdqProfile::Onnxruntime => self.dequantized(
+                &format!("{name}.bias"),
+                &[out],
+                QuantizedConstant::I32(&b),
+                &bias_scales,
+            ),
+            QdqProfile::Tensorrt => {
+                let values = b
+                    .iter()
+                    .zip(&bias_scales)
+                    .map(|(&q, &s)| (f64::from(q) * f64::from(s)) as f32)
+                    .collect();
+                self.constant(&format!("{name}.bias"), &[out], values)
+            }
+        };
+        (w, b)
+    }
+
+    /// One layer of the QDQ graph on its (already fake-quantised) inputs, before the
+    /// fake quantisation of its output.
+    fn qdq_layer(
+        &mut self,
+        index: usize,
+        layer: &FloatLayer,
+        inputs: Vec<String>,
+        input_scale: f32,
+        profile: QdqProfile,
+    ) -> String {
+        let x = inputs[0].clone();
+        let name = format!("layer{index}");
+        match &layer.op {
+            FloatOp::Conv { conv, activation } => {
+                let (w, b) = self.quantized_weights(
+                    &name,
+                    (&conv.weight, &conv.shape),
+                    &conv.bias,
+                    input_scale,
+                    profile,
+                );
+                let y = self.node("Conv", vec![x, w, b], conv_attributes(conv));
+                self.activation(y, *activation)
+            }
+            FloatOp::MaxPool { window } => self.node("MaxPool", vec![x], window_attributes(window)),
+            FloatOp::AvgPool {
+                window,
+                count_include_pad,
+            } => {
+                let mut attrs = window_attributes(window);
+                attrs.push(int("count_include_pad", i64::from(*count_include_pad)));
+                self.node("AveragePool", vec![x], attrs)
+            }
+            FloatOp::Add { activation } => {
+                let sum = self.node("Add", inputs, vec![]);
+                self.activation(sum, *activation)
+            }
+            FloatOp::Mul => self.node("Mul", inputs, vec![]),
+            FloatOp::Concat => self.node("Concat", inputs, vec![int("axis", 1)]),
+            FloatOp::GlobalAvgPool => self.node("GlobalAveragePool", vec![x], vec![]),
+            FloatOp::FullyConnected {
+                weight,
+                bias,
+                activation,
+            } => {
+                let dims = [bias.len(), weight.len() / bias.len()];
+                let (w, b) =
+                    self.quantized_weights(&name, (weight, &dims), bias, input_scale, profile);
+                let flat = self.node("Flatten", vec![x], vec![int("axis", 1)]);
+                let y = self.node("Gemm", vec![flat, w, b], vec![int("transB", 1)]);
+                self.activation(y, *activation)
+            }
+            FloatOp::Unary(unary) => self.unary(x, *unary),
+        }
+    }
+
+    /// Element-wise functions in opset-13 operators (HardSwish arrived in opset 14).
+    fn unary(&mut self, x: String, unary: Unary) -> String {
+        let hard_sigmoid = |g: &mut Self, x: String, alpha: f32, beta: f32| {
+            let attrs = vec![float("alpha", alpha), float("beta", beta)];
+            g.node("HardSigmoid", vec![x], attrs)
+        };
+        match unary {
+            Unary::Activation(a) => self.activation(x, a),
+            Unary::HardSwish => {
+                let gate = hard_sigmoid(self, x.clone(), 1.0 / 6.0, 0.5);
+                self.node("Mul", vec![x, gate], vec![])
+            }
+            Unary::HardSigmoid { alpha, beta } => hard_sigmoid(self, x, alpha, beta),
+            Unary::Sigmoid => self.node("Sigmoid", vec![x], vec![]),
+        }
+    }
+}
+
+fn float(name: &str, value: f32) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_string(),
+        r#type: pb::attribute_proto::AttributeType::Float as i32,
+        f: value,
+        ..Default::default()
+    }
+}
+
 /// The int8 model as a standard ONNX QDQ graph (opset 13): every activation passes through
 /// `QuantizeLinear → DequantizeLinear` with the blob's scale and zero point, weights are int8
-/// per output channel and biases int32 in accumulator scale, each behind a `DequantizeLinear`
-/// — the form onnxruntime and TensorRT fuse into integer kernels. Same quantisation as the blob,
-/// so the two agree up to the rounding of the requantisation (fixed point in the blob).
+/// per output channel (axis 0) behind a `DequantizeLinear`, biases int32 in accumulator scale
+/// (float for the TensorRT profile) — the form onnxruntime and TensorRT fuse into integer
+/// kernels. Same quantisation as the blob, so the two agree up to the rounding of the
+/// requantisation (fixed point in the blob). Layers the int8 core lacks are written as their
+/// float operators between the same Q/DQ pairs.
 pub(crate) fn qdq_onnx_bytes(
     graph: &FloatGraph,
     quant: &[(f32, i8)],
-    input_chw: [usize; 3],
+    profile: QdqProfile,
 ) -> Vec<u8> {
     let mut g = GraphBuilder::default();
     let mut names: Vec<String> = vec![String::new(); graph.tensors.len()];
     names[0] = g.fake_quant(INPUT_NAME.to_string(), quant[0]);
-    let mut classes = 0;
     for (i, layer) in graph.layers.iter().enumerate() {
-        let x = names[layer.inputs[0]].clone();
-        let y = match &layer.op {
-            FloatOp::Conv { conv, relu } => {
-                let o = conv.shape[0];
-                let (w, scales) = quantize_per_channel(&conv.weight, o);
-                let b = quantize_bias(&conv.bias, quant[layer.inputs[0]].0, &scales);
-                let bias_scales: Vec<f32> = scales
-                    .iter()
-                    .map(|s| s * quant[layer.inputs[0]].0)
-                    .collect();
-                let w = g.dequantized(
-                    &format!("layer{i}.weight"),
-                    &conv.shape,
-                    QuantizedConstant::I8(&w),
-                    &scales,
-                );
-                let b = g.dequantized(
-                    &format!("layer{i}.bias"),
-                    &[o],
-                    QuantizedConstant::I32(&b),
-                    &bias_scales,
-                );
-                let y = g.node("Conv", vec![x, w, b], conv_attributes(conv));
-                if *relu {
-                    g.relu(y)
-                } else {
-                    y
-                }
-            }
-            FloatOp::MaxPool {
-                kernel,
-                stride,
-                padding,
-            } => {
-                let p = *padding as i64;
-                let attrs = vec![
-                    ints("kernel_shape", &[*kernel as i64, *kernel as i64]),
-                    ints("strides", &[*stride as i64, *stride as i64]),
-                    ints("pads", &[p, p, p, p]),
-                ];
-                g.node("MaxPool", vec![x], attrs)
-            }
-            FloatOp::Add { relu } => {
-                let sum = g.node("Add", vec![x, names[layer.inputs[1]].clone()], vec![]);
-                if *relu {
-                    g.relu(sum)
-                } else {
-                    sum
-                }
-            }
-            FloatOp::GlobalAvgPool => g.node("GlobalAveragePool", vec![x], vec![]),
-            FloatOp::FullyConnected { weight, bias } => {
-                let out = bias.len();
-                let fin = weight.len() / out;
-                let (w, scales) = quantize_per_channel(weight, out);
-                let b = quantize_bias(bias, quant[layer.inputs[0]].0, &scales);
-                let bias_scales: Vec<f32> = scales
-                    .iter()
-                    .map(|s| s * quant[layer.inputs[0]].0)
-                    .collect();
-                let w = g.dequantized(
-                    &format!("layer{i}.weight"),
-                    &[out, fin],
-                    QuantizedConstant::I8(&w),
-                    &scales,
-                );
-                let b = g.dequantized(
-                    &format!("layer{i}.bias"),
-                    &[out],
-                    QuantizedConstant::I32(&b),
-                    &bias_scales,
-                );
-                let flat = g.node("Flatten", vec![x], vec![int("axis", 1)]);
-                classes = out;
-                g.node("Gemm", vec![flat, w, b], vec![int("transB", 1)])
-            }
-        };
+        let inputs = layer.inputs.iter().map(|&t| names[t].clone()).collect();
+        let y = g.qdq_layer(i, layer, inputs, quant[layer.inputs[0]].0, profile);
         names[layer.output] = g.fake_quant(y, quant[layer.output]);
     }
-    if let Some(last) = g.nodes.last_mut() {
-        last.output = vec![OUTPUT_NAME.to_string()];
+    // Logits as `N×classes` whatever the last layer (a 1×1 convolution head ends 4-D).
+    let last = graph.tensors.last().expect("a graph has an output");
+    if !matches!(
+        graph.layers.last().map(|l| &l.op),
+        Some(FloatOp::FullyConnected { .. })
+    ) {
+        let out = names[graph.tensors.len() - 1].clone();
+        g.node("Flatten", vec![out], vec![int("axis", 1)]);
     }
-    let [c, h, w] = input_chw;
+    if let Some(node) = g.nodes.last_mut() {
+        node.output = vec![OUTPUT_NAME.to_string()];
+    }
+    let [c, h, w] = graph.input_chw();
     let graph = pb::GraphProto {
-        name: "scanside_classifier_qdq".into(),
+        name: format!("scanside_classifier_qdq_{}", profile.name()),
         node: g.nodes,
         initializer: g.initializers,
         input: vec![tensor_info(INPUT_NAME, &[None, Some(c), Some(h), Some(w)])],
-        output: vec![tensor_info(OUTPUT_NAME, &[None, Some(classes)])],
+        output: vec![tensor_info(OUTPUT_NAME, &[None, Some(last.channels)])],
         ..Default::default()
     };
     pb::ModelProto {

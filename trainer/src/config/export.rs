@@ -5,7 +5,7 @@
 use scanside_runtime::decode::DicomFrames;
 use serde::{Deserialize, Serialize};
 
-use crate::int8_calibration::CalibrationMethod;
+use crate::int8_calibration::{CalibrationMethod, QdqProfile};
 
 /// What to export besides the fp32 ONNX model.
 #[derive(Debug, Clone)]
@@ -48,26 +48,51 @@ impl ExportOptions {
     }
 }
 
-/// Export targets named on the command line (`onnx`, `onnx,onnx-int8,mcu`).
+/// Export targets named on the command line (`onnx`, `onnx,onnx-int8,mcu`, `onnx,tensorrt`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Targets {
-    /// The int8 models (`mcu` and/or `onnx-int8`: the blob and its QDQ ONNX twin).
+    /// The int8 models (`mcu`, `onnx-int8` and/or `tensorrt`: the blob and its QDQ ONNX twin).
     pub mcu: bool,
+    /// TensorRT was named: the QDQ model must use its profile (symmetric, zero point 0).
+    pub tensorrt: bool,
+}
+
+impl Targets {
+    /// The QDQ profile: the one asked for, else TensorRT's when TensorRT is a target, else
+    /// onnxruntime's. Asking for onnxruntime's with the TensorRT target is a contradiction.
+    pub fn qdq_profile(&self, asked: Option<QdqProfile>) -> Result<QdqProfile, String> {
+        match (asked, self.tensorrt) {
+            (Some(QdqProfile::Onnxruntime), true) => Err(
+                "the tensorrt target needs the tensorrt QDQ profile (TensorRT accepts only zero \
+                 point 0); drop --qdq-profile onnxruntime"
+                    .into(),
+            ),
+            (Some(profile), _) => Ok(profile),
+            (None, true) => Ok(QdqProfile::Tensorrt),
+            (None, false) => Ok(QdqProfile::default()),
+        }
+    }
 }
 
 /// Parses `--targets`.
 pub fn parse_targets(text: &str) -> Result<Targets, String> {
     let mut int8 = false;
     let mut onnx = false;
+    let mut tensorrt = false;
     for t in text.split(',').map(str::trim) {
         match t {
             "onnx" => onnx = true,
             // One quantisation serves both int8 targets, and both are written: the blob
             // (the firmware's, and the runtime's --engine int8) and its QDQ ONNX twin.
             "mcu" | "onnx-int8" => int8 = true,
+            // The QDQ model is what TensorRT builds an int8 engine from.
+            "tensorrt" => {
+                int8 = true;
+                tensorrt = true;
+            }
             other => {
                 return Err(format!(
-                    "unknown export target {other:?}: expected onnx, onnx-int8 or mcu"
+                    "unknown export target {other:?}: expected onnx, onnx-int8, mcu or tensorrt"
                 ))
             }
         }
@@ -75,7 +100,10 @@ pub fn parse_targets(text: &str) -> Result<Targets, String> {
     if !onnx {
         return Err("the onnx target is required (the bundle's reference model)".into());
     }
-    Ok(Targets { mcu: int8 })
+    Ok(Targets {
+        mcu: int8,
+        tensorrt,
+    })
 }
 
 /// Quantisation settings (saved in the bundle's report).
@@ -90,6 +118,9 @@ pub struct QuantizeConfig {
     pub validation_images: usize,
     /// Accuracy drop (fp32 − int8, in points) above which the export warns.
     pub warn_drop_points: f64,
+    /// The activation grid: asymmetric (onnxruntime) or symmetric with every zero point 0
+    /// (TensorRT); the blob and its QDQ twin share it.
+    pub profile: QdqProfile,
 }
 
 impl Default for QuantizeConfig {
@@ -103,6 +134,7 @@ impl Default for QuantizeConfig {
             ],
             validation_images: 0,
             warn_drop_points: 0.5,
+            profile: QdqProfile::default(),
         }
     }
 }
@@ -160,12 +192,35 @@ mod tests {
 
     #[test]
     fn targets_parse_and_unknown_ones_are_named() {
-        assert_eq!(parse_targets("onnx"), Ok(Targets { mcu: false }));
-        assert_eq!(
-            parse_targets("onnx,onnx-int8,mcu"),
-            Ok(Targets { mcu: true })
+        let (none, int8, trt) = (
+            Targets {
+                mcu: false,
+                tensorrt: false,
+            },
+            Targets {
+                mcu: true,
+                tensorrt: false,
+            },
+            Targets {
+                mcu: true,
+                tensorrt: true,
+            },
         );
-        assert_eq!(parse_targets("onnx, mcu"), Ok(Targets { mcu: true }));
+        assert_eq!(parse_targets("onnx"), Ok(none));
+        assert_eq!(parse_targets("onnx,onnx-int8,mcu"), Ok(int8));
+        assert_eq!(parse_targets("onnx, mcu"), Ok(int8));
+        assert_eq!(parse_targets("onnx,tensorrt"), Ok(trt));
+        // TensorRT named: its profile is the default, and the other one a contradiction.
+        assert_eq!(trt.qdq_profile(None), Ok(QdqProfile::Tensorrt));
+        assert_eq!(int8.qdq_profile(None), Ok(QdqProfile::Onnxruntime));
+        assert_eq!(
+            int8.qdq_profile(Some(QdqProfile::Tensorrt)),
+            Ok(QdqProfile::Tensorrt)
+        );
+        assert!(trt
+            .qdq_profile(Some(QdqProfile::Onnxruntime))
+            .unwrap_err()
+            .contains("zero point 0"));
         assert!(parse_targets("mcu")
             .unwrap_err()
             .contains("onnx target is required"));

@@ -13,6 +13,7 @@ mod demo;
 mod evaluate;
 mod export;
 mod finetune;
+mod import;
 mod pretrain;
 mod study;
 
@@ -26,6 +27,9 @@ pub use evaluate::EvalSettings;
 pub use export::{parse_bytes, parse_targets, ExportOptions, QuantizeConfig, Targets};
 pub use finetune::{
     ClassWeights, FinetuneConfig, FinetuneMode, FinetuneSettings, QatConfig, QatSettings,
+};
+pub use import::{
+    parse_preprocess, ImportConfig, ImportSettings, PreprocessSettings, IMAGENET_MEAN, IMAGENET_STD,
 };
 pub use pretrain::{Method, Objectives, PretrainConfig, PretrainSettings};
 pub use study::{StudyConfig, SCRATCH};

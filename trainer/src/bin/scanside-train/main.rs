@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use data_args::DataCommand;
 use eval_args::{EvaluateArgs, ProbeArgs, ReportArgs};
-use export_args::{ExportArgs, KeygenArgs};
+use export_args::{ExportArgs, ExportPlan, KeygenArgs};
 use train_args::{DemoArgs, FinetuneArgs, PretrainArgs, PretrainPlan, StudyCommand};
 
 /// mimalloc keeps freed tensor buffers for reuse; glibc's malloc returned them to the kernel
@@ -91,7 +91,10 @@ enum Command {
         #[command(subcommand)]
         command: StudyCommand,
     },
-    /// Export a fine-tuned run as an ONNX bundle and check it against the runtime.
+    /// Export a fine-tuned run (--run) or an ONNX classifier trained elsewhere (--onnx) as a
+    /// bundle — ONNX fp32, and for the int8 targets the int8 blob and its QDQ ONNX twin — and
+    /// check it against the runtime.
+    #[command(after_help = export_args::EXPORT_EXAMPLES)]
     Export(ExportArgs),
     /// Make an ed25519 key pair for signing bundles: OUT.key (secret, owner-only) and OUT.pub
     /// (for the runtime's --public-key).
@@ -248,16 +251,24 @@ fn run<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> anyhow::R
             let config = args.config()?;
             print_text(study::run_study::<B>(&config, &args.out, device)?.table)
         }
-        Command::Export(args) => {
-            let report = export::export_run_with_key_file::<B::InnerBackend>(
-                &args.run,
-                &args.out,
-                &args.options()?,
-                args.sign_key.as_deref(),
-                device,
-            )?;
-            print_json(&report)
-        }
+        Command::Export(args) => match args.plan()? {
+            ExportPlan::Run(run, options) => {
+                print_json(&export::export_run_with_key_file::<B::InnerBackend>(
+                    &run,
+                    &args.out,
+                    &options,
+                    args.sign_key.as_deref(),
+                    device,
+                )?)
+            }
+            ExportPlan::Onnx(plan) => {
+                print_json(&export::imported::export_onnx_with_key_file::<
+                    B::InnerBackend,
+                >(
+                    &plan, &args.out, args.sign_key.as_deref(), device
+                )?)
+            }
+        },
         Command::Keygen(args) => {
             print_text(format_args!("{}\n", export::write_new_key_pair(&args.out)?))
         }

@@ -1,7 +1,10 @@
 //! Export: writes a fine-tuned classifier as an ONNX fp32 model (see [`crate::onnx`]) inside a
 //! bundle directory with its manifest — and, for the `mcu` / `onnx-int8` targets, the int8 blob
 //! and its QDQ ONNX twin from [`crate::quantize`] — then proves the export: the runtime loads the
-//! bundle and reproduces the burn model's logits on real images.
+//! bundle and reproduces the burn model's logits on real images. [`imported`] does the same for
+//! an ONNX classifier trained elsewhere.
+
+pub mod imported;
 
 use std::path::{Path, PathBuf};
 
@@ -16,11 +19,12 @@ use scanside_runtime::infer::Classifier as RuntimeClassifier;
 use scanside_runtime::preprocess::{normalize_in_place, PreprocessConfig};
 use serde::Serialize;
 
+use crate::config::QuantizeConfig;
 use crate::config::{ExportOptions, FinetuneConfig};
 use crate::data::{load_images_with, open_split, spread, DatasetIndex, Partition, SplitFile, Task};
 use crate::model::{input_tensor, to_vec, Classifier};
 use crate::onnx::{onnx_bytes, INPUT_NAME, OPSET, OUTPUT_NAME};
-use crate::quantize::{check_budget, quantize, MethodReport};
+use crate::quantize::{check_budget, quantize, MethodReport, Quantized};
 use crate::run_dir::{evaluation_file, load_finetuned};
 use crate::runlog::load_json;
 use crate::{Error, Result};
@@ -55,6 +59,9 @@ pub struct Int8Report {
     pub file: String,
     /// The calibration method kept.
     pub method: String,
+    /// The activation grid shared by the blob and the QDQ model (`onnxruntime`: asymmetric;
+    /// `tensorrt`: symmetric, every zero point 0).
+    pub qdq_profile: String,
     /// Blob bytes (flash).
     pub blob_bytes: usize,
     /// Arena bytes (activation RAM, the memory plan's peak).
@@ -202,6 +209,36 @@ pub fn export_run<B: Backend>(
     })
 }
 
+/// What the int8 export kept and measured, with a warning (also on stderr) when int8 loses
+/// more than `q.warn_drop_points` against fp32.
+fn int8_report(quantized: &Quantized, q: &QuantizeConfig) -> Int8Report {
+    let best = &quantized.reports[0];
+    let warning = (best.drop_points() > q.warn_drop_points).then(|| {
+        format!(
+            "int8 ({}) loses {:.2} points against fp32 on validation (more than {}); \
+             consider more calibration images, or quantisation-aware training \
+             (`scanside-train finetune --qat RUN`) and exporting that run",
+            best.method,
+            best.drop_points(),
+            q.warn_drop_points
+        )
+    });
+    if let Some(w) = &warning {
+        eprintln!("scanside-train: WARNING: {w}");
+    }
+    Int8Report {
+        file: INT8_FILE.into(),
+        method: quantized.method.clone(),
+        qdq_profile: q.profile.name().into(),
+        blob_bytes: quantized.blob.len(),
+        arena_bytes: quantized.plan.arena_bytes,
+        unplanned_arena_bytes: quantized.plan.unplanned_bytes,
+        macs: quantized.macs,
+        methods: quantized.reports.clone(),
+        warning,
+    }
+}
+
 /// The manifest's entry of the int8 blob and its QDQ ONNX twin.
 fn int8_entry(report: &Int8Report) -> Int8Entry {
     Int8Entry {
@@ -335,30 +372,7 @@ impl<B: Backend> ExportSource<'_, B> {
             self.device,
         )?;
         check_budget(&quantized, options.flash_budget, options.ram_budget)?;
-        let best = &quantized.reports[0];
-        let warning = (best.drop_points() > q.warn_drop_points).then(|| {
-            format!(
-                "int8 ({}) loses {:.2} points against fp32 on validation (more than {}); \
-                 consider more calibration images, or quantisation-aware training \
-                 (`scanside-train finetune --qat RUN`) and exporting that run",
-                best.method,
-                best.drop_points(),
-                q.warn_drop_points
-            )
-        });
-        if let Some(w) = &warning {
-            eprintln!("scanside-train: WARNING: {w}");
-        }
-        let report = Int8Report {
-            file: INT8_FILE.into(),
-            method: quantized.method.clone(),
-            blob_bytes: quantized.blob.len(),
-            arena_bytes: quantized.plan.arena_bytes,
-            unplanned_arena_bytes: quantized.plan.unplanned_bytes,
-            macs: quantized.macs,
-            methods: quantized.reports.clone(),
-            warning,
-        };
+        let report = int8_report(&quantized, q);
         Ok((quantized.blob, quantized.qdq_onnx, report))
     }
 }
