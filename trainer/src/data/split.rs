@@ -18,8 +18,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::composition::{Composition, CompositionConfig};
-use super::strata::{deal, group_value, label_stratum, size_bucket, StratumKey};
-use super::{DatasetIndex, Partition, SourceSpec};
+use super::strata::{deal, group_value, label_stratum, size_bucket, GroupToDeal, StratumKey};
+use super::{DatasetIndex, Partition, SourceSpec, Task};
 use crate::{Error, Result};
 
 /// Version of the split file format: 3 since partitions are stratified on group size and the
@@ -295,9 +295,8 @@ pub fn make_split_with(index: &DatasetIndex, config: &SplitConfig) -> Result<Spl
         let column = config.column(index)?;
         let all: Vec<usize> = (0..index.samples.len()).collect();
         let groups = group_members(index, &all);
-        let keys = stratum_keys(index, &groups, column.as_deref());
-        let sizes: Vec<usize> = groups.iter().map(|(_, m)| m.len()).collect();
-        let partition_of = deal(&keys, &sizes, config.fractions, config.seed);
+        let to_deal = groups_to_deal(index, &groups, column.as_deref());
+        let partition_of = deal(&to_deal, config.fractions, config.seed);
         for ((_, members), p) in groups.iter().zip(partition_of) {
             for &i in members {
                 assignments.insert(index.samples[i].id.clone(), p);
@@ -327,22 +326,48 @@ pub fn make_split_with(index: &DatasetIndex, config: &SplitConfig) -> Result<Spl
     })
 }
 
-/// Each group's joint stratum: label (rarest present over the whole data), size bucket and
-/// its value of `column`.
-fn stratum_keys(
+/// Each group's joint stratum (label: rarest present over the whole data; size bucket; its
+/// value of `column`), images and, for multi-label data, findings.
+fn groups_to_deal(
     index: &DatasetIndex,
     groups: &[(String, Vec<usize>)],
     column: Option<&str>,
-) -> Vec<StratumKey> {
+) -> Vec<GroupToDeal> {
     let frequency = index.class_counts(0..index.samples.len());
     groups
         .iter()
-        .map(|(_, members)| StratumKey {
-            size_bucket: size_bucket(members.len()),
-            label: label_stratum(index, members, &frequency),
-            value: column.map(|c| group_value(index, members, c)),
+        .map(|(_, members)| GroupToDeal {
+            key: StratumKey {
+                size_bucket: size_bucket(members.len()),
+                label: label_stratum(index, members, &frequency),
+                value: column.map(|c| group_value(index, members, c)),
+            },
+            size: members.len(),
+            findings: match index.task {
+                Task::MultiClass => Vec::new(),
+                Task::MultiLabel => findings_present(index, members),
+            },
         })
         .collect()
+}
+
+/// Every finding present in one of `members`' images, and "no finding"
+/// (`class_names.len()`) when one has none.
+fn findings_present(index: &DatasetIndex, members: &[usize]) -> Vec<usize> {
+    let mut found: Vec<usize> = members
+        .iter()
+        .flat_map(|&i| {
+            let present = index.samples[i].target.present();
+            if present.is_empty() {
+                vec![index.class_names.len()]
+            } else {
+                present
+            }
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 /// Ranks training groups for nested label-fraction subsets: within each stratum (the class, or
@@ -432,17 +457,24 @@ impl SplitSummary {
             .iter()
             .map(|(f, n)| format!("{}%: {n}", f * 100.0))
             .collect();
+        let how = if self.split.grouped_by == "official" {
+            "the source's official partitions".to_string()
+        } else {
+            format!(
+                "grouped by {}; stratified on label, group size{}",
+                self.split.grouped_by,
+                self.split
+                    .stratify_column
+                    .as_deref()
+                    .map_or(String::new(), |c| format!(" and {c}"))
+            )
+        };
         let mut out = format!(
-            "{}: {} images in {} groups (grouped by {}; stratified on label, group size{}) -> \
-             {:?}, written to {}\n{}\nlabel-fraction subsets (images): {}\n",
+            "{}: {} images in {} groups ({how}) -> {:?}, written to {}\n{}\nlabel-fraction \
+             subsets (images): {}\n",
             self.root.display(),
             self.images,
             self.groups,
-            self.split.grouped_by,
-            self.split
-                .stratify_column
-                .as_deref()
-                .map_or(String::new(), |c| format!(" and {c}")),
             self.split.counts,
             self.out.display(),
             self.train_bags.render_share("train", &self.all_bags),

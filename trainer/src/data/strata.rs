@@ -72,31 +72,40 @@ pub(super) struct StratumKey {
     pub value: Option<String>,
 }
 
-/// Deals groups of `sizes[g]` images with strata `keys[g]` to partitions in proportion to
-/// `fractions` (non-negative, summing to 1), seeded; returns each group's partition.
-pub(super) fn deal(
-    keys: &[StratumKey],
-    sizes: &[usize],
-    fractions: [f64; 3],
-    seed: u64,
-) -> Vec<Partition> {
-    let order = dealing_order(keys, seed);
-    let mean_size = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
-    let mut dealer = Dealer::new(fractions, mean_size);
-    let mut partition_of = vec![Partition::Train; keys.len()];
+/// A group to deal.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct GroupToDeal {
+    /// Its stratum.
+    pub key: StratumKey,
+    /// Its images.
+    pub size: usize,
+    /// Multi-label data: every finding present in one of its images (and "no finding",
+    /// `class_names.len()`, when an image has none), each kept in proportion too; empty for
+    /// one class per image, where the label already is.
+    pub findings: Vec<usize>,
+}
+
+/// Deals `groups` to partitions in proportion to `fractions` (non-negative, summing to 1),
+/// seeded; returns each group's partition.
+pub(super) fn deal(groups: &[GroupToDeal], fractions: [f64; 3], seed: u64) -> Vec<Partition> {
+    let keys: Vec<&StratumKey> = groups.iter().map(|g| &g.key).collect();
+    let order = dealing_order(&keys, seed);
+    let images: usize = groups.iter().map(|g| g.size).sum();
+    let mut dealer = Dealer::new(fractions, images as f64 / groups.len().max(1) as f64);
+    let mut partition_of = vec![Partition::Train; groups.len()];
     for g in order {
-        partition_of[g] = dealer.deal(&keys[g], sizes[g]);
+        partition_of[g] = dealer.deal(&groups[g]);
     }
     partition_of
 }
 
 /// The groups in dealing order: size buckets from the largest, labels in a seeded order, values
 /// in sort order, groups shuffled within their stratum.
-fn dealing_order(keys: &[StratumKey], seed: u64) -> Vec<usize> {
+fn dealing_order(keys: &[&StratumKey], seed: u64) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut strata: BTreeMap<&StratumKey, Vec<usize>> = BTreeMap::new();
     for (g, key) in keys.iter().enumerate() {
-        strata.entry(key).or_default().push(g);
+        strata.entry(*key).or_default().push(g);
     }
     // A seeded label order moves a stratum of one big group to another place in the sequence,
     // and so to another partition, from seed to seed.
@@ -120,8 +129,8 @@ fn dealing_order(keys: &[StratumKey], seed: u64) -> Vec<usize> {
     order
 }
 
-/// What the dealer keeps in proportion: everything, and each label, size bucket, column value
-/// and joint stratum.
+/// What the dealer keeps in proportion: everything, and each label, size bucket, column value,
+/// joint stratum and (multi-label data) finding.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Level {
     All,
@@ -129,11 +138,13 @@ enum Level {
     SizeBucket(u32),
     Value(String),
     Stratum(StratumKey),
+    Finding(usize),
 }
 
 impl Level {
-    /// The levels a group of stratum `key` counts toward.
-    fn of(key: &StratumKey) -> Vec<Level> {
+    /// The levels a group counts toward.
+    fn of(group: &GroupToDeal) -> Vec<Level> {
+        let key = &group.key;
         let mut levels = vec![
             Level::All,
             Level::Label(key.label),
@@ -141,6 +152,7 @@ impl Level {
             Level::Stratum(key.clone()),
         ];
         levels.extend(key.value.clone().map(Level::Value));
+        levels.extend(group.findings.iter().map(|&f| Level::Finding(f)));
         levels
     }
 }
@@ -177,12 +189,11 @@ impl Dealer {
         (f * groups - tally.groups[p]) + (f * images - tally.images[p]) / self.mean_size
     }
 
-    /// The partition of the next group, of stratum `key` and `size` images: the one with the
-    /// largest shortfall summed over the group's levels. Ties go to the larger fraction, then
-    /// to train, val, test in that order.
-    fn deal(&mut self, key: &StratumKey, size: usize) -> Partition {
-        let size = size as f64;
-        let levels = Level::of(key);
+    /// The partition of the next group: the one with the largest shortfall summed over the
+    /// group's levels. Ties go to the larger fraction, then to train, val, test in that order.
+    fn deal(&mut self, group: &GroupToDeal) -> Partition {
+        let size = group.size as f64;
+        let levels = Level::of(group);
         let empty = Tally::default();
         let total = |p: usize| -> f64 {
             levels
@@ -212,6 +223,17 @@ impl Dealer {
 mod tests {
     use super::*;
 
+    fn to_deal(keys: &[StratumKey], sizes: &[usize]) -> Vec<GroupToDeal> {
+        keys.iter()
+            .zip(sizes)
+            .map(|(key, &size)| GroupToDeal {
+                key: key.clone(),
+                size,
+                findings: Vec::new(),
+            })
+            .collect()
+    }
+
     #[test]
     fn size_buckets_double() {
         let buckets: Vec<u32> = [1, 2, 3, 4, 5, 8, 9, 47].map(size_bucket).to_vec();
@@ -237,8 +259,9 @@ mod tests {
             }
         }
         let fractions = [0.7, 0.15, 0.15];
+        let groups = to_deal(&keys, &sizes);
         for seed in 0..20 {
-            let parts = deal(&keys, &sizes, fractions, seed);
+            let parts = deal(&groups, fractions, seed);
             let mut by_stratum: BTreeMap<&StratumKey, [f64; 3]> = BTreeMap::new();
             for (key, p) in keys.iter().zip(&parts) {
                 by_stratum.entry(key).or_default()[*p as usize] += 1.0;
@@ -262,8 +285,7 @@ mod tests {
                 value: None,
             })
             .collect();
-        let sizes = vec![1; 50];
-        let parts = deal(&keys, &sizes, [0.8, 0.0, 0.2], 1);
+        let parts = deal(&to_deal(&keys, &[1; 50]), [0.8, 0.0, 0.2], 1);
         assert!(!parts.contains(&Partition::Val));
         assert_eq!(parts.iter().filter(|&&p| p == Partition::Test).count(), 10);
     }
