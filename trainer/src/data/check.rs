@@ -1,6 +1,7 @@
 //! `data check`: reads every image once and reports what would make results meaningless or a
 //! run fail — unreadable files, identical images in two partitions, a lesion or patient in two
-//! partitions — plus label counts per partition and class imbalance.
+//! partitions — plus label counts per partition, class imbalance, and what each partition is
+//! made of beside the whole (warning where a partition does not resemble it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -12,8 +13,8 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 use super::{
-    hex, make_split, open_split_or_source, BagStats, DatasetIndex, ImageRef, Partition, SourceSpec,
-    SplitFile, Task, DEFAULT_SPLIT_FRACTIONS, PARTITIONS,
+    hex, make_split, open_split_or_source, BagStats, Composition, CompositionConfig, DatasetIndex,
+    ImageRef, Partition, SourceSpec, SplitFile, Task, DEFAULT_SPLIT_FRACTIONS, PARTITIONS,
 };
 use crate::runlog::{progress, save_json};
 use crate::Result;
@@ -40,6 +41,10 @@ pub struct CheckReport {
     pub class_counts: BTreeMap<Partition, Vec<usize>>,
     /// MICLe bags in the training partition.
     pub train_bags: BagStats,
+    /// MICLe bags in the whole dataset.
+    pub all_bags: BagStats,
+    /// Each partition's composition beside the whole's (its warnings are in `warnings` too).
+    pub composition: Composition,
     /// Images that cannot be read, each with its reason.
     pub unreadable: Vec<String>,
     /// Byte-identical images that sit in two partitions.
@@ -92,12 +97,12 @@ impl CheckReport {
                 n(Partition::Test)
             );
         }
-        let b = &self.train_bags;
         let _ = writeln!(
             out,
-            "MICLe bags (train): {} bags, {} with >= 2 images ({} images), largest {}",
-            b.bags, b.multi_image_bags, b.images_in_multi_image_bags, b.largest_bag
+            "{}",
+            self.train_bags.render_share("train", &self.all_bags)
         );
+        out += &self.composition.render();
         let _ = writeln!(
             out,
             "class imbalance: largest/smallest = {:.1}; duplicates within a partition: {}",
@@ -141,11 +146,12 @@ fn summarise(kind: &str, items: &[String]) -> Option<String> {
 }
 
 /// `data check`: opens the dataset of a split file (or of a source alone, then checked against
-/// a fresh default split with seed 0), checks it, and saves the report as JSON to `json` when
-/// given.
+/// a fresh default split with seed 0), checks it, compares the partitions on `compare`'s
+/// columns, and saves the report as JSON to `json` when given.
 pub fn check_split_or_source(
     split: Option<&Path>,
     source: Option<&SourceSpec>,
+    compare: &CompositionConfig,
     json: Option<&Path>,
 ) -> Result<CheckReport> {
     let (index, given) = open_split_or_source(split, source)?;
@@ -156,15 +162,22 @@ pub fn check_split_or_source(
             "none given; a fresh split (seed 0, 70/15/15)".to_string(),
         ),
     };
-    let report = check_dataset(&index, &split, &label);
+    let composition = split.composition(&index, compare)?;
+    let report = check_dataset(&index, &split, &label, composition);
     if let Some(path) = json {
         save_json(path, &report)?;
     }
     Ok(report)
 }
 
-/// Checks a dataset against a split (made with `make_split` when the caller has none).
-pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str) -> CheckReport {
+/// Checks a dataset against a split (made with `make_split` when the caller has none), whose
+/// composition the caller has worked out ([`SplitFile::composition`]).
+pub fn check_dataset(
+    index: &DatasetIndex,
+    split: &SplitFile,
+    split_label: &str,
+    composition: Composition,
+) -> CheckReport {
     let read = content_hashes(index);
     let partition = |i: usize| split.assignments.get(&index.samples[i].id).copied();
     let found = ReadProblems::of(index, &read, partition);
@@ -198,7 +211,7 @@ pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str)
     if index.samples.is_empty() {
         problems.push("the dataset lists no images".into());
     }
-    let warnings = warnings(
+    let mut warnings = warnings(
         index,
         split,
         &total,
@@ -206,7 +219,9 @@ pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str)
         imbalance_ratio,
         found.duplicates_within,
     );
+    warnings.extend(composition.warnings.iter().cloned());
     let train = split.indices(index, Partition::Train);
+    let all: Vec<usize> = (0..index.samples.len()).collect();
     CheckReport {
         source: index.root().display().to_string(),
         layout: index.source.layout().into(),
@@ -217,6 +232,8 @@ pub fn check_dataset(index: &DatasetIndex, split: &SplitFile, split_label: &str)
         split: split_label.into(),
         class_counts,
         train_bags: BagStats::of(index, &train),
+        all_bags: BagStats::of(index, &all),
+        composition,
         unreadable: found.unreadable,
         duplicates_across_partitions: found.duplicates_across,
         duplicates_within_partitions: found.duplicates_within,
@@ -405,7 +422,8 @@ mod tests {
         let groups: Vec<(Vec<usize>, usize)> = (0..60).map(|g| (vec![g % 3], 1 + g % 2)).collect();
         let index = with_pixels(synthetic_index(&groups, 3, false), true);
         let split = make_split(&index, 0, [0.6, 0.2, 0.2]).unwrap();
-        let report = check_dataset(&index, &split, "fresh");
+        let composition = split.composition(&index, &Default::default()).unwrap();
+        let report = check_dataset(&index, &split, "fresh", composition);
         assert!(report.ok(), "{}", report.render());
         let bags = report.train_bags;
         assert!(
@@ -427,7 +445,8 @@ mod tests {
             .map(|(id, _)| id.clone())
             .unwrap();
         split.assignments.insert(moved, Partition::Test);
-        let report = check_dataset(&index, &split, "given");
+        let composition = split.composition(&index, &Default::default()).unwrap();
+        let report = check_dataset(&index, &split, "given", composition);
         assert!(!report.ok());
         assert!(!report.duplicates_across_partitions.is_empty());
         assert_eq!(report.leaked_groups.len(), 1, "{}", report.render());

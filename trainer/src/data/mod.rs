@@ -4,18 +4,21 @@
 //! `.npz`, a folder of class sub-folders, or a CSV manifest with multi-class, separator-joined
 //! multi-label or CheXpert-style finding columns). Opening one gives a [`DatasetIndex`]: samples
 //! with their group (lesion / patient), target and where their pixels live, plus a content hash.
-//! [`make_split`] makes grouped, stratified, seeded splits with nested label-fraction subsets and
-//! saves them with the source spec and hash, so every later command reopens exactly the same
-//! data. Images are decoded and resized with the runtime's decoder and preprocessing
+//! [`make_split`] makes grouped, seeded splits whose partitions resemble the whole (stratified
+//! on label, group size and the source's confirmation or acquisition column), with nested
+//! label-fraction subsets, and saves them with the source spec and hash, so every later command
+//! reopens exactly the same data; [`Composition`] shows what each partition is made of. Images are decoded and resized with the runtime's decoder and preprocessing
 //! ([`load_images`]), so training sees the pixels the edge will see; what is sampled and
 //! loaded is fixed by the seed, never by thread timing. Nothing here trains or augments.
 
 mod check;
+mod composition;
 mod images;
 mod loader;
 mod preview;
 mod sources;
 mod split;
+mod strata;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use scanside_runtime::decode::{decode_file, DecodedImage, SourceInfo};
 use serde::{Deserialize, Serialize};
 
 pub use check::{check_dataset, check_split_or_source, CheckReport};
+pub use composition::{Composition, CompositionConfig, PartSize, ShareRow};
 pub use images::{
     load_images, load_images_with, load_training_images, report_skipped, spread, ImageSet,
 };
@@ -34,8 +38,9 @@ pub use sources::{
     CsvLabels, CsvSpec, SourceSpec, HAM10000_CLASSES, NIH_FINDINGS, SUPPORTED_LAYOUTS,
 };
 pub use split::{
-    bags, make_split, open_split, open_split_or_source, write_split, BagStats, SplitFile,
-    SplitSummary, DEFAULT_SPLIT_FRACTIONS, LABEL_FRACTIONS, SPLIT_FORMAT_VERSION,
+    bags, make_split, make_split_with, open_split, open_split_or_source, write_split, BagStats,
+    SplitConfig, SplitFile, SplitSummary, DEFAULT_SPLIT_FRACTIONS, LABEL_FRACTIONS,
+    NO_STRATIFY_COLUMN, SPLIT_FORMAT_VERSION,
 };
 
 use crate::{Error, Result};

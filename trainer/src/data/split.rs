@@ -1,25 +1,33 @@
-//! Leak-free splits: grouped by case, stratified by label, seeded, saved with the source spec and
-//! content hash; nested label-fraction subsets of the training partition; MICLe bags.
+//! Leak-free splits whose partitions resemble the whole: grouped by case, stratified at the
+//! group level, seeded, saved with the source spec and content hash; nested label-fraction
+//! subsets of the training partition; MICLe bags.
 //!
-//! Partitions are assigned to whole groups with iterative stratification (Sechidis, Tsoumakas
-//! and Vlahavas 2011) weighted by image counts: labels are visited from the rarest, and each
-//! group holding the label goes to the partition that still lacks most images of it. One-hot
-//! labels make this ordinary stratification; images without any finding count as a label of
-//! their own, so normals are stratified too.
+//! Whole groups are dealt to partitions by joint stratum — label (multi-label: the rarest
+//! present finding, or no finding), images per group (bucketed 1, 2, 3–4, 5–8, …) and, where
+//! the source has one, a confirmation or acquisition column (HAM10000 `dx_type`, NIH `view`) —
+//! so that every partition gets its share of each stratum's groups and of the images
+//! ([`super::strata`]). Format 2 split files came from a label-only stratification that put
+//! the multi-image lesions in train; they are refused with a message, not reinterpreted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{DatasetIndex, Partition, SourceSpec, PARTITIONS};
+use super::composition::{Composition, CompositionConfig};
+use super::strata::{deal, group_value, label_stratum, size_bucket, GroupToDeal, StratumKey};
+use super::{DatasetIndex, Partition, SourceSpec, Task};
 use crate::{Error, Result};
 
-/// Version of the split file format.
-pub const SPLIT_FORMAT_VERSION: u32 = 2;
+/// Version of the split file format: 3 since partitions are stratified on group size and the
+/// source's confirmation or acquisition column too.
+pub const SPLIT_FORMAT_VERSION: u32 = 3;
+
+/// `stratify_by` value that turns the metadata column off.
+pub const NO_STRATIFY_COLUMN: &str = "none";
 
 /// The label fractions reported by default (nested: each includes the smaller ones).
 pub const LABEL_FRACTIONS: [f64; 6] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
@@ -43,6 +51,8 @@ pub struct SplitFile {
     pub seed: u64,
     /// Target fractions of train, val and test.
     pub fractions: [f64; 3],
+    /// The metadata column whose values were stratified on, beside label and group size.
+    pub stratify_column: Option<String>,
     /// Image counts per partition.
     pub counts: BTreeMap<Partition, usize>,
     /// Partition of every sample id.
@@ -91,11 +101,17 @@ impl SplitFile {
         let value: serde_json::Value = crate::runlog::load_json(path)?;
         let version = value.get("format_version").and_then(|v| v.as_u64());
         if version != Some(u64::from(SPLIT_FORMAT_VERSION)) {
+            let why = if version == Some(2) {
+                " (format 2 stratified by label only and put the multi-image lesions or \
+                 patients in train, so val and test did not resemble the data)"
+            } else {
+                ""
+            };
             return Err(Error::Config {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "split file format {} is not the supported {SPLIT_FORMAT_VERSION}; make the \
-                     split again with `scanside-train data split`",
+                    "split file format {} is not the supported {SPLIT_FORMAT_VERSION}{why}; make \
+                     the split again with `scanside-train data split`",
                     version.map_or("(none)".to_string(), |v| v.to_string())
                 ),
             });
@@ -104,6 +120,24 @@ impl SplitFile {
             path: path.to_path_buf(),
             reason: format!("malformed split file: {e}"),
         })
+    }
+
+    /// Each partition's composition beside the whole's; without columns in `config`, the
+    /// column the split was stratified on is compared.
+    pub fn composition(
+        &self,
+        index: &DatasetIndex,
+        config: &CompositionConfig,
+    ) -> Result<Composition> {
+        let mut config = config.clone();
+        if config.columns.is_empty() {
+            config.columns.extend(self.stratify_column.clone());
+        }
+        Composition::of(
+            index,
+            |i| self.assignments.get(&index.samples[i].id).copied(),
+            &config,
+        )
     }
 
     fn check_matches(&self, path: &Path, index: &DatasetIndex) -> Result<()> {
@@ -162,54 +196,114 @@ fn group_members(index: &DatasetIndex, which: &[usize]) -> Vec<(String, Vec<usiz
     order
 }
 
-/// Per-group image counts per label; the last column counts images with no label present.
-fn group_label_counts(index: &DatasetIndex, members: &[usize]) -> Vec<f64> {
-    let classes = index.class_names.len();
-    let mut counts = vec![0.0; classes + 1];
-    for &i in members {
-        let present = index.samples[i].target.present();
-        if present.is_empty() {
-            counts[classes] += 1.0;
-        }
-        for c in present {
-            counts[c] += 1.0;
-        }
-    }
-    counts
+/// How to split: the seed, the fractions and the metadata column to stratify on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitConfig {
+    /// RNG seed.
+    pub seed: u64,
+    /// Train, val and test fractions (non-negative, summing to 1).
+    pub fractions: [f64; 3],
+    /// Metadata column stratified on beside label and group size: `None` for the source's
+    /// own ([`SourceSpec::stratify_column`], used when the data has it), [`NO_STRATIFY_COLUMN`]
+    /// for none.
+    pub stratify_by: Option<String>,
 }
 
-/// Makes a grouped, label-stratified, seeded split (or takes the source's official one), with
-/// nested label-fraction ranks for the training partition.
-pub fn make_split(index: &DatasetIndex, seed: u64, fractions: [f64; 3]) -> Result<SplitFile> {
-    let sum: f64 = fractions.iter().sum();
-    if fractions.iter().any(|f| *f < 0.0) || (sum - 1.0).abs() > 1e-6 {
-        return Err(Error::Config {
-            path: index.root().to_path_buf(),
-            reason: format!("split fractions {fractions:?} must be non-negative and sum to 1"),
-        });
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            fractions: DEFAULT_SPLIT_FRACTIONS,
+            stratify_by: None,
+        }
     }
+}
+
+impl SplitConfig {
+    /// The default split with this seed and these fractions.
+    pub fn new(seed: u64, fractions: [f64; 3]) -> Self {
+        Self {
+            seed,
+            fractions,
+            ..Self::default()
+        }
+    }
+
+    /// Fractions must be non-negative and sum to 1.
+    pub fn validate(&self, index: &DatasetIndex) -> Result<()> {
+        let sum: f64 = self.fractions.iter().sum();
+        if self.fractions.iter().any(|f| f.is_nan() || *f < 0.0) || (sum - 1.0).abs() > 1e-6 {
+            return Err(Error::Config {
+                path: index.root().to_path_buf(),
+                reason: format!(
+                    "split fractions {:?} must be non-negative and sum to 1",
+                    self.fractions
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The column to stratify on for this data: the one asked for (an error naming the
+    /// columns when no sample has it), else the source's own when the data has it.
+    fn column(&self, index: &DatasetIndex) -> Result<Option<String>> {
+        let has = |c: &str| index.samples.iter().any(|s| s.attributes.contains_key(c));
+        match self.stratify_by.as_deref() {
+            Some(NO_STRATIFY_COLUMN) => Ok(None),
+            Some(column) if has(column) => Ok(Some(column.to_string())),
+            Some(column) => {
+                let known: std::collections::BTreeSet<&String> = index
+                    .samples
+                    .iter()
+                    .flat_map(|s| s.attributes.keys())
+                    .collect();
+                Err(Error::Data {
+                    path: index.root().to_path_buf(),
+                    reason: format!(
+                        "no column {column:?} to stratify on (columns: {})",
+                        known.into_iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                })
+            }
+            None => Ok(index
+                .source
+                .stratify_column()
+                .filter(|c| has(c))
+                .map(str::to_string)),
+        }
+    }
+}
+
+/// Makes a grouped, stratified, seeded split with the source's own stratification column (see
+/// [`make_split_with`]).
+pub fn make_split(index: &DatasetIndex, seed: u64, fractions: [f64; 3]) -> Result<SplitFile> {
+    make_split_with(index, &SplitConfig::new(seed, fractions))
+}
+
+/// Makes a grouped split whose partitions resemble the whole — stratified on label, group size
+/// and a metadata column, seeded — or takes the source's official one; with nested
+/// label-fraction ranks for the training partition.
+pub fn make_split_with(index: &DatasetIndex, config: &SplitConfig) -> Result<SplitFile> {
+    config.validate(index)?;
     let mut assignments = BTreeMap::new();
-    let grouped_by;
-    if index.samples.iter().all(|s| s.official.is_some()) {
-        grouped_by = "official".to_string();
+    let (grouped_by, stratify_column) = if index.samples.iter().all(|s| s.official.is_some()) {
         for s in &index.samples {
             assignments.insert(s.id.clone(), s.official.expect("checked above"));
         }
+        ("official".to_string(), None)
     } else {
-        grouped_by = index.grouped_by.clone();
+        let column = config.column(index)?;
         let all: Vec<usize> = (0..index.samples.len()).collect();
         let groups = group_members(index, &all);
-        let counts: Vec<Vec<f64>> = groups
-            .iter()
-            .map(|(_, m)| group_label_counts(index, m))
-            .collect();
-        let partition_of = iterative_stratification(&groups, &counts, fractions, seed);
+        let to_deal = groups_to_deal(index, &groups, column.as_deref());
+        let partition_of = deal(&to_deal, config.fractions, config.seed);
         for ((_, members), p) in groups.iter().zip(partition_of) {
             for &i in members {
                 assignments.insert(index.samples[i].id.clone(), p);
             }
         }
-    }
+        (index.grouped_by.clone(), column)
+    };
     let mut counts = BTreeMap::new();
     for p in assignments.values() {
         *counts.entry(*p).or_insert(0) += 1;
@@ -217,82 +311,63 @@ pub fn make_split(index: &DatasetIndex, seed: u64, fractions: [f64; 3]) -> Resul
     let train: Vec<usize> = (0..index.samples.len())
         .filter(|&i| assignments[&index.samples[i].id] == Partition::Train)
         .collect();
-    let label_fraction_rank = label_fraction_ranks(index, &train, seed);
+    let label_fraction_rank = label_fraction_ranks(index, &train, config.seed);
     Ok(SplitFile {
         format_version: SPLIT_FORMAT_VERSION,
         source: index.source.clone(),
         content_sha256: index.content_sha256.clone(),
         grouped_by,
-        seed,
-        fractions,
+        seed: config.seed,
+        fractions: config.fractions,
+        stratify_column,
         counts,
         assignments,
         label_fraction_rank,
     })
 }
 
-fn iterative_stratification(
+/// Each group's joint stratum (label: rarest present over the whole data; size bucket; its
+/// value of `column`), images and, for multi-label data, findings.
+fn groups_to_deal(
+    index: &DatasetIndex,
     groups: &[(String, Vec<usize>)],
-    counts: &[Vec<f64>],
-    fractions: [f64; 3],
-    seed: u64,
-) -> Vec<Partition> {
-    let labels = counts.first().map_or(0, Vec::len);
-    let sizes: Vec<f64> = groups.iter().map(|(_, m)| m.len() as f64).collect();
-    let total: f64 = sizes.iter().sum();
-    let mut wanted: Vec<f64> = fractions.iter().map(|f| f * total).collect();
-    let mut wanted_label: Vec<Vec<f64>> = fractions
+    column: Option<&str>,
+) -> Vec<GroupToDeal> {
+    let frequency = index.class_counts(0..index.samples.len());
+    groups
         .iter()
-        .map(|f| {
-            (0..labels)
-                .map(|l| f * counts.iter().map(|c| c[l]).sum::<f64>())
-                .collect()
+        .map(|(_, members)| GroupToDeal {
+            key: StratumKey {
+                size_bucket: size_bucket(members.len()),
+                label: label_stratum(index, members, &frequency),
+                value: column.map(|c| group_value(index, members, c)),
+            },
+            size: members.len(),
+            findings: match index.task {
+                Task::MultiClass => Vec::new(),
+                Task::MultiLabel => findings_present(index, members),
+            },
+        })
+        .collect()
+}
+
+/// Every finding present in one of `members`' images, and "no finding"
+/// (`class_names.len()`) when one has none.
+fn findings_present(index: &DatasetIndex, members: &[usize]) -> Vec<usize> {
+    let mut found: Vec<usize> = members
+        .iter()
+        .flat_map(|&i| {
+            let present = index.samples[i].target.present();
+            if present.is_empty() {
+                vec![index.class_names.len()]
+            } else {
+                present
+            }
         })
         .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    // Visiting order within a label: seeded shuffle, then large groups first (they are the
-    // hardest to place without overshooting).
-    let mut order: Vec<usize> = (0..groups.len()).collect();
-    order.shuffle(&mut rng);
-    order.sort_by(|&a, &b| sizes[b].total_cmp(&sizes[a]));
-    let mut assigned: Vec<Option<Partition>> = vec![None; groups.len()];
-    let mut remaining_label: Vec<f64> = (0..labels)
-        .map(|l| counts.iter().map(|c| c[l]).sum())
-        .collect();
-    // The rarest label that still has unassigned images, until none has.
-    while let Some(label) = (0..labels)
-        .filter(|&l| remaining_label[l] > 0.0)
-        .min_by(|&a, &b| remaining_label[a].total_cmp(&remaining_label[b]))
-    {
-        for &g in &order {
-            if assigned[g].is_some() || counts[g][label] == 0.0 {
-                continue;
-            }
-            let best = (0..3)
-                .filter(|&p| fractions[p] > 0.0)
-                .max_by(|&a, &b| {
-                    wanted_label[a][label]
-                        .total_cmp(&wanted_label[b][label])
-                        .then(wanted[a].total_cmp(&wanted[b]))
-                        .then(if rng.random::<bool>() {
-                            std::cmp::Ordering::Greater
-                        } else {
-                            std::cmp::Ordering::Less
-                        })
-                })
-                .expect("fractions sum to 1, so one is positive");
-            assigned[g] = Some(PARTITIONS[best]);
-            wanted[best] -= sizes[g];
-            for l in 0..labels {
-                wanted_label[best][l] -= counts[g][l];
-                remaining_label[l] -= counts[g][l];
-            }
-        }
-    }
-    assigned
-        .into_iter()
-        .map(|p| p.unwrap_or(Partition::Train))
-        .collect()
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 /// Ranks training groups for nested label-fraction subsets: within each stratum (the class, or
@@ -303,15 +378,12 @@ fn iterative_stratification(
 fn label_fraction_ranks(index: &DatasetIndex, train: &[usize], seed: u64) -> BTreeMap<String, f64> {
     let groups = group_members(index, train);
     let frequency = index.class_counts(train.iter().copied());
-    let none = index.class_names.len();
     let mut strata: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (g, (_, members)) in groups.iter().enumerate() {
-        let stratum = members
-            .iter()
-            .flat_map(|&i| index.samples[i].target.present())
-            .min_by_key(|&c| (frequency[c], c))
-            .unwrap_or(none);
-        strata.entry(stratum).or_default().push(g);
+        strata
+            .entry(label_stratum(index, members, &frequency))
+            .or_default()
+            .push(g);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6c61_6265_6c73);
     let mut ranks = BTreeMap::new();
@@ -352,8 +424,8 @@ pub fn open_split_or_source(
     }
 }
 
-/// What `data split` made: the dataset's groups, the partitions, MICLe bags and the
-/// label-fraction subsets.
+/// What `data split` made: the dataset's groups, the partitions and what they are made of,
+/// MICLe bags and the label-fraction subsets.
 #[derive(Debug, Clone)]
 pub struct SplitSummary {
     /// Dataset folder or file.
@@ -366,56 +438,78 @@ pub struct SplitSummary {
     pub split: SplitFile,
     /// Where it was written.
     pub out: PathBuf,
+    /// Each partition's composition beside the whole's.
+    pub composition: Composition,
     /// MICLe bags of the training partition.
     pub train_bags: BagStats,
+    /// MICLe bags of the whole dataset (train's share of the multi-image ones is its fair
+    /// share when the split resembles the whole).
+    pub all_bags: BagStats,
     /// Images in each default label-fraction subset ([`LABEL_FRACTIONS`]).
     pub subsets: Vec<(f64, usize)>,
 }
 
 impl SplitSummary {
-    /// Three lines for people.
+    /// A few lines and the composition table, for people.
     pub fn render(&self) -> String {
-        let bags = &self.train_bags;
         let subsets: Vec<String> = self
             .subsets
             .iter()
             .map(|(f, n)| format!("{}%: {n}", f * 100.0))
             .collect();
-        format!(
-            "{}: {} images in {} groups (grouped by {}) -> {:?}, written to {}\n\
-             MICLe bags (train): {} bags, {} with >= 2 images ({} images)\n\
-             label-fraction subsets (images): {}\n",
+        let how = if self.split.grouped_by == "official" {
+            "the source's official partitions".to_string()
+        } else {
+            format!(
+                "grouped by {}; stratified on label, group size{}",
+                self.split.grouped_by,
+                self.split
+                    .stratify_column
+                    .as_deref()
+                    .map_or(String::new(), |c| format!(" and {c}"))
+            )
+        };
+        let mut out = format!(
+            "{}: {} images in {} groups ({how}) -> {:?}, written to {}\n{}\nlabel-fraction \
+             subsets (images): {}\n",
             self.root.display(),
             self.images,
             self.groups,
-            self.split.grouped_by,
             self.split.counts,
             self.out.display(),
-            bags.bags,
-            bags.multi_image_bags,
-            bags.images_in_multi_image_bags,
+            self.train_bags.render_share("train", &self.all_bags),
             subsets.join(", ")
-        )
+        );
+        out += &self.composition.render();
+        for w in &self.composition.warnings {
+            out += &format!("warning: {w}\n");
+        }
+        out
     }
 }
 
-/// Makes a split of the dataset `source` ([`make_split`]), saves it to `out` and describes it.
+/// Makes a split of the dataset `source` ([`make_split_with`]), saves it to `out` and
+/// describes it, comparing the partitions on `compare`'s columns.
 pub fn write_split(
     source: &SourceSpec,
-    seed: u64,
-    fractions: [f64; 3],
+    config: &SplitConfig,
+    compare: &CompositionConfig,
     out: &Path,
 ) -> Result<SplitSummary> {
     let index = source.open()?;
-    let split = make_split(&index, seed, fractions)?;
+    let split = make_split_with(&index, config)?;
+    let composition = split.composition(&index, compare)?;
     crate::runlog::save_json(out, &split)?;
     let train = split.indices(&index, Partition::Train);
     let all: Vec<usize> = (0..index.samples.len()).collect();
+    let all_bags = BagStats::of(&index, &all);
     Ok(SplitSummary {
         root: index.root().to_path_buf(),
         images: index.samples.len(),
-        groups: BagStats::of(&index, &all).bags,
+        groups: all_bags.bags,
+        composition,
         train_bags: BagStats::of(&index, &train),
+        all_bags,
         subsets: LABEL_FRACTIONS
             .iter()
             .map(|&f| (f, split.labeled_subset(&index, f).len()))
@@ -447,6 +541,20 @@ pub struct BagStats {
 }
 
 impl BagStats {
+    /// One line: the bags of `part` and its share of `all`'s multi-image bags.
+    pub fn render_share(&self, part: &str, all: &BagStats) -> String {
+        format!(
+            "MICLe bags ({part}): {} bags, {} with >= 2 images ({} images; {:.0} % of the \
+             dataset's {} multi-image groups), largest {}",
+            self.bags,
+            self.multi_image_bags,
+            self.images_in_multi_image_bags,
+            100.0 * self.multi_image_bags as f64 / all.multi_image_bags.max(1) as f64,
+            all.multi_image_bags,
+            self.largest_bag
+        )
+    }
+
     /// Counts the bags of the given samples.
     pub fn of(index: &DatasetIndex, which: &[usize]) -> Self {
         let bags = bags(index, which);
@@ -466,8 +574,10 @@ pub(crate) mod tests {
     use std::path::PathBuf;
 
     use proptest::prelude::*;
+    use rand::Rng;
 
     use super::*;
+    use crate::data::PARTITIONS;
     use crate::data::{Finding, ImageRef, Sample, Target, Task, UncertaintyPolicy};
 
     /// An index of `(labels present, images)` groups; multi-label when `multi_label`.
@@ -626,9 +736,9 @@ pub(crate) mod tests {
         // The 10 % subset is stratified too: exactly per class for single-label data. In
         // multi-label data a group counts toward each of its labels but is ranked in one
         // stratum (its rarest finding), so a label's share also follows the other strata's
-        // draws — the worst deviation over 1,500 seeds of this data set is 0.049
-        // (`subset_tolerance_holds_over_1500_seeds`; a
-        // tolerance of 0.04 failed on seed 5362766465984389358: 0.043).
+        // draws — the worst deviation over 1,500 seeds of this data set is 0.040 (0.049 with
+        // the label-only split of format 2; `subset_tolerance_holds_over_1500_seeds`; a
+        // tolerance of 0.04 failed on seed 5362766465984389358 then: 0.043).
         let tolerance = if multi { 0.07 } else { 0.01 };
         let train_counts = index.class_counts(split.indices(&index, Partition::Train));
         let tenth = index.class_counts(split.labeled_subset(&index, 0.1));
@@ -713,6 +823,235 @@ pub(crate) mod tests {
         std::fs::write(&path, r#"{"dataset": "x", "assignments": {}}"#).unwrap();
         let e = SplitFile::read(&path).unwrap_err().to_string();
         assert!(e.contains("old.json") && e.contains("data split"), "{e}");
+    }
+
+    #[test]
+    fn format_2_split_files_are_refused_with_the_reason() {
+        let index = synthetic_index(&[(vec![0], 1), (vec![1], 2), (vec![2], 1)], 3, false);
+        let split = make_split(&index, 1, [0.34, 0.33, 0.33]).unwrap();
+        let mut value = serde_json::to_value(&split).unwrap();
+        value["format_version"] = 2.into();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.json");
+        std::fs::write(&path, value.to_string()).unwrap();
+        let e = SplitFile::read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("v2.json") && e.contains("format 2") && e.contains("multi-image"),
+            "{e}"
+        );
+        assert!(e.contains("scanside-train data split"), "{e}");
+    }
+
+    /// A HAM10000-like index of `groups` lesions: class 0 (70 %) has single-image `follow_up`
+    /// lesions (55 % of its lesions) and multi-image `histo` / `consensus` ones; classes 1 and
+    /// 2 only the latter; an `age` column. The shape on which a label-only split put the
+    /// multi-image lesions in train.
+    pub(crate) fn ham_like_index(groups: usize, data_seed: u64) -> DatasetIndex {
+        let mut rng = ChaCha8Rng::seed_from_u64(data_seed);
+        let mut spec = Vec::new();
+        let mut confirmed = Vec::new();
+        for _ in 0..groups {
+            let label = [0, 0, 0, 0, 0, 0, 0, 1, 1, 2][rng.random_range(0..10)];
+            if label == 0 && rng.random_bool(0.55) {
+                spec.push((vec![label], 1));
+                confirmed.push("follow_up");
+            } else {
+                spec.push((
+                    vec![label],
+                    [1, 1, 1, 2, 2, 3, 4, 6][rng.random_range(0..8)],
+                ));
+                confirmed.push(if rng.random_bool(0.8) {
+                    "histo"
+                } else {
+                    "consensus"
+                });
+            }
+        }
+        let mut index = synthetic_index(&spec, 3, false);
+        let mut k = 0;
+        for (g, (_, n)) in spec.iter().enumerate() {
+            for _ in 0..*n {
+                let attributes = &mut index.samples[k].attributes;
+                attributes.insert("dx_type".into(), confirmed[g].into());
+                let age = 5 * rng.random_range(0..18);
+                attributes.insert("age".into(), format!("{age}.0"));
+                k += 1;
+            }
+        }
+        index
+    }
+
+    fn stratified_on(column: &str, seed: u64) -> SplitConfig {
+        SplitConfig {
+            stratify_by: Some(column.into()),
+            ..SplitConfig::new(seed, DEFAULT_SPLIT_FRACTIONS)
+        }
+    }
+
+    /// The largest difference, in points, between a partition's share and the whole's over
+    /// the stratified quantities (label, group size, `dx_type`), and between a partition's
+    /// share of the images and groups and its fraction.
+    fn largest_differences(index: &DatasetIndex, split: &SplitFile) -> (f64, f64) {
+        let composition = split.composition(index, &Default::default()).unwrap();
+        let shares = composition
+            .shares
+            .iter()
+            .flat_map(|row| row.partitions.values().map(|s| (s - row.whole).abs()))
+            .fold(0.0, f64::max);
+        let mut counts = 0.0_f64;
+        for (p, f) in PARTITIONS.iter().zip(split.fractions) {
+            let size = composition.partitions[p];
+            counts = counts
+                .max((size.images as f64 / composition.whole.images as f64 - f).abs())
+                .max((size.groups as f64 / composition.whole.groups as f64 - f).abs());
+        }
+        (shares * 100.0, counts * 100.0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Issue 33's property: over many data sets and seeds, no partition differs from the
+        /// whole by more than the margin on what the split stratifies (label, images per
+        /// group, group size, `dx_type`) — in fact by at most 1.5 points — and every partition
+        /// holds its fraction of the images and of the groups within half a point.
+        #[test]
+        fn partitions_resemble_the_whole_over_many_seeds(
+            data_seed in any::<u64>(),
+            seed in any::<u64>(),
+            groups in 2000_usize..6000,
+        ) {
+            let index = ham_like_index(groups, data_seed);
+            let split = make_split_with(&index, &stratified_on("dx_type", seed)).unwrap();
+            let composition = split.composition(&index, &Default::default()).unwrap();
+            prop_assert!(composition.warnings.is_empty(), "{}", composition.render());
+            let (shares, counts) = largest_differences(&index, &split);
+            prop_assert!(shares <= 1.5, "shares {shares:.2} points\n{}", composition.render());
+            prop_assert!(counts <= 0.5, "counts {counts:.2} points\n{}", composition.render());
+        }
+    }
+
+    /// The measurement behind the property test's 1.5 and 0.5 points: the largest differences
+    /// over 2,000 data sets and seeds (1.01 and 0.17 points when measured). `cargo test --release -p scanside-trainer --lib
+    /// largest_differences_over -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "2,000 splits; run on demand in release"]
+    fn largest_differences_over_2000_seeds() {
+        let mut worst = (0.0_f64, 0.0_f64);
+        for seed in 0..2000_u64 {
+            let index = ham_like_index(2000 + (seed as usize * 7) % 4000, seed ^ 0xdead);
+            let split = make_split_with(&index, &stratified_on("dx_type", seed)).unwrap();
+            let (shares, counts) = largest_differences(&index, &split);
+            worst = (worst.0.max(shares), worst.1.max(counts));
+        }
+        println!(
+            "largest differences over 2,000 seeds: shares {:.2} points, counts {:.2} points",
+            worst.0, worst.1
+        );
+    }
+
+    #[test]
+    fn val_and_test_keep_multi_image_lesions_issue_33() {
+        // Regression: the label-only split filled train with the multi-image lesions first,
+        // leaving val and test 1.05 images per lesion against 1.35 in the whole and two
+        // thirds more follow-up lesions.
+        let index = ham_like_index(3000, 33);
+        let split = make_split_with(&index, &stratified_on("dx_type", 0)).unwrap();
+        let composition = split.composition(&index, &Default::default()).unwrap();
+        let whole = composition.whole.images_per_group;
+        for p in [Partition::Val, Partition::Test] {
+            let ipg = composition.partitions[&p].images_per_group;
+            assert!((ipg - whole).abs() < 0.03, "{p}: {ipg} vs {whole}");
+        }
+        assert!(composition.warnings.is_empty(), "{}", composition.render());
+    }
+
+    #[test]
+    fn the_stratify_column_is_the_sources_own_named_one_or_none() {
+        let index = ham_like_index(200, 1);
+        // A folder source has no column of its own.
+        assert_eq!(
+            make_split(&index, 0, DEFAULT_SPLIT_FRACTIONS)
+                .unwrap()
+                .stratify_column,
+            None
+        );
+        let split = make_split_with(&index, &stratified_on("dx_type", 0)).unwrap();
+        assert_eq!(split.stratify_column.as_deref(), Some("dx_type"));
+        let none = make_split_with(&index, &stratified_on(NO_STRATIFY_COLUMN, 0)).unwrap();
+        assert_eq!(none.stratify_column, None);
+        let e = make_split_with(&index, &stratified_on("view", 0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no column \"view\" to stratify on") && e.contains("dx_type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn composition_buckets_numbers_and_names_unknown_columns() {
+        let index = ham_like_index(300, 2);
+        let split = make_split_with(&index, &stratified_on("dx_type", 0)).unwrap();
+        let config = CompositionConfig {
+            columns: vec!["age_bucket".into()],
+            ..Default::default()
+        };
+        let composition = split.composition(&index, &config).unwrap();
+        let ages: Vec<&str> = composition
+            .shares
+            .iter()
+            .filter(|r| r.column == "age_bucket")
+            .map(|r| r.value.as_str())
+            .collect();
+        assert_eq!(
+            ages,
+            ["0-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70-79", "80-89"]
+        );
+        // Labels, group sizes and dx_type are there too, each value's shares summing to 1.
+        let total: f64 = composition
+            .shares
+            .iter()
+            .filter(|r| r.column == "group size")
+            .map(|r| r.whole)
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        let config = CompositionConfig {
+            columns: vec!["sex".into()],
+            ..Default::default()
+        };
+        let e = split.composition(&index, &config).unwrap_err().to_string();
+        assert!(
+            e.contains("no column \"sex\"") && e.contains("age, dx_type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_partition_unlike_the_whole_is_flagged_with_its_margin() {
+        let index = ham_like_index(1000, 3);
+        let mut split = make_split_with(&index, &stratified_on("dx_type", 0)).unwrap();
+        // Move val's multi-image lesions to train and train's follow-up ones to val: the old
+        // split's bias.
+        for (i, s) in index.samples.iter().enumerate() {
+            let p = split.assignments[&s.id];
+            let single = s.attributes["dx_type"] == "follow_up";
+            if p == Partition::Val && !single {
+                split.assignments.insert(s.id.clone(), Partition::Train);
+            } else if p == Partition::Train && single && i % 3 == 0 {
+                split.assignments.insert(s.id.clone(), Partition::Val);
+            }
+        }
+        let composition = split.composition(&index, &Default::default()).unwrap();
+        let text = composition.warnings.join("\n");
+        assert!(text.contains("val: 1.00 images per lesion group"), "{text}");
+        assert!(text.contains("val: dx_type follow_up is"), "{text}");
+        assert!(text.contains("(margin"), "{text}");
+        assert!(
+            composition.render().contains('*'),
+            "{}",
+            composition.render()
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod imagenet;
 mod pretrain;
 mod sources;
+mod split;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -8,16 +8,19 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use scanside_trainer::augment::Preset;
 use scanside_trainer::data::{
-    bench_source, check_split_or_source, preview_split_or_source, write_split, CsvLabels, CsvSpec,
-    PreviewConfig, SourceSpec, UncertaintyPolicy, DEFAULT_SPLIT_FRACTIONS,
+    bench_source, check_split_or_source, preview_split_or_source, write_split, CompositionConfig,
+    CsvLabels, CsvSpec, PreviewConfig, SourceSpec, SplitConfig, UncertaintyPolicy,
+    DEFAULT_SPLIT_FRACTIONS,
 };
 
 use crate::{print_text, usage};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
-    /// Make a grouped, stratified, seeded train/val/test split with nested label-fraction
-    /// subsets, and save it with the data's content hash.
+    /// Make a grouped, seeded train/val/test split whose partitions resemble the whole
+    /// (stratified on label, images per group and a metadata column), with nested
+    /// label-fraction subsets; save it with the data's content hash and show each partition's
+    /// composition.
     Split {
         #[command(flatten)]
         source: SourceArgs,
@@ -34,6 +37,12 @@ pub enum DataCommand {
             default_values_t = DEFAULT_SPLIT_FRACTIONS
         )]
         fractions: Vec<f64>,
+        /// Metadata column to stratify on beside label and group size (default: HAM10000
+        /// dx_type, NIH view; `none` for no column).
+        #[arg(long, value_name = "COLUMN")]
+        stratify_by: Option<String>,
+        #[command(flatten)]
+        compare: CompareArgs,
     },
     /// Read every image and report unreadable files, leaks between partitions, label counts
     /// and imbalance; exit 1 on problems.
@@ -46,6 +55,8 @@ pub enum DataCommand {
         /// Also write the report as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        #[command(flatten)]
+        compare: CompareArgs,
     },
     /// Write a PNG grid of original images and augmented views.
     Preview {
@@ -100,20 +111,33 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
             out,
             seed,
             fractions,
+            stratify_by,
+            compare,
         } => {
-            let fractions = [fractions[0], fractions[1], fractions[2]];
-            print_text(write_split(&source.required_spec()?, seed, fractions, &out)?.render())
+            let config = SplitConfig {
+                seed,
+                fractions: [fractions[0], fractions[1], fractions[2]],
+                stratify_by,
+            };
+            let spec = source.required_spec()?;
+            print_text(write_split(&spec, &config, &compare.config(), &out)?.render())
         }
         DataCommand::Check {
             source,
             split,
             json,
+            compare,
         } => {
             let spec = source.spec()?;
             if split.is_none() && spec.is_none() {
                 return Err(usage("data check needs --data or --split"));
             }
-            let report = check_split_or_source(split.as_deref(), spec.as_ref(), json.as_deref())?;
+            let report = check_split_or_source(
+                split.as_deref(),
+                spec.as_ref(),
+                &compare.config(),
+                json.as_deref(),
+            )?;
             print!("{}", report.render());
             Ok(if report.ok() {
                 ExitCode::SUCCESS
@@ -157,6 +181,25 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
             let result = bench_source(&source.required_spec()?, images, size, preset, repeat)?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Which metadata columns each partition is compared with the whole on.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Metadata columns whose shares are compared per partition, e.g. dx_type,sex,age_bucket
+    /// (numeric columns are bucketed; NAME_bucket buckets NAME). Default: the column the split
+    /// was stratified on.
+    #[arg(long, value_delimiter = ',', value_name = "COLUMNS")]
+    compare: Vec<String>,
+}
+
+impl CompareArgs {
+    fn config(&self) -> CompositionConfig {
+        CompositionConfig {
+            columns: self.compare.clone(),
+            ..CompositionConfig::default()
         }
     }
 }

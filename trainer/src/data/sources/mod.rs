@@ -192,6 +192,17 @@ impl SourceSpec {
         spec
     }
 
+    /// The metadata column a split stratifies on beside label and group size: how the
+    /// diagnosis was confirmed (HAM10000 `dx_type`: histopathology, follow-up, consensus,
+    /// confocal) or how the image was taken (NIH `view`: PA, AP), when the source has one.
+    pub fn stratify_column(&self) -> Option<&'static str> {
+        match self {
+            SourceSpec::Ham10000 { .. } => Some("dx_type"),
+            SourceSpec::NihCxr { .. } => Some("view"),
+            SourceSpec::Medmnist { .. } | SourceSpec::Folder { .. } | SourceSpec::Csv(_) => None,
+        }
+    }
+
     /// Short layout name for reports.
     pub fn layout(&self) -> &'static str {
         match self {
