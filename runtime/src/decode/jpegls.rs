@@ -69,9 +69,12 @@ pub fn decode(data: &[u8], max_samples: usize) -> Result<JlsImage, JlsError> {
     let mut planes: Vec<Vec<u16>> = Vec::new();
     let mut decoded = Vec::new();
     loop {
-        if at >= data.len() && decoded.iter().all(|&d| d) && !decoded.is_empty() {
-            // Every component decoded and the stream ends without EOI: accepted.
-            break;
+        if at >= data.len() {
+            // A stream cut short can still decode every line from zero padding: without its
+            // EOI it is refused, never filled in.
+            return Err(
+                "JPEG-LS: the stream ends before its end-of-image marker (truncated)".into(),
+            );
         }
         let m = marker(&mut at)?;
         if m == EOI {
