@@ -128,7 +128,7 @@ pub(super) fn interleave(planes: &[f32], samples: usize) -> Vec<f32> {
 /// YBR_FULL_422 native data (Y1 Y2 Cb Cr per pair of pixels) to YBR_FULL, each chroma pair
 /// shared by its two pixels (as pydicom and dcmtk expand it).
 fn expand_422(packed: &[f32], module: &PixelModule) -> Result<Vec<f32>, String> {
-    if module.cols % 2 != 0 {
+    if !module.cols.is_multiple_of(2) {
         return Err(format!(
             "YBR_FULL_422 with an odd number of columns ({})",
             module.cols

@@ -70,7 +70,7 @@ fn unpack_segment(segment: &[u8], len: usize) -> Result<Vec<u8>, String> {
                 let &b = segment
                     .get(at)
                     .ok_or_else(|| format!("ends inside a repeat run after {} bytes", out.len()))?;
-                out.extend(std::iter::repeat(b).take(1 + usize::from(r.unsigned_abs())));
+                out.extend(std::iter::repeat_n(b, 1 + usize::from(r.unsigned_abs())));
                 at += 1;
             }
         }
