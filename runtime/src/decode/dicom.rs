@@ -17,7 +17,7 @@ use super::encapsulated::{encapsulated_frame, FrameStart};
 use super::j2k::decode_j2k_frame;
 use super::jpeg::decode_jpeg_frame;
 use super::lut::{apply_palette, sequence_lut, LookupTable};
-use super::native::{native_frame, stored_value, Frame};
+use super::native::{native_frame, native_frame_from_words, stored_value, Frame};
 use super::part10::{read_part10, DicomFile};
 use super::pixel_module::{describe, PixelKind, PixelModule};
 use super::rle::decode_rle_frame;
@@ -285,6 +285,14 @@ impl FrameLayout {
                     return Err(native_size_error(m, have));
                 }
                 let range = native_range(m, frame)?;
+                if let (DicomValue::Primitive(PrimitiveValue::U16(words)), 16) =
+                    (element.value(), m.bits_allocated)
+                {
+                    let words = words
+                        .get(range.start / 2..range.end / 2)
+                        .ok_or_else(|| native_size_error(m, have))?;
+                    return native_frame_from_words(words, m);
+                }
                 let (bytes, big_endian) =
                     value_bytes(element.value(), range.clone(), big_endian, m.bits_allocated)
                         .ok_or_else(|| native_size_error(m, element_len(element.value())))?;

@@ -43,7 +43,25 @@ pub(super) fn native_frame(
             module.native_frame_bytes()
         ));
     }
-    let mut samples = unpack(bytes, module, big_endian);
+    arrange(unpack(bytes, module, big_endian), module)
+}
+
+/// 16-bit samples dicom-rs already holds as words (OW in either byte order): read without
+/// going back to bytes — the common case, kept cheap.
+pub(super) fn native_frame_from_words(
+    words: &[u16],
+    module: &PixelModule,
+) -> Result<Frame, String> {
+    let (bits, signed) = (module.bits_stored, module.signed);
+    let samples = words
+        .iter()
+        .map(|&w| stored_value(u32::from(w), bits, signed))
+        .collect();
+    arrange(samples, module)
+}
+
+/// A frame's samples in pixel order: 4:2:2 expanded, planes interleaved.
+fn arrange(mut samples: Vec<f32>, module: &PixelModule) -> Result<Frame, String> {
     let mut photometric = module.photometric.clone();
     if module.photometric == "YBR_FULL_422" {
         samples = expand_422(&samples, module)?;
