@@ -346,13 +346,22 @@ fn walk(body: &[u8], encoding: Encoding, header_only: bool) -> Result<Walked, St
             encoding
         };
         let h = header(body, at, here)?;
-        let valid_vr =
-            !here.explicit_vr || h.tag.group() == 0xFFFE || h.vr.iter().all(u8::is_ascii_uppercase);
+        // A VR dicom-rs does not know would be read with another header size than here.
+        let valid_vr = !here.explicit_vr
+            || h.tag.group() == 0xFFFE
+            || dicom_core::VR::from_binary(h.vr).is_some();
         if top_level && ((header_only && is_pixel_data(h.tag)) || (seen_pixels && !valid_vr)) {
             return Ok(Walked {
                 end: at,
                 unreadable,
             });
+        }
+        if !valid_vr {
+            return Err(format!(
+                "element {} at byte {at} has no valid VR ({:?})",
+                h.tag,
+                String::from_utf8_lossy(&h.vr)
+            ));
         }
         seen_pixels |= top_level && is_pixel_data(h.tag);
         let start = at;
@@ -559,6 +568,22 @@ mod tests {
             e.contains("(7FE0,0010) claims 16 bytes, but only 12 remain"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_unknown_vr_is_refused_before_dicom_rs_reads_it_with_another_length() {
+        // Found by fuzzing: zero bytes mid-header made dicom-rs allocate and read for minutes.
+        let mut body = explicit_le((0x0010, 0x0010), b"PN", b"DOE^J ");
+        body.extend_from_slice(&[0; 16]);
+        let e = walk(&body, EXPLICIT, false).err().unwrap();
+        assert!(
+            e.contains("(0000,0000)") && e.contains("no valid VR"),
+            "{e}"
+        );
+        // After the pixel data, the same bytes are trailing padding: the data set ends there.
+        let mut padded = explicit_le((0x7FE0, 0x0010), b"OB", &[1, 2]);
+        padded.extend_from_slice(&[0; 16]);
+        assert_eq!(walk(&padded, EXPLICIT, false).map(|w| w.end), Ok(14));
     }
 
     #[test]
