@@ -1,18 +1,28 @@
-//! DICOM files: the header read and checked once, then each frame the [`DicomFrames`] policy
-//! asks for decompressed (JPEG baseline/extended/lossless, RLE, JPEG 2000, deflate through
-//! dicom-pixeldata; JPEG-LS through `encapsulated`) into [`DicomValues`] — the modality-LUT
-//! output, colour converted to RGB — and, by [`dicom_image`], mapped to `[0, 1]` with the
+//! DICOM files: the file read defensively (`part10`), the header checked once (`pixel_module`),
+//! then each frame the [`DicomFrames`] policy asks for decoded by its transfer syntax's codec —
+//! native data (`native`), RLE (`rle`), JPEG (`jpeg`), JPEG-LS (`jpegls`), JPEG 2000 (`j2k`),
+//! frames found among the fragments by `encapsulated` — into [`DicomValues`]: the modality-LUT
+//! output, colour converted to RGB. [`dicom_image`] maps them to `[0, 1]` with the
 //! [`DicomWindow`] policy. It never resizes or normalises.
 
+use std::borrow::Cow;
 use std::path::Path;
 
+use dicom_core::{DicomValue, PrimitiveValue};
 use dicom_dictionary_std::tags;
-use dicom_pixeldata::{DecodedPixelData, PhotometricInterpretation, PixelDecoder};
+use dicom_object::InMemDicomObject;
 
-use super::encapsulated::{is_jpeg_ls, jpeg_ls_frame, native_header, DicomFile};
+use super::attributes::{float, item, text};
+use super::encapsulated::{encapsulated_frame, FrameStart};
+use super::j2k::decode_j2k_frame;
+use super::jpeg::decode_jpeg_frame;
 use super::lut::{apply_palette, sequence_lut, LookupTable};
+use super::native::{native_frame, native_frame_from_words, stored_value, Frame};
+use super::part10::{read_part10, DicomFile};
+use super::pixel_module::{describe, PixelKind, PixelModule};
+use super::rle::decode_rle_frame;
 use super::voi::{Voi, VoiFunction};
-use super::{decode_error, DecodedImage, DicomFrames, DicomWindow, SourceInfo, MAX_PIXELS};
+use super::{decode_error, jpegls, DecodedImage, DicomFrames, DicomWindow, SourceInfo, MAX_PIXELS};
 use crate::{Error, Result};
 
 /// The DICOM attributes that group images by case, read without decoding pixels.
@@ -30,50 +40,23 @@ pub struct DicomIdentity {
 
 /// Reads a DICOM file's header up to the pixel data: who and which study it belongs to.
 pub fn read_dicom_identity(path: &Path) -> Result<DicomIdentity> {
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| malformed_header(path, e))?;
-    Ok(identity_of(&obj))
+    let bytes = crate::persist::read(path)?;
+    dicom_identity_from_bytes(path, &bytes)
 }
 
 /// [`read_dicom_identity`] of a file already in memory (Part 10 bytes, preamble included).
 pub fn dicom_identity_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomIdentity> {
-    let body = bytes
-        .get(128..)
-        .ok_or_else(|| malformed_header(path, "shorter than the 128-byte preamble"))?;
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(body)
-        .map_err(|e| malformed_header(path, e))?;
-    Ok(identity_of(&obj))
-}
-
-fn malformed_header(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Decode {
+    let obj = read_part10(bytes, true).map_err(|e| Error::Decode {
         path: path.to_path_buf(),
         reason: format!("malformed DICOM header: {e}"),
-    }
-}
-
-fn identity_of(obj: &dicom_object::InMemDicomObject) -> DicomIdentity {
-    let text = |tag| text_element(obj, tag);
-    DicomIdentity {
+    })?;
+    let text = |tag| text(&obj, tag);
+    Ok(DicomIdentity {
         patient_id: text(tags::PATIENT_ID),
         study_uid: text(tags::STUDY_INSTANCE_UID),
         series_uid: text(tags::SERIES_INSTANCE_UID),
         sop_instance_uid: text(tags::SOP_INSTANCE_UID),
-    }
-}
-
-/// A text attribute, trimmed of DICOM padding; `None` when absent or empty.
-fn text_element(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
-        .filter(|s| !s.is_empty())
+    })
 }
 
 /// A DICOM image's frame before windowing: what pydicom calls the modality-LUT output.
@@ -110,8 +93,8 @@ pub struct DicomValues {
 }
 
 /// Reads a DICOM file's first frame: decompresses it (JPEG baseline/extended/lossless, RLE,
-/// JPEG 2000, deflate), applies the modality LUT to monochrome images, converts YBR to RGB and
-/// looks palette colour up. `path` names the file in errors.
+/// JPEG-LS, JPEG 2000, deflate), applies the modality LUT to monochrome images, converts YBR to
+/// RGB and looks palette colour up. `path` names the file in errors.
 pub fn read_dicom_values(path: &Path, bytes: &[u8]) -> Result<DicomValues> {
     let mut first = None;
     read_dicom_frames(path, bytes, DicomFrames::First, |values| {
@@ -138,7 +121,7 @@ pub fn read_dicom_frames(
         path: path.to_path_buf(),
         reason,
     };
-    let obj = parse_part10(bytes).map_err(err)?;
+    let obj = read_part10(bytes, false).map_err(|e| err(format!("malformed DICOM: {e}")))?;
     let layout = FrameLayout::read(&obj, policy).map_err(err)?;
     for frame in 0..layout.decoded_frames {
         each(layout.frame(&obj, frame).map_err(err)?)?;
@@ -146,32 +129,56 @@ pub fn read_dicom_frames(
     Ok(())
 }
 
-/// The data set of a Part 10 file (after its 128-byte preamble and `DICM`).
-fn parse_part10(bytes: &[u8]) -> std::result::Result<DicomFile, String> {
-    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
-        return Err("no DICOM Part 10 header (128-byte preamble + DICM)".into());
+/// The codec a transfer syntax's frames go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    /// Uncompressed (also deflated, whose data set is inflated on reading).
+    Native {
+        big_endian: bool,
+    },
+    Rle,
+    Jpeg,
+    JpegLs,
+    J2k,
+}
+
+impl Codec {
+    fn of(uid: &str) -> std::result::Result<Self, String> {
+        let jpeg_process = uid
+            .strip_prefix("1.2.840.10008.1.2.4.")
+            .and_then(|n| n.parse::<u32>().ok());
+        Ok(match uid {
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.1.99" => {
+                Codec::Native { big_endian: false }
+            }
+            "1.2.840.10008.1.2.2" => Codec::Native { big_endian: true },
+            "1.2.840.10008.1.2.5" => Codec::Rle,
+            _ => match jpeg_process {
+                Some(50..=70) => Codec::Jpeg,
+                Some(80 | 81) => Codec::JpegLs,
+                Some(90..=93 | 201..=203) => Codec::J2k,
+                _ => {
+                    return Err(format!(
+                        "transfer syntax {uid} is not one this decoder reads (native, deflated, RLE, JPEG, JPEG-LS, JPEG 2000)"
+                    ))
+                }
+            },
+        })
     }
-    dicom_object::from_reader(&bytes[128..]).map_err(|e| format!("malformed DICOM: {e}"))
 }
 
 /// What the header says about every frame of a file, read and checked once.
 struct FrameLayout {
     transfer_syntax: String,
+    codec: Codec,
+    module: PixelModule,
     modality: Option<String>,
-    rows: u64,
-    cols: u64,
-    /// Frames in the file.
-    frames: u32,
     /// Frames the policy decodes.
     decoded_frames: u32,
-    photometric_in_file: String,
     big_endian: bool,
     modality_lut: Option<LookupTable>,
     voi_function: VoiFunction,
     voi_lut: Option<LookupTable>,
-    /// For JPEG-LS: the header without the encapsulated pixel data, as explicit VR little
-    /// endian; each frame's decoded samples are put into a copy of it.
-    native_header: Option<DicomFile>,
 }
 
 impl FrameLayout {
@@ -183,210 +190,339 @@ impl FrameLayout {
             .transfer_syntax()
             .trim_end_matches('\0')
             .to_string();
-        let text = |tag| text_element(obj, tag);
-        let uint = |tag| {
-            obj.element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_int::<u32>().ok())
+        let module = PixelModule::read(obj)?;
+        let codec = if module.kind == PixelKind::Integer {
+            Codec::of(&transfer_syntax)?
+        } else {
+            // Float pixel data is never encapsulated.
+            Codec::Native {
+                big_endian: transfer_syntax == "1.2.840.10008.1.2.2",
+            }
         };
-        let modality = text(tags::MODALITY);
-        if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-            return Err(format!(
-                "no pixel data (modality {}, SOP class {}): not an image",
-                modality.as_deref().unwrap_or("unknown"),
-                text(tags::SOP_CLASS_UID).as_deref().unwrap_or("unknown")
-            ));
-        }
-        let (rows, cols) = (
-            u64::from(uint(tags::ROWS).unwrap_or(0)),
-            u64::from(uint(tags::COLUMNS).unwrap_or(0)),
-        );
-        if rows == 0 || cols == 0 {
-            return Err("image has no pixels (Rows or Columns is 0 or missing)".into());
-        }
-        if rows * cols > MAX_PIXELS {
-            return Err(format!(
-                "{cols}x{rows} pixels is larger than the {MAX_PIXELS}-pixel limit"
-            ));
-        }
-        let frames = text(tags::NUMBER_OF_FRAMES)
-            .and_then(|s| s.parse::<u32>().ok())
-            .unwrap_or(1)
-            .max(1);
+        let big_endian = transfer_syntax == "1.2.840.10008.1.2.2";
         let decoded_frames = match policy {
             DicomFrames::First => 1,
-            DicomFrames::Every if frames > MAX_FRAMES => {
+            DicomFrames::Every if module.frames > MAX_FRAMES => {
                 return Err(format!(
-                    "{frames} frames is more than the {MAX_FRAMES}-frame limit of the every-frame policy"
+                    "{} frames is more than the {MAX_FRAMES}-frame limit of the every-frame policy",
+                    module.frames
                 ))
             }
-            DicomFrames::Every => frames,
+            DicomFrames::Every => module.frames,
         };
-        let photometric_in_file = text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
-        let big_endian = transfer_syntax == "1.2.840.10008.1.2.2";
-        let modality_lut = sequence_lut(
-            obj,
-            tags::MODALITY_LUT_SEQUENCE,
-            "Modality LUT Sequence",
-            big_endian,
-        )?;
-        let voi_function = match text(tags::VOILUT_FUNCTION).as_deref() {
-            None | Some("LINEAR") | Some("") => VoiFunction::Linear,
-            Some("LINEAR_EXACT") => VoiFunction::LinearExact,
-            Some("SIGMOID") => VoiFunction::Sigmoid,
-            Some(other) => {
-                return Err(format!(
-                    "VOI LUT Function {other:?} is not one of LINEAR, LINEAR_EXACT, SIGMOID"
-                ))
-            }
-        };
-        // Read once for all frames (a VOI LUT can hold 65,536 entries).
-        let voi_lut = if photometric_in_file.starts_with("MONOCHROME") {
-            sequence_lut(obj, tags::VOILUT_SEQUENCE, "VOI LUT Sequence", big_endian)?
-        } else {
-            None
-        };
-        let native_header = is_jpeg_ls(&transfer_syntax).then(|| native_header(obj));
+        let monochrome = module.photometric.starts_with("MONOCHROME");
         Ok(Self {
+            modality_lut: if monochrome {
+                sequence_lut(
+                    obj,
+                    tags::MODALITY_LUT_SEQUENCE,
+                    "Modality LUT Sequence",
+                    big_endian,
+                )?
+            } else {
+                None
+            },
+            voi_function: voi_function(obj)?,
+            // Read once for all frames (a VOI LUT can hold 65,536 entries).
+            voi_lut: if monochrome {
+                sequence_lut(obj, tags::VOILUT_SEQUENCE, "VOI LUT Sequence", big_endian)?
+            } else {
+                None
+            },
+            modality: text(obj, tags::MODALITY),
             transfer_syntax,
-            modality,
-            rows,
-            cols,
-            frames,
+            codec,
+            module,
             decoded_frames,
-            photometric_in_file,
             big_endian,
-            modality_lut,
-            voi_function,
-            voi_lut,
-            native_header,
         })
     }
 
     /// Decodes frame `frame` (0-based) of `obj` into its values.
     fn frame(&self, obj: &DicomFile, frame: u32) -> std::result::Result<DicomValues, String> {
-        let native_frame;
-        let cannot = |e: &dyn std::fmt::Display| {
+        let decoded = self.decode(obj, frame).map_err(|e| {
             format!(
                 "cannot decode pixel data of frame {} ({}): {e}",
                 frame + 1,
                 self.transfer_syntax
             )
-        };
-        let pixel = match &self.native_header {
-            Some(header) => {
-                native_frame =
-                    jpeg_ls_frame(obj, header, frame, self.frames, self.rows * self.cols)
-                        .map_err(|e| cannot(&e))?;
-                native_frame.decode_pixel_data_frame(0)
-            }
-            None => obj.decode_pixel_data_frame(frame),
+        })?;
+        if decoded.samples.len() != self.module.frame_samples() {
+            return Err(format!(
+                "frame {} decoded to {} samples, {} expected",
+                frame + 1,
+                decoded.samples.len(),
+                self.module.frame_samples()
+            ));
         }
-        .map_err(|e| cannot(&e))?;
-        let window = self.window(&pixel);
-        let (channels, values, bits_stored) = self.samples(obj, &pixel)?;
+        let (channels, values, bits_stored) = self.values(obj, decoded, frame)?;
         Ok(DicomValues {
-            width: pixel.columns(),
-            height: pixel.rows(),
+            width: self.module.cols as u32,
+            height: self.module.rows as u32,
             channels,
             values,
-            photometric: self.photometric_in_file.clone(),
+            photometric: self.module.photometric.clone(),
             bits_stored,
-            frames: self.frames,
+            frames: self.module.frames,
             frame,
             transfer_syntax: self.transfer_syntax.clone(),
             modality: self.modality.clone(),
-            window,
+            window: self.window(obj, frame as usize),
             voi_function: self.voi_function,
             voi_lut: self.voi_lut.clone(),
         })
     }
 
-    /// The frame's first window `(center, width)`, when it has a usable one.
-    fn window(&self, pixel: &DecodedPixelData<'_>) -> Option<(f64, f64)> {
-        pixel
-            .window()
-            .ok()
-            .flatten()
-            .and_then(|w| w.first().copied())
-            // LINEAR needs width ≥ 1 (it divides by width − 1), the others width > 0.
-            .filter(|w| {
-                w.width.is_finite()
-                    && w.center.is_finite()
-                    && if self.voi_function == VoiFunction::Linear {
-                        w.width >= 1.0
-                    } else {
-                        w.width > 0.0
-                    }
-            })
-            .map(|w| (w.center, w.width))
+    /// Frame `frame`'s samples on the stored scale, by the transfer syntax's codec.
+    fn decode(&self, obj: &DicomFile, frame: u32) -> std::result::Result<Frame, String> {
+        let m = &self.module;
+        let fragments = |start| encapsulated_frame(obj, frame, m.frames, start);
+        match self.codec {
+            Codec::Native { big_endian } => {
+                let element = pixel_element(obj, m.kind)?;
+                let have = element_len(element.value());
+                if (have as u64) < m.native_frame_bytes() as u64 * u64::from(m.frames) {
+                    return Err(native_size_error(m, have));
+                }
+                let range = native_range(m, frame)?;
+                if let (DicomValue::Primitive(PrimitiveValue::U16(words)), 16) =
+                    (element.value(), m.bits_allocated)
+                {
+                    let words = words
+                        .get(range.start / 2..range.end / 2)
+                        .ok_or_else(|| native_size_error(m, have))?;
+                    return native_frame_from_words(words, m);
+                }
+                let (bytes, big_endian) =
+                    value_bytes(element.value(), range.clone(), big_endian, m.bits_allocated)
+                        .ok_or_else(|| native_size_error(m, element_len(element.value())))?;
+                native_frame(&bytes, m, big_endian)
+            }
+            Codec::Rle => {
+                let samples = decode_rle_frame(&fragments(FrameStart::Unmarked)?, m)?;
+                Ok(Frame {
+                    samples,
+                    photometric: m.photometric.clone(),
+                })
+            }
+            Codec::Jpeg => decode_jpeg_frame(&fragments(FrameStart::Jpeg)?, m),
+            Codec::JpegLs => jpeg_ls_frame(&fragments(FrameStart::Jpeg)?, m),
+            Codec::J2k => decode_j2k_frame(&fragments(FrameStart::J2k)?, m),
+        }
     }
 
     /// The frame's channels, values and bits per value: monochrome with the modality LUT
     /// applied, palette colour looked up, YBR converted to RGB.
-    fn samples(
+    fn values(
         &self,
         obj: &DicomFile,
-        pixel: &DecodedPixelData<'_>,
+        decoded: Frame,
+        frame: u32,
     ) -> std::result::Result<(u32, Vec<f32>, u16), String> {
-        let (width, height) = (pixel.columns(), pixel.rows());
-        let samples = u32::from(pixel.samples_per_pixel());
-        let photometric = pixel.photometric_interpretation().clone();
-        let bits_stored = pixel.bits_stored();
-        let pixel_count = width as usize * height as usize;
-        let check_len = |n: usize, per_pixel: usize| {
-            if n == pixel_count * per_pixel {
-                Ok(())
-            } else {
-                Err(format!(
-                    "pixel data holds {n} samples, {width}x{height}x{per_pixel} expected (truncated?)"
-                ))
-            }
-        };
-        match (&photometric, samples) {
-            (
-                PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2,
-                1,
-            ) => {
-                // Stored values with the modality LUT applied: rescale slope/intercept (by
-                // dicom-pixeldata, also from enhanced objects' functional groups) or a LUT.
-                let mut values: Vec<f32> = pixel
-                    .to_vec_frame(0)
-                    .map_err(|e| format!("cannot read pixel values: {e}"))?;
-                check_len(values.len(), 1)?;
+        let m = &self.module;
+        let mut values = decoded.samples;
+        match (m.samples, decoded.photometric.as_str()) {
+            (1, "MONOCHROME1" | "MONOCHROME2") => {
                 if let Some(lut) = &self.modality_lut {
                     values.iter_mut().for_each(|v| *v = lut.look_up(*v));
+                } else if let Some((slope, intercept)) = rescale(obj, frame as usize) {
+                    values
+                        .iter_mut()
+                        .for_each(|v| *v = (f64::from(*v) * slope + intercept) as f32);
                 }
-                Ok((1, values, bits_stored))
+                Ok((1, values, m.bits_stored))
             }
-            (PhotometricInterpretation::PaletteColor, 1) => {
-                let indices: Vec<f32> = pixel
-                    .to_vec_frame(0)
-                    .map_err(|e| format!("cannot read palette indices: {e}"))?;
-                check_len(indices.len(), 1)?;
-                let (values, bits) = apply_palette(obj, &indices, self.big_endian)?;
-                Ok((3, values, bits))
+            (1, "PALETTE COLOR") => {
+                let (rgb, bits) = apply_palette(obj, &values, self.big_endian)?;
+                Ok((3, rgb, bits))
             }
-            (
-                PhotometricInterpretation::Rgb
-                | PhotometricInterpretation::YbrFull
-                | PhotometricInterpretation::YbrFull422,
-                3,
-            ) => {
-                let mut values = color_samples(pixel, pixel_count)?;
-                check_len(values.len(), 3)?;
-                if photometric != PhotometricInterpretation::Rgb {
-                    let max = ((1_u32 << bits_stored.min(16)) - 1) as f32;
-                    ybr_full_to_rgb(&mut values, max);
-                }
-                Ok((3, values, bits_stored))
+            (3, "RGB") => Ok((3, values, m.bits_stored)),
+            (3, "YBR_FULL" | "YBR_FULL_422") => {
+                let max = (2_f64.powi(i32::from(m.bits_stored.min(16))) - 1.0) as f32;
+                ybr_full_to_rgb(&mut values, max);
+                Ok((3, values, m.bits_stored))
             }
-            (other, n) => Err(format!(
-                "photometric interpretation {other} with {n} samples per pixel is not supported"
+            (n, p) => Err(format!(
+                "{}: photometric interpretation {p} with {n} samples per pixel is not supported",
+                describe(obj)
             )),
         }
     }
+
+    /// The frame's first window `(center, width)`, when it has a usable one: the data set's,
+    /// else the frame's functional group, else the shared one.
+    fn window(&self, obj: &InMemDicomObject, frame: usize) -> Option<(f64, f64)> {
+        let pair = |o: &InMemDicomObject| {
+            Some((
+                float(o, tags::WINDOW_CENTER)?,
+                float(o, tags::WINDOW_WIDTH)?,
+            ))
+        };
+        pair(obj)
+            .or_else(|| functional_group(obj, frame, tags::FRAME_VOILUT_SEQUENCE).and_then(pair))
+            // LINEAR needs width ≥ 1 (it divides by width − 1), the others width > 0.
+            .filter(|&(_, width)| {
+                if self.voi_function == VoiFunction::Linear {
+                    width >= 1.0
+                } else {
+                    width > 0.0
+                }
+            })
+    }
+}
+
+/// (0028,1056) VOI LUT Function.
+fn voi_function(obj: &InMemDicomObject) -> std::result::Result<VoiFunction, String> {
+    match text(obj, tags::VOILUT_FUNCTION).as_deref() {
+        None | Some("LINEAR") => Ok(VoiFunction::Linear),
+        Some("LINEAR_EXACT") => Ok(VoiFunction::LinearExact),
+        Some("SIGMOID") => Ok(VoiFunction::Sigmoid),
+        Some(other) => Err(format!(
+            "VOI LUT Function {other:?} is not one of LINEAR, LINEAR_EXACT, SIGMOID"
+        )),
+    }
+}
+
+/// Rescale slope and intercept: the data set's, else the frame's Pixel Value Transformation
+/// functional group, else the shared one (enhanced objects, PS3.3 C.7.6.16.2.9).
+fn rescale(obj: &InMemDicomObject, frame: usize) -> Option<(f64, f64)> {
+    let pair = |o: &InMemDicomObject| {
+        let intercept = float(o, tags::RESCALE_INTERCEPT)?;
+        Some((float(o, tags::RESCALE_SLOPE).unwrap_or(1.0), intercept))
+    };
+    pair(obj).or_else(|| {
+        functional_group(obj, frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE).and_then(pair)
+    })
+}
+
+/// The first item of functional group `group` for `frame`: per-frame, else shared.
+fn functional_group(
+    obj: &InMemDicomObject,
+    frame: usize,
+    group: dicom_core::Tag,
+) -> Option<&InMemDicomObject> {
+    item(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, frame)
+        .and_then(|o| item(o, group, 0))
+        .or_else(|| {
+            item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, 0).and_then(|o| item(o, group, 0))
+        })
+}
+
+/// The element holding native pixels of this kind.
+fn pixel_element(
+    obj: &InMemDicomObject,
+    kind: PixelKind,
+) -> std::result::Result<&dicom_object::mem::InMemElement, String> {
+    let tag = match kind {
+        PixelKind::Integer => tags::PIXEL_DATA,
+        PixelKind::Float => tags::FLOAT_PIXEL_DATA,
+        PixelKind::Double => tags::DOUBLE_FLOAT_PIXEL_DATA,
+    };
+    let element = obj
+        .element(tag)
+        .map_err(|e| format!("no pixel data: {e}"))?;
+    if element.value().fragments().is_some() {
+        return Err("the pixel data is encapsulated, but the transfer syntax is native".into());
+    }
+    Ok(element)
+}
+
+/// The byte range of frame `frame` in native pixel data.
+fn native_range(
+    m: &PixelModule,
+    frame: u32,
+) -> std::result::Result<std::ops::Range<usize>, String> {
+    let size = m.native_frame_bytes();
+    let start = size
+        .checked_mul(frame as usize)
+        .ok_or("frame offset overflows")?;
+    Ok(start..start + size)
+}
+
+fn native_size_error(m: &PixelModule, have: usize) -> String {
+    format!(
+        "the pixel data holds {have} bytes, {} expected for {} frame(s) of {}x{}x{} at {} bits (truncated?)",
+        m.native_frame_bytes() as u64 * u64::from(m.frames),
+        m.frames,
+        m.cols,
+        m.rows,
+        m.samples,
+        m.bits_allocated
+    )
+}
+
+/// A data element's value as dicom-rs holds it.
+type PixelValue = dicom_core::value::Value<InMemDicomObject, dicom_object::mem::InMemFragment>;
+
+/// Bytes in a native pixel value.
+fn element_len(value: &PixelValue) -> usize {
+    match value {
+        DicomValue::Primitive(p) => p.calculate_byte_len(),
+        _ => 0,
+    }
+}
+
+/// `range` of a native pixel value as bytes, and their byte order. Values dicom-rs decoded
+/// into words (OW, OL, OF, OD) are turned back into little-endian bytes (for 8-bit samples in
+/// big-endian OW this swaps each byte pair back, as PS3.5 8.1.1 requires), except 32-bit
+/// samples held in big-endian OW words, which go back to the file's big-endian bytes; bytes
+/// (OB) keep the file's order. `None` when the value is shorter than the header implies.
+fn value_bytes(
+    value: &PixelValue,
+    range: std::ops::Range<usize>,
+    file_big_endian: bool,
+    bits_allocated: u16,
+) -> Option<(Cow<'_, [u8]>, bool)> {
+    fn words<T: Copy, const N: usize>(
+        v: &[T],
+        range: std::ops::Range<usize>,
+        le: impl Fn(T) -> [u8; N],
+    ) -> Option<Vec<u8>> {
+        let (first, last) = (range.start / N, range.end.div_ceil(N));
+        let bytes: Vec<u8> = v.get(first..last)?.iter().flat_map(|&x| le(x)).collect();
+        Some(bytes[range.start - first * N..range.end - first * N].to_vec())
+    }
+    let DicomValue::Primitive(p) = value else {
+        return None;
+    };
+    Some(match p {
+        PrimitiveValue::U8(b) => (Cow::Borrowed(b.get(range)?), file_big_endian),
+        PrimitiveValue::U16(v) if file_big_endian && bits_allocated > 16 => {
+            (Cow::Owned(words(v, range, u16::to_be_bytes)?), true)
+        }
+        PrimitiveValue::U16(v) => (Cow::Owned(words(v, range, u16::to_le_bytes)?), false),
+        PrimitiveValue::I16(v) => (Cow::Owned(words(v, range, i16::to_le_bytes)?), false),
+        PrimitiveValue::U32(v) => (Cow::Owned(words(v, range, u32::to_le_bytes)?), false),
+        PrimitiveValue::I32(v) => (Cow::Owned(words(v, range, i32::to_le_bytes)?), false),
+        PrimitiveValue::F32(v) => (Cow::Owned(words(v, range, f32::to_le_bytes)?), false),
+        PrimitiveValue::F64(v) => (Cow::Owned(words(v, range, f64::to_le_bytes)?), false),
+        _ => return None,
+    })
+}
+
+/// A JPEG-LS frame decoded by `jpegls`, its samples read with the sign the header gives at the
+/// codestream's precision (pydicom does the same; a near-lossless CT stream is often coded at
+/// fewer bits than Bits Stored).
+fn jpeg_ls_frame(data: &[u8], m: &PixelModule) -> std::result::Result<Frame, String> {
+    let max_samples =
+        usize::try_from(MAX_PIXELS.saturating_mul(m.samples as u64)).unwrap_or(usize::MAX);
+    let image = jpegls::decode(data, max_samples)?;
+    if (image.width, image.height, image.components) != (m.cols, m.rows, m.samples) {
+        return Err(format!(
+            "the JPEG-LS stream is {}x{} with {} components, the header says {}x{} with {}",
+            image.width, image.height, image.components, m.cols, m.rows, m.samples
+        ));
+    }
+    let bits = u16::from(image.bits).min(m.bits_stored);
+    let samples = image
+        .samples
+        .iter()
+        .map(|&v| stored_value(u32::from(v), bits, m.signed))
+        .collect();
+    Ok(Frame {
+        samples,
+        photometric: m.photometric.clone(),
+    })
 }
 
 /// Maps a DICOM frame's values to `[0, 1]`: monochrome by the windowing policy (MONOCHROME1
@@ -405,7 +541,7 @@ pub fn dicom_image(dicom: DicomValues, policy: DicomWindow) -> DecodedImage {
         }
         (mapped, how)
     } else {
-        let max = ((1_u32 << dicom.bits_stored.clamp(1, 16)) - 1) as f32;
+        let max = (2_f64.powi(i32::from(dicom.bits_stored.clamp(1, 32))) - 1.0) as f32;
         (
             dicom
                 .values
@@ -427,40 +563,6 @@ pub fn dicom_image(dicom: DicomValues, policy: DicomWindow) -> DecodedImage {
             windowing,
         },
     }
-}
-
-/// A colour frame's samples, interleaved (R G B R G B ...), from either planar configuration
-/// (dicom-pixeldata converts only the interleaved one).
-fn color_samples(
-    pixel: &dicom_pixeldata::DecodedPixelData<'_>,
-    pixel_count: usize,
-) -> std::result::Result<Vec<f32>, String> {
-    if pixel.planar_configuration() == dicom_pixeldata::PlanarConfiguration::Standard {
-        return pixel
-            .to_vec_frame(0)
-            .map_err(|e| format!("cannot read pixel values: {e}"));
-    }
-    let raw = pixel
-        .frame_data(0)
-        .map_err(|e| format!("cannot read pixel values: {e}"))?;
-    let planes: Vec<f32> = match pixel.bits_allocated() {
-        8 => raw.iter().map(|&b| f32::from(b)).collect(),
-        16 => raw
-            .chunks_exact(2)
-            .map(|c| f32::from(u16::from_le_bytes([c[0], c[1]])))
-            .collect(),
-        bits => return Err(format!("{bits}-bit colour samples are not supported")),
-    };
-    if planes.len() < 3 * pixel_count {
-        return Err(format!(
-            "pixel data holds {} samples, {} expected (truncated?)",
-            planes.len(),
-            3 * pixel_count
-        ));
-    }
-    let (r, rest) = planes.split_at(pixel_count);
-    let (g, b) = rest.split_at(pixel_count);
-    Ok((0..pixel_count).flat_map(|i| [r[i], g[i], b[i]]).collect())
 }
 
 /// YBR_FULL → RGB (PS3.3 C.7.6.3.1.2, the inverse of its RGB → YBR_FULL equations), on a

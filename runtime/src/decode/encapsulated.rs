@@ -1,123 +1,43 @@
-//! JPEG-LS pixel data (which dicom-pixeldata cannot decode without CharLS, a C++ library that
-//! would break the static aarch64 build): each frame's codestream is cut out of the
-//! encapsulated Pixel Data, decoded with `jpegls` and put into a copy of the header as native
-//! pixel data, which the usual path then reads. It never windows or converts colour.
+//! Encapsulated Pixel Data (PS3.5 A.4): which fragments hold which frame. The Extended Offset
+//! Table or the Basic Offset Table when present, one fragment per frame, every fragment for a
+//! single frame, and otherwise — as pydicom does — the codestreams' own start markers (JPEG and
+//! JPEG-LS SOI, JPEG 2000 SOC or the JP2 signature) to split the fragments into frames. The
+//! frame's bytes are handed whole to the codec; a frame the data cannot account for is an error.
 
 use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
 
-use super::jpegls;
-
-const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
-const JPEG_LS_NEAR_LOSSLESS: &str = "1.2.840.10008.1.2.4.81";
-const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
-
-/// A DICOM Part 10 file in memory.
-pub(super) type DicomFile = dicom_object::FileDicomObject<dicom_object::InMemDicomObject>;
-
-/// Whether frames of this transfer syntax are decoded here (1.2.840.10008.1.2.4.80 / .81)
-/// rather than by dicom-pixeldata.
-pub(super) fn is_jpeg_ls(transfer_syntax: &str) -> bool {
-    matches!(transfer_syntax, JPEG_LS_LOSSLESS | JPEG_LS_NEAR_LOSSLESS)
+/// How a codec's frames start, for splitting fragments without an offset table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FrameStart {
+    /// JPEG and JPEG-LS: SOI (FF D8).
+    Jpeg,
+    /// JPEG 2000: SOC (FF 4F FF 51) or the JP2 signature box.
+    J2k,
+    /// RLE and others: no marker to go by.
+    Unmarked,
 }
 
-/// `obj` without its pixel data, declared explicit VR little endian with interleaved samples:
-/// what a frame decoded by [`jpeg_ls_frame`] is put into.
-pub(super) fn native_header(obj: &DicomFile) -> DicomFile {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    // Every element but the (possibly large) encapsulated pixel data, which is not copied.
-    let elements = obj
-        .iter()
-        .filter(|e| e.header().tag != tags::PIXEL_DATA)
-        .cloned();
-    let mut meta = obj.meta().clone();
-    meta.transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN.to_string();
-    meta.update_information_group_length();
-    let mut header =
-        dicom_object::InMemDicomObject::from_element_iter(elements).with_exact_meta(meta);
-    if header
-        .element_opt(tags::PLANAR_CONFIGURATION)
-        .ok()
-        .flatten()
-        .is_some()
-    {
-        // JPEG-LS decodes to interleaved samples whatever the header said.
-        header.put(DataElement::new(
-            tags::PLANAR_CONFIGURATION,
-            VR::US,
-            PrimitiveValue::from(0_u16),
-        ));
-    }
-    header
-}
-
-/// Frame `frame` (of `frames`) of a JPEG-LS encapsulated file, decoded and put into a copy of
-/// `header` as native pixel data (frame 0 of the copy).
-pub(super) fn jpeg_ls_frame(
-    obj: &DicomFile,
-    header: &DicomFile,
-    frame: u32,
-    frames: u32,
-    max_pixels: u64,
-) -> std::result::Result<DicomFile, String> {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    let codestream = encapsulated_frame(obj, frame, frames)?;
-    let samples_per_pixel = header
-        .element_opt(tags::SAMPLES_PER_PIXEL)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_int::<u16>().ok())
-        .unwrap_or(1);
-    let max_samples = usize::try_from(max_pixels.saturating_mul(u64::from(samples_per_pixel)))
-        .unwrap_or(usize::MAX);
-    let image = jpegls::decode(&codestream, max_samples)?;
-    let int = |tag| {
-        header
-            .element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_int::<u32>().ok())
-            .unwrap_or(0)
-    };
-    let (rows, columns, bits_allocated) = (
-        int(tags::ROWS) as usize,
-        int(tags::COLUMNS) as usize,
-        int(tags::BITS_ALLOCATED),
-    );
-    if (image.width, image.height, image.components)
-        != (columns, rows, usize::from(samples_per_pixel))
-    {
-        return Err(format!(
-            "the JPEG-LS stream is {}x{} with {} components, the header says {columns}x{rows} with {samples_per_pixel}",
-            image.width, image.height, image.components
-        ));
-    }
-    let bytes: Vec<u8> = match bits_allocated {
-        8 if image.bits <= 8 => image.samples.iter().map(|&v| v as u8).collect(),
-        16 => image.samples.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        other => {
-            return Err(format!(
-                "{}-bit JPEG-LS samples in {other}-bit allocated pixels",
-                image.bits
-            ))
+impl FrameStart {
+    fn starts_frame(self, fragment: &[u8]) -> bool {
+        match self {
+            FrameStart::Jpeg => fragment.starts_with(&[0xFF, 0xD8]),
+            FrameStart::J2k => {
+                fragment.starts_with(&[0xFF, 0x4F, 0xFF, 0x51])
+                    || fragment.starts_with(&[0, 0, 0, 0x0C, b'j', b'P', b' ', b' '])
+            }
+            FrameStart::Unmarked => false,
         }
-    };
-    let vr = if bits_allocated == 8 { VR::OB } else { VR::OW };
-    let mut native = header.clone();
-    native.put(DataElement::new(
-        tags::PIXEL_DATA,
-        vr,
-        PrimitiveValue::from(bytes),
-    ));
-    Ok(native)
+    }
 }
 
-/// The bytes of frame `frame` of an encapsulated Pixel Data element: every fragment for a
-/// single frame, one fragment per frame, or the fragments the Basic Offset Table assigns.
-fn encapsulated_frame(
-    obj: &DicomFile,
+/// The bytes of frame `frame` (0-based) of `frames` in `obj`'s encapsulated Pixel Data.
+pub(super) fn encapsulated_frame(
+    obj: &InMemDicomObject,
     frame: u32,
     frames: u32,
-) -> std::result::Result<Vec<u8>, String> {
+    start: FrameStart,
+) -> Result<Vec<u8>, String> {
     let element = obj
         .element(tags::PIXEL_DATA)
         .map_err(|e| format!("no pixel data: {e}"))?;
@@ -125,33 +45,83 @@ fn encapsulated_frame(
         .value()
         .fragments()
         .ok_or("the pixel data is not encapsulated, as its transfer syntax requires")?;
-    let offsets = element.value().offset_table().unwrap_or(&[]);
-    let frame = frame as usize;
+    if fragments.is_empty() {
+        return Err("the encapsulated pixel data has no fragments".into());
+    }
+    let (index, frames) = (frame as usize, frames as usize);
+    if let Some(offsets) = extended_offsets(obj).filter(|o| o.len() == frames) {
+        return by_offsets(fragments, &offsets, index);
+    }
+    let basic: Vec<u64> = element
+        .value()
+        .offset_table()
+        .map(|o| o.iter().map(|&v| u64::from(v)).collect())
+        .unwrap_or_default();
     if frames == 1 {
         return Ok(fragments.concat());
     }
-    if fragments.len() == frames as usize {
-        return Ok(fragments[frame].clone());
+    if basic.len() == frames {
+        return by_offsets(fragments, &basic, index);
     }
-    if offsets.len() == frames as usize {
-        // Offsets count from the first fragment item: each item is an 8-byte header + data.
-        let start = u64::from(offsets[frame]);
-        let end = offsets.get(frame + 1).map_or(u64::MAX, |&o| u64::from(o));
-        let mut position = 0_u64;
-        let mut bytes = Vec::new();
-        for fragment in fragments {
-            if (start..end).contains(&position) {
-                bytes.extend_from_slice(fragment);
-            }
-            position += 8 + fragment.len() as u64;
-        }
-        if !bytes.is_empty() {
-            return Ok(bytes);
+    if fragments.len() == frames {
+        return Ok(fragments[index].clone());
+    }
+    if start != FrameStart::Unmarked {
+        let firsts: Vec<usize> = (0..fragments.len())
+            .filter(|&i| start.starts_frame(&fragments[i]))
+            .collect();
+        if firsts.len() == frames && firsts.first() == Some(&0) {
+            let end = firsts.get(index + 1).copied().unwrap_or(fragments.len());
+            return Ok(fragments[firsts[index]..end].concat());
         }
     }
     Err(format!(
-        "cannot tell which of the {} fragments hold frame {} of {frames}",
+        "cannot tell which of the {} fragments hold frame {} of {frames} (no usable offset table)",
         fragments.len(),
-        frame + 1
+        index + 1
     ))
+}
+
+/// The fragments whose items start in `[offsets[i], offsets[i + 1])`, counted from the first
+/// fragment item (each item is an 8-byte header and its data).
+fn by_offsets(fragments: &[Vec<u8>], offsets: &[u64], index: usize) -> Result<Vec<u8>, String> {
+    let start = offsets[index];
+    let end = offsets.get(index + 1).copied().unwrap_or(u64::MAX);
+    if end <= start {
+        return Err(format!(
+            "the offset table's entries {} and {} are not increasing",
+            index + 1,
+            index + 2
+        ));
+    }
+    let mut position = 0_u64;
+    let mut bytes = Vec::new();
+    for fragment in fragments {
+        if (start..end).contains(&position) {
+            bytes.extend_from_slice(fragment);
+        }
+        position += 8 + fragment.len() as u64;
+    }
+    if bytes.is_empty() {
+        return Err(format!(
+            "the offset table points frame {} past the fragments",
+            index + 1
+        ));
+    }
+    Ok(bytes)
+}
+
+/// (7FE0,0001) Extended Offset Table: one 64-bit little-endian offset per frame.
+fn extended_offsets(obj: &InMemDicomObject) -> Option<Vec<u64>> {
+    let element = obj
+        .element_opt(tags::EXTENDED_OFFSET_TABLE)
+        .ok()
+        .flatten()?;
+    let bytes = element.to_bytes().ok()?;
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+    )
 }

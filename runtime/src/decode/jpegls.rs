@@ -69,9 +69,12 @@ pub fn decode(data: &[u8], max_samples: usize) -> Result<JlsImage, JlsError> {
     let mut planes: Vec<Vec<u16>> = Vec::new();
     let mut decoded = Vec::new();
     loop {
-        if at >= data.len() && decoded.iter().all(|&d| d) && !decoded.is_empty() {
-            // Every component decoded and the stream ends without EOI: accepted.
-            break;
+        if at >= data.len() {
+            // A stream cut short can still decode every line from zero padding: without its
+            // EOI it is refused, never filled in.
+            return Err(
+                "JPEG-LS: the stream ends before its end-of-image marker (truncated)".into(),
+            );
         }
         let m = marker(&mut at)?;
         if m == EOI {
@@ -530,7 +533,8 @@ impl<'a> Bits<'a> {
             let leading = (self.buffer.leading_zeros()).min(self.count);
             if leading < self.count {
                 zeros += leading;
-                self.buffer <<= leading + 1;
+                // leading + 1 can be 64 (a 1 in the buffer's last bit): shifted out entirely.
+                self.buffer = self.buffer.checked_shl(leading + 1).unwrap_or(0);
                 self.count -= leading + 1;
                 break;
             }
@@ -874,6 +878,14 @@ mod tests {
         // context updates cannot overflow.
         let mut corrupt = Bits::new(&[0b0001_1111, 0xFF, 0xFF, 0xFF]);
         assert!(corrupt.golomb(20, 32, 8).is_err());
+    }
+
+    #[test]
+    fn a_unary_code_ending_in_the_buffers_last_bit_does_not_overflow_the_shift() {
+        // Found by fuzzing: 63 zeros then a 1 fill the 64-bit buffer exactly.
+        let mut bits = Bits::new(&[0, 0, 0, 0, 0, 0, 0, 1, 0x80]);
+        assert_eq!(bits.unary(100), Ok(63));
+        assert!(bits.bit());
     }
 
     #[test]

@@ -14,14 +14,16 @@ pub struct LookupTable {
 }
 
 impl LookupTable {
+    /// Reads a table from its descriptor and data; `segmented` names the segmented data
+    /// element to expand when the plain one is absent (palettes, PS3.3 C.7.9.2).
     fn read(
         obj: &dicom_object::InMemDicomObject,
         descriptor: dicom_core::Tag,
         data: dicom_core::Tag,
+        segmented: Option<dicom_core::Tag>,
         name: &str,
         big_endian: bool,
     ) -> std::result::Result<Self, String> {
-        use dicom_core::{DicomValue, PrimitiveValue};
         let d: Vec<i32> = obj
             .element(descriptor)
             .map_err(|_| format!("{name} without its lookup table descriptor"))?
@@ -45,28 +47,18 @@ impl LookupTable {
             d[1] as u16 as f32
         };
         let bits = d[2].clamp(1, 16) as u16;
-        let element = obj.element(data).map_err(|_| {
-            format!("{name} without lookup table data (segmented tables are not supported)")
-        })?;
-        let entries: Vec<u16> = match element.value() {
-            DicomValue::Primitive(PrimitiveValue::U16(v)) => v.to_vec(),
-            DicomValue::Primitive(PrimitiveValue::U8(b)) if bits <= 8 && b.len() == count => {
-                b.iter().map(|&x| u16::from(x)).collect()
-            }
-            // OW read as bytes: in the file's byte order.
-            DicomValue::Primitive(PrimitiveValue::U8(b)) => b
-                .chunks_exact(2)
-                .map(|c| {
-                    if big_endian {
-                        u16::from_be_bytes([c[0], c[1]])
-                    } else {
-                        u16::from_le_bytes([c[0], c[1]])
-                    }
-                })
-                .collect(),
-            _ => element
-                .to_multi_int::<u16>()
+        let entries = match obj.element_opt(data).ok().flatten() {
+            Some(element) => table_entries(element, count, bits, big_endian)
                 .map_err(|e| format!("{name} data: {e}"))?,
+            None => {
+                let element = segmented
+                    .and_then(|tag| obj.element_opt(tag).ok().flatten())
+                    .ok_or_else(|| format!("{name} without lookup table data"))?;
+                let words = words_of(element, big_endian)
+                    .map_err(|e| format!("{name} segmented data: {e}"))?;
+                expand_segmented(&words, count)
+                    .map_err(|e| format!("{name} segmented data: {e}"))?
+            }
         };
         if entries.len() < count {
             return Err(format!(
@@ -91,24 +83,29 @@ impl LookupTable {
 /// PALETTE COLOR: each stored index looked up in the red, green and blue palette tables
 /// (PS3.3 C.7.6.3.1.5). Returns interleaved RGB and the bits per entry.
 pub(super) fn apply_palette(
-    obj: &dicom_object::DefaultDicomObject,
+    obj: &dicom_object::InMemDicomObject,
     indices: &[f32],
     big_endian: bool,
 ) -> std::result::Result<(Vec<f32>, u16), String> {
-    let table = |descriptor, data, name| LookupTable::read(obj, descriptor, data, name, big_endian);
+    let table = |descriptor, data, segmented, name| {
+        LookupTable::read(obj, descriptor, data, Some(segmented), name, big_endian)
+    };
     let r = table(
         tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
         tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::SEGMENTED_RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
         "PALETTE COLOR red",
     )?;
     let g = table(
         tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
         tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::SEGMENTED_GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
         "PALETTE COLOR green",
     )?;
     let b = table(
         tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
         tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::SEGMENTED_BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
         "PALETTE COLOR blue",
     )?;
     let out = indices
@@ -121,7 +118,7 @@ pub(super) fn apply_palette(
 /// The first table of a LUT sequence (the Modality LUT Sequence, used instead of rescale
 /// slope/intercept, or the VOI LUT Sequence, PS3.3 C.11.2), when the file has one.
 pub(super) fn sequence_lut(
-    obj: &dicom_object::DefaultDicomObject,
+    obj: &dicom_object::InMemDicomObject,
     sequence_tag: dicom_core::Tag,
     name: &str,
     big_endian: bool,
@@ -132,5 +129,147 @@ pub(super) fn sequence_lut(
     let Some(item) = sequence.items().and_then(|items| items.first()) else {
         return Ok(None);
     };
-    LookupTable::read(item, tags::LUT_DESCRIPTOR, tags::LUT_DATA, name, big_endian).map(Some)
+    LookupTable::read(
+        item,
+        tags::LUT_DESCRIPTOR,
+        tags::LUT_DATA,
+        None,
+        name,
+        big_endian,
+    )
+    .map(Some)
+}
+
+/// A table's data as entries: 16-bit words, or (descriptor bits 8) bytes — 8-bit entries are
+/// packed two to a word in OW data, so N entries arrive as N/2 words (pydicom reads them so).
+fn table_entries(
+    element: &dicom_object::mem::InMemElement,
+    count: usize,
+    bits: u16,
+    big_endian: bool,
+) -> std::result::Result<Vec<u16>, String> {
+    use dicom_core::{DicomValue, PrimitiveValue};
+    if let DicomValue::Primitive(PrimitiveValue::U8(b)) = element.value() {
+        if bits <= 8 && b.len() >= count {
+            return Ok(b.iter().map(|&x| u16::from(x)).collect());
+        }
+    }
+    let words = words_of(element, big_endian)?;
+    if bits <= 8 && words.len() < count && words.len() == count.div_ceil(2) {
+        // The bytes as they lie in the file.
+        return Ok(words
+            .iter()
+            .flat_map(|w| {
+                if big_endian {
+                    w.to_be_bytes()
+                } else {
+                    w.to_le_bytes()
+                }
+            })
+            .map(u16::from)
+            .collect());
+    }
+    Ok(words)
+}
+
+/// An element's value as 16-bit words (OW read as bytes: in the file's byte order).
+fn words_of(
+    element: &dicom_object::mem::InMemElement,
+    big_endian: bool,
+) -> std::result::Result<Vec<u16>, String> {
+    use dicom_core::{DicomValue, PrimitiveValue};
+    Ok(match element.value() {
+        DicomValue::Primitive(PrimitiveValue::U16(v)) => v.to_vec(),
+        DicomValue::Primitive(PrimitiveValue::U8(b)) => b
+            .chunks_exact(2)
+            .map(|c| {
+                if big_endian {
+                    u16::from_be_bytes([c[0], c[1]])
+                } else {
+                    u16::from_le_bytes([c[0], c[1]])
+                }
+            })
+            .collect(),
+        _ => element.to_multi_int::<u16>().map_err(|e| e.to_string())?,
+    })
+}
+
+/// Expands segmented palette data (PS3.3 C.7.9.2): discrete (opcode 0), linear (1) and
+/// indirect (2) segments, up to `count` entries. Indirect segments may not point at further
+/// indirect ones, so expansion always ends.
+fn expand_segmented(words: &[u16], count: usize) -> std::result::Result<Vec<u16>, String> {
+    let mut out: Vec<u16> = Vec::with_capacity(count);
+    expand_segments(words, usize::MAX, count, &mut out, true)?;
+    Ok(out)
+}
+
+fn expand_segments(
+    words: &[u16],
+    max_segments: usize,
+    count: usize,
+    out: &mut Vec<u16>,
+    allow_indirect: bool,
+) -> std::result::Result<(), String> {
+    let word = |i: usize| {
+        words
+            .get(i)
+            .copied()
+            .ok_or_else(|| "a segment runs past the end of the data".to_string())
+    };
+    let (mut at, mut segments) = (0, 0);
+    while at < words.len() && segments < max_segments && out.len() < count {
+        let length = usize::from(word(at + 1)?);
+        match word(at)? {
+            0 => {
+                out.extend(
+                    words
+                        .get(at + 2..at + 2 + length)
+                        .ok_or("a discrete segment runs past the end of the data")?,
+                );
+                at += 2 + length;
+            }
+            1 => {
+                let y0 = f64::from(*out.last().ok_or("a linear segment comes first")?);
+                let y1 = f64::from(word(at + 2)?);
+                let n = length as f64;
+                out.extend(
+                    (1..=length.min(count))
+                        .map(|i| (y0 + (y1 - y0) * i as f64 / n).round_ties_even() as u16),
+                );
+                at += 3;
+            }
+            2 if allow_indirect => {
+                if out.is_empty() {
+                    return Err("an indirect segment comes first".into());
+                }
+                let offset = usize::from(word(at + 2)?) | usize::from(word(at + 3)?) << 16;
+                let target = words
+                    .get(offset..)
+                    .ok_or("an indirect segment points past the data")?;
+                expand_segments(target, length, count, out, false)?;
+                at += 4;
+            }
+            2 => return Err("an indirect segment points at another indirect segment".into()),
+            op => return Err(format!("unknown segment type {op}")),
+        }
+        segments += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segmented_tables_expand_discrete_linear_and_indirect_segments() {
+        // discrete [0, 10], linear to 40 over 3, indirect: the first segment again.
+        let words = [0, 2, 0, 10, 1, 3, 40, 2, 1, 0, 0];
+        assert_eq!(
+            expand_segmented(&words, 100),
+            Ok(vec![0, 10, 20, 30, 40, 0, 10])
+        );
+        // An indirect segment pointing at itself is refused, not followed for ever.
+        assert!(expand_segmented(&[0, 1, 5, 2, 1, 3, 0], 100).is_err());
+    }
 }

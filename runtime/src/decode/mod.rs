@@ -15,11 +15,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+mod attributes;
 mod dicom;
 mod encapsulated;
-mod jpegls;
+mod j2k;
+mod jpeg;
+pub mod jpegls;
 mod lut;
+mod native;
+mod part10;
+mod pixel_module;
 mod raster;
+mod rle;
 mod voi;
 
 pub use dicom::{
@@ -27,6 +34,7 @@ pub use dicom::{
     read_dicom_values, DicomIdentity, DicomValues, MAX_FRAMES,
 };
 pub use lut::LookupTable;
+pub use part10::{MAX_INFLATED_BYTES, MAX_SEQUENCE_DEPTH};
 pub use voi::VoiFunction;
 
 /// A decoded image: `height × width × channels` samples in `[0, 1]`, row-major, interleaved.

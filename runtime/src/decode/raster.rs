@@ -1,15 +1,23 @@
 //! PNG and JPEG files (8 or 16 bits, gray or colour) through the `image` crate, as a
 //! [`DecodedImage`]. It never windows, resizes or normalises: raster samples are mapped to
-//! `[0, 1]` by their bit depth only.
+//! `[0, 1]` by their bit depth only. A file must be whole: a PNG without its IEND chunk or a
+//! JPEG without its end-of-image marker is refused (the decoders would fill the rest in).
 
 use std::path::Path;
 
+use super::jpeg::check_complete as check_jpeg_complete;
 use super::{decode_error, DecodedImage, SourceInfo};
 use crate::Result;
 
 /// Decodes a PNG or JPEG file held in memory; `path` names it in errors.
 pub(super) fn decode(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
     let format = image::guess_format(bytes).map_err(|e| decode_error(path, e))?;
+    match format {
+        image::ImageFormat::Png => check_png_complete(bytes),
+        image::ImageFormat::Jpeg => check_jpeg_complete(bytes),
+        _ => Ok(()),
+    }
+    .map_err(|e| decode_error(path, e))?;
     let source = match format {
         image::ImageFormat::Png => SourceInfo::Png { bit_depth: 0 },
         _ => SourceInfo::Jpeg,
@@ -41,4 +49,40 @@ pub(super) fn decode(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
         pixels,
         source,
     })
+}
+
+/// Checks that a PNG is whole: every chunk (length, type, data, CRC) fits in the file and the
+/// IEND chunk is there.
+fn check_png_complete(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut at = 8;
+    while let Some(len) = bytes.get(at..at + 4) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let kind = bytes.get(at + 4..at + 8);
+        let end = at.saturating_add(12).saturating_add(len);
+        if end > bytes.len() {
+            break;
+        }
+        if kind == Some(b"IEND") {
+            return Ok(());
+        }
+        at = end;
+    }
+    Err("PNG: the file ends before its IEND chunk (truncated)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_png_cut_anywhere_before_its_iend_chunk_is_refused() {
+        let mut png = Vec::new();
+        image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * y) as u8]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(check_png_complete(&png), Ok(()));
+        for cut in 8..png.len() {
+            assert!(check_png_complete(&png[..cut]).is_err(), "cut at {cut}");
+        }
+    }
 }

@@ -581,15 +581,19 @@ fn a_corrupt_jpeg_ls_stream_is_a_clear_error() {
         .unwrap()
         .success());
     let bytes = std::fs::read(&encoded).unwrap();
-    // The codestream starts at the first SOI after the header; cut it after a few bytes of
-    // scan data, then flip bits inside it: each is an error naming the file, never a panic.
+    // The codestream starts at the first SOI after the header; zeroed from a few bytes into
+    // the scan data, or just before its end-of-image marker, it is truncated: refused (an error
+    // naming the file), never decoded from the zeros. Bit flips inside it: an error or some
+    // image, never a panic.
     let soi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD8]).unwrap();
-    for cut in [soi + 4, soi + 40, bytes.len() - 30] {
+    let eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]).unwrap();
+    for cut in [soi + 4, soi + 40, eoi] {
         let mut damaged = bytes.clone();
         damaged[cut..].iter_mut().for_each(|b| *b = 0);
-        let _ = read_dicom_values(&encoded, &damaged).map_err(|e| {
-            assert!(e.to_string().contains("e.dcm"), "{e}");
-        });
+        let e = read_dicom_values(&encoded, &damaged)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("e.dcm"), "{e}");
     }
     let mut state = 7_u32;
     for _ in 0..200 {

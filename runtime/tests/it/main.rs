@@ -2,6 +2,7 @@
 //! DICOM decoder on files written with dicom-rs.
 
 mod cli;
+mod decode_regressions;
 mod dicom;
 mod service;
 mod util;
