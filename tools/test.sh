@@ -8,6 +8,26 @@ export CARGO_TERM_COLOR=never
 step() { printf '\n--- %s\n' "$*"; STEP_START=$(date +%s); }
 done_step() { printf -- '--- ok (%ss)\n' "$(( $(date +%s) - STEP_START ))"; }
 
+# `cargo test` with the harness's summary lines shown and the full log kept in $1. A test that
+# cannot run here says why on stderr in a line starting "SKIP"; the harness hides a passing
+# test's stderr, so `--show-output` keeps it in the log and the skips are counted and listed.
+cargo_test() {
+  local log=$1; shift
+  local args=("$@")
+  if printf '%s\n' "${args[@]}" | grep -qx -- '--'; then args+=(--show-output); else args+=(-- --show-output); fi
+  if ! cargo test "${args[@]}" >"$log" 2>&1; then
+    grep -E '^(test result:|     Running|error)' "$log" || true
+    sed -n '/^failures:$/,$p' "$log" | tail -n 400
+    tail -n 60 "$log"
+    return 1
+  fi
+  grep -E '^test result:' "$log" | awk '{p += $4; i += $8} END {print p " tests passed, " i " ignored"}'
+  local skips
+  skips=$(grep -ciE '^(SKIP|skipped)' "$log" || true)
+  echo "$skips skipped checks (a test that could not run something here, and why):"
+  grep -iE '^(SKIP|skipped)' "$log" | sort | uniq -c || true
+}
+
 step "cargo fmt --check"
 cargo fmt --all --check
 (cd firmware/device && cargo fmt --check)
@@ -29,7 +49,7 @@ done_step
 
 step "cargo test --workspace"
 fixture=$(mktemp -d)
-SCANSIDE_EXPORT_FIXTURE="$fixture/bundle" cargo test --workspace
+SCANSIDE_EXPORT_FIXTURE="$fixture/bundle" cargo_test "$fixture/host-tests.log" --workspace
 done_step
 
 step "exported ONNX checked by onnx.checker and onnxruntime"
@@ -65,10 +85,16 @@ step "firmware on QEMU mps2-an386: golden output and status"
   SCANSIDE_GOLDEN="$fixture/golden" cargo run --release 2>/dev/null | tee "$log" | grep -v ' layer '
   grep -q "PASS: golden model bit-exact with the host int8 engine" "$log" \
     || { echo "the firmware did not reproduce the host's int8 outputs"; exit 1; }
-  if cargo run --release --features panic-demo >/dev/null 2>&1; then
-    echo "a panicking firmware exited QEMU with success"; exit 1
+  # Built first, so a build error is not mistaken for the failure exit; QEMU's timeout (124)
+  # or a crash of the runner are neither.
+  cargo build --release --features panic-demo 2>/dev/null
+  status=0
+  QEMU_TIMEOUT=60 cargo run --release --features panic-demo >"$log" 2>&1 || status=$?
+  if [ "$status" -ne 1 ] || ! grep -q "panic-demo: deliberate panic" "$log"; then
+    echo "a panicking firmware must log its panic and exit QEMU with status 1, got $status:"
+    tail -n 20 "$log"; exit 1
   fi
-  echo "a panicking firmware exits QEMU with failure (no hang)"
+  echo "a panicking firmware logs the panic and exits QEMU with status 1 (no hang)"
 )
 done_step
 
@@ -76,7 +102,7 @@ step "aarch64: runtime and core tests under qemu-aarch64, then the binary screen
 # The whole suite, CLI and service tests included: they start the aarch64 `scanside` through
 # qemu-aarch64 (SCANSIDE_TEST_RUNNER; without binfmt_misc the emulated tests could not exec it).
 SCANSIDE_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
-  cargo test -p scanside-runtime -p scanside-int8 --target aarch64-unknown-linux-gnu
+  cargo_test "$fixture/aarch64-tests.log" -p scanside-runtime -p scanside-int8 --target aarch64-unknown-linux-gnu
 cargo build -p scanside-runtime --target aarch64-unknown-linux-gnu --bin scanside
 native=$(target/debug/scanside screen --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" \
   "$fixture/bundle/sample.jpg")
@@ -100,9 +126,27 @@ a, b = (json.loads(x) for x in sys.argv[1:3])
 print(f"int8 x86-64 vs aarch64 (qemu): logits {a['logits']} / {b['logits']}")
 sys.exit(0 if a["logits"] == b["logits"] and a["engine"] == b["engine"] == "int8" else 1)
 PY
-echo -n "newest glibc symbol version the aarch64 binary needs: "
-aarch64-linux-gnu-objdump -T target/aarch64-unknown-linux-gnu/debug/scanside \
-  | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1
+# The README promises glibc >= 2.35 on the device (JetPack 6): a newer symbol breaks that.
+newest=$(aarch64-linux-gnu-objdump -T target/aarch64-unknown-linux-gnu/debug/scanside \
+  | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
+promised=$(grep -o 'glibc ≥ [0-9.]*' README.md | head -n 1 | grep -o '[0-9][0-9.]*')
+echo "newest glibc symbol version the aarch64 binary needs: $newest (README promises $promised)"
+if [ "$(printf '%s\n' "GLIBC_$promised" "$newest" | sort -V | tail -n 1)" != "GLIBC_$promised" ]; then
+  echo "the aarch64 binary needs $newest, newer than the README's glibc $promised"; exit 1
+fi
+done_step
+
+step "release: the split measurements behind the tolerances, then the demo on the shared data"
+# The two measurements are slow in debug builds (thousands of splits), so they run here.
+cargo_test "$fixture/release-tests.log" --release -p scanside-trainer --lib -- --ignored
+data="${SCANSIDE_DATA:-../shared/data}/ham10000"
+if [ -f "$data/metadata.csv" ]; then
+  out="$fixture/demo"
+  SCANSIDE_DEMO_OUT="$out" bash tools/demo.sh --data "$data" | tee "$fixture/demo.txt"
+  python3 tools/check_demo.py "$out/summary.json" "$fixture/demo.txt"
+else
+  echo "SKIPPED the demo: no HAM10000 at $data (set SCANSIDE_DATA)"
+fi
 rm -rf "$fixture"
 done_step
 

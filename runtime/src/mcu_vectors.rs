@@ -36,6 +36,13 @@ pub fn write_vectors(bundle: &Bundle, files: &[PathBuf], out: &Path) -> Result<V
             pairs.push(model.vector(&input.values)?);
         }
     }
+    // A vectors file without vectors would let the firmware report success having run nothing.
+    if pairs.is_empty() {
+        return Err(Error::Config {
+            path: out.to_path_buf(),
+            reason: "no model input in the given files: nothing to write vectors for".into(),
+        });
+    }
     std::fs::create_dir_all(out).map_err(|source| Error::Io {
         path: out.to_path_buf(),
         source,

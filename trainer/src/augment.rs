@@ -522,12 +522,90 @@ mod tests {
         }
     }
 
+    /// `n` views of `src`, one seed each.
+    fn views(src: &[f32], g: Geometry, cfg: &AugmentConfig, n: u64) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|seed| augment_batch(&[src], g, cfg, seed, 0))
+            .collect()
+    }
+
+    // These run the augmentation: the old test compared the presets' literals with themselves.
     #[test]
-    fn cxr_views_never_blur_or_shift_hue_and_keep_most_of_the_image() {
-        let cfg = Preset::Cxr.ssl();
-        assert_eq!((cfg.blur_p, cfg.hue, cfg.saturation), (0.0, 0.0, 0.0));
-        assert!(cfg.crop_scale[0] >= 0.5 && cfg.vflip == 0.0);
-        assert!(Preset::Derm.ssl().crop_scale[0] > Preset::Generic.ssl().crop_scale[0]);
+    fn cxr_views_never_shift_hue() {
+        let g = Geometry {
+            channels: 3,
+            height: 16,
+            width: 16,
+        };
+        let plane = 256;
+        // Pure red shades: green equals blue everywhere; brightness, contrast and saturation
+        // keep them equal, a hue shift does not.
+        let red: Vec<f32> = (0..g.len())
+            .map(|i| {
+                if i < plane {
+                    0.2 + 0.05 * (i % 16) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let hue_moved = |cfg: &AugmentConfig| {
+            views(&red, g, cfg, 100).iter().any(|v| {
+                v[plane..2 * plane]
+                    .iter()
+                    .zip(&v[2 * plane..])
+                    .any(|(green, blue)| (green - blue).abs() > 1e-3)
+            })
+        };
+        assert!(!hue_moved(&Preset::Cxr.ssl()));
+        assert!(
+            hue_moved(&Preset::Derm.ssl()),
+            "the check must see Derm's hue shifts"
+        );
+    }
+
+    #[test]
+    fn cxr_views_keep_up_up_and_most_of_the_image() {
+        let g = Geometry {
+            channels: 1,
+            height: 16,
+            width: 16,
+        };
+        // Dark top half, bright bottom half: a vertical flip (or a large turn) puts bright on top.
+        let halves: Vec<f32> = (0..g.len())
+            .map(|i| if i < 128 { 0.1 } else { 0.9 })
+            .collect();
+        let upside_down = |cfg: &AugmentConfig| {
+            views(&halves, g, cfg, 100)
+                .iter()
+                .any(|v| v[..64].iter().sum::<f32>() >= v[192..].iter().sum::<f32>())
+        };
+        assert!(!upside_down(&Preset::Cxr.ssl()));
+        assert!(
+            upside_down(&Preset::Derm.ssl()),
+            "the check must see Derm's flips"
+        );
+        // A horizontal ramp: the smallest crop of a preset shows the narrowest range of it.
+        let ramp: Vec<f32> = (0..g.len()).map(|i| (i % 16) as f32 / 15.0).collect();
+        let narrowest = |cfg: &AugmentConfig| {
+            views(&ramp, g, cfg, 200)
+                .iter()
+                .map(|v| {
+                    let (lo, hi) = v
+                        .iter()
+                        .fold((1.0_f32, 0.0_f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                    hi - lo
+                })
+                .fold(1.0_f32, f32::min)
+        };
+        let (cxr, generic) = (
+            narrowest(&Preset::Cxr.ssl()),
+            narrowest(&Preset::Generic.ssl()),
+        );
+        assert!(
+            cxr > 0.3 && cxr > generic + 0.1,
+            "Cxr {cxr}, Generic {generic}"
+        );
     }
 
     #[test]

@@ -323,21 +323,22 @@ fn screen_with_runtime<B: AutodiffBackend>(
         .unwrap_or("")
         .lines()
         .collect();
+    let runtime_error = |reason: String| Error::Config {
+        path: binary.clone(),
+        reason,
+    };
+    if lines.len() != picked.len() {
+        return Err(runtime_error(format!(
+            "screen printed {} lines for {} images",
+            lines.len(),
+            picked.len()
+        )));
+    }
     let mut screened = Vec::new();
     for ((line, &i), burn) in lines.iter().zip(&picked).zip(&burn_probs) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Config {
-            path: bundle.to_path_buf(),
-            reason: format!("runtime printed bad JSON: {e}"),
-        })?;
-        let probs = v["probabilities"].as_object().cloned().unwrap_or_default();
-        let max_diff = fine
-            .class_names
-            .iter()
-            .zip(burn)
-            .map(|(c, &p)| {
-                (probs.get(c).and_then(|x| x.as_f64()).unwrap_or(f64::NAN) - f64::from(p)).abs()
-            })
-            .fold(0.0, f64::max);
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| runtime_error(format!("runtime printed bad JSON: {e}")))?;
+        let max_diff = max_prob_diff(&v, &fine.class_names, burn).map_err(runtime_error)?;
         screened.push(ScreenedImage {
             file: v["file"].as_str().unwrap_or("").to_string(),
             truth: index.samples[i]
@@ -350,6 +351,26 @@ fn screen_with_runtime<B: AutodiffBackend>(
         });
     }
     Ok(screened)
+}
+
+/// The largest |Δp| between one screening line's probabilities and burn's. A class the line
+/// lacks is an error: as NaN it would vanish from the maximum and read as agreement.
+fn max_prob_diff(
+    line: &serde_json::Value,
+    class_names: &[String],
+    burn: &[f32],
+) -> std::result::Result<f64, String> {
+    class_names
+        .iter()
+        .zip(burn)
+        .try_fold(0.0_f64, |max, (class, &p)| {
+            let runtime = line["probabilities"][class.as_str()]
+                .as_f64()
+                .ok_or_else(|| {
+                    format!("the runtime reported no probability for class {class:?}: {line}")
+                })?;
+            Ok(max.max((runtime - f64::from(p)).abs()))
+        })
 }
 
 fn write_array_png(index: &crate::data::DatasetIndex, k: usize, path: &Path) -> Result<()> {
@@ -440,5 +461,22 @@ impl DemoSummary {
         }
         s += &format!("  total {:.0} s\n", self.seconds);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_missing_from_the_runtime_line_is_an_error_not_a_zero_difference() {
+        let classes = ["nv".to_string(), "mel".to_string()];
+        let line = serde_json::json!({"probabilities": {"nv": 0.75, "mel": 0.25}});
+        let diff = max_prob_diff(&line, &classes, &[0.5, 0.5]).unwrap();
+        assert!((diff - 0.25).abs() < 1e-9, "{diff}");
+        // The bug: "mel" absent became NaN, and f64::max(0, NaN) reported |Δp| = 0.
+        let line = serde_json::json!({"probabilities": {"nv": 0.5}});
+        let err = max_prob_diff(&line, &classes, &[0.5, 0.5]).unwrap_err();
+        assert!(err.contains("\"mel\""), "{err}");
     }
 }

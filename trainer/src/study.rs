@@ -3,7 +3,9 @@
 //! case-resampled intervals, and writes the table (`table.md`), all numbers (`results.json`),
 //! the label-efficiency plots and an HTML page. Pretraining runs are inputs (made and resumed
 //! with `pretrain`); "scratch" (random init, same architecture) is a row unless `scratch = false`. Resumable: a
-//! cell with its `cell.json` is done and kept; a cell without one is redone from the start.
+//! cell with its `cell.json` is done and kept when its `request.json` (the fine-tuning and
+//! evaluation settings it was made with) matches what the study asks for now, and refused
+//! otherwise; a cell without `cell.json` is redone from the start.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -80,7 +82,9 @@ pub fn run_study<B: AutodiffBackend>(
             for &seed in &config.seeds {
                 let dir = cell_dir(out, name, fraction, seed);
                 let done = dir.join("cell.json");
+                let request = grid.request(pretrained, fraction, seed);
                 if done.is_file() {
+                    check_finished_cell(&request, &dir)?;
                     cells.push(load_json::<Cell>(&done)?);
                     continue;
                 }
@@ -93,7 +97,8 @@ pub fn run_study<B: AutodiffBackend>(
                     // Interrupted before it finished: start the cell again.
                     std::fs::remove_dir_all(&dir).map_err(crate::io_error(&dir))?;
                 }
-                let cell = grid.run_cell::<B>(name, pretrained, fraction, seed, &dir, device)?;
+                save_json(&dir.join(REQUEST_FILE), &request)?;
+                let cell = grid.run_cell::<B>(name, &request, &dir, device)?;
                 save_json(&done, &cell)?;
                 cells.push(cell);
             }
@@ -107,6 +112,77 @@ pub fn run_study<B: AutodiffBackend>(
         out.join("index.html").display()
     );
     Ok(StudyResults { cells, table })
+}
+
+/// What one cell is made with; saved as `request.json` before it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CellRequest {
+    finetune: FinetuneConfig,
+    /// Labelled training images the fraction gives.
+    labelled: usize,
+    /// Bootstrap resamples of the evaluation.
+    bootstrap: usize,
+}
+
+const REQUEST_FILE: &str = "request.json";
+
+/// A finished cell is reused only when it was made with the settings the study asks for now:
+/// otherwise a resumed study would put cells of two configurations in one table.
+fn check_finished_cell(request: &CellRequest, dir: &Path) -> Result<()> {
+    let path = dir.join(REQUEST_FILE);
+    let refuse = |what: String| {
+        bad(
+            &path,
+            format!(
+                "{what}; use another --out, or remove {} to run the cell again",
+                dir.display()
+            ),
+        )
+    };
+    if !path.is_file() {
+        return Err(refuse(
+            "a finished cell without the settings it was made with".into(),
+        ));
+    }
+    let saved: serde_json::Value = load_json(&path)?;
+    let now = serde_json::to_value(request).expect("configs serialise");
+    let differing = differing_fields(&saved, &now);
+    if differing.is_empty() {
+        return Ok(());
+    }
+    Err(refuse(format!(
+        "this finished cell was made with other settings than the study asks for now ({})",
+        differing.join(", ")
+    )))
+}
+
+/// Dotted names of the leaves where two JSON values differ.
+fn differing_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let (u, v) = (
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                    );
+                    differing_fields(u, v).into_iter().map(move |sub| {
+                        if sub.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{k}.{sub}")
+                        }
+                    })
+                })
+                .collect()
+        }
+        _ if a == b => vec![],
+        _ => vec![String::new()],
+    }
 }
 
 /// A study's fixed parts: its settings, its data, its rows (a name and the pretraining run, or
@@ -211,21 +287,30 @@ impl<'a> Grid<'a> {
         (fine, labelled)
     }
 
+    /// The settings of one cell.
+    fn request(&self, pretrained: &Option<PathBuf>, fraction: f64, seed: u64) -> CellRequest {
+        let (finetune, labelled) = self.finetune_config(pretrained, fraction, seed);
+        CellRequest {
+            finetune,
+            labelled,
+            bootstrap: self.config.bootstrap,
+        }
+    }
+
     /// Fine-tunes one cell into `dir` and evaluates it on the test partition.
     fn run_cell<B: AutodiffBackend>(
         &self,
         name: &str,
-        pretrained: &Option<PathBuf>,
-        fraction: f64,
-        seed: u64,
+        request: &CellRequest,
         dir: &Path,
         device: &B::Device,
     ) -> Result<Cell> {
         let started = Instant::now();
-        let (fine, labelled) = self.finetune_config(pretrained, fraction, seed);
-        finetune::<B>(&fine, dir, device)?;
+        let (fine, labelled) = (&request.finetune, request.labelled);
+        let (fraction, seed) = (fine.label_fraction, fine.seed);
+        finetune::<B>(fine, dir, device)?;
         let settings = EvalSettings {
-            bootstrap: self.config.bootstrap,
+            bootstrap: request.bootstrap,
             seed,
             ..EvalSettings::default()
         };
@@ -397,4 +482,39 @@ fn write_outputs(
         page("label-efficiency study", &html).as_bytes(),
     )?;
     Ok(markdown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(epochs: usize) -> CellRequest {
+        let mut finetune = FinetuneConfig::new("data".into(), "split.json".into(), None);
+        finetune.epochs = epochs;
+        CellRequest {
+            finetune,
+            labelled: 10,
+            bootstrap: 200,
+        }
+    }
+
+    #[test]
+    fn a_resumed_study_refuses_a_cell_made_with_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        save_json(&dir.path().join(REQUEST_FILE), &request(5)).unwrap();
+        assert!(check_finished_cell(&request(5), dir.path()).is_ok());
+        // The bug: the finished cell was reused whatever the study now asked for.
+        let err = check_finished_cell(&request(7), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(finetune.epochs)") && err.contains(REQUEST_FILE),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join(REQUEST_FILE)).unwrap();
+        let err = check_finished_cell(&request(5), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without the settings"), "{err}");
+    }
 }

@@ -19,6 +19,8 @@ pub enum VectorsError {
     BadMagic,
     /// The length does not match the header.
     BadLength,
+    /// No vectors: a device running none would report success without having computed anything.
+    Empty,
 }
 
 /// A parsed vectors file.
@@ -42,9 +44,12 @@ impl<'a> Vectors<'a> {
         }
         let (count, input_len, output_len) =
             (u32_at(bytes, 4), u32_at(bytes, 8), u32_at(bytes, 12));
-        // Empty vectors prove nothing, and with them any count fits a 16-byte file (found by
-        // cargo-fuzz: 4 billion "vectors" in 16 bytes).
-        if count > 0 && (input_len == 0 || output_len == 0) {
+        // No vectors prove nothing (the device would log PASS); empty vectors neither, and with
+        // them any count fits a 16-byte file (found by cargo-fuzz: 4 billion "vectors" in 16 bytes).
+        if count == 0 {
+            return Err(VectorsError::Empty);
+        }
+        if input_len == 0 || output_len == 0 {
             return Err(VectorsError::BadLength);
         }
         let expected = input_len
@@ -118,9 +123,18 @@ mod tests {
             Vectors::parse(&b).map(|v| v.len()),
             Err(VectorsError::BadLength)
         );
-        // No vectors at all is a valid (if useless) file.
+    }
+
+    #[test]
+    fn a_file_with_no_vectors_is_refused_so_a_device_cannot_pass_on_nothing() {
+        // The bug: `count == 0` parsed, the firmware looped over nothing and logged PASS.
         let empty = write(&[]);
-        assert_eq!(Vectors::parse(&empty).map(|v| v.len()), Ok(0));
+        assert_eq!(
+            Vectors::parse(&empty).map(|v| v.len()),
+            Err(VectorsError::Empty)
+        );
+        let one = write(&[(vec![1], vec![2])]);
+        assert_eq!(Vectors::parse(&one).map(|v| v.len()), Ok(1));
     }
 
     #[test]

@@ -35,6 +35,8 @@ const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
 const VERIFICATION: &str = "1.2.840.10008.1.1";
 /// The largest instance accepted (a bound on memory per association).
 const MAX_INSTANCE_BYTES: usize = 1 << 30;
+/// A command set is a few hundred bytes; more is not a command (and must not grow memory).
+const MAX_COMMAND_BYTES: usize = 1 << 20;
 
 /// How the receiver listens and whom it accepts.
 #[derive(Debug, Clone)]
@@ -233,6 +235,11 @@ impl Session {
         association: &mut Association,
         value: PDataValue,
     ) -> std::result::Result<(), AssociationError> {
+        if self.command.len() + value.data.len() > MAX_COMMAND_BYTES {
+            return Err(AssociationError::Command(format!(
+                "command set larger than {MAX_COMMAND_BYTES} bytes"
+            )));
+        }
         self.command.extend_from_slice(&value.data);
         if !value.is_last {
             return Ok(());
@@ -309,8 +316,10 @@ impl Session {
                     "sop_instance_uid": request.sop_instance_uid,
                     "transfer_syntax": transfer_syntax,
                 }));
-                let _ = audit.append(&record);
-                STATUS_SUCCESS
+                match audit.append(&record) {
+                    Ok(()) => STATUS_SUCCESS,
+                    Err(e) => unstore_unaudited(&path, &e),
+                }
             }
             Err(e) => {
                 eprintln!("scanside: receive: cannot store: {e}");
@@ -318,6 +327,20 @@ impl Session {
             }
         }
     }
+}
+
+/// An instance stored but not audited is taken back and refused, so the modality keeps it and
+/// sends it again: every instance the site accepted has its audit record. (Should the watcher
+/// have claimed it in between, it is screened; its own audit records then fail loudly too.)
+fn unstore_unaudited(path: &Path, audit_error: &Error) -> u16 {
+    eprintln!(
+        "scanside: receive: {}: refused, the audit log cannot record it: {audit_error}",
+        path.display()
+    );
+    if let Err(e) = std::fs::remove_file(path) {
+        eprintln!("scanside: receive: cannot remove {}: {e}", path.display());
+    }
+    STATUS_OUT_OF_RESOURCES
 }
 
 /// The parts of a DIMSE request the responses need.
@@ -329,9 +352,19 @@ struct Command {
     sop_instance_uid: String,
 }
 
+/// Reads one DIMSE command set as the receiver does, for a peer's bytes (the fuzz target's
+/// entry): the command field, or why the set was refused.
+pub fn read_command_set(bytes: &[u8]) -> std::result::Result<u16, String> {
+    parse_command(bytes)
+        .map(|c| c.field)
+        .map_err(|e| e.to_string())
+}
+
 fn parse_command(bytes: &[u8]) -> std::result::Result<Command, AssociationError> {
     // Command sets are always implicit VR little endian (PS3.7 6.3.1).
     let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+    // dicom-rs recurses into sequences: a deeply nested command would overflow the stack.
+    crate::decode::check_implicit_data_set(bytes).map_err(AssociationError::Command)?;
     let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts)
         .map_err(|e| AssociationError::Command(e.to_string()))?;
     let uint = |tag| {

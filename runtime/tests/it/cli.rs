@@ -245,9 +245,19 @@ fn only_bundles_signed_by_a_trusted_key_load_unless_unsigned_is_allowed_loudly()
         stderr(&out)
     );
 
-    // A manifest changed after signing: refused before it is parsed.
+    // A manifest changed after signing: refused before it is parsed. Bytes that are not JSON
+    // tell the order apart: verified first, the signature is the complaint; parsed first, the
+    // JSON would be (an edit that keeps valid JSON cannot show which came first).
     let manifest = bundle.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\n{{ not JSON")).unwrap();
+    let out = screen(&[Path::new("--public-key"), &trusted]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not verify") && !err.contains("malformed manifest"),
+        "{err}"
+    );
     std::fs::write(&manifest, text.replace("\"dark\"", "\"DARK\"")).unwrap();
     let out = screen(&[Path::new("--public-key"), &trusted]);
     assert_eq!(out.status.code(), Some(1));

@@ -598,6 +598,115 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// `receive` on a free port, with `storescu` as the modality; `None` when dcmtk is missing.
+fn start_receiver(site: &Site) -> Option<(Child, impl Fn(&[PathBuf]) -> Output)> {
+    if dcmtk_missing() {
+        eprintln!(
+            "SKIPPED receive_...: dcmtk's storescu/echoscu not installed (apt install dcmtk)"
+        );
+        return None;
+    }
+    let port = free_port().to_string();
+    let child = site.spawn(
+        "receive",
+        &[
+            "--port",
+            &port,
+            "--listen",
+            "127.0.0.1",
+            "--ae-title",
+            "SCANSIDE",
+        ],
+    );
+    wait_until("the port to open", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok()
+    });
+    let send = move |files: &[PathBuf]| {
+        // -v: the response status ("Refused: OutOfResources") is only logged verbosely.
+        Command::new("storescu")
+            .args([
+                "-v",
+                "-aet",
+                "MODALITY",
+                "-aec",
+                "SCANSIDE",
+                "127.0.0.1",
+                &port,
+            ])
+            .args(files)
+            .output()
+            .unwrap()
+    };
+    Some((child, send))
+}
+
+fn write_instance(dir: &Path, uid: &str) -> PathBuf {
+    let path = dir.join(format!("{uid}.sent"));
+    write_dicom(
+        &path,
+        &DicomFixture {
+            photometric: "MONOCHROME2",
+            pixels: &[500; 16],
+            rows: 4,
+            cols: 4,
+            window: None,
+            patient_id: Some("PAT-2"),
+            sop_instance_uid: Some(uid),
+            study_uid: None,
+        },
+    );
+    path
+}
+
+/// What storescu printed, for its report of the C-STORE status.
+fn refused_out_of_resources(o: &Output) -> bool {
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o)).to_lowercase();
+    text.contains("outofresources") || text.contains("0xa700")
+}
+
+#[test]
+fn receive_answers_out_of_resources_when_it_cannot_store_or_audit_and_keeps_nothing() {
+    let site = Site::new();
+    let Some((child, send)) = start_receiver(&site) else {
+        return;
+    };
+    let sent = tempfile::tempdir().unwrap();
+    let uid = "1.2.826.0.1.3680043.2.1125.9.50";
+    let instance = write_instance(sent.path(), uid);
+    let stored = site.incoming.join(format!("{uid}.dcm"));
+
+    // The store fails (a folder holds the instance's name): "out of resources", nothing audited.
+    fs::create_dir(&stored).unwrap();
+    let out = send(std::slice::from_ref(&instance));
+    assert!(refused_out_of_resources(&out), "{}", stderr(&out));
+    assert!(site.events("received").is_empty());
+    fs::remove_dir(&stored).unwrap();
+
+    // Stored, but the audit log cannot take its record (the bug: the failure was dropped and the
+    // instance accepted unaudited): refused, and the stored file taken back.
+    let audit = site.results.join("audit.jsonl");
+    let _ = fs::remove_file(&audit);
+    fs::create_dir_all(&audit).unwrap();
+    let out = send(std::slice::from_ref(&instance));
+    assert!(refused_out_of_resources(&out), "{}", stderr(&out));
+    assert!(!stored.exists(), "an unaudited instance was kept");
+    fs::remove_dir(&audit).unwrap();
+
+    // Both causes gone: the resent instance is stored, audited and screened once.
+    let out = send(std::slice::from_ref(&instance));
+    assert!(!refused_out_of_resources(&out), "{}", stderr(&out));
+    wait_until("the screened instance", Duration::from_secs(60), || {
+        site.events("screened").len() == 1
+    });
+    assert_eq!(site.events("received").len(), 1);
+    let out = terminate(child);
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot store") && err.contains("the audit log cannot record it"),
+        "{err}"
+    );
+}
+
 /// The two crash windows, set up by hand: an item whose audit record was written before the
 /// crash is only moved on (no second result or record); one without a record is screened
 /// again, and a temp file the crash left in the results folder is removed.

@@ -92,11 +92,32 @@ fn assert_evaluation_is_complete(test: &scanside_trainer::evaluate::EvalReport) 
     let binned: usize = calibration.reliability_after.iter().map(|b| b.count).sum();
     assert_eq!(binned, m.n);
     assert_eq!(test.operating_points.len(), test.class_names.len());
+    // A class gets a threshold when validation has positives for it; every one that does must
+    // reach the 95 % sensitivity target there. (Checked only `if let`, no point with a
+    // threshold passed vacuously.)
+    let mut with_threshold = 0;
     for point in &test.operating_points {
-        if let (Some(_), Some(sensitivity)) = (point.threshold, point.val_sensitivity) {
-            assert!(sensitivity >= 0.95, "{point:?}");
-        }
+        let Some(threshold) = point.threshold else {
+            assert!(
+                point.val_sensitivity.is_none() && point.sensitivity.is_none(),
+                "{point:?}"
+            );
+            continue;
+        };
+        with_threshold += 1;
+        assert!((0.0..=1.0).contains(&threshold), "{point:?}");
+        let sensitivity = point
+            .val_sensitivity
+            .expect("validation sensitivity at a threshold");
+        assert!(sensitivity >= 0.95, "{point:?}");
+        let specificity = point.val_specificity.expect("validation specificity");
+        assert!((0.0..=1.0).contains(&specificity), "{point:?}");
     }
+    assert!(
+        with_threshold >= 1,
+        "no class got an operating point: {:?}",
+        test.operating_points
+    );
 }
 
 /// Copies the bundle to `dest` with `check.json`: a batch of real inputs and burn's logits.

@@ -782,6 +782,22 @@ fn the_label_efficiency_study_runs_its_grid_resumes_and_reports() {
     assert!(interrupted.join("cell.json").is_file());
     assert!(stderr(&out).contains("study cell") && stderr(&out).matches("study cell").count() == 1);
 
+    // Resumed with other settings: refused, finished cells untouched (the bug: they were reused).
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("epochs = 1", "epochs = 2")).unwrap();
+    let out = run_study();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("other settings") && stderr(&out).contains("finetune.epochs"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().modified().unwrap(),
+        before
+    );
+    std::fs::write(&config, text).unwrap();
+
     // A report of one evaluated cell: every plot inline.
     let report = dir.path().join("report");
     let out = train(&[

@@ -27,6 +27,11 @@ impl<'a> Writer<'a> {
     #[inline(always)]
     fn next(&mut self, n: usize) -> &mut [MaybeUninit<f32>] {
         let at = self.written;
+        assert!(
+            n <= self.slots.len() - at,
+            "a chunk of {} values was written past its end ({n} more after {at})",
+            self.slots.len()
+        );
         self.written += n;
         &mut self.slots[at..at + n]
     }
@@ -141,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "a chunk of 4 values was written past its end (5 more after 0)")]
     fn writing_past_a_chunk_is_a_panic() {
         par_filled(8, 4, |_, writer| writer.extend_from_slice(&[1.0; 5]));
     }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (runtime: decode, jpegls, manifest, command, pdu; int8 core: blob,
+# vectors) for RUNS executions each (default 10 million), one after another, each on one core,
+# and prints a line per target: executions, seconds, coverage, corpus size, and whether it found
+# a crash. Needs cargo-fuzz (`cargo install cargo-fuzz`); RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain accept its nightly flags; `-s none`: no sanitizer runtime (the code under test is safe
+# Rust outside the kernels; panics, overflows — debug assertions are on — and hangs are caught).
+#   RUNS=10000000 bash tools/fuzz.sh [TARGET...]      logs: target/fuzz-logs/TARGET.log
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-10000000}
+export RUSTC_BOOTSTRAP=1
+logs=$PWD/target/fuzz-logs
+mkdir -p "$logs"
+seeds=$(mktemp -d); trap 'rm -rf "$seeds"' EXIT
+generated="$seeds/generated"
+python3 tools/dicom_corpus_make.py "$generated" >/dev/null
+python3 tools/fuzz_seeds.py "$seeds/runtime" "$generated" >/dev/null
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(decode jpegls manifest command pdu blob vectors)
+for t in "${targets[@]}"; do
+  case $t in
+    blob|vectors) dir=firmware/fuzz; seed=seeds ;;
+    *) dir=runtime/fuzz; seed="$seeds/runtime/$t" ;;
+  esac
+  mkdir -p "$dir/corpus/$t"
+  status=0
+  (cd "$dir" && cargo fuzz run "$t" -s none "corpus/$t" "$seed" -- -runs="$RUNS" \
+    -rss_limit_mb=2048 -timeout=10 -print_final_stats=1) >"$logs/$t.log" 2>&1 || status=$?
+  runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$logs/$t.log" | tail -n 1 || true)
+  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$logs/$t.log" | tail -n 1 || true)
+  verdict=$([ "$status" -eq 0 ] && echo "no crash" || echo "FOUND A CRASH (exit $status; see $logs/$t.log)")
+  echo "$t: ${runs:-no final stats}; $cov; $verdict"
+done
