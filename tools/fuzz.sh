@@ -6,9 +6,12 @@
 # toolchain accept its nightly flags; `-s none`: no sanitizer runtime (the code under test is safe
 # Rust outside the kernels; panics, overflows — debug assertions are on — and hangs are caught).
 #   RUNS=10000000 bash tools/fuzz.sh [TARGET...]      logs: target/fuzz-logs/TARGET.log
+# MAX_TIME=SECONDS stops each target after that long instead (whichever comes first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10000000}
+limits=(-runs="$RUNS")
+[ -z "${MAX_TIME:-}" ] || limits+=(-max_total_time="$MAX_TIME")
 export RUSTC_BOOTSTRAP=1
 logs=$PWD/target/fuzz-logs
 mkdir -p "$logs"
@@ -25,9 +28,9 @@ for t in "${targets[@]}"; do
   esac
   mkdir -p "$dir/corpus/$t"
   status=0
-  (cd "$dir" && cargo fuzz run "$t" -s none "corpus/$t" "$seed" -- -runs="$RUNS" \
+  (cd "$dir" && cargo fuzz run "$t" -s none "corpus/$t" "$seed" -- "${limits[@]}" \
     -rss_limit_mb=2048 -timeout=10 -print_final_stats=1) >"$logs/$t.log" 2>&1 || status=$?
-  runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$logs/$t.log" | tail -n 1 || true)
+  runs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second|number_of_executed_units: *[0-9]+' "$logs/$t.log" | tail -n 1 || true)
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$logs/$t.log" | tail -n 1 || true)
   verdict=$([ "$status" -eq 0 ] && echo "no crash" || echo "FOUND A CRASH (exit $status; see $logs/$t.log)")
   echo "$t: ${runs:-no final stats}; $cov; $verdict"

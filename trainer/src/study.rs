@@ -145,7 +145,10 @@ fn check_finished_cell(request: &CellRequest, dir: &Path) -> Result<()> {
         ));
     }
     let saved: serde_json::Value = load_json(&path)?;
-    let now = serde_json::to_value(request).expect("configs serialise");
+    // Through text, as the saved one went: an f32 read back from text is not the f32 itself.
+    let now: serde_json::Value =
+        serde_json::from_slice(&serde_json::to_vec(request).expect("configs serialise"))
+            .expect("serde_json reads what it wrote");
     let differing = differing_fields(&saved, &now);
     if differing.is_empty() {
         return Ok(());

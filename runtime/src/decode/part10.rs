@@ -340,6 +340,11 @@ fn walk(body: &[u8], encoding: Encoding, header_only: bool) -> Result<Walked, St
             ));
         }
         let top_level = stack.is_empty();
+        if at == body.len() && stack.iter().any(|c| c.implicit) {
+            // dicom-rs would read the rest of an unclosed VR UN sequence as explicit VR, where a
+            // few bytes of implicit-VR content can claim gigabytes (found by cargo-fuzz).
+            return Err("the data set ends inside a sequence of VR UN (truncated file?)".into());
+        }
         if at == body.len() || (top_level && body.len() - at < 8) {
             return Ok(Walked {
                 end: at,
@@ -563,6 +568,26 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("nested 65 deep") && e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn an_unclosed_un_sequence_is_refused_not_read_as_explicit_vr() {
+        // The cargo-fuzz artifact's shape: a VR UN sequence of undefined length whose
+        // delimiters are missing; inside, implicit VR bytes that read as explicit VR claim an
+        // OB value of gigabytes, which dicom-rs allocated before reading (2.6 GB).
+        let mut body = vec![0x53, 0x44, 0x0C, 0x10, b'U', b'N', 0, 0];
+        body.extend_from_slice(&UNDEFINED.to_le_bytes());
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        body.extend_from_slice(&UNDEFINED.to_le_bytes());
+        body.extend_from_slice(&[0x08, 0x00, 0x50, 0x11, 0x04, 0, 0, 0]);
+        body.extend_from_slice(b"1.2\0");
+        let e = walk(&body, EXPLICIT, false).err().unwrap();
+        assert!(e.contains("ends inside a sequence of VR UN"), "{e}");
+        // Closed, the same sequence is walked and left out for dicom-rs.
+        body.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let walked = walk(&body, EXPLICIT, false).unwrap();
+        assert_eq!(walked.unreadable, vec![0..body.len()]);
     }
 
     #[test]
