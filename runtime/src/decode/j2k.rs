@@ -10,6 +10,7 @@ use super::pixel_module::PixelModule;
 /// Decodes one JPEG 2000 frame into pixel-interleaved values on the stored scale.
 pub(super) fn decode_j2k_frame(data: &[u8], module: &PixelModule) -> Result<Frame, String> {
     check_complete(data)?;
+    check_size(data, module)?;
     let params = jpeg2k::DecodeParameters::new().strict(true);
     let image =
         jpeg2k::Image::from_bytes_with(data, params).map_err(|e| format!("JPEG 2000: {e}"))?;
@@ -81,6 +82,34 @@ fn stored_range(module: &PixelModule) -> (f32, f32) {
 
 /// A codestream (or JP2 file) must end with its EOC marker (FF D9), the even-length padding
 /// aside: OpenJPEG's strict mode misses some cuts at tile-part boundaries.
+/// The image size the codestream's SIZ segment declares, checked against the header before
+/// OpenJPEG sees it: OpenJPEG allocates and clears the whole declared image before decoding, so
+/// 3.6 kB declaring 512 x 2,883,584 samples took 2 GB (found by cargo-fuzz). Every codestream
+/// (raw, or in a JP2 `jp2c` box) starts with SOC then SIZ.
+fn check_size(data: &[u8], module: &PixelModule) -> Result<(), String> {
+    let at = data
+        .windows(4)
+        .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])
+        .ok_or("JPEG 2000: no codestream header (SOC and SIZ markers)")?;
+    let siz = data
+        .get(at + 4..at + 40)
+        .ok_or("JPEG 2000: the SIZ segment is cut short")?;
+    let u32_at = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
+    // Lsiz, Rsiz, then Xsiz, Ysiz, XOsiz, YOsiz, four tile fields, Csiz.
+    let (width, height) = (
+        u32_at(4).saturating_sub(u32_at(12)) as usize,
+        u32_at(8).saturating_sub(u32_at(16)) as usize,
+    );
+    let components = u16::from_be_bytes([siz[34], siz[35]]) as usize;
+    if (width, height, components) != (module.cols, module.rows, module.samples) {
+        return Err(format!(
+            "the JPEG 2000 frame is {width}x{height} with {components} components, the header says {}x{} with {}",
+            module.cols, module.rows, module.samples
+        ));
+    }
+    Ok(())
+}
+
 fn check_complete(data: &[u8]) -> Result<(), String> {
     // Padding to an even length is a 0x00 or (some writers) a 0xFF byte.
     let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);

@@ -34,7 +34,7 @@ pub use dicom::{
     read_dicom_values, DicomIdentity, DicomValues, MAX_FRAMES,
 };
 pub use lut::LookupTable;
-pub use part10::{check_implicit_data_set, MAX_INFLATED_BYTES, MAX_SEQUENCE_DEPTH};
+pub use part10::{MAX_INFLATED_BYTES, MAX_SEQUENCE_DEPTH};
 pub use voi::VoiFunction;
 
 /// A decoded image: `height × width × channels` samples in `[0, 1]`, row-major, interleaved.

@@ -313,13 +313,6 @@ struct Walked {
     unreadable: Vec<std::ops::Range<usize>>,
 }
 
-/// Checks a data set in implicit VR little endian — a DIMSE command set (PS3.7 6.3.1) — before
-/// dicom-rs reads it, which recurses into sequences: nesting within [`MAX_SEQUENCE_DEPTH`] and
-/// every length within the bytes.
-pub fn check_implicit_data_set(bytes: &[u8]) -> Result<(), String> {
-    walk(bytes, Encoding::IMPLICIT_LE, false).map(|_| ())
-}
-
 /// Walks the data set without recursion, checking nesting depth and that every defined length
 /// fits in what is left of its container and the file. The data set ends at the end of the
 /// bytes, at trailing bytes too short for an element header, or at a top-level element with
@@ -588,23 +581,6 @@ mod tests {
         body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         let walked = walk(&body, EXPLICIT, false).unwrap();
         assert_eq!(walked.unreadable, vec![0..body.len()]);
-    }
-
-    #[test]
-    fn a_command_set_nested_past_the_limit_is_refused_before_dicom_rs_reads_it() {
-        let implicit = |levels: usize| -> Vec<u8> {
-            let mut out = Vec::new();
-            for _ in 0..levels {
-                out.extend_from_slice(&[0x08, 0x00, 0x15, 0x11]);
-                out.extend_from_slice(&UNDEFINED.to_le_bytes());
-                out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
-                out.extend_from_slice(&UNDEFINED.to_le_bytes());
-            }
-            out
-        };
-        assert_eq!(check_implicit_data_set(&implicit(0)), Ok(()));
-        let e = check_implicit_data_set(&implicit(100_000)).unwrap_err();
-        assert!(e.contains("limit"), "{e}");
     }
 
     #[test]

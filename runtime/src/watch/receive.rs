@@ -360,24 +360,60 @@ pub fn read_command_set(bytes: &[u8]) -> std::result::Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Reads a command set itself rather than through dicom-rs: a command set is a flat list of
+/// group-0000 elements in implicit VR little endian (PS3.7 6.3.1, E.1), and dicom-rs, given a
+/// value length its VR does not divide (89 bytes of UL), read the next header out of step and
+/// reserved the gigabytes it claimed (found by cargo-fuzz).
+fn command_elements(bytes: &[u8]) -> std::result::Result<Vec<(u16, &[u8])>, AssociationError> {
+    let bad = |what: String| AssociationError::Command(what);
+    let mut elements = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let header = bytes.get(at..at + 8).ok_or_else(|| {
+            bad(format!(
+                "the command set ends inside an element at byte {at}"
+            ))
+        })?;
+        let word = |i: usize| u16::from_le_bytes([header[i], header[i + 1]]);
+        let (group, element) = (word(0), word(2));
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if group != 0x0000 {
+            return Err(bad(format!(
+                "element ({group:04X},{element:04X}) in a command set (group 0000 only)"
+            )));
+        }
+        let value = bytes
+            .get(at + 8..(at + 8).saturating_add(len))
+            .ok_or_else(|| {
+                bad(format!(
+                    "element (0000,{element:04X}) claims {len} bytes past the end"
+                ))
+            })?;
+        elements.push((element, value));
+        at += 8 + len;
+    }
+    Ok(elements)
+}
+
 fn parse_command(bytes: &[u8]) -> std::result::Result<Command, AssociationError> {
-    // Command sets are always implicit VR little endian (PS3.7 6.3.1).
-    let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
-    // dicom-rs recurses into sequences: a deeply nested command would overflow the stack.
-    crate::decode::check_implicit_data_set(bytes).map_err(AssociationError::Command)?;
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts)
-        .map_err(|e| AssociationError::Command(e.to_string()))?;
-    let uint = |tag| {
-        obj.element(tag)
-            .ok()
-            .and_then(|e| e.to_int::<u16>().ok())
-            .ok_or_else(|| AssociationError::Command(format!("missing or bad {tag}")))
+    let elements = command_elements(bytes)?;
+    let value = |tag: dicom_core::Tag| {
+        elements
+            .iter()
+            .find(|(element, _)| *element == tag.element())
+            .map(|(_, v)| *v)
+    };
+    let uint = |tag: dicom_core::Tag| match value(tag) {
+        Some(&[lo, hi]) => Ok(u16::from_le_bytes([lo, hi])),
+        _ => Err(AssociationError::Command(format!("missing or bad {tag}"))),
     };
     let text = |tag| {
-        obj.element(tag)
-            .ok()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        value(tag)
+            .map(|v| {
+                String::from_utf8_lossy(v)
+                    .trim_end_matches(['\0', ' '])
+                    .to_string()
+            })
             .unwrap_or_default()
     };
     Ok(Command {
@@ -473,4 +509,54 @@ fn store(dir: &Path, request: &Command, transfer_syntax: &str, dataset: &[u8]) -
     // The temp name ends in `.part`, which the drop-folder scan ignores.
     write_atomically(&path, &bytes)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(command: InMemDicomObject) -> Vec<u8> {
+        let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+        let mut bytes = Vec::new();
+        command.write_dataset_with_ts(&mut bytes, &ts).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_command_set_written_by_dicom_rs_reads_back() {
+        let request = InMemDicomObject::command_from_element_iter([
+            DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [C_STORE_RQ])),
+            DataElement::new(tags::MESSAGE_ID, VR::US, dicom_value!(U16, [7])),
+            DataElement::new(
+                tags::AFFECTED_SOP_CLASS_UID,
+                VR::UI,
+                dicom_value!(Str, "1.2.840.10008.5.1.4.1.1.7"),
+            ),
+            DataElement::new(
+                tags::AFFECTED_SOP_INSTANCE_UID,
+                VR::UI,
+                dicom_value!(Str, "1.2.3"),
+            ),
+        ]);
+        let parsed = parse_command(&encoded(request)).unwrap();
+        assert_eq!((parsed.field, parsed.message_id), (C_STORE_RQ, 7));
+        assert_eq!(parsed.sop_class_uid, "1.2.840.10008.5.1.4.1.1.7");
+        assert_eq!(parsed.sop_instance_uid, "1.2.3");
+    }
+
+    #[test]
+    fn a_command_set_with_an_odd_value_length_is_refused_without_a_huge_allocation() {
+        // The cargo-fuzz artifact: (0009,0000) with 89 bytes, then 7 bytes. dicom-rs read the
+        // next header out of step and reserved the 4 GB it claimed.
+        let mut bytes = vec![0x09, 0x00, 0x00, 0x00, 0x59, 0x00, 0x00, 0x00];
+        bytes.extend(std::iter::repeat_n(0, 89));
+        bytes.extend_from_slice(&[0x9C, 0x0E, 0x00, 0xFF, 0xFF, 0xFE, 0xFF]);
+        let e = parse_command(&bytes).unwrap_err().to_string();
+        assert!(e.contains("(0009,0000)"), "{e}");
+        // In group 0000, a claimed length past the end is refused, not reserved.
+        let mut bytes = vec![0x00, 0x00, 0x00, 0x01, 0xFF, 0xFF, 0xFE, 0xFF];
+        bytes.extend_from_slice(&[0; 8]);
+        let e = parse_command(&bytes).unwrap_err().to_string();
+        assert!(e.contains("past the end"), "{e}");
+    }
 }

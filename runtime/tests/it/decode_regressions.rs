@@ -514,3 +514,21 @@ fn a_dicom_jpeg_frame_cut_short_is_refused() {
     let e = decode(&part10(obj, uids::JPEG_BASELINE8_BIT)).unwrap_err();
     assert!(e.contains("r.dcm") && e.contains("truncated"), "{e}");
 }
+
+#[test]
+fn a_jpeg_2000_codestream_declaring_a_huge_image_is_refused_before_openjpeg_allocates_it() {
+    // The cargo-fuzz artifact's shape: a 512 x 512 header, a codestream whose SIZ declares
+    // 512 x 2,883,584 samples; OpenJPEG allocated and cleared 2 GB before the sizes were compared.
+    let mut siz = vec![0xFF, 0x4F, 0xFF, 0x51, 0x00, 0x29, 0x00, 0x00];
+    for v in [512_u32, 2_883_584, 0, 0, 512, 512, 0, 0] {
+        siz.extend_from_slice(&v.to_be_bytes());
+    }
+    siz.extend_from_slice(&[0x00, 0x01, 0x07, 0x01, 0x01]);
+    siz.extend_from_slice(&[0xFF, 0xD9, 0x00]);
+    let mut obj = image(512, 512, 1, 8, "MONOCHROME2");
+    encapsulated(&mut obj, vec![], vec![siz]);
+    let started = std::time::Instant::now();
+    let e = decode(&part10(obj, "1.2.840.10008.1.2.4.90")).unwrap_err();
+    assert!(e.contains("r.dcm") && e.contains("512x2883584"), "{e}");
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+}
