@@ -92,7 +92,7 @@ fn check_size(data: &[u8], module: &PixelModule) -> Result<(), String> {
         .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])
         .ok_or("JPEG 2000: no codestream header (SOC and SIZ markers)")?;
     let siz = data
-        .get(at + 4..at + 40)
+        .get(at + 4..at + 42)
         .ok_or("JPEG 2000: the SIZ segment is cut short")?;
     let u32_at = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
     // Lsiz, Rsiz, then Xsiz, Ysiz, XOsiz, YOsiz, four tile fields, Csiz.
@@ -100,7 +100,7 @@ fn check_size(data: &[u8], module: &PixelModule) -> Result<(), String> {
         u32_at(4).saturating_sub(u32_at(12)) as usize,
         u32_at(8).saturating_sub(u32_at(16)) as usize,
     );
-    let components = u16::from_be_bytes([siz[34], siz[35]]) as usize;
+    let components = u16::from_be_bytes([siz[36], siz[37]]) as usize;
     if (width, height, components) != (module.cols, module.rows, module.samples) {
         return Err(format!(
             "the JPEG 2000 frame is {width}x{height} with {components} components, the header says {}x{} with {}",

@@ -532,3 +532,26 @@ fn a_jpeg_2000_codestream_declaring_a_huge_image_is_refused_before_openjpeg_allo
     assert!(e.contains("r.dcm") && e.contains("512x2883584"), "{e}");
     assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
 }
+
+#[test]
+fn a_jpeg_declaring_more_pixels_than_the_limit_is_refused_before_decoding() {
+    // The cargo-fuzz artifact's shape: 2 kB of JPEG declaring 13312 x 12288 pixels took seconds
+    // and most of a gigabyte to decode. A small JPEG with the size in its SOF0 changed.
+    let mut jpeg = Vec::new();
+    image::GrayImage::from_pixel(16, 16, image::Luma([90]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 7].copy_from_slice(&12288_u16.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&13312_u16.to_be_bytes());
+    let e = decode_bytes(Path::new("big.jpg"), &jpeg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("big.jpg") && e.contains("13312x12288") && e.contains("limit"),
+        "{e}"
+    );
+}
