@@ -399,9 +399,40 @@ fn walk(body: &[u8], encoding: Encoding, header_only: bool) -> Result<Walked, St
             }
             stack.push(sequence);
         } else {
+            check_value_length(&h, here)?;
             at = fits(&h, at, limit)?;
         }
     }
+}
+
+/// A binary value whose length its VR's unit does not divide is refused: dicom-rs reads such a
+/// value unit by unit, reads the next header out of step, and reserves whatever length that
+/// header claims (1 GB for 2 kB, found by cargo-fuzz).
+fn check_value_length(h: &Header, encoding: Encoding) -> Result<(), String> {
+    use dicom_core::dictionary::{DataDictionary, VirtualVr};
+    use dicom_core::VR;
+    let vr = if encoding.explicit_vr {
+        VR::from_binary(h.vr)
+    } else {
+        match StandardDataDictionary.by_tag(h.tag).map(|e| e.vr) {
+            Some(VirtualVr::Exact(vr)) => Some(vr),
+            _ => None,
+        }
+    };
+    let unit = match vr {
+        Some(VR::US | VR::SS | VR::OW) => 2,
+        Some(VR::UL | VR::SL | VR::FL | VR::AT | VR::OL | VR::OF) => 4,
+        Some(VR::FD | VR::SV | VR::UV | VR::OD | VR::OV) => 8,
+        _ => 1,
+    };
+    if h.len as usize % unit != 0 {
+        let name = vr.map_or("?", |v| v.to_string());
+        return Err(format!(
+            "element {} (VR {name}) has {} bytes, not a whole number of {unit}-byte values",
+            h.tag, h.len
+        ));
+    }
+    Ok(())
 }
 
 fn is_pixel_data(tag: Tag) -> bool {
@@ -581,6 +612,18 @@ mod tests {
         body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         let walked = walk(&body, EXPLICIT, false).unwrap();
         assert_eq!(walked.unreadable, vec![0..body.len()]);
+    }
+
+    #[test]
+    fn a_binary_value_of_a_length_its_vr_does_not_divide_is_refused() {
+        // The cargo-fuzz artifact's element: 6 bytes of SL. dicom-rs read a header out of step
+        // after it and reserved the gigabyte that header claimed.
+        let mut body = explicit_le((0x0008, 0x0100), b"SL", &[0; 6]);
+        body.extend(explicit_le((0x0010, 0x0010), b"PN", b"DOE^J "));
+        let e = walk(&body, EXPLICIT, false).err().unwrap();
+        assert!(e.contains("(0008,0100) (VR SL) has 6 bytes"), "{e}");
+        let ok = explicit_le((0x0008, 0x0100), b"SL", &[0; 8]);
+        assert!(walk(&ok, EXPLICIT, false).is_ok());
     }
 
     #[test]
