@@ -425,7 +425,7 @@ fn check_value_length(h: &Header, encoding: Encoding) -> Result<(), String> {
         Some(VR::FD | VR::SV | VR::UV | VR::OD | VR::OV) => 8,
         _ => 1,
     };
-    if h.len as usize % unit != 0 {
+    if !(h.len as usize).is_multiple_of(unit) {
         let name = vr.map_or("?", |v| v.to_string());
         return Err(format!(
             "element {} (VR {name}) has {} bytes, not a whole number of {unit}-byte values",
