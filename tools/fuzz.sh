@@ -28,7 +28,7 @@ for t in "${targets[@]}"; do
   esac
   mkdir -p "$dir/corpus/$t"
   status=0
-  (cd "$dir" && cargo fuzz run "$t" -s none "corpus/$t" "$seed" -- "${limits[@]}" \
+  (cd "$dir" && cargo fuzz run --fuzz-dir . "$t" -s none "corpus/$t" "$seed" -- "${limits[@]}" \
     -rss_limit_mb=2048 -timeout=10 -print_final_stats=1) >"$logs/$t.log" 2>&1 || status=$?
   runs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second|number_of_executed_units: *[0-9]+' "$logs/$t.log" | tail -n 1 || true)
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$logs/$t.log" | tail -n 1 || true)
