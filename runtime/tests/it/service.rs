@@ -493,36 +493,9 @@ fn free_port() -> u16 {
 
 #[test]
 fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
-    if dcmtk_missing() {
-        eprintln!(
-            "SKIPPED receive_...: dcmtk's storescu/echoscu not installed (apt install dcmtk)"
-        );
-        return;
-    }
     let site = Site::new();
-    let port = free_port().to_string();
-    let child = site.spawn(
-        "receive",
-        &[
-            "--port",
-            &port,
-            "--listen",
-            "127.0.0.1",
-            "--ae-title",
-            "SCANSIDE",
-            "--allow-calling-ae",
-            "MODALITY",
-        ],
-    );
-    wait_until("the port to open", Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok()
-    });
-    let dcmtk = |tool: &str, calling: &str, files: &[PathBuf]| {
-        Command::new(tool)
-            .args(["-aet", calling, "-aec", "SCANSIDE", "127.0.0.1", &port])
-            .args(files)
-            .output()
-            .unwrap()
+    let Some((child, dcmtk)) = start_receiver(&site, &["--allow-calling-ae", "MODALITY"]) else {
+        return;
     };
     let echo = dcmtk("echoscu", "MODALITY", &[]);
     assert!(echo.status.success(), "C-ECHO: {}", stderr(&echo));
@@ -598,8 +571,12 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-/// `receive` on a free port, with `storescu` as the modality; `None` when dcmtk is missing.
-fn start_receiver(site: &Site) -> Option<(Child, impl Fn(&[PathBuf]) -> Output)> {
+/// `receive` on a free port with `extra` arguments, and a runner of dcmtk's `storescu` /
+/// `echoscu` against it (tool, calling AE title, files); `None` when dcmtk is missing.
+fn start_receiver(
+    site: &Site,
+    extra: &[&str],
+) -> Option<(Child, impl Fn(&str, &str, &[PathBuf]) -> Output)> {
     if dcmtk_missing() {
         eprintln!(
             "SKIPPED receive_...: dcmtk's storescu/echoscu not installed (apt install dcmtk)"
@@ -607,27 +584,26 @@ fn start_receiver(site: &Site) -> Option<(Child, impl Fn(&[PathBuf]) -> Output)>
         return None;
     }
     let port = free_port().to_string();
-    let child = site.spawn(
-        "receive",
-        &[
-            "--port",
-            &port,
-            "--listen",
-            "127.0.0.1",
-            "--ae-title",
-            "SCANSIDE",
-        ],
-    );
+    let mut args = vec![
+        "--port",
+        &port,
+        "--listen",
+        "127.0.0.1",
+        "--ae-title",
+        "SCANSIDE",
+    ];
+    args.extend_from_slice(extra);
+    let child = site.spawn("receive", &args);
     wait_until("the port to open", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok()
     });
-    let send = move |files: &[PathBuf]| {
+    let dcmtk = move |tool: &str, calling: &str, files: &[PathBuf]| {
         // -v: the response status ("Refused: OutOfResources") is only logged verbosely.
-        Command::new("storescu")
+        Command::new(tool)
             .args([
                 "-v",
                 "-aet",
-                "MODALITY",
+                calling,
                 "-aec",
                 "SCANSIDE",
                 "127.0.0.1",
@@ -637,7 +613,7 @@ fn start_receiver(site: &Site) -> Option<(Child, impl Fn(&[PathBuf]) -> Output)>
             .output()
             .unwrap()
     };
-    Some((child, send))
+    Some((child, dcmtk))
 }
 
 fn write_instance(dir: &Path, uid: &str) -> PathBuf {
@@ -667,9 +643,10 @@ fn refused_out_of_resources(o: &Output) -> bool {
 #[test]
 fn receive_answers_out_of_resources_when_it_cannot_store_or_audit_and_keeps_nothing() {
     let site = Site::new();
-    let Some((child, send)) = start_receiver(&site) else {
+    let Some((child, dcmtk)) = start_receiver(&site, &[]) else {
         return;
     };
+    let send = |files: &[PathBuf]| dcmtk("storescu", "MODALITY", files);
     let sent = tempfile::tempdir().unwrap();
     let uid = "1.2.826.0.1.3680043.2.1125.9.50";
     let instance = write_instance(sent.path(), uid);
