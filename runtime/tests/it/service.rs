@@ -497,7 +497,7 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
     let Some((child, dcmtk)) = start_receiver(&site, &["--allow-calling-ae", "MODALITY"]) else {
         return;
     };
-    let echo = dcmtk("echoscu", "MODALITY", &[]);
+    let echo = dcmtk.run("echoscu", "MODALITY", &[]);
     assert!(echo.status.success(), "C-ECHO: {}", stderr(&echo));
 
     let sent = tempfile::tempdir().unwrap();
@@ -521,7 +521,7 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
             path
         })
         .collect();
-    let store = dcmtk("storescu", "MODALITY", &files);
+    let store = dcmtk.run("storescu", "MODALITY", &files);
     assert!(store.status.success(), "C-STORE: {}", stderr(&store));
     // The audit record is the commit point: the result and the study file are written by then.
     wait_until("three committed results", Duration::from_secs(60), || {
@@ -559,7 +559,7 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
     assert_eq!(site.events("received").len(), 3);
 
     // Not on the allow-list: refused, audited, nothing stored.
-    let intruder = dcmtk("storescu", "INTRUDER", &files[..1]);
+    let intruder = dcmtk.run("storescu", "INTRUDER", &files[..1]);
     assert!(!intruder.status.success());
     wait_until(
         "the refusal in the audit log",
@@ -573,10 +573,7 @@ fn receive_stores_what_storescu_sends_screens_it_and_refuses_unknown_senders() {
 
 /// `receive` on a free port with `extra` arguments, and a runner of dcmtk's `storescu` /
 /// `echoscu` against it (tool, calling AE title, files); `None` when dcmtk is missing.
-fn start_receiver(
-    site: &Site,
-    extra: &[&str],
-) -> Option<(Child, impl Fn(&str, &str, &[PathBuf]) -> Output)> {
+fn start_receiver(site: &Site, extra: &[&str]) -> Option<(Child, Dcmtk)> {
     if dcmtk_missing() {
         eprintln!(
             "SKIPPED receive_...: dcmtk's storescu/echoscu not installed (apt install dcmtk)"
@@ -597,7 +594,16 @@ fn start_receiver(
     wait_until("the port to open", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok()
     });
-    let dcmtk = move |tool: &str, calling: &str, files: &[PathBuf]| {
+    Some((child, Dcmtk { port }))
+}
+
+/// Runs dcmtk's `storescu` / `echoscu` against the receiver on `port`.
+struct Dcmtk {
+    port: String,
+}
+
+impl Dcmtk {
+    fn run(&self, tool: &str, calling: &str, files: &[PathBuf]) -> Output {
         // -v: the response status ("Refused: OutOfResources") is only logged verbosely.
         Command::new(tool)
             .args([
@@ -607,13 +613,12 @@ fn start_receiver(
                 "-aec",
                 "SCANSIDE",
                 "127.0.0.1",
-                &port,
+                &self.port,
             ])
             .args(files)
             .output()
             .unwrap()
-    };
-    Some((child, dcmtk))
+    }
 }
 
 fn write_instance(dir: &Path, uid: &str) -> PathBuf {
@@ -646,7 +651,7 @@ fn receive_answers_out_of_resources_when_it_cannot_store_or_audit_and_keeps_noth
     let Some((child, dcmtk)) = start_receiver(&site, &[]) else {
         return;
     };
-    let send = |files: &[PathBuf]| dcmtk("storescu", "MODALITY", files);
+    let send = |files: &[PathBuf]| dcmtk.run("storescu", "MODALITY", files);
     let sent = tempfile::tempdir().unwrap();
     let uid = "1.2.826.0.1.3680043.2.1125.9.50";
     let instance = write_instance(sent.path(), uid);
