@@ -7,11 +7,16 @@
 # Rust outside the kernels; panics, overflows — debug assertions are on — and hangs are caught).
 #   RUNS=10000000 bash tools/fuzz.sh [TARGET...]      logs: target/fuzz-logs/TARGET.log
 # MAX_TIME=SECONDS stops each target after that long instead (whichever comes first).
+# FUZZ_FLAGS adds libFuzzer flags, e.g. FUZZ_FLAGS=-max_len=4096 (shorter inputs: many more
+# executions per second for the decoders, at the cost of large images, which the corpus tests
+# cover).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10000000}
 limits=(-runs="$RUNS")
 [ -z "${MAX_TIME:-}" ] || limits+=(-max_total_time="$MAX_TIME")
+# shellcheck disable=SC2206 # word splitting of the extra flags is intended
+[ -z "${FUZZ_FLAGS:-}" ] || limits+=($FUZZ_FLAGS)
 export RUSTC_BOOTSTRAP=1
 logs=$PWD/target/fuzz-logs
 mkdir -p "$logs"
@@ -32,6 +37,8 @@ for t in "${targets[@]}"; do
     -rss_limit_mb=2048 -timeout=10 -print_final_stats=1) >"$logs/$t.log" 2>&1 || status=$?
   runs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second|number_of_executed_units: *[0-9]+' "$logs/$t.log" | tail -n 1 || true)
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$logs/$t.log" | tail -n 1 || true)
-  verdict=$([ "$status" -eq 0 ] && echo "no crash" || echo "FOUND A CRASH (exit $status; see $logs/$t.log)")
+  if [ "$status" -eq 0 ]; then verdict="no crash"
+  elif grep -aq "error: could not compile" "$logs/$t.log"; then verdict="BUILD FAILED (see $logs/$t.log)"
+  else verdict="FOUND A CRASH (exit $status; see $logs/$t.log)"; fi
   echo "$t: ${runs:-no final stats}; $cov; $verdict"
 done

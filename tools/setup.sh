@@ -26,8 +26,10 @@ command -v defmt-print >/dev/null || cargo install --locked defmt-print
 
 # onnx + onnxruntime validate the exported ONNX files independently of tract; safetensors
 # writes the torchvision-named weights the --init tests load.
-python3 -c 'import onnx, onnxruntime, numpy, safetensors' 2>/dev/null \
-  || python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy safetensors
+# pillow: tools/ood_eval.py writes its PNG and DICOM evaluation sets with it.
+python3 -c 'import onnx, onnxruntime, numpy, safetensors, PIL' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy safetensors \
+       pillow
 # pydicom with the pylibjpeg codecs and the public pydicom-data corpus: the reference the DICOM
 # decoder is compared with (tools/dicom_corpus.py).
 python3 -c 'import pydicom, data_store, pylibjpeg, libjpeg, openjpeg, rle' 2>/dev/null \

@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::bundle::{BundleManifest, Calibration, OutputActivation};
+use crate::bundle::guard::Refusal;
+use crate::bundle::{BundleManifest, Calibration, OodGuard, OutputActivation};
 use crate::decode::SourceInfo;
 
 /// Milliseconds spent in each stage for one image.
@@ -27,14 +28,29 @@ pub struct ScreeningResult {
     pub file: String,
     /// [`crate::bundle::Bundle::model_id`] of the model used.
     pub model_id: String,
-    /// The most probable class.
-    pub top_class: String,
+    /// Whether the model's answer stands: `screened`, `not_applicable` (an input rule
+    /// failed: the model did not run) or `out_of_distribution` (probabilities kept for audit,
+    /// nothing flagged).
+    pub status: Status,
+    /// The input rule an input failed (`not_applicable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<String>,
+    /// The out-of-distribution score and the bundle's threshold, when the bundle has a guard
+    /// and the model ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodAssessment>,
+    /// The most probable class (none when the model did not run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_class: Option<String>,
     /// Its probability.
-    pub top_probability: f32,
-    /// Every class's probability, in the model's class order.
-    #[serde(serialize_with = "ordered_map")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_probability: Option<f32>,
+    /// Every class's probability, in the model's class order (empty when the model did not
+    /// run).
+    #[serde(serialize_with = "ordered_map", skip_serializing_if = "Vec::is_empty")]
     pub probabilities: Vec<(String, f32)>,
-    /// Classes whose calibrated probability reached the bundle's screening threshold.
+    /// Classes whose calibrated probability reached the bundle's screening threshold (always
+    /// empty unless `screened`).
     pub flags: Vec<String>,
     /// Whether the probabilities are temperature-scaled (the bundle carries a calibration).
     pub calibrated: bool,
@@ -42,7 +58,8 @@ pub struct ScreeningResult {
     pub model_verified: bool,
     /// Which of the bundle's models produced the result.
     pub engine: crate::infer::EngineKind,
-    /// The raw model outputs.
+    /// The raw model outputs (empty when the model did not run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logits: Vec<f32>,
     /// What was decoded.
     pub source: SourceInfo,
@@ -53,6 +70,29 @@ pub struct ScreeningResult {
     /// over frames (probabilities and logits), the union of their flags and its top class.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub frames: Vec<FrameResult>,
+}
+
+/// Whether a result's answer stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The model ran on an input it is for; flags stand.
+    #[default]
+    Screened,
+    /// The input failed one of the bundle's input rules; the model did not run.
+    NotApplicable,
+    /// The input scored beyond the bundle's out-of-distribution threshold: probabilities
+    /// kept for audit, nothing flagged.
+    OutOfDistribution,
+}
+
+/// An input's out-of-distribution score against the bundle's threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OodAssessment {
+    /// The score (larger: less like the validation images).
+    pub score: f32,
+    /// The bundle's threshold.
+    pub threshold: f32,
 }
 
 /// One frame of a multi-frame result.
@@ -71,6 +111,9 @@ pub struct FrameResult {
     pub flags: Vec<String>,
     /// The frame's raw model outputs.
     pub logits: Vec<f32>,
+    /// The frame's out-of-distribution score, when the bundle has a guard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood_score: Option<f32>,
 }
 
 /// How a bundle's logits are reported: class names, activation, calibration.
@@ -82,6 +125,8 @@ pub struct OutputSpec {
     pub activation: OutputActivation,
     /// Temperature and thresholds, when the bundle has them.
     pub calibration: Option<Calibration>,
+    /// The out-of-distribution guard, when the bundle has one.
+    pub ood: Option<OodGuard>,
 }
 
 impl OutputSpec {
@@ -91,17 +136,19 @@ impl OutputSpec {
             class_names: manifest.class_names.clone(),
             activation: manifest.output,
             calibration: manifest.calibration.clone(),
+            ood: manifest.ood.clone(),
         }
     }
 }
 
 impl ScreeningResult {
-    /// Builds a result from the model's logits.
+    /// Builds a result from the model's input (`C×H×W`) and logits: probabilities, flags at
+    /// the thresholds, and the out-of-distribution guard's verdict (beyond it: nothing flagged).
     pub fn new(
         path: &Path,
         model_id: &str,
         spec: &OutputSpec,
-        logits: &[f32],
+        (input, logits): (&[f32], &[f32]),
         source: SourceInfo,
         timings: Timings,
     ) -> Self {
@@ -109,26 +156,71 @@ impl ScreeningResult {
         let temperature = calibration.map_or(1.0, |c| c.temperature);
         let scaled: Vec<f32> = logits.iter().map(|z| z / temperature).collect();
         let probs = spec.activation.probabilities(&scaled);
-        let flags = calibration
-            .map(|c| {
-                c.flags(class_names, &probs)
-                    .into_iter()
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let assessed = spec.ood.as_ref().map(|guard| {
+            let (score, beyond) = guard.assess(logits, input);
+            let assessment = OodAssessment {
+                score,
+                threshold: guard.threshold,
+            };
+            (assessment, beyond)
+        });
+        let out_of_distribution = assessed.is_some_and(|(_, beyond)| beyond);
+        let flags = match calibration {
+            Some(c) if !out_of_distribution => c
+                .flags(class_names, &probs)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            _ => Vec::new(),
+        };
         let top = argmax(&probs);
         Self {
             file: path.display().to_string(),
             model_id: model_id.to_string(),
-            top_class: class_names[top].clone(),
-            top_probability: probs[top],
+            status: if out_of_distribution {
+                Status::OutOfDistribution
+            } else {
+                Status::Screened
+            },
+            refused_by: None,
+            ood: assessed.map(|(a, _)| a),
+            top_class: Some(class_names[top].clone()),
+            top_probability: Some(probs[top]),
             probabilities: class_names.iter().cloned().zip(probs).collect(),
             flags,
             calibrated: calibration.is_some(),
             model_verified: false,
             engine: crate::infer::EngineKind::Fp32,
             logits: logits.to_vec(),
+            source,
+            timings,
+            frames: Vec::new(),
+        }
+    }
+
+    /// The result of an input that failed the bundle's input rule `refusal`: the model did
+    /// not run, so no probabilities and no flags.
+    pub fn not_applicable(
+        path: &Path,
+        model_id: &str,
+        refusal: Refusal,
+        source: SourceInfo,
+        timings: Timings,
+    ) -> Self {
+        Self {
+            file: path.display().to_string(),
+            model_id: model_id.to_string(),
+            status: Status::NotApplicable,
+            refused_by: Some(refusal.0),
+            ood: None,
+            top_class: None,
+            top_probability: None,
+            probabilities: Vec::new(),
+            flags: Vec::new(),
+            calibrated: false,
+            model_verified: false,
+            engine: crate::infer::EngineKind::Fp32,
+            logits: Vec::new(),
             source,
             timings,
             frames: Vec::new(),
@@ -152,6 +244,12 @@ impl ScreeningResult {
             file.timings.decode_ms += frame.timings.decode_ms;
             file.timings.preprocess_ms += frame.timings.preprocess_ms;
             file.timings.infer_ms += frame.timings.infer_ms;
+            if frame.status == Status::OutOfDistribution {
+                file.status = Status::OutOfDistribution;
+            }
+            if let (Some(a), Some(b)) = (&mut file.ood, frame.ood) {
+                a.score = a.score.max(b.score);
+            }
             file.frames.push(frame.frame_result(i as u32 + 2));
         }
         let names: Vec<String> = file.probabilities.iter().map(|(n, _)| n.clone()).collect();
@@ -167,21 +265,26 @@ impl ScreeningResult {
                 .zip(&file.frames)
                 .map(|(v, f)| (v.as_slice(), f.flags.as_slice())),
         );
-        file.top_class = names[folded.top].clone();
-        file.top_probability = folded.probabilities[folded.top].1;
+        file.top_class = Some(names[folded.top].clone());
+        file.top_probability = Some(folded.probabilities[folded.top].1);
         file.probabilities = folded.probabilities;
-        file.flags = folded.flags;
+        // One frame unlike the validation images puts the file's answer in doubt.
+        file.flags = match file.status {
+            Status::Screened => folded.flags,
+            _ => Vec::new(),
+        };
         Some(file)
     }
 
     fn frame_result(&self, frame: u32) -> FrameResult {
         FrameResult {
             frame,
-            top_class: self.top_class.clone(),
-            top_probability: self.top_probability,
+            top_class: self.top_class.clone().unwrap_or_default(),
+            top_probability: self.top_probability.unwrap_or(f32::NAN),
             probabilities: self.probabilities.clone(),
             flags: self.flags.clone(),
             logits: self.logits.clone(),
+            ood_score: self.ood.map(|a| a.score),
         }
     }
 }
@@ -275,16 +378,18 @@ mod tests {
             class_names: names.clone(),
             activation,
             calibration,
+            ood: None,
         };
         let r = ScreeningResult::new(
             Path::new("x.png"),
             "abc",
             &spec(OutputActivation::Softmax, None),
-            &[0.0, 2.0],
+            (&[], &[0.0, 2.0]),
             SourceInfo::Jpeg,
             t,
         );
-        assert_eq!(r.top_class, "a");
+        assert_eq!(r.top_class.as_deref(), Some("a"));
+        assert_eq!((r.status, r.ood), (Status::Screened, None));
         assert!(r.flags.is_empty() && !r.calibrated);
         assert!((r.probabilities.iter().map(|(_, p)| p).sum::<f32>() - 1.0).abs() < 1e-6);
         // Findings are independent: sigmoid(0) = 0.5, sigmoid(2) ≈ 0.881.
@@ -292,7 +397,7 @@ mod tests {
             Path::new("x.png"),
             "abc",
             &spec(OutputActivation::Sigmoid, None),
-            &[0.0, 2.0],
+            (&[], &[0.0, 2.0]),
             SourceInfo::Jpeg,
             t,
         );
@@ -308,7 +413,7 @@ mod tests {
             Path::new("x.png"),
             "abc",
             &spec(OutputActivation::Sigmoid, Some(calibration)),
-            &[0.0, 2.0],
+            (&[], &[0.0, 2.0]),
             SourceInfo::Jpeg,
             t,
         );
@@ -319,5 +424,63 @@ mod tests {
         let b = json.find("\"b\":").unwrap();
         let a = json.find("\"a\":").unwrap();
         assert!(b < a, "{json}");
+    }
+
+    #[test]
+    fn beyond_the_ood_threshold_probabilities_stay_and_flags_go() {
+        use crate::bundle::guard::OodScore;
+        let spec = OutputSpec {
+            class_names: vec!["nv".into(), "mel".into()],
+            activation: OutputActivation::Softmax,
+            calibration: Some(Calibration {
+                temperature: 1.0,
+                target_sensitivity: 0.9,
+                thresholds: vec![Some(0.5), Some(0.5)],
+            }),
+            ood: Some(OodGuard {
+                score: OodScore::Energy,
+                threshold: -3.0,
+                target_false_rejection: 0.01,
+                fitted_on_images: 10,
+            }),
+        };
+        let t = Timings {
+            decode_ms: 0.0,
+            preprocess_ms: 0.0,
+            infer_ms: 0.0,
+        };
+        let result = |logits: &[f32]| {
+            ScreeningResult::new(
+                Path::new("x.png"),
+                "m",
+                &spec,
+                (&[], logits),
+                SourceInfo::Jpeg,
+                t,
+            )
+        };
+        let sure = result(&[0.0, 6.0]);
+        assert_eq!(sure.status, Status::Screened);
+        assert_eq!(sure.flags, vec!["mel".to_string()]);
+        let unsure = result(&[0.5, 0.6]);
+        assert_eq!(unsure.status, Status::OutOfDistribution);
+        assert!(unsure.flags.is_empty());
+        assert_eq!(unsure.top_class.as_deref(), Some("mel"));
+        assert!(unsure.ood.unwrap().score > -3.0);
+        // A multi-frame file with one such frame is out of distribution as a whole.
+        let file = ScreeningResult::from_frames(vec![sure, unsure]).unwrap();
+        assert_eq!(file.status, Status::OutOfDistribution);
+        assert!(file.flags.is_empty() && file.frames.len() == 2);
+        let refused = ScreeningResult::not_applicable(
+            Path::new("cxr.png"),
+            "m",
+            Refusal("1 channel(s) (grey) where the model takes 3 (colour)".into()),
+            SourceInfo::Png { bit_depth: 8 },
+            t,
+        );
+        let json = serde_json::to_value(&refused).unwrap();
+        assert_eq!(json["status"], "not_applicable");
+        assert!(json.get("probabilities").is_none() && json.get("top_class").is_none());
+        assert_eq!(json["flags"], serde_json::json!([]));
     }
 }

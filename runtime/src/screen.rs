@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::pipeline::Screener;
+use crate::report::Status;
 use crate::Error;
 
 /// What a `screen` run did.
@@ -18,6 +19,10 @@ pub struct ScreenSummary {
     pub written: usize,
     /// Files that could not be screened (each handed to the failure callback).
     pub failed: usize,
+    /// Results `not_applicable` (an input rule of the bundle failed).
+    pub not_applicable: usize,
+    /// Results `out_of_distribution`.
+    pub out_of_distribution: usize,
 }
 
 /// Why a `screen` run stopped before its last file.
@@ -44,6 +49,11 @@ pub fn write_json_lines(
     let mut stopped = None;
     screener.screen_files(files, jobs, |file, outcome| match outcome {
         Ok(result) => {
+            match result.status {
+                Status::Screened => {}
+                Status::NotApplicable => summary.not_applicable += 1,
+                Status::OutOfDistribution => summary.out_of_distribution += 1,
+            }
             let written = serde_json::to_string(&result)
                 .map_err(OutputError::Serialise)
                 .and_then(|line| {

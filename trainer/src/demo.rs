@@ -41,6 +41,8 @@ pub struct ScreenedImage {
     pub file: String,
     /// Its true class.
     pub truth: String,
+    /// The runtime's verdict: `screened`, `not_applicable`, `out_of_distribution`.
+    pub status: String,
     /// The runtime's top class.
     pub predicted: String,
     /// Its probability.
@@ -345,6 +347,7 @@ fn screen_with_runtime<B: AutodiffBackend>(
                 .target
                 .class()
                 .map_or_else(String::new, |c| index.class_names[c].clone()),
+            status: v["status"].as_str().unwrap_or("").to_string(),
             predicted: v["top_class"].as_str().unwrap_or("").to_string(),
             probability: v["top_probability"].as_f64().unwrap_or(f64::NAN),
             max_prob_diff_vs_burn: max_diff,
@@ -438,6 +441,18 @@ impl DemoSummary {
             self.export.max_abs_logit_diff,
             self.export.checked_images
         );
+        if let Some(rules) = &self.export.input_rules {
+            s += &format!(
+                "  input rules: {}\n",
+                rules.derived_from.as_deref().unwrap_or("set with --accept")
+            );
+        }
+        if let Some(ood) = &self.export.ood {
+            s += &format!(
+                "  out-of-distribution guard: {:?} score, threshold {:.3}, rejects {:.3} of {} val images\n",
+                ood.method, ood.threshold, ood.validation_rejection, ood.validation_images
+            );
+        }
         if let Some(int8) = &self.export.int8 {
             let best = &int8.methods[0];
             let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.3}"));
@@ -455,8 +470,16 @@ impl DemoSummary {
         s += "  runtime screening of held-out images:\n";
         for r in &self.screened {
             s += &format!(
-                "    {:<60} truth {:<6} -> {:<6} p={:.3} (|Δp| vs burn {:.1e})\n",
-                r.file, r.truth, r.predicted, r.probability, r.max_prob_diff_vs_burn
+                "    {:<60} truth {:<6} -> {:<6} p={:.3} (|Δp| vs burn {:.1e}){}\n",
+                r.file,
+                r.truth,
+                r.predicted,
+                r.probability,
+                r.max_prob_diff_vs_burn,
+                match r.status.as_str() {
+                    "screened" => String::new(),
+                    other => format!(" [{other}]"),
+                }
             );
         }
         s += &format!("  total {:.0} s\n", self.seconds);

@@ -14,9 +14,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod guard;
 pub mod signing;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
+
+pub use guard::{InputRules, OodGuard};
 
 use crate::persist::{read, write_atomically};
 use crate::preprocess::PreprocessConfig;
@@ -51,6 +54,13 @@ pub struct BundleManifest {
     /// The int8 model (the `mcu` export target), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8: Option<Int8Entry>,
+    /// The inputs the model is for (DICOM attributes, channels, size); others are reported
+    /// `not_applicable` without running the model. None: every decodable image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_rules: Option<InputRules>,
+    /// The out-of-distribution guard fitted at export; none: no score reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodGuard>,
 }
 
 /// The int8 model blob of a bundle (format: `scanside_int8::blob`), run on the host by the
@@ -384,6 +394,13 @@ impl BundleManifest {
             {
                 return bad("calibration.thresholds must be probabilities in [0, 1]".into());
             }
+        }
+        if let Some(rules) = &self.input_rules {
+            rules.validate().or_else(bad)?;
+        }
+        if let Some(ood) = &self.ood {
+            ood.validate(self.class_names.len(), self.preprocess.channels as usize)
+                .or_else(bad)?;
         }
         self.preprocess.validate(path)
     }

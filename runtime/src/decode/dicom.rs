@@ -59,6 +59,44 @@ pub fn dicom_identity_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomIdent
     })
 }
 
+/// The DICOM attributes that say what an image is — what a bundle's input rules test
+/// (`bundle::guard`) — read without decoding pixels.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct DicomAttributes {
+    /// (0008,0060) Modality.
+    pub modality: Option<String>,
+    /// (0018,0015) Body Part Examined.
+    pub body_part_examined: Option<String>,
+    /// (0008,0016) SOP Class UID.
+    pub sop_class_uid: Option<String>,
+    /// (0028,0004) Photometric Interpretation.
+    pub photometric_interpretation: Option<String>,
+    /// (0008,0008) Image Type, its values joined by backslashes, as stored.
+    pub image_type: Option<String>,
+    /// (0018,5101) View Position.
+    pub view_position: Option<String>,
+    /// (0028,0101) Bits Stored.
+    pub bits_stored: Option<u32>,
+}
+
+/// Reads what a DICOM file (Part 10 bytes, preamble included) says it is, from its header.
+pub fn dicom_attributes_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomAttributes> {
+    let obj = read_part10(bytes, true).map_err(|e| Error::Decode {
+        path: path.to_path_buf(),
+        reason: format!("malformed DICOM header: {e}"),
+    })?;
+    let text = |tag| text(&obj, tag);
+    Ok(DicomAttributes {
+        modality: text(tags::MODALITY),
+        body_part_examined: text(tags::BODY_PART_EXAMINED),
+        sop_class_uid: text(tags::SOP_CLASS_UID),
+        photometric_interpretation: text(tags::PHOTOMETRIC_INTERPRETATION),
+        image_type: text(tags::IMAGE_TYPE),
+        view_position: text(tags::VIEW_POSITION),
+        bits_stored: super::attributes::uint(&obj, tags::BITS_STORED),
+    })
+}
+
 /// A DICOM image's frame before windowing: what pydicom calls the modality-LUT output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DicomValues {

@@ -30,8 +30,9 @@ mod rle;
 mod voi;
 
 pub use dicom::{
-    dicom_identity_from_bytes, dicom_image, read_dicom_frames, read_dicom_identity,
-    read_dicom_values, DicomIdentity, DicomValues, MAX_FRAMES,
+    dicom_attributes_from_bytes, dicom_identity_from_bytes, dicom_image, read_dicom_frames,
+    read_dicom_identity, read_dicom_values, DicomAttributes, DicomIdentity, DicomValues,
+    MAX_FRAMES,
 };
 pub use lut::LookupTable;
 pub use part10::{MAX_INFLATED_BYTES, MAX_SEQUENCE_DEPTH};
@@ -50,6 +51,25 @@ pub struct DecodedImage {
     pub pixels: Vec<f32>,
     /// What the decoder read, for reports.
     pub source: SourceInfo,
+}
+
+impl DecodedImage {
+    /// The channels the content has: 1 for a grey image, also for one stored as three equal
+    /// channels (chest films saved as RGB PNGs; JPEG's rounding of such an image allowed for),
+    /// otherwise its channels.
+    pub fn content_channels(&self) -> u32 {
+        const TOLERANCE: f32 = 3.0 / 255.0;
+        let grey_in_colour = self.channels == 3
+            && self
+                .pixels
+                .chunks_exact(3)
+                .all(|p| (p[0] - p[1]).abs() <= TOLERANCE && (p[0] - p[2]).abs() <= TOLERANCE);
+        if grey_in_colour {
+            1
+        } else {
+            self.channels
+        }
+    }
 }
 
 /// What kind of file an image came from and how its values were mapped to `[0, 1]`.
@@ -205,6 +225,21 @@ pub fn to_png16(image: &DecodedImage, path: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grey_stored_as_three_equal_channels_counts_as_grey() {
+        let image = |pixels: Vec<f32>| DecodedImage {
+            width: 2,
+            height: 1,
+            channels: 3,
+            pixels,
+            source: SourceInfo::Jpeg,
+        };
+        let jpeg_grey = image(vec![0.5, 0.5 + 2.0 / 255.0, 0.5, 0.1, 0.1, 0.1]);
+        assert_eq!(jpeg_grey.content_channels(), 1);
+        let colour = image(vec![0.5, 0.3, 0.2, 0.1, 0.1, 0.1]);
+        assert_eq!(colour.content_channels(), 3);
+    }
 
     #[test]
     fn sniffs_formats_from_bytes_not_names() {

@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::bundle::{Bundle, SignatureStatus};
+use crate::bundle::guard::Refusal;
+use crate::bundle::{Bundle, InputRules, SignatureStatus};
 use crate::decode::{self, DicomFrames, SourceInfo};
 use crate::infer::{Engine, EngineKind};
 use crate::preprocess::{preprocess, PreprocessConfig};
@@ -29,6 +30,9 @@ pub struct ModelInput {
     pub frame: Option<u32>,
     /// What was decoded.
     pub source: SourceInfo,
+    /// The decoded image's content channels ([`decode::DecodedImage::content_channels`]),
+    /// width and height (before resizing), for the bundle's input rules.
+    pub decoded: (u32, u32, u32),
     /// The preprocessed `C×H×W` input.
     pub values: Vec<f32>,
     /// Milliseconds reading and decoding it took (the first input counts from when reading
@@ -54,6 +58,7 @@ pub fn model_inputs(
         let values = preprocess(&image, config, path)?;
         Ok(ModelInput {
             frame,
+            decoded: (image.content_channels(), image.width, image.height),
             source: image.source,
             values,
             decode_ms: ms(decoding, decoded),
@@ -97,6 +102,7 @@ fn ms(from: Instant, to: Instant) -> f64 {
 pub struct Screener {
     engine: Engine,
     preprocess: PreprocessConfig,
+    rules: Option<InputRules>,
     output: OutputSpec,
     model_id: String,
     verified: bool,
@@ -113,10 +119,16 @@ impl Screener {
         Ok(Self {
             engine: Engine::load(bundle, engine)?,
             preprocess: bundle.manifest.preprocess.clone(),
+            rules: bundle.manifest.input_rules.clone(),
             output: OutputSpec::of(&bundle.manifest),
             verified: matches!(bundle.signature, SignatureStatus::Verified(_)),
             model_id: bundle.model_id().to_string(),
         })
+    }
+
+    /// The model's class names, in output order.
+    pub fn class_names(&self) -> &[String] {
+        &self.output.class_names
     }
 
     /// Screens `files` on `jobs` threads (each image is independent; the model is shared
@@ -144,8 +156,10 @@ impl Screener {
     }
 
     /// Screens an image already read into memory; `path` names it in the result and errors,
-    /// `started` is when reading began (the decode timing counts from there). Under the
-    /// every-frame policy a DICOM file's result folds its frames' results
+    /// `started` is when reading began (the decode timing counts from there). The bundle's
+    /// input rules come first: a DICOM file whose attributes fail them is not decoded, an
+    /// image whose channels or size fail them is not inferred — either is `not_applicable`.
+    /// Under the every-frame policy a DICOM file's result folds its frames' results
     /// ([`ScreeningResult::from_frames`]).
     pub fn screen_bytes(
         &self,
@@ -153,9 +167,19 @@ impl Screener {
         bytes: &[u8],
         started: Instant,
     ) -> Result<ScreeningResult> {
+        if let Some(refused) = self.check_dicom_rules(path, bytes, started)? {
+            return Ok(refused);
+        }
         let mut image = None;
         let mut frames = Vec::new();
         model_inputs(path, bytes, &self.preprocess, started, |input| {
+            if image.is_some() {
+                return Ok(()); // refused on an earlier frame: every frame has its size
+            }
+            if let Some(refused) = self.check_image_rules(path, &input) {
+                image = Some(refused);
+                return Ok(());
+            }
             let framed = input.frame.is_some();
             let result = self.report(path, input)?;
             if framed {
@@ -174,6 +198,71 @@ impl Screener {
         }
     }
 
+    /// A DICOM file's attributes against the bundle's attribute rules: the `not_applicable`
+    /// result when they fail, `None` when they pass (or there are none, or it is no DICOM).
+    fn check_dicom_rules(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        started: Instant,
+    ) -> Result<Option<ScreeningResult>> {
+        let Some(rules) = self.rules.as_ref().filter(|r| !r.dicom.is_empty()) else {
+            return Ok(None);
+        };
+        if decode::sniff(bytes) != Some(decode::FileFormat::Dicom) {
+            return Ok(None);
+        }
+        let attributes = decode::dicom_attributes_from_bytes(path, bytes)?;
+        let Err(refusal) = rules.check_dicom(&attributes) else {
+            return Ok(None);
+        };
+        let source = SourceInfo::Dicom {
+            modality: attributes.modality.clone(),
+            photometric: attributes
+                .photometric_interpretation
+                .clone()
+                .unwrap_or_default(),
+            bits_stored: attributes.bits_stored.unwrap_or(0) as u16,
+            windowing: "not decoded (input rule)".into(),
+        };
+        let timings = Timings {
+            decode_ms: ms(started, Instant::now()),
+            preprocess_ms: 0.0,
+            infer_ms: 0.0,
+        };
+        Ok(Some(self.refused(path, refusal, source, timings)))
+    }
+
+    /// A decoded input's channels and size against the bundle's image rules.
+    fn check_image_rules(&self, path: &Path, input: &ModelInput) -> Option<ScreeningResult> {
+        let (channels, width, height) = input.decoded;
+        let refusal = self
+            .rules
+            .as_ref()?
+            .check_image(channels, width, height)
+            .err()?;
+        let timings = Timings {
+            decode_ms: input.decode_ms,
+            preprocess_ms: input.preprocess_ms,
+            infer_ms: 0.0,
+        };
+        Some(self.refused(path, refusal, input.source.clone(), timings))
+    }
+
+    fn refused(
+        &self,
+        path: &Path,
+        refusal: Refusal,
+        source: SourceInfo,
+        timings: Timings,
+    ) -> ScreeningResult {
+        let mut result =
+            ScreeningResult::not_applicable(path, &self.model_id, refusal, source, timings);
+        result.model_verified = self.verified;
+        result.engine = self.engine.kind();
+        result
+    }
+
     /// Infer → report for one model input.
     fn report(&self, path: &Path, input: ModelInput) -> Result<ScreeningResult> {
         let inferring = Instant::now();
@@ -183,7 +272,7 @@ impl Screener {
             path,
             &self.model_id,
             &self.output,
-            &logits,
+            (&input.values, &logits),
             input.source,
             Timings {
                 decode_ms: input.decode_ms,

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::DicomIdentity;
-use crate::report::Timings;
+use crate::report::{Status, Timings};
 use crate::{Error, Result};
 
 /// What happened.
@@ -39,6 +39,9 @@ pub enum AuditEvent {
     Received,
     /// A DICOM association was refused (e.g. calling AE title not allowed).
     AssociationRejected,
+    /// A DICOM instance was refused at reception: it fails the bundle's input rules and the
+    /// receiver is configured to refuse such instances (`refused_by` says which rule).
+    InstanceRefused,
 }
 
 /// One line of the audit log. Fields that do not apply to an event are left out.
@@ -69,6 +72,13 @@ pub struct AuditRecord {
     /// Whether the bundle's signature was verified.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_verified: Option<bool>,
+    /// Whether the model's answer stands (`screened`, `not_applicable`,
+    /// `out_of_distribution`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// The input rule a `not_applicable` input failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<String>,
     /// The most probable class.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_class: Option<String>,

@@ -72,6 +72,10 @@ pub struct ReceiveConfig {
     /// Concurrent associations.
     #[serde(default = "default_max_associations")]
     pub max_associations: usize,
+    /// Refuse instances failing the bundle's DICOM input rules (C-STORE status 0x0122, the
+    /// sender keeps them) instead of storing them and reporting them `not_applicable`.
+    #[serde(default)]
+    pub refuse_not_applicable: bool,
 }
 
 fn default_settle_ms() -> u64 {
@@ -179,6 +183,11 @@ pub fn run(config: &ServiceConfig, stop: &AtomicBool) -> Result<Summary> {
                 allowed_calling: r.allowed_calling_ae.clone(),
                 drop_dir: config.in_dir.clone(),
                 max_associations: r.max_associations,
+                refuse: r
+                    .refuse_not_applicable
+                    .then(|| bundle.manifest.input_rules.clone())
+                    .flatten()
+                    .filter(|rules| !rules.dicom.is_empty()),
             };
             Some((receive::bind(&receive)?, receive))
         }

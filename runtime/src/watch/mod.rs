@@ -36,7 +36,7 @@ use crate::bundle::sha256_hex;
 use crate::decode::{self, DicomIdentity, FileFormat};
 use crate::persist::write_atomically;
 use crate::pipeline::Screener;
-use crate::report::ScreeningResult;
+use crate::report::{ScreeningResult, Status};
 use crate::{Error, Result};
 use audit::{AuditEvent, AuditLog, AuditRecord, Journal};
 
@@ -124,16 +124,27 @@ struct StoredResult<'a> {
 struct StudyResult {
     study_uid: String,
     model_id: String,
-    /// The study's most probable class (over the per-class maxima).
-    top_class: String,
+    /// The study's most probable class (over the per-class maxima of its screened images;
+    /// none when none was screened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    top_class: Option<String>,
     /// Per class, the highest probability over the study's images.
     #[serde(
         serialize_with = "crate::report::ordered_map",
         deserialize_with = "pairs_from_map"
     )]
     probabilities: Vec<(String, f32)>,
-    /// Classes flagged on any image.
+    /// Classes flagged on any screened image.
     flags: Vec<String>,
+    /// Images screened (their answers stand and make the aggregate above).
+    #[serde(default)]
+    screened: usize,
+    /// Images the model is not for (an input rule failed); not in the aggregate.
+    #[serde(default)]
+    not_applicable: usize,
+    /// Images beyond the out-of-distribution threshold; not in the aggregate.
+    #[serde(default)]
+    out_of_distribution: usize,
     instances: Vec<StudyInstance>,
 }
 
@@ -143,30 +154,42 @@ struct StudyInstance {
     claim_id: String,
     series_uid: Option<String>,
     sop_instance_uid: Option<String>,
-    top_class: String,
-    /// In the model's class order.
+    #[serde(default)]
+    status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused_by: Option<String>,
+    top_class: Option<String>,
+    /// In the model's class order (empty when the model did not run).
     probabilities: Vec<f32>,
     flags: Vec<String>,
     result_file: String,
 }
 
 impl StudyResult {
-    /// Recomputes the aggregate from the instances; `latest` supplies class names and model.
-    fn aggregate(&mut self, latest: &ScreeningResult) {
-        self.model_id = latest.model_id.clone();
-        let names: Vec<String> = latest
-            .probabilities
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect();
+    /// Recomputes the aggregate from the screened instances (the others are only counted);
+    /// `class_names` and `model_id` are the bundle's.
+    fn aggregate(&mut self, class_names: &[String], model_id: &str) {
+        self.model_id = model_id.to_string();
+        let names = class_names.to_vec();
+        let count = |status| self.instances.iter().filter(|i| i.status == status).count();
+        self.screened = count(Status::Screened);
+        self.not_applicable = count(Status::NotApplicable);
+        self.out_of_distribution = count(Status::OutOfDistribution);
         let folded = crate::report::fold_max(
             &names,
             self.instances
                 .iter()
+                .filter(|i| i.status == Status::Screened)
                 .map(|i| (i.probabilities.as_slice(), i.flags.as_slice())),
         );
-        self.top_class = names.get(folded.top).cloned().unwrap_or_default();
-        self.probabilities = folded.probabilities;
+        self.top_class = (self.screened > 0)
+            .then(|| names.get(folded.top).cloned())
+            .flatten();
+        self.probabilities = if self.screened > 0 {
+            folded.probabilities
+        } else {
+            Vec::new()
+        };
         self.flags = folded.flags;
     }
 }
@@ -505,7 +528,9 @@ impl Service {
                         self.update_study(study, item, dicom.as_ref(), &result, &result_path)?;
                     record.detail = Some(serde_json::json!({ "study_file": path }));
                 }
-                record.top_class = Some(result.top_class.clone());
+                record.status = Some(result.status);
+                record.refused_by = result.refused_by.clone();
+                record.top_class = result.top_class.clone();
                 record.flags = Some(result.flags.clone());
                 record.timings = Some(result.timings);
                 record.result_file = Some(result_path.display().to_string());
@@ -564,12 +589,14 @@ impl Service {
             claim_id: item.claim.clone(),
             series_uid: dicom.and_then(|d| d.series_uid.clone()),
             sop_instance_uid: dicom.and_then(|d| d.sop_instance_uid.clone()),
+            status: result.status,
+            refused_by: result.refused_by.clone(),
             top_class: result.top_class.clone(),
             probabilities: result.probabilities.iter().map(|(_, p)| *p).collect(),
             flags: result.flags.clone(),
             result_file: result_path.display().to_string(),
         });
-        study.aggregate(result);
+        study.aggregate(self.screener.class_names(), &result.model_id);
         write_json(&path, &study)?;
         Ok(path)
     }

@@ -5,7 +5,10 @@
 //! acknowledged instance survives a crash; the drop-folder [`super::Service`] screens it. When
 //! the instance cannot be stored (disk full), the response says "out of resources" (A700) and
 //! the sender keeps it and retries. The dataset bytes are stored as received, in the
-//! negotiated transfer syntax, not re-encoded.
+//! negotiated transfer syntax, not re-encoded. With `refuse_not_applicable`, an instance
+//! failing the bundle's DICOM input rules (a CT sent to a dermatology box) is not stored: it is
+//! audited and answered 0x0122, so the sender keeps it. The rules are known only once the data
+//! set is read, so this happens per instance, not when the association is negotiated.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +24,8 @@ use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, 
 use dicom_ul::{Pdu, ServerAssociationOptions};
 
 use super::audit::{AuditEvent, AuditLog, AuditRecord};
+use crate::bundle::InputRules;
+use crate::decode;
 use crate::persist::write_atomically;
 use crate::{Error, Result};
 
@@ -31,6 +36,8 @@ const C_ECHO_RQ: u16 = 0x0030;
 const STATUS_SUCCESS: u16 = 0x0000;
 const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;
 const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
+/// PS3.7 C.5: "Refused: SOP Class not supported" — this node takes no such instance.
+const STATUS_NOT_SUPPORTED: u16 = 0x0122;
 /// Verification SOP class.
 const VERIFICATION: &str = "1.2.840.10008.1.1";
 /// The largest instance accepted (a bound on memory per association).
@@ -51,6 +58,9 @@ pub struct ReceiveOptions {
     pub drop_dir: PathBuf,
     /// Concurrent associations; more are refused until one ends.
     pub max_associations: usize,
+    /// Input rules whose DICOM attribute rules an instance must pass to be stored (none:
+    /// every instance is stored; the screener then reports misfits `not_applicable`).
+    pub refuse: Option<InputRules>,
 }
 
 /// Access control: the called title must be ours; the calling title must be on the allow-list
@@ -306,7 +316,27 @@ impl Session {
         options: &ReceiveOptions,
         audit: &AuditLog,
     ) -> u16 {
-        match store(&options.drop_dir, request, transfer_syntax, &self.data) {
+        let bytes = match part10_bytes(request, transfer_syntax, &self.data) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("scanside: receive: cannot store: {e}");
+                return STATUS_CANNOT_UNDERSTAND;
+            }
+        };
+        if let Some(refusal) = refusal(options.refuse.as_ref(), &bytes) {
+            let mut record = AuditRecord::now(AuditEvent::InstanceRefused);
+            record.refused_by = Some(refusal);
+            record.detail = Some(serde_json::json!({
+                "calling_ae": self.calling,
+                "peer": self.peer.to_string(),
+                "sop_instance_uid": request.sop_instance_uid,
+            }));
+            return match audit.append(&record) {
+                Ok(()) => STATUS_NOT_SUPPORTED,
+                Err(_) => STATUS_OUT_OF_RESOURCES,
+            };
+        }
+        match store(&options.drop_dir, request, &bytes) {
             Ok(path) => {
                 let mut record = AuditRecord::now(AuditEvent::Received);
                 record.input = Some(path.display().to_string());
@@ -480,7 +510,35 @@ fn send_command<S: std::io::Read + std::io::Write + dicom_ul::association::Close
 }
 
 /// Writes one instance as a Part-10 file into `dir` (atomically, durably) and returns its path.
-fn store(dir: &Path, request: &Command, transfer_syntax: &str, dataset: &[u8]) -> Result<PathBuf> {
+/// The rule a received instance (Part 10 bytes) fails, when the receiver refuses misfits; an
+/// instance whose header cannot be read is stored, for the screener to report.
+fn refusal(rules: Option<&InputRules>, bytes: &[u8]) -> Option<String> {
+    let attributes = decode::dicom_attributes_from_bytes(Path::new("received"), bytes).ok()?;
+    rules?.check_dicom(&attributes).err().map(|r| r.0)
+}
+
+/// A received data set as a DICOM Part 10 file: preamble, file meta information, data set.
+fn part10_bytes(
+    request: &Command,
+    transfer_syntax: &str,
+    dataset: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(request.sop_class_uid.as_str())
+        .media_storage_sop_instance_uid(request.sop_instance_uid.as_str())
+        .transfer_syntax(transfer_syntax.trim_end_matches('\0'))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(dataset.len() + 512);
+    bytes.extend_from_slice(&[0; 128]);
+    bytes.extend_from_slice(b"DICM");
+    meta.write(&mut bytes).map_err(|e| e.to_string())?;
+    bytes.extend_from_slice(dataset);
+    Ok(bytes)
+}
+
+/// Writes a received instance into the drop folder, named by its SOP Instance UID.
+fn store(dir: &Path, request: &Command, bytes: &[u8]) -> Result<PathBuf> {
     let uid = request.sop_instance_uid.as_str();
     // A UID is digits and dots; anything else would be a path trick.
     let name = if super::is_uid(uid) {
@@ -489,25 +547,8 @@ fn store(dir: &Path, request: &Command, transfer_syntax: &str, dataset: &[u8]) -
         format!("instance-{}.dcm", request.message_id)
     };
     let path = dir.join(name);
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(request.sop_class_uid.as_str())
-        .media_storage_sop_instance_uid(uid)
-        .transfer_syntax(transfer_syntax.trim_end_matches('\0'))
-        .build()
-        .map_err(|e| Error::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-    let mut bytes = Vec::with_capacity(dataset.len() + 512);
-    bytes.extend_from_slice(&[0; 128]);
-    bytes.extend_from_slice(b"DICM");
-    meta.write(&mut bytes).map_err(|e| Error::Io {
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    bytes.extend_from_slice(dataset);
     // The temp name ends in `.part`, which the drop-folder scan ignores.
-    write_atomically(&path, &bytes)?;
+    write_atomically(&path, bytes)?;
     Ok(path)
 }
 

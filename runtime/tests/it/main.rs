@@ -4,5 +4,6 @@
 mod cli;
 mod decode_regressions;
 mod dicom;
+mod guard;
 mod service;
 mod util;

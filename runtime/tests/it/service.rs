@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use scanside_runtime::fixtures::{write_dicom, DicomFixture};
 
-use crate::util::write_linear_bundle;
+use crate::util::{write_linear_bundle, write_linear_bundle_edited};
 
 /// A drop folder, a results folder and a signed fixture bundle.
 struct Site {
@@ -33,6 +33,23 @@ impl Site {
             results,
             _root: root,
         }
+    }
+
+    /// A site whose bundle takes only dermoscopy DICOM (Modality XC or DMS); the fixture
+    /// instances are CR.
+    fn dermatology() -> Self {
+        let site = Self::new();
+        write_linear_bundle_edited(&site.bundle, |m| {
+            m.input_rules = Some(scanside_runtime::bundle::InputRules {
+                dicom: vec![scanside_runtime::bundle::guard::AttributeRule {
+                    attribute: scanside_runtime::bundle::guard::DicomAttribute::Modality,
+                    accept: vec!["XC".into(), "DMS".into()],
+                    allow_missing: false,
+                }],
+                ..Default::default()
+            })
+        });
+        site
     }
 
     fn command(&self, subcommand: &str, extra: &[&str]) -> Command {
@@ -743,4 +760,83 @@ fn restart_finishes_committed_items_without_rescreening_and_redoes_the_others() 
     let screened = site.events("screened");
     assert_eq!(screened.len(), 2, "the old record and the redo's");
     assert_eq!(site.events("service_start")[0]["detail"]["recovered"], 2);
+}
+
+fn write_study_instance(dir: &Path, uid: &str, study: &str) -> PathBuf {
+    let path = dir.join(format!("{uid}.sent"));
+    write_dicom(
+        &path,
+        &DicomFixture {
+            photometric: "MONOCHROME2",
+            pixels: &[500; 16],
+            rows: 4,
+            cols: 4,
+            window: None,
+            patient_id: Some("PAT-3"),
+            sop_instance_uid: Some(uid),
+            study_uid: Some(study),
+        },
+    );
+    path
+}
+
+/// A chest film sent to a dermatology box: stored and reported `not_applicable` (audited, the
+/// study counting it apart, no flags); with `--refuse-not-applicable`, refused at reception
+/// (0x0122, audited) and never stored.
+#[test]
+fn receive_reports_instances_the_model_is_not_for_or_refuses_them_when_told() {
+    let site = Site::dermatology();
+    let Some((child, dcmtk)) = start_receiver(&site, &[]) else {
+        return;
+    };
+    let sent = tempfile::tempdir().unwrap();
+    let study = "1.2.826.0.1.3680043.2.1125.78";
+    let instance = write_study_instance(sent.path(), "1.2.826.0.1.3680043.2.1125.9.60", study);
+    let out = dcmtk.run("storescu", "MODALITY", std::slice::from_ref(&instance));
+    assert!(out.status.success(), "C-STORE: {}", stderr(&out));
+    wait_until("the committed result", Duration::from_secs(60), || {
+        site.events("screened").len() == 1
+    });
+    let record = &site.events("screened")[0];
+    assert_eq!(record["status"], "not_applicable");
+    assert!(
+        record["refused_by"].as_str().unwrap().contains("Modality"),
+        "{record}"
+    );
+    let study_file = site.results.join("studies").join(format!("{study}.json"));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(&study_file).unwrap()).unwrap();
+    assert_eq!(
+        (
+            summary["screened"].as_u64(),
+            summary["not_applicable"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    assert!(summary.get("top_class").is_none() && summary["flags"] == serde_json::json!([]));
+    terminate(child);
+
+    let Some((child, dcmtk)) = start_receiver(&site, &["--refuse-not-applicable"]) else {
+        return;
+    };
+    let uid = "1.2.826.0.1.3680043.2.1125.9.61";
+    let instance = write_study_instance(sent.path(), uid, study);
+    let out = dcmtk.run("storescu", "MODALITY", std::slice::from_ref(&instance));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out)).to_lowercase();
+    assert!(
+        said.contains("0x0122") || said.contains("sopclassnotsupported"),
+        "{said}"
+    );
+    wait_until(
+        "the refusal's audit record",
+        Duration::from_secs(30),
+        || site.events("instance_refused").len() == 1,
+    );
+    let refused = &site.events("instance_refused")[0];
+    assert!(
+        refused["refused_by"].as_str().unwrap().contains("\"CR\""),
+        "{refused}"
+    );
+    assert!(!site.incoming.join(format!("{uid}.dcm")).exists());
+    terminate(child);
 }

@@ -107,6 +107,8 @@ pub fn write_linear_bundle(dir: &Path) {
             evaluation: None,
         },
         int8: None,
+        input_rules: None,
+        ood: None,
     };
     let key = test_key();
     write_bundle(dir, manifest, &model.encode_to_vec(), Some(&key)).unwrap();
@@ -122,6 +124,17 @@ pub fn write_linear_bundle(dir: &Path) {
         ),
     )
     .unwrap();
+}
+
+/// [`write_linear_bundle`] with its manifest changed by `edit`, then written and signed again.
+pub fn write_linear_bundle_edited(dir: &Path, edit: impl FnOnce(&mut BundleManifest)) {
+    write_linear_bundle(dir);
+    let manifest_path = dir.join(scanside_runtime::bundle::MANIFEST_FILE);
+    let mut manifest: BundleManifest =
+        serde_json::from_slice(&std::fs::read(manifest_path).unwrap()).unwrap();
+    edit(&mut manifest);
+    let model = std::fs::read(dir.join(&manifest.model.file)).unwrap();
+    write_bundle(dir, manifest, &model, Some(&test_key())).unwrap();
 }
 
 /// [`write_linear_bundle`] plus the same classifier as an int8 blob: global average pool of

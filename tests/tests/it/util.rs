@@ -151,7 +151,8 @@ pub fn compare_runtime_with_burn(
             max_diff = max_diff.max((p - q).abs()).max((t - q).abs());
         }
         let burn_top = scanside_trainer::metrics::argmax(&burn_probs[k]);
-        agree += usize::from(result.top_class == config.class_names[burn_top]);
+        agree +=
+            usize::from(result.top_class.as_deref() == Some(config.class_names[burn_top].as_str()));
     }
     Ok((max_diff, agree, test.len()))
 }

@@ -6,6 +6,8 @@ use scanside_runtime::decode::DicomFrames;
 use serde::{Deserialize, Serialize};
 
 use crate::int8_calibration::{CalibrationMethod, QdqProfile};
+use crate::metrics::OodMethod;
+use scanside_runtime::bundle::guard::DicomAttribute;
 
 /// What to export besides the fp32 ONNX model.
 #[derive(Debug, Clone)]
@@ -23,6 +25,111 @@ pub struct ExportOptions {
     /// Which frames of multi-frame DICOM files the runtime screens (a deployment choice: the
     /// model sees one frame at a time either way).
     pub dicom_frames: DicomFrames,
+    /// Input rules laid over the ones derived from the training data (`--accept`).
+    pub accept: Vec<AcceptSetting>,
+    /// The out-of-distribution guard fitted on validation images.
+    pub ood: OodOptions,
+}
+
+/// How the out-of-distribution guard is fitted at export.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OodOptions {
+    /// The score (`none`: no guard).
+    pub method: OodMethod,
+    /// The share of in-distribution validation images the threshold rejects.
+    pub false_rejection: f32,
+    /// Validation images fitted on (spread over the partition; 0: all).
+    pub images: usize,
+}
+
+impl Default for OodOptions {
+    fn default() -> Self {
+        Self {
+            method: OodMethod::default(),
+            false_rejection: 0.01,
+            images: 2000,
+        }
+    }
+}
+
+/// One `--accept` setting: replaces the derived rule of its kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcceptSetting {
+    /// `ATTRIBUTE=V1,V2` (DICOM keyword; `*` and `?` wildcards; the value `(missing)` lets
+    /// files without the attribute pass; `ATTRIBUTE=*` drops the rule).
+    Attribute {
+        /// The attribute.
+        attribute: DicomAttribute,
+        /// Accepted values (empty: no rule on this attribute).
+        values: Vec<String>,
+        /// Whether files without the attribute pass.
+        allow_missing: bool,
+    },
+    /// `channels=3`, `channels=1,3` or `channels=*`.
+    Channels(Vec<u32>),
+    /// `min-side=200` or `min-side=*`.
+    MinSide(Option<u32>),
+    /// `any`: no input rules at all.
+    Any,
+}
+
+impl AcceptSetting {
+    /// Parses one `--accept` value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim() == "any" {
+            return Ok(Self::Any);
+        }
+        let (key, value) = text.split_once('=').ok_or_else(|| {
+            format!("--accept {text:?}: expected KEY=VALUE[,VALUE] (e.g. Modality=XC,DMS) or any")
+        })?;
+        let (key, value) = (key.trim(), value.trim());
+        let values: Vec<String> = value
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let any = values.iter().any(|v| v == "*");
+        let number = |v: &String| {
+            v.parse::<u32>()
+                .map_err(|_| format!("--accept {key}={v}: expected a whole number"))
+        };
+        match key {
+            "channels" if any => Ok(Self::Channels(Vec::new())),
+            "channels" => {
+                let channels = values.iter().map(number).collect::<Result<Vec<_>, _>>()?;
+                if channels.is_empty() || channels.iter().any(|c| *c != 1 && *c != 3) {
+                    return Err(format!("--accept channels={value}: expected 1, 3 or 1,3"));
+                }
+                Ok(Self::Channels(channels))
+            }
+            "min-side" if any => Ok(Self::MinSide(None)),
+            "min-side" => match values.as_slice() {
+                [v] if number(v)? > 0 => Ok(Self::MinSide(Some(number(v)?))),
+                _ => Err(format!(
+                    "--accept min-side={value}: expected one positive number"
+                )),
+            },
+            _ => {
+                let attribute = DicomAttribute::from_keyword(key).ok_or_else(|| {
+                    format!(
+                        "--accept {key}: not a rule this runtime knows (channels, min-side, any, \
+                         or a DICOM keyword: Modality, BodyPartExamined, SOPClassUID, \
+                         PhotometricInterpretation, ImageType, ViewPosition)"
+                    )
+                })?;
+                let allow_missing = values.iter().any(|v| v == "(missing)");
+                let values: Vec<String> = values.into_iter().filter(|v| v != "(missing)").collect();
+                if values.is_empty() && !allow_missing {
+                    return Err(format!("--accept {key}=: give at least one value"));
+                }
+                Ok(Self::Attribute {
+                    attribute,
+                    values: if any { Vec::new() } else { values },
+                    allow_missing,
+                })
+            }
+        }
+    }
 }
 
 impl Default for ExportOptions {
@@ -34,6 +141,8 @@ impl Default for ExportOptions {
             flash_budget: None,
             ram_budget: None,
             dicom_frames: DicomFrames::default(),
+            accept: Vec::new(),
+            ood: OodOptions::default(),
         }
     }
 }
@@ -41,6 +150,12 @@ impl Default for ExportOptions {
 impl ExportOptions {
     /// Checks the quantisation settings when the int8 targets are exported.
     pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..0.5).contains(&self.ood.false_rejection) {
+            return Err(format!(
+                "--ood-false-rejection {}: expected a share in [0, 0.5)",
+                self.ood.false_rejection
+            ));
+        }
         if self.int8 {
             self.quantize.validate()?;
         }

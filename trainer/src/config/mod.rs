@@ -24,7 +24,9 @@ use serde::{Deserialize, Deserializer};
 
 pub use demo::{DemoConfig, DemoSettings};
 pub use evaluate::EvalSettings;
-pub use export::{parse_bytes, parse_targets, ExportOptions, QuantizeConfig, Targets};
+pub use export::{
+    parse_bytes, parse_targets, AcceptSetting, ExportOptions, OodOptions, QuantizeConfig, Targets,
+};
 pub use finetune::{
     ClassWeights, FinetuneConfig, FinetuneMode, FinetuneSettings, QatConfig, QatSettings,
 };

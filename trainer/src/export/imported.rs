@@ -597,6 +597,8 @@ fn manifest(
             evaluation: None,
         },
         int8: outputs.blob.as_ref().map(|(_, report)| int8_entry(report)),
+        input_rules: super::rules::accepted_only(&export.options.accept),
+        ood: None,
     })
 }
 

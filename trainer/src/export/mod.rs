@@ -5,6 +5,7 @@
 //! an ONNX classifier trained elsewhere.
 
 pub mod imported;
+mod rules;
 
 use std::path::{Path, PathBuf};
 
@@ -20,14 +21,16 @@ use scanside_runtime::preprocess::{normalize_in_place, PreprocessConfig};
 use serde::Serialize;
 
 use crate::config::QuantizeConfig;
-use crate::config::{ExportOptions, FinetuneConfig};
+use crate::config::{ExportOptions, FinetuneConfig, OodOptions};
 use crate::data::{load_images_with, open_split, spread, DatasetIndex, Partition, SplitFile, Task};
+use crate::metrics::{fit_ood_guard, predict_logits, OodFeatures, OodMethod};
 use crate::model::{input_tensor, to_vec, Classifier};
 use crate::onnx::{onnx_bytes, INPUT_NAME, OPSET, OUTPUT_NAME};
 use crate::quantize::{check_budget, quantize, MethodReport, Quantized};
 use crate::run_dir::{evaluation_file, load_finetuned};
 use crate::runlog::load_json;
 use crate::{Error, Result};
+use scanside_runtime::bundle::{InputRules, OodGuard};
 
 /// Largest logit difference accepted between burn and the exported model.
 pub const LOGIT_TOLERANCE: f32 = 1e-4;
@@ -50,6 +53,23 @@ pub struct ExportReport {
     pub signed_by: Option<String>,
     /// The int8 model, when the `mcu` target was exported.
     pub int8: Option<Int8Report>,
+    /// The input rules written into the bundle (none after `--accept any`).
+    pub input_rules: Option<InputRules>,
+    /// The out-of-distribution guard written into the bundle (none with `--ood none`).
+    pub ood: Option<OodReport>,
+}
+
+/// The out-of-distribution guard an export fitted.
+#[derive(Debug, Clone, Serialize)]
+pub struct OodReport {
+    /// The score (`mahalanobis`, `energy`).
+    pub method: OodMethod,
+    /// The threshold.
+    pub threshold: f32,
+    /// Validation images it was fitted on.
+    pub validation_images: usize,
+    /// The share of them beyond the threshold (the target is `--ood-false-rejection`).
+    pub validation_rejection: f64,
 }
 
 /// What the int8 export chose and measured.
@@ -186,6 +206,11 @@ pub fn export_run<B: Backend>(
         device,
     };
     let mut manifest = source.manifest(options, evaluation);
+    let train = split.indices(&index, Partition::Train);
+    let side = preprocess.height.min(preprocess.width);
+    manifest.input_rules = rules::input_rules(&index, &train, side, &options.accept)?;
+    let ood = source.fit_ood(&options.ood)?;
+    manifest.ood = ood.as_ref().map(|(guard, _)| guard.clone());
     let int8 = options.int8.then(|| source.int8(options)).transpose()?;
     manifest.int8 = int8.as_ref().map(|(_, _, report)| int8_entry(report));
     let manifest = write_bundle_with_int8(
@@ -206,6 +231,8 @@ pub fn export_run<B: Backend>(
         max_abs_logit_diff,
         signed_by: sign_key.map(|k| key_id(&k.verifying_key())),
         int8: int8.map(|(_, _, report)| report),
+        input_rules: manifest.input_rules,
+        ood: ood.map(|(_, report)| report),
     })
 }
 
@@ -302,6 +329,8 @@ impl<B: Backend> ExportSource<'_, B> {
                 evaluation,
             },
             int8: None,
+            input_rules: None,
+            ood: None,
         }
     }
 
@@ -348,6 +377,54 @@ impl<B: Backend> ExportSource<'_, B> {
             )));
         }
         Ok((images.len(), max_diff))
+    }
+
+    /// Fits the out-of-distribution guard on the model's logits over validation images
+    /// (spread over the partition), with its report; `None` with `--ood none`.
+    fn fit_ood(&self, options: &OodOptions) -> Result<Option<(OodGuard, OodReport)>> {
+        if options.method == OodMethod::None {
+            return Ok(None);
+        }
+        let val = self.split.indices(self.index, Partition::Val);
+        let take = if options.images == 0 {
+            val.len()
+        } else {
+            options.images
+        };
+        let images = load_images_with(
+            self.index,
+            &spread(&val, take),
+            self.preprocess,
+            self.config.skip_bad,
+        )?;
+        let logits = predict_logits(self.model, &images, self.preprocess, self.device);
+        let labels: Option<Vec<usize>> = images.targets.iter().map(|t| t.class()).collect();
+        // What the runtime computes the score on: the logits and the normalised model input.
+        let mut features = OodFeatures::new(
+            self.config.class_names.len(),
+            self.preprocess.channels as usize,
+        );
+        for (i, z) in logits.iter().enumerate() {
+            let mut input = images.image(i).to_vec();
+            normalize_in_place(&mut input, self.preprocess);
+            features.push(z, &input);
+        }
+        let Some(guard) = fit_ood_guard(
+            options.method,
+            &features,
+            labels.as_deref(),
+            options.false_rejection,
+        ) else {
+            return Ok(None);
+        };
+        let rejected = features.rejected_by(&guard);
+        let report = OodReport {
+            method: options.method,
+            threshold: guard.threshold,
+            validation_images: logits.len(),
+            validation_rejection: rejected as f64 / logits.len() as f64,
+        };
+        Ok(Some((guard, report)))
     }
 
     /// Quantises the model (calibration on training images, methods compared on

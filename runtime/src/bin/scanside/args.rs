@@ -178,6 +178,10 @@ pub struct ReceiveArgs {
     /// Concurrent associations.
     #[arg(long, default_value_t = 4)]
     pub max_associations: usize,
+    /// Refuse instances that fail the bundle's DICOM input rules (C-STORE status 0x0122: the
+    /// sender keeps them) rather than store them and report them not_applicable.
+    #[arg(long)]
+    pub refuse_not_applicable: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
 }
@@ -194,6 +198,7 @@ impl ReceiveArgs {
             ae_title: self.ae_title,
             allowed_calling_ae: self.allowed_calling_ae,
             max_associations: self.max_associations,
+            refuse_not_applicable: self.refuse_not_applicable,
         });
         config
     }

@@ -70,6 +70,16 @@ fn screen(args: ScreenArgs) -> anyhow::Result<ExitCode> {
         OutputError::Write(e) => anyhow::Error::new(e).context("writing to stdout"),
         other => other.into(),
     })?;
+    if summary.not_applicable + summary.out_of_distribution > 0 {
+        // Answers, not failures: the exit code stays 0, but a person should know.
+        eprintln!(
+            "scanside: {} of {} images not applicable to this model (input rules), {} out of \
+             distribution (nothing flagged on them)",
+            summary.not_applicable,
+            args.files.len(),
+            summary.out_of_distribution
+        );
+    }
     Ok(failures(summary.failed, args.files.len(), "images"))
 }
 

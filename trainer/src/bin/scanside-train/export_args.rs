@@ -9,11 +9,12 @@ use clap::{ArgGroup, Args};
 use scanside_runtime::bundle::OutputActivation;
 use scanside_runtime::decode::DicomFrames;
 use scanside_trainer::config::{
-    parse_bytes, parse_preprocess, parse_targets, read_settings_file, ExportOptions,
-    ImportSettings, PreprocessSettings, QuantizeConfig, Targets,
+    parse_bytes, parse_preprocess, parse_targets, read_settings_file, AcceptSetting, ExportOptions,
+    ImportSettings, OodOptions, PreprocessSettings, QuantizeConfig, Targets,
 };
 use scanside_trainer::export::imported::OnnxExport;
 use scanside_trainer::int8_calibration::QdqProfile;
+use scanside_trainer::metrics::OodMethod;
 
 use crate::usage;
 
@@ -22,6 +23,11 @@ pub const EXPORT_EXAMPLES: &str = "\
 Examples:
   # a run scanside fine-tuned: ONNX fp32, int8 blob and QDQ model, signed
   scanside-train export --run runs/ft --out runs/bundle --targets onnx,mcu --sign-key keys/site.key
+
+  # the same, for dermoscopy the site stores as VL photographs or secondary captures, and an
+  # out-of-distribution threshold rejecting 2 % of validation images
+  scanside-train export --run runs/ft --out runs/bundle --accept Modality=XC,DMS,OT \\
+      --ood-false-rejection 0.02 --sign-key keys/site.key
 
   # a classifier trained elsewhere (torch.onnx.export, timm, MONAI): classes in output order,
   # ImageNet normalisation, size from the model; calibrated on a class folder, compared with
@@ -82,6 +88,25 @@ pub struct ExportArgs {
     /// the per-class maximum, each frame's result beside it).
     #[arg(long, value_enum, default_value_t = ExportOptions::default().dicom_frames)]
     dicom_frames: DicomFrames,
+    /// Input rules, laid over the ones derived from the training images (channels, smallest
+    /// side, DICOM attributes seen or known for the source): `Modality=XC,DMS`,
+    /// `BodyPartExamined=CHEST,(missing)`, `SOPClassUID=1.2.840.10008.5.1.4.1.1.1*`,
+    /// `PhotometricInterpretation=…`, `ImageType=ORIGINAL*`, `ViewPosition=PA,AP`,
+    /// `channels=1,3`, `min-side=128`; `KEY=*` drops a rule, `any` drops them all. Inputs
+    /// failing a rule are reported not_applicable and never reach the model. Repeatable.
+    #[arg(long, value_parser = AcceptSetting::parse)]
+    accept: Vec<AcceptSetting>,
+    /// Out-of-distribution score fitted on validation images: `mahalanobis` (of the logits,
+    /// to the nearest class mean), `energy`, or `none`.
+    #[arg(long, value_parser = OodMethod::parse, default_value = "mahalanobis")]
+    ood: OodMethod,
+    /// The share of in-distribution validation images the out-of-distribution threshold
+    /// rejects.
+    #[arg(long, default_value_t = OodOptions::default().false_rejection)]
+    ood_false_rejection: f32,
+    /// Validation images the guard is fitted on (0: all).
+    #[arg(long, default_value_t = OodOptions::default().images)]
+    ood_images: usize,
     #[command(flatten)]
     import: ImportArgs,
 }
@@ -173,6 +198,12 @@ impl ExportArgs {
             flash_budget: self.flash,
             ram_budget: self.ram,
             dicom_frames: self.dicom_frames,
+            accept: self.accept.clone(),
+            ood: OodOptions {
+                method: self.ood,
+                false_rejection: self.ood_false_rejection,
+                images: self.ood_images,
+            },
         };
         options.validate().map_err(usage)?;
         Ok(options)
