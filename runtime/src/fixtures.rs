@@ -180,3 +180,43 @@ pub fn pseudo_random_values(n: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Writes a DICOMDIR whose IMAGE records reference `files` (each a list of File ID components
+/// relative to the DICOMDIR's folder); panics on failure (tests only).
+pub fn write_dicomdir(path: &Path, files: &[&[&str]]) {
+    use dicom_core::value::DataSetSequence;
+    let records: Vec<InMemDicomObject> = files
+        .iter()
+        .map(|components| {
+            InMemDicomObject::from_element_iter([
+                DataElement::new(
+                    tags::DIRECTORY_RECORD_TYPE,
+                    VR::CS,
+                    PrimitiveValue::from("IMAGE"),
+                ),
+                DataElement::new(
+                    tags::REFERENCED_FILE_ID,
+                    VR::CS,
+                    PrimitiveValue::Strs(components.iter().map(|c| c.to_string()).collect()),
+                ),
+            ])
+        })
+        .collect();
+    let obj = InMemDicomObject::from_element_iter([
+        DataElement::new(tags::FILE_SET_ID, VR::CS, PrimitiveValue::from("SCANSIDE")),
+        DataElement::new(
+            tags::DIRECTORY_RECORD_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(records),
+        ),
+    ]);
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .media_storage_sop_class_uid(uids::MEDIA_STORAGE_DIRECTORY_STORAGE)
+                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.1125.9.99"),
+        )
+        .expect("file meta table");
+    file.write_to_file(path).expect("write DICOMDIR fixture");
+}

@@ -27,6 +27,7 @@ pub mod decode;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod infer;
+pub mod inputs;
 pub mod inspect;
 pub mod logging;
 pub mod mcu_vectors;
@@ -35,6 +36,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod report;
 pub mod screen;
+pub mod study;
 pub mod watch;
 
 use std::path::PathBuf;

@@ -44,15 +44,21 @@ pub fn init_from_env() -> Result<(), String> {
             format!("{LEVEL_VARIABLE}={text:?} is not one of off, error, warn, info, debug, trace")
         })?,
     };
+    init(level);
+    Ok(())
+}
+
+/// Installs the logger at `level` (a `--verbose` flag's `Debug`); `Off` installs nothing. A
+/// second call leaves the first logger in place.
+pub fn init(level: LevelFilter) {
     if level == LevelFilter::Off {
-        return Ok(());
+        return;
     }
     // One logger for the life of the process: leaking it is what `log` expects.
     let logger: &'static StderrLogger = Box::leak(Box::new(StderrLogger { level }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ pub fn run_demo<B: AutodiffBackend>(
     let index = open_dataset(&data)?;
     let split_path = out.join("split.json");
     let split = make_split(&index, config.seed, DEFAULT_SPLIT_FRACTIONS)?;
-    save_json(&split_path, &split)?;
+    split.save(&split_path)?;
 
     eprintln!("[2/6] SimCLR pretraining (labels unused)");
     let mut pre = PretrainConfig::new(data.clone(), split_path.clone());

@@ -34,9 +34,9 @@ use crate::metrics::{
 use crate::model::{input_tensor, Classifier};
 use crate::optim::{batch_schedule, learning_rate_at, step_seed};
 use crate::run_dir::{
-    load_finetune_config, load_pretrain_config, BACKBONE_FILE, CONFIG_FILE, MODEL_FILE,
+    load_finetune_config, load_pretrain_config, save_finetune_config, BACKBONE_FILE, MODEL_FILE,
 };
-use crate::runlog::{load_weights, progress, save_json, save_weights, MetricsLog};
+use crate::runlog::{load_weights, progress, save_weights, MetricsLog};
 use crate::{Error, Result};
 
 /// `N / (K · n_c)` per class from the training labels (0 for absent classes).
@@ -118,7 +118,7 @@ pub fn finetune<B: AutodiffBackend>(
         class_names: data.index.class_names.clone(),
         ..config
     };
-    save_json(&out.join(CONFIG_FILE), &config)?;
+    save_finetune_config(out, &config)?;
     let (mut model, qat_ranges) = init_model::<B>(&config, &data, device)?;
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
@@ -559,6 +559,7 @@ impl<'a> Selection<'a> {
         };
         self.log
             .write(&json!({"stage": "finetune", "summary": &summary}))?;
+        crate::runlog::write_metrics_csv(self.out)?;
         Ok(summary)
     }
 }

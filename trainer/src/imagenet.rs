@@ -9,12 +9,17 @@
 //! and every parameter and running statistic of the backbone must be present with the same
 //! shape: a ResNet-18 file does not silently half-fill a ResNet-50. The classifier (`fc.*`) and
 //! BatchNorm's `num_batches_tracked` are not part of a backbone and are ignored (and counted).
+//!
+//! [`save_torchvision`] is the inverse: a backbone (a scanside pretraining run's) written as
+//! safetensors under torchvision's names, for PyTorch users to load into
+//! `torchvision.models.resnetNN` (the classifier `fc` left to them).
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn_store::{
-    KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+    BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +59,88 @@ fn remapper(config: &ResNetConfig) -> std::result::Result<KeyRemapper, String> {
         }
     }
     KeyRemapper::from_patterns(patterns).map_err(|e| e.to_string())
+}
+
+/// [`ResNet`]'s names → torchvision's: the inverse of [`remapper`].
+fn reverse_remapper(config: &ResNetConfig) -> std::result::Result<KeyRemapper, String> {
+    let blocks = config.blocks_per_stage().ok_or("unsupported depth")?;
+    let mut patterns: Vec<(String, String)> = vec![
+        (r"^stem_conv\.".into(), "conv1.".into()),
+        (r"^stem_bn\.".into(), "bn1.".into()),
+        (r"\.downsample\.conv\.".into(), ".downsample.0.".into()),
+        (r"\.downsample\.bn\.".into(), ".downsample.1.".into()),
+    ];
+    let mut flat = 0;
+    for (stage, &count) in blocks.iter().enumerate() {
+        for i in 0..count {
+            patterns.push((
+                format!(r"^blocks\.{flat}\."),
+                format!("layer{}.{i}.", stage + 1),
+            ));
+            flat += 1;
+        }
+    }
+    KeyRemapper::from_patterns(patterns).map_err(|e| e.to_string())
+}
+
+/// What [`save_torchvision`] wrote.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SavedBackbone {
+    /// The safetensors file.
+    pub file: PathBuf,
+    /// Tensors written.
+    pub tensors: usize,
+    /// The torchvision constructor whose `state_dict` the names follow.
+    pub torchvision_model: String,
+    /// What a PyTorch user must change for the weights to load, when anything.
+    pub note: Option<String>,
+}
+
+/// Writes `backbone` (of `config`'s architecture) to `path` as safetensors under torchvision's
+/// names (`conv1`, `bn1`, `layerS.I.…`, BatchNorm `weight`/`bias`/`running_*`), atomically.
+pub fn save_torchvision<B: Backend>(
+    backbone: &ResNet<B>,
+    config: &ResNetConfig,
+    path: &Path,
+) -> Result<SavedBackbone> {
+    let refuse = |reason: String| Error::Weights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if config.separable {
+        return Err(refuse(
+            "depthwise-separable blocks (--arch micro) have no torchvision counterpart".into(),
+        ));
+    }
+    let remap = reverse_remapper(config).map_err(refuse)?;
+    let partial = path.with_extension("safetensors.part");
+    let mut store = SafetensorsStore::from_file(&partial)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .remap(remap);
+    backbone
+        .save_into(&mut store)
+        .map_err(|e| refuse(e.to_string()))?;
+    std::fs::rename(&partial, path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut notes = Vec::new();
+    if config.small_input_stem {
+        notes.push("the small-input stem: replace conv1 with a 3×3 stride-1 convolution and maxpool with nn.Identity()");
+    }
+    if config.width_multiplier != 1.0 {
+        notes
+            .push("a width multiplier other than 1: build the ResNet with the same channel counts");
+    }
+    if config.in_channels != 3 {
+        notes.push("one input channel: replace conv1 with a one-channel convolution");
+    }
+    Ok(SavedBackbone {
+        file: path.to_path_buf(),
+        tensors: backbone.collect(None, None, false).len(),
+        torchvision_model: format!("resnet{}", config.depth),
+        note: (!notes.is_empty()).then(|| format!("before load_state_dict: {}", notes.join("; "))),
+    })
 }
 
 /// Loads torchvision ImageNet weights into a fresh backbone of `config`'s architecture.
@@ -200,5 +287,104 @@ mod tests {
         );
         assert_eq!(rename("layer4.2.bn2.weight"), "blocks.15.bn2.weight");
         assert_eq!(rename("fc.weight"), "fc.weight");
+    }
+
+    #[test]
+    fn a_saved_backbone_loads_back_through_init_tensor_for_tensor() {
+        type B = burn::backend::Flex;
+        let config = ResNetConfig {
+            depth: 18,
+            width_multiplier: 0.25,
+            small_input_stem: false,
+            ..ResNetConfig::default()
+        };
+        let device = Default::default();
+        let backbone = config.init::<B>(&device);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backbone.safetensors");
+        let saved = save_torchvision(&backbone, &config, &path).unwrap();
+        assert_eq!(saved.torchvision_model, "resnet18");
+        assert!(saved.note.unwrap().contains("width multiplier"));
+        let mut store = SafetensorsStore::from_file(&path);
+        let names: Vec<String> = burn_store::ModuleStore::get_all_snapshots(&mut store)
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        for name in [
+            "conv1.weight",
+            "bn1.running_var",
+            "layer1.0.conv1.weight",
+            "layer4.1.bn2.bias",
+        ] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} missing from {names:?}"
+            );
+        }
+        assert!(names.iter().any(|n| n == "layer2.0.downsample.1.weight"));
+        // `--init` reads it back (every tensor present, shapes checked) into equal weights.
+        let (loaded, report) = load_torchvision::<B>(&config, &path, &device).unwrap();
+        assert!(report.ignored.is_empty(), "{:?}", report.ignored);
+        let tensors = |m: &ResNet<B>| -> Vec<(String, Vec<f32>)> {
+            let mut all: Vec<(String, Vec<f32>)> = m
+                .collect(None, None, false)
+                .into_iter()
+                .map(|t| {
+                    let data = t
+                        .to_data()
+                        .unwrap()
+                        .convert::<f32>()
+                        .to_vec::<f32>()
+                        .unwrap();
+                    (t.full_path(), data)
+                })
+                .collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        };
+        assert_eq!(tensors(&backbone), tensors(&loaded));
+    }
+
+    /// Where PyTorch and torchvision are installed (a GPU workstation), torchvision's own
+    /// `resnet18` takes the file: nothing unexpected, only the classifier missing.
+    #[test]
+    fn torchvision_loads_a_saved_resnet18_where_torch_is_installed() {
+        let has_torch = std::process::Command::new("python3")
+            .args(["-c", "import torch, torchvision, safetensors"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_torch {
+            eprintln!(
+                "SKIPPED torchvision_loads_a_saved_resnet18: torch/torchvision not installed"
+            );
+            return;
+        }
+        type B = burn::backend::Flex;
+        let config = ResNetConfig {
+            depth: 18,
+            width_multiplier: 1.0,
+            small_input_stem: false,
+            ..ResNetConfig::default()
+        };
+        let backbone = config.init::<B>(&Default::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rn18.safetensors");
+        save_torchvision(&backbone, &config, &path).unwrap();
+        let script = "import sys, torchvision, safetensors.torch as st\n\
+                      m = torchvision.models.resnet18()\n\
+                      r = m.load_state_dict(st.load_file(sys.argv[1]), strict=False)\n\
+                      assert not r.unexpected_keys, r.unexpected_keys\n\
+                      assert sorted(r.missing_keys) == ['fc.bias', 'fc.weight'], r.missing_keys\n";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Run directories as later stages find them: the file names a pretraining or fine-tuning run
 //! leaves behind, and loading a finished run back — its config, its backbone, its classifier,
 //! its evaluation. The contract between the stage that writes a run and the stages that read
-//! it; nothing here trains or evaluates.
+//! it; nothing here trains or evaluates. Paths in a run's config are recorded relative to the
+//! run directory and resolved against it on reading, so a run works from any working
+//! directory.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,7 @@ use burn::tensor::backend::Backend;
 
 use crate::config::{FinetuneConfig, PretrainConfig};
 use crate::model::{Classifier, ResNet};
-use crate::runlog::{load_json, load_weights};
+use crate::runlog::{load_json, load_weights, recorded_path, resolved_path, save_json};
 use crate::{Error, Result};
 
 /// The run's resolved config, as JSON.
@@ -21,9 +23,26 @@ pub const MODEL_FILE: &str = "model.mpk";
 /// The evaluations a bundle's calibration and a report are taken from, in order of preference.
 pub const EVALUATION_FILES: [&str; 2] = ["eval-test.json", "eval-val.json"];
 
-/// A pretraining run's resolved config.
+/// A pretraining run's resolved config, its paths resolved against the run directory.
 pub fn load_pretrain_config(run: &Path) -> Result<PretrainConfig> {
-    load_json(&run.join(CONFIG_FILE))
+    let config: PretrainConfig = load_json(&run.join(CONFIG_FILE))?;
+    Ok(config.map_paths(&|p| resolved_path(p, run)))
+}
+
+/// Saves a pretraining run's config, its paths recorded relative to the run directory.
+pub fn save_pretrain_config(run: &Path, config: &PretrainConfig) -> Result<()> {
+    save_json(
+        &run.join(CONFIG_FILE),
+        &config.map_paths(&|p| recorded_path(p, run)),
+    )
+}
+
+/// Saves a fine-tuning run's config, its paths recorded relative to the run directory.
+pub fn save_finetune_config(run: &Path, config: &FinetuneConfig) -> Result<()> {
+    save_json(
+        &run.join(CONFIG_FILE),
+        &config.map_paths(&|p| recorded_path(p, run)),
+    )
 }
 
 /// A pretraining run's backbone: its architecture, initialised on `device` and then (unless
@@ -41,9 +60,10 @@ pub fn load_pretrained_backbone<B: Backend>(
     load_weights(backbone, &run.join(BACKBONE_FILE), device)
 }
 
-/// A fine-tuning run's resolved config.
+/// A fine-tuning run's resolved config, its paths resolved against the run directory.
 pub fn load_finetune_config(run: &Path) -> Result<FinetuneConfig> {
-    load_json(&run.join(CONFIG_FILE))
+    let config: FinetuneConfig = load_json(&run.join(CONFIG_FILE))?;
+    Ok(config.map_paths(&|p| resolved_path(p, run)))
 }
 
 /// A fine-tuned run loaded back: its resolved config and its model.

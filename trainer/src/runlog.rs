@@ -73,6 +73,79 @@ impl MetricsLog {
     }
 }
 
+/// Writes `dir/metrics.csv` from `dir/metrics.jsonl`, for spreadsheets and plotting tools that
+/// read CSV: one row per record, nested objects flattened to dotted columns
+/// (`health.knn_accuracy`), columns in first-seen order (a record's keys in name order),
+/// arrays and missing values left empty.
+/// Rewritten whole (atomically) when a run finishes.
+pub fn write_metrics_csv(dir: &Path) -> Result<PathBuf> {
+    let source = dir.join("metrics.jsonl");
+    let bytes = scanside_runtime::persist::read(&source)?;
+    let rows: Vec<Vec<(String, String)>> = bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .map(|record| {
+            let mut cells = Vec::new();
+            flatten("", &record, &mut cells);
+            cells
+        })
+        .collect();
+    let mut columns: Vec<String> = Vec::new();
+    for (key, _) in rows.iter().flatten() {
+        if !columns.contains(key) {
+            columns.push(key.clone());
+        }
+    }
+    let mut csv = columns
+        .iter()
+        .map(|c| csv_cell(c))
+        .collect::<Vec<_>>()
+        .join(",");
+    csv.push('\n');
+    for row in &rows {
+        let line: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                row.iter()
+                    .find(|(k, _)| k == c)
+                    .map_or(String::new(), |(_, v)| csv_cell(v))
+            })
+            .collect();
+        csv.push_str(&line.join(","));
+        csv.push('\n');
+    }
+    let path = dir.join("metrics.csv");
+    scanside_runtime::persist::write_atomically(&path, csv.as_bytes())?;
+    Ok(path)
+}
+
+/// A JSON value's scalar leaves as `(dotted.key, text)`.
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    let key = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match value {
+        Value::Object(map) => map.iter().for_each(|(k, v)| flatten(&key(k), v, out)),
+        Value::Array(_) | Value::Null => {}
+        Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// RFC 4180 quoting where a cell needs it.
+fn csv_cell(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
 /// Saves a config as pretty JSON, atomically, creating its directory if needed.
 pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let json = serde_json::to_vec_pretty(value).expect("configs serialise");
@@ -81,6 +154,74 @@ pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     }
     scanside_runtime::persist::write_atomically(path, &json)?;
     Ok(())
+}
+
+/// `path` as a file in `dir` records it, so that the record works from any working directory
+/// and survives moving the tree that holds both: relative to `dir` when they share more than
+/// the file-system root, absolute otherwise.
+pub fn recorded_path(path: &Path, dir: &Path) -> PathBuf {
+    let (Ok(target), Ok(base)) = (std::path::absolute(path), std::path::absolute(dir)) else {
+        return path.to_path_buf();
+    };
+    let target = target
+        .canonicalize()
+        .unwrap_or_else(|_| lexically_normal(&target));
+    let base = base
+        .canonicalize()
+        .unwrap_or_else(|_| lexically_normal(&base));
+    let common = target
+        .components()
+        .zip(base.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    if common <= 1 {
+        return target;
+    }
+    let mut relative = PathBuf::new();
+    base.components()
+        .skip(common)
+        .for_each(|_| relative.push(".."));
+    target
+        .components()
+        .skip(common)
+        .for_each(|c| relative.push(c));
+    if relative.as_os_str().is_empty() {
+        relative.push(".");
+    }
+    relative
+}
+
+/// A path a file in `dir` recorded, resolved: absolute as it is; relative, against `dir` — or,
+/// for files written before paths were recorded that way, against the working directory when
+/// only there it exists.
+pub fn resolved_path(path: &Path, dir: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let beside = lexically_normal(&dir.join(path));
+    if beside.exists() || !path.exists() {
+        beside
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// `a/b/../c` → `a/c` without touching the file system (leading `..` kept).
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Loads a JSON config, naming the file on failure.
@@ -148,8 +289,19 @@ fn tempdir_in(dir: &Path) -> Result<PathBuf> {
     })
 }
 
+/// Set by [`hide_progress`] (`--quiet`).
+static PROGRESS_HIDDEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// No progress bars from now on (indicatif already hides them when stderr is not a terminal).
+pub fn hide_progress() {
+    PROGRESS_HIDDEN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A progress bar for `len` steps, hidden when stderr is not a terminal (CI, tests).
 pub fn progress(len: u64, what: &str) -> ProgressBar {
+    if PROGRESS_HIDDEN.load(std::sync::atomic::Ordering::Relaxed) {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
@@ -158,4 +310,63 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{lexically_normal, recorded_path, resolved_path};
+
+    #[test]
+    fn recorded_paths_are_relative_to_the_recording_file_and_survive_moving_the_tree() {
+        let root = tempfile::tempdir().unwrap();
+        let (tree, moved) = (root.path().join("a"), root.path().join("b"));
+        let data = tree.join("shared/data/ham");
+        let run = tree.join("project/runs/demo");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        let recorded = recorded_path(&data, &run);
+        assert_eq!(recorded, Path::new("../../../shared/data/ham"));
+        let back = resolved_path(&recorded, &run);
+        assert_eq!(back.canonicalize().unwrap(), data.canonicalize().unwrap());
+        std::fs::rename(&tree, &moved).unwrap();
+        let back = resolved_path(&recorded, &moved.join("project/runs/demo"));
+        assert_eq!(back, moved.join("shared/data/ham"));
+        assert_eq!(
+            lexically_normal(Path::new("a/b/../../../c/./d")),
+            Path::new("../c/d")
+        );
+        // An absolute record stays as it is.
+        assert_eq!(resolved_path(&data, &run), data);
+    }
+
+    #[test]
+    fn a_relative_record_of_an_older_file_still_resolves_against_the_working_directory() {
+        // `Cargo.toml` exists relative to the test's working directory (the crate), not
+        // beside a run in a temporary folder: an old record written relative to the working
+        // directory is kept as it is.
+        let run = tempfile::tempdir().unwrap();
+        assert_eq!(
+            resolved_path(Path::new("Cargo.toml"), run.path()),
+            Path::new("Cargo.toml")
+        );
+    }
+
+    #[test]
+    fn metrics_csv_flattens_records_into_one_column_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("metrics.jsonl"),
+            "{\"step\":1,\"loss\":4.2}\n{\"step\":2,\"loss\":3.9,\"health\":{\"knn\":0.6}}\n\
+             {\"stage\":\"pretrain, done\",\"losses\":[1,2]}\n",
+        )
+        .unwrap();
+        let path = super::write_metrics_csv(dir.path()).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            text,
+            "loss,step,health.knn,stage\n4.2,1,,\n3.9,2,0.6,\n,,,\"pretrain, done\"\n"
+        );
+    }
 }

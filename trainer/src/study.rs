@@ -59,7 +59,7 @@ fn cell_dir(out: &Path, name: &str, fraction: f64, seed: u64) -> PathBuf {
 }
 
 /// What a study produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StudyResults {
     /// Every cell.
     pub cells: Vec<Cell>,

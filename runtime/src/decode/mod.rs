@@ -17,6 +17,7 @@ use crate::{Error, Result};
 
 mod attributes;
 mod dicom;
+mod dicomdir;
 mod encapsulated;
 mod j2k;
 mod jpeg;
@@ -34,6 +35,7 @@ pub use dicom::{
     read_dicom_identity, read_dicom_values, DicomAttributes, DicomIdentity, DicomValues,
     MAX_FRAMES,
 };
+pub use dicomdir::{dicomdir_references, is_dicomdir, MEDIA_STORAGE_DIRECTORY};
 pub use lut::LookupTable;
 pub use part10::{MAX_INFLATED_BYTES, MAX_SEQUENCE_DEPTH};
 pub use voi::VoiFunction;

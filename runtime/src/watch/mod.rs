@@ -36,7 +36,8 @@ use crate::bundle::sha256_hex;
 use crate::decode::{self, DicomIdentity, FileFormat};
 use crate::persist::write_atomically;
 use crate::pipeline::Screener;
-use crate::report::{ScreeningResult, Status};
+use crate::report::ScreeningResult;
+use crate::study::{StudyInstance, StudyResult};
 use crate::{Error, Result};
 use audit::{AuditEvent, AuditLog, AuditRecord, Journal};
 
@@ -116,90 +117,6 @@ struct StoredResult<'a> {
     dicom: Option<&'a DicomIdentity>,
     #[serde(flatten)]
     result: &'a ScreeningResult,
-}
-
-/// A study's result: its images' results folded together (a study is flagged when any of its
-/// images is).
-#[derive(Debug, Default, Serialize, serde::Deserialize)]
-struct StudyResult {
-    study_uid: String,
-    model_id: String,
-    /// The study's most probable class (over the per-class maxima of its screened images;
-    /// none when none was screened).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    top_class: Option<String>,
-    /// Per class, the highest probability over the study's images.
-    #[serde(
-        serialize_with = "crate::report::ordered_map",
-        deserialize_with = "pairs_from_map"
-    )]
-    probabilities: Vec<(String, f32)>,
-    /// Classes flagged on any screened image.
-    flags: Vec<String>,
-    /// Images screened (their answers stand and make the aggregate above).
-    #[serde(default)]
-    screened: usize,
-    /// Images the model is not for (an input rule failed); not in the aggregate.
-    #[serde(default)]
-    not_applicable: usize,
-    /// Images beyond the out-of-distribution threshold; not in the aggregate.
-    #[serde(default)]
-    out_of_distribution: usize,
-    instances: Vec<StudyInstance>,
-}
-
-#[derive(Debug, Serialize, serde::Deserialize)]
-struct StudyInstance {
-    input: String,
-    claim_id: String,
-    series_uid: Option<String>,
-    sop_instance_uid: Option<String>,
-    #[serde(default)]
-    status: Status,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refused_by: Option<String>,
-    top_class: Option<String>,
-    /// In the model's class order (empty when the model did not run).
-    probabilities: Vec<f32>,
-    flags: Vec<String>,
-    result_file: String,
-}
-
-impl StudyResult {
-    /// Recomputes the aggregate from the screened instances (the others are only counted);
-    /// `class_names` and `model_id` are the bundle's.
-    fn aggregate(&mut self, class_names: &[String], model_id: &str) {
-        self.model_id = model_id.to_string();
-        let names = class_names.to_vec();
-        let count = |status| self.instances.iter().filter(|i| i.status == status).count();
-        self.screened = count(Status::Screened);
-        self.not_applicable = count(Status::NotApplicable);
-        self.out_of_distribution = count(Status::OutOfDistribution);
-        let folded = crate::report::fold_max(
-            &names,
-            self.instances
-                .iter()
-                .filter(|i| i.status == Status::Screened)
-                .map(|i| (i.probabilities.as_slice(), i.flags.as_slice())),
-        );
-        self.top_class = (self.screened > 0)
-            .then(|| names.get(folded.top).cloned())
-            .flatten();
-        self.probabilities = if self.screened > 0 {
-            folded.probabilities
-        } else {
-            Vec::new()
-        };
-        self.flags = folded.flags;
-    }
-}
-
-fn pairs_from_map<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<(String, f32)>, D::Error> {
-    // Order is rebuilt by `aggregate` from the model's class order; the map's is not needed.
-    let map: std::collections::BTreeMap<String, f32> = serde::Deserialize::deserialize(d)?;
-    Ok(map.into_iter().collect())
 }
 
 /// A file in the work area.
@@ -576,26 +493,14 @@ impl Service {
                 path: path.clone(),
                 source: std::io::Error::other(format!("unreadable study result: {e}")),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StudyResult {
-                study_uid: study_uid.to_string(),
-                ..StudyResult::default()
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StudyResult::new(study_uid),
             Err(source) => return Err(Error::Io { path, source }),
         };
         let input = self.options.in_dir.join(&item.name).display().to_string();
-        study.instances.retain(|i| i.input != input);
-        study.instances.push(StudyInstance {
-            input,
-            claim_id: item.claim.clone(),
-            series_uid: dicom.and_then(|d| d.series_uid.clone()),
-            sop_instance_uid: dicom.and_then(|d| d.sop_instance_uid.clone()),
-            status: result.status,
-            refused_by: result.refused_by.clone(),
-            top_class: result.top_class.clone(),
-            probabilities: result.probabilities.iter().map(|(_, p)| *p).collect(),
-            flags: result.flags.clone(),
-            result_file: result_path.display().to_string(),
-        });
+        let mut instance = StudyInstance::of(input, dicom, result);
+        instance.claim_id = Some(item.claim.clone());
+        instance.result_file = Some(result_path.display().to_string());
+        study.add(instance);
         study.aggregate(self.screener.class_names(), &result.model_id);
         write_json(&path, &study)?;
         Ok(path)

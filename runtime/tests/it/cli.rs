@@ -682,3 +682,35 @@ fn parallel_screening_keeps_the_input_order_and_the_results() {
         ]
     );
 }
+
+/// Completions and man pages come from the same clap definitions as the parser.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let out = crate::util::scanside_command()
+        .args(["completions", "zsh"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "scanside",
+        "screen",
+        "receive",
+        "--by-study",
+        "--refuse-not-applicable",
+    ] {
+        assert!(script.contains(word), "completion script lacks {word}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::util::scanside_command()
+        .arg("man")
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in ["scanside.1", "scanside-screen.1", "scanside-receive.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+}

@@ -4,6 +4,7 @@
 mod cli;
 mod decode_regressions;
 mod dicom;
+mod folders;
 mod guard;
 mod service;
 mod util;

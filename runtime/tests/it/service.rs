@@ -63,11 +63,9 @@ impl Site {
             .arg(&self.results)
             .args(["--settle-ms", "0", "--rescan-ms", "100"])
             .args(extra);
-        if subcommand == "watch" {
-            cmd.arg(&self.incoming);
-        } else {
-            cmd.arg("--in").arg(&self.incoming);
-        }
+        // `watch` and `receive` take the drop folder the same way (`watch` also as its last
+        // word: `a_watch_takes_its_folder_as_a_word_too`).
+        cmd.arg("--in").arg(&self.incoming);
         cmd
     }
 
@@ -839,4 +837,38 @@ fn receive_reports_instances_the_model_is_not_for_or_refuses_them_when_told() {
     );
     assert!(!site.incoming.join(format!("{uid}.dcm")).exists());
     terminate(child);
+}
+
+#[test]
+fn a_watch_takes_its_folder_as_a_word_too() {
+    let site = Site::new();
+    let mut cmd = crate::util::scanside_command();
+    let out = cmd
+        .arg("watch")
+        .arg("--bundle")
+        .arg(&site.bundle)
+        .arg("--public-key")
+        .arg(site.bundle.with_extension("pub"))
+        .arg("--out")
+        .arg(&site.results)
+        .args(["--settle-ms", "0", "--exit-when-idle"])
+        .arg(&site.incoming)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let both = crate::util::scanside_command()
+        .args([
+            "watch",
+            "--in",
+            "a",
+            "b",
+            "--out",
+            "c",
+            "--bundle",
+            "d",
+            "--allow-unsigned",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
 }

@@ -125,6 +125,18 @@ pub enum ClassWeights {
 }
 
 impl FinetuneConfig {
+    /// The config with each path mapped by `f`, the pretraining run's config included (see
+    /// [`crate::runlog::recorded_path`]).
+    pub fn map_paths(&self, f: &impl Fn(&Path) -> PathBuf) -> Self {
+        Self {
+            dataset: f(&self.dataset),
+            split: f(&self.split),
+            pretrained: self.pretrained.as_deref().map(f),
+            pretrain_config: self.pretrain_config.as_ref().map(|c| c.map_paths(f)),
+            ..self.clone()
+        }
+    }
+
     /// The defaults, for a dataset and split, starting from a pretraining run or (`None`) from
     /// scratch: the one place each default is written.
     pub fn new(dataset: PathBuf, split: PathBuf, pretrained: Option<PathBuf>) -> Self {

@@ -181,6 +181,16 @@ pub struct PretrainConfig {
 }
 
 impl PretrainConfig {
+    /// The config with each path mapped by `f` (see [`crate::runlog::recorded_path`]).
+    pub fn map_paths(&self, f: &impl Fn(&Path) -> PathBuf) -> Self {
+        Self {
+            dataset: f(&self.dataset),
+            split: f(&self.split),
+            init: self.init.as_deref().map(f),
+            ..self.clone()
+        }
+    }
+
     /// The defaults, for a dataset and split: the one place each default is written.
     pub fn new(dataset: PathBuf, split: PathBuf) -> Self {
         let (optimizer, batch_size) = (OptimizerKind::Adamw, 128);

@@ -99,6 +99,7 @@ pub fn load_images_with(
             reason: "the selected partition holds no images".into(),
         });
     }
+    let started = std::time::Instant::now();
     let bar = progress(which.len() as u64, "decode");
     let decoded: Vec<Result<Vec<f32>>> = which
         .par_iter()
@@ -142,6 +143,15 @@ pub fn load_images_with(
             reason: format!("none of the {} selected images could be read", which.len()),
         });
     }
+    log::debug!(
+        "{}: {} images decoded to {}×{} in {:.1} s ({} skipped)",
+        index.root().display(),
+        set.len(),
+        preprocess.width,
+        preprocess.height,
+        started.elapsed().as_secs_f64(),
+        set.skipped.len()
+    );
     Ok(set)
 }
 

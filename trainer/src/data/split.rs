@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::runlog::{recorded_path, resolved_path};
+
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -116,10 +118,26 @@ impl SplitFile {
                 ),
             });
         }
-        serde_json::from_value(value).map_err(|e| Error::Config {
+        let split: Self = serde_json::from_value(value).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             reason: format!("malformed split file: {e}"),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        Ok(Self {
+            source: split.source.map_paths(|p| resolved_path(p, dir)),
+            ..split
         })
+    }
+
+    /// Saves the split to `path`, its data's paths recorded relative to `path`'s folder (or
+    /// absolute), so that it opens from any working directory.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let recorded = Self {
+            source: self.source.map_paths(|p| recorded_path(p, dir)),
+            ..self.clone()
+        };
+        crate::runlog::save_json(path, &recorded)
     }
 
     /// Each partition's composition beside the whole's; without columns in `config`, the
@@ -145,7 +163,10 @@ impl SplitFile {
             return Err(Error::Config {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "split was made for different data ({} has content hash {}, the split records {})",
+                    "split was made for different data: {} has content hash {}, the split \
+                     records {} — images were added, removed or renamed, or labels changed, \
+                     since the split was made (make the split again, or give the original \
+                     data's place with --data)",
                     index.root().display(),
                     &index.content_sha256[..12],
                     &self.content_sha256[..self.content_sha256.len().min(12)]
@@ -174,6 +195,21 @@ pub fn open_split(split_path: &Path, data: Option<&Path>) -> Result<(DatasetInde
         Some(path) => split.source.with_path(path),
         None => split.source.clone(),
     };
+    if !source.path().exists() {
+        return Err(Error::Config {
+            path: split_path.to_path_buf(),
+            reason: format!(
+                "the data this split was made from is not at {} any more (moved? give its new \
+                 place with --data; the content hash checks it is the same data)",
+                source.path().display()
+            ),
+        });
+    }
+    log::debug!(
+        "{}: data at {}",
+        split_path.display(),
+        source.path().display()
+    );
     let index = source.open()?;
     split.check_matches(split_path, &index)?;
     Ok((index, split))
@@ -426,7 +462,7 @@ pub fn open_split_or_source(
 
 /// What `data split` made: the dataset's groups, the partitions and what they are made of,
 /// MICLe bags and the label-fraction subsets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SplitSummary {
     /// Dataset folder or file.
     pub root: PathBuf,
@@ -434,7 +470,8 @@ pub struct SplitSummary {
     pub images: usize,
     /// Groups (lesions, patients) over all images.
     pub groups: usize,
-    /// The split written.
+    /// The split written (in the file; `--json` prints the rest).
+    #[serde(skip)]
     pub split: SplitFile,
     /// Where it was written.
     pub out: PathBuf,
@@ -499,7 +536,7 @@ pub fn write_split(
     let index = source.open()?;
     let split = make_split_with(&index, config)?;
     let composition = split.composition(&index, compare)?;
-    crate::runlog::save_json(out, &split)?;
+    split.save(out)?;
     let train = split.indices(&index, Partition::Train);
     let all: Vec<usize> = (0..index.samples.len()).collect();
     let all_bags = BagStats::of(&index, &all);
@@ -814,6 +851,27 @@ pub(crate) mod tests {
             e.contains("split.json") && e.contains("different data"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_split_records_its_data_relative_to_itself_and_opens_from_anywhere() {
+        let index = synthetic_index(&[(vec![0], 1), (vec![1], 1), (vec![2], 1)], 3, false);
+        let mut split = make_split(&index, 1, [0.34, 0.33, 0.33]).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("shared/data/ham10000");
+        std::fs::create_dir_all(&data).unwrap();
+        split.source = SourceSpec::Ham10000 { path: data.clone() };
+        let path = root.path().join("project/runs/split.json");
+        split.save(&path).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(raw["source"]["path"], "../../shared/data/ham10000");
+        let read = SplitFile::read(&path).unwrap();
+        assert_eq!(read.source.path(), data.as_path());
+        // The data gone: the error says where it was looked for and what to do.
+        std::fs::remove_dir_all(&data).unwrap();
+        let e = open_split(&path, None).unwrap_err().to_string();
+        assert!(e.contains("ham10000") && e.contains("--data"), "{e}");
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub use multi_label::{evaluate_multi_label, MultiLabelReport};
 pub use probe::{probe_pretrained, ProbeReport};
 
 /// Either kind of evaluation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
 pub enum Evaluation {
     /// Softmax classifier.
     MultiClass(EvalReport),

@@ -302,14 +302,23 @@ impl Scored<'_> {
             (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
         };
         let (n, seed) = (settings.bootstrap, settings.seed);
-        Intervals {
+        // Three metrics × `n` resamples: seconds to a minute on large test sets.
+        let bar = crate::runlog::progress(3, "intervals");
+        let interval = |metric: &(dyn Fn(&[usize]) -> Option<f64> + Sync)| {
+            let found = group_bootstrap(&members, n, seed, metric);
+            bar.inc(1);
+            found
+        };
+        let intervals = Intervals {
             resampled_by: resampled_by.to_string(),
             groups: members.len(),
             resamples: n,
-            accuracy: group_bootstrap(&members, n, seed, accuracy),
-            balanced_accuracy: group_bootstrap(&members, n, seed, balanced),
-            macro_auc: group_bootstrap(&members, n, seed, macro_auc),
-        }
+            accuracy: interval(&accuracy),
+            balanced_accuracy: interval(&balanced),
+            macro_auc: interval(&macro_auc),
+        };
+        bar.finish_and_clear();
+        intervals
     }
 
     /// Reliability and ECE of the raw softmax and of the `calibrated` probabilities.

@@ -183,6 +183,11 @@ pub fn export_run<B: Backend>(
     sign_key: Option<&SigningKey>,
     device: &B::Device,
 ) -> Result<ExportReport> {
+    // Loading validation images, fitting the guard, quantising and checking take minutes on
+    // large models: one bar over the steps, each named.
+    let bar = crate::runlog::progress(5, "export");
+    let started = std::time::Instant::now();
+    bar.set_message("ONNX");
     let (config, model) = load_finetuned::<B>(run, device)?;
     let preprocess = config
         .preprocess
@@ -208,10 +213,38 @@ pub fn export_run<B: Backend>(
     let mut manifest = source.manifest(options, evaluation);
     let train = split.indices(&index, Partition::Train);
     let side = preprocess.height.min(preprocess.width);
+    bar.inc(1);
+    log::debug!(
+        "export: {} starts at {:.1} s",
+        "input rules",
+        started.elapsed().as_secs_f64()
+    );
+    bar.set_message("input rules");
     manifest.input_rules = rules::input_rules(&index, &train, side, &options.accept)?;
+    bar.inc(1);
+    log::debug!(
+        "export: {} starts at {:.1} s",
+        "out-of-distribution guard",
+        started.elapsed().as_secs_f64()
+    );
+    bar.set_message("out-of-distribution guard");
     let ood = source.fit_ood(&options.ood)?;
     manifest.ood = ood.as_ref().map(|(guard, _)| guard.clone());
+    bar.inc(1);
+    log::debug!(
+        "export: {} starts at {:.1} s",
+        "int8",
+        started.elapsed().as_secs_f64()
+    );
+    bar.set_message("int8");
     let int8 = options.int8.then(|| source.int8(options)).transpose()?;
+    bar.inc(1);
+    log::debug!(
+        "export: {} starts at {:.1} s",
+        "write and check",
+        started.elapsed().as_secs_f64()
+    );
+    bar.set_message("write and check");
     manifest.int8 = int8.as_ref().map(|(_, _, report)| int8_entry(report));
     let manifest = write_bundle_with_int8(
         bundle_dir,
@@ -223,6 +256,7 @@ pub fn export_run<B: Backend>(
     )?;
     let (checked_images, max_abs_logit_diff) =
         source.check_bundle(bundle_dir, sign_key, options.check_images)?;
+    bar.finish_and_clear();
     Ok(ExportReport {
         bundle: bundle_dir.to_path_buf(),
         model_sha256: manifest.model.sha256,

@@ -41,8 +41,8 @@ use crate::data::{load_training_images, open_split, ImageSet, Partition};
 use crate::imagenet::{load_torchvision, InitReport};
 use crate::model::SimClr;
 use crate::optim::{batch_schedule, learning_rate_at, Lars, OptimizerKind};
-use crate::run_dir::{load_pretrain_config, BACKBONE_FILE, CONFIG_FILE};
-use crate::runlog::{progress, save_json, save_weights, MetricsLog};
+use crate::run_dir::{load_pretrain_config, save_pretrain_config, BACKBONE_FILE};
+use crate::runlog::{progress, save_weights, MetricsLog};
 use crate::{Error, Result};
 use checkpoint::{load_checkpoint, save_checkpoint, CheckpointState};
 use health::{health_set, measure_health, HealthSet};
@@ -202,7 +202,7 @@ fn load_training_set(config: &PretrainConfig, out: &Path, fresh: bool) -> Result
         ..config.clone()
     };
     if fresh {
-        save_json(&out.join(CONFIG_FILE), &resolved)?;
+        save_pretrain_config(out, &resolved)?;
     }
     let health = health_set(config, &index, &split, &images, &preprocess)?;
     Ok(TrainingSet {
@@ -523,6 +523,7 @@ impl<'a, B: AutodiffBackend> Training<'a, B> {
         };
         self.log
             .write(&json!({"stage": "pretrain", "summary": &summary}))?;
+        crate::runlog::write_metrics_csv(self.out)?;
         Ok(summary)
     }
 }

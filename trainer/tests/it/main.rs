@@ -213,3 +213,36 @@ fn evaluating_a_directory_that_is_not_a_run_names_its_config() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
 }
+
+/// Completions and man pages come from the same clap definitions as the parser.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let out = train(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "scanside-train",
+        "pretrain",
+        "export",
+        "label-efficiency",
+        "--partition",
+    ] {
+        assert!(script.contains(word), "completion script lacks {word}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(&["man", "--out", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "scanside-train.1",
+        "scanside-train-export.1",
+        "scanside-train-data-split.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+    let export = std::fs::read_to_string(dir.path().join("scanside-train-export.1")).unwrap();
+    assert!(
+        export.contains("Examples"),
+        "the man page lacks the --help examples"
+    );
+}

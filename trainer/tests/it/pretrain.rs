@@ -461,6 +461,40 @@ fn imagenet_init_and_gradient_accumulation_run_end_to_end() {
         assert!(init["loaded"].as_u64().unwrap() > 50, "{init}");
         assert!(init["ignored"].to_string().contains("fc.weight"), "{init}");
     }
+    // Training curves as CSV too, for tools that read CSV.
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("loss"), "{csv}");
+
+    // The SSL backbone goes back out under torchvision's names, and `--init` takes it again.
+    let exported = dir.path().join("ssl.safetensors");
+    let out = train(&[
+        "export-backbone",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let saved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(saved["torchvision_model"], "resnet18");
+    let again = dir.path().join("again");
+    let out = train(&pretrain_args(
+        split,
+        again.to_str().unwrap(),
+        &[
+            "--max-steps",
+            "1",
+            "--health-every",
+            "0",
+            "--stem",
+            "imagenet",
+            "--init",
+            exported.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics = std::fs::read_to_string(again.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("init_weights"), "{metrics}");
 
     // Micro-batches must split the batch evenly.
     let out = train(&pretrain_args(

@@ -348,7 +348,7 @@ fn data_check_reports_problems_and_exits_1_and_preview_writes_a_png() {
         "check",
         "--data",
         data,
-        "--json",
+        "--report",
         json.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

@@ -89,7 +89,7 @@ fn data_split_and_check_report_each_partitions_composition() {
         "check",
         "--split",
         split_arg,
-        "--json",
+        "--report",
         json.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -98,6 +98,10 @@ fn data_split_and_check_report_each_partitions_composition() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["composition"]["columns"][0], "dx_type");
+    // `--json`, on every command, prints the same report as JSON instead of the text.
+    let out = train(&["data", "check", "--split", split_arg, "--json"]);
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["composition"], report["composition"]);
     assert_eq!(report["composition"]["whole"]["images"], 80);
 }
 

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::examples;
 use scanside_runtime::bundle::{Bundle, Trust};
 use scanside_runtime::infer::EngineKind;
 use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};
@@ -24,28 +26,48 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Screen image files (PNG, JPEG, DICOM); prints one JSON object per image on stdout.
+    #[command(after_help = examples::SCREEN)]
     Screen(ScreenArgs),
     /// Measure a bundle's models: cold start, first inference, p50/p99 latency, throughput and
     /// peak memory, on the given images or on synthetic inputs; prints one JSON object.
+    #[command(after_help = examples::BENCH)]
     Bench(BenchArgs),
     /// Show what the decoder reads from image files (size, format, DICOM modality, photometric
     /// interpretation, bits, windowing applied, value range): one JSON object per file; with
     /// --png, also write each decoded, windowed image as a 16-bit PNG.
+    #[command(after_help = examples::INSPECT)]
     Inspect(InspectArgs),
     /// Write golden test vectors for the firmware: OUT/model.i8 (the bundle's verified int8
     /// blob) and OUT/vectors.bin (each image's quantised input and the host's int8 output).
+    #[command(after_help = examples::MCU_VECTORS)]
     McuVectors(McuVectorsArgs),
     /// Watch a drop folder: screen each image that appears exactly once, write
     /// OUT/<name>.json, append to the audit log, move the input to IN_DIR/done (unreadable ones
     /// to IN_DIR/failed with a reason). Crash-safe; SIGTERM finishes the current image, then
     /// stops.
+    #[command(after_help = examples::WATCH)]
     Watch(WatchArgs),
     /// Receive DICOM instances over the network (C-STORE SCP, answers C-ECHO) into IN_DIR and
     /// screen them as `watch` does; files dropped into IN_DIR are screened too.
+    #[command(after_help = examples::RECEIVE)]
     Receive(ReceiveArgs),
     /// Run the service (drop folder, and the DICOM receiver when configured) from a TOML file;
     /// see runtime/deploy/scanside.toml.
+    #[command(after_help = examples::SERVE)]
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (scanside.1 and one per subcommand) into a folder.
+    #[command(after_help = examples::MAN)]
+    Man {
+        /// Folder to write them into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 // `scanside screen`.
@@ -61,7 +83,16 @@ pub struct ScreenArgs {
     /// Images screened at once (default: the number of cores); output stays in input order.
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Images to screen.
+    /// After the per-image lines, one JSON object per DICOM study: per class the highest
+    /// probability over its screened instances, the union of their flags, counts per status,
+    /// the instances (what `watch` writes to OUT/studies/).
+    #[arg(long)]
+    pub by_study: bool,
+    /// Only the study lines (implies --by-study).
+    #[arg(long)]
+    pub studies_only: bool,
+    /// Images to screen: files, folders (walked recursively; hidden entries and files that are
+    /// not PNG, JPEG or DICOM skipped) or DICOMDIR files (the instances they reference).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }
@@ -89,7 +120,8 @@ pub struct BenchArgs {
     /// Untimed inferences before timing.
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
-    /// Images to run (decoded and preprocessed before timing); none: synthetic inputs.
+    /// Images to run (decoded and preprocessed before timing; files, folders or DICOMDIRs);
+    /// none: synthetic inputs.
     pub files: Vec<PathBuf>,
 }
 
@@ -105,7 +137,7 @@ pub struct InspectArgs {
     /// for comparing the decoder with other toolkits (tools/dicom_corpus.py).
     #[arg(long, value_name = "DIR")]
     pub values: Option<PathBuf>,
-    /// Files to read.
+    /// Files to read: files, folders (recursive) or DICOMDIR files.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }
@@ -119,7 +151,7 @@ pub struct McuVectorsArgs {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
-    /// Images (PNG, JPEG, DICOM).
+    /// Images (PNG, JPEG, DICOM): files, folders (recursive) or DICOMDIR files.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }
@@ -132,8 +164,15 @@ pub struct WatchArgs {
     /// Which model of the bundle screens: fp32, tract, int8 or qdq.
     #[arg(long, default_value = "fp32")]
     pub engine: EngineKind,
-    /// The drop folder.
-    pub in_dir: PathBuf,
+    /// The drop folder, given as `--in IN_DIR` (as `receive` takes it) or as the last word.
+    #[arg(
+        long = "in",
+        value_name = "IN_DIR",
+        required_unless_present = "in_dir_word"
+    )]
+    pub in_dir: Option<PathBuf>,
+    #[arg(value_name = "IN_DIR", conflicts_with = "in_dir", hide = true)]
+    pub in_dir_word: Option<PathBuf>,
     /// Results folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -144,8 +183,12 @@ pub struct WatchArgs {
 impl WatchArgs {
     /// The service configuration these flags describe.
     pub fn config(self) -> ServiceConfig {
+        let in_dir = self
+            .in_dir
+            .or(self.in_dir_word)
+            .expect("clap requires --in or IN_DIR");
         self.service
-            .config(self.bundle, self.engine, self.in_dir, self.out)
+            .config(self.bundle, self.engine, in_dir, self.out)
     }
 }
 

@@ -5,18 +5,19 @@
 //! public key unless `--allow-unsigned` is given.
 
 mod args;
+mod examples;
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use scanside_runtime::inspect::{self, InspectError, InspectOutputs};
 use scanside_runtime::pipeline::Screener;
 use scanside_runtime::screen::{self, OutputError};
 use scanside_runtime::watch::config::ServiceConfig;
-use scanside_runtime::{bench, describe_error, logging, mcu_vectors, watch};
+use scanside_runtime::{bench, describe_error, inputs, logging, mcu_vectors, watch};
 
 use args::{BenchArgs, Cli, Command, InspectArgs, McuVectorsArgs, ScreenArgs};
 
@@ -44,6 +45,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => serve(args.config(), command_line),
         Command::Receive(args) => serve(args.config(), command_line),
         Command::Serve(args) => serve(ServiceConfig::from_file(&args.config)?, &args.config),
+        Command::Completions { shell } => {
+            let mut command = args::Cli::command();
+            clap_complete::generate(shell, &mut command, "scanside", &mut io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+            clap_mangen::generate_to(args::Cli::command(), &out)
+                .with_context(|| format!("writing man pages into {}", out.display()))?;
+            print_line(&format!("{}", out.join("scanside.1").display()))
+        }
     }
 }
 
@@ -56,13 +68,44 @@ fn failures(failed: usize, of: usize, what: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The files behind the paths given (folders walked, DICOMDIRs followed); says on stderr
+/// what was left out, and refuses a command line that names no image at all.
+fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let inputs = inputs::expand_inputs(paths)?;
+    if let Some(first) = inputs.skipped.first() {
+        eprintln!(
+            "scanside: {} file(s) in the folders given are not PNG, JPEG or DICOM and were \
+             skipped (the first: {})",
+            inputs.skipped.len(),
+            first.display()
+        );
+    }
+    anyhow::ensure!(
+        !inputs.files.is_empty(),
+        "no image found in {}",
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(inputs.files)
+}
+
 fn screen(args: ScreenArgs) -> anyhow::Result<ExitCode> {
     let bundle = args.bundle.load()?;
     let screener = Screener::with_engine(&bundle, args.engine)?;
+    let files = expand(&args.files)?;
+    let lines = match (args.by_study, args.studies_only) {
+        (_, true) => screen::Lines::Studies,
+        (true, false) => screen::Lines::ImagesThenStudies,
+        (false, false) => screen::Lines::Images,
+    };
     let summary = screen::write_json_lines(
         &screener,
-        &args.files,
+        &files,
         args.jobs(),
+        lines,
         &mut io::stdout().lock(),
         |_, e| eprintln!("scanside: error: {e}"),
     )
@@ -76,20 +119,33 @@ fn screen(args: ScreenArgs) -> anyhow::Result<ExitCode> {
             "scanside: {} of {} images not applicable to this model (input rules), {} out of \
              distribution (nothing flagged on them)",
             summary.not_applicable,
-            args.files.len(),
+            files.len(),
             summary.out_of_distribution
         );
     }
-    Ok(failures(summary.failed, args.files.len(), "images"))
+    if lines != screen::Lines::Images && summary.outside_studies > 0 {
+        eprintln!(
+            "scanside: {} of {} images belong to no DICOM study (no Study Instance UID): not \
+             in the study lines",
+            summary.outside_studies,
+            files.len()
+        );
+    }
+    Ok(failures(summary.failed, files.len(), "images"))
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let trust = args.bundle.trust()?;
+    let files = if args.files.is_empty() {
+        Vec::new() // synthetic inputs
+    } else {
+        expand(&args.files)?
+    };
     let report = bench::bench(
         &args.bundle.bundle,
         &trust,
         &args.engine,
-        &args.files,
+        &files,
         args.runs,
         args.warmup,
     )?;
@@ -101,19 +157,20 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         png: args.png,
         values: args.values,
     };
-    let summary = inspect::inspect_files(&args.files, &outputs, &mut io::stdout().lock(), |e| {
+    let files = expand(&args.files)?;
+    let summary = inspect::inspect_files(&files, &outputs, &mut io::stdout().lock(), |e| {
         eprintln!("scanside: error: {}", describe_error(e))
     })
     .map_err(|e| match e {
         InspectError::Write(e) => anyhow::Error::new(e).context("writing to stdout"),
         other => other.into(),
     })?;
-    Ok(failures(summary.failed, args.files.len(), "files"))
+    Ok(failures(summary.failed, files.len(), "files"))
 }
 
 fn mcu_vectors(args: McuVectorsArgs) -> anyhow::Result<ExitCode> {
     let bundle = args.bundle.load()?;
-    let report = mcu_vectors::write_vectors(&bundle, &args.files, &args.out)?;
+    let report = mcu_vectors::write_vectors(&bundle, &expand(&args.files)?, &args.out)?;
     print_line(&serde_json::to_string(&report)?)
 }
 
@@ -146,5 +203,63 @@ fn print_line(line: &str) -> anyhow::Result<ExitCode> {
             Err(anyhow::Error::new(e).context("writing to stdout"))
         }
         _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_help_ends_with_examples() {
+        for sub in super::args::Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:") && help.contains("scanside "),
+                "`scanside {} --help` has no examples",
+                sub.get_name()
+            );
+        }
+    }
+
+    /// The command lines of an examples text (continuation lines joined), as words.
+    fn example_lines(text: &str) -> Vec<Vec<String>> {
+        let joined = text.replace("\\\n", " ");
+        joined
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("scanside "))
+            .map(|l| {
+                // A redirection ends the command line.
+                l.split_whitespace()
+                    .take_while(|w| *w != ">")
+                    .map(String::from)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_example_parses() {
+        let mut texts: Vec<String> = Vec::new();
+        fn collect(command: &clap::Command, texts: &mut Vec<String>) {
+            texts.extend(command.get_after_help().map(|h| h.to_string()));
+            command.get_subcommands().for_each(|c| collect(c, texts));
+        }
+        collect(&super::args::Cli::command(), &mut texts);
+        let lines: Vec<Vec<String>> = texts.iter().flat_map(|t| example_lines(t)).collect();
+        assert!(lines.len() >= 10, "{lines:?}");
+        for words in lines {
+            let parsed = super::args::Cli::command().try_get_matches_from(&words);
+            assert!(
+                parsed.is_ok(),
+                "{}: {}",
+                words.join(" "),
+                parsed.unwrap_err()
+            );
+        }
     }
 }

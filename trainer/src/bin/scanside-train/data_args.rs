@@ -13,7 +13,7 @@ use scanside_trainer::data::{
     DEFAULT_SPLIT_FRACTIONS,
 };
 
-use crate::{print_text, usage};
+use crate::{print_result, usage};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -21,6 +21,7 @@ pub enum DataCommand {
     /// (stratified on label, images per group and a metadata column), with nested
     /// label-fraction subsets; save it with the data's content hash and show each partition's
     /// composition.
+    #[command(after_help = crate::examples::DATA_SPLIT)]
     Split {
         #[command(flatten)]
         source: SourceArgs,
@@ -46,19 +47,22 @@ pub enum DataCommand {
     },
     /// Read every image and report unreadable files, leaks between partitions, label counts
     /// and imbalance; exit 1 on problems.
+    #[command(after_help = crate::examples::DATA_CHECK)]
     Check {
         #[command(flatten)]
         source: SourceArgs,
         /// Split file to check (default: a fresh split with seed 0 and 70/15/15).
         #[arg(long)]
         split: Option<PathBuf>,
-        /// Also write the report as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        /// Also write the report as JSON to this file (`--json` prints it instead of the
+        /// text).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         #[command(flatten)]
         compare: CompareArgs,
     },
     /// Write a PNG grid of original images and augmented views.
+    #[command(after_help = crate::examples::DATA_PREVIEW)]
     Preview {
         #[command(flatten)]
         source: SourceArgs,
@@ -86,6 +90,7 @@ pub enum DataCommand {
         seed: u64,
     },
     /// Benchmark decoding plus two augmented views per image (images/s on all cores).
+    #[command(after_help = crate::examples::DATA_BENCH)]
     Bench {
         #[command(flatten)]
         source: SourceArgs,
@@ -104,7 +109,7 @@ pub enum DataCommand {
 }
 
 /// Runs a `data` command: exit 1 when `check` finds problems.
-pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
+pub fn run(command: DataCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
         DataCommand::Split {
             source,
@@ -120,12 +125,13 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
                 stratify_by,
             };
             let spec = source.required_spec()?;
-            print_text(write_split(&spec, &config, &compare.config(), &out)?.render())
+            let summary = write_split(&spec, &config, &compare.config(), &out)?;
+            print_result(json, summary.render(), &summary)
         }
         DataCommand::Check {
             source,
             split,
-            json,
+            report: json_file,
             compare,
         } => {
             let spec = source.spec()?;
@@ -136,9 +142,9 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
                 split.as_deref(),
                 spec.as_ref(),
                 &compare.config(),
-                json.as_deref(),
+                json_file.as_deref(),
             )?;
-            print!("{}", report.render());
+            print_result(json, report.render(), &report)?;
             Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
@@ -169,7 +175,8 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
                 seed,
             };
             let line = preview_split_or_source(split.as_deref(), spec.as_ref(), &config, &out)?;
-            print_text(format_args!("{line}\n"))
+            let value = serde_json::json!({ "written": out, "summary": line });
+            print_result(json, format_args!("{line}\n"), &value)
         }
         DataCommand::Bench {
             source,

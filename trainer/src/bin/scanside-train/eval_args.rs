@@ -24,9 +24,12 @@ pub struct EvaluateArgs {
     /// Fine-tuning run directory.
     #[arg(long)]
     pub run: PathBuf,
-    /// Partition of the run's split.
+    /// Partition of the run's split to evaluate (train, val, test).
     #[arg(long, default_value_t = EvalSettings::default().partition)]
-    pub split: Partition,
+    partition: Partition,
+    /// The old spelling of --partition (everywhere else --split names a split file).
+    #[arg(long = "split", hide = true, value_name = "PARTITION")]
+    old_partition: Option<Partition>,
     /// Bootstrap resamples for the confidence intervals (0: none).
     #[arg(long, default_value_t = EvalSettings::default().bootstrap)]
     bootstrap: usize,
@@ -40,6 +43,23 @@ pub struct EvaluateArgs {
 }
 
 impl EvaluateArgs {
+    /// The partition to evaluate; the old `--split PARTITION` still works, with a warning.
+    pub fn partition(&self) -> anyhow::Result<Partition> {
+        match self.old_partition {
+            None => Ok(self.partition),
+            Some(_) if self.partition != EvalSettings::default().partition => Err(usage(
+                "give --partition only (--split PARTITION is its old spelling)",
+            )),
+            Some(partition) => {
+                eprintln!(
+                    "scanside-train: warning: `evaluate --split {partition}` is now \
+                     `--partition {partition}` (--split names a split file elsewhere)"
+                );
+                Ok(partition)
+            }
+        }
+    }
+
     /// The evaluation settings; a value out of range is a usage error.
     pub fn settings(&self) -> anyhow::Result<EvalSettings> {
         let settings = EvalSettings {

@@ -11,6 +11,7 @@
 
 mod data_args;
 mod eval_args;
+mod examples;
 mod export_args;
 mod help;
 mod train_args;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 
 use data_args::DataCommand;
@@ -60,6 +61,16 @@ struct Cli {
     /// each step's batch split across them.
     #[arg(long, global = true, default_value = DEFAULT_DEVICE)]
     device: String,
+    /// Print the result as JSON (every command; those that print JSON anyway are unchanged).
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars (they are also hidden when stderr is not a terminal).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Debug records on stderr: where data and runs were found, how long each step took
+    /// (the same as SCANSIDE_LOG=debug).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,18 +84,23 @@ enum Command {
     },
     /// Self-supervised pretraining (SimCLR or MICLe) on the training partition's images;
     /// labels are never trained on (the health signal measures kNN accuracy with them).
+    #[command(after_help = examples::PRETRAIN)]
     Pretrain(PretrainArgs),
     /// Fine-tune a classifier from a pretraining run (or from scratch).
+    #[command(after_help = examples::FINETUNE)]
     Finetune(FinetuneArgs),
     /// Measure a pretraining run's features: weighted 20-NN accuracy (and balanced accuracy) on
     /// val and test against all training images; labels are used only to score.
+    #[command(after_help = examples::PROBE)]
     Probe(ProbeArgs),
     /// Evaluate a fine-tuned run: top-1/top-3/balanced accuracy, per-class and macro AUC,
     /// confusion matrix, 95 % intervals resampled by case, calibration before/after
     /// temperature scaling (fitted on val), per-class thresholds for a target sensitivity.
+    #[command(after_help = examples::EVALUATE)]
     Evaluate(EvaluateArgs),
     /// Write an HTML page with plots (training curves, ROC, confusion matrix, reliability)
     /// and tables for evaluated fine-tuning runs.
+    #[command(after_help = examples::REPORT)]
     Report(ReportArgs),
     /// Studies over many fine-tuning runs.
     Study {
@@ -96,11 +112,41 @@ enum Command {
     /// check it against the runtime.
     #[command(after_help = export_args::EXPORT_EXAMPLES)]
     Export(ExportArgs),
+    /// Write a pretraining run's backbone as safetensors under torchvision's names (the
+    /// inverse of `pretrain --init`), for PyTorch: `torchvision.models.resnetNN()` then
+    /// `load_state_dict(..., strict=False)` (only `fc` missing).
+    #[command(after_help = examples::EXPORT_BACKBONE)]
+    ExportBackbone {
+        /// Pretraining run directory.
+        #[arg(long)]
+        run: std::path::PathBuf,
+        /// File to write (.safetensors).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Format: safetensors (the only one; PyTorch reads it with safetensors.torch).
+        #[arg(long, default_value = "safetensors", value_parser = ["safetensors"])]
+        format: String,
+    },
     /// Make an ed25519 key pair for signing bundles: OUT.key (secret, owner-only) and OUT.pub
     /// (for the runtime's --public-key).
+    #[command(after_help = examples::KEYGEN)]
     Keygen(KeygenArgs),
     /// The whole path on real data: split, pretrain, fine-tune, evaluate, export, screen.
+    #[command(after_help = examples::DEMO)]
     Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (scanside-train.1 and one per subcommand) into a folder.
+    #[command(after_help = examples::MAN)]
+    Man {
+        /// Folder to write them into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// A command-line mistake: reported with exit code 2.
@@ -150,12 +196,20 @@ fn main() -> ExitCode {
     #[cfg(unix)]
     keep_freed_memory_committed();
     let cli = Cli::parse();
+    if cli.quiet {
+        scanside_trainer::runlog::hide_progress();
+    }
+    if cli.verbose {
+        scanside_runtime::logging::init(log::LevelFilter::Debug);
+    } else if let Err(problem) = scanside_runtime::logging::init_from_env() {
+        eprintln!("scanside-train: WARNING: {problem}");
+    }
     let devices = cli
         .device
         .split(',')
         .map(|one| parse_device::<Inner>(one.trim()))
         .collect::<anyhow::Result<Vec<_>>>();
-    match devices.and_then(|devices| run::<Train>(cli.command, &devices)) {
+    match devices.and_then(|devices| run::<Train>(cli.command, &devices, cli.json)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!(
@@ -199,21 +253,38 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a result for people: exit 0.
-fn print_text(text: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+/// Prints a result for people (`text`), or with `--json` the same as JSON: exit 0.
+fn print_result(
+    json: bool,
+    text: impl std::fmt::Display,
+    value: &impl Serialize,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        return print_json(value);
+    }
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints a path written, or with `--json` `{"written": path}`: exit 0.
+fn print_text_line(json: bool, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let value = serde_json::json!({ "written": path });
+    print_result(json, format_args!("{}\n", path.display()), &value)
+}
+
 /// Arguments → validated settings → one library call → its result printed.
-fn run<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> anyhow::Result<ExitCode> {
+fn run<B: AutodiffBackend>(
+    command: Command,
+    devices: &[B::Device],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     use scanside_trainer::{demo, evaluate, export, finetune, pretrain, report, study};
     let device = &devices[0];
     if devices.len() > 1 && !matches!(command, Command::Pretrain(_)) {
         return Err(usage("several --device values are for pretrain only"));
     }
     match command {
-        Command::Data { command } => data_args::run(command),
+        Command::Data { command } => data_args::run(command, json),
         Command::Pretrain(args) => match args.plan()? {
             PretrainPlan::Resume(out) => {
                 print_json(&pretrain::resume_pretrain_on::<B>(&out, devices)?)
@@ -232,24 +303,29 @@ fn run<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> anyhow::R
                 args.random_init,
                 device,
             )?;
-            println!("{}", serde_json::to_string(&report)?);
-            Ok(ExitCode::SUCCESS)
+            print_json(&report)
         }
         Command::Evaluate(args) => {
             let settings = args.settings()?;
-            let evaluation =
-                evaluate::evaluate::<B::InnerBackend>(&args.run, args.split, &settings, device)?;
-            print_text(evaluation.table())
+            let evaluation = evaluate::evaluate::<B::InnerBackend>(
+                &args.run,
+                args.partition()?,
+                &settings,
+                device,
+            )?;
+            print_result(json, evaluation.table(), &evaluation)
         }
         Command::Report(args) => {
             let index = report::write_report(&args.runs, &args.out)?;
-            print_text(format_args!("{}\n", index.display()))
+            let value = serde_json::json!({ "index": index });
+            print_result(json, format_args!("{}\n", index.display()), &value)
         }
         Command::Study {
             command: StudyCommand::LabelEfficiency(args),
         } => {
             let config = args.config()?;
-            print_text(study::run_study::<B>(&config, &args.out, device)?.table)
+            let results = study::run_study::<B>(&config, &args.out, device)?;
+            print_result(json, &results.table, &results)
         }
         Command::Export(args) => match args.plan()? {
             ExportPlan::Run(run, options) => {
@@ -270,11 +346,111 @@ fn run<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> anyhow::R
             }
         },
         Command::Keygen(args) => {
-            print_text(format_args!("{}\n", export::write_new_key_pair(&args.out)?))
+            let pair = export::write_new_key_pair(&args.out)?;
+            let value = serde_json::json!({
+                "id": pair.id, "secret": pair.secret, "public": pair.public,
+            });
+            print_result(json, format_args!("{pair}\n"), &value)
+        }
+        Command::ExportBackbone { run, out, .. } => {
+            let config = scanside_trainer::run_dir::load_pretrain_config(&run)?;
+            let backbone = scanside_trainer::run_dir::load_pretrained_backbone::<B::InnerBackend>(
+                &run, &config, false, device,
+            )?;
+            print_json(&scanside_trainer::imagenet::save_torchvision(
+                &backbone,
+                &config.model,
+                &out,
+            )?)
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "scanside-train",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("writing man pages into {}", out.display()))?;
+            print_text_line(json, &out.join("scanside-train.1"))
         }
         Command::Demo(args) => {
             let summary = demo::run_demo::<B>(&args.config()?, device).context("demo failed")?;
-            print_text(summary.render())
+            print_result(json, summary.render(), &summary)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command that runs something (not the `data` and `study` groups) shows examples.
+    fn check(command: &clap::Command, path: &str) {
+        let subcommands: Vec<&clap::Command> = command.get_subcommands().collect();
+        if subcommands.is_empty() {
+            let help = command
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:") && help.contains("scanside-train "),
+                "`{path} --help` has no examples"
+            );
+        }
+        for sub in subcommands {
+            check(sub, &format!("{path} {}", sub.get_name()));
+        }
+    }
+
+    #[test]
+    fn every_subcommand_help_ends_with_examples() {
+        let cli = super::Cli::command();
+        for sub in cli.get_subcommands() {
+            check(sub, &format!("scanside-train {}", sub.get_name()));
+        }
+    }
+
+    /// The command lines of an examples text (continuation lines joined), as words.
+    fn example_lines(text: &str) -> Vec<Vec<String>> {
+        let joined = text.replace("\\\n", " ");
+        joined
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("scanside-train "))
+            .map(|l| {
+                // A redirection ends the command line.
+                l.split_whitespace()
+                    .take_while(|w| *w != ">")
+                    .map(String::from)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_example_parses() {
+        let mut texts: Vec<String> = Vec::new();
+        fn collect(command: &clap::Command, texts: &mut Vec<String>) {
+            texts.extend(command.get_after_help().map(|h| h.to_string()));
+            command.get_subcommands().for_each(|c| collect(c, texts));
+        }
+        collect(&super::Cli::command(), &mut texts);
+        let lines: Vec<Vec<String>> = texts.iter().flat_map(|t| example_lines(t)).collect();
+        assert!(lines.len() >= 10, "{lines:?}");
+        for words in lines {
+            let parsed = super::Cli::command().try_get_matches_from(&words);
+            assert!(
+                parsed.is_ok(),
+                "{}: {}",
+                words.join(" "),
+                parsed.unwrap_err()
+            );
         }
     }
 }

@@ -426,6 +426,7 @@ impl DemoArgs {
 pub enum StudyCommand {
     /// Fine-tune and evaluate every pretraining × label fraction × seed cell (resumable:
     /// finished cells are kept), then write table.md, results.json, plots and index.html.
+    #[command(after_help = crate::examples::STUDY_LABEL_EFFICIENCY)]
     LabelEfficiency(LabelEfficiencyArgs),
 }
 

@@ -179,6 +179,23 @@ impl SourceSpec {
         }
     }
 
+    /// The spec with each of its paths mapped by `f` (recording them relative to a file, or
+    /// resolving such records).
+    pub fn map_paths(&self, f: impl Fn(&Path) -> PathBuf) -> Self {
+        let mut spec = self.clone();
+        match &mut spec {
+            SourceSpec::Ham10000 { path }
+            | SourceSpec::NihCxr { path }
+            | SourceSpec::Medmnist { path }
+            | SourceSpec::Folder { path } => *path = f(path),
+            SourceSpec::Csv(csv) => {
+                csv.path = f(&csv.path);
+                csv.image_root = csv.image_root.as_deref().map(&f);
+            }
+        }
+        spec
+    }
+
     /// The same spec reading from another place (data moved; the content hash still decides).
     pub fn with_path(&self, new: &Path) -> Self {
         let mut spec = self.clone();
