@@ -13,7 +13,7 @@ use crate::{Error, Result};
 /// The files behind a command line's paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inputs {
-    /// Files to screen, in order, each once.
+    /// Files to screen, in order: each found in folders once, named ones as often as named.
     pub files: Vec<PathBuf>,
     /// Files inside folders left out because they are not images.
     pub skipped: Vec<PathBuf>,
@@ -28,11 +28,17 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Result<Inputs> {
         } else if is_dicomdir_file(path) {
             follow_dicomdir(path, &mut inputs)?;
         } else {
+            // Named on the command line: kept as given, repeats included.
             inputs.files.push(path.clone());
         }
     }
+    // A file found twice (a folder and the DICOMDIR in it, or overlapping folders) is
+    // screened once; files named explicitly are left as they are.
     let mut seen = std::collections::HashSet::new();
-    inputs.files.retain(|f| seen.insert(f.clone()));
+    let explicit: std::collections::HashSet<&PathBuf> = paths.iter().collect();
+    inputs
+        .files
+        .retain(|f| explicit.contains(f) || seen.insert(f.clone()));
     Ok(inputs)
 }
 
