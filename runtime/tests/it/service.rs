@@ -891,7 +891,12 @@ fn dataset_dump(file: &Path) -> String {
         .arg(file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "dcmdump {}: {}", file.display(), stderr(&out));
+    assert!(
+        out.status.success(),
+        "dcmdump {}: {}",
+        file.display(),
+        stderr(&out)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let data_set = text.split("# Dicom-Data-Set").nth(1).unwrap_or_default();
     data_set
@@ -905,7 +910,10 @@ fn dataset_dump(file: &Path) -> String {
 /// The Transfer Syntax UID of a Part 10 file's meta group, (0002,0010) UI.
 fn stored_syntax(file: &[u8]) -> String {
     let tag = b"\x02\x00\x10\x00UI";
-    let at = file.windows(6).position(|w| w == tag).expect("(0002,0010) in the meta group");
+    let at = file
+        .windows(6)
+        .position(|w| w == tag)
+        .expect("(0002,0010) in the meta group");
     let length = u16::from_le_bytes([file[at + 6], file[at + 7]]) as usize;
     String::from_utf8_lossy(&file[at + 8..at + 8 + length])
         .trim_end_matches('\0')
@@ -977,11 +985,15 @@ fn receive_stores_every_transfer_syntax_as_sent_and_screens_it() {
         let out = dcmtk.run_with(&[propose], "MODALITY", std::slice::from_ref(file));
         assert!(out.status.success(), "{syntax}: {}", stderr(&out));
         let stored = site.incoming.join(format!("{uid}.dcm"));
-        wait_until(&format!("{syntax} screened"), Duration::from_secs(60), || {
-            site.events("screened")
-                .iter()
-                .any(|r| r["dicom"]["sop_instance_uid"] == uid.as_str())
-        });
+        wait_until(
+            &format!("{syntax} screened"),
+            Duration::from_secs(60),
+            || {
+                site.events("screened")
+                    .iter()
+                    .any(|r| r["dicom"]["sop_instance_uid"] == uid.as_str())
+            },
+        );
         let record = site
             .events("screened")
             .into_iter()
@@ -998,8 +1010,16 @@ fn receive_stores_every_transfer_syntax_as_sent_and_screens_it() {
             "1.2.840.10008.1.2.1.99" => "1.2.840.10008.1.2.1",
             other => other,
         };
-        assert_eq!(stored_syntax(&fs::read(&moved).unwrap()), expected, "{syntax}");
+        assert_eq!(
+            stored_syntax(&fs::read(&moved).unwrap()),
+            expected,
+            "{syntax}"
+        );
     }
-    assert!(site.events("failed").is_empty(), "{:?}", site.events("failed"));
+    assert!(
+        site.events("failed").is_empty(),
+        "{:?}",
+        site.events("failed")
+    );
     terminate(child);
 }
