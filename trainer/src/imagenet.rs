@@ -346,17 +346,20 @@ mod tests {
         assert_eq!(tensors(&backbone), tensors(&loaded));
     }
 
-    /// Where PyTorch and torchvision are installed (a GPU workstation), torchvision's own
+    /// Where PyTorch and torchvision are installed (`PYTHON_TORCH=/path/to/python`, as the
+    /// `--init` pickle test takes it; else `python3` when it has them), torchvision's own
     /// `resnet18` takes the file: nothing unexpected, only the classifier missing.
     #[test]
     fn torchvision_loads_a_saved_resnet18_where_torch_is_installed() {
-        let has_torch = std::process::Command::new("python3")
+        let python = std::env::var("PYTHON_TORCH").unwrap_or_else(|_| "python3".into());
+        let has_torch = std::process::Command::new(&python)
             .args(["-c", "import torch, torchvision, safetensors"])
             .output()
             .is_ok_and(|o| o.status.success());
         if !has_torch {
             eprintln!(
-                "SKIPPED torchvision_loads_a_saved_resnet18: torch/torchvision not installed"
+                "SKIPPED torchvision_loads_a_saved_resnet18: {python} lacks torch/torchvision \
+                 (set PYTHON_TORCH)"
             );
             return;
         }
@@ -376,7 +379,7 @@ mod tests {
                       r = m.load_state_dict(st.load_file(sys.argv[1]), strict=False)\n\
                       assert not r.unexpected_keys, r.unexpected_keys\n\
                       assert sorted(r.missing_keys) == ['fc.bias', 'fc.weight'], r.missing_keys\n";
-        let out = std::process::Command::new("python3")
+        let out = std::process::Command::new(&python)
             .args(["-c", script])
             .arg(&path)
             .output()
