@@ -39,48 +39,63 @@ pub struct InitReport {
     pub stem_summed_to_gray: bool,
 }
 
-/// torchvision's names → [`ResNet`]'s, for the given block layout.
-fn remapper(config: &ResNetConfig) -> std::result::Result<KeyRemapper, String> {
+/// The name correspondence for the given block layout, one place for both directions:
+/// (torchvision's part, [`ResNet`]'s part, whether it starts the name).
+fn name_pairs(config: &ResNetConfig) -> std::result::Result<Vec<(String, String, bool)>, String> {
     let blocks = config.blocks_per_stage().ok_or("unsupported depth")?;
-    let mut patterns: Vec<(String, String)> = vec![
-        (r"^conv1\.".into(), "stem_conv.".into()),
-        (r"^bn1\.".into(), "stem_bn.".into()),
-        (r"\.downsample\.0\.".into(), ".downsample.conv.".into()),
-        (r"\.downsample\.1\.".into(), ".downsample.bn.".into()),
+    let mut pairs = vec![
+        ("conv1.".into(), "stem_conv.".into(), true),
+        ("bn1.".into(), "stem_bn.".into(), true),
+        (".downsample.0.".into(), ".downsample.conv.".into(), false),
+        (".downsample.1.".into(), ".downsample.bn.".into(), false),
     ];
     let mut flat = 0;
     for (stage, &count) in blocks.iter().enumerate() {
         for i in 0..count {
-            patterns.push((
-                format!(r"^layer{}\.{i}\.", stage + 1),
+            pairs.push((
+                format!("layer{}.{i}.", stage + 1),
                 format!("blocks.{flat}."),
+                true,
             ));
             flat += 1;
         }
     }
+    Ok(pairs)
+}
+
+/// A remapper from one side of [`name_pairs`] to the other (`to_torchvision`: ours → theirs).
+fn remapper_towards(
+    config: &ResNetConfig,
+    to_torchvision: bool,
+) -> std::result::Result<KeyRemapper, String> {
+    let pattern = |part: &str, anchored: bool| {
+        format!(
+            "{}{}",
+            if anchored { "^" } else { "" },
+            part.replace('.', r"\.")
+        )
+    };
+    let patterns: Vec<(String, String)> = name_pairs(config)?
+        .into_iter()
+        .map(|(theirs, ours, anchored)| {
+            if to_torchvision {
+                (pattern(&ours, anchored), theirs)
+            } else {
+                (pattern(&theirs, anchored), ours)
+            }
+        })
+        .collect();
     KeyRemapper::from_patterns(patterns).map_err(|e| e.to_string())
+}
+
+/// torchvision's names → [`ResNet`]'s.
+fn remapper(config: &ResNetConfig) -> std::result::Result<KeyRemapper, String> {
+    remapper_towards(config, false)
 }
 
 /// [`ResNet`]'s names → torchvision's: the inverse of [`remapper`].
 fn reverse_remapper(config: &ResNetConfig) -> std::result::Result<KeyRemapper, String> {
-    let blocks = config.blocks_per_stage().ok_or("unsupported depth")?;
-    let mut patterns: Vec<(String, String)> = vec![
-        (r"^stem_conv\.".into(), "conv1.".into()),
-        (r"^stem_bn\.".into(), "bn1.".into()),
-        (r"\.downsample\.conv\.".into(), ".downsample.0.".into()),
-        (r"\.downsample\.bn\.".into(), ".downsample.1.".into()),
-    ];
-    let mut flat = 0;
-    for (stage, &count) in blocks.iter().enumerate() {
-        for i in 0..count {
-            patterns.push((
-                format!(r"^blocks\.{flat}\."),
-                format!("layer{}.{i}.", stage + 1),
-            ));
-            flat += 1;
-        }
-    }
-    KeyRemapper::from_patterns(patterns).map_err(|e| e.to_string())
+    remapper_towards(config, true)
 }
 
 /// What [`save_torchvision`] wrote.

@@ -3,29 +3,10 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Output;
 
 use scanside_runtime::fixtures::{write_dicom, write_dicomdir, DicomFixture};
 
-use crate::util::{scanside_command, write_linear_bundle, write_png};
-
-fn screen(bundle: &Path, extra: &[&str], paths: &[&Path]) -> (Output, Vec<serde_json::Value>) {
-    let out = scanside_command()
-        .arg("screen")
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--public-key")
-        .arg(bundle.with_extension("pub"))
-        .args(extra)
-        .args(paths)
-        .output()
-        .unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (out, lines)
-}
+use crate::util::{screen_signed, write_linear_bundle, write_png};
 
 fn instance(path: &Path, value: u16, study: &str, uid: &str) {
     write_dicom(
@@ -56,7 +37,7 @@ fn a_folder_is_walked_in_name_order_skipping_hidden_entries_and_non_images() {
     write_png(&data.join(".hidden.png"), 30);
     write_png(&data.join(".cache/c.png"), 30);
     fs::write(data.join("notes.txt"), "not an image").unwrap();
-    let (out, lines) = screen(&bundle, &[], &[&data]);
+    let (out, lines) = screen_signed(&bundle, &[], &[&data]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let files: Vec<&str> = lines.iter().map(|l| l["file"].as_str().unwrap()).collect();
@@ -72,7 +53,7 @@ fn a_folder_is_walked_in_name_order_skipping_hidden_entries_and_non_images() {
 
     let empty = dir.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
-    let (out, _) = screen(&bundle, &[], &[&empty]);
+    let (out, _) = screen_signed(&bundle, &[], &[&empty]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no image found"));
 }
@@ -102,7 +83,7 @@ fn a_dicomdir_is_followed_to_its_instances_and_a_missing_one_is_named() {
         &media.join("DICOMDIR"),
         &[&["DICOM", "IM1"], &["DICOM", "IM2"], &["DICOM", "IM3"]],
     );
-    let (out, lines) = screen(&bundle, &[], &[&media.join("DICOMDIR")]);
+    let (out, lines) = screen_signed(&bundle, &[], &[&media.join("DICOMDIR")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(lines.len(), 2);
@@ -111,7 +92,7 @@ fn a_dicomdir_is_followed_to_its_instances_and_a_missing_one_is_named() {
         "{stderr}"
     );
     // The folder holding it: the DICOMDIR replaces the walk's own finds, once each.
-    let (_, lines) = screen(&bundle, &[], &[&media]);
+    let (_, lines) = screen_signed(&bundle, &[], &[&media]);
     assert_eq!(lines.len(), 2, "{lines:?}");
 }
 
@@ -145,7 +126,7 @@ fn by_study_folds_each_studys_instances_after_the_image_lines() {
         "1.2.826.0.1.3680043.2.1125.7.1",
     );
     write_png(&data.join("photo.png"), 200);
-    let (out, lines) = screen(&bundle, &["--by-study"], &[&data]);
+    let (out, lines) = screen_signed(&bundle, &["--by-study"], &[&data]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(lines.len(), 4 + 2);
@@ -166,7 +147,7 @@ fn by_study_folds_each_studys_instances_after_the_image_lines() {
         "{stderr}"
     );
 
-    let (_, only) = screen(&bundle, &["--studies-only"], &[&data]);
+    let (_, only) = screen_signed(&bundle, &["--studies-only"], &[&data]);
     assert_eq!(only.len(), 2);
     assert!(only.iter().all(|l| l.get("study_uid").is_some()));
 }

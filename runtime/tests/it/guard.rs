@@ -2,32 +2,14 @@
 //! (the rule named, no probabilities, no flags), inputs beyond the out-of-distribution threshold
 //! keep their probabilities but raise no flag, and both are counted, not failed.
 
-use std::path::Path;
-use std::process::Output;
-
 use scanside_runtime::bundle::guard::{
     AttributeRule, DicomAttribute, InputRules, OodGuard, OodScore,
 };
 use scanside_runtime::bundle::Calibration;
 
-use crate::util::{scanside_command, write_dicom, write_linear_bundle_edited, write_png};
-
-fn screen(bundle: &Path, files: &[&Path]) -> (Output, Vec<serde_json::Value>) {
-    let out = scanside_command()
-        .arg("screen")
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--public-key")
-        .arg(bundle.with_extension("pub"))
-        .args(files)
-        .output()
-        .unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (out, lines)
-}
+use crate::util::{
+    scanside_command, screen_signed, write_dicom, write_linear_bundle_edited, write_png,
+};
 
 #[test]
 fn inputs_failing_the_input_rules_are_not_applicable_with_the_rule_named() {
@@ -62,7 +44,7 @@ fn inputs_failing_the_input_rules_are_not_applicable_with_the_rule_named() {
         .unwrap();
     let chest = dir.path().join("chest.dcm");
     write_dicom(&chest, "MONOCHROME2", &[4000; 64], 8, 8, None);
-    let (out, lines) = screen(&bundle, &[&colour, &grey, &small, &chest, &grey_rgb]);
+    let (out, lines) = screen_signed(&bundle, &[], &[&colour, &grey, &small, &chest, &grey_rgb]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("4 of 5 images not applicable"), "{stderr}");
@@ -121,7 +103,7 @@ fn an_input_beyond_the_ood_threshold_keeps_its_probabilities_and_raises_no_flag(
     let (white, grey) = (dir.path().join("white.png"), dir.path().join("grey.png"));
     write_png(&white, 240);
     write_png(&grey, 128);
-    let (out, lines) = screen(&bundle, &[&white, &grey]);
+    let (out, lines) = screen_signed(&bundle, &[], &[&white, &grey]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("1 out of distribution"), "{stderr}");

@@ -646,7 +646,8 @@ impl Dcmtk {
     }
 }
 
-fn write_instance(dir: &Path, uid: &str) -> PathBuf {
+/// A small DICOM instance to send, `UID.sent`, in `study` when given.
+fn write_instance(dir: &Path, uid: &str, study: Option<&str>) -> PathBuf {
     let path = dir.join(format!("{uid}.sent"));
     write_dicom(
         &path,
@@ -658,7 +659,7 @@ fn write_instance(dir: &Path, uid: &str) -> PathBuf {
             window: None,
             patient_id: Some("PAT-2"),
             sop_instance_uid: Some(uid),
-            study_uid: None,
+            study_uid: study,
         },
     );
     path
@@ -679,7 +680,7 @@ fn receive_answers_out_of_resources_when_it_cannot_store_or_audit_and_keeps_noth
     let send = |files: &[PathBuf]| dcmtk.run("storescu", "MODALITY", files);
     let sent = tempfile::tempdir().unwrap();
     let uid = "1.2.826.0.1.3680043.2.1125.9.50";
-    let instance = write_instance(sent.path(), uid);
+    let instance = write_instance(sent.path(), uid, None);
     let stored = site.incoming.join(format!("{uid}.dcm"));
 
     // The store fails (a folder holds the instance's name): "out of resources", nothing audited.
@@ -770,24 +771,6 @@ fn restart_finishes_committed_items_without_rescreening_and_redoes_the_others() 
     assert_eq!(site.events("service_start")[0]["detail"]["recovered"], 2);
 }
 
-fn write_study_instance(dir: &Path, uid: &str, study: &str) -> PathBuf {
-    let path = dir.join(format!("{uid}.sent"));
-    write_dicom(
-        &path,
-        &DicomFixture {
-            photometric: "MONOCHROME2",
-            pixels: &[500; 16],
-            rows: 4,
-            cols: 4,
-            window: None,
-            patient_id: Some("PAT-3"),
-            sop_instance_uid: Some(uid),
-            study_uid: Some(study),
-        },
-    );
-    path
-}
-
 /// A chest film sent to a dermatology box: stored and reported `not_applicable` (audited, the
 /// study counting it apart, no flags); with `--refuse-not-applicable`, refused at reception
 /// (0x0122, audited) and never stored.
@@ -799,7 +782,7 @@ fn receive_reports_instances_the_model_is_not_for_or_refuses_them_when_told() {
     };
     let sent = tempfile::tempdir().unwrap();
     let study = "1.2.826.0.1.3680043.2.1125.78";
-    let instance = write_study_instance(sent.path(), "1.2.826.0.1.3680043.2.1125.9.60", study);
+    let instance = write_instance(sent.path(), "1.2.826.0.1.3680043.2.1125.9.60", Some(study));
     let out = dcmtk.run("storescu", "MODALITY", std::slice::from_ref(&instance));
     assert!(out.status.success(), "C-STORE: {}", stderr(&out));
     wait_until("the committed result", Duration::from_secs(60), || {
@@ -828,7 +811,7 @@ fn receive_reports_instances_the_model_is_not_for_or_refuses_them_when_told() {
         return;
     };
     let uid = "1.2.826.0.1.3680043.2.1125.9.61";
-    let instance = write_study_instance(sent.path(), uid, study);
+    let instance = write_instance(sent.path(), uid, Some(study));
     let out = dcmtk.run("storescu", "MODALITY", std::slice::from_ref(&instance));
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out)).to_lowercase();
     assert!(

@@ -283,3 +283,27 @@ pub fn scanside_command() -> std::process::Command {
         _ => std::process::Command::new(binary),
     }
 }
+
+/// `scanside screen` of a fixture bundle with its own public key and `extra` arguments before
+/// the files; the output and its JSON lines.
+pub fn screen_signed(
+    bundle: &Path,
+    extra: &[&str],
+    files: &[&Path],
+) -> (std::process::Output, Vec<serde_json::Value>) {
+    let out = scanside_command()
+        .arg("screen")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--public-key")
+        .arg(bundle.with_extension("pub"))
+        .args(extra)
+        .args(files)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out, lines)
+}

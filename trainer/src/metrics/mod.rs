@@ -21,6 +21,6 @@ pub use classification::{
 pub use intervals::{group_bootstrap, group_members, Interval};
 pub use knn::{embedding_spread, knn_accuracy, knn_predict, knn_scores};
 pub use multi_label::{Labels, MultiLabelMetrics, MIN_POSITIVES_FOR_MEAN_AUC};
-pub use ood::{fit_ood_guard, separation_auroc, OodFeatures, OodMethod};
+pub use ood::{fit_ood_guard, OodFeatures, OodMethod};
 pub use outputs::{embed, predict, predict_logits, sigmoid_rows};
 pub use reliability::{reliability, ReliabilityBin};

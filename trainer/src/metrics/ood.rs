@@ -1,8 +1,7 @@
 //! Fitting the bundle's out-of-distribution guard ([`OodGuard`], defined with the manifest in
 //! the runtime) on in-distribution logits: the score's parameters, then the threshold that
 //! rejects a stated share of those images. The score is computed by the runtime's own code, so
-//! the threshold holds for what the runtime computes. Also the AUROC of a score for in- versus
-//! out-of-distribution inputs, for reports.
+//! the threshold holds for what the runtime computes.
 
 use scanside_runtime::bundle::guard::{ood_features, OodGuard, OodScore};
 use serde::{Deserialize, Serialize};
@@ -202,21 +201,6 @@ fn invert_spd(matrix: &[f64], k: usize) -> Option<Vec<f64>> {
     Some(inv)
 }
 
-/// The AUROC of a score separating `outliers` (positives) from `inliers`; ties count half.
-pub fn separation_auroc(inliers: &[f32], outliers: &[f32]) -> f64 {
-    let mut wins = 0.0_f64;
-    for o in outliers {
-        for i in inliers {
-            wins += match o.partial_cmp(i) {
-                Some(std::cmp::Ordering::Greater) => 1.0,
-                Some(std::cmp::Ordering::Equal) => 0.5,
-                _ => 0.0,
-            };
-        }
-    }
-    wins / (inliers.len() * outliers.len()).max(1) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,11 +260,5 @@ mod tests {
             }
         }
         assert!(invert_spd(&[0.0, 0.0, 0.0, 0.0], 2).is_none());
-    }
-
-    #[test]
-    fn auroc_is_one_for_separated_scores_and_a_half_for_equal_ones() {
-        assert_eq!(separation_auroc(&[0.0, 1.0], &[2.0, 3.0]), 1.0);
-        assert_eq!(separation_auroc(&[1.0, 1.0], &[1.0]), 0.5);
     }
 }
