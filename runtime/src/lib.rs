@@ -16,6 +16,8 @@
 //! - [`infer`]: the engines (direct fp32, tract, the int8 core) → logits;
 //! - [`report`]: logits → the JSON result of one image;
 //! - [`pipeline`]: decode → preprocess → infer → report for one bundle ([`pipeline::Screener`]);
+//! - [`study`]: a study's results folded into one; [`sr`]: a study result as a DICOM
+//!   Structured Report;
 //! - the front doors, each adding only its own I/O: [`screen`], [`bench`], [`mcu_vectors`],
 //!   [`watch`] (the drop-folder service and the DICOM receiver) and [`inspect`] (decoder only);
 //! - [`logging`]: the stderr logger the binary installs.
@@ -36,6 +38,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod report;
 pub mod screen;
+pub mod sr;
 pub mod study;
 pub mod watch;
 

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::DicomIdentity;
+use crate::decode::{DicomIdentity, DicomStudyHeader};
 use crate::report::{ScreeningResult, Status};
 
 /// A study's result (a study is flagged when any of its screened images is).
@@ -38,6 +38,10 @@ pub struct StudyResult {
     pub out_of_distribution: usize,
     /// The instances, in the order they were added.
     pub instances: Vec<StudyInstance>,
+    /// The Patient and General Study modules of the study's first instance, kept when a DICOM
+    /// report of the study is to be written (`sr`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<DicomStudyHeader>,
 }
 
 /// One instance of a study.
@@ -52,6 +56,9 @@ pub struct StudyInstance {
     pub series_uid: Option<String>,
     /// (0008,0018) SOP Instance UID.
     pub sop_instance_uid: Option<String>,
+    /// (0008,0016) SOP Class UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sop_class_uid: Option<String>,
     /// The instance's status.
     #[serde(default)]
     pub status: Status,
@@ -77,6 +84,7 @@ impl StudyInstance {
             claim_id: None,
             series_uid: dicom.and_then(|d| d.series_uid.clone()),
             sop_instance_uid: dicom.and_then(|d| d.sop_instance_uid.clone()),
+            sop_class_uid: dicom.and_then(|d| d.sop_class_uid.clone()),
             status: result.status,
             refused_by: result.refused_by.clone(),
             top_class: result.top_class.clone(),

@@ -36,6 +36,9 @@ pub struct DicomIdentity {
     pub series_uid: Option<String>,
     /// (0008,0018) SOP Instance UID.
     pub sop_instance_uid: Option<String>,
+    /// (0008,0016) SOP Class UID (what a report referencing the instance must name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sop_class_uid: Option<String>,
 }
 
 /// Reads a DICOM file's header up to the pixel data: who and which study it belongs to.
@@ -56,6 +59,62 @@ pub fn dicom_identity_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomIdent
         study_uid: text(tags::STUDY_INSTANCE_UID),
         series_uid: text(tags::SERIES_INSTANCE_UID),
         sop_instance_uid: text(tags::SOP_INSTANCE_UID),
+        sop_class_uid: text(tags::SOP_CLASS_UID),
+    })
+}
+
+/// The Patient and General Study modules of a DICOM file (PS3.3 C.7.1.1, C.7.2.1): what a
+/// report about the study copies so that the PACS files it with the images. Values as stored
+/// (person names keep their `^` separators); absent attributes are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct DicomStudyHeader {
+    /// (0010,0010) Patient's Name.
+    pub patient_name: Option<String>,
+    /// (0010,0020) Patient ID.
+    pub patient_id: Option<String>,
+    /// (0010,0021) Issuer of Patient ID.
+    pub issuer_of_patient_id: Option<String>,
+    /// (0010,0030) Patient's Birth Date.
+    pub patient_birth_date: Option<String>,
+    /// (0010,0040) Patient's Sex.
+    pub patient_sex: Option<String>,
+    /// (0020,000D) Study Instance UID.
+    pub study_uid: Option<String>,
+    /// (0008,0020) Study Date.
+    pub study_date: Option<String>,
+    /// (0008,0030) Study Time.
+    pub study_time: Option<String>,
+    /// (0008,0090) Referring Physician's Name.
+    pub referring_physician_name: Option<String>,
+    /// (0020,0010) Study ID.
+    pub study_id: Option<String>,
+    /// (0008,0050) Accession Number.
+    pub accession_number: Option<String>,
+    /// (0008,1030) Study Description.
+    pub study_description: Option<String>,
+}
+
+/// Reads the Patient and General Study modules of a DICOM file (Part 10 bytes) without
+/// decoding pixels.
+pub fn dicom_study_header_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomStudyHeader> {
+    let obj = read_part10(bytes, true).map_err(|e| Error::Decode {
+        path: path.to_path_buf(),
+        reason: format!("malformed DICOM header: {e}"),
+    })?;
+    let text = |tag| text(&obj, tag);
+    Ok(DicomStudyHeader {
+        patient_name: text(tags::PATIENT_NAME),
+        patient_id: text(tags::PATIENT_ID),
+        issuer_of_patient_id: text(tags::ISSUER_OF_PATIENT_ID),
+        patient_birth_date: text(tags::PATIENT_BIRTH_DATE),
+        patient_sex: text(tags::PATIENT_SEX),
+        study_uid: text(tags::STUDY_INSTANCE_UID),
+        study_date: text(tags::STUDY_DATE),
+        study_time: text(tags::STUDY_TIME),
+        referring_physician_name: text(tags::REFERRING_PHYSICIAN_NAME),
+        study_id: text(tags::STUDY_ID),
+        accession_number: text(tags::ACCESSION_NUMBER),
+        study_description: text(tags::STUDY_DESCRIPTION),
     })
 }
 

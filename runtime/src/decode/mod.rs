@@ -31,9 +31,9 @@ mod rle;
 mod voi;
 
 pub use dicom::{
-    dicom_attributes_from_bytes, dicom_identity_from_bytes, dicom_image, read_dicom_frames,
-    read_dicom_identity, read_dicom_values, DicomAttributes, DicomIdentity, DicomValues,
-    MAX_FRAMES,
+    dicom_attributes_from_bytes, dicom_identity_from_bytes, dicom_image,
+    dicom_study_header_from_bytes, read_dicom_frames, read_dicom_identity, read_dicom_values,
+    DicomAttributes, DicomIdentity, DicomStudyHeader, DicomValues, MAX_FRAMES,
 };
 pub use dicomdir::{dicomdir_references, is_dicomdir, MEDIA_STORAGE_DIRECTORY};
 pub use lut::LookupTable;

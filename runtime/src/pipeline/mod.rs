@@ -131,6 +131,14 @@ impl Screener {
         &self.output.class_names
     }
 
+    /// Per class, the screening threshold (`None`: never flagged); empty without calibration.
+    pub fn thresholds(&self) -> &[Option<f32>] {
+        self.output
+            .calibration
+            .as_ref()
+            .map_or(&[], |c| c.thresholds.as_slice())
+    }
+
     /// Screens `files` on `jobs` threads (each image is independent; the model is shared
     /// read-only) and hands every outcome to `sink` in input order, as soon as it and all
     /// before it are done. `sink` returns `false` to stop early (e.g. stdout closed).

@@ -42,6 +42,8 @@ pub enum AuditEvent {
     /// A DICOM instance was refused at reception: it fails the bundle's input rules and the
     /// receiver is configured to refuse such instances (`refused_by` says which rule).
     InstanceRefused,
+    /// A DICOM Structured Report of a study (or of one instance) was written to `OUT/sr/`.
+    ReportWritten,
 }
 
 /// One line of the audit log. Fields that do not apply to an event are left out.

@@ -15,6 +15,7 @@ use super::{ModelInfo, Service, Summary, WatchOptions};
 use crate::bundle::{Bundle, SignatureStatus, Trust};
 use crate::infer::EngineKind;
 use crate::pipeline::Screener;
+use crate::sr::SrConfig;
 use crate::{Error, Result};
 
 /// The whole service configuration (the TOML file's shape; see `runtime/deploy/scanside.toml`).
@@ -51,6 +52,9 @@ pub struct ServiceConfig {
     /// The DICOM receiver; absent: drop folder only.
     #[serde(default)]
     pub receive: Option<ReceiveConfig>,
+    /// DICOM Structured Reports of the results (`OUT/sr/`); absent: JSON results only.
+    #[serde(default)]
+    pub sr: Option<SrConfig>,
 }
 
 /// The `[receive]` table.
@@ -142,6 +146,9 @@ impl ServiceConfig {
                 return bad("receive.max_associations must be at least 1");
             }
         }
+        if let Some(sr) = &self.sr {
+            sr.validate(path)?;
+        }
         Ok(())
     }
 
@@ -158,6 +165,7 @@ impl ServiceConfig {
         options.settle = Duration::from_millis(self.settle_ms);
         options.rescan = Duration::from_millis(self.rescan_ms.max(10));
         options.exit_when_idle = self.exit_when_idle;
+        options.sr = self.sr.clone();
         options
     }
 }
@@ -221,6 +229,8 @@ mod tests {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/scanside.toml");
         let config = ServiceConfig::from_file(&example).unwrap();
         assert_eq!(config.receive.as_ref().unwrap().port, 11112);
+        let sr = config.sr.as_ref().expect("the example writes reports");
+        assert!(!sr.uid_root.is_empty() && sr.stable_seconds > 0, "{sr:?}");
         assert!(!config.allow_unsigned && !config.public_keys.is_empty());
 
         let dir = tempfile::tempdir().unwrap();
@@ -250,5 +260,15 @@ mod tests {
             ),
         );
         assert!(err.contains("ae_title"), "{err}");
+        let err = write(
+            "sr.toml",
+            &format!("{base}allow_unsigned = true\n[sr]\nuid_root = \"1.2.03\"\n"),
+        );
+        assert!(err.contains("sr.toml") && err.contains("uid_root"), "{err}");
+        let err = write(
+            "srtypo.toml",
+            &format!("{base}allow_unsigned = true\n[sr]\nstable_secs = 5\n"),
+        );
+        assert!(err.contains("stable_secs"), "{err}");
     }
 }

@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod config;
 pub mod receive;
+mod reports;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -33,10 +34,11 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::bundle::sha256_hex;
-use crate::decode::{self, DicomIdentity, FileFormat};
+use crate::decode::{self, DicomIdentity, DicomStudyHeader, FileFormat};
 use crate::persist::write_atomically;
 use crate::pipeline::Screener;
 use crate::report::ScreeningResult;
+use crate::sr::SrConfig;
 use crate::study::{StudyInstance, StudyResult};
 use crate::{Error, Result};
 use audit::{AuditEvent, AuditLog, AuditRecord, Journal};
@@ -65,6 +67,8 @@ pub struct WatchOptions {
     pub batch: usize,
     /// Return once the folder is empty and nothing is pending (batch runs, tests).
     pub exit_when_idle: bool,
+    /// Write DICOM Structured Reports of studies (and instances) to `OUT/sr/`.
+    pub sr: Option<SrConfig>,
 }
 
 impl WatchOptions {
@@ -79,6 +83,7 @@ impl WatchOptions {
             rescan: Duration::from_secs(5),
             batch: 256,
             exit_when_idle: false,
+            sr: None,
         }
     }
 }
@@ -151,6 +156,8 @@ pub struct Service {
     candidates: HashMap<OsString, (u64, SystemTime, Instant)>,
     last_claim: u128,
     summary: Summary,
+    /// Study result files whose report is written (or cannot be), at the mtime checked.
+    reported: HashMap<PathBuf, SystemTime>,
     _lock: File,
 }
 
@@ -202,6 +209,7 @@ impl Service {
             candidates: HashMap::new(),
             last_claim: 0,
             summary: Summary::default(),
+            reported: HashMap::new(),
             _lock: lock,
         })
     }
@@ -270,7 +278,12 @@ impl Service {
             if !ready.is_empty() {
                 continue;
             }
-            if self.options.exit_when_idle && waiting == 0 && self.work_items()?.is_empty() {
+            let idle_exit =
+                self.options.exit_when_idle && waiting == 0 && self.work_items()?.is_empty();
+            // A batch run reports every study before it exits; a service waits until a study
+            // has had no new instance for the stable time.
+            self.write_study_reports(idle_exit);
+            if idle_exit {
                 break;
             }
             let wait = if waiting > 0 {
@@ -410,10 +423,14 @@ impl Service {
         };
         let sha = sha256_hex(&bytes);
         let display = self.options.in_dir.join(&item.name);
-        let dicom = match decode::sniff(&bytes) {
-            Some(FileFormat::Dicom) => decode::dicom_identity_from_bytes(&display, &bytes).ok(),
-            _ => None,
-        };
+        let is_dicom = decode::sniff(&bytes) == Some(FileFormat::Dicom);
+        let dicom = is_dicom
+            .then(|| decode::dicom_identity_from_bytes(&display, &bytes).ok())
+            .flatten();
+        // The modules a report copies, kept only when reports are written.
+        let header = (is_dicom && self.options.sr.is_some())
+            .then(|| decode::dicom_study_header_from_bytes(&display, &bytes).ok())
+            .flatten();
         let mut record = AuditRecord {
             claim_id: Some(item.claim.clone()),
             input: Some(display.display().to_string()),
@@ -441,9 +458,12 @@ impl Service {
                 };
                 write_json(&result_path, &stored)?;
                 if let Some(study) = dicom.as_ref().and_then(|d| d.study_uid.as_deref()) {
-                    let path =
-                        self.update_study(study, item, dicom.as_ref(), &result, &result_path)?;
+                    let instance = self.study_instance(item, dicom.as_ref(), &result, &result_path);
+                    let path = self.update_study(study, instance.clone(), header.as_ref())?;
                     record.detail = Some(serde_json::json!({ "study_file": path }));
+                    if self.options.sr.as_ref().is_some_and(|c| c.per_instance) {
+                        self.write_instance_report(study, instance, header)?;
+                    }
                 }
                 record.status = Some(result.status);
                 record.refused_by = result.refused_by.clone();
@@ -471,10 +491,8 @@ impl Service {
     fn update_study(
         &self,
         study_uid: &str,
-        item: &WorkItem,
-        dicom: Option<&DicomIdentity>,
-        result: &ScreeningResult,
-        result_path: &Path,
+        instance: StudyInstance,
+        header: Option<&DicomStudyHeader>,
     ) -> Result<PathBuf> {
         let dir = self.options.out_dir.join("studies");
         fs::create_dir_all(&dir).map_err(|source| Error::Io {
@@ -496,14 +514,28 @@ impl Service {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StudyResult::new(study_uid),
             Err(source) => return Err(Error::Io { path, source }),
         };
+        if study.header.is_none() {
+            study.header = header.cloned();
+        }
+        study.add(instance);
+        study.aggregate(self.screener.class_names(), &self.model.id);
+        write_json(&path, &study)?;
+        Ok(path)
+    }
+
+    /// A screened work item as an instance of its study.
+    fn study_instance(
+        &self,
+        item: &WorkItem,
+        dicom: Option<&DicomIdentity>,
+        result: &ScreeningResult,
+        result_path: &Path,
+    ) -> StudyInstance {
         let input = self.options.in_dir.join(&item.name).display().to_string();
         let mut instance = StudyInstance::of(input, dicom, result);
         instance.claim_id = Some(item.claim.clone());
         instance.result_file = Some(result_path.display().to_string());
-        study.add(instance);
-        study.aggregate(self.screener.class_names(), &result.model_id);
-        write_json(&path, &study)?;
-        Ok(path)
+        instance
     }
 
     fn commit_and_move(&mut self, item: &WorkItem, mut record: AuditRecord) -> Result<()> {

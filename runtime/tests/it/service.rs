@@ -1014,3 +1014,273 @@ fn receive_stores_every_transfer_syntax_as_sent_and_screens_it() {
     );
     terminate(child);
 }
+
+/// A fixture instance of `study` / `series` for a patient named `name` (the fixture writer
+/// knows neither series nor names: added here, as a modality would have them).
+fn write_study_instance(dir: &Path, uid: &str, study: &str, series: &str, name: &str) -> PathBuf {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let path = write_instance(dir, uid, Some(study));
+    let mut obj = dicom_object::open_file(&path).unwrap();
+    obj.put(DataElement::new(
+        tags::SPECIFIC_CHARACTER_SET,
+        VR::CS,
+        PrimitiveValue::from("ISO_IR 192"),
+    ));
+    for (tag, vr, value) in [
+        (tags::SERIES_INSTANCE_UID, VR::UI, series),
+        (tags::PATIENT_NAME, VR::PN, name),
+        (tags::ACCESSION_NUMBER, VR::SH, "ACC-7"),
+    ] {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    }
+    let dcm = path.with_extension("dcm");
+    obj.write_to_file(&dcm).unwrap();
+    fs::remove_file(&path).unwrap();
+    dcm
+}
+
+/// The reports in `OUT/sr/`, read back with dicom-rs.
+fn read_reports(site: &Site) -> Vec<(PathBuf, dicom_object::DefaultDicomObject)> {
+    let dir = site.results.join("sr");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let obj =
+                dicom_object::open_file(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            (f, obj)
+        })
+        .collect()
+}
+
+fn text_of(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
+    obj.element(tag)
+        .unwrap_or_else(|_| panic!("{tag} missing"))
+        .to_str()
+        .unwrap()
+        .trim_end_matches(['\0', ' '])
+        .to_string()
+}
+
+/// The SOP Instance UIDs a report's evidence sequence references.
+fn evidence_uids(obj: &dicom_object::InMemDicomObject) -> Vec<String> {
+    use dicom_dictionary_std::tags;
+    let mut uids = Vec::new();
+    let study = obj
+        .element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+        .unwrap();
+    for study in study.items().unwrap() {
+        for series in study
+            .element(tags::REFERENCED_SERIES_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+        {
+            for sop in series
+                .element(tags::REFERENCED_SOP_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+            {
+                assert_eq!(
+                    text_of(sop, tags::REFERENCED_SOP_CLASS_UID),
+                    "1.2.840.10008.5.1.4.1.1.7",
+                    "the source's SOP class"
+                );
+                uids.push(text_of(sop, tags::REFERENCED_SOP_INSTANCE_UID));
+            }
+        }
+    }
+    uids.sort();
+    uids
+}
+
+/// dcmtk's `dsrdump` must parse the report without a warning and show its content.
+fn check_with_dsrdump(file: &Path, expected: &[&str]) {
+    let out = Command::new("dsrdump").arg(file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dsrdump {}: {}",
+        file.display(),
+        stderr(&out)
+    );
+    let complaints = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("W:") || l.starts_with("E:"))
+        // dcmtk's value checker knows no UTF-8 (the report's character set); not a defect.
+        .filter(|l| !l.contains("does not support this Specific Character Set: ISO_IR 192"))
+        .count();
+    assert!(
+        complaints == 0,
+        "dsrdump warned on {}: {}",
+        file.display(),
+        stderr(&out)
+    );
+    for want in expected {
+        assert!(text.contains(want), "dsrdump shows no {want:?}:\n{text}");
+    }
+}
+
+/// pydicom must read the report and find the same patient, study and content tree.
+fn check_with_pydicom(file: &Path, patient: &str, study: &str) -> bool {
+    const SCRIPT: &str = "import sys, pydicom\n\
+        ds = pydicom.dcmread(sys.argv[1])\n\
+        assert ds.SOPClassUID == '1.2.840.10008.5.1.4.1.1.88.33', ds.SOPClassUID\n\
+        assert str(ds.PatientName) == sys.argv[2], ds.PatientName\n\
+        assert ds.StudyInstanceUID == sys.argv[3]\n\
+        assert ds.ValueType == 'CONTAINER' and ds.Modality == 'SR'\n\
+        names = [i.ConceptNameCodeSequence[0].CodeMeaning for i in ds.ContentSequence]\n\
+        assert 'Probability' in [c.ConceptNameCodeSequence[0].CodeMeaning\n\
+            for i in ds.ContentSequence if i.ValueType == 'CONTAINER' for c in i.ContentSequence], names\n\
+        print('ok', len(names))\n";
+    let Ok(out) = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(file)
+        .args([patient, study])
+        .output()
+    else {
+        return false;
+    };
+    if stderr(&out).contains("No module named 'pydicom'") {
+        return false;
+    }
+    assert!(
+        out.status.success(),
+        "pydicom on {}: {}",
+        file.display(),
+        stderr(&out)
+    );
+    true
+}
+
+/// `watch --sr` writes one Comprehensive SR per study (and per instance when asked): the
+/// patient and study copied, every source instance referenced, a probability per class, new
+/// UIDs under the configured root; dcmtk and pydicom read it. A report is never written twice
+/// (a one-instance study's report is its instance's report; a restart writes nothing again);
+/// a study that gains an instance gets a new report in the same series.
+#[test]
+fn watch_writes_a_dicom_sr_per_study_that_dcmtk_and_pydicom_read_and_never_twice() {
+    let site = Site::new();
+    write_linear_bundle_edited(&site.bundle, |m| {
+        m.calibration = Some(scanside_runtime::bundle::Calibration {
+            temperature: 1.0,
+            target_sensitivity: 0.9,
+            thresholds: vec![None, Some(0.01)],
+        })
+    });
+    let (study_a, study_b) = ("1.2.3.4.100", "1.2.3.4.200");
+    write_study_instance(
+        &site.incoming,
+        "1.2.3.4.101",
+        study_a,
+        "1.2.3.4.110",
+        "Müller^Anna",
+    );
+    write_study_instance(
+        &site.incoming,
+        "1.2.3.4.102",
+        study_a,
+        "1.2.3.4.110",
+        "Müller^Anna",
+    );
+    write_study_instance(
+        &site.incoming,
+        "1.2.3.4.201",
+        study_b,
+        "1.2.3.4.210",
+        "Doe^John",
+    );
+    let root = "1.2.826.0.1.3680043.10.999";
+    let sr_flags = [
+        "--exit-when-idle",
+        "--sr",
+        "--sr-per-instance",
+        "--sr-uid-root",
+        root,
+    ];
+    let out = site.command("watch", &sr_flags).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Study B's report says what its one instance's report says: the same object, one file.
+    let reports = read_reports(&site);
+    assert_eq!(reports.len(), 4, "study A's report and 3 instance reports");
+    assert_eq!(site.events("report_written").len(), 4);
+    let a = reports
+        .iter()
+        .find(|(_, r)| evidence_uids(r) == ["1.2.3.4.101", "1.2.3.4.102"])
+        .expect("study A's report references both of its instances");
+    {
+        use dicom_dictionary_std::tags;
+        let (file, obj) = a;
+        assert_eq!(
+            text_of(obj, tags::SOP_CLASS_UID),
+            "1.2.840.10008.5.1.4.1.1.88.33"
+        );
+        assert_eq!(text_of(obj, tags::STUDY_INSTANCE_UID), study_a);
+        assert_eq!(text_of(obj, tags::PATIENT_NAME), "Müller^Anna");
+        assert_eq!(text_of(obj, tags::PATIENT_ID), "PAT-2");
+        assert_eq!(text_of(obj, tags::ACCESSION_NUMBER), "ACC-7");
+        let uid = text_of(obj, tags::SOP_INSTANCE_UID);
+        assert!(
+            uid.starts_with(root) && file.ends_with(format!("{uid}.dcm")),
+            "{uid}"
+        );
+        assert!(text_of(obj, tags::SERIES_INSTANCE_UID).starts_with(root));
+        if dcmtk_missing() {
+            eprintln!("SKIPPED dsrdump check of the SR: dcmtk not installed (apt install dcmtk)");
+        } else {
+            check_with_dsrdump(
+                file,
+                &[
+                    "Not for diagnostic use",
+                    "Probability",
+                    "bright",
+                    "Screening threshold",
+                    "sha256:",
+                ],
+            );
+        }
+        if !check_with_pydicom(file, "Müller^Anna", study_a) {
+            eprintln!("SKIPPED pydicom check of the SR: pydicom not installed (tools/setup.sh)");
+        }
+    }
+    let series_of = |study: &str| -> HashSet<String> {
+        read_reports(&site)
+            .iter()
+            .filter(|(_, r)| text_of(r, dicom_dictionary_std::tags::STUDY_INSTANCE_UID) == study)
+            .map(|(_, r)| text_of(r, dicom_dictionary_std::tags::SERIES_INSTANCE_UID))
+            .collect()
+    };
+    assert_eq!(
+        series_of(study_b).len(),
+        1,
+        "one series per study and model"
+    );
+
+    // A restart (the study results unchanged) writes nothing again.
+    let again = site.command("watch", &sr_flags).output().unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(read_reports(&site).len(), 4);
+    assert_eq!(site.events("report_written").len(), 4);
+
+    // Study B gains an instance: a new study report and an instance report, same series.
+    write_study_instance(
+        &site.incoming,
+        "1.2.3.4.202",
+        study_b,
+        "1.2.3.4.210",
+        "Doe^John",
+    );
+    let more = site.command("watch", &sr_flags).output().unwrap();
+    assert!(more.status.success(), "{}", stderr(&more));
+    assert_eq!(read_reports(&site).len(), 6);
+    assert_eq!(series_of(study_b).len(), 1);
+    assert!(read_reports(&site)
+        .iter()
+        .any(|(_, r)| evidence_uids(r) == ["1.2.3.4.201", "1.2.3.4.202"]));
+}

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::examples;
 use scanside_runtime::bundle::{Bundle, Trust};
 use scanside_runtime::infer::EngineKind;
+use scanside_runtime::sr::SrConfig;
 use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};
 
 #[derive(Parser)]
@@ -270,6 +271,22 @@ pub struct ServiceArgs {
     /// Stop once the folder is empty and nothing is pending (batch runs).
     #[arg(long)]
     exit_when_idle: bool,
+    /// Write a DICOM Structured Report of each study's result to OUT/sr/ (once the study has
+    /// had no new instance for --sr-stable-seconds; at exit with --exit-when-idle).
+    #[arg(long)]
+    sr: bool,
+    /// UID root for the reports' series and instances (default: 2.25 UUID-derived UIDs).
+    #[arg(long, requires = "sr", value_name = "UID_ROOT")]
+    sr_uid_root: Option<String>,
+    /// Seconds without a new instance before a study's report is written.
+    #[arg(long, requires = "sr", value_name = "SECONDS")]
+    sr_stable_seconds: Option<u64>,
+    /// Also write one report per instance as soon as it is screened.
+    #[arg(long, requires = "sr")]
+    sr_per_instance: bool,
+    /// The statement every report carries (default: not for diagnostic use).
+    #[arg(long, requires = "sr", value_name = "TEXT")]
+    sr_disclaimer: Option<String>,
 }
 
 impl ServiceArgs {
@@ -292,6 +309,15 @@ impl ServiceArgs {
             rescan_ms: self.rescan_ms,
             exit_when_idle: self.exit_when_idle,
             receive: None,
+            sr: self.sr.then(|| {
+                let defaults = SrConfig::default();
+                SrConfig {
+                    uid_root: self.sr_uid_root.unwrap_or(defaults.uid_root),
+                    disclaimer: self.sr_disclaimer.unwrap_or(defaults.disclaimer),
+                    per_instance: self.sr_per_instance,
+                    stable_seconds: self.sr_stable_seconds.unwrap_or(defaults.stable_seconds),
+                }
+            }),
         }
     }
 }
