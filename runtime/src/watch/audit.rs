@@ -44,6 +44,14 @@ pub enum AuditEvent {
     InstanceRefused,
     /// A DICOM Structured Report of a study (or of one instance) was written to `OUT/sr/`.
     ReportWritten,
+    /// A queued object was stored by a forwarding destination (C-STORE success); the commit
+    /// point of its removal from the queue.
+    Forwarded,
+    /// Sending to a destination failed (down, refusing the association, out of resources);
+    /// the object stays queued and is retried.
+    ForwardRetry,
+    /// A destination refused an object for good; it moved to the queue's `failed/`.
+    ForwardRefused,
 }
 
 /// One line of the audit log. Fields that do not apply to an event are left out.
@@ -131,6 +139,8 @@ pub struct Journal {
     pub committed: HashMap<String, Committed>,
     /// (input SHA-256, model SHA-256) → result file, for inputs screened before.
     pub screened: HashMap<(String, String), String>,
+    /// (destination, queue file name) of objects a forwarding destination stored.
+    pub forwarded: std::collections::HashSet<(String, String)>,
     /// Lines that were not valid records (a torn last line after a power cut).
     pub unreadable_lines: usize,
 }
@@ -139,6 +149,16 @@ impl Journal {
     /// Learns from one record.
     pub fn note(&mut self, record: &AuditRecord) {
         let Some(event) = record.event else { return };
+        if event == AuditEvent::Forwarded {
+            let field = |name| {
+                let value = record.detail.as_ref()?.get(name)?.as_str()?;
+                Some(value.to_string())
+            };
+            if let (Some(destination), Some(file)) = (field("destination"), field("file")) {
+                self.forwarded.insert((destination, file));
+            }
+            return;
+        }
         if !matches!(
             event,
             AuditEvent::Screened | AuditEvent::Failed | AuditEvent::Duplicate

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::forward::{Destination, Forwarder};
 use super::receive::{self, ReceiveOptions};
 use super::{ModelInfo, Service, Summary, WatchOptions};
 use crate::bundle::{Bundle, SignatureStatus, Trust};
@@ -55,6 +56,9 @@ pub struct ServiceConfig {
     /// DICOM Structured Reports of the results (`OUT/sr/`); absent: JSON results only.
     #[serde(default)]
     pub sr: Option<SrConfig>,
+    /// Destinations the reports are sent to with C-STORE (`[[forward]]` tables).
+    #[serde(default)]
+    pub forward: Vec<Destination>,
 }
 
 /// The `[receive]` table.
@@ -149,6 +153,22 @@ impl ServiceConfig {
         if let Some(sr) = &self.sr {
             sr.validate(path)?;
         }
+        if !self.forward.is_empty() && self.sr.is_none() {
+            return bad("forward sends the DICOM reports: it needs the [sr] table (or --sr)");
+        }
+        let mut names = std::collections::HashSet::new();
+        for destination in &self.forward {
+            destination.validate(path)?;
+            if !names.insert(destination.queue_name()) {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "forward: two destinations named {:?} (set `name` apart)",
+                        destination.queue_name()
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -166,6 +186,7 @@ impl ServiceConfig {
         options.rescan = Duration::from_millis(self.rescan_ms.max(10));
         options.exit_when_idle = self.exit_when_idle;
         options.sr = self.sr.clone();
+        options.forward = self.forward.clone();
         options
     }
 }
@@ -202,8 +223,24 @@ pub fn run(config: &ServiceConfig, stop: &AtomicBool) -> Result<Summary> {
         None => None,
     };
     let audit = service.audit_log();
+    let mut forwarders: Vec<Forwarder> = config
+        .forward
+        .iter()
+        .map(|d| {
+            Forwarder::new(
+                d.clone(),
+                &config.out_dir,
+                audit.clone(),
+                service.forwarded(),
+            )
+        })
+        .collect();
     let receiver_stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
+        for forwarder in &mut forwarders {
+            let receiver_stop = &receiver_stop;
+            scope.spawn(move || forwarder.run(receiver_stop));
+        }
         if let Some((listener, receive)) = listener {
             let (audit, receiver_stop) = (audit.clone(), &receiver_stop);
             eprintln!(
@@ -231,6 +268,8 @@ mod tests {
         assert_eq!(config.receive.as_ref().unwrap().port, 11112);
         let sr = config.sr.as_ref().expect("the example writes reports");
         assert!(!sr.uid_root.is_empty() && sr.stable_seconds > 0, "{sr:?}");
+        assert_eq!(config.forward.len(), 1);
+        assert_eq!(config.forward[0].queue_name(), "pacs");
         assert!(!config.allow_unsigned && !config.public_keys.is_empty());
 
         let dir = tempfile::tempdir().unwrap();
@@ -270,5 +309,16 @@ mod tests {
             &format!("{base}allow_unsigned = true\n[sr]\nstable_secs = 5\n"),
         );
         assert!(err.contains("stable_secs"), "{err}");
+        let destination = "[[forward]]\nae_title = \"PACS\"\nhost = \"h\"\nport = 104\n";
+        let err = write(
+            "nosr.toml",
+            &format!("{base}allow_unsigned = true\n{destination}"),
+        );
+        assert!(err.contains("nosr.toml") && err.contains("[sr]"), "{err}");
+        let err = write(
+            "twice.toml",
+            &format!("{base}allow_unsigned = true\n[sr]\n{destination}{destination}"),
+        );
+        assert!(err.contains("two destinations"), "{err}");
     }
 }

@@ -20,6 +20,8 @@
 
 pub mod audit;
 pub mod config;
+mod dimse;
+pub mod forward;
 pub mod receive;
 mod reports;
 
@@ -69,6 +71,8 @@ pub struct WatchOptions {
     pub exit_when_idle: bool,
     /// Write DICOM Structured Reports of studies (and instances) to `OUT/sr/`.
     pub sr: Option<SrConfig>,
+    /// Where the reports are sent (each has a queue in `OUT/outbox/`).
+    pub forward: Vec<forward::Destination>,
 }
 
 impl WatchOptions {
@@ -84,6 +88,7 @@ impl WatchOptions {
             batch: 256,
             exit_when_idle: false,
             sr: None,
+            forward: Vec::new(),
         }
     }
 }
@@ -217,6 +222,11 @@ impl Service {
     /// The service's audit log, for the DICOM receiver's records.
     pub fn audit_log(&self) -> AuditLog {
         self.audit.clone()
+    }
+
+    /// What the audit log records as forwarded: (destination, queue file name).
+    pub fn forwarded(&self) -> &std::collections::HashSet<(String, String)> {
+        &self.journal.forwarded
     }
 
     /// Runs until `stop` is set (the current item is finished first) or, with

@@ -24,6 +24,7 @@ use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, 
 use dicom_ul::{Pdu, ServerAssociationOptions};
 
 use super::audit::{AuditEvent, AuditLog, AuditRecord};
+use super::dimse::{command_elements, encode_command};
 use crate::bundle::InputRules;
 use crate::decode;
 use crate::persist::write_atomically;
@@ -390,43 +391,8 @@ pub fn read_command_set(bytes: &[u8]) -> std::result::Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Reads a command set itself rather than through dicom-rs: a command set is a flat list of
-/// group-0000 elements in implicit VR little endian (PS3.7 6.3.1, E.1), and dicom-rs, given a
-/// value length its VR does not divide (89 bytes of UL), read the next header out of step and
-/// reserved the gigabytes it claimed (found by cargo-fuzz).
-fn command_elements(bytes: &[u8]) -> std::result::Result<Vec<(u16, &[u8])>, AssociationError> {
-    let bad = |what: String| AssociationError::Command(what);
-    let mut elements = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let header = bytes.get(at..at + 8).ok_or_else(|| {
-            bad(format!(
-                "the command set ends inside an element at byte {at}"
-            ))
-        })?;
-        let word = |i: usize| u16::from_le_bytes([header[i], header[i + 1]]);
-        let (group, element) = (word(0), word(2));
-        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        if group != 0x0000 {
-            return Err(bad(format!(
-                "element ({group:04X},{element:04X}) in a command set (group 0000 only)"
-            )));
-        }
-        let value = bytes
-            .get(at + 8..(at + 8).saturating_add(len))
-            .ok_or_else(|| {
-                bad(format!(
-                    "element (0000,{element:04X}) claims {len} bytes past the end"
-                ))
-            })?;
-        elements.push((element, value));
-        at += 8 + len;
-    }
-    Ok(elements)
-}
-
 fn parse_command(bytes: &[u8]) -> std::result::Result<Command, AssociationError> {
-    let elements = command_elements(bytes)?;
+    let elements = command_elements(bytes).map_err(AssociationError::Command)?;
     let value = |tag: dicom_core::Tag| {
         elements
             .iter()
@@ -492,11 +458,7 @@ fn send_command<S: std::io::Read + std::io::Write + dicom_ul::association::Close
     presentation_context_id: u8,
     command: InMemDicomObject,
 ) -> std::result::Result<(), AssociationError> {
-    let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
-    let mut bytes = Vec::new();
-    command
-        .write_dataset_with_ts(&mut bytes, &ts)
-        .map_err(|e| AssociationError::Command(e.to_string()))?;
+    let bytes = encode_command(&command).map_err(AssociationError::Command)?;
     association
         .send(&Pdu::PData {
             data: vec![PDataValue {

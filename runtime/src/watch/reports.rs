@@ -2,13 +2,15 @@
 //! the study has gone the stable time without a new instance (and, when configured, one per
 //! instance as it is screened). The report's UID is derived from its content, so the file's
 //! presence says it is written: a crash before the rename leaves nothing and the next pass
-//! writes it; a crash after leaves it and it is not written twice.
+//! writes it; a crash after leaves it and it is not written twice. A report is queued for
+//! each forwarding destination ([`super::forward`]) before its file is written.
 
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::audit::{AuditEvent, AuditRecord};
+use super::forward::enqueue;
 use super::Service;
 use crate::decode::DicomStudyHeader;
 use crate::persist::write_atomically;
@@ -110,6 +112,14 @@ impl Service {
         if file.exists() {
             return Ok(());
         }
+        // Queued before the report file marks it written: a crash in between queues it again
+        // under the same name, never loses it.
+        enqueue(
+            &self.options.out_dir,
+            &self.options.forward,
+            &document.sop_instance_uid,
+            &document.bytes,
+        )?;
         write_atomically(&file, &document.bytes)?;
         let record = AuditRecord {
             model_id: Some(self.model.id.clone()),

@@ -1284,3 +1284,170 @@ fn watch_writes_a_dicom_sr_per_study_that_dcmtk_and_pydicom_read_and_never_twice
         .iter()
         .any(|(_, r)| evidence_uids(r) == ["1.2.3.4.201", "1.2.3.4.202"]));
 }
+
+/// A data set's elements and values as dcmdump shows them, without how sequences and items
+/// are delimited (explicit lengths or delimitation items: an encoding choice of the writer).
+fn dataset_values(file: &Path) -> Vec<String> {
+    dataset_dump(file)
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim().to_string())
+        .filter(|l| !l.starts_with("(fffe,e00d)") && !l.starts_with("(fffe,e0dd)"))
+        .map(|l| match l.find(" SQ (").or_else(|| l.find(" na (")) {
+            Some(at) => l[..at + 3].to_string(),
+            None => l,
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// dcmtk's `storescp` as the PACS, storing into `dir`; its log (one line per stored object
+/// with `-v`) in `dir/../storescp.log`.
+fn start_pacs(dir: &Path, port: u16) -> Child {
+    fs::create_dir_all(dir).unwrap();
+    let log = fs::File::create(dir.with_file_name("storescp.log")).unwrap();
+    Command::new("storescp")
+        .args(["-v", "-aet", "PACS", "-od"])
+        .arg(dir)
+        .arg(port.to_string())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// The files `storescp` stored by SOP Instance UID (it names them `<modality code>.<UID>`).
+fn stored_uids(dir: &Path) -> BTreeMap<String, PathBuf> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let (_, uid) = name.split_once('.')?;
+                    Some((uid.to_string(), e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reports are queued per destination and sent with C-STORE: while the PACS is down the
+/// service retries (audited), kill -9 at random moments loses nothing, each report reaches the
+/// PACS with the data set as written, and each is audited as forwarded exactly once.
+#[test]
+fn forward_sends_every_report_to_a_pacs_that_comes_and_goes_and_loses_none_across_kill_9() {
+    if dcmtk_missing() {
+        eprintln!("SKIPPED forward_...: dcmtk's storescp not installed (apt install dcmtk)");
+        return;
+    }
+    const STUDIES: usize = 40;
+    let site = Site::new();
+    for i in 0..STUDIES {
+        let study = format!("1.2.3.5.{}", 100 + i);
+        let uid = format!("{study}.1");
+        write_study_instance(&site.incoming, &uid, &study, &format!("{study}.9"), "Doe^J");
+    }
+    let port = free_port();
+    let destination = format!("PACS@127.0.0.1:{port}");
+    let flags = [
+        "--sr",
+        "--sr-stable-seconds",
+        "0",
+        "--forward",
+        destination.as_str(),
+        "--forward-retry-ms",
+        "100",
+    ];
+    let spawn = || {
+        site.command("watch", &flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let outbox = site.results.join("outbox").join("PACS");
+    let queued = || {
+        site.names_in(&outbox)
+            .iter()
+            .filter(|n| n.ends_with(".dcm"))
+            .count()
+    };
+
+    // The PACS is down: every report is queued and the failures are audited as retries.
+    let mut child = spawn();
+    wait_until(
+        "reports queued while the PACS is down",
+        Duration::from_secs(60),
+        || queued() == STUDIES && !site.events("forward_retry").is_empty(),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The PACS comes up; the service is killed at random moments while it sends.
+    let root = tempfile::tempdir().unwrap();
+    let received = root.path().join("pacs");
+    let mut pacs = start_pacs(&received, port);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("forward kill schedule seed {seed}");
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Each kill lands after a few more sends, at a random moment of the next one.
+    let mut kills = 0;
+    while kills < 4 && queued() > 4 {
+        let target = queued() - 1 - (next() % 3) as usize;
+        let mut child = spawn();
+        wait_until("sends to progress", Duration::from_secs(60), || {
+            queued() <= target
+        });
+        std::thread::sleep(Duration::from_micros(next() % 3000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 2, "the service was killed while sending");
+    let child = spawn();
+    wait_until("the queue to drain", Duration::from_secs(120), || {
+        queued() == 0
+    });
+    let out = terminate(child);
+    assert!(out.status.success());
+    pacs.kill().unwrap();
+    pacs.wait().unwrap();
+
+    let written: HashSet<String> = site
+        .names_in(&site.results.join("sr"))
+        .iter()
+        .filter_map(|n| n.strip_suffix(".dcm").map(String::from))
+        .collect();
+    assert_eq!(written.len(), STUDIES, "one report per study");
+    let stored = stored_uids(&received);
+    assert_eq!(
+        stored.keys().cloned().collect::<HashSet<_>>(),
+        written,
+        "the PACS holds every report"
+    );
+    let forwarded: Vec<String> = site
+        .events("forwarded")
+        .iter()
+        .map(|r| r["detail"]["file"].as_str().unwrap().to_string())
+        .collect();
+    let distinct: HashSet<&String> = forwarded.iter().collect();
+    assert_eq!(
+        (forwarded.len(), distinct.len()),
+        (STUDIES, STUDIES),
+        "each report audited as forwarded exactly once"
+    );
+    let uid = written.iter().next().unwrap();
+    assert_eq!(
+        dataset_values(&stored[uid]),
+        dataset_values(&site.results.join("sr").join(format!("{uid}.dcm"))),
+        "the PACS stored the data set as written"
+    );
+}

@@ -12,6 +12,7 @@ use scanside_runtime::bundle::{Bundle, Trust};
 use scanside_runtime::infer::EngineKind;
 use scanside_runtime::sr::SrConfig;
 use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};
+use scanside_runtime::watch::forward::Destination;
 
 #[derive(Parser)]
 #[command(
@@ -287,6 +288,21 @@ pub struct ServiceArgs {
     /// The statement every report carries (default: not for diagnostic use).
     #[arg(long, requires = "sr", value_name = "TEXT")]
     sr_disclaimer: Option<String>,
+    /// Send each report with C-STORE to this DICOM node (repeat for several); queued in
+    /// OUT/outbox/AE_TITLE/ and retried with backoff while the node is down.
+    #[arg(long, requires = "sr", value_name = "AE_TITLE@HOST:PORT", value_parser = Destination::parse)]
+    forward: Vec<Destination>,
+    /// This node's AE title when forwarding.
+    #[arg(
+        long,
+        requires = "forward",
+        default_value = "SCANSIDE",
+        value_name = "AE_TITLE"
+    )]
+    forward_calling_ae: String,
+    /// First retry delay after a failed send (doubled up to 5 minutes).
+    #[arg(long, requires = "forward", default_value_t = 5000, value_name = "MS")]
+    forward_retry_ms: u64,
 }
 
 impl ServiceArgs {
@@ -318,6 +334,16 @@ impl ServiceArgs {
                     stable_seconds: self.sr_stable_seconds.unwrap_or(defaults.stable_seconds),
                 }
             }),
+            forward: self
+                .forward
+                .into_iter()
+                .map(|d| Destination {
+                    calling_ae_title: self.forward_calling_ae.clone(),
+                    retry_ms: self.forward_retry_ms,
+                    retry_max_ms: d.retry_max_ms.max(self.forward_retry_ms),
+                    ..d
+                })
+                .collect(),
         }
     }
 }
