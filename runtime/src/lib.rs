@@ -16,10 +16,12 @@
 //! - [`infer`]: the engines (direct fp32, tract, the int8 core) → logits;
 //! - [`report`]: logits → the JSON result of one image;
 //! - [`pipeline`]: decode → preprocess → infer → report for one bundle ([`pipeline::Screener`]);
+//! - [`metrics`]: ROC AUC and group-bootstrap intervals (shared with the trainer);
 //! - [`study`]: a study's results folded into one; [`sr`]: a study result as a DICOM
 //!   Structured Report;
 //! - the front doors, each adding only its own I/O: [`screen`], [`bench`], [`mcu_vectors`],
-//!   [`watch`] (the drop-folder service and the DICOM receiver) and [`inspect`] (decoder only);
+//!   [`watch`] (the drop-folder service and the DICOM receiver), [`validate`] (a site's
+//!   acceptance check on its labelled images) and [`inspect`] (decoder only);
 //! - [`logging`]: the stderr logger the binary installs.
 #![warn(missing_docs)]
 
@@ -33,6 +35,7 @@ pub mod inputs;
 pub mod inspect;
 pub mod logging;
 pub mod mcu_vectors;
+pub mod metrics;
 pub mod persist;
 pub mod pipeline;
 pub mod preprocess;
@@ -40,6 +43,7 @@ pub mod report;
 pub mod screen;
 pub mod sr;
 pub mod study;
+pub mod validate;
 pub mod watch;
 
 use std::path::PathBuf;

@@ -8,3 +8,4 @@ mod folders;
 mod guard;
 mod service;
 mod util;
+mod validate;

@@ -1,8 +1,11 @@
 //! Metrics of a multi-class classifier from its per-image class probabilities: top-1, top-k
-//! and balanced accuracy, the confusion matrix, and one-vs-rest ROC AUC and curves. Pure
-//! functions of numbers: nothing here runs a model or reads files.
+//! and balanced accuracy, the confusion matrix, and one-vs-rest ROC AUC (the AUC itself is the
+//! runtime's, [`super::roc_auc`]). Pure functions of numbers: nothing here runs a model or
+//! reads files.
 
 use serde::{Deserialize, Serialize};
+
+use super::roc_auc;
 
 /// Metrics of a multi-class classifier on a set of images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,65 +73,6 @@ pub fn argmax(values: &[f32]) -> usize {
         .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
 }
 
-/// ROC AUC by the Mann–Whitney statistic with average ranks for ties; `None` when either class
-/// is absent.
-pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
-    let pos = positive.iter().filter(|&&p| p).count();
-    let neg = positive.len() - pos;
-    if pos == 0 || neg == 0 {
-        return None;
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut rank_sum_pos = 0.0;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        let average_rank = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum_pos += order[i..=j].iter().filter(|&&k| positive[k]).count() as f64 * average_rank;
-        i = j + 1;
-    }
-    Some((rank_sum_pos - (pos * (pos + 1)) as f64 / 2.0) / (pos * neg) as f64)
-}
-
-/// ROC curve points `(false-positive rate, sensitivity)` from the highest threshold down, one
-/// per distinct score, thinned to at most `max_points` (the ends kept); empty when either
-/// class is absent.
-pub fn roc_curve(scores: &[f32], positive: &[bool], max_points: usize) -> Vec<(f64, f64)> {
-    let pos = positive.iter().filter(|&&p| p).count();
-    let neg = positive.len() - pos;
-    if pos == 0 || neg == 0 {
-        return Vec::new();
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let mut points = vec![(0.0, 0.0)];
-    let (mut tp, mut fp) = (0usize, 0usize);
-    for (rank, &i) in order.iter().enumerate() {
-        if positive[i] {
-            tp += 1;
-        } else {
-            fp += 1;
-        }
-        let last_of_tie = order.get(rank + 1).is_none_or(|&j| scores[j] != scores[i]);
-        if last_of_tie {
-            points.push((fp as f64 / neg as f64, tp as f64 / pos as f64));
-        }
-    }
-    if points.len() > max_points.max(2) {
-        let stride = points.len().div_ceil(max_points.max(2) - 1);
-        let last = *points.last().expect("non-empty");
-        points = points.into_iter().step_by(stride).collect();
-        if points.last() != Some(&last) {
-            points.push(last);
-        }
-    }
-    points
-}
-
 /// Fraction of images whose true class is among the `k` most probable.
 pub fn top_k_accuracy(probabilities: &[Vec<f32>], labels: &[usize], k: usize) -> f64 {
     let hits = probabilities
@@ -170,29 +114,6 @@ pub fn predictions(probabilities: &[Vec<f32>]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn roc_curve_steps_through_ties_and_thins_to_its_budget() {
-        let y = [true, false, true, false];
-        let curve = roc_curve(&[0.9, 0.5, 0.5, 0.1], &y, 100);
-        assert_eq!(curve, vec![(0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]);
-        let scores: Vec<f32> = (0..1000).map(|i| i as f32).collect();
-        let alternating: Vec<bool> = (0..1000).map(|i| i % 2 == 0).collect();
-        let thin = roc_curve(&scores, &alternating, 50);
-        assert!(thin.len() <= 51, "{}", thin.len());
-        assert_eq!(thin.last(), Some(&(1.0, 1.0)));
-        assert!(roc_curve(&[0.1], &[true], 10).is_empty());
-    }
-
-    #[test]
-    fn auc_of_perfect_random_and_tied_scores() {
-        let y = [true, true, false, false];
-        assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &y), Some(1.0));
-        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &y), Some(0.0));
-        assert_eq!(roc_auc(&[0.5, 0.5, 0.5, 0.5], &y), Some(0.5));
-        assert_eq!(roc_auc(&[0.9, 0.4, 0.6, 0.1], &y), Some(0.75));
-        assert_eq!(roc_auc(&[0.1, 0.2], &[false, false]), None);
-    }
 
     #[test]
     fn metrics_skip_undefined_classes_in_the_macro_mean() {

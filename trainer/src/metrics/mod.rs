@@ -7,7 +7,6 @@
 //! alike. It never trains, never writes files, and knows no stage.
 
 mod classification;
-mod intervals;
 mod knn;
 mod multi_label;
 mod ood;
@@ -15,12 +14,13 @@ mod outputs;
 mod reliability;
 
 pub use classification::{
-    argmax, balanced_accuracy, confusion_matrix, predictions, roc_auc, roc_curve, top_k_accuracy,
-    ClassificationMetrics,
+    argmax, balanced_accuracy, confusion_matrix, predictions, top_k_accuracy, ClassificationMetrics,
 };
-pub use intervals::{group_bootstrap, group_members, Interval};
+// One implementation of AUC, ROC and group-bootstrap intervals, shared with the runtime's
+// site acceptance check (`scanside validate`).
 pub use knn::{embedding_spread, knn_accuracy, knn_predict, knn_scores};
 pub use multi_label::{Labels, MultiLabelMetrics, MIN_POSITIVES_FOR_MEAN_AUC};
 pub use ood::{fit_ood_guard, OodFeatures, OodMethod};
 pub use outputs::{embed, predict, predict_logits, sigmoid_rows};
 pub use reliability::{reliability, ReliabilityBin};
+pub use scanside_runtime::metrics::{group_bootstrap, group_members, roc_auc, roc_curve, Interval};

@@ -11,6 +11,7 @@ use crate::examples;
 use scanside_runtime::bundle::{Bundle, Trust};
 use scanside_runtime::infer::EngineKind;
 use scanside_runtime::sr::SrConfig;
+use scanside_runtime::validate::ValidateConfig;
 use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};
 use scanside_runtime::watch::forward::Destination;
 
@@ -57,6 +58,12 @@ pub enum Command {
     /// see runtime/deploy/scanside.toml.
     #[command(after_help = examples::SERVE)]
     Serve(ServeArgs),
+    /// Site acceptance: screen a site's labelled images exactly as `screen` does, measure AUC,
+    /// sensitivity and specificity at the bundle's thresholds with intervals resampled by
+    /// patient, and compare them with the bundle's own evaluation; prints one JSON object and
+    /// exits 1 when a figure falls below the record by more than the margin.
+    #[command(after_help = examples::VALIDATE)]
+    Validate(ValidateArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(after_help = examples::COMPLETIONS)]
     Completions {
@@ -245,6 +252,50 @@ impl ReceiveArgs {
             max_associations: self.max_associations,
             refuse_not_applicable: self.refuse_not_applicable,
         });
+        config
+    }
+}
+
+// `scanside validate`.
+#[derive(clap::Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Which model of the bundle screens: fp32, tract, int8 or qdq.
+    #[arg(long, default_value = "fp32")]
+    pub engine: EngineKind,
+    /// Labelled images: a folder with one sub-folder per class, or a CSV with columns path,
+    /// label and optionally group (patient or lesion id).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// How far a site's figure may fall below the recorded one (the recorded interval's lower
+    /// end for the macro AUC) before the check fails.
+    #[arg(long, default_value_t = 0.05)]
+    pub margin: f64,
+    /// Bootstrap resamples per interval.
+    #[arg(long, default_value_t = 1000)]
+    pub resamples: usize,
+    /// Seed of the resampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images screened at once (default: one per core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Also write the report as an HTML page with each class's ROC curve.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+impl ValidateArgs {
+    /// The check's settings.
+    pub fn config(&self) -> ValidateConfig {
+        let mut config = ValidateConfig::new(self.data.clone());
+        config.margin = self.margin;
+        config.resamples = self.resamples;
+        config.seed = self.seed;
+        if let Some(jobs) = self.jobs {
+            config.jobs = jobs;
+        }
         config
     }
 }

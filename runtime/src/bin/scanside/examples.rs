@@ -77,3 +77,12 @@ Examples:
   # man pages for every command, then read one
   scanside man --out /usr/local/share/man/man1
 ";
+
+pub const VALIDATE: &str = "\
+Examples:
+  # a site's labelled images (one folder per class), compared with the bundle's own evaluation
+  scanside validate --bundle runs/bundle --public-key keys/site.pub --data site-images/ --html acceptance.html
+
+  # a CSV with path,label,group (group: patient or lesion id), a stricter margin
+  scanside validate --bundle runs/bundle --public-key keys/site.pub --data site/labels.csv --margin 0.02
+";

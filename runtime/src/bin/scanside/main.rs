@@ -17,9 +17,9 @@ use scanside_runtime::inspect::{self, InspectError, InspectOutputs};
 use scanside_runtime::pipeline::Screener;
 use scanside_runtime::screen::{self, OutputError};
 use scanside_runtime::watch::config::ServiceConfig;
-use scanside_runtime::{bench, describe_error, inputs, logging, mcu_vectors, watch};
+use scanside_runtime::{bench, describe_error, inputs, logging, mcu_vectors, validate, watch};
 
-use args::{BenchArgs, Cli, Command, InspectArgs, McuVectorsArgs, ScreenArgs};
+use args::{BenchArgs, Cli, Command, InspectArgs, McuVectorsArgs, ScreenArgs, ValidateArgs};
 
 fn main() -> ExitCode {
     if let Err(problem) = logging::init_from_env() {
@@ -45,6 +45,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => serve(args.config(), command_line),
         Command::Receive(args) => serve(args.config(), command_line),
         Command::Serve(args) => serve(ServiceConfig::from_file(&args.config)?, &args.config),
+        Command::Validate(args) => validate(args),
         Command::Completions { shell } => {
             let mut command = args::Cli::command();
             clap_complete::generate(shell, &mut command, "scanside", &mut io::stdout());
@@ -90,6 +91,44 @@ fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             .join(", ")
     );
     Ok(inputs.files)
+}
+
+/// Site acceptance: the JSON report on stdout (and the HTML page); 1 when a check fails.
+fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config();
+    if let Err(reason) = config.validate() {
+        eprintln!("scanside: error: {reason}");
+        return Ok(ExitCode::from(2));
+    }
+    let bundle = args.bundle.load()?;
+    let screener = Screener::with_engine(&bundle, args.engine)?;
+    let images = validate::read_labelled(&config.data, screener.class_names())?;
+    let report = validate::validate(
+        &screener,
+        &bundle.manifest,
+        bundle.model_id(),
+        &images,
+        &config,
+    );
+    if let Some(html) = &args.html {
+        scanside_runtime::persist::write_atomically(html, validate::html_page(&report).as_bytes())?;
+    }
+    for check in report.checks.iter().filter(|c| !c.passed) {
+        eprintln!(
+            "scanside: validate: {} {:.3} is below {:.3} - {} ({})",
+            check.figure,
+            check.site.estimate,
+            check.reference,
+            report.margin,
+            check.reference_source
+        );
+    }
+    print_line(&serde_json::to_string(&report)?)?;
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn screen(args: ScreenArgs) -> anyhow::Result<ExitCode> {
