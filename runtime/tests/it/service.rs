@@ -280,6 +280,28 @@ fn a_second_service_on_the_same_folder_is_refused() {
 /// The crash test: 1,000 images, the service killed with SIGKILL at random moments,
 /// restarted each time; at the end every input has exactly one result and one audit record,
 /// nothing is torn, nothing is lost.
+/// A seeded generator of kill moments (xorshift64), its seed printed so that a failing
+/// schedule can be replayed with `SCANSIDE_CRASH_SEED`.
+fn crash_schedule() -> impl FnMut() -> u64 {
+    let seed = std::env::var("SCANSIDE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("crash schedule seed {seed} (SCANSIDE_CRASH_SEED={seed} replays it)");
+    let mut state = seed | 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_reports_nothing_twice() {
     const IMAGES: usize = 1000;
@@ -293,24 +315,7 @@ fn kill_9_at_random_moments_loses_nothing_and_reports_nothing_twice() {
             .unwrap();
         fs::rename(&part, site.incoming.join(format!("img{i:04}.png"))).unwrap();
     }
-    // A seeded generator, printed, so a failing schedule can be replayed.
-    let seed = std::env::var("SCANSIDE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("crash schedule seed {seed} (SCANSIDE_CRASH_SEED={seed} replays it)");
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = crash_schedule();
     let mut kills = 0;
     for _ in 0..8 {
         let mut child = site.spawn("watch", &["--exit-when-idle"]);
@@ -1386,18 +1391,7 @@ fn forward_sends_every_report_to_a_pacs_that_comes_and_goes_and_loses_none_acros
     let root = tempfile::tempdir().unwrap();
     let received = root.path().join("pacs");
     let mut pacs = start_pacs(&received, port);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("forward kill schedule seed {seed}");
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = crash_schedule();
     // Each kill lands after a few more sends, at a random moment of the next one.
     let mut kills = 0;
     while kills < 4 && queued() > 4 {
