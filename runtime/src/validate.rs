@@ -18,7 +18,7 @@ use crate::bundle::BundleManifest;
 use crate::decode::{self, FileFormat};
 use crate::metrics::{group_bootstrap, group_members, roc_auc, roc_curve, Interval};
 use crate::pipeline::Screener;
-use crate::report::Status;
+use crate::report::{argmax, Status};
 use crate::{Error, Result};
 
 /// How the check runs.
@@ -412,14 +412,6 @@ fn measure(
         checks,
         margin: config.margin,
     }
-}
-
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 /// The site's figures against the bundle's record: macro AUC against the recorded interval's

@@ -41,6 +41,14 @@ pub struct DicomIdentity {
     pub sop_class_uid: Option<String>,
 }
 
+/// The data set up to the pixel data, for the header readers below.
+fn read_header(path: &Path, bytes: &[u8]) -> Result<DicomFile> {
+    read_part10(bytes, true).map_err(|e| Error::Decode {
+        path: path.to_path_buf(),
+        reason: format!("malformed DICOM header: {e}"),
+    })
+}
+
 /// Reads a DICOM file's header up to the pixel data: who and which study it belongs to.
 pub fn read_dicom_identity(path: &Path) -> Result<DicomIdentity> {
     let bytes = crate::persist::read(path)?;
@@ -49,10 +57,7 @@ pub fn read_dicom_identity(path: &Path) -> Result<DicomIdentity> {
 
 /// [`read_dicom_identity`] of a file already in memory (Part 10 bytes, preamble included).
 pub fn dicom_identity_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomIdentity> {
-    let obj = read_part10(bytes, true).map_err(|e| Error::Decode {
-        path: path.to_path_buf(),
-        reason: format!("malformed DICOM header: {e}"),
-    })?;
+    let obj = read_header(path, bytes)?;
     let text = |tag| text(&obj, tag);
     Ok(DicomIdentity {
         patient_id: text(tags::PATIENT_ID),
@@ -97,10 +102,7 @@ pub struct DicomStudyHeader {
 /// Reads the Patient and General Study modules of a DICOM file (Part 10 bytes) without
 /// decoding pixels.
 pub fn dicom_study_header_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomStudyHeader> {
-    let obj = read_part10(bytes, true).map_err(|e| Error::Decode {
-        path: path.to_path_buf(),
-        reason: format!("malformed DICOM header: {e}"),
-    })?;
+    let obj = read_header(path, bytes)?;
     let text = |tag| text(&obj, tag);
     Ok(DicomStudyHeader {
         patient_name: text(tags::PATIENT_NAME),
@@ -140,10 +142,7 @@ pub struct DicomAttributes {
 
 /// Reads what a DICOM file (Part 10 bytes, preamble included) says it is, from its header.
 pub fn dicom_attributes_from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomAttributes> {
-    let obj = read_part10(bytes, true).map_err(|e| Error::Decode {
-        path: path.to_path_buf(),
-        reason: format!("malformed DICOM header: {e}"),
-    })?;
+    let obj = read_header(path, bytes)?;
     let text = |tag| text(&obj, tag);
     Ok(DicomAttributes {
         modality: text(tags::MODALITY),

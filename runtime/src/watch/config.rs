@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::forward::{Destination, Forwarder};
+use super::forward::{is_ae_title, Destination, Forwarder};
 use super::receive::{self, ReceiveOptions};
 use super::{ModelInfo, Service, Summary, WatchOptions};
 use crate::bundle::{Bundle, SignatureStatus, Trust};
@@ -135,15 +135,7 @@ impl ServiceConfig {
             return bad("public_keys and allow_unsigned exclude each other");
         }
         if let Some(r) = &self.receive {
-            // PS3.8 9.3.1: 1-16 characters of the default repertoire, not all spaces.
-            let title = r.ae_title.trim();
-            if title.is_empty()
-                || r.ae_title.len() > 16
-                || !r
-                    .ae_title
-                    .bytes()
-                    .all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
-            {
+            if !is_ae_title(&r.ae_title) {
                 return bad("receive.ae_title must be 1-16 printable ASCII characters");
             }
             if r.max_associations == 0 {

@@ -4,6 +4,9 @@
 
 use dicom_object::InMemDicomObject;
 
+/// C-STORE-RQ's command field (PS3.7 E.1).
+pub(super) const C_STORE_RQ: u16 = 0x0001;
+
 /// Reads a command set itself rather than through dicom-rs: a command set is a flat list of
 /// group-0000 elements in implicit VR little endian (PS3.7 6.3.1, E.1), and dicom-rs, given a
 /// value length its VR does not divide (89 bytes of UL), read the next header out of step and

@@ -27,7 +27,7 @@ use dicom_ul::{ClientAssociationOptions, Pdu};
 use serde::Deserialize;
 
 use super::audit::{AuditEvent, AuditLog, AuditRecord};
-use super::dimse::{command_elements, encode_command, uint};
+use super::dimse::{command_elements, encode_command, uint, C_STORE_RQ};
 use crate::persist::write_atomically;
 use crate::{Error, Result};
 
@@ -37,7 +37,6 @@ pub const OUTBOX_DIR: &str = "outbox";
 pub const REFUSED_DIR: &str = "failed";
 const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
-const C_STORE_RQ: u16 = 0x0001;
 /// The largest object sent (a report is kilobytes; this bounds a corrupted queue file).
 const MAX_OBJECT_BYTES: u64 = 256 << 20;
 

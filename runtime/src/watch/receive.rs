@@ -24,14 +24,13 @@ use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, 
 use dicom_ul::{Pdu, ServerAssociationOptions};
 
 use super::audit::{AuditEvent, AuditLog, AuditRecord};
-use super::dimse::{command_elements, encode_command};
+use super::dimse::{command_elements, encode_command, C_STORE_RQ};
 use crate::bundle::InputRules;
 use crate::decode;
 use crate::persist::write_atomically;
 use crate::{Error, Result};
 
 /// DIMSE command fields (PS3.7 E.1).
-const C_STORE_RQ: u16 = 0x0001;
 const C_ECHO_RQ: u16 = 0x0030;
 /// Status codes (PS3.7 annex C, PS3.4 B.2.3).
 const STATUS_SUCCESS: u16 = 0x0000;
