@@ -115,6 +115,12 @@ diff = max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probab
 print(f"x86-64 vs aarch64 (qemu): top class {a['top_class']} / {b['top_class']}, max |prob diff| {diff:.2e}")
 sys.exit(0 if a["top_class"] == b["top_class"] and diff <= 1e-5 and a["model_verified"] and b["model_verified"] else 1)
 PY
+# fp32 runs on the direct engine's NEON kernels there, not on tract (bench names a fall-back).
+note=$(qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/debug/scanside \
+  bench --engine fp32 --runs 1 --warmup 0 --bundle "$fixture/bundle" --public-key "$fixture/bundle.pub" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["engines"][0].get("engine_note", ""))')
+[ -z "$note" ] || { echo "aarch64 fp32 fell back to tract: $note"; exit 1; }
+echo "aarch64 fp32 ran on the direct engine (NEON)"
 # The int8 engine is integer arithmetic: identical logits on both architectures.
 native=$(target/debug/scanside screen --engine int8 --bundle "$fixture/bundle" \
   --public-key "$fixture/bundle.pub" "$fixture/bundle/sample.jpg")

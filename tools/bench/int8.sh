@@ -6,6 +6,11 @@
 # onnxruntime fp32.
 #   BUNDLE=runs/demo/bundle KEY=runs/demo/keys/demo.pub N=300 bash tools/bench/int8.sh
 # KEY= (empty) measures an unsigned development bundle (--allow-unsigned).
+# BIN: the scanside binary (default target/release/scanside, built when missing). On an aarch64
+# board (a Jetson), with this repository, the bundle, Python 3 and `pip install onnxruntime numpy`
+# there: copy the cross-built binary (`cargo build --release -p scanside-runtime --target
+# aarch64-unknown-linux-gnu`, or the `edge` profile that ships) and run
+#   BIN=./scanside BUNDLE=bundle KEY=site.pub IMAGES=some/images bash tools/bench/int8.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUNDLE=${BUNDLE:-runs/demo/bundle}
@@ -13,10 +18,12 @@ KEY=${KEY-runs/demo/keys/demo.pub}
 if [ -n "$KEY" ]; then trust=(--public-key "$KEY"); else trust=(--allow-unsigned); fi
 N=${N:-300}
 IMAGES=${IMAGES:-${SCANSIDE_DATA:-../shared/data}/ham10000/images}
-[ -x target/release/scanside ] || cargo build --release -p scanside-runtime
+BIN=${BIN:-target/release/scanside}
+[ -x "$BIN" ] || cargo build --release -p scanside-runtime
+echo "machine: $(uname -m), $(grep -m1 -E 'model name|^Model' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
 mapfile -t files < <(find "$IMAGES" -maxdepth 1 -type f | sort | head -n 64)
 for engine in fp32 tract int8 qdq; do
-  target/release/scanside bench --bundle "$BUNDLE" "${trust[@]}" --engine "$engine" \
+  "$BIN" bench --bundle "$BUNDLE" "${trust[@]}" --engine "$engine" \
     --runs "$N" "${files[@]}" > "/tmp/scanside-bench-$engine.json"
 done
 ort=$(python3 tools/bench/onnxruntime_peer.py "$BUNDLE" "$N")

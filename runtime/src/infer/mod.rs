@@ -154,11 +154,11 @@ impl std::str::FromStr for EngineKind {
 /// Why the direct engine did not take an fp32 model, which then runs on tract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectDeclined {
-    /// The host is not x86-64; elsewhere the direct engine's plain loops are slower than tract.
-    #[error("its kernels are x86-64 only")]
-    NotX86,
-    /// An x86-64 CPU without AVX2 and FMA.
-    #[error("this CPU lacks AVX2 and FMA")]
+    /// The CPU has neither AVX2 + FMA (x86-64) nor NEON (aarch64): the plain loops would be
+    /// slower than tract.
+    #[error(
+        "its vector kernels need AVX2 and FMA (x86-64) or NEON (aarch64), which this CPU lacks"
+    )]
     NoVectorKernels,
     /// The graph holds something the direct engine does not run.
     #[error("{0}")]
@@ -281,9 +281,6 @@ fn direct_engine(
     proto: &pb::ModelProto,
     path: &Path,
 ) -> std::result::Result<DirectClassifier, DirectDeclined> {
-    if !cfg!(target_arch = "x86_64") {
-        return Err(DirectDeclined::NotX86);
-    }
     if !direct::kernels::fast_path_available() {
         return Err(DirectDeclined::NoVectorKernels);
     }

@@ -6,16 +6,19 @@
 //! [`PackedConv::block`] output channels, `[tap][input channel][channel in block]`, so a block's
 //! weights for one tap and input channel are one vector load.
 //!
-//! On x86-64 with AVX2 and FMA, a register tile of up to twelve output pixels × one block (eight
-//! or sixteen channels) accumulates `broadcast(input) × weight vector` with fused multiply-adds;
-//! bias, residual add and ReLU are applied as the tile is stored. [`conv_reference`] is the plain
-//! definition every kernel is tested against.
+//! On x86-64 with AVX2 and FMA, and on aarch64 with NEON, a register tile of several output
+//! pixels × one block (eight or sixteen channels) accumulates `broadcast(input) × weight vector`
+//! with fused multiply-adds; bias, residual add and ReLU are applied as the tile is stored.
+//! [`conv_reference`] is the plain definition every kernel is tested against.
 //!
 //! The kernel pattern (as in the int8 core's `kernels`): this file holds the reference, the
 //! portable loops over the packed layout and the dispatch ([`conv`]); `x86_64.rs` the AVX2 and
-//! AVX-512 kernels behind safe entry points that check the CPU, the packing and the buffers
-//! themselves. No `unsafe` here; other architectures run the portable loops.
+//! AVX-512 kernels, `aarch64.rs` the NEON ones, behind safe entry points that check the CPU, the
+//! packing and the buffers themselves. No `unsafe` here; other architectures run the portable
+//! loops.
 
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
@@ -211,6 +214,107 @@ pub struct Residual<'a> {
     pub border: usize,
 }
 
+/// Everything an architecture's tile kernel needs about one block of output channels: raw
+/// pointers into the bordered buffers, whose arithmetic stays in the architecture files.
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_feature = "neon")
+))]
+struct Block<'a> {
+    g: &'a ConvGeometry,
+    input: *const f32,
+    taps: &'a [usize],
+    /// The block's packed weights (depthwise: the `[tap][channel]` array from its channel).
+    weights: *const f32,
+    /// The bias from the block's first channel.
+    bias: *const f32,
+    output: *mut f32,
+    residual: Option<(*const f32, usize)>,
+    /// First output channel of the block.
+    channel: usize,
+    relu: bool,
+}
+
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_feature = "neon")
+))]
+impl<'a> Block<'a> {
+    /// The block whose first output channel is `channel`, with `weights` its packed weights.
+    fn new(
+        packed: &'a PackedConv,
+        weights: &'a [f32],
+        channel: usize,
+        buffers: (&[f32], &mut [f32], Option<Residual<'_>>),
+        relu: bool,
+    ) -> Self {
+        let (input, output, residual) = buffers;
+        Self {
+            g: &packed.geometry,
+            input: input.as_ptr(),
+            taps: &packed.taps,
+            weights: weights.as_ptr(),
+            bias: packed.bias[channel..].as_ptr(),
+            output: output.as_mut_ptr(),
+            residual: residual.map(|r| (r.data.as_ptr(), r.border)),
+            channel,
+            relu,
+        }
+    }
+}
+
+/// `(row, column)` of the `P` output pixels from raster index `first`. (Stepping from one
+/// division instead of dividing per pixel measured no faster.)
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_feature = "neon")
+))]
+#[inline(always)]
+fn tile_coords<const P: usize>(first: usize, out_w: usize) -> [(usize, usize); P] {
+    let mut coords = [(0, 0); P];
+    for (p, c) in coords.iter_mut().enumerate() {
+        *c = ((first + p) / out_w, (first + p) % out_w);
+    }
+    coords
+}
+
+/// Calls `tile(y, x, n)` for runs of up to `pixels` output pixels covering each row in turn:
+/// the depthwise kernels' tiles, whose pixel addresses step by a constant within a row (no
+/// division per pixel).
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_feature = "neon")
+))]
+#[inline(always)]
+fn row_tiles(out: [usize; 3], pixels: usize, mut tile: impl FnMut(usize, usize, usize)) {
+    let [out_h, out_w, _] = out;
+    for y in 0..out_h {
+        let mut x = 0;
+        while x < out_w {
+            let n = pixels.min(out_w - x);
+            tile(y, x, n);
+            x += n;
+        }
+    }
+}
+
+/// Calls `tile(first, n)` for runs of up to `pixels` output pixels in raster order, crossing
+/// rows freely: the register tiles of the packed convolution kernels.
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_feature = "neon")
+))]
+#[inline(always)]
+fn raster_tiles(out: [usize; 3], pixels: usize, mut tile: impl FnMut(usize, usize)) {
+    let total = out[0] * out[1];
+    let mut first = 0;
+    while first < total {
+        let n = pixels.min(total - first);
+        tile(first, n);
+        first += n;
+    }
+}
+
 /// Why a convolution was not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvError {
@@ -306,7 +410,14 @@ pub fn fast_path_available() -> bool {
     {
         x86_64::available()
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        aarch64::available()
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        all(target_arch = "aarch64", target_feature = "neon")
+    )))]
     {
         false
     }
@@ -327,11 +438,19 @@ pub fn conv(
         if x86_64::depthwise(packed, input, output, residual, relu) {
             return Ok(());
         }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        if aarch64::depthwise(packed, input, output, residual, relu) {
+            return Ok(());
+        }
         depthwise_packed(packed, input, output, residual, relu);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
     if x86_64::conv(packed, input, output, residual, relu) {
+        return Ok(());
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    if aarch64::conv(packed, input, output, residual, relu) {
         return Ok(());
     }
     conv_packed_portable(packed, input, output, residual, relu);
@@ -372,8 +491,8 @@ fn depthwise_packed(
     }
 }
 
-/// The packed layout run with plain loops: hosts without AVX2/FMA, and channel counts that are
-/// not a multiple of eight.
+/// The packed layout run with plain loops: x86-64 hosts without AVX2/FMA, and channel counts
+/// that are not a multiple of eight.
 fn conv_packed_portable(
     p: &PackedConv,
     input: &[f32],
@@ -493,6 +612,13 @@ pub(crate) mod tests {
                         let mut out = vec![0.0; len];
                         if x86_64::conv_avx2(&packed, &input, &mut out, residual, relu) {
                             results.push(("avx2", out));
+                        }
+                    }
+                    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+                    {
+                        let mut out = vec![0.0; len];
+                        if aarch64::conv(&packed, &input, &mut out, residual, relu) {
+                            results.push(("neon", out));
                         }
                     }
                 }

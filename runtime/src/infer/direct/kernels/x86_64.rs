@@ -88,7 +88,9 @@ pub(super) fn depthwise(
 mod avx2 {
     use core::arch::x86_64::*;
 
-    use super::super::{ConvGeometry, PackedConv, Residual};
+    use super::super::{
+        raster_tiles, row_tiles, tile_coords, Block, ConvGeometry, PackedConv, Residual,
+    };
 
     /// Output pixels per register tile: eight accumulators for 8-channel blocks, four pixels ×
     /// two registers for 16-channel blocks. Larger tiles (twelve and six, or twelve with
@@ -99,17 +101,6 @@ mod avx2 {
 
     pub(super) fn available() -> bool {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-
-    /// `(row, column)` of the `P` output pixels from raster index `first`. (Stepping from one
-    /// division instead of dividing per pixel measured no faster.)
-    #[inline(always)]
-    fn tile_coords<const P: usize>(first: usize, out_w: usize) -> [(usize, usize); P] {
-        let mut coords = [(0, 0); P];
-        for (p, c) in coords.iter_mut().enumerate() {
-            *c = ((first + p) / out_w, (first + p) % out_w);
-        }
-        coords
     }
 
     /// Output pixels per depthwise tile: eight independent FMA chains hide the FMA latency.
@@ -130,40 +121,25 @@ mod avx2 {
         relu: bool,
     ) {
         let g = &packed.geometry;
-        let [out_h, out_w, c] = g.output;
+        let c = g.output[2];
         if !c.is_multiple_of(8) {
             return super::super::depthwise_packed(packed, input, output, residual, relu);
         }
         for channel in (0..c).step_by(8) {
-            let block = Block {
-                g,
-                input: input.as_ptr(),
-                taps: &packed.taps,
-                weights: packed.weights[channel..].as_ptr(),
-                bias: packed.bias[channel..].as_ptr(),
-                output: output.as_mut_ptr(),
-                residual: residual.map(|r| (r.data.as_ptr(), r.border)),
-                channel,
-                relu,
-            };
-            // Tiles within a row: pixel addresses step by a constant, no division per pixel.
-            for y in 0..out_h {
-                let mut x = 0;
-                while x < out_w {
-                    let n = DEPTHWISE_PIXELS.min(out_w - x);
-                    macro_rules! arms {
-                        ($($n:literal)*) => {
-                            match n {
-                                // SAFETY: the caller's contract; pixels `(y, x..x + n)` exist.
-                                $($n => unsafe { depthwise_tile::<$n>(&block, y, x) },)*
-                                _ => unreachable!("tile of {n} pixels"),
-                            }
-                        };
-                    }
-                    arms!(1 2 3 4 5 6 7 8);
-                    x += n;
+            let buffers = (input, &mut *output, residual);
+            let block = Block::new(packed, &packed.weights[channel..], channel, buffers, relu);
+            row_tiles(g.output, DEPTHWISE_PIXELS, |y, x, n| {
+                macro_rules! arms {
+                    ($($n:literal)*) => {
+                        match n {
+                            // SAFETY: the caller's contract; pixels `(y, x..x + n)` exist.
+                            $($n => unsafe { depthwise_tile::<$n>(&block, y, x) },)*
+                            _ => unreachable!("tile of {n} pixels"),
+                        }
+                    };
                 }
-            }
+                arms!(1 2 3 4 5 6 7 8)
+            });
         }
     }
 
@@ -214,20 +190,6 @@ mod avx2 {
         }
     }
 
-    /// Everything the tile kernel needs about one block of output channels.
-    struct Block<'a> {
-        g: &'a ConvGeometry,
-        input: *const f32,
-        taps: &'a [usize],
-        weights: *const f32,
-        bias: *const f32,
-        output: *mut f32,
-        residual: Option<(*const f32, usize)>,
-        /// First output channel of the block.
-        channel: usize,
-        relu: bool,
-    }
-
     /// # Safety
     /// AVX2 and FMA available; buffer lengths match `packed`'s geometry; `packed.block` is 8 or
     /// 16.
@@ -240,34 +202,25 @@ mod avx2 {
         relu: bool,
     ) {
         let g = &packed.geometry;
-        let [out_h, out_w, _] = g.output;
-        let pixels = out_h * out_w;
         let per_block = packed.taps.len() * packed.block;
         for (b, weights) in packed.weights.chunks_exact(per_block).enumerate() {
             let channel = b * packed.block;
-            let block = Block {
-                g,
-                input: input.as_ptr(),
-                taps: &packed.taps,
-                weights: weights.as_ptr(),
-                bias: packed.bias[channel..].as_ptr(),
-                output: output.as_mut_ptr(),
-                residual: residual.map(|r| (r.data.as_ptr(), r.border)),
+            let block = Block::new(
+                packed,
+                weights,
                 channel,
+                (input, &mut *output, residual),
                 relu,
-            };
+            );
             let tile = if packed.block == 16 {
                 PIXELS_16
             } else {
                 PIXELS_8
             };
-            let mut first = 0;
-            while first < pixels {
-                let n = tile.min(pixels - first);
-                // SAFETY: the caller's contract; `first + n ≤ pixels`.
-                unsafe { dispatch(&block, packed.block, first, n) };
-                first += n;
-            }
+            raster_tiles(g.output, tile, |first, n| {
+                // SAFETY: the caller's contract; pixels `first..first + n` exist.
+                unsafe { dispatch(&block, packed.block, first, n) }
+            });
         }
     }
 
@@ -364,22 +317,10 @@ mod avx2 {
 mod avx512 {
     use core::arch::x86_64::*;
 
-    use super::super::{ConvGeometry, PackedConv, Residual};
+    use super::super::{raster_tiles, tile_coords, Block, ConvGeometry, PackedConv, Residual};
 
     pub(super) fn available() -> bool {
         std::is_x86_feature_detected!("avx512f")
-    }
-
-    struct Block<'a> {
-        g: &'a ConvGeometry,
-        input: *const f32,
-        taps: &'a [usize],
-        weights: *const f32,
-        bias: *const f32,
-        output: *mut f32,
-        residual: Option<(*const f32, usize)>,
-        channel: usize,
-        relu: bool,
     }
 
     /// Pixels per tile for `registers` registers of sixteen channels: 16 or 24 accumulators.
@@ -403,27 +344,19 @@ mod avx512 {
         relu: bool,
     ) {
         let g = &packed.geometry;
-        let [out_h, out_w, _] = g.output;
-        let pixels = out_h * out_w;
         let per_block = packed.taps.len() * packed.block;
         let registers = packed.block / 16;
         let tile_size = tile_pixels(registers);
         for (b, weights) in packed.weights.chunks_exact(per_block).enumerate() {
             let channel = b * packed.block;
-            let block = Block {
-                g,
-                input: input.as_ptr(),
-                taps: &packed.taps,
-                weights: weights.as_ptr(),
-                bias: packed.bias[channel..].as_ptr(),
-                output: output.as_mut_ptr(),
-                residual: residual.map(|r| (r.data.as_ptr(), r.border)),
+            let block = Block::new(
+                packed,
+                weights,
                 channel,
+                (input, &mut *output, residual),
                 relu,
-            };
-            let mut first = 0;
-            while first < pixels {
-                let n = tile_size.min(pixels - first);
+            );
+            raster_tiles(g.output, tile_size, |first, n| {
                 macro_rules! arms {
                     ($regs:literal; $($n:literal)*) => {
                         match n {
@@ -438,8 +371,7 @@ mod avx512 {
                 } else {
                     arms!(4; 1 2 3 4 5 6)
                 }
-                first += n;
-            }
+            });
         }
     }
 
@@ -451,10 +383,7 @@ mod avx512 {
     unsafe fn tile<const R: usize, const P: usize>(b: &Block<'_>, first: usize) {
         let g = b.g;
         let out_w = g.output[1];
-        let mut coords = [(0_usize, 0_usize); P];
-        for (p, c) in coords.iter_mut().enumerate() {
-            *c = ((first + p) / out_w, (first + p) % out_w);
-        }
+        let coords = tile_coords::<P>(first, out_w);
         let mut src = [b.input; P];
         for p in 0..P {
             // SAFETY: `input_offset` of an existing output pixel is inside the input buffer
