@@ -1,11 +1,12 @@
 //! PNG and JPEG files (8 or 16 bits, gray or colour) through the `image` crate, as a
 //! [`DecodedImage`]. It never windows, resizes or normalises: raster samples are mapped to
 //! `[0, 1]` by their bit depth only. A file must be whole: a PNG without its IEND chunk or a
-//! JPEG without its end-of-image marker is refused (the decoders would fill the rest in).
+//! JPEG without its end-of-image marker, or with less entropy-coded data than its frame needs, is
+//! refused (the decoders would fill the rest in).
 
 use std::path::Path;
 
-use super::jpeg::check_complete as check_jpeg_complete;
+use super::jpeg::{check_complete as check_jpeg_complete, check_scan_data as check_jpeg_scan_data};
 use super::{decode_error, DecodedImage, SourceInfo, MAX_PIXELS};
 use crate::Result;
 
@@ -32,6 +33,9 @@ pub(super) fn decode(path: &Path, bytes: &[u8]) -> Result<DecodedImage> {
             path,
             format!("{w}x{h} pixels is larger than the {MAX_PIXELS}-pixel limit"),
         ));
+    }
+    if format == image::ImageFormat::Jpeg {
+        check_jpeg_scan_data(bytes).map_err(|e| decode_error(path, e))?;
     }
     let img =
         image::load_from_memory_with_format(bytes, format).map_err(|e| decode_error(path, e))?;

@@ -555,3 +555,52 @@ fn a_jpeg_declaring_more_pixels_than_the_limit_is_refused_before_decoding() {
         "{e}"
     );
 }
+
+#[test]
+fn a_jpeg_whose_scan_is_too_short_for_its_frame_is_refused_not_filled_in() {
+    // The cargo-fuzz artifact's shape: 977 bytes of JPEG declaring 564 x 54,576 pixels (under the
+    // pixel limit) decoded to 0.9 s of grey invented past the few blocks its scan held. A 16 x 16
+    // JPEG with the size in its SOF0 changed to 564 x 2048, as a file and as a DICOM frame.
+    let mut jpeg = Vec::new();
+    image::GrayImage::from_pixel(16, 16, image::Luma([90]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 7].copy_from_slice(&2048_u16.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&564_u16.to_be_bytes());
+    let e = decode_bytes(Path::new("short.jpg"), &jpeg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("short.jpg") && e.contains("564x2048") && e.contains("cut short"),
+        "{e}"
+    );
+    if jpeg.len() % 2 == 1 {
+        jpeg.push(0);
+    }
+    let mut obj = image(2048, 564, 1, 8, "MONOCHROME2");
+    encapsulated(&mut obj, vec![], vec![jpeg]);
+    let e = decode(&part10(obj, uids::JPEG_BASELINE8_BIT)).unwrap_err();
+    assert!(e.contains("r.dcm") && e.contains("cut short"), "{e}");
+}
+
+#[test]
+fn a_jpeg_2000_packet_header_that_wraps_openjpegs_unsigned_arithmetic_is_not_a_panic() {
+    // The cargo-fuzz artifact, minimised: a JPEG 2000 DICOM file whose packet header makes
+    // openjp2 compute `(u32)numbps + 1` with numbps = -1. C wraps it (so does a release build);
+    // debug builds panicked until openjp2's overflow checks were turned off in the dev profile.
+    let bytes = include_bytes!("fuzz/openjp2_overflow_in_packet_header.dcm");
+    let path = Path::new("overflow.dcm");
+    let decoded = std::panic::catch_unwind(|| read_dicom_values(path, bytes))
+        .expect("openjp2 panicked on a corrupt packet header")
+        .unwrap();
+    // OpenJPEG's C library (pylibjpeg-openjpeg 2) decodes this codestream too, to 48 x 52
+    // samples summing to 5,113,864: the damage is one code-block's bit-plane count.
+    assert_eq!((decoded.width, decoded.height), (52, 48));
+    let sum: f64 = decoded.values.iter().map(|&v| f64::from(v)).sum();
+    assert_eq!(sum, 5_113_864.0);
+    assert!(decode_bytes(path, bytes).is_ok());
+}
