@@ -42,6 +42,8 @@ for t in "${targets[@]}"; do
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$logs/$t.log" | tail -n 1 || true)
   if [ "$status" -eq 0 ]; then verdict="no crash"
   elif grep -aq "error: could not compile" "$logs/$t.log"; then verdict="BUILD FAILED (see $logs/$t.log)"
+  # Ctrl-C (or kill -INT) stops libFuzzer with its interrupt exit code: not a finding.
+  elif grep -aq "libFuzzer: run interrupted" "$logs/$t.log"; then verdict="stopped early (interrupted), no crash"
   else verdict="FOUND A CRASH (exit $status; see $logs/$t.log)"; fi
   echo "$t: ${runs:-no final stats}; $cov; $verdict"
 done
