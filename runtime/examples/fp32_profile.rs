@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use scanside_runtime::bundle::{Bundle, Trust};
+use scanside_runtime::bundle::{Bundle, ModelFile, Trust};
 use scanside_runtime::infer::DirectClassifier;
 
 fn main() -> anyhow::Result<()> {
@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let p = &bundle.manifest.preprocess;
     let chw = [p.channels as usize, p.height as usize, p.width as usize];
     let model = DirectClassifier::from_onnx(
-        &bundle.model_bytes,
+        &bundle.read_model(ModelFile::Fp32)?,
         &bundle.model_path(),
         chw,
         bundle.manifest.class_names.len(),

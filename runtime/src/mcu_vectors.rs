@@ -47,8 +47,7 @@ pub fn write_vectors(bundle: &Bundle, files: &[PathBuf], out: &Path) -> Result<V
         path: out.to_path_buf(),
         source,
     })?;
-    let blob = bundle.int8_bytes.as_deref().unwrap_or_default();
-    persist::write_atomically(&out.join("model.i8"), blob)?;
+    persist::write_atomically(&out.join("model.i8"), model.blob_bytes())?;
     persist::write_atomically(
         &out.join("vectors.bin"),
         &scanside_int8::vectors::write(&pairs),

@@ -6,8 +6,11 @@
 //! How logits become probabilities ([`OutputActivation`]: softmax or sigmoid, after the
 //! calibration's temperature) belongs to the same contract, so it is defined here too.
 //!
-//! Loading reads each file once into memory and checks the model bytes against the manifest's
-//! hash before anything parses them; the parsed model is built from those same bytes.
+//! Loading reads the manifest (its signature verified over its bytes before they are parsed);
+//! a model file is read only when an engine asks for it ([`Bundle::read_model`]) — only the
+//! file that engine runs, so a cold start never reads or hashes the others — and its bytes are
+//! checked against the manifest's hash before anything parses them; the engine is built from
+//! those same bytes and the caller drops them once it is.
 
 use std::path::{Path, PathBuf};
 
@@ -218,22 +221,27 @@ pub enum SignatureStatus {
     Unchecked,
 }
 
-/// A loaded bundle: signature verified (or knowingly unchecked), manifest valid, model hash
-/// matching.
+/// A loaded bundle: signature verified (or knowingly unchecked) and manifest valid. Its model
+/// files are read, and checked against their hashes, by [`Bundle::read_model`].
 #[derive(Debug, Clone)]
 pub struct Bundle {
     /// The bundle directory.
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: BundleManifest,
-    /// The model file's bytes (verified against `manifest.model.sha256`).
-    pub model_bytes: Vec<u8>,
     /// The signature check.
     pub signature: SignatureStatus,
-    /// The int8 blob's bytes, when the bundle has one (verified against its sha256).
-    pub int8_bytes: Option<Vec<u8>>,
-    /// The QDQ ONNX model's bytes, when the bundle has one (verified against its sha256).
-    pub qdq_bytes: Option<Vec<u8>>,
+}
+
+/// One of the model files a bundle may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFile {
+    /// The fp32 ONNX model (always present).
+    Fp32,
+    /// The int8 blob (the `mcu` export target).
+    Int8Blob,
+    /// The int8 model's QDQ ONNX twin (the `onnx-int8` export target).
+    QdqOnnx,
 }
 
 impl Bundle {
@@ -276,40 +284,61 @@ impl Bundle {
         let manifest: BundleManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| bad(&manifest_path, format!("malformed manifest: {e}")))?;
         manifest.validate(&manifest_path)?;
-        let read_checked = |file: &str, sha256: &str| -> Result<Vec<u8>> {
-            let path = dir.join(file);
-            let bytes = read(&path)?;
-            let actual = sha256_hex(&bytes);
-            if actual != sha256 {
-                return Err(bad(
-                    &path,
-                    format!(
-                        "sha256 {actual} does not match the manifest's {sha256} (model replaced or corrupted)"
-                    ),
-                ));
-            }
-            Ok(bytes)
-        };
-        let model_bytes = read_checked(&manifest.model.file, &manifest.model.sha256)?;
-        let int8_bytes = manifest
-            .int8
-            .as_ref()
-            .map(|e| read_checked(&e.file, &e.sha256))
-            .transpose()?;
-        let qdq_bytes = manifest
-            .int8
-            .as_ref()
-            .and_then(|e| e.qdq_onnx.as_ref())
-            .map(|qdq| read_checked(&qdq.file, &qdq.sha256))
-            .transpose()?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
-            model_bytes,
             signature,
-            int8_bytes,
-            qdq_bytes,
         })
+    }
+
+    /// Where `which` is and the hash the manifest pins it to; a file the bundle was exported
+    /// without is refused with the export target that makes it.
+    pub fn model_entry(&self, which: ModelFile) -> Result<(PathBuf, &str)> {
+        let int8 = self.manifest.int8.as_ref();
+        let (file, sha256) = match which {
+            ModelFile::Fp32 => Some((&self.manifest.model.file, &self.manifest.model.sha256)),
+            ModelFile::Int8Blob => int8.map(|e| (&e.file, &e.sha256)),
+            ModelFile::QdqOnnx => int8
+                .and_then(|e| e.qdq_onnx.as_ref())
+                .map(|q| (&q.file, &q.sha256)),
+        }
+        .ok_or_else(|| Error::Bundle {
+            path: self.dir.clone(),
+            reason: match which {
+                ModelFile::QdqOnnx => {
+                    "the bundle has no QDQ ONNX model (export with --targets onnx,onnx-int8)"
+                }
+                _ => "the bundle has no int8 model (export with --targets onnx,mcu)",
+            }
+            .into(),
+        })?;
+        Ok((self.dir.join(file), sha256))
+    }
+
+    /// Reads `which` and checks its bytes against the manifest's sha256 before returning them.
+    pub fn read_model(&self, which: ModelFile) -> Result<Vec<u8>> {
+        let (path, sha256) = self.model_entry(which)?;
+        let bytes = read(&path)?;
+        check_sha256(&path, &sha256_hex(&bytes), sha256)?;
+        Ok(bytes)
+    }
+
+    /// Checks every model file the manifest names except `except` against its hash, reading
+    /// each through a small buffer (nothing kept): an engine runs only from a bundle that is
+    /// whole as signed, though it reads just its own file.
+    pub fn verify_models_except(&self, except: ModelFile) -> Result<()> {
+        let mut others = vec![ModelFile::Fp32];
+        if let Some(int8) = &self.manifest.int8 {
+            others.push(ModelFile::Int8Blob);
+            if int8.qdq_onnx.is_some() {
+                others.push(ModelFile::QdqOnnx);
+            }
+        }
+        for which in others.into_iter().filter(|&w| w != except) {
+            let (path, sha256) = self.model_entry(which)?;
+            check_sha256(&path, &sha256_file(&path)?, sha256)?;
+        }
+        Ok(())
     }
 
     /// Path of the model file.
@@ -404,6 +433,35 @@ impl BundleManifest {
         }
         self.preprocess.validate(path)
     }
+}
+
+/// Refuses `path` when its hash `actual` is not the manifest's `expected`.
+fn check_sha256(path: &Path, actual: &str, expected: &str) -> Result<()> {
+    if actual == expected {
+        return Ok(());
+    }
+    Err(Error::Bundle {
+        path: path.to_path_buf(),
+        reason: format!(
+            "sha256 {actual} does not match the manifest's {expected} (model replaced or corrupted)"
+        ),
+    })
+}
+
+/// Lower-case hex sha256 of a file's content, read through a 1 MiB buffer.
+fn sha256_file(path: &Path) -> Result<String> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(
+        &mut std::io::BufReader::with_capacity(1 << 20, file),
+        &mut hasher,
+    )
+    .map_err(io)?;
+    Ok(hex(&hasher.finalize()))
 }
 
 /// Lower-case hex sha256 of `bytes`.

@@ -17,7 +17,7 @@ use scanside_int8::engine::{dequantize, quantize};
 #[cfg(target_arch = "x86_64")]
 use scanside_int8::engine::{run_prepared, HostPrepared};
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, ModelFile};
 use crate::{Error, Result};
 
 self_cell::self_cell!(
@@ -85,22 +85,24 @@ impl Int8Classifier {
         })
     }
 
-    /// The bundle's int8 blob (verified with the bundle), for the manifest's input and
-    /// classes; a bundle exported without the `mcu` target is refused by name.
+    /// The bundle's int8 blob (read and checked against the manifest's hash), for the
+    /// manifest's input and classes; a bundle exported without the `mcu` target is refused by
+    /// name.
     pub fn load(bundle: &Bundle) -> Result<Self> {
-        let (Some(entry), Some(bytes)) = (&bundle.manifest.int8, &bundle.int8_bytes) else {
-            return Err(Error::Bundle {
-                path: bundle.dir.clone(),
-                reason: "the bundle has no int8 model (export with --targets onnx,mcu)".into(),
-            });
-        };
+        let bytes = bundle.read_model(ModelFile::Int8Blob)?;
+        let (path, _) = bundle.model_entry(ModelFile::Int8Blob)?;
         let p = &bundle.manifest.preprocess;
         Self::from_bytes(
-            bytes,
-            &bundle.dir.join(&entry.file),
+            &bytes,
+            &path,
             [p.channels as usize, p.height as usize, p.width as usize],
             bundle.manifest.class_names.len(),
         )
+    }
+
+    /// The blob it runs, as read from the bundle (verified, validated).
+    pub fn blob_bytes(&self) -> &[u8] {
+        self.blob.borrow_owner().bytes()
     }
 
     /// Arena bytes one inference needs.

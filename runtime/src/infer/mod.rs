@@ -1,9 +1,11 @@
 //! Inference: a bundle's model made runnable once — fp32 on the direct engine ([`direct`]) or
 //! tract, int8 on the shared int8 core ([`int8`]) — then run on each preprocessed input.
 //!
-//! The fp32 model's ONNX protobuf is decoded once; the direct engine plans from it, and when it
-//! declines (an operator it does not run, a CPU without its kernels) tract builds from the same
-//! decoded model. Why it declined is kept in the [`Engine`] ([`Engine::note`]) and logged at
+//! Only the engine's own model file is read (the others are checked against their hashes
+//! meanwhile). The fp32 model's ONNX protobuf is decoded and the direct engine plans from it,
+//! taking the weights out as it packs them; when it declines (an operator it does not run, a
+//! CPU without its kernels) tract builds from the model — decoded again when the planner had
+//! begun. Why it declined is kept in the [`Engine`] ([`Engine::note`]) and logged at
 //! debug level, never dropped.
 //!
 //! This stage never decodes, preprocesses or reports: it turns an input tensor into logits.
@@ -15,7 +17,7 @@ use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, ModelFile};
 use crate::{Error, Result};
 
 pub mod direct;
@@ -43,9 +45,11 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Parses, shapes, optimises and checks the bundle's model against its manifest.
+    /// Reads the bundle's fp32 model, then parses, shapes, optimises and checks it against the
+    /// manifest.
     pub fn load(bundle: &Bundle) -> Result<Self> {
-        Self::from_bytes(bundle, &bundle.model_bytes, bundle.model_path())
+        let bytes = bundle.read_model(ModelFile::Fp32)?;
+        Self::from_bytes(bundle, &bytes, bundle.model_path())
     }
 
     /// Like [`Classifier::load`] for another ONNX model of the bundle (bytes already verified
@@ -187,22 +191,37 @@ pub enum Engine {
 
 impl Engine {
     /// Loads the bundle's model of the given kind; `Int8` needs a bundle exported with the
-    /// `mcu` target.
+    /// `mcu` target. Only that model's file is read; the bundle's other model files are
+    /// checked against their hashes on a second thread meanwhile (a bundle runs only whole as
+    /// signed), so they cost neither memory nor, with two cores, time.
     pub fn load(bundle: &Bundle, kind: EngineKind) -> Result<Self> {
-        match kind {
-            EngineKind::Fp32 => Self::load_fp32(bundle),
-            EngineKind::Tract => Ok(Engine::Tract(Classifier::load(bundle)?)),
-            EngineKind::Qdq => Self::load_qdq(bundle),
-            EngineKind::Int8 => Ok(Engine::Int8(Int8Classifier::load(bundle)?)),
-        }
+        let own = match kind {
+            EngineKind::Fp32 | EngineKind::Tract => ModelFile::Fp32,
+            EngineKind::Int8 => ModelFile::Int8Blob,
+            EngineKind::Qdq => ModelFile::QdqOnnx,
+        };
+        std::thread::scope(|scope| {
+            let others = scope.spawn(|| bundle.verify_models_except(own));
+            let engine = match kind {
+                EngineKind::Fp32 => Self::load_fp32(bundle),
+                EngineKind::Tract => Classifier::load(bundle).map(Engine::Tract),
+                EngineKind::Qdq => Self::load_qdq(bundle),
+                EngineKind::Int8 => Int8Classifier::load(bundle).map(Engine::Int8),
+            };
+            let others = others
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            others.and(engine)
+        })
     }
 
-    /// The direct engine when it takes the model, else tract on the same decoded model (tract
-    /// also names what is wrong with a model that neither can run).
+    /// The direct engine when it takes the model, else tract (which also names what is wrong
+    /// with a model that neither can run).
     fn load_fp32(bundle: &Bundle) -> Result<Self> {
         let path = bundle.model_path();
-        let proto = decode_onnx(&bundle.model_bytes, &path)?;
-        let declined = match direct_engine(bundle, &proto, &path) {
+        // The file's bytes are dropped once decoded: the engine keeps what it built from them.
+        let mut proto = decode_onnx(&bundle.read_model(ModelFile::Fp32)?, &path)?;
+        let declined = match direct_engine(bundle, &mut proto, &path) {
             Ok(model) => return Ok(Engine::Direct(model)),
             Err(declined) => declined,
         };
@@ -210,6 +229,10 @@ impl Engine {
             "{}: direct engine declined: {declined}; running on tract",
             path.display()
         );
+        if let DirectDeclined::Unsupported(_) = declined {
+            // The planner may have taken weights out of the model before it declined.
+            proto = decode_onnx(&bundle.read_model(ModelFile::Fp32)?, &path)?;
+        }
         Ok(Engine::Fp32 {
             tract: Classifier::from_proto(bundle, &proto, path)?,
             declined,
@@ -217,25 +240,9 @@ impl Engine {
     }
 
     fn load_qdq(bundle: &Bundle) -> Result<Self> {
-        let (Some(entry), Some(bytes)) = (
-            bundle
-                .manifest
-                .int8
-                .as_ref()
-                .and_then(|e| e.qdq_onnx.as_ref()),
-            &bundle.qdq_bytes,
-        ) else {
-            return Err(Error::Bundle {
-                path: bundle.dir.clone(),
-                reason: "the bundle has no QDQ ONNX model (export with --targets onnx,onnx-int8)"
-                    .into(),
-            });
-        };
-        Ok(Engine::Qdq(Classifier::from_bytes(
-            bundle,
-            bytes,
-            bundle.dir.join(&entry.file),
-        )?))
+        let bytes = bundle.read_model(ModelFile::QdqOnnx)?;
+        let (path, _) = bundle.model_entry(ModelFile::QdqOnnx)?;
+        Ok(Engine::Qdq(Classifier::from_bytes(bundle, &bytes, path)?))
     }
 
     /// Logits of one preprocessed `C×H×W` input.
@@ -278,7 +285,7 @@ fn input_chw(bundle: &Bundle) -> [usize; 3] {
 /// The direct engine for the bundle's fp32 model, or why it declines it.
 fn direct_engine(
     bundle: &Bundle,
-    proto: &pb::ModelProto,
+    proto: &mut pb::ModelProto,
     path: &Path,
 ) -> std::result::Result<DirectClassifier, DirectDeclined> {
     if !direct::kernels::fast_path_available() {

@@ -432,7 +432,7 @@ fn mcu_vectors_hold_the_int8_engines_outputs() {
 
 #[test]
 fn mcu_vectors_hold_one_vector_per_frame_under_the_every_frame_policy() {
-    use scanside_runtime::bundle::{write_bundle_with_int8, Bundle, Trust};
+    use scanside_runtime::bundle::{write_bundle_with_int8, Bundle, ModelFile, Trust};
     use scanside_runtime::decode::DicomFrames;
     let dir = tempfile::tempdir().unwrap();
     let bundle_dir = dir.path().join("bundle");
@@ -443,8 +443,8 @@ fn mcu_vectors_hold_one_vector_per_frame_under_the_every_frame_policy() {
     write_bundle_with_int8(
         &bundle_dir,
         manifest,
-        &bundle.model_bytes,
-        bundle.int8_bytes.as_deref(),
+        &bundle.read_model(ModelFile::Fp32).unwrap(),
+        Some(&bundle.read_model(ModelFile::Int8Blob).unwrap()),
         None,
         Some(&crate::util::test_key()),
     )

@@ -287,7 +287,7 @@ fn sigmoid_and_linear_exact_voi_functions_follow_the_standard() {
 fn a_bundle_with_the_every_frame_policy_screens_each_frame_and_keeps_the_maximum() {
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::tags;
-    use scanside_runtime::bundle::{write_bundle, Bundle, Trust};
+    use scanside_runtime::bundle::{write_bundle, Bundle, ModelFile, Trust};
     use scanside_runtime::decode::DicomFrames;
     use scanside_runtime::pipeline::Screener;
     let dir = tempfile::tempdir().unwrap();
@@ -320,7 +320,7 @@ fn a_bundle_with_the_every_frame_policy_screens_each_frame_and_keeps_the_maximum
         write_bundle(
             &bundle_dir,
             manifest,
-            &bundle.model_bytes,
+            &bundle.read_model(ModelFile::Fp32).unwrap(),
             Some(&crate::util::test_key()),
         )
         .unwrap();

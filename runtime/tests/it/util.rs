@@ -210,7 +210,7 @@ pub fn write_linear_bundle_with_int8(dir: &Path) {
         &scanside_runtime::bundle::Trust::AllowUnsigned,
     )
     .unwrap();
-    let mut manifest = bundle.manifest;
+    let mut manifest = bundle.manifest.clone();
     manifest.int8 = Some(scanside_runtime::bundle::Int8Entry {
         file: "model.i8".into(),
         sha256: String::new(),
@@ -223,7 +223,9 @@ pub fn write_linear_bundle_with_int8(dir: &Path) {
     scanside_runtime::bundle::write_bundle_with_int8(
         dir,
         manifest,
-        &bundle.model_bytes,
+        &bundle
+            .read_model(scanside_runtime::bundle::ModelFile::Fp32)
+            .unwrap(),
         Some(&blob),
         None,
         Some(&test_key()),

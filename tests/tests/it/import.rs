@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::backend::Flex;
-use scanside_runtime::bundle::{signing, Bundle, SigningKey, Trust};
+use scanside_runtime::bundle::{signing, Bundle, ModelFile, SigningKey, Trust};
 use scanside_runtime::infer::{Engine, EngineKind};
 use scanside_runtime::pipeline::Screener;
 use scanside_runtime::preprocess::{normalize_in_place, to_model_pixels};
@@ -251,7 +251,10 @@ fn torchvision_classifiers_quantise_to_the_int8_engine_and_screen() {
         assert!(report.labels.as_deref().unwrap().starts_with("labelled"));
         // The bundle holds the file as given, signed.
         let bundle = Bundle::load(&bundle_dir, &trust).unwrap();
-        assert_eq!(bundle.model_bytes, std::fs::read(&model).unwrap());
+        assert_eq!(
+            bundle.read_model(ModelFile::Fp32).unwrap(),
+            std::fs::read(&model).unwrap()
+        );
         screen_on_every_engine(
             &bundle,
             &images[0],

@@ -190,9 +190,13 @@ fn a_bundle_whose_model_was_replaced_is_refused_with_the_file_named() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(&model, bytes).unwrap();
-    let err = scanside_runtime::bundle::Bundle::load(&result.bundle, &trusted(&out).unwrap())
-        .unwrap_err()
-        .to_string();
+    // The manifest still verifies; the model is refused when an engine reads it.
+    let bundle =
+        scanside_runtime::bundle::Bundle::load(&result.bundle, &trusted(&out).unwrap()).unwrap();
+    let err =
+        scanside_runtime::infer::Engine::load(&bundle, scanside_runtime::infer::EngineKind::Fp32)
+            .unwrap_err()
+            .to_string();
     assert!(
         err.contains("model.onnx") && err.contains("sha256"),
         "{err}"

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
-use scanside_runtime::bundle::Bundle;
+use scanside_runtime::bundle::{Bundle, ModelFile};
 use scanside_runtime::infer::EngineKind;
 use scanside_runtime::pipeline::Screener;
 use scanside_trainer::config::{
@@ -172,9 +172,8 @@ pub fn compare_int8_with_fp32(
     let int8 = Screener::with_engine(&bundle, EngineKind::Int8)?;
     // The QDQ twin on tract carries the same quantisation: within 2 of the blob's output steps.
     let qdq = Screener::with_engine(&bundle, EngineKind::Qdq)?;
-    let blob = scanside_int8::blob::write::AlignedBlob::new(
-        bundle.int8_bytes.as_deref().unwrap_or_default(),
-    );
+    let blob =
+        scanside_int8::blob::write::AlignedBlob::new(&bundle.read_model(ModelFile::Int8Blob)?);
     let step = scanside_int8::blob::Model::parse(blob.bytes())
         .map_err(|e| anyhow::anyhow!("int8 blob: {e}"))?
         .output()

@@ -198,15 +198,16 @@ impl DirectClassifier {
         chw: [usize; 3],
         classes: usize,
     ) -> std::result::Result<Self, Unsupported> {
-        let model = pb::ModelProto::decode(bytes)
+        let mut model = pb::ModelProto::decode(bytes)
             .map_err(|e| Unsupported(format!("not an ONNX protobuf: {e}")))?;
-        Self::from_proto(&model, path, chw, classes)
+        Self::from_proto(&mut model, path, chw, classes)
     }
 
-    /// [`DirectClassifier::from_onnx`] for a model already decoded (the same decoded model
-    /// then serves tract when this declines).
+    /// [`DirectClassifier::from_onnx`] for a model already decoded. The convolutions' weights
+    /// are taken out of `model` as they are packed (so they are never held twice): when this
+    /// declines, `model` may have lost some.
     pub fn from_proto(
-        model: &pb::ModelProto,
+        model: &mut pb::ModelProto,
         path: &Path,
         chw: [usize; 3],
         classes: usize,
@@ -742,6 +743,57 @@ mod tests {
                 "a wrong-sized input is an error"
             );
         }
+    }
+
+    #[test]
+    fn convolutions_sharing_one_weight_tensor_both_get_it_and_the_model_keeps_no_copy() {
+        let mut g = Graph::default();
+        let x = g.conv("input", 3, 8, 3, 1);
+        let shared = g.constant("shared", &[8, 8, 3, 3], 1.0);
+        let bias = g.constant("shared_bias", &[8], 0.2);
+        let attrs: &[(&str, &[i64])] = &[
+            ("kernel_shape", &[3, 3]),
+            ("strides", &[1, 1]),
+            ("pads", &[1, 1, 1, 1]),
+        ];
+        let y = g.node("Conv", &[&x, &shared, &bias], attrs);
+        let y = g.node("Relu", &[&y], &[]);
+        let y = g.node("Conv", &[&y, &shared, &bias], attrs);
+        let p = g.node("GlobalAveragePool", &[&y], &[]);
+        let f = g.node("Flatten", &[&p], &[("axis", &[1])]);
+        let fc = g.constant("fc", &[4, 8], 1.0);
+        let out = g.node("Gemm", &[&f, &fc], &[("transB", &[1])]);
+        let chw = [3, 9, 7];
+        let bytes = g.bytes(&out, chw, 4);
+        let mut proto = pb::ModelProto::decode(&bytes[..]).unwrap();
+        let model = DirectClassifier::from_proto(&mut proto, Path::new("m.onnx"), chw, 4).unwrap();
+        let input: Vec<f32> = (0..9 * 7 * 3)
+            .map(|i| (i % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let (got, want) = (
+            model.logits(&input).unwrap(),
+            tract_logits(&bytes, chw, &input),
+        );
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{got:?} vs {want:?}"
+            );
+        }
+        // Every convolution's weights went into the plan; only the small constants stay.
+        let kept: Vec<&str> = proto
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .filter(|t| !t.raw_data.is_empty())
+            .map(|t| t.name.as_str())
+            .collect();
+        assert!(
+            kept.iter().all(|n| !n.starts_with('w') && *n != "shared"),
+            "{kept:?}"
+        );
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! [`Step`]s, fusing a convolution with the residual `Add` and `Relu` that only it feeds, then
 //! every buffer's border sized and the convolutions packed (direct or Winograd). It refuses,
 //! with the reason, anything it cannot run; it never runs a step.
+//!
+//! Packing takes each convolution's weights out of the decoded model (after the last
+//! convolution reading them), so at no moment are a model's weights held as the protobuf's
+//! bytes, as floats and packed all at once: ResNet-18's are 45 MiB each way.
 
 use std::collections::HashMap;
 
@@ -21,18 +25,49 @@ struct PendingConv {
     input: usize,
     output: usize,
     depthwise: bool,
-    weight: Vec<f32>,
+    /// The weights' index among the graph's initializers (type and size checked).
+    weight: usize,
     bias: Vec<f32>,
     kernel: usize,
     stride: usize,
     pad: usize,
 }
 
-/// Plans `model` for a `C×H×W` input and `classes` logits.
-pub(super) fn plan(model: &pb::ModelProto, chw: [usize; 3], classes: usize) -> Planned<Plan> {
-    let Some(graph) = &model.graph else {
+/// Plans `model` for a `C×H×W` input and `classes` logits. The convolutions' weights are
+/// taken out of `model` as they are packed: after an error it may have lost some.
+pub(super) fn plan(model: &mut pb::ModelProto, chw: [usize; 3], classes: usize) -> Planned<Plan> {
+    let Some(graph) = &mut model.graph else {
         return unsupported("the model has no graph");
     };
+    let (mut layout, pending) = walk(graph, chw, classes)?;
+    let mut convs = Vec::with_capacity(pending.len());
+    for (i, (p, winograd)) in pending.iter().enumerate() {
+        let tensor = &mut graph.initializer[p.weight];
+        let weight = float_values(tensor);
+        if pending[i + 1..]
+            .iter()
+            .all(|later| later.0.weight != p.weight)
+        {
+            tensor.raw_data = Vec::new();
+            tensor.float_data = Vec::new();
+        }
+        let kernel = pack(p, &weight, &layout.buffers, *winograd)?;
+        if let ConvKernel::Winograd(w) = &kernel {
+            layout.scratch_len = layout.scratch_len.max(w.scratch_len());
+        }
+        convs.push(kernel);
+    }
+    layout.convs = convs;
+    Ok(layout)
+}
+
+/// The plan without its convolutions (`convs` empty), and those to pack, in step order, each
+/// with whether it runs as Winograd.
+fn walk(
+    graph: &pb::GraphProto,
+    chw: [usize; 3],
+    classes: usize,
+) -> Planned<(Plan, Vec<(PendingConv, bool)>)> {
     let (mut planner, output) = Planner::new(graph, chw)?;
     for node in &graph.node {
         planner.node(node)?;
@@ -44,12 +79,13 @@ pub(super) fn plan(model: &pb::ModelProto, chw: [usize; 3], classes: usize) -> P
             planner.buffers[out].shape
         ));
     }
-    planner.finish(out, chw)
+    Ok(planner.finish(out, chw))
 }
 
 /// The plan as it grows, node by node.
 struct Planner<'g> {
-    constants: HashMap<&'g str, &'g pb::TensorProto>,
+    /// Initializers by name, with their index in the graph.
+    constants: HashMap<&'g str, (usize, &'g pb::TensorProto)>,
     /// How many times each value is read (a graph output counts as a read).
     readers: HashMap<&'g str, usize>,
     buffers: Vec<Buffer>,
@@ -64,10 +100,11 @@ impl<'g> Planner<'g> {
     /// The planner before the first node: the input in buffer 0. Returns it with the graph's
     /// one output.
     fn new(graph: &'g pb::GraphProto, chw: [usize; 3]) -> Planned<(Self, &'g pb::ValueInfoProto)> {
-        let constants: HashMap<&str, &pb::TensorProto> = graph
+        let constants: HashMap<&str, (usize, &pb::TensorProto)> = graph
             .initializer
             .iter()
-            .map(|t| (t.name.as_str(), t))
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), (i, t)))
             .collect();
         let inputs: Vec<&pb::ValueInfoProto> = graph
             .input
@@ -148,14 +185,14 @@ impl<'g> Planner<'g> {
     fn conv(&mut self, node: &'g pb::NodeProto, x_name: &str, out_name: &'g str) -> Planned<()> {
         let (x, _) = self.value(x_name)?;
         let [ih, iw, ic] = self.buffers[x].shape;
-        let weight = node
+        let &(weight, tensor) = node
             .input
             .get(1)
             .and_then(|n| self.constants.get(n.as_str()))
             .ok_or_else(|| {
                 Unsupported(format!("Conv {}: weights are not a constant", node.name))
             })?;
-        let (dims, weight) = constant(weight)?;
+        let dims = float_dims(tensor)?;
         let [o, i, kh, kw] = dims[..] else {
             return unsupported(format!(
                 "Conv {}: weights of dimensions {dims:?}",
@@ -188,7 +225,7 @@ impl<'g> Planner<'g> {
             Some(n) => match self
                 .constants
                 .get(n.as_str())
-                .map(|t| constant(t))
+                .map(|&(_, t)| constant(t))
                 .transpose()?
             {
                 Some((d, b)) if d == [o] => b,
@@ -368,7 +405,7 @@ impl<'g> Planner<'g> {
             node.input
                 .get(i)
                 .and_then(|n| self.constants.get(n.as_str()))
-                .map(|t| constant(t))
+                .map(|&(_, t)| constant(t))
                 .transpose()
         };
         let Some((dims, b)) = get(1)? else {
@@ -412,48 +449,48 @@ impl<'g> Planner<'g> {
         Ok(())
     }
 
-    /// Decides which convolutions run as Winograd, sizes every buffer's border (the widest
-    /// padding, or Winograd reach, of the convolutions reading it) and packs the convolutions.
-    fn finish(mut self, output: usize, chw: [usize; 3]) -> Planned<Plan> {
-        let buffers = &mut self.buffers;
-        let winograd: Vec<bool> = self
+    /// Decides which convolutions run as Winograd and sizes every buffer's border (the widest
+    /// padding, or Winograd reach, of the convolutions reading it); returns the plan without
+    /// its convolutions and those to pack.
+    fn finish(self, output: usize, chw: [usize; 3]) -> (Plan, Vec<(PendingConv, bool)>) {
+        let mut buffers = self.buffers;
+        let pending: Vec<(PendingConv, bool)> = self
             .pending
-            .iter()
+            .into_iter()
             .map(|p| {
                 let (in_c, out_c) = (buffers[p.input].shape[2], buffers[p.output].shape[2]);
-                !p.depthwise && WinogradConv::suits(p.kernel, p.stride, p.pad, in_c, out_c)
+                let winograd =
+                    !p.depthwise && WinogradConv::suits(p.kernel, p.stride, p.pad, in_c, out_c);
+                (p, winograd)
             })
             .collect();
-        for (p, &winograd) in self.pending.iter().zip(&winograd) {
-            let needed = if winograd {
+        for (p, winograd) in &pending {
+            let needed = if *winograd {
                 WinogradConv::border_needed(buffers[p.output].shape)
             } else {
                 p.pad
             };
             buffers[p.input].border = buffers[p.input].border.max(needed);
         }
-        let mut convs = Vec::with_capacity(self.pending.len());
-        let mut scratch_len = 0;
-        for (p, winograd) in self.pending.into_iter().zip(winograd) {
-            let kernel = pack(&p, buffers, winograd)?;
-            if let ConvKernel::Winograd(w) = &kernel {
-                scratch_len = scratch_len.max(w.scratch_len());
-            }
-            convs.push(kernel);
-        }
-        Ok(Plan {
+        let plan = Plan {
             steps: self.steps,
-            convs,
-            scratch_len,
-            buffers: self.buffers,
+            convs: Vec::new(),
+            scratch_len: 0,
+            buffers,
             output,
             chw,
-        })
+        };
+        (plan, pending)
     }
 }
 
 /// Packs one convolution for its kernel, now that its buffers' borders are known.
-fn pack(p: &PendingConv, buffers: &[Buffer], winograd: bool) -> Planned<ConvKernel> {
+fn pack(
+    p: &PendingConv,
+    weight: &[f32],
+    buffers: &[Buffer],
+    winograd: bool,
+) -> Planned<ConvKernel> {
     let geometry = ConvGeometry {
         input: buffers[p.input].shape,
         input_border: buffers[p.input].border,
@@ -464,17 +501,24 @@ fn pack(p: &PendingConv, buffers: &[Buffer], winograd: bool) -> Planned<ConvKern
         pad: p.pad,
     };
     if winograd {
-        WinogradConv::new(geometry, &p.weight, &p.bias).map(ConvKernel::Winograd)
+        WinogradConv::new(geometry, weight, &p.bias).map(ConvKernel::Winograd)
     } else if p.depthwise {
-        PackedConv::depthwise(geometry, &p.weight, &p.bias).map(ConvKernel::Direct)
+        PackedConv::depthwise(geometry, weight, &p.bias).map(ConvKernel::Direct)
     } else {
-        PackedConv::new(geometry, &p.weight, &p.bias).map(ConvKernel::Direct)
+        PackedConv::new(geometry, weight, &p.bias).map(ConvKernel::Direct)
     }
     .map_err(|e| Unsupported(format!("convolution {geometry:?}: {e:?}")))
 }
 
 /// An initializer as floats with its dimensions.
 fn constant(t: &pb::TensorProto) -> std::result::Result<(Vec<usize>, Vec<f32>), Unsupported> {
+    let dims = float_dims(t)?;
+    Ok((dims, float_values(t)))
+}
+
+/// An initializer's dimensions, once it is checked to hold exactly that many floats, in the
+/// model.
+fn float_dims(t: &pb::TensorProto) -> std::result::Result<Vec<usize>, Unsupported> {
     if t.data_type != pb::tensor_proto::DataType::Float as i32 {
         return unsupported(format!("initializer {} is not float", t.name));
     }
@@ -485,22 +529,30 @@ fn constant(t: &pb::TensorProto) -> std::result::Result<(Vec<usize>, Vec<f32>), 
         ));
     }
     let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let values: Vec<f32> = if t.raw_data.is_empty() {
+    let (values, bytes_fit) = if t.raw_data.is_empty() {
+        (t.float_data.len(), true)
+    } else {
+        (t.raw_data.len() / 4, t.raw_data.len() % 4 == 0)
+    };
+    if !bytes_fit || Some(values) != dims.iter().try_fold(1_usize, |n, &d| n.checked_mul(d)) {
+        return unsupported(format!(
+            "initializer {} has {values} values for dimensions {dims:?}",
+            t.name
+        ));
+    }
+    Ok(dims)
+}
+
+/// An initializer's floats ([`float_dims`] checked it).
+fn float_values(t: &pb::TensorProto) -> Vec<f32> {
+    if t.raw_data.is_empty() {
         t.float_data.clone()
     } else {
         t.raw_data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
-    };
-    if Some(values.len()) != dims.iter().try_fold(1_usize, |n, &d| n.checked_mul(d)) {
-        return unsupported(format!(
-            "initializer {} has {} values for dimensions {dims:?}",
-            t.name,
-            values.len()
-        ));
     }
-    Ok((dims, values))
 }
 
 fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
