@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use scanside_runtime::bundle::{sha256_hex, Bundle, ModelFile, Trust};
-use scanside_runtime::infer::{decode_onnx, DirectClassifier, Engine, EngineKind};
+use scanside_runtime::infer::{decode_onnx, DirectClassifier, Engine, EngineKind, Int8Classifier};
 
 /// Median milliseconds of `rounds` runs of `f`.
 fn median_ms<T>(rounds: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
@@ -73,6 +73,21 @@ fn main() -> anyhow::Result<()> {
             median_ms(rounds, || Ok(b.verify_models_except(ModelFile::Fp32)?))?,
         ),
     ];
+    let mut phases = phases;
+    if b.manifest.int8.is_some() {
+        phases.push((
+            "int8 blob: read + sha256",
+            median_ms(rounds, || Ok(b.read_model(ModelFile::Int8Blob)?))?,
+        ));
+        phases.push((
+            "int8 blob: read, sha256, parse and repack",
+            median_ms(rounds, || Ok(Int8Classifier::load(&b)?))?,
+        ));
+        phases.push((
+            "other model files (for int8): read + sha256",
+            median_ms(rounds, || Ok(b.verify_models_except(ModelFile::Int8Blob)?))?,
+        ));
+    }
     for (name, ms) in phases {
         println!("{name:<44}{ms:9.1} ms");
     }

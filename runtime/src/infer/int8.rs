@@ -49,11 +49,21 @@ impl Int8Classifier {
     /// Parses and validates a blob (named `path` in errors) for a `channels×height×width`
     /// input and `classes` outputs.
     pub fn from_bytes(bytes: &[u8], path: &Path, chw: [usize; 3], classes: usize) -> Result<Self> {
+        Self::from_aligned(AlignedBlob::new(bytes), path, chw, classes)
+    }
+
+    /// [`Int8Classifier::from_bytes`] for a blob already in aligned memory.
+    fn from_aligned(
+        aligned: AlignedBlob,
+        path: &Path,
+        chw: [usize; 3],
+        classes: usize,
+    ) -> Result<Self> {
         let bad = |reason: String| Error::Model {
             path: path.to_path_buf(),
             reason,
         };
-        let blob = ValidatedBlob::try_new(AlignedBlob::new(bytes), |blob| {
+        let blob = ValidatedBlob::try_new(aligned, |blob| {
             Model::parse(blob.bytes()).map_err(|e| bad(format!("int8 blob refused: {e}")))
         })?;
         let model = blob.borrow_dependent();
@@ -89,11 +99,12 @@ impl Int8Classifier {
     /// manifest's input and classes; a bundle exported without the `mcu` target is refused by
     /// name.
     pub fn load(bundle: &Bundle) -> Result<Self> {
-        let bytes = bundle.read_model(ModelFile::Int8Blob)?;
+        // Held once (the bytes as read, when aligned), before the filters are repacked.
+        let aligned = AlignedBlob::from_vec(bundle.read_model(ModelFile::Int8Blob)?);
         let (path, _) = bundle.model_entry(ModelFile::Int8Blob)?;
         let p = &bundle.manifest.preprocess;
-        Self::from_bytes(
-            &bytes,
+        Self::from_aligned(
+            aligned,
             &path,
             [p.channels as usize, p.height as usize, p.width as usize],
             bundle.manifest.class_names.len(),

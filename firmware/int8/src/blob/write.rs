@@ -265,12 +265,20 @@ pub fn encode(spec: &ModelSpec) -> Result<(Vec<u8>, MemoryPlan), BlobError> {
     Ok((out, plan))
 }
 
-/// A blob copied into 4-byte-aligned memory, as [`Model::parse`] requires (`Vec<u8>` makes no
-/// alignment promise).
+/// A blob in 4-byte-aligned memory, as [`Model::parse`] requires (`Vec<u8>` makes no alignment
+/// promise).
 #[derive(Debug, Clone)]
 pub struct AlignedBlob {
-    words: Vec<u32>,
+    storage: Storage,
     len: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    /// A copy in words.
+    Words(Vec<u32>),
+    /// The bytes as given, which happened to be aligned.
+    Bytes(Vec<u8>),
 }
 
 impl AlignedBlob {
@@ -279,13 +287,30 @@ impl AlignedBlob {
         let mut words = vec![0_u32; bytes.len().div_ceil(4)];
         bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
         Self {
-            words,
+            storage: Storage::Words(words),
             len: bytes.len(),
+        }
+    }
+
+    /// Takes `bytes` as they are when they are aligned (as the allocator returns large buffers),
+    /// copies them otherwise: a model read from a file is then held once, not twice.
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        if bytes.as_ptr().align_offset(4) == 0 {
+            let len = bytes.len();
+            Self {
+                storage: Storage::Bytes(bytes),
+                len,
+            }
+        } else {
+            Self::new(&bytes)
         }
     }
 
     /// The blob's bytes, 4-byte aligned.
     pub fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice::<u32, u8>(&self.words)[..self.len]
+        match &self.storage {
+            Storage::Words(words) => &bytemuck::cast_slice::<u32, u8>(words)[..self.len],
+            Storage::Bytes(bytes) => bytes,
+        }
     }
 }

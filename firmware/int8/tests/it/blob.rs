@@ -232,6 +232,32 @@ fn input() -> Vec<i8> {
 }
 
 #[test]
+fn a_blob_taken_from_a_vec_is_the_same_blob_as_a_copied_one() {
+    let (bytes, _) = encode(&small_model()).unwrap();
+    let copied = AlignedBlob::new(&bytes);
+    let taken = AlignedBlob::from_vec(bytes.clone());
+    assert_eq!(taken.bytes(), &bytes[..]);
+    assert_eq!(taken.bytes().as_ptr().align_offset(4), 0);
+    let mut arena = vec![0_i8; Model::parse(copied.bytes()).unwrap().arena_bytes()];
+    let a = run(
+        &Model::parse(copied.bytes()).unwrap(),
+        &mut arena,
+        &input(),
+        |_, _| (),
+    )
+    .unwrap()
+    .to_vec();
+    let b = run(
+        &Model::parse(taken.bytes()).unwrap(),
+        &mut arena,
+        &input(),
+        |_, _| (),
+    )
+    .unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
 fn blob_runs_exactly_like_the_kernels_called_directly() {
     let spec = small_model();
     let (bytes, plan) = encode(&spec).unwrap();

@@ -532,7 +532,7 @@ fn float_dims(t: &pb::TensorProto) -> std::result::Result<Vec<usize>, Unsupporte
     let (values, bytes_fit) = if t.raw_data.is_empty() {
         (t.float_data.len(), true)
     } else {
-        (t.raw_data.len() / 4, t.raw_data.len() % 4 == 0)
+        (t.raw_data.len() / 4, t.raw_data.len().is_multiple_of(4))
     };
     if !bytes_fit || Some(values) != dims.iter().try_fold(1_usize, |n, &d| n.checked_mul(d)) {
         return unsupported(format!(
