@@ -56,6 +56,10 @@ fn main() -> anyhow::Result<()> {
             median_ms(rounds, || Ok(sha256_hex(&bytes)))?,
         ),
         (
+            "fp32 model: read + sha256 overlapped",
+            median_ms(rounds, || Ok(b.read_model(ModelFile::Fp32)?))?,
+        ),
+        (
             "fp32 model: protobuf decode",
             median_ms(rounds, || Ok(decode_onnx(&bytes, &path)?))?,
         ),

@@ -46,7 +46,7 @@ pub(super) fn plan(model: &mut pb::ModelProto, chw: [usize; 3], classes: usize) 
         let weight = float_values(tensor);
         if pending[i + 1..]
             .iter()
-            .all(|later| later.0.weight != p.weight)
+            .all(|(later, _)| later.weight != p.weight)
         {
             tensor.raw_data = Vec::new();
             tensor.float_data = Vec::new();

@@ -76,24 +76,23 @@ impl WinogradConv {
         }
         let tiles = [out_h.div_ceil(2), out_w.div_ceil(2)];
         let count = tiles[0] * tiles[1];
-        // U = G g Gᵀ per (output, input) channel, computed in f64.
-        let mut transformed = vec![[0.0_f32; 16]; out_c * in_c];
-        for (u, g) in transformed.iter_mut().zip(weight_oihw.chunks_exact(9)) {
-            let g: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
+        // U = G g Gᵀ per (output, input) channel, computed in f64, written straight into the
+        // `O×I` matrix of each of the 16 transformed positions.
+        let mut positions = vec![vec![0.0_f32; out_c * in_c]; 16];
+        for (at, g) in weight_oihw.chunks_exact(9).enumerate() {
             let mut gg = [[0.0_f64; 3]; 4];
             for c in 0..3 {
-                let (g0, g1, g2) = (g[c], g[3 + c], g[6 + c]);
+                let (g0, g1, g2) = (f64::from(g[c]), f64::from(g[3 + c]), f64::from(g[6 + c]));
                 gg[0][c] = g0;
                 gg[1][c] = 0.5 * (g0 + g1 + g2);
                 gg[2][c] = 0.5 * (g0 - g1 + g2);
                 gg[3][c] = g2;
             }
-            for (r, row) in gg.iter().enumerate() {
-                let [a, b, c] = *row;
-                u[4 * r] = a as f32;
-                u[4 * r + 1] = (0.5 * (a + b + c)) as f32;
-                u[4 * r + 2] = (0.5 * (a - b + c)) as f32;
-                u[4 * r + 3] = c as f32;
+            for (r, &[a, b, c]) in gg.iter().enumerate() {
+                positions[4 * r][at] = a as f32;
+                positions[4 * r + 1][at] = (0.5 * (a + b + c)) as f32;
+                positions[4 * r + 2][at] = (0.5 * (a - b + c)) as f32;
+                positions[4 * r + 3][at] = c as f32;
             }
         }
         let product_geometry = ConvGeometry {
@@ -106,11 +105,9 @@ impl WinogradConv {
             pad: 0,
         };
         let zeros = vec![0.0; out_c];
-        let products = (0..16)
-            .map(|position| {
-                let weight: Vec<f32> = transformed.iter().map(|u| u[position]).collect();
-                PackedConv::new(product_geometry, &weight, &zeros)
-            })
+        let products = positions
+            .into_iter()
+            .map(|weight| PackedConv::new(product_geometry, &weight, &zeros))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             geometry,
