@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::bundle::Bundle;
-use crate::infer::Int8Classifier;
+use crate::infer::{Engine, EngineKind};
 use crate::pipeline::read_model_inputs;
 use crate::{persist, Error, Result};
 
@@ -29,7 +29,10 @@ pub struct VectorsReport {
 /// Runs the bundle's int8 model on every model input of `files` and writes the blob and the
 /// vectors into `out` (created when missing).
 pub fn write_vectors(bundle: &Bundle, files: &[PathBuf], out: &Path) -> Result<VectorsReport> {
-    let model = Int8Classifier::load(bundle)?;
+    // Through `Engine::load`, like every front door: the bundle's other files are checked too.
+    let Engine::Int8(model) = Engine::load(bundle, EngineKind::Int8)? else {
+        unreachable!("Engine::load returns the kind it is asked for")
+    };
     let mut pairs = Vec::with_capacity(files.len());
     for file in files {
         for input in read_model_inputs(file, &bundle.manifest.preprocess)? {

@@ -460,8 +460,13 @@ fn read_hashing(path: &Path) -> Result<(Vec<u8>, String)> {
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
-    let len = usize::try_from(len).map_err(|_| io(std::io::ErrorKind::OutOfMemory.into()))?;
-    let mut bytes = vec![0_u8; len];
+    // Reserved fallibly, as `fs::read` does: a file larger than memory is an error, not an abort.
+    let mut bytes = Vec::new();
+    usize::try_from(len)
+        .ok()
+        .and_then(|len| bytes.try_reserve_exact(len).ok().map(|()| len))
+        .map(|len| bytes.resize(len, 0))
+        .ok_or_else(|| io(std::io::ErrorKind::OutOfMemory.into()))?;
     let digest = std::thread::scope(|scope| {
         let (chunks, received) = std::sync::mpsc::sync_channel::<&[u8]>(4);
         let hasher = scope.spawn(move || {

@@ -409,6 +409,29 @@ fn mcu_vectors_hold_the_int8_engines_outputs() {
         &png,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Vectors come only from a bundle that is whole as signed, though only the blob runs.
+    let model = bundle.join("model.onnx");
+    let onnx = std::fs::read(&model).unwrap();
+    let mut tampered = onnx.clone();
+    tampered.push(0);
+    std::fs::write(&model, tampered).unwrap();
+    let refused = scanside(&[
+        Path::new("mcu-vectors"),
+        Path::new("--bundle"),
+        &bundle,
+        Path::new("--public-key"),
+        &key,
+        Path::new("--out"),
+        &dir.path().join("refused"),
+        &png,
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = stderr(&refused);
+    assert!(
+        err.contains("model.onnx") && err.contains("sha256"),
+        "{err}"
+    );
+    std::fs::write(&model, onnx).unwrap();
     let bytes = std::fs::read(golden.join("vectors.bin")).unwrap();
     let vectors = scanside_int8::vectors::Vectors::parse(&bytes).unwrap();
     assert_eq!(vectors.len(), 2);
