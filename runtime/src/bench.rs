@@ -27,6 +27,8 @@ pub struct EngineBench {
     pub first_inference_ms: f64,
     /// Timed inferences (after warm-up).
     pub runs: usize,
+    /// Threads of one inference.
+    pub threads: usize,
     /// Median latency of one inference.
     pub p50_ms: f64,
     /// 99th-percentile latency.
@@ -86,19 +88,56 @@ fn inputs(bundle: &Bundle, files: &[PathBuf], synthetic: usize) -> Result<Vec<Ve
         .collect())
 }
 
-/// Benchmarks each engine: cold start (bundle load + model preparation), first inference,
-/// then `runs` timed inferences cycling over the inputs after `warmup` untimed ones.
+/// What `scanside bench` measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchConfig {
+    /// Engines, in the order measured.
+    pub engines: Vec<EngineKind>,
+    /// Timed inferences per engine.
+    pub runs: usize,
+    /// Untimed inferences before timing.
+    pub warmup: usize,
+    /// Threads of one inference.
+    pub threads: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            engines: vec![EngineKind::Fp32, EngineKind::Int8],
+            runs: 200,
+            warmup: 10,
+            threads: crate::infer::all_cores(),
+        }
+    }
+}
+
+impl BenchConfig {
+    /// Why the settings cannot run, if they cannot.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.engines.is_empty() {
+            return Err("--engine names no engine".into());
+        }
+        if self.runs == 0 || self.threads == 0 {
+            return Err("--runs and --threads must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Benchmarks each engine: cold start (bundle load + model preparation, its threads
+/// started), first inference, then `runs` timed inferences cycling over the inputs after
+/// `warmup` untimed ones.
 pub fn bench(
     dir: &Path,
     trust: &Trust,
-    engines: &[EngineKind],
     files: &[PathBuf],
-    runs: usize,
-    warmup: usize,
+    config: &BenchConfig,
 ) -> Result<BenchReport> {
-    let engines = engines
+    let engines = config
+        .engines
         .iter()
-        .map(|&kind| bench_engine(dir, trust, kind, files, runs, warmup))
+        .map(|&kind| bench_engine(dir, trust, kind, files, config))
         .collect::<Result<_>>()?;
     Ok(BenchReport {
         bundle: dir.to_path_buf(),
@@ -113,21 +152,20 @@ fn bench_engine(
     trust: &Trust,
     kind: EngineKind,
     files: &[PathBuf],
-    runs: usize,
-    warmup: usize,
+    config: &BenchConfig,
 ) -> Result<EngineBench> {
     let t0 = Instant::now();
     let bundle = Bundle::load(dir, trust)?;
-    let engine = Engine::load(&bundle, kind)?;
+    let engine = Engine::load(&bundle, kind)?.with_threads(config.threads)?;
     let cold_start_ms = t0.elapsed().as_secs_f64() * 1e3;
     let inputs = inputs(&bundle, files, 16)?;
     let t1 = Instant::now();
     engine.logits(&inputs[0])?;
     let first_inference_ms = t1.elapsed().as_secs_f64() * 1e3;
-    for i in 0..warmup {
+    for i in 0..config.warmup {
         engine.logits(&inputs[i % inputs.len()])?;
     }
-    let runs = runs.max(1);
+    let runs = config.runs.max(1); // `validate` refuses 0; a library caller gets one run.
     let mut times = Vec::with_capacity(runs);
     let start = Instant::now();
     for i in 0..runs {
@@ -143,6 +181,7 @@ fn bench_engine(
         cold_start_ms,
         first_inference_ms,
         runs,
+        threads: engine.threads(),
         p50_ms: percentile(&times, 0.5),
         p99_ms: percentile(&times, 0.99),
         throughput_per_s: runs as f64 / total,

@@ -7,6 +7,8 @@ use core::ops::Range;
 use crate::blob::{Layer, Model, Op};
 use crate::kernels::add::{add, AddParams, ADD_LEFT_SHIFT};
 use crate::kernels::conv::conv2d;
+#[cfg(all(feature = "threads", not(feature = "dsp")))]
+use crate::kernels::conv::{conv2d_on_threads, conv2d_rows, ConvParams};
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 use crate::kernels::conv::{conv2d_packed, PackedFilters};
 use crate::kernels::depthwise::depthwise_conv2d;
@@ -83,6 +85,7 @@ fn run_layer(
     layer: &Layer<'_>,
     arena: &mut [i8],
     #[cfg(all(feature = "std", target_arch = "x86_64"))] packed: Option<&PackedFilters>,
+    threads: usize,
 ) -> Result<(), KernelError> {
     let tensor = |t: usize| model.tensor(t).ok_or(KernelError::ShapeMismatch);
     let input = tensor(layer.input)?;
@@ -96,6 +99,19 @@ fn run_layer(
     );
     match layer.op {
         Op::Conv2d => {
+            #[cfg(all(feature = "threads", not(feature = "dsp")))]
+            if threads > 1 {
+                #[cfg(not(target_arch = "x86_64"))]
+                let packed = None;
+                return conv_on_threads(
+                    &model.conv_params(layer),
+                    (x, layer),
+                    packed,
+                    out,
+                    threads,
+                );
+            }
+            let _ = threads;
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             if let Some(packed) = packed {
                 return conv2d_packed(
@@ -169,6 +185,39 @@ fn run_layer(
     }
 }
 
+/// A convolution layer in bands of output rows on `threads` threads of the current rayon pool,
+/// each band on the kernel a whole run would use (bit for bit the same output).
+#[cfg(all(feature = "threads", not(feature = "dsp")))]
+fn conv_on_threads(
+    params: &ConvParams,
+    (input, layer): (&[i8], &Layer<'_>),
+    packed: Option<&HostFilters>,
+    output: &mut [i8],
+    threads: usize,
+) -> Result<(), KernelError> {
+    let filters = (input, layer.weights, layer.bias);
+    conv2d_on_threads(params, output, threads, |rows, band| {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = packed {
+            return crate::kernels::conv::conv2d_packed_rows(
+                params,
+                filters,
+                (packed, requant(layer)),
+                (rows, band),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = packed;
+        conv2d_rows(params, filters, requant(layer), (rows, band))
+    })
+}
+
+/// A convolution's host-side repacked filters: x86-64 has them, other hosts none.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+type HostFilters = PackedFilters;
+#[cfg(all(feature = "std", not(target_arch = "x86_64")))]
+type HostFilters = core::convert::Infallible;
+
 /// Copies `input` (the quantised model input, NHWC) into the arena, runs every layer in order
 /// — calling `on_layer(index, op)` before each, for progress logs — and returns the output
 /// tensor's values in the arena.
@@ -178,21 +227,30 @@ pub fn run<'a>(
     input: &[i8],
     on_layer: impl FnMut(usize, Op),
 ) -> Result<&'a [i8], RunError> {
-    run_with(model, None, arena, input, on_layer)
+    run_with(model, None, (arena, input), 1, on_layer)
 }
 
-/// Host-side data prepared once per model to speed up [`run_prepared`]: each standard
-/// convolution's filters repacked for the vector kernels ([`PackedFilters`]). The blob itself
-/// is unchanged (it is the microcontroller's format).
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
+/// Host-side data prepared once per model to speed up [`run_prepared`]: on x86-64 each standard
+/// convolution's filters repacked for the vector kernels ([`PackedFilters`]); other hosts have
+/// none yet. The blob itself is unchanged (it is the microcontroller's format).
+#[cfg(feature = "std")]
 #[derive(Debug, Clone)]
 pub struct HostPrepared {
+    #[cfg(target_arch = "x86_64")]
     packed: Vec<Option<PackedFilters>>,
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[cfg(feature = "std")]
 impl HostPrepared {
+    /// Repacks every standard convolution of `model` (x86-64).
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn new(model: &Model<'_>) -> Self {
+        let _ = model;
+        HostPrepared {}
+    }
+
     /// Repacks every standard convolution of `model`.
+    #[cfg(target_arch = "x86_64")]
     pub fn new(model: &Model<'_>) -> Self {
         let packed = (0..model.layer_count())
             .map(|i| {
@@ -216,7 +274,7 @@ impl HostPrepared {
 }
 
 /// [`run`] with the host's prepared data: the same outputs, bit for bit, faster.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[cfg(feature = "std")]
 pub fn run_prepared<'a>(
     model: &Model<'_>,
     prepared: &HostPrepared,
@@ -224,17 +282,30 @@ pub fn run_prepared<'a>(
     input: &[i8],
     on_layer: impl FnMut(usize, Op),
 ) -> Result<&'a [i8], RunError> {
-    run_with(model, Some(prepared), arena, input, on_layer)
+    run_with(model, Some(prepared), (arena, input), 1, on_layer)
 }
 
-#[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+/// [`run_prepared`] with each standard convolution split into `threads` bands of output rows
+/// on the current rayon pool (install a pool of that many threads around the call): the same
+/// outputs, bit for bit, as on one thread.
+#[cfg(all(feature = "threads", not(feature = "dsp")))]
+pub fn run_on_threads<'a>(
+    model: &Model<'_>,
+    prepared: &HostPrepared,
+    (arena, input): (&'a mut [i8], &[i8]),
+    threads: usize,
+) -> Result<&'a [i8], RunError> {
+    run_with(model, Some(prepared), (arena, input), threads, |_, _| ())
+}
+
+#[cfg(not(feature = "std"))]
 type HostPrepared = core::convert::Infallible;
 
 fn run_with<'a>(
     model: &Model<'_>,
     prepared: Option<&HostPrepared>,
-    arena: &'a mut [i8],
-    input: &[i8],
+    (arena, input): (&'a mut [i8], &[i8]),
+    threads: usize,
     mut on_layer: impl FnMut(usize, Op),
 ) -> Result<&'a [i8], RunError> {
     if arena.len() < model.arena_bytes() {
@@ -256,11 +327,12 @@ fn run_with<'a>(
             &layer,
             arena,
             prepared.and_then(|p| p.packed.get(index)?.as_ref()),
+            threads,
         )?;
         #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
         {
             let _ = prepared;
-            run_layer(model, &layer, arena)?;
+            run_layer(model, &layer, arena, threads)?;
         }
     }
     Ok(&arena[model.output().range()])

@@ -11,11 +11,7 @@ use std::sync::Arc;
 
 use scanside_int8::blob::write::AlignedBlob;
 use scanside_int8::blob::{Model, Tensor};
-#[cfg(not(target_arch = "x86_64"))]
-use scanside_int8::engine::run;
-use scanside_int8::engine::{dequantize, quantize};
-#[cfg(target_arch = "x86_64")]
-use scanside_int8::engine::{run_prepared, HostPrepared};
+use scanside_int8::engine::{dequantize, quantize, run_on_threads, run_prepared, HostPrepared};
 
 use crate::bundle::{Bundle, ModelFile};
 use crate::{Error, Result};
@@ -41,8 +37,9 @@ pub struct Int8Classifier {
     arena_bytes: usize,
     path: PathBuf,
     /// x86-64: the convolutions' filters repacked for the AVX2 kernel, once per model.
-    #[cfg(target_arch = "x86_64")]
-    prepared: HostPrepared,
+    prepared: Arc<HostPrepared>,
+    /// The threads one inference's convolutions run on (none: the calling thread).
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Int8Classifier {
@@ -82,17 +79,40 @@ impl Int8Classifier {
             )));
         }
         let arena_bytes = model.arena_bytes();
-        #[cfg(target_arch = "x86_64")]
-        let prepared = HostPrepared::new(model);
+        let prepared = Arc::new(HostPrepared::new(model));
         Ok(Self {
             blob: Arc::new(blob),
             input,
             output,
             arena_bytes,
             path: path.to_path_buf(),
-            #[cfg(target_arch = "x86_64")]
             prepared,
+            pool: None,
         })
+    }
+
+    /// Runs each inference's convolutions on `threads` threads, in bands of output rows (one:
+    /// on the calling thread, as built); the outputs are the same, bit for bit.
+    pub fn with_threads(mut self, threads: usize) -> Result<Self> {
+        self.pool = if threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("scanside-int8-{i}"))
+                .build()
+                .map_err(|e| Error::Model {
+                    path: self.path.clone(),
+                    reason: format!("cannot start {threads} threads: {e}"),
+                })?;
+            Some(Arc::new(pool))
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    /// Threads one inference runs on.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.current_num_threads())
     }
 
     /// The bundle's int8 blob (read and checked against the manifest's hash), for the
@@ -143,10 +163,13 @@ impl Int8Classifier {
     pub fn run_quantized(&self, input: &[i8]) -> Result<Vec<i8>> {
         let model = self.blob.borrow_dependent();
         let mut arena = vec![0_i8; self.arena_bytes];
-        #[cfg(target_arch = "x86_64")]
-        let result = run_prepared(model, &self.prepared, &mut arena, input, |_, _| ());
-        #[cfg(not(target_arch = "x86_64"))]
-        let result = run(model, &mut arena, input, |_, _| ());
+        let result = match &self.pool {
+            Some(pool) => pool.install(|| {
+                let threads = pool.current_num_threads();
+                run_on_threads(model, &self.prepared, (&mut arena, input), threads)
+            }),
+            None => run_prepared(model, &self.prepared, &mut arena, input, |_, _| ()),
+        };
         result.map(<[i8]>::to_vec).map_err(|e| Error::Model {
             path: self.path.clone(),
             reason: format!("int8 inference failed: {e}"),

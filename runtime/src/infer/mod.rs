@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -35,6 +36,11 @@ pub fn decode_onnx(bytes: &[u8], path: &Path) -> Result<pb::ModelProto> {
     })
 }
 
+/// The cores of this machine: the default number of threads of one inference.
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// A runnable classifier built from a bundle's model.
 #[derive(Debug, Clone)]
 pub struct Classifier {
@@ -42,6 +48,9 @@ pub struct Classifier {
     shape: [usize; 4],
     num_classes: usize,
     model_path: PathBuf,
+    /// tract's executor for one inference (single-threaded unless [`Classifier::with_threads`]).
+    executor: Executor,
+    threads: usize,
 }
 
 impl Classifier {
@@ -95,7 +104,20 @@ impl Classifier {
             shape,
             num_classes,
             model_path,
+            executor: Executor::SingleThread,
+            threads: 1,
         })
+    }
+
+    /// Runs each inference's matrix products on `threads` threads (tract's rayon executor).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.executor = if threads > 1 {
+            Executor::multithread_with_name(threads, "scanside-tract")
+        } else {
+            Executor::SingleThread
+        };
+        self.threads = threads.max(1);
+        self
     }
 
     /// Runs one preprocessed `C×H×W` input and returns the logits.
@@ -105,10 +127,10 @@ impl Classifier {
             reason,
         };
         let tensor = Tensor::from_shape(&self.shape, input).map_err(|e| err(format!("{e:#}")))?;
-        let outputs = self
-            .plan
-            .run(tvec!(tensor.into()))
-            .map_err(|e| err(format!("{e:#}")))?;
+        let outputs = multithread_tract_scope(self.executor.clone(), || {
+            self.plan.run(tvec!(tensor.into()))
+        })
+        .map_err(|e| err(format!("{e:#}")))?;
         let view = outputs[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| err(format!("{e:#}")))?;
@@ -243,6 +265,31 @@ impl Engine {
         let bytes = bundle.read_model(ModelFile::QdqOnnx)?;
         let (path, _) = bundle.model_entry(ModelFile::QdqOnnx)?;
         Ok(Engine::Qdq(Classifier::from_bytes(bundle, &bytes, path)?))
+    }
+
+    /// Runs each inference on `threads` threads: the direct engine shares each convolution's
+    /// rows among them, tract its matrix products; the int8 core runs on one (its kernels
+    /// have no row split yet).
+    pub fn with_threads(self, threads: usize) -> Result<Self> {
+        Ok(match self {
+            Engine::Direct(c) => Engine::Direct(c.with_threads(threads)?),
+            Engine::Fp32 { tract, declined } => Engine::Fp32 {
+                tract: tract.with_threads(threads),
+                declined,
+            },
+            Engine::Tract(c) => Engine::Tract(c.with_threads(threads)),
+            Engine::Qdq(c) => Engine::Qdq(c.with_threads(threads)),
+            Engine::Int8(c) => Engine::Int8(c.with_threads(threads)?),
+        })
+    }
+
+    /// Threads one inference runs on.
+    pub fn threads(&self) -> usize {
+        match self {
+            Engine::Direct(c) => c.threads(),
+            Engine::Fp32 { tract: c, .. } | Engine::Tract(c) | Engine::Qdq(c) => c.threads,
+            Engine::Int8(c) => c.threads(),
+        }
     }
 
     /// Logits of one preprocessed `C×H×W` input.

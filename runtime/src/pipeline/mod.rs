@@ -126,6 +126,12 @@ impl Screener {
         })
     }
 
+    /// Runs each inference on `threads` threads ([`Engine::with_threads`]).
+    pub fn with_threads(mut self, threads: usize) -> Result<Self> {
+        self.engine = self.engine.with_threads(threads)?;
+        Ok(self)
+    }
+
     /// The model's class names, in output order.
     pub fn class_names(&self) -> &[String] {
         &self.output.class_names

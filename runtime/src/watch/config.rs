@@ -34,6 +34,9 @@ pub struct ServiceConfig {
     /// Which of the bundle's models screens.
     #[serde(default)]
     pub engine: EngineKind,
+    /// Threads of one inference (images are screened one at a time); absent: all cores.
+    #[serde(default)]
+    pub threads: Option<usize>,
     /// The drop folder.
     pub in_dir: PathBuf,
     /// Results folder.
@@ -134,6 +137,9 @@ impl ServiceConfig {
         if !self.public_keys.is_empty() && self.allow_unsigned {
             return bad("public_keys and allow_unsigned exclude each other");
         }
+        if self.threads == Some(0) {
+            return bad("threads must be at least 1");
+        }
         if let Some(r) = &self.receive {
             if !is_ae_title(&r.ae_title) {
                 return bad("receive.ae_title must be 1-16 printable ASCII characters");
@@ -188,7 +194,8 @@ impl ServiceConfig {
 /// `exit_when_idle`, until nothing is left). The receiver stops with the service.
 pub fn run(config: &ServiceConfig, stop: &AtomicBool) -> Result<Summary> {
     let bundle = Bundle::load(&config.bundle, &config.trust()?)?;
-    let screener = Screener::with_engine(&bundle, config.engine)?;
+    let threads = config.threads.unwrap_or_else(crate::infer::all_cores);
+    let screener = Screener::with_engine(&bundle, config.engine)?.with_threads(threads)?;
     let model = ModelInfo {
         id: bundle.model_id().to_string(),
         sha256: bundle.manifest.model.sha256.clone(),

@@ -616,6 +616,57 @@ fn bench_reports_both_engines_on_synthetic_and_real_inputs() {
 }
 
 #[test]
+fn threads_change_no_result_and_zero_threads_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    write_linear_bundle_with_int8(&bundle);
+    let key = bundle.with_extension("pub");
+    let png = dir.path().join("x.png");
+    write_png(&png, 180);
+    for engine in ["fp32", "int8"] {
+        let screen = |threads: &str| {
+            let out = scanside(&[
+                Path::new("screen"),
+                Path::new("--bundle"),
+                &bundle,
+                Path::new("--engine"),
+                Path::new(engine),
+                Path::new("--threads"),
+                Path::new(threads),
+                &png,
+            ]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            json_lines(&out)[0]["logits"].clone()
+        };
+        assert_eq!(screen("1"), screen("3"), "{engine}");
+    }
+    let bench = |threads: &str| {
+        scanside(&[
+            Path::new("bench"),
+            Path::new("--bundle"),
+            &bundle,
+            Path::new("--public-key"),
+            &key,
+            Path::new("--engine"),
+            Path::new("fp32,int8"),
+            Path::new("--runs"),
+            Path::new("2"),
+            Path::new("--threads"),
+            Path::new(threads),
+        ])
+    };
+    let out = bench("3");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in report["engines"].as_array().unwrap() {
+        assert_eq!(e["threads"], 3, "{e}");
+    }
+    let zero = bench("0");
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+    assert!(stderr(&zero).contains("--threads"), "{}", stderr(&zero));
+}
+
+#[test]
 fn inspect_reports_what_was_decoded_and_writes_a_16_bit_png() {
     let dir = tempfile::tempdir().unwrap();
     let dcm = dir.path().join("ct.dcm");

@@ -275,14 +275,26 @@ fn blob_runs_exactly_like_the_kernels_called_directly() {
     // Deterministic: a second run in a dirty arena gives the same answer.
     let again = run(&model, &mut arena, &input(), |_, _| ()).unwrap();
     assert_eq!(again, &out[..]);
-    // The host's prepared run (repacked filters) gives the same bits.
-    #[cfg(target_arch = "x86_64")]
-    {
-        let prepared = scanside_int8::engine::HostPrepared::new(&model);
-        let fast =
-            scanside_int8::engine::run_prepared(&model, &prepared, &mut arena, &input(), |_, _| ())
-                .unwrap();
-        assert_eq!(fast, &out[..]);
+    // The host's prepared run (repacked filters on x86-64) gives the same bits, and so does
+    // a run with the convolutions in bands of rows on 2, 3 and 5 threads.
+    let prepared = scanside_int8::engine::HostPrepared::new(&model);
+    let fast =
+        scanside_int8::engine::run_prepared(&model, &prepared, &mut arena, &input(), |_, _| ())
+            .unwrap();
+    assert_eq!(fast, &out[..]);
+    for threads in [2, 3, 5] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let banded = pool
+            .install(|| {
+                let buffers = (&mut arena[..], &input()[..]);
+                scanside_int8::engine::run_on_threads(&model, &prepared, buffers, threads)
+                    .map(<[i8]>::to_vec)
+            })
+            .unwrap();
+        assert_eq!(banded, out, "{threads} threads");
     }
 }
 

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::examples;
 use scanside_runtime::bundle::{Bundle, Trust};
-use scanside_runtime::infer::EngineKind;
+use scanside_runtime::infer::{all_cores, EngineKind};
 use scanside_runtime::sr::SrConfig;
 use scanside_runtime::validate::ValidateConfig;
 use scanside_runtime::watch::config::{ReceiveConfig, ServiceConfig};
@@ -92,6 +92,10 @@ pub struct ScreenArgs {
     /// Images screened at once (default: the number of cores); output stays in input order.
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Threads of each inference (default: the cores left per image at once, so one image
+    /// runs on all cores and many run one per core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
     /// After the per-image lines, one JSON object per DICOM study: per class the highest
     /// probability over its screened instances, the union of their flags, counts per status,
     /// the instances (what `watch` writes to OUT/studies/).
@@ -109,9 +113,16 @@ pub struct ScreenArgs {
 impl ScreenArgs {
     /// The threads to screen on: `--jobs`, else one per core.
     pub fn jobs(&self) -> usize {
-        self.jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        })
+        self.jobs.unwrap_or_else(all_cores)
+    }
+
+    /// Threads of each inference when screening `files` images: `--threads`, else the cores
+    /// divided among the images screened at once.
+    pub fn threads(&self, files: usize) -> usize {
+        self.threads.map_or_else(
+            || (all_cores() / self.jobs().clamp(1, files.max(1))).max(1),
+            |t| t as usize,
+        )
     }
 }
 
@@ -129,6 +140,9 @@ pub struct BenchArgs {
     /// Untimed inferences before timing.
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
+    /// Threads of each inference (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
     /// Images to run (decoded and preprocessed before timing; files, folders or DICOMDIRs);
     /// none: synthetic inputs.
     pub files: Vec<PathBuf>,
@@ -306,6 +320,20 @@ pub struct ServeArgs {
     /// Configuration file.
     #[arg(long)]
     pub config: PathBuf,
+    /// Threads of each inference, over the file's `threads` (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The configuration file's settings, with `--threads` over the file's.
+    pub fn config(&self) -> anyhow::Result<ServiceConfig> {
+        let mut config = ServiceConfig::from_file(&self.config)?;
+        if let Some(threads) = self.threads {
+            config.threads = Some(threads as usize);
+        }
+        Ok(config)
+    }
 }
 
 /// Settings shared by `watch` and `receive`.
@@ -323,6 +351,9 @@ pub struct ServiceArgs {
     /// Stop once the folder is empty and nothing is pending (batch runs).
     #[arg(long)]
     exit_when_idle: bool,
+    /// Threads of each inference (images are screened one at a time; default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
     /// Write a DICOM Structured Report of each study's result to OUT/sr/ (once the study has
     /// had no new instance for --sr-stable-seconds; at exit with --exit-when-idle).
     #[arg(long)]
@@ -369,6 +400,7 @@ impl ServiceArgs {
             public_keys: bundle.public_key,
             allow_unsigned: bundle.allow_unsigned,
             engine,
+            threads: self.threads.map(|t| t as usize),
             in_dir,
             out_dir: out,
             audit_log: self.audit_log,

@@ -13,6 +13,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
+use scanside_runtime::bench::BenchConfig;
+use scanside_runtime::infer::all_cores;
 use scanside_runtime::inspect::{self, InspectError, InspectOutputs};
 use scanside_runtime::pipeline::Screener;
 use scanside_runtime::screen::{self, OutputError};
@@ -44,7 +46,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::McuVectors(args) => mcu_vectors(args),
         Command::Watch(args) => serve(args.config(), command_line),
         Command::Receive(args) => serve(args.config(), command_line),
-        Command::Serve(args) => serve(ServiceConfig::from_file(&args.config)?, &args.config),
+        Command::Serve(args) => serve(args.config()?, &args.config),
         Command::Validate(args) => validate(args),
         Command::Completions { shell } => {
             let mut command = args::Cli::command();
@@ -133,8 +135,9 @@ fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 
 fn screen(args: ScreenArgs) -> anyhow::Result<ExitCode> {
     let bundle = args.bundle.load()?;
-    let screener = Screener::with_engine(&bundle, args.engine)?;
     let files = expand(&args.files)?;
+    let screener =
+        Screener::with_engine(&bundle, args.engine)?.with_threads(args.threads(files.len()))?;
     let lines = match (args.by_study, args.studies_only) {
         (_, true) => screen::Lines::Studies,
         (true, false) => screen::Lines::ImagesThenStudies,
@@ -180,14 +183,17 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         expand(&args.files)?
     };
-    let report = bench::bench(
-        &args.bundle.bundle,
-        &trust,
-        &args.engine,
-        &files,
-        args.runs,
-        args.warmup,
-    )?;
+    let config = BenchConfig {
+        engines: args.engine,
+        runs: args.runs,
+        warmup: args.warmup,
+        threads: args.threads.map_or_else(all_cores, |t| t as usize),
+    };
+    if let Err(reason) = config.validate() {
+        eprintln!("scanside: error: {reason}");
+        return Ok(ExitCode::from(2));
+    }
+    let report = bench::bench(&args.bundle.bundle, &trust, &files, &config)?;
     print_line(&serde_json::to_string_pretty(&report)?)
 }
 

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
+use rayon::prelude::*;
 use tract_onnx::pb;
 
 use crate::{Error, Result};
@@ -180,13 +181,17 @@ impl ConvKernel {
     }
 }
 
-/// A model planned for the direct engine; clones share the plan and a pool of activation
-/// arenas (one per concurrent inference, reused: their zero borders are never written).
+/// A model planned for the direct engine; clones share the plan, a pool of activation
+/// arenas (one per concurrent inference, reused: their zero borders are never written) and
+/// the threads one inference runs on.
 #[derive(Debug, Clone)]
 pub struct DirectClassifier {
     plan: Arc<Plan>,
     arenas: Arc<Mutex<Vec<Arena>>>,
     path: PathBuf,
+    /// Threads inside one inference (each convolution's output rows, or a small Winograd
+    /// layer's products, shared among them); `None`: the calling thread alone.
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl DirectClassifier {
@@ -217,7 +222,28 @@ impl DirectClassifier {
             plan: Arc::new(plan),
             arenas: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
+            pool: None,
         })
+    }
+
+    /// Runs each inference on `threads` threads (one: on the calling thread, as built).
+    pub fn with_threads(mut self, threads: usize) -> Result<Self> {
+        self.pool = if threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("scanside-fp32-{i}"))
+                .build()
+                .map_err(|e| self.error(format!("cannot start {threads} threads: {e}")))?;
+            Some(Arc::new(pool))
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    /// Threads one inference runs on.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.current_num_threads())
     }
 
     /// Runs one preprocessed `C×H×W` input and returns the logits.
@@ -266,12 +292,30 @@ impl DirectClassifier {
         self.run_timed(arena, chw, &mut [])
     }
 
-    /// Runs the plan; adds each step's time to `totals` when it has one entry per step.
+    /// Runs the plan (on the pool's threads, when it has some); adds each step's time to
+    /// `totals` when it has one entry per step.
     fn run_timed(
         &self,
         arena: &mut Arena,
         chw: &[f32],
         totals: &mut [std::time::Duration],
+    ) -> Result<Vec<f32>> {
+        match &self.pool {
+            Some(pool) => {
+                pool.install(|| self.run_steps(arena, chw, totals, pool.current_num_threads()))
+            }
+            None => self.run_steps(arena, chw, totals, 1),
+        }
+    }
+
+    /// [`DirectClassifier::run_timed`] on the current thread, its steps shared among `threads`
+    /// threads of the rayon pool it runs on.
+    fn run_steps(
+        &self,
+        arena: &mut Arena,
+        chw: &[f32],
+        totals: &mut [std::time::Duration],
+        threads: usize,
     ) -> Result<Vec<f32>> {
         let plan = &*self.plan;
         // The input, planar CHW, into the bordered NHWC buffer 0.
@@ -291,7 +335,8 @@ impl DirectClassifier {
             let output = step_output(step);
             let mut out = std::mem::take(&mut arena[output]);
             let mut scratch = std::mem::take(&mut arena[plan.buffers.len()]);
-            let result = run_step(step, plan, arena, out.floats_mut(), scratch.floats_mut());
+            let buffers = (out.floats_mut(), scratch.floats_mut());
+            let result = run_step(step, plan, arena, buffers, threads);
             arena[output] = out;
             arena[plan.buffers.len()] = scratch;
             result.map_err(|reason| self.error(reason))?;
@@ -359,13 +404,15 @@ fn step_output(step: &Step) -> usize {
     }
 }
 
-/// Runs one step into `out` (taken out of the arena, so inputs stay borrowable).
+/// Runs one step into `out` (taken out of the arena with the scratch, so inputs stay
+/// borrowable); convolutions share their work among `threads` threads of the current rayon
+/// pool.
 fn run_step(
     step: &Step,
     plan: &Plan,
     arena: &Arena,
-    out: &mut [f32],
-    scratch: &mut [f32],
+    (out, scratch): (&mut [f32], &mut [f32]),
+    threads: usize,
 ) -> std::result::Result<(), String> {
     let buffers = &plan.buffers;
     match step {
@@ -382,8 +429,15 @@ fn run_step(
             });
             let input = arena[*input].floats();
             match &plan.convs[*conv] {
+                ConvKernel::Direct(packed) if threads > 1 => packed
+                    .geometry()
+                    .output_bands(out, threads)
+                    .into_par_iter()
+                    .try_for_each(|rows| kernels::conv_rows(packed, input, rows, residual, *relu)),
                 ConvKernel::Direct(packed) => kernels::conv(packed, input, out, residual, *relu),
-                ConvKernel::Winograd(w) => w.run(input, out, residual, *relu, scratch),
+                ConvKernel::Winograd(w) => {
+                    w.run_on_threads(input, out, residual, *relu, scratch, threads)
+                }
             }
             .map_err(|e| format!("convolution refused its buffers: {e:?}"))
         }
@@ -685,6 +739,48 @@ mod tests {
             .iter()
             .copied()
             .collect()
+    }
+
+    /// Winograd layers large enough to run in bands of tile rows on two threads, and one
+    /// small enough to share its products out; direct convolutions split in bands of rows.
+    fn wide_model() -> Vec<u8> {
+        let mut g = Graph::default();
+        let x = g.conv("input", 3, 16, 3, 1);
+        let x = g.node("Relu", &[&x], &[]);
+        let y = g.conv(&x, 16, 16, 3, 1);
+        let y = g.node("Add", &[&x, &y], &[]);
+        let y = g.node("Relu", &[&y], &[]);
+        let y = g.conv(&y, 16, 32, 3, 2);
+        let y = g.conv(&y, 32, 32, 3, 1);
+        let y = g.conv(&y, 32, 32, 3, 2);
+        let y = g.conv(&y, 32, 32, 3, 1);
+        let p = g.node("GlobalAveragePool", &[&y], &[]);
+        let f = g.node("Flatten", &[&p], &[("axis", &[1])]);
+        let w = g.constant("fc", &[32, 4], 1.0);
+        let bias = g.constant("fc_bias", &[4], 1.0);
+        let out = g.node("Gemm", &[&f, &w, &bias], &[]);
+        g.bytes(&out, [3, 41, 36], 4)
+    }
+
+    #[test]
+    fn an_inference_on_several_threads_equals_one_on_one_thread_bit_for_bit() {
+        for (bytes, chw, classes) in [
+            (wide_model(), [3, 41, 36], 4),
+            (resnet_like(true), [3, 19, 17], 5),
+        ] {
+            let input = crate::fixtures::pseudo_random_values(chw.iter().product(), 7);
+            let one =
+                DirectClassifier::from_onnx(&bytes, Path::new("m.onnx"), chw, classes).unwrap();
+            let want = one.logits(&input).unwrap();
+            for threads in [2, 3, 5] {
+                let many = one.clone().with_threads(threads).unwrap();
+                assert_eq!(many.threads(), threads);
+                // Twice: the second inference reuses the arena the first left.
+                for _ in 0..2 {
+                    assert_eq!(many.logits(&input).unwrap(), want, "{threads} threads");
+                }
+            }
+        }
     }
 
     #[test]

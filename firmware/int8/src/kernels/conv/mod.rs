@@ -11,6 +11,8 @@
 //! portable patch loop. Each is tested against [`conv2d_reference`] bit for bit. No `unsafe`
 //! here: the architecture files expose safe functions that check the CPU themselves.
 
+use core::ops::Range;
+
 use crate::arith::multiply_by_quantized_multiplier;
 use crate::kernels::fully_connected::PerChannelRequant;
 use crate::KernelError;
@@ -24,7 +26,11 @@ mod dsp;
 pub(crate) mod x86_64;
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-pub use x86_64::{conv2d_packed, PackedFilters};
+pub use x86_64::{conv2d_packed, conv2d_packed_rows, PackedFilters};
+#[cfg(all(feature = "threads", not(feature = "dsp")))]
+mod threads;
+#[cfg(all(feature = "threads", not(feature = "dsp")))]
+pub use threads::conv2d_on_threads;
 
 /// Shape and quantisation constants of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +111,21 @@ impl ConvParams {
         requant: &PerChannelRequant<'_>,
         output: &[i8],
     ) -> Result<(), KernelError> {
+        let rows = 0..self.output_height;
+        self.check_rows(depthwise, input, weights, bias, requant, (rows, output))
+    }
+
+    /// [`ConvParams::check`] for output rows `rows` only, held in `output` (a band of the
+    /// output: what one thread of a convolution writes).
+    pub(crate) fn check_rows(
+        &self,
+        depthwise: bool,
+        input: &[i8],
+        weights: &[i8],
+        bias: &[i32],
+        requant: &PerChannelRequant<'_>,
+        (rows, output): (Range<usize>, &[i8]),
+    ) -> Result<(), KernelError> {
         let extent_ok =
             Self::output_extent(self.input_height, self.kernel, self.stride, self.padding)
                 == Some(self.output_height)
@@ -121,8 +142,9 @@ impl ConvParams {
                 .and_then(|k| k.checked_mul(self.output_channels))
         };
         let input_len = volume(self.input_height, self.input_width, self.input_channels);
-        let output_len = volume(self.output_height, self.output_width, self.output_channels);
+        let output_len = volume(rows.len(), self.output_width, self.output_channels);
         if !extent_ok
+            || rows.end > self.output_height
             || (depthwise && self.input_channels != self.output_channels)
             || weight_len != Some(weights.len())
             || input_len != Some(input.len())
@@ -196,17 +218,35 @@ pub fn conv2d_reference(
     output: &mut [i8],
 ) -> Result<(), KernelError> {
     params.check(false, input, weights, bias, &requant, output)?;
-    let p = params;
-    for oy in 0..p.output_height {
+    reference_rows(
+        params,
+        (input, weights, bias),
+        requant,
+        0..params.output_height,
+        output,
+    );
+    Ok(())
+}
+
+/// Output rows `rows` of [`conv2d_reference`] into `output` (those rows only; shapes already
+/// checked).
+fn reference_rows(
+    p: &ConvParams,
+    (input, weights, bias): (&[i8], &[i8], &[i32]),
+    requant: PerChannelRequant<'_>,
+    rows: Range<usize>,
+    output: &mut [i8],
+) {
+    let band = rows.start;
+    for oy in rows {
         for ox in 0..p.output_width {
             for oc in 0..p.output_channels {
                 let acc = conv_accumulate_reference(p, input, weights, bias[oc], oy, ox, oc);
-                output[(oy * p.output_width + ox) * p.output_channels + oc] =
+                output[((oy - band) * p.output_width + ox) * p.output_channels + oc] =
                     p.finish(acc, requant.multipliers[oc], requant.shifts[oc]);
             }
         }
     }
-    Ok(())
 }
 
 /// Largest `k·k·Cin` the fast path gathers on the stack (3×3×512: 9 KiB of int16); larger
@@ -279,12 +319,67 @@ pub fn conv2d(
     params.check(false, input, weights, bias, &requant, output)?;
     #[cfg(feature = "dsp")]
     return dsp::conv2d_dsp(params, input, weights, bias, requant, output);
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if let Some(done) = x86_64::conv2d(params, input, weights, bias, requant, output) {
-        return done;
-    }
     #[cfg(not(feature = "dsp"))]
-    conv2d_patches(params, input, weights, bias, requant, output, (gather, dot))
+    {
+        conv2d_rows_unchecked(
+            params,
+            (input, weights, bias),
+            requant,
+            0..params.output_height,
+            output,
+        );
+        Ok(())
+    }
+}
+
+/// Output rows `rows` of [`conv2d`] into `output`, which holds those rows only: one band of a
+/// convolution run on several threads, bit for bit the same rows as a whole run.
+#[cfg(not(feature = "dsp"))]
+pub fn conv2d_rows(
+    params: &ConvParams,
+    (input, weights, bias): (&[i8], &[i8], &[i32]),
+    requant: PerChannelRequant<'_>,
+    (rows, output): (Range<usize>, &mut [i8]),
+) -> Result<(), KernelError> {
+    params.check_rows(
+        false,
+        input,
+        weights,
+        bias,
+        &requant,
+        (rows.clone(), output),
+    )?;
+    conv2d_rows_unchecked(params, (input, weights, bias), requant, rows, output);
+    Ok(())
+}
+
+/// Output rows `rows` of [`conv2d`] into `output` (those rows only), shapes already checked:
+/// AVX2 where the x86-64 host has it, else the patch loop with this CPU's gather and dot.
+#[cfg(not(feature = "dsp"))]
+pub(crate) fn conv2d_rows_unchecked(
+    params: &ConvParams,
+    (input, weights, bias): (&[i8], &[i8], &[i32]),
+    requant: PerChannelRequant<'_>,
+    rows: Range<usize>,
+    output: &mut [i8],
+) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if x86_64::conv2d(
+        params,
+        (input, weights, bias),
+        requant,
+        rows.clone(),
+        output,
+    ) {
+        return;
+    }
+    conv2d_patches(
+        params,
+        (input, weights, bias),
+        requant,
+        (rows, output),
+        (gather, dot),
+    );
 }
 
 /// The patch-gathering body of [`conv2d`] (shapes already checked), with the gather and dot
@@ -293,21 +388,19 @@ pub fn conv2d(
 #[inline(always)]
 fn conv2d_patches(
     params: &ConvParams,
-    input: &[i8],
-    weights: &[i8],
-    bias: &[i32],
+    (input, weights, bias): (&[i8], &[i8], &[i32]),
     requant: PerChannelRequant<'_>,
-    output: &mut [i8],
+    (rows, output): (Range<usize>, &mut [i8]),
     (gather, dot): (
         impl Fn(&mut [i16], &[i8], i16),
         impl Fn(&[i16], &[i8]) -> i32,
     ),
-) -> Result<(), KernelError> {
+) {
     let p = params;
     let cin = p.input_channels;
     let filter_len = p.kernel * p.kernel * cin;
     if filter_len > PATCH_MAX || !(-255..=255).contains(&p.input_offset) {
-        return conv2d_reference(params, input, weights, bias, requant, output);
+        return reference_rows(p, (input, weights, bias), requant, rows, output);
     }
     let mut patch_buffer = [0_i16; PATCH_MAX];
     let offset = p.input_offset as i16;
@@ -317,11 +410,12 @@ fn conv2d_patches(
         });
     };
     let out_len = p.output_channels;
-    for oy in 0..p.output_height {
+    let band = rows.start;
+    for oy in rows {
         for ox in 0..p.output_width {
             let patch = &mut patch_buffer[..filter_len];
             fill(oy, ox, patch);
-            let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
+            let out = &mut output[((oy - band) * p.output_width + ox) * out_len..][..out_len];
             for (oc, (o, filter)) in out
                 .iter_mut()
                 .zip(weights.chunks_exact(filter_len))
@@ -332,7 +426,6 @@ fn conv2d_patches(
             }
         }
     }
-    Ok(())
 }
 
 /// The patch of output pixel `(oy, ox)` (`k·k·Cin` values): `x + offset` over its receptive
@@ -462,6 +555,17 @@ pub(crate) mod tests {
             .unwrap();
             (out, reference)
         }
+
+        /// `run(rows, band)` over the output in two bands of rows, split at row `split`, put
+        /// together: what a run on two threads writes.
+        fn in_bands(&self, split: usize, run: impl Fn(Range<usize>, &mut [i8])) -> Vec<i8> {
+            let row_len = self.p.output_width * self.p.output_channels;
+            let mut out = vec![0; self.p.output_height * row_len];
+            let (top, bottom) = out.split_at_mut(split * row_len);
+            run(0..split, top);
+            run(split..self.p.output_height, bottom);
+            out
+        }
     }
 
     #[test]
@@ -482,6 +586,16 @@ pub(crate) mod tests {
                 conv2d(&c.p, &c.input, &c.weights, &c.bias, c.requant(), out).unwrap()
             });
             assert_eq!(fast, reference, "case {seed}");
+            for split in [1, c.p.output_height / 2] {
+                let banded = c.in_bands(split, |rows, band| {
+                    let filters = (&c.input[..], &c.weights[..], &c.bias[..]);
+                    conv2d_rows(&c.p, filters, c.requant(), (rows, band)).unwrap()
+                });
+                assert_eq!(
+                    banded, reference,
+                    "case {seed} in bands split at row {split}"
+                );
+            }
             let n = reference.len();
             let distinct = reference
                 .iter()
@@ -565,6 +679,17 @@ pub(crate) mod tests {
                         fast, reference,
                         "case {seed}, quads {quads}, offset {input_offset}"
                     );
+                    for split in [1, c.p.output_height / 2] {
+                        let banded = c.in_bands(split, |rows, band| {
+                            let filters = (&c.input[..], &c.weights[..], &c.bias[..]);
+                            let packing = (&packed, c.requant());
+                            conv2d_packed_rows(&c.p, filters, packing, (rows, band)).unwrap()
+                        });
+                        assert_eq!(
+                            banded, reference,
+                            "case {seed}, quads {quads} in bands at {split}"
+                        );
+                    }
                 }
             }
         }
@@ -653,6 +778,15 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_inconsistent_shapes_without_panicking() {
+        // A band of rows past the output, or an output that is not the band's length.
+        let c = case(41, 6, 6, 4, 6, 3, 1, 1);
+        let filters = (&c.input[..], &c.weights[..], &c.bias[..]);
+        let row_len = c.p.output_width * c.p.output_channels;
+        let mut band = vec![0; 2 * row_len];
+        let past = conv2d_rows(&c.p, filters, c.requant(), (5..7, &mut band));
+        assert_eq!(past, Err(KernelError::ShapeMismatch));
+        let short = conv2d_rows(&c.p, filters, c.requant(), (0..3, &mut band));
+        assert_eq!(short, Err(KernelError::ShapeMismatch));
         let c = case(1, 5, 5, 2, 2, 3, 1, 1);
         let rq = PerChannelRequant {
             multipliers: &c.mults,

@@ -10,26 +10,28 @@
 //! the CPU features it needs and declines (`None`, or the portable kernel) without them.
 #![allow(unsafe_code)]
 
+use core::ops::Range;
+
 use super::{conv2d_patches, dot_portable, gather_patch, gather_portable, ConvParams, PATCH_MAX};
 use crate::kernels::fully_connected::PerChannelRequant;
 use crate::KernelError;
 
-/// [`conv2d`](super::conv2d) with AVX2 where this CPU has it (`None` where it does not): the
-/// patch convolution with 16 int16 MACs per `vpmaddwd`. Shapes are the caller's to check; every
-/// access here goes through slices.
+/// Output rows `rows` of [`conv2d`](super::conv2d) with AVX2 where this CPU has it (`false`,
+/// nothing written, where it does not): the patch convolution with 16 int16 MACs per
+/// `vpmaddwd`. Shapes are the caller's to check; every access here goes through slices.
 pub(super) fn conv2d(
     params: &ConvParams,
-    input: &[i8],
-    weights: &[i8],
-    bias: &[i32],
+    (input, weights, bias): (&[i8], &[i8], &[i32]),
     requant: PerChannelRequant<'_>,
+    rows: Range<usize>,
     output: &mut [i8],
-) -> Option<Result<(), KernelError>> {
+) -> bool {
     if !std::is_x86_feature_detected!("avx2") {
-        return None;
+        return false;
     }
     // SAFETY: `conv2d_avx2` only requires the CPU to support AVX2, checked just above.
-    Some(unsafe { conv2d_avx2(params, input, weights, bias, requant, output) })
+    unsafe { conv2d_avx2(params, (input, weights, bias), requant, (rows, output)) };
+    true
 }
 
 /// The patch gather with AVX2 written out (16 values per `vpmovsxbw` + `vpaddw`), for the same
@@ -343,13 +345,41 @@ pub fn conv2d_packed(
     requant: PerChannelRequant<'_>,
     output: &mut [i8],
 ) -> Result<(), KernelError> {
-    params.check(false, input, weights, bias, &requant, output)?;
+    let rows = 0..params.output_height;
+    conv2d_packed_rows(
+        params,
+        (input, weights, bias),
+        (packed, requant),
+        (rows, output),
+    )
+}
+
+/// Output rows `rows` of [`conv2d_packed`] into `output`, which holds those rows only: one
+/// band of a convolution run on several threads, bit for bit the same rows as a whole run.
+pub fn conv2d_packed_rows(
+    params: &ConvParams,
+    (input, weights, bias): (&[i8], &[i8], &[i32]),
+    (packed, requant): (&PackedFilters, PerChannelRequant<'_>),
+    (rows, output): (Range<usize>, &mut [i8]),
+) -> Result<(), KernelError> {
+    params.check_rows(
+        false,
+        input,
+        weights,
+        bias,
+        &requant,
+        (rows.clone(), output),
+    )?;
     let p = params;
     let fits = packed.matches(p, bias, &requant)
         && packed.len <= PATCH_MAX
         && (-255..=255).contains(&p.input_offset);
+    let portable = |output: &mut [i8]| {
+        super::conv2d_rows_unchecked(p, (input, weights, bias), requant, rows.clone(), output);
+        Ok(())
+    };
     if !fits || !std::is_x86_feature_detected!("avx2") {
-        return super::conv2d(params, input, weights, bias, requant, output);
+        return portable(output);
     }
     // Each kernel says whether it ran; one that declines (a packing or shape it was not made
     // for, which `matches` and `check` rule out) leaves the layer to the portable kernel
@@ -360,23 +390,24 @@ pub fn conv2d_packed(
             // SAFETY: the three VNNI kernels require AVX2 and AVX-512 F/VL/VNNI, checked above;
             // `conv2d_lanes_vnni` also BW and VBMI, checked by `lanes_kernel_applies`.
             unsafe {
+                let band = (rows.clone(), &mut *output);
                 if lanes_kernel_applies(p, packed, *cin4) {
-                    conv2d_lanes_vnni(p, input, packed, output)
+                    conv2d_lanes_vnni(p, input, packed, band)
                 } else if let (Some(wide), Some(_)) = (&packed.wide, vector_constants(p, packed)) {
-                    conv2d_quads16_vnni(p, input, packed, wide, output)
+                    conv2d_quads16_vnni(p, input, (packed, wide), band)
                 } else {
-                    conv2d_quads_vnni(p, input, packed, requant, output)
+                    conv2d_quads_vnni(p, input, (packed, requant), band)
                 }
             }
         }
         Packing::Pairs { .. } => {
             // SAFETY: `conv2d_packed_avx2` only requires the CPU to support AVX2, checked above.
-            unsafe { conv2d_packed_avx2(p, input, packed, requant, output) }
+            unsafe { conv2d_packed_avx2(p, input, (packed, requant), (rows.clone(), &mut *output)) }
         }
         Packing::Quads { .. } => false,
     };
     if !ran {
-        return super::conv2d(params, input, weights, bias, requant, output);
+        return portable(output);
     }
     Ok(())
 }
@@ -511,7 +542,7 @@ fn conv2d_lanes_vnni(
     p: &ConvParams,
     input: &[i8],
     packed: &PackedFilters,
-    output: &mut [i8],
+    (rows, output): (Range<usize>, &mut [i8]),
 ) -> bool {
     use core::arch::x86_64::*;
     let (Packing::Quads { cin4, data }, Some(channel_requant), Some(initial)) = (
@@ -523,7 +554,10 @@ fn conv2d_lanes_vnni(
     };
     let (cin4, k) = (*cin4, p.kernel);
     let (height, width) = (p.output_height, p.output_width);
-    if height == 0 || width == 0 || k == 0 || output.len() < height * width * LANES {
+    if height == 0 || width == 0 || k == 0 || rows.end > height {
+        return false;
+    }
+    if output.len() < rows.len() * width * LANES {
         return false;
     }
     // Quads between neighbouring output pixels' patches: 1 or 2 (`lanes_kernel_applies`).
@@ -552,7 +586,8 @@ fn conv2d_lanes_vnni(
     // SAFETY: `PIXEL_MAJOR` is 64 bytes; unaligned load.
     let pixel_major = unsafe { _mm512_loadu_si512(PIXEL_MAJOR.as_ptr().cast()) };
     let weights = data.as_ptr().cast::<i32>();
-    for oy in 0..height {
+    let band = rows.start;
+    for oy in rows {
         for first in (0..width).step_by(LANE_PIXELS) {
             let count = LANE_PIXELS.min(width - first);
             let start = (oy * p.stride * padded_width + first * p.stride) * cin4 / 4;
@@ -597,10 +632,12 @@ fn conv2d_lanes_vnni(
             let bytes = _mm512_permutexvar_epi8(pixel_major, both);
             let mask = u64::MAX >> (64 - 8 * count);
             // SAFETY: pixels `first..first + count` of row `oy` are bytes
-            // `(oy·width + first)·8 ..` + `8·count` of `output` (length checked above); the
-            // masked store writes only those.
+            // `((oy − band)·width + first)·8 ..` + `8·count` of `output`, which holds the
+            // band's rows (length checked above); the masked store writes only those.
             unsafe {
-                let out = output.as_mut_ptr().add((oy * width + first) * LANES);
+                let out = output
+                    .as_mut_ptr()
+                    .add(((oy - band) * width + first) * LANES);
                 _mm512_mask_storeu_epi8(out.cast(), mask, bytes);
             }
         }
@@ -645,9 +682,8 @@ fn pass_starts(
 fn conv2d_quads_vnni(
     p: &ConvParams,
     input: &[i8],
-    packed: &PackedFilters,
-    requant: PerChannelRequant<'_>,
-    output: &mut [i8],
+    (packed, requant): (&PackedFilters, PerChannelRequant<'_>),
+    (rows, output): (Range<usize>, &mut [i8]),
 ) -> bool {
     use core::arch::x86_64::*;
     let Packing::Quads { cin4, data } = &packed.weights else {
@@ -667,13 +703,13 @@ fn conv2d_quads_vnni(
         return false;
     }
     let vector = vector_constants(p, packed);
-    let pixels = p.output_height * p.output_width;
+    let (band, end) = (rows.start * p.output_width, rows.end * p.output_width);
     let out_len = p.output_channels;
     let base = quad_input.padded.as_ptr();
     // The next pass's first pixel, advanced pixel by pixel (no division per pass).
-    let (mut oy, mut ox) = (0, 0);
-    for first in (0..pixels).step_by(PIXELS) {
-        let count = PIXELS.min(pixels - first);
+    let (mut oy, mut ox) = (rows.start, 0);
+    for first in (band..end).step_by(PIXELS) {
+        let count = PIXELS.min(end - first);
         let starts = pass_starts(p, (padded_width, cin4), count, (&mut oy, &mut ox));
         let blocks = data.chunks_exact(k * row_quads).zip(&packed.initial);
         for (block, (block_rows, initial)) in blocks.enumerate() {
@@ -741,7 +777,7 @@ fn conv2d_quads_vnni(
                 *sum = _mm256_add_epi32(*sum, odd);
             }
             for (i, &sum) in sums.iter().enumerate().take(count) {
-                let out = &mut output[(first + i) * out_len..][..out_len];
+                let out = &mut output[(first - band + i) * out_len..][..out_len];
                 store_eight(p, vector, &requant, sum, block * LANES, out);
             }
         }
@@ -758,9 +794,8 @@ fn conv2d_quads_vnni(
 fn conv2d_quads16_vnni(
     p: &ConvParams,
     input: &[i8],
-    packed: &PackedFilters,
-    wide: &[WideBlock],
-    output: &mut [i8],
+    (packed, wide): (&PackedFilters, &[WideBlock]),
+    (rows, output): (Range<usize>, &mut [i8]),
 ) -> bool {
     use core::arch::x86_64::*;
     let Packing::Quads { cin4, data } = &packed.weights else {
@@ -777,7 +812,7 @@ fn conv2d_quads16_vnni(
         ..
     } = quad_input;
     let block_len = k * row_quads;
-    let pixels = p.output_height * p.output_width;
+    let (band, end) = (rows.start * p.output_width, rows.end * p.output_width);
     let out_len = p.output_channels;
     if data.len() != 2 * wide.len() * block_len || out_len != 16 * wide.len() {
         return false;
@@ -788,9 +823,9 @@ fn conv2d_quads16_vnni(
         i32::from(p.activation_max),
     );
     let base = quad_input.padded.as_ptr();
-    let (mut oy, mut ox) = (0, 0);
-    for first in (0..pixels).step_by(PIXELS) {
-        let count = PIXELS.min(pixels - first);
+    let (mut oy, mut ox) = (rows.start, 0);
+    for first in (band..end).step_by(PIXELS) {
+        let count = PIXELS.min(end - first);
         let starts = pass_starts(p, (padded_width, cin4), count, (&mut oy, &mut ox));
         for (pair, (rows, block)) in data.chunks_exact(2 * block_len).zip(wide).enumerate() {
             let (low_rows, high_rows) = rows.split_at(block_len);
@@ -855,7 +890,7 @@ fn conv2d_quads16_vnni(
                 let values = requantize_lanes16(_mm512_add_epi32(sum, odd), &block.requant, clamp);
                 // Already clamped to int8: the saturating narrowing keeps every value.
                 let bytes = _mm512_cvtsepi32_epi8(values);
-                let out = &mut output[(first + i) * out_len + 16 * pair..][..16];
+                let out = &mut output[(first - band + i) * out_len + 16 * pair..][..16];
                 // SAFETY: `out` is 16 bytes; unaligned store.
                 unsafe {
                     _mm_storeu_si128(out.as_mut_ptr().cast(), bytes);
@@ -873,9 +908,8 @@ fn conv2d_quads16_vnni(
 fn conv2d_packed_avx2(
     p: &ConvParams,
     input: &[i8],
-    packed: &PackedFilters,
-    requant: PerChannelRequant<'_>,
-    output: &mut [i8],
+    (packed, requant): (&PackedFilters, PerChannelRequant<'_>),
+    (rows, output): (Range<usize>, &mut [i8]),
 ) -> bool {
     use core::arch::x86_64::*;
     let Packing::Pairs { pairs, data } = &packed.weights else {
@@ -890,13 +924,14 @@ fn conv2d_packed_avx2(
     let offset = p.input_offset as i16;
     let out_len = p.output_channels;
     let vector = vector_constants(p, packed);
-    for oy in 0..p.output_height {
+    let band = rows.start;
+    for oy in rows {
         for ox in 0..p.output_width {
             gather_patch(p, input, (oy, ox), &mut patch[..packed.len], |dst, src| {
                 gather_avx2(dst, src, offset)
             });
             let pairs: &[i32] = bytemuck::cast_slice(&patch[..]);
-            let out = &mut output[(oy * p.output_width + ox) * out_len..][..out_len];
+            let out = &mut output[((oy - band) * p.output_width + ox) * out_len..][..out_len];
             let blocks = data.chunks_exact(pairs_per_filter).zip(&packed.initial);
             for (block, (rows, initial)) in blocks.enumerate() {
                 // SAFETY: `initial` is 8 int32 (32 bytes); unaligned load.
@@ -1133,19 +1168,15 @@ pub(crate) fn requantize_lanes16(
 #[target_feature(enable = "avx2")]
 fn conv2d_avx2(
     params: &ConvParams,
-    input: &[i8],
-    weights: &[i8],
-    bias: &[i32],
+    filters: (&[i8], &[i8], &[i32]),
     requant: PerChannelRequant<'_>,
-    output: &mut [i8],
-) -> Result<(), KernelError> {
+    band: (Range<usize>, &mut [i8]),
+) {
     conv2d_patches(
         params,
-        input,
-        weights,
-        bias,
+        filters,
         requant,
-        output,
+        band,
         (|d, s, o| gather_avx2(d, s, o), |p, f| dot_avx2(p, f)),
     )
 }

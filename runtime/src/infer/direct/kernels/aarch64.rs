@@ -18,9 +18,7 @@
 
 use core::arch::aarch64::*;
 
-use super::{
-    check_buffers, raster_tiles, row_tiles, tile_coords, Block, ConvGeometry, PackedConv, Residual,
-};
+use super::{raster_tiles, row_tiles, tile_coords, Block, ConvGeometry, Job};
 
 /// Output pixels per tile of a 16-channel block (four registers each).
 const PIXELS_16: usize = 6;
@@ -36,19 +34,12 @@ pub(super) fn available() -> bool {
 
 /// Runs a packed (not depthwise) convolution of 8- or 16-channel blocks. `false`: nothing ran
 /// (another block size, or buffers that do not match the geometry).
-pub(super) fn conv(
-    packed: &PackedConv,
-    input: &[f32],
-    output: &mut [f32],
-    residual: Option<Residual<'_>>,
-    relu: bool,
-) -> bool {
-    let fits =
-        !packed.depthwise && check_buffers(&packed.geometry, input, output, residual).is_ok();
+pub(super) fn conv(job: &mut Job<'_>) -> bool {
+    let (packed, out, rows) = (job.packed, job.g.output, job.rows.clone());
+    let fits = !packed.depthwise && job.fits();
     if !(fits && matches!(packed.block, 8 | 16)) {
         return false;
     }
-    let g = &packed.geometry;
     let per_block = packed.taps.len() * packed.block;
     let tile = if packed.block == 16 {
         PIXELS_16
@@ -57,15 +48,9 @@ pub(super) fn conv(
     };
     for (b, weights) in packed.weights.chunks_exact(per_block).enumerate() {
         let channel = b * packed.block;
-        let block = Block::new(
-            packed,
-            weights,
-            channel,
-            (input, &mut *output, residual),
-            relu,
-        );
-        raster_tiles(g.output, tile, |first, n| {
-            // SAFETY: the block is 8 or 16 channels and the buffers' lengths match the geometry
+        let block = Block::new(job, weights, channel);
+        raster_tiles(out, rows.clone(), tile, |first, n| {
+            // SAFETY: the block is 8 or 16 channels and the buffers and rows fit the geometry
             // (both checked above), which is all the tile's pointer arithmetic assumes besides
             // the packing `PackedConv` builds; pixels `first..first + n` exist.
             unsafe { dispatch(&block, packed.block, first, n) }
@@ -137,7 +122,7 @@ unsafe fn tile<const R: usize, const P: usize>(b: &Block<'_>, first: usize) {
         }
     }
     for (&(y, x), pixel) in coords.iter().zip(&acc) {
-        let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+        let at = ConvGeometry::offset(g.output, g.output_border, y, x) - b.output_base + b.channel;
         let residual_at = b.residual.map(|(res, border)| {
             (
                 res,
@@ -180,23 +165,16 @@ unsafe fn store(b: &Block<'_>, out: *mut f32, sum: float32x4_t, residual: Option
 
 /// Runs a packed depthwise convolution whose channels are a multiple of four. `false`: nothing
 /// ran (not depthwise, another channel count, or buffers that do not match the geometry).
-pub(super) fn depthwise(
-    packed: &PackedConv,
-    input: &[f32],
-    output: &mut [f32],
-    residual: Option<Residual<'_>>,
-    relu: bool,
-) -> bool {
-    let g = &packed.geometry;
-    let c = g.output[2];
-    let fits = packed.depthwise && check_buffers(g, input, output, residual).is_ok();
+pub(super) fn depthwise(job: &mut Job<'_>) -> bool {
+    let (packed, out, rows) = (job.packed, job.g.output, job.rows.clone());
+    let c = out[2];
+    let fits = packed.depthwise && job.fits();
     if !(fits && c.is_multiple_of(4)) {
         return false;
     }
     for channel in (0..c).step_by(4) {
-        let buffers = (input, &mut *output, residual);
-        let block = Block::new(packed, &packed.weights[channel..], channel, buffers, relu);
-        row_tiles(g.output, DEPTHWISE_PIXELS, |y, x, n| {
+        let block = Block::new(job, &packed.weights[channel..], channel);
+        row_tiles(out, rows.clone(), DEPTHWISE_PIXELS, |y, x, n| {
             macro_rules! arms {
                 ($($n:literal)*) => {
                     match n {
@@ -238,7 +216,7 @@ unsafe fn depthwise_tile<const P: usize>(b: &Block<'_>, y: usize, x: usize) {
             *a = vfmaq_f32(*a, v, w);
         }
     }
-    let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+    let at = ConvGeometry::offset(g.output, g.output_border, y, x) - b.output_base + b.channel;
     let residual_at = b.residual.map(|(res, border)| {
         (
             res,

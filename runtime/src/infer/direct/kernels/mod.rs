@@ -22,6 +22,8 @@ mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
+use std::ops::Range;
+
 /// Where a convolution reads and writes: sizes and the zero borders of its input, output and
 /// residual buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,44 @@ impl ConvGeometry {
         ((y + border) * (w + 2 * border) + x + border) * c
     }
 
+    /// Offset, in the output buffer, of output row `y`'s left border (`y` = the height: the
+    /// end of the last row's right border).
+    pub fn output_row_start(&self, y: usize) -> usize {
+        let [_, w, c] = self.output;
+        (y + self.output_border) * (w + 2 * self.output_border) * c
+    }
+
+    /// The output buffer's rows split into `parts` bands of consecutive rows (fewer when there
+    /// are fewer rows), as even as whole rows allow: what each thread of one convolution
+    /// writes. The bands hold the rows' left and right borders, not the top and bottom ones.
+    pub fn output_bands<'a>(&self, output: &'a mut [f32], parts: usize) -> Vec<OutputRows<'a>> {
+        let h = self.output[0];
+        let parts = parts.clamp(1, h.max(1));
+        self.split_output(
+            output,
+            (0..parts).map(|part| part * h / parts..(part + 1) * h / parts),
+        )
+    }
+
+    /// The output buffer's rows split at the given consecutive ranges of rows (from row 0).
+    pub fn split_output<'a>(
+        &self,
+        output: &'a mut [f32],
+        bands: impl Iterator<Item = Range<usize>>,
+    ) -> Vec<OutputRows<'a>> {
+        let top = self.output_row_start(0).min(output.len());
+        let mut rest = &mut output[top..];
+        let mut split = Vec::new();
+        for rows in bands {
+            let len = self.output_row_start(rows.end) - self.output_row_start(rows.start);
+            let len = len.min(rest.len());
+            let (band, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            split.push(OutputRows { rows, data: band });
+        }
+        split
+    }
+
     /// Offset, in the input buffer, of output pixel `(y, x)`'s first tap (its top-left
     /// neighbour, `pad` pixels up and left, which the border makes a real address).
     fn input_offset(&self, y: usize, x: usize) -> usize {
@@ -77,6 +117,16 @@ impl ConvGeometry {
             && out(w) == Some(self.output[1])
             && self.input.iter().chain(&self.output).all(|&d| d > 0)
     }
+}
+
+/// Rows `rows` of a convolution's output: `data` runs from the left border of the first to the
+/// end of the right border of the last (the part of the bordered buffer those rows own).
+#[derive(Debug)]
+pub struct OutputRows<'a> {
+    /// Output rows, `start < end ≤ height`.
+    pub rows: Range<usize>,
+    /// Their part of the output buffer.
+    pub data: &'a mut [f32],
 }
 
 /// A convolution's filters and bias packed for the kernel, with the input offsets of its taps.
@@ -214,6 +264,44 @@ pub struct Residual<'a> {
     pub border: usize,
 }
 
+/// One call of a kernel: a packed convolution over some of its output rows.
+struct Job<'a> {
+    packed: &'a PackedConv,
+    /// The geometry run: the packed one, or for a 1×1 matrix product the same with another
+    /// number of pixels ([`matmul`]).
+    g: ConvGeometry,
+    input: &'a [f32],
+    /// Rows `rows` of the output buffer ([`OutputRows`]).
+    output: &'a mut [f32],
+    rows: Range<usize>,
+    residual: Option<Residual<'a>>,
+    relu: bool,
+}
+
+impl Job<'_> {
+    /// Whether the buffers, rows and geometry fit together (all the kernels' pointer
+    /// arithmetic assumes besides the packing).
+    fn fits(&self) -> bool {
+        let g = &self.g;
+        let band = g
+            .output_row_start(self.rows.end)
+            .checked_sub(g.output_row_start(self.rows.start));
+        self.rows.start < self.rows.end
+            && self.rows.end <= g.output[0]
+            && band == Some(self.output.len())
+            && check_buffers(g, self.input, None, self.residual).is_ok()
+    }
+
+    /// Offset of the output band's first value in the whole output buffer.
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "aarch64", target_feature = "neon")
+    ))]
+    fn output_base(&self) -> usize {
+        self.g.output_row_start(self.rows.start)
+    }
+}
+
 /// Everything an architecture's tile kernel needs about one block of output channels: raw
 /// pointers into the bordered buffers, whose arithmetic stays in the architecture files.
 #[cfg(any(
@@ -228,7 +316,9 @@ struct Block<'a> {
     weights: *const f32,
     /// The bias from the block's first channel.
     bias: *const f32,
+    /// The job's output rows; an output offset `at` (whole-buffer) is `at − output_base` here.
     output: *mut f32,
+    output_base: usize,
     residual: Option<(*const f32, usize)>,
     /// First output channel of the block.
     channel: usize,
@@ -240,25 +330,22 @@ struct Block<'a> {
     all(target_arch = "aarch64", target_feature = "neon")
 ))]
 impl<'a> Block<'a> {
-    /// The block whose first output channel is `channel`, with `weights` its packed weights.
-    fn new(
-        packed: &'a PackedConv,
-        weights: &'a [f32],
-        channel: usize,
-        buffers: (&[f32], &mut [f32], Option<Residual<'_>>),
-        relu: bool,
-    ) -> Self {
-        let (input, output, residual) = buffers;
+    /// The block of `job` whose first output channel is `channel`, with `weights` its packed
+    /// weights.
+    fn new(job: &'a mut Job<'_>, weights: &'a [f32], channel: usize) -> Self {
+        let output_base = job.output_base();
+        let output = job.output.as_mut_ptr();
         Self {
-            g: &packed.geometry,
-            input: input.as_ptr(),
-            taps: &packed.taps,
+            g: &job.g,
+            input: job.input.as_ptr(),
+            taps: &job.packed.taps,
             weights: weights.as_ptr(),
-            bias: packed.bias[channel..].as_ptr(),
-            output: output.as_mut_ptr(),
-            residual: residual.map(|r| (r.data.as_ptr(), r.border)),
+            bias: job.packed.bias[channel..].as_ptr(),
+            output,
+            output_base,
+            residual: job.residual.map(|r| (r.data.as_ptr(), r.border)),
             channel,
-            relu,
+            relu: job.relu,
         }
     }
 }
@@ -286,9 +373,14 @@ fn tile_coords<const P: usize>(first: usize, out_w: usize) -> [(usize, usize); P
     all(target_arch = "aarch64", target_feature = "neon")
 ))]
 #[inline(always)]
-fn row_tiles(out: [usize; 3], pixels: usize, mut tile: impl FnMut(usize, usize, usize)) {
-    let [out_h, out_w, _] = out;
-    for y in 0..out_h {
+fn row_tiles(
+    out: [usize; 3],
+    rows: Range<usize>,
+    pixels: usize,
+    mut tile: impl FnMut(usize, usize, usize),
+) {
+    let out_w = out[1];
+    for y in rows {
         let mut x = 0;
         while x < out_w {
             let n = pixels.min(out_w - x);
@@ -298,16 +390,21 @@ fn row_tiles(out: [usize; 3], pixels: usize, mut tile: impl FnMut(usize, usize, 
     }
 }
 
-/// Calls `tile(first, n)` for runs of up to `pixels` output pixels in raster order, crossing
-/// rows freely: the register tiles of the packed convolution kernels.
+/// Calls `tile(first, n)` for runs of up to `pixels` output pixels of `rows` in raster order,
+/// crossing rows freely: the register tiles of the packed convolution kernels.
 #[cfg(any(
     target_arch = "x86_64",
     all(target_arch = "aarch64", target_feature = "neon")
 ))]
 #[inline(always)]
-fn raster_tiles(out: [usize; 3], pixels: usize, mut tile: impl FnMut(usize, usize)) {
-    let total = out[0] * out[1];
-    let mut first = 0;
+fn raster_tiles(
+    out: [usize; 3],
+    rows: Range<usize>,
+    pixels: usize,
+    mut tile: impl FnMut(usize, usize),
+) {
+    let total = rows.end * out[1];
+    let mut first = rows.start * out[1];
     while first < total {
         let n = pixels.min(total - first);
         tile(first, n);
@@ -326,15 +423,16 @@ pub enum ConvError {
     WeightSize,
 }
 
+/// Whether the input, the whole output (when given) and the residual have the geometry's sizes.
 fn check_buffers(
     g: &ConvGeometry,
     input: &[f32],
-    output: &[f32],
+    output: Option<&[f32]>,
     residual: Option<Residual<'_>>,
 ) -> Result<(), ConvError> {
     let ok = g.is_consistent()
         && input.len() == ConvGeometry::buffer_len(g.input, g.input_border)
-        && output.len() == ConvGeometry::buffer_len(g.output, g.output_border)
+        && output.is_none_or(|o| o.len() == ConvGeometry::buffer_len(g.output, g.output_border))
         && residual.is_none_or(|r| r.data.len() == ConvGeometry::buffer_len(g.output, r.border));
     if ok {
         Ok(())
@@ -357,7 +455,7 @@ pub fn conv_reference(
     residual: Option<Residual<'_>>,
     relu: bool,
 ) -> Result<(), ConvError> {
-    check_buffers(g, input, output, residual)?;
+    check_buffers(g, input, Some(output), residual)?;
     let [in_h, in_w, in_c] = g.input;
     let [out_h, out_w, out_c] = g.output;
     let k = g.kernel;
@@ -432,43 +530,109 @@ pub fn conv(
     residual: Option<Residual<'_>>,
     relu: bool,
 ) -> Result<(), ConvError> {
-    check_buffers(&packed.geometry, input, output, residual)?;
-    if packed.depthwise {
+    let g = &packed.geometry;
+    check_buffers(g, input, Some(output), residual)?;
+    let band = g.output_row_start(0)..g.output_row_start(g.output[0]);
+    let rows = OutputRows {
+        rows: 0..g.output[0],
+        data: &mut output[band],
+    };
+    conv_rows(packed, input, rows, residual, relu)
+}
+
+/// [`conv`] for some of the output rows only (one thread's share; [`ConvGeometry::output_bands`]).
+pub fn conv_rows(
+    packed: &PackedConv,
+    input: &[f32],
+    output: OutputRows<'_>,
+    residual: Option<Residual<'_>>,
+    relu: bool,
+) -> Result<(), ConvError> {
+    run(Job {
+        packed,
+        g: packed.geometry,
+        input,
+        output: output.data,
+        rows: output.rows,
+        residual,
+        relu,
+    })
+}
+
+/// A 1×1 convolution (stride 1, no padding, no borders, one row: a matrix product with the
+/// packed filter) over `input.len() / in_c` pixels, however many it was packed for.
+pub fn matmul(packed: &PackedConv, input: &[f32], output: &mut [f32]) -> Result<(), ConvError> {
+    let g = packed.geometry;
+    let (in_c, out_c) = (g.input[2], g.output[2]);
+    let pixels = input.len() / in_c;
+    let product = g.kernel == 1
+        && g.stride == 1
+        && g.pad == 0
+        && g.input_border == 0
+        && g.output_border == 0
+        && g.input[0] == 1
+        && !packed.depthwise;
+    if !product || pixels == 0 || input.len() != pixels * in_c || output.len() != pixels * out_c {
+        return Err(ConvError::BufferSize);
+    }
+    run(Job {
+        packed,
+        g: ConvGeometry {
+            input: [1, pixels, in_c],
+            output: [1, pixels, out_c],
+            ..g
+        },
+        input,
+        output,
+        rows: 0..1,
+        residual: None,
+        relu: false,
+    })
+}
+
+/// Runs a job with the fastest kernel this CPU has.
+fn run(mut job: Job<'_>) -> Result<(), ConvError> {
+    if !job.fits() {
+        return Err(ConvError::BufferSize);
+    }
+    if job.packed.depthwise {
         #[cfg(target_arch = "x86_64")]
-        if x86_64::depthwise(packed, input, output, residual, relu) {
+        if x86_64::depthwise(&mut job) {
             return Ok(());
         }
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        if aarch64::depthwise(packed, input, output, residual, relu) {
+        if aarch64::depthwise(&mut job) {
             return Ok(());
         }
-        depthwise_packed(packed, input, output, residual, relu);
+        depthwise_packed(&mut job);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    if x86_64::conv(packed, input, output, residual, relu) {
+    if x86_64::conv(&mut job) {
         return Ok(());
     }
     #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-    if aarch64::conv(packed, input, output, residual, relu) {
+    if aarch64::conv(&mut job) {
         return Ok(());
     }
-    conv_packed_portable(packed, input, output, residual, relu);
+    conv_packed_portable(&mut job);
     Ok(())
 }
 
 /// A depthwise convolution with plain loops over the packed `[tap][channel]` weights.
-fn depthwise_packed(
-    p: &PackedConv,
-    input: &[f32],
-    output: &mut [f32],
-    residual: Option<Residual<'_>>,
-    relu: bool,
-) {
-    let g = &p.geometry;
-    let [out_h, out_w, c] = g.output;
+fn depthwise_packed(job: &mut Job<'_>) {
+    let Job {
+        packed: p,
+        g,
+        input,
+        residual,
+        relu,
+        ..
+    } = *job;
+    let base = g.output_row_start(job.rows.start);
+    let [_, out_w, c] = g.output;
     let mut acc = vec![0.0_f32; c];
-    for y in 0..out_h {
+    for y in job.rows.clone() {
         for x in 0..out_w {
             let src = &input[g.input_offset(y, x)..];
             acc.copy_from_slice(&p.bias);
@@ -483,8 +647,8 @@ fn depthwise_packed(
                     *a += v;
                 }
             }
-            let at = ConvGeometry::offset(g.output, g.output_border, y, x);
-            for (o, &a) in output[at..at + c].iter_mut().zip(&acc) {
+            let at = ConvGeometry::offset(g.output, g.output_border, y, x) - base;
+            for (o, &a) in job.output[at..at + c].iter_mut().zip(&acc) {
                 *o = if relu { a.max(0.0) } else { a };
             }
         }
@@ -493,21 +657,23 @@ fn depthwise_packed(
 
 /// The packed layout run with plain loops: x86-64 hosts without AVX2/FMA, and channel counts
 /// that are not a multiple of eight.
-fn conv_packed_portable(
-    p: &PackedConv,
-    input: &[f32],
-    output: &mut [f32],
-    residual: Option<Residual<'_>>,
-    relu: bool,
-) {
-    let g = &p.geometry;
-    let [out_h, out_w, out_c] = g.output;
+fn conv_packed_portable(job: &mut Job<'_>) {
+    let Job {
+        packed: p,
+        g,
+        input,
+        residual,
+        relu,
+        ..
+    } = *job;
+    let base = g.output_row_start(job.rows.start);
+    let [_, out_w, out_c] = g.output;
     let per_block = p.taps.len() * p.block;
     let mut acc = vec![0.0_f32; p.block];
-    for y in 0..out_h {
+    for y in job.rows.clone() {
         for x in 0..out_w {
             let src = &input[g.input_offset(y, x)..];
-            let dst = ConvGeometry::offset(g.output, g.output_border, y, x);
+            let dst = ConvGeometry::offset(g.output, g.output_border, y, x) - base;
             for (b, weights) in p.weights.chunks_exact(per_block).enumerate() {
                 let first = b * p.block;
                 acc.copy_from_slice(&p.bias[first..first + p.block]);
@@ -523,7 +689,7 @@ fn conv_packed_portable(
                         *a += v;
                     }
                 }
-                for (o, &a) in output[dst + first..dst + first + p.block]
+                for (o, &a) in job.output[dst + first..dst + first + p.block]
                     .iter_mut()
                     .zip(&acc)
                 {
@@ -553,6 +719,132 @@ pub(crate) mod tests {
             }
         }
         buf
+    }
+
+    /// A job over every output row of a whole bordered output buffer.
+    fn whole<'a>(
+        packed: &'a PackedConv,
+        input: &'a [f32],
+        output: &'a mut [f32],
+        residual: Option<Residual<'a>>,
+        relu: bool,
+    ) -> Job<'a> {
+        let g = packed.geometry;
+        let band = g.output_row_start(0)..g.output_row_start(g.output[0]);
+        Job {
+            packed,
+            g,
+            input,
+            output: &mut output[band],
+            rows: 0..g.output[0],
+            residual,
+            relu,
+        }
+    }
+
+    #[test]
+    fn a_convolution_run_in_bands_of_rows_equals_one_run_whole() {
+        // Standard and depthwise, strides 1 and 2, a residual, borders on every buffer; bands
+        // of one row, uneven bands, more parts than rows.
+        for (i, &(cin, cout, k, stride, depthwise)) in [
+            (8, 16, 3, 1, false),
+            (16, 64, 3, 2, false),
+            (3, 8, 7, 2, false),
+            (16, 16, 3, 1, true),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let (h, w) = (9, 7);
+            let pad = k / 2;
+            let g = ConvGeometry {
+                input: [h, w, cin],
+                input_border: pad + 1,
+                output: [
+                    (h + 2 * pad - k) / stride + 1,
+                    (w + 2 * pad - k) / stride + 1,
+                    cout,
+                ],
+                output_border: 1,
+                kernel: k,
+                stride,
+                pad,
+            };
+            let per_filter = if depthwise { 1 } else { cin };
+            let weight = values(cout * per_filter * k * k, 31 + i as u32);
+            let bias = values(cout, 37 + i as u32);
+            let packed = if depthwise {
+                PackedConv::depthwise(g, &weight, &bias).unwrap()
+            } else {
+                PackedConv::new(g, &weight, &bias).unwrap()
+            };
+            let input = bordered(g.input, g.input_border, 41 + i as u32);
+            let res_buf = bordered(g.output, 2, 43 + i as u32);
+            let residual = Some(Residual {
+                data: &res_buf,
+                border: 2,
+            });
+            let len = ConvGeometry::buffer_len(g.output, g.output_border);
+            let mut want = vec![0.0; len];
+            conv(&packed, &input, &mut want, residual, true).unwrap();
+            for parts in [1, 2, 3, g.output[0], g.output[0] + 5] {
+                let mut got = vec![0.0; len];
+                let bands = g.output_bands(&mut got, parts);
+                assert_eq!(bands.len(), parts.min(g.output[0]), "case {i}");
+                for band in bands {
+                    conv_rows(&packed, &input, band, residual, true).unwrap();
+                }
+                assert_eq!(want, got, "case {i}, {parts} parts");
+            }
+            // A band whose length does not match its rows is refused, not written.
+            let mut out = vec![0.0; len];
+            let band = OutputRows {
+                rows: 1..3,
+                data: &mut out[..10],
+            };
+            assert_eq!(
+                conv_rows(&packed, &input, band, residual, true),
+                Err(ConvError::BufferSize)
+            );
+        }
+    }
+
+    #[test]
+    fn a_matrix_product_runs_on_any_number_of_pixels() {
+        let (cin, cout, packed_pixels) = (16, 32, 20);
+        let g = ConvGeometry {
+            input: [1, packed_pixels, cin],
+            input_border: 0,
+            output: [1, packed_pixels, cout],
+            output_border: 0,
+            kernel: 1,
+            stride: 1,
+            pad: 0,
+        };
+        let weight = values(cout * cin, 51);
+        let zeros = vec![0.0; cout];
+        let packed = PackedConv::new(g, &weight, &zeros).unwrap();
+        for pixels in [1, 7, packed_pixels, 45] {
+            let input = values(pixels * cin, 53 + pixels as u32);
+            let mut got = vec![0.0; pixels * cout];
+            matmul(&packed, &input, &mut got).unwrap();
+            for (p, row) in got.chunks_exact(cout).enumerate() {
+                for (co, &v) in row.iter().enumerate() {
+                    let want: f32 = (0..cin)
+                        .map(|ci| weight[co * cin + ci] * input[p * cin + ci])
+                        .sum();
+                    assert!(
+                        (want - v).abs() <= 1e-5 * cin as f32,
+                        "{pixels} px ({p}, {co})"
+                    );
+                }
+            }
+        }
+        let mut out = vec![0.0; 3 * cout];
+        assert_eq!(
+            matmul(&packed, &values(2 * cin, 1), &mut out),
+            Err(ConvError::BufferSize)
+        );
     }
 
     #[test]
@@ -605,19 +897,20 @@ pub(crate) mod tests {
                 for blocks in [&[64, 32, 16, 8, 1][..], &[16, 8, 1], &[8, 1], &[1]] {
                     let packed = PackedConv::with_blocks(g, &weight, &bias, blocks);
                     let mut out = vec![0.0; len];
-                    conv_packed_portable(&packed, &input, &mut out, residual, relu);
+                    conv_packed_portable(&mut whole(&packed, &input, &mut out, residual, relu));
                     results.push(("portable", out));
                     #[cfg(target_arch = "x86_64")]
                     {
                         let mut out = vec![0.0; len];
-                        if x86_64::conv_avx2(&packed, &input, &mut out, residual, relu) {
+                        if x86_64::conv_avx2(&mut whole(&packed, &input, &mut out, residual, relu))
+                        {
                             results.push(("avx2", out));
                         }
                     }
                     #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
                     {
                         let mut out = vec![0.0; len];
-                        if aarch64::conv(&packed, &input, &mut out, residual, relu) {
+                        if aarch64::conv(&mut whole(&packed, &input, &mut out, residual, relu)) {
                             results.push(("neon", out));
                         }
                     }

@@ -9,7 +9,7 @@
 //! nothing) where they do not fit.
 #![allow(unsafe_code)]
 
-use super::{check_buffers, PackedConv, Residual};
+use super::Job;
 
 /// Whether this CPU runs the AVX2 + FMA kernels.
 pub(super) fn available() -> bool {
@@ -24,63 +24,43 @@ pub(super) fn wide_blocks_available() -> bool {
 /// Runs a packed (not depthwise) convolution with the fastest kernel this CPU has for its
 /// block size: AVX-512 for blocks of 32 or 64 channels, else [`conv_avx2`]. `false`: nothing
 /// ran (no such CPU, another block size, or buffers that do not match the geometry).
-pub(super) fn conv(
-    packed: &PackedConv,
-    input: &[f32],
-    output: &mut [f32],
-    residual: Option<Residual<'_>>,
-    relu: bool,
-) -> bool {
-    let fits =
-        !packed.depthwise && check_buffers(&packed.geometry, input, output, residual).is_ok();
-    if fits && avx512::available() && matches!(packed.block, 32 | 64) {
+pub(super) fn conv(job: &mut Job<'_>) -> bool {
+    let fits = !job.packed.depthwise && job.fits();
+    if fits && avx512::available() && matches!(job.packed.block, 32 | 64) {
         // SAFETY: the CPU has AVX-512F, the block is 32 or 64 channels (checked above); the
-        // buffers' lengths match the geometry (checked above), which is all the kernel's
+        // buffers and rows fit the geometry (checked above), which is all the kernel's
         // pointer arithmetic assumes besides the packing `PackedConv` builds.
-        unsafe { avx512::conv(packed, input, output, residual, relu) };
+        unsafe { avx512::conv(job) };
         return true;
     }
-    conv_avx2(packed, input, output, residual, relu)
+    conv_avx2(job)
 }
 
 /// Runs a packed convolution of 8- or 16-channel blocks with the AVX2 kernel (also for the
 /// tests, whatever kernel [`conv`] would choose). `false`: nothing ran.
-pub(super) fn conv_avx2(
-    packed: &PackedConv,
-    input: &[f32],
-    output: &mut [f32],
-    residual: Option<Residual<'_>>,
-    relu: bool,
-) -> bool {
-    let fits =
-        !packed.depthwise && check_buffers(&packed.geometry, input, output, residual).is_ok();
-    if !(fits && avx2::available() && matches!(packed.block, 8 | 16)) {
+pub(super) fn conv_avx2(job: &mut Job<'_>) -> bool {
+    let fits = !job.packed.depthwise && job.fits();
+    if !(fits && avx2::available() && matches!(job.packed.block, 8 | 16)) {
         return false;
     }
     // SAFETY: the CPU has AVX2 and FMA, the block is 8 or 16 channels (checked above); the
-    // buffers' lengths match the geometry (checked above), which is all the kernel's pointer
+    // buffers and rows fit the geometry (checked above), which is all the kernel's pointer
     // arithmetic assumes besides the packing `PackedConv` builds.
-    unsafe { avx2::conv(packed, input, output, residual, relu) };
+    unsafe { avx2::conv(job) };
     true
 }
 
 /// Runs a packed depthwise convolution with AVX2 + FMA. `false`: nothing ran (no such CPU, not
 /// depthwise, or buffers that do not match the geometry).
-pub(super) fn depthwise(
-    packed: &PackedConv,
-    input: &[f32],
-    output: &mut [f32],
-    residual: Option<Residual<'_>>,
-    relu: bool,
-) -> bool {
-    let fits = packed.depthwise && check_buffers(&packed.geometry, input, output, residual).is_ok();
+pub(super) fn depthwise(job: &mut Job<'_>) -> bool {
+    let fits = job.packed.depthwise && job.fits();
     if !(fits && avx2::available()) {
         return false;
     }
-    // SAFETY: the CPU has AVX2 and FMA (checked above); the buffers' lengths match the
-    // geometry (checked above), which is all the kernel's pointer arithmetic assumes besides
-    // the depthwise packing `PackedConv::depthwise` builds.
-    unsafe { avx2::depthwise(packed, input, output, residual, relu) };
+    // SAFETY: the CPU has AVX2 and FMA (checked above); the buffers and rows fit the geometry
+    // (checked above), which is all the kernel's pointer arithmetic assumes besides the
+    // depthwise packing `PackedConv::depthwise` builds.
+    unsafe { avx2::depthwise(job) };
     true
 }
 
@@ -88,9 +68,7 @@ pub(super) fn depthwise(
 mod avx2 {
     use core::arch::x86_64::*;
 
-    use super::super::{
-        raster_tiles, row_tiles, tile_coords, Block, ConvGeometry, PackedConv, Residual,
-    };
+    use super::super::{raster_tiles, row_tiles, tile_coords, Block, ConvGeometry, Job};
 
     /// Output pixels per register tile: eight accumulators for 8-channel blocks, four pixels ×
     /// two registers for 16-channel blocks. Larger tiles (twelve and six, or twelve with
@@ -111,24 +89,17 @@ mod avx2 {
     /// once per tile. Channel counts that are not a multiple of eight run the plain loops.
     ///
     /// # Safety
-    /// AVX2 and FMA available; buffer lengths match `packed`'s geometry.
+    /// AVX2 and FMA available; the job fits ([`Job::fits`]).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn depthwise(
-        packed: &PackedConv,
-        input: &[f32],
-        output: &mut [f32],
-        residual: Option<Residual<'_>>,
-        relu: bool,
-    ) {
-        let g = &packed.geometry;
-        let c = g.output[2];
+    pub(super) unsafe fn depthwise(job: &mut Job<'_>) {
+        let (packed, out, rows) = (job.packed, job.g.output, job.rows.clone());
+        let c = out[2];
         if !c.is_multiple_of(8) {
-            return super::super::depthwise_packed(packed, input, output, residual, relu);
+            return super::super::depthwise_packed(job);
         }
         for channel in (0..c).step_by(8) {
-            let buffers = (input, &mut *output, residual);
-            let block = Block::new(packed, &packed.weights[channel..], channel, buffers, relu);
-            row_tiles(g.output, DEPTHWISE_PIXELS, |y, x, n| {
+            let block = Block::new(job, &packed.weights[channel..], channel);
+            row_tiles(out, rows.clone(), DEPTHWISE_PIXELS, |y, x, n| {
                 macro_rules! arms {
                     ($($n:literal)*) => {
                         match n {
@@ -168,7 +139,7 @@ mod avx2 {
             }
         }
         let zero = _mm256_setzero_ps();
-        let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+        let at = ConvGeometry::offset(g.output, g.output_border, y, x) - b.output_base + b.channel;
         let residual_at = b.residual.map(|(res, border)| {
             (
                 res,
@@ -191,33 +162,20 @@ mod avx2 {
     }
 
     /// # Safety
-    /// AVX2 and FMA available; buffer lengths match `packed`'s geometry; `packed.block` is 8 or
-    /// 16.
+    /// AVX2 and FMA available; the job fits ([`Job::fits`]); `packed.block` is 8 or 16.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn conv(
-        packed: &PackedConv,
-        input: &[f32],
-        output: &mut [f32],
-        residual: Option<Residual<'_>>,
-        relu: bool,
-    ) {
-        let g = &packed.geometry;
+    pub(super) unsafe fn conv(job: &mut Job<'_>) {
+        let (packed, out, rows) = (job.packed, job.g.output, job.rows.clone());
         let per_block = packed.taps.len() * packed.block;
         for (b, weights) in packed.weights.chunks_exact(per_block).enumerate() {
             let channel = b * packed.block;
-            let block = Block::new(
-                packed,
-                weights,
-                channel,
-                (input, &mut *output, residual),
-                relu,
-            );
+            let block = Block::new(job, weights, channel);
             let tile = if packed.block == 16 {
                 PIXELS_16
             } else {
                 PIXELS_8
             };
-            raster_tiles(g.output, tile, |first, n| {
+            raster_tiles(out, rows.clone(), tile, |first, n| {
                 // SAFETY: the caller's contract; pixels `first..first + n` exist.
                 unsafe { dispatch(&block, packed.block, first, n) }
             });
@@ -289,7 +247,8 @@ mod avx2 {
         }
         let zero = _mm256_setzero_ps();
         for (&(y, x), pixel) in coords.iter().zip(&acc) {
-            let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+            let at =
+                ConvGeometry::offset(g.output, g.output_border, y, x) - b.output_base + b.channel;
             for (r, &sum) in pixel.iter().enumerate() {
                 let mut v = sum;
                 if let Some((res, border)) = b.residual {
@@ -317,7 +276,7 @@ mod avx2 {
 mod avx512 {
     use core::arch::x86_64::*;
 
-    use super::super::{raster_tiles, tile_coords, Block, ConvGeometry, PackedConv, Residual};
+    use super::super::{raster_tiles, tile_coords, Block, ConvGeometry, Job};
 
     pub(super) fn available() -> bool {
         std::is_x86_feature_detected!("avx512f")
@@ -333,30 +292,17 @@ mod avx512 {
     }
 
     /// # Safety
-    /// AVX-512F available; buffer lengths match `packed`'s geometry; `packed.block` is 32 or
-    /// 64.
+    /// AVX-512F available; the job fits ([`Job::fits`]); `packed.block` is 32 or 64.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn conv(
-        packed: &PackedConv,
-        input: &[f32],
-        output: &mut [f32],
-        residual: Option<Residual<'_>>,
-        relu: bool,
-    ) {
-        let g = &packed.geometry;
+    pub(super) unsafe fn conv(job: &mut Job<'_>) {
+        let (packed, out, rows) = (job.packed, job.g.output, job.rows.clone());
         let per_block = packed.taps.len() * packed.block;
         let registers = packed.block / 16;
         let tile_size = tile_pixels(registers);
         for (b, weights) in packed.weights.chunks_exact(per_block).enumerate() {
             let channel = b * packed.block;
-            let block = Block::new(
-                packed,
-                weights,
-                channel,
-                (input, &mut *output, residual),
-                relu,
-            );
-            raster_tiles(g.output, tile_size, |first, n| {
+            let block = Block::new(job, weights, channel);
+            raster_tiles(out, rows.clone(), tile_size, |first, n| {
                 macro_rules! arms {
                     ($regs:literal; $($n:literal)*) => {
                         match n {
@@ -418,7 +364,8 @@ mod avx512 {
         }
         let zero = _mm512_setzero_ps();
         for (&(y, x), pixel) in coords.iter().zip(&acc) {
-            let at = ConvGeometry::offset(g.output, g.output_border, y, x) + b.channel;
+            let at =
+                ConvGeometry::offset(g.output, g.output_border, y, x) - b.output_base + b.channel;
             for (r, &sum) in pixel.iter().enumerate() {
                 let mut v = sum;
                 if let Some((res, border)) = b.residual {

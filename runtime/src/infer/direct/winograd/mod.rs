@@ -16,7 +16,11 @@
 //! transforms and the dispatch; `x86_64.rs` the AVX2 transforms behind safe entry points that
 //! check the CPU and the buffers themselves. No `unsafe` here.
 
-use super::kernels::{conv, ConvError, ConvGeometry, PackedConv, Residual};
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::kernels::{matmul, ConvError, ConvGeometry, OutputRows, PackedConv, Residual};
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -124,8 +128,18 @@ impl WinogradConv {
 
     /// Floats of scratch space one run needs: the transformed input and the products.
     pub fn scratch_len(&self) -> usize {
-        let count = self.tiles[0] * self.tiles[1];
-        16 * count * (self.geometry.input[2] + self.geometry.output[2])
+        self.band_scratch_len(self.tiles[0])
+    }
+
+    /// Floats of scratch a band of `tile_rows` rows of tiles needs.
+    fn band_scratch_len(&self, tile_rows: usize) -> usize {
+        16 * tile_rows * self.tiles[1] * (self.geometry.input[2] + self.geometry.output[2])
+    }
+
+    /// The output rows of tile rows `tile_rows`: two per tile row, the last one cut at an odd
+    /// height.
+    fn output_rows(&self, tile_rows: &Range<usize>) -> Range<usize> {
+        2 * tile_rows.start..(2 * tile_rows.end).min(self.geometry.output[0])
     }
 
     /// `output = relu?(conv(input) + bias + residual?)`, as [`super::kernels::conv`].
@@ -137,10 +151,25 @@ impl WinogradConv {
         relu: bool,
         scratch: &mut [f32],
     ) -> Result<(), ConvError> {
+        self.run_on_threads(input, output, residual, relu, scratch, 1)
+    }
+
+    /// [`WinogradConv::run`] shared among `threads` threads of the rayon pool it is called on
+    /// (one: this thread alone, rayon untouched). Maps of at least four rows of tiles per
+    /// thread are split into bands of tile rows, each transformed, multiplied and transformed
+    /// back by one thread; smaller maps (deep layers, where the products' weights outweigh the
+    /// activations) share the 16 products out instead, so that each thread reads only its
+    /// positions' weights.
+    pub fn run_on_threads(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<Residual<'_>>,
+        relu: bool,
+        scratch: &mut [f32],
+        threads: usize,
+    ) -> Result<(), ConvError> {
         let g = &self.geometry;
-        let in_c = g.input[2];
-        let out_c = g.output[2];
-        let count = self.tiles[0] * self.tiles[1];
         if input.len() != ConvGeometry::buffer_len(g.input, g.input_border)
             || output.len() != ConvGeometry::buffer_len(g.output, g.output_border)
             || residual
@@ -149,58 +178,120 @@ impl WinogradConv {
         {
             return Err(ConvError::BufferSize);
         }
+        let bands = if self.tiles[0] >= 4 * threads {
+            threads
+        } else {
+            1
+        };
+        let tile_rows: Vec<Range<usize>> = (0..bands)
+            .map(|b| b * self.tiles[0] / bands..(b + 1) * self.tiles[0] / bands)
+            .collect();
+        let outputs = g.split_output(output, tile_rows.iter().map(|t| self.output_rows(t)));
+        let mut scratches = Vec::with_capacity(bands);
+        let mut rest = scratch;
+        for t in &tile_rows {
+            let (mine, tail) = rest.split_at_mut(self.band_scratch_len(t.len()));
+            scratches.push(mine);
+            rest = tail;
+        }
+        let product_threads = if bands == 1 { threads } else { 1 };
+        let run = |((t, out), scratch): ((Range<usize>, OutputRows<'_>), &mut [f32])| {
+            self.run_band(t, input, out, residual, relu, scratch, product_threads)
+        };
+        let jobs = tile_rows.into_iter().zip(outputs).zip(scratches);
+        if bands == 1 {
+            { jobs }.try_for_each(run)
+        } else {
+            jobs.collect::<Vec<_>>().into_par_iter().map(run).collect()
+        }
+    }
+
+    /// One band of tile rows: its tiles transformed into `scratch`, multiplied (the 16
+    /// products shared among `threads` threads), transformed back into its output rows.
+    #[allow(clippy::too_many_arguments)]
+    fn run_band(
+        &self,
+        tile_rows: Range<usize>,
+        input: &[f32],
+        mut output: OutputRows<'_>,
+        residual: Option<Residual<'_>>,
+        relu: bool,
+        scratch: &mut [f32],
+        threads: usize,
+    ) -> Result<(), ConvError> {
+        let (in_c, out_c) = (self.geometry.input[2], self.geometry.output[2]);
+        let count = tile_rows.len() * self.tiles[1];
         let (transformed, rest) = scratch.split_at_mut(16 * count * in_c);
         let products = &mut rest[..16 * count * out_c];
-        transform_input(self, input, transformed);
-        for (position, packed) in self.products.iter().enumerate() {
-            conv(
-                packed,
-                &transformed[position * count * in_c..][..count * in_c],
-                &mut products[position * count * out_c..][..count * out_c],
-                None,
-                false,
-            )?;
+        transform_input(self, input, tile_rows.clone(), transformed);
+        let product = |((packed, v), m): ((&PackedConv, &[f32]), &mut [f32])| matmul(packed, v, m);
+        let jobs = self
+            .products
+            .iter()
+            .zip(transformed.chunks_exact(count * in_c))
+            .zip(products.chunks_exact_mut(count * out_c));
+        if threads > 1 {
+            jobs.collect::<Vec<_>>()
+                .into_par_iter()
+                .with_max_len(16usize.div_ceil(threads))
+                .map(product)
+                .collect::<Result<(), _>>()?;
+        } else {
+            { jobs }.try_for_each(product)?;
         }
-        transform_output(self, products, output, residual, relu);
+        transform_output(self, products, tile_rows, &mut output, residual, relu);
         Ok(())
     }
 }
 
-/// `V = Bᵀ d B` for every tile, written `[position][tile][channel]`.
-fn transform_input(w: &WinogradConv, input: &[f32], transformed: &mut [f32]) {
+/// `V = Bᵀ d B` for every tile of `tile_rows`, written `[position][tile][channel]` (tiles
+/// counted from the band's first).
+fn transform_input(
+    w: &WinogradConv,
+    input: &[f32],
+    tile_rows: Range<usize>,
+    transformed: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if x86_64::transform_input(w, input, transformed) {
+    if x86_64::transform_input(w, input, tile_rows.clone(), transformed) {
         return;
     }
-    transform_input_body(w, input, transformed)
+    transform_input_body(w, input, tile_rows, transformed)
 }
 
-/// `Y = Aᵀ M A` + bias (+ residual, ReLU) for every tile, the outputs inside the map stored.
+/// `Y = Aᵀ M A` + bias (+ residual, ReLU) for every tile of `tile_rows`, the outputs inside
+/// the map stored into the band's rows.
 fn transform_output(
     w: &WinogradConv,
     products: &[f32],
-    output: &mut [f32],
+    tile_rows: Range<usize>,
+    output: &mut OutputRows<'_>,
     residual: Option<Residual<'_>>,
     relu: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if x86_64::transform_output(w, products, output, residual, relu) {
+    if x86_64::transform_output(w, products, tile_rows.clone(), output, residual, relu) {
         return;
     }
-    transform_output_body(w, products, output, residual, relu)
+    transform_output_body(w, products, tile_rows, output, residual, relu)
 }
 
 #[inline(always)]
-fn transform_input_body(w: &WinogradConv, input: &[f32], transformed: &mut [f32]) {
+fn transform_input_body(
+    w: &WinogradConv,
+    input: &[f32],
+    tile_rows: Range<usize>,
+    transformed: &mut [f32],
+) {
     let g = &w.geometry;
     let [_, in_w, c] = g.input;
     let row = (in_w + 2 * g.input_border) * c;
-    let count = w.tiles[0] * w.tiles[1];
+    let count = tile_rows.len() * w.tiles[1];
     // The patch's top-left corner, one pixel up and left of the tile, inside the border.
     let shift = g.input_border - 1;
-    for ty in 0..w.tiles[0] {
+    for ty in tile_rows.clone() {
         for tx in 0..w.tiles[1] {
-            let tile = ty * w.tiles[1] + tx;
+            let tile = (ty - tile_rows.start) * w.tiles[1] + tx;
             let corner = (2 * ty + shift) * row + (2 * tx + shift) * c;
             let d: [&[f32]; 16] =
                 std::array::from_fn(|k| &input[corner + (k / 4) * row + (k % 4) * c..][..c]);
@@ -236,19 +327,21 @@ fn transform_input_body(w: &WinogradConv, input: &[f32], transformed: &mut [f32]
 fn transform_output_body(
     w: &WinogradConv,
     products: &[f32],
-    output: &mut [f32],
+    tile_rows: Range<usize>,
+    output: &mut OutputRows<'_>,
     residual: Option<Residual<'_>>,
     relu: bool,
 ) {
     let g = &w.geometry;
     let [out_h, out_w, c] = g.output;
-    let count = w.tiles[0] * w.tiles[1];
+    let count = tile_rows.len() * w.tiles[1];
+    let base = g.output_row_start(output.rows.start);
     let at =
         |border: usize, y: usize, x: usize| ((y + border) * (out_w + 2 * border) + x + border) * c;
     let mut y = [[0.0_f32; 4]; 64];
-    for ty in 0..w.tiles[0] {
+    for ty in tile_rows.clone() {
         for tx in 0..w.tiles[1] {
-            let tile = ty * w.tiles[1] + tx;
+            let tile = (ty - tile_rows.start) * w.tiles[1] + tx;
             let m: [&[f32]; 16] = std::array::from_fn(|k| &products[(k * count + tile) * c..][..c]);
             for first in (0..c).step_by(64) {
                 let n = (c - first).min(64);
@@ -273,8 +366,8 @@ fn transform_output_body(
                     if oy >= out_h || ox >= out_w {
                         continue;
                     }
-                    let o = at(g.output_border, oy, ox) + first;
-                    let dst = &mut output[o..o + n];
+                    let o = at(g.output_border, oy, ox) - base + first;
+                    let dst = &mut output.data[o..o + n];
                     if let Some(r) = residual {
                         let ra = at(r.border, oy, ox) + first;
                         for ((d, s), &add) in dst.iter_mut().zip(&y[..n]).zip(&r.data[ra..ra + n]) {
@@ -357,6 +450,55 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_on_several_threads_equals_one_thread_bit_for_bit() {
+        // Bands of tile rows (even and odd heights), and products shared out (few tile rows).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (i, &(cin, cout, h, w)) in [(16, 16, 28, 28), (16, 24, 27, 5), (32, 32, 7, 9)]
+            .iter()
+            .enumerate()
+        {
+            let g = ConvGeometry {
+                input: [h, w, cin],
+                input_border: 2,
+                output: [h, w, cout],
+                output_border: 1,
+                kernel: 3,
+                stride: 1,
+                pad: 1,
+            };
+            let winograd = WinogradConv::new(
+                g,
+                &values(cout * cin * 9, 61 + i as u32),
+                &values(cout, 63 + i as u32),
+            )
+            .unwrap();
+            let input = bordered(g.input, 2, 65 + i as u32);
+            let res_buf = bordered(g.output, 0, 67 + i as u32);
+            let residual = Some(Residual {
+                data: &res_buf,
+                border: 0,
+            });
+            let len = ConvGeometry::buffer_len(g.output, 1);
+            let mut scratch = vec![0.0; winograd.scratch_len()];
+            let mut want = vec![0.0; len];
+            winograd
+                .run(&input, &mut want, residual, true, &mut scratch)
+                .unwrap();
+            for threads in [2, 3] {
+                let mut got = vec![0.0; len];
+                pool.install(|| {
+                    winograd.run_on_threads(&input, &mut got, residual, true, &mut scratch, threads)
+                })
+                .unwrap();
+                assert_eq!(want, got, "case {i}, {threads} threads");
             }
         }
     }

@@ -9,8 +9,9 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::*;
+use std::ops::Range;
 
-use super::super::kernels::{ConvGeometry, Residual};
+use super::super::kernels::{ConvGeometry, OutputRows, Residual};
 use super::WinogradConv;
 
 /// Whether this CPU has AVX2 and FMA.
@@ -18,61 +19,80 @@ fn available() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// `V = Bᵀ d B` for every tile with AVX2. `false`: nothing ran (no AVX2/FMA, or buffers not
-/// sized for `w`).
-pub(super) fn transform_input(w: &WinogradConv, input: &[f32], transformed: &mut [f32]) -> bool {
+/// `V = Bᵀ d B` for every tile of `tile_rows` with AVX2. `false`: nothing ran (no AVX2/FMA,
+/// or buffers not sized for `w` and the band).
+pub(super) fn transform_input(
+    w: &WinogradConv,
+    input: &[f32],
+    tile_rows: Range<usize>,
+    transformed: &mut [f32],
+) -> bool {
     let g = &w.geometry;
-    let count = w.tiles[0] * w.tiles[1];
+    let count = tile_rows.len() * w.tiles[1];
     let fits = input.len() == ConvGeometry::buffer_len(g.input, g.input_border)
+        && tile_rows.end <= w.tiles[0]
         && transformed.len() >= 16 * count * g.input[2];
     if !(fits && available()) {
         return false;
     }
-    // SAFETY: the CPU has AVX2 and FMA; `input` and `transformed` are sized for `w` (both
-    // checked above; `WinogradConv::new` gave the input border the width the patches need).
-    unsafe { transform_input_avx2(w, input, transformed) };
+    // SAFETY: the CPU has AVX2 and FMA; `input` is sized for `w`, the band's rows of tiles
+    // exist and `transformed` holds them (all checked above; `WinogradConv::new` gave the input
+    // border the width the patches need).
+    unsafe { transform_input_avx2(w, input, tile_rows, transformed) };
     true
 }
 
-/// `Y = Aᵀ M A` + bias (+ residual, ReLU) for every tile with AVX2. `false`: nothing ran (no
-/// AVX2/FMA, or buffers not sized for `w`).
+/// `Y = Aᵀ M A` + bias (+ residual, ReLU) for every tile of `tile_rows` with AVX2. `false`:
+/// nothing ran (no AVX2/FMA, or buffers not sized for `w` and the band).
 pub(super) fn transform_output(
     w: &WinogradConv,
     products: &[f32],
-    output: &mut [f32],
+    tile_rows: Range<usize>,
+    output: &mut OutputRows<'_>,
     residual: Option<Residual<'_>>,
     relu: bool,
 ) -> bool {
     let g = &w.geometry;
-    let count = w.tiles[0] * w.tiles[1];
+    let count = tile_rows.len() * w.tiles[1];
+    let rows = w.output_rows(&tile_rows);
+    let band = g.output_row_start(rows.end) - g.output_row_start(rows.start);
     let fits = products.len() >= 16 * count * g.output[2]
-        && output.len() == ConvGeometry::buffer_len(g.output, g.output_border)
+        && tile_rows.end <= w.tiles[0]
+        && output.rows == rows
+        && output.data.len() == band
         && residual.is_none_or(|r| r.data.len() == ConvGeometry::buffer_len(g.output, r.border));
     if !(fits && available()) {
         return false;
     }
-    // SAFETY: the CPU has AVX2 and FMA; the products, output and residual are sized for `w`
-    // (checked above; `WinogradConv::new` gave the bias one value per output channel).
-    unsafe { transform_output_avx2(w, products, output, residual, relu) };
+    // SAFETY: the CPU has AVX2 and FMA; the products, the output band and the residual are
+    // sized for `w` and the band (checked above; `WinogradConv::new` gave the bias one value
+    // per output channel).
+    unsafe { transform_output_avx2(w, products, tile_rows, output, residual, relu) };
     true
 }
 
 /// # Safety
-/// AVX2 available; `input` and `transformed` sized for `w` (checked by [`WinogradConv::run`]).
+/// AVX2 available; `input` and `transformed` sized for `w` and the band (checked by
+/// [`transform_input`]).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transform_input_avx2(w: &WinogradConv, input: &[f32], transformed: &mut [f32]) {
+unsafe fn transform_input_avx2(
+    w: &WinogradConv,
+    input: &[f32],
+    tile_rows: Range<usize>,
+    transformed: &mut [f32],
+) {
     let g = &w.geometry;
     let [_, in_w, c] = g.input;
     if !c.is_multiple_of(8) {
-        return super::transform_input_body(w, input, transformed);
+        return super::transform_input_body(w, input, tile_rows, transformed);
     }
     let row = (in_w + 2 * g.input_border) * c;
-    let count = w.tiles[0] * w.tiles[1];
+    let count = tile_rows.len() * w.tiles[1];
     let shift = g.input_border - 1;
     let (src, dst) = (input.as_ptr(), transformed.as_mut_ptr());
-    for ty in 0..w.tiles[0] {
+    for ty in tile_rows.clone() {
         for tx in 0..w.tiles[1] {
-            let tile = ty * w.tiles[1] + tx;
+            let tile = (ty - tile_rows.start) * w.tiles[1] + tx;
             let corner = (2 * ty + shift) * row + (2 * tx + shift) * c;
             for ch in (0..c).step_by(8) {
                 let mut d = [_mm256_setzero_ps(); 16];
@@ -101,7 +121,7 @@ unsafe fn transform_input_avx2(w: &WinogradConv, input: &[f32], transformed: &mu
                     ];
                     for (k, v) in out.into_iter().enumerate() {
                         let position = 4 * i + k;
-                        // SAFETY: `transformed` holds 16 × tiles × c floats.
+                        // SAFETY: `transformed` holds 16 × the band's tiles × c floats.
                         unsafe { _mm256_storeu_ps(dst.add((position * count + tile) * c + ch), v) };
                     }
                 }
@@ -111,32 +131,34 @@ unsafe fn transform_input_avx2(w: &WinogradConv, input: &[f32], transformed: &mu
 }
 
 /// # Safety
-/// AVX2 available; buffers sized for `w` (checked by [`WinogradConv::run`]).
+/// AVX2 available; buffers sized for `w` and the band (checked by [`transform_output`]).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transform_output_avx2(
     w: &WinogradConv,
     products: &[f32],
-    output: &mut [f32],
+    tile_rows: Range<usize>,
+    output: &mut OutputRows<'_>,
     residual: Option<Residual<'_>>,
     relu: bool,
 ) {
     let g = &w.geometry;
     let [out_h, out_w, c] = g.output;
     if !c.is_multiple_of(8) {
-        return super::transform_output_body(w, products, output, residual, relu);
+        return super::transform_output_body(w, products, tile_rows, output, residual, relu);
     }
-    let count = w.tiles[0] * w.tiles[1];
+    let count = tile_rows.len() * w.tiles[1];
+    let base = g.output_row_start(output.rows.start);
     let at =
         |border: usize, y: usize, x: usize| ((y + border) * (out_w + 2 * border) + x + border) * c;
-    let (m_ptr, out_ptr) = (products.as_ptr(), output.as_mut_ptr());
+    let (m_ptr, out_ptr) = (products.as_ptr(), output.data.as_mut_ptr());
     let zero = _mm256_setzero_ps();
-    for ty in 0..w.tiles[0] {
+    for ty in tile_rows.clone() {
         for tx in 0..w.tiles[1] {
-            let tile = ty * w.tiles[1] + tx;
+            let tile = (ty - tile_rows.start) * w.tiles[1] + tx;
             for ch in (0..c).step_by(8) {
                 let mut m = [_mm256_setzero_ps(); 16];
                 for (k, v) in m.iter_mut().enumerate() {
-                    // SAFETY: `products` holds 16 × tiles × c floats.
+                    // SAFETY: `products` holds 16 × the band's tiles × c floats.
                     *v = unsafe { _mm256_loadu_ps(m_ptr.add((k * count + tile) * c + ch)) };
                 }
                 let mut t = [_mm256_setzero_ps(); 8];
@@ -167,8 +189,10 @@ unsafe fn transform_output_avx2(
                     if relu {
                         v = _mm256_max_ps(v, zero);
                     }
-                    // SAFETY: pixel `(oy, ox)` is inside the output map.
-                    unsafe { _mm256_storeu_ps(out_ptr.add(at(g.output_border, oy, ox) + ch), v) };
+                    let o = at(g.output_border, oy, ox) - base + ch;
+                    // SAFETY: pixel `(oy, ox)` is inside the output map, in the band's rows
+                    // (`oy` is one of the band's tile rows' two), which start at `base`.
+                    unsafe { _mm256_storeu_ps(out_ptr.add(o), v) };
                 }
             }
         }
