@@ -20,6 +20,8 @@ ENGINES=${ENGINES:-fp32,tract,int8}
 IMAGES=${IMAGES:-${SCANSIDE_DATA:-../shared/data}/ham10000/images}
 BIN=${BIN:-target/release/scanside}
 [ -x "$BIN" ] || cargo build --release -p scanside-runtime
+python3 -c 'import onnxruntime, numpy' 2>/dev/null \
+  || { echo "threads.sh: the peer needs onnxruntime and numpy (pip install onnxruntime numpy)" >&2; exit 2; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 mapfile -t files < <(find "$IMAGES" -maxdepth 1 -type f | sort | head -n 16)
 echo "machine: $(uname -m), $(grep -m1 -E 'model name|^Model' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
