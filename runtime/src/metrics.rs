@@ -48,33 +48,73 @@ where
 {
     let all: Vec<usize> = members.iter().flatten().copied().collect();
     let estimate = metric(&all)?;
-    let mut values: Vec<f64> = (0..resamples)
+    let values: Vec<f64> = (0..resamples)
+        .into_par_iter()
+        .filter_map(|r| metric(&resample(members, &mut resample_rng(seed, r))))
+        .collect();
+    Some(percentile_interval(estimate, values))
+}
+
+/// 95 % percentile bootstrap interval of a metric's shift between two independent datasets,
+/// `metric_b(b) − metric_a(a)` (another site against the model's own test images): each
+/// resample draws both datasets' groups with replacement. `None` when either metric is
+/// undefined on its data. Deterministic for a seed, whatever the thread count.
+pub fn group_bootstrap_shift<FA, FB>(
+    (members_a, metric_a): (&[Vec<usize>], FA),
+    (members_b, metric_b): (&[Vec<usize>], FB),
+    resamples: usize,
+    seed: u64,
+) -> Option<Interval>
+where
+    FA: Fn(&[usize]) -> Option<f64> + Sync,
+    FB: Fn(&[usize]) -> Option<f64> + Sync,
+{
+    let all = |members: &[Vec<usize>]| members.iter().flatten().copied().collect::<Vec<_>>();
+    let estimate = metric_b(&all(members_b))? - metric_a(&all(members_a))?;
+    let values: Vec<f64> = (0..resamples)
         .into_par_iter()
         .filter_map(|r| {
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let mut sample = Vec::with_capacity(all.len());
-            for _ in 0..members.len() {
-                sample.extend_from_slice(&members[rng.random_range(0..members.len())]);
-            }
-            metric(&sample)
+            let mut rng = resample_rng(seed, r);
+            let a = resample(members_a, &mut rng);
+            let b = resample(members_b, &mut rng);
+            Some(metric_b(&b)? - metric_a(&a)?)
         })
         .collect();
+    Some(percentile_interval(estimate, values))
+}
+
+/// The generator of resample `r`: independent of which thread draws it.
+fn resample_rng(seed: u64, r: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// As many groups as there are, drawn with replacement; their members concatenated.
+fn resample(members: &[Vec<usize>], rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut sample = Vec::new();
+    for _ in 0..members.len() {
+        sample.extend_from_slice(&members[rng.random_range(0..members.len())]);
+    }
+    sample
+}
+
+/// The 2.5th and 97.5th percentiles of the resampled values around the estimate (a
+/// zero-width interval when no resample was defined).
+fn percentile_interval(estimate: f64, mut values: Vec<f64>) -> Interval {
     if values.is_empty() {
-        return Some(Interval {
+        return Interval {
             estimate,
             low: estimate,
             high: estimate,
-        });
+        };
     }
     values.sort_by(f64::total_cmp);
     let at =
         |q: f64| values[((q * (values.len() - 1) as f64).round() as usize).min(values.len() - 1)];
-    Some(Interval {
+    Interval {
         estimate,
         low: at(0.025),
         high: at(0.975),
-    })
+    }
 }
 
 /// ROC AUC by the Mann–Whitney statistic with average ranks for ties; `None` when either class
@@ -180,6 +220,36 @@ mod tests {
         assert!(a.high - a.low < 0.3, "{a:?}");
         // Undefined on the data: no interval.
         assert_eq!(group_bootstrap(&members, 10, 0, |_| None), None);
+    }
+
+    #[test]
+    fn a_shift_interval_brackets_the_difference_and_zero_for_the_same_data() {
+        let groups: Vec<String> = (0..100).map(|i| format!("g{}", i / 2)).collect();
+        let members = group_members(&groups);
+        let rate = |correct: fn(usize) -> bool| {
+            move |idx: &[usize]| {
+                Some(idx.iter().filter(|&&i| correct(i)).count() as f64 / idx.len() as f64)
+            }
+        };
+        let (high, low) = (rate(|i| i % 10 < 8), rate(|i| i % 10 < 5));
+        let same = group_bootstrap_shift((&members, high), (&members, high), 400, 2).unwrap();
+        assert_eq!(same.estimate, 0.0);
+        assert!(same.low < 0.0 && same.high > 0.0, "{same:?}");
+        let drop = group_bootstrap_shift((&members, high), (&members, low), 400, 2).unwrap();
+        assert!((drop.estimate + 0.3).abs() < 1e-12, "{drop:?}");
+        assert!(
+            drop.low < -0.3 && drop.high > -0.3 && drop.high < 0.0,
+            "{drop:?}"
+        );
+        assert_eq!(
+            drop,
+            group_bootstrap_shift((&members, high), (&members, low), 400, 2).unwrap()
+        );
+        let undefined = |_: &[usize]| None;
+        assert_eq!(
+            group_bootstrap_shift((&members, high), (&members, undefined), 10, 0),
+            None
+        );
     }
 
     #[test]

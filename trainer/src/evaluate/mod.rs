@@ -4,12 +4,14 @@
 //! lesion/patient, calibration before and after temperature scaling fitted on validation, and
 //! per-class operating points for a target sensitivity chosen on validation ([`calibration`]).
 //! Writes `eval-<partition>.json` into the run, and gives the table printed. Also the kNN probe
-//! of pretrained features ([`probe`]). The metrics themselves are [`crate::metrics`]; this stage
+//! of pretrained features ([`probe`]), and the evaluation on another site's labelled dataset
+//! with its shift from the run's own test partition ([`other_site`]). The metrics themselves are [`crate::metrics`]; this stage
 //! chooses what is measured on which images, and never trains.
 
 pub mod calibration;
 pub mod multi_class;
 pub mod multi_label;
+pub mod other_site;
 pub mod probe;
 
 use std::path::Path;
@@ -28,6 +30,7 @@ use crate::{Error, Result};
 
 pub use multi_class::{evaluate_run, CalibrationReport, EvalReport, Intervals};
 pub use multi_label::{evaluate_multi_label, MultiLabelReport};
+pub use other_site::{evaluate_other_site, OtherSiteReport, Shift};
 pub use probe::{probe_pretrained, ProbeReport};
 
 /// Either kind of evaluation.

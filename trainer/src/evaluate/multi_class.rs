@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::calibration::{self, fit_temperature, operating_point, OperatingPoint};
 use super::{eval_file_name, Scorer};
-use crate::config::EvalSettings;
+use crate::config::{EvalSettings, FinetuneConfig};
 use crate::data::{open_split, Partition, SampleFilter};
 use crate::metrics::{
     balanced_accuracy, group_bootstrap, group_members, predictions, reliability, roc_auc,
@@ -56,8 +56,11 @@ pub struct CalibrationReport {
 pub struct EvalReport {
     /// The run directory.
     pub run: PathBuf,
-    /// Which partition.
+    /// Which partition (`test` for another dataset).
     pub partition: Partition,
+    /// Another dataset scored instead of a partition of the run's split (`evaluate --data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
     /// Class names.
     pub class_names: Vec<String>,
     /// The metrics (of the raw softmax; temperature scaling changes neither ranks nor argmax).
@@ -122,14 +125,17 @@ impl EvalReport {
             ci(intervals.and_then(|i| i.macro_auc))
         );
         s += &format!(
-            "top-1 {:.3}{}  top-3 {:.3}  balanced {:.3}{}  on {} {:?} images\n",
+            "top-1 {:.3}{}  top-3 {:.3}  balanced {:.3}{}  on {} {}\n",
             m.accuracy,
             ci(intervals.and_then(|i| i.accuracy)),
             m.top3_accuracy,
             m.balanced_accuracy,
             ci(intervals.and_then(|i| i.balanced_accuracy)),
             m.n,
-            self.partition
+            self.data.as_ref().map_or_else(
+                || format!("{:?} images", self.partition),
+                |d| format!("images of {}", d.display())
+            )
         );
         if let Some(i) = intervals {
             s += &format!(
@@ -157,8 +163,67 @@ impl EvalReport {
     }
 }
 
-/// A partition as scored: each image's group and class, and the model's logits.
-type ScoredPartition = (Vec<String>, Vec<usize>, Vec<Vec<f32>>);
+/// Images as scored: each image's group, id and class (in the model's class order), and the
+/// model's logits.
+#[derive(Debug, Clone)]
+pub(super) struct ScoredSet {
+    /// Lesion / patient of each image.
+    pub groups: Vec<String>,
+    /// Sample id of each image.
+    pub ids: Vec<String>,
+    /// Class of each image.
+    pub labels: Vec<usize>,
+    /// The model's logits for each image.
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// A partition of the run's own split, scored.
+pub(super) fn scored_set<B: Backend>(
+    scorer: &Scorer<B>,
+    partition: Partition,
+) -> Result<ScoredSet> {
+    let (images, logits) = scorer.logits(partition)?;
+    let labels = images.class_labels().ok_or_else(|| Error::Data {
+        path: scorer.index.root().to_path_buf(),
+        reason: "multi-label data cannot be evaluated with a softmax classifier".into(),
+    })?;
+    Ok(ScoredSet {
+        groups: images.groups,
+        ids: images.ids,
+        labels,
+        logits,
+    })
+}
+
+/// What a report describes: a partition of the run's split, or another dataset.
+pub(super) struct EvaluatedSet<'a> {
+    scored: &'a ScoredSet,
+    partition: Partition,
+    data: Option<&'a Path>,
+    grouped_by: &'a str,
+}
+
+impl<'a> EvaluatedSet<'a> {
+    /// A partition of the run's own split.
+    pub fn partition(scored: &'a ScoredSet, partition: Partition, grouped_by: &'a str) -> Self {
+        Self {
+            scored,
+            partition,
+            data: None,
+            grouped_by,
+        }
+    }
+
+    /// Every image of another dataset (reported as a test set).
+    pub fn other(scored: &'a ScoredSet, data: &'a Path, grouped_by: &'a str) -> Self {
+        Self {
+            scored,
+            partition: Partition::Test,
+            data: Some(data),
+            grouped_by,
+        }
+    }
+}
 
 /// Evaluates a fine-tuned run on a partition of its split and writes the report.
 pub fn evaluate_run<B: Backend>(
@@ -181,38 +246,46 @@ pub fn evaluate_run<B: Backend>(
         model: &model,
         device,
     };
-    let load = |partition| -> Result<ScoredPartition> {
-        let (images, logits) = scorer.logits(partition)?;
-        let labels = images.class_labels().ok_or_else(|| Error::Data {
-            path: index.root().to_path_buf(),
-            reason: "multi-label data cannot be evaluated with a softmax classifier".into(),
-        })?;
-        Ok((images.groups, labels, logits))
-    };
-    let (groups, labels, logits) = load(partition)?;
-    let (val_labels, val_logits) = if partition == Partition::Val {
-        (labels.clone(), logits.clone())
+    let evaluated = scored_set(&scorer, partition)?;
+    let val = if partition == Partition::Val {
+        evaluated.clone()
     } else {
-        let (_, l, z) = load(Partition::Val)?;
-        (l, z)
+        scored_set(&scorer, Partition::Val)?
     };
+    let report = build_report(
+        run,
+        &config,
+        EvaluatedSet::partition(&evaluated, partition, &index.grouped_by),
+        &val,
+        settings,
+    );
+    save_json(&run.join(eval_file_name(partition, settings)), &report)?;
+    Ok(report)
+}
+
+/// The report of a scored set: metrics with intervals, calibration with the temperature fitted
+/// on `val`, operating points chosen on `val`, ROC curves.
+pub(super) fn build_report(
+    run: &Path,
+    config: &FinetuneConfig,
+    evaluated: EvaluatedSet,
+    val: &ScoredSet,
+    settings: &EvalSettings,
+) -> EvalReport {
     let classes = config.class_names.len();
-    let probabilities = softmax_at(&logits, 1.0);
-    let scored = Scored {
-        probabilities: &probabilities,
-        labels: &labels,
-        classes,
-    };
-    let intervals =
-        (settings.bootstrap > 0).then(|| scored.intervals(&groups, settings, &index.grouped_by));
-    let temperature = fit_temperature(&val_logits, &val_labels);
-    let calibrated = softmax_at(&logits, temperature);
-    let val_calibrated = softmax_at(&val_logits, temperature);
-    let report = EvalReport {
+    let set = evaluated.scored;
+    let scored = Scored::new(set, classes);
+    let intervals = (settings.bootstrap > 0)
+        .then(|| scored.intervals(&set.groups, settings, evaluated.grouped_by));
+    let temperature = fit_temperature(&val.logits, &val.labels);
+    let calibrated = softmax_at(&set.logits, temperature);
+    let val_calibrated = softmax_at(&val.logits, temperature);
+    EvalReport {
         run: run.to_path_buf(),
-        partition,
+        partition: evaluated.partition,
+        data: evaluated.data.map(Path::to_path_buf),
         class_names: config.class_names.clone(),
-        metrics: ClassificationMetrics::compute(&probabilities, &labels, classes),
+        metrics: ClassificationMetrics::compute(&scored.probabilities, &set.labels, classes),
         intervals,
         calibration: Some(scored.calibration(&calibrated, temperature, settings)),
         target_sensitivity: Some(settings.target_sensitivity),
@@ -221,8 +294,8 @@ pub fn evaluate_run<B: Backend>(
             .iter()
             .enumerate()
             .map(|(c, name)| {
-                let (val_scores, val_positive) = one_vs_rest(&val_calibrated, &val_labels, c);
-                let (scores, positive) = one_vs_rest(&calibrated, &labels, c);
+                let (val_scores, val_positive) = one_vs_rest(&val_calibrated, &val.labels, c);
+                let (scores, positive) = one_vs_rest(&calibrated, &set.labels, c);
                 operating_point(
                     name,
                     (&val_scores, &val_positive),
@@ -231,18 +304,16 @@ pub fn evaluate_run<B: Backend>(
                 )
             })
             .collect(),
-        in_sample: partition == Partition::Val,
+        in_sample: evaluated.data.is_none() && evaluated.partition == Partition::Val,
         roc: (0..classes)
             .map(|c| {
-                let (scores, positive) = one_vs_rest(&probabilities, &labels, c);
+                let (scores, positive) = one_vs_rest(&scored.probabilities, &set.labels, c);
                 roc_curve(&scores, &positive, 200)
             })
             .collect(),
         population: settings.population.clone(),
         trained_on: config.train_where.clone(),
-    };
-    save_json(&run.join(eval_file_name(partition, settings)), &report)?;
-    Ok(report)
+    }
 }
 
 /// Softmax of every row of logits at a temperature.
@@ -261,14 +332,55 @@ fn one_vs_rest(scores: &[Vec<f32>], labels: &[usize], c: usize) -> (Vec<f32>, Ve
     )
 }
 
-/// The evaluated images' probabilities (raw softmax) and labels.
-struct Scored<'a> {
-    probabilities: &'a [Vec<f32>],
+/// The evaluated images' probabilities (raw softmax), predictions and labels.
+pub(super) struct Scored<'a> {
+    probabilities: Vec<Vec<f32>>,
+    predicted: Vec<usize>,
     labels: &'a [usize],
     classes: usize,
 }
 
-impl Scored<'_> {
+impl<'a> Scored<'a> {
+    /// A scored set's softmax and predictions.
+    pub fn new(set: &'a ScoredSet, classes: usize) -> Self {
+        let probabilities = softmax_at(&set.logits, 1.0);
+        Self {
+            predicted: predictions(&probabilities),
+            probabilities,
+            labels: &set.labels,
+            classes,
+        }
+    }
+
+    /// Top-1 accuracy of the images `idx` (with repeats).
+    pub fn accuracy(&self, idx: &[usize]) -> Option<f64> {
+        let correct = idx
+            .iter()
+            .filter(|&&i| self.predicted[i] == self.labels[i])
+            .count();
+        Some(correct as f64 / idx.len().max(1) as f64)
+    }
+
+    /// Balanced accuracy of the images `idx`.
+    pub fn balanced_accuracy(&self, idx: &[usize]) -> Option<f64> {
+        let p: Vec<usize> = idx.iter().map(|&i| self.predicted[i]).collect();
+        let y: Vec<usize> = idx.iter().map(|&i| self.labels[i]).collect();
+        Some(balanced_accuracy(&p, &y, self.classes))
+    }
+
+    /// Macro one-vs-rest AUC of the images `idx`, over the classes with positives and
+    /// negatives among them.
+    pub fn macro_auc(&self, idx: &[usize]) -> Option<f64> {
+        let aucs: Vec<f64> = (0..self.classes)
+            .filter_map(|c| {
+                let scores: Vec<f32> = idx.iter().map(|&i| self.probabilities[i][c]).collect();
+                let positive: Vec<bool> = idx.iter().map(|&i| self.labels[i] == c).collect();
+                roc_auc(&scores, &positive)
+            })
+            .collect();
+        (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+    }
+
     /// Top-1 accuracy, balanced accuracy and macro AUC with 95 % intervals, resampling whole
     /// groups (`groups`: each image's lesion / patient, named by `resampled_by`).
     fn intervals(
@@ -277,30 +389,10 @@ impl Scored<'_> {
         settings: &EvalSettings,
         resampled_by: &str,
     ) -> Intervals {
-        let (probabilities, labels, classes) = (self.probabilities, self.labels, self.classes);
         let members = group_members(groups);
-        let predicted = predictions(probabilities);
-        let accuracy = |idx: &[usize]| {
-            Some(
-                idx.iter().filter(|&&i| predicted[i] == labels[i]).count() as f64
-                    / idx.len().max(1) as f64,
-            )
-        };
-        let balanced = |idx: &[usize]| {
-            let p: Vec<usize> = idx.iter().map(|&i| predicted[i]).collect();
-            let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-            Some(balanced_accuracy(&p, &y, classes))
-        };
-        let macro_auc = |idx: &[usize]| {
-            let aucs: Vec<f64> = (0..classes)
-                .filter_map(|c| {
-                    let scores: Vec<f32> = idx.iter().map(|&i| probabilities[i][c]).collect();
-                    let positive: Vec<bool> = idx.iter().map(|&i| labels[i] == c).collect();
-                    roc_auc(&scores, &positive)
-                })
-                .collect();
-            (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
-        };
+        let accuracy = |idx: &[usize]| self.accuracy(idx);
+        let balanced = |idx: &[usize]| self.balanced_accuracy(idx);
+        let macro_auc = |idx: &[usize]| self.macro_auc(idx);
         let (n, seed) = (settings.bootstrap, settings.seed);
         // Three metrics × `n` resamples: seconds to a minute on large test sets.
         let bar = crate::runlog::progress(3, "intervals");
@@ -329,7 +421,7 @@ impl Scored<'_> {
         settings: &EvalSettings,
     ) -> CalibrationReport {
         let bins = settings.calibration_bins;
-        let (reliability_before, ece_before) = reliability(self.probabilities, self.labels, bins);
+        let (reliability_before, ece_before) = reliability(&self.probabilities, self.labels, bins);
         let (reliability_after, ece_after) = reliability(calibrated, self.labels, bins);
         CalibrationReport {
             temperature,

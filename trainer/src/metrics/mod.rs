@@ -23,4 +23,6 @@ pub use multi_label::{Labels, MultiLabelMetrics, MIN_POSITIVES_FOR_MEAN_AUC};
 pub use ood::{fit_ood_guard, OodFeatures, OodMethod};
 pub use outputs::{embed, predict, predict_logits, sigmoid_rows};
 pub use reliability::{reliability, ReliabilityBin};
-pub use scanside_runtime::metrics::{group_bootstrap, group_members, roc_auc, roc_curve, Interval};
+pub use scanside_runtime::metrics::{
+    group_bootstrap, group_bootstrap_shift, group_members, roc_auc, roc_curve, Interval,
+};

@@ -1140,3 +1140,113 @@ fn flags_override_a_config_file_and_the_optimisers_defaults_apply_to_both() {
         stderr(&out)
     );
 }
+
+#[test]
+fn evaluate_on_another_dataset_scores_all_its_images_and_reports_the_shift() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = write_cases(dir.path(), 40);
+    let run = dir.path().join("ft");
+    let out = train(&[
+        "finetune",
+        "--split",
+        split.to_str().unwrap(),
+        "--from-scratch",
+        "--out",
+        run.to_str().unwrap(),
+        "--image-size",
+        "12",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // "Another site": the run's own test images, as a folder of class sub-folders. Same
+    // images, another layout: every metric must equal the test partition's.
+    let assignments: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&split).unwrap()).unwrap();
+    let other = dir.path().join("site-b");
+    let mut copied = 0;
+    for (id, partition) in assignments["assignments"].as_object().unwrap() {
+        if partition != "test" {
+            continue;
+        }
+        let case: usize = id[4..].split('_').next().unwrap().parse().unwrap();
+        let class = ["benign", "malignant"][case % 2];
+        std::fs::create_dir_all(other.join(class)).unwrap();
+        let name = id.replace('/', "-");
+        std::fs::copy(dir.path().join(id), other.join(class).join(name)).unwrap();
+        copied += 1;
+    }
+    let evaluate = |extra: &[&str]| {
+        let mut args = vec![
+            "evaluate",
+            "--run",
+            run.to_str().unwrap(),
+            "--bootstrap",
+            "50",
+        ];
+        args.extend_from_slice(extra);
+        train(&args)
+    };
+    let out = evaluate(&["--data", other.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("shift from the run's own test partition"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval-data-site-b.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["images"], copied);
+    let (theirs, ours) = (&report["other"]["metrics"], &report["own_test"]["metrics"]);
+    for exact in ["n", "class_counts", "accuracy", "balanced_accuracy"] {
+        assert_eq!(theirs[exact], ours[exact], "{exact}: {report}");
+    }
+    // Logits may differ in the last bit with the batch an image falls in.
+    let auc = |m: &serde_json::Value| m["macro_auc"].as_f64().unwrap();
+    assert!((auc(theirs) - auc(ours)).abs() < 1e-6, "{report}");
+    assert_eq!(report["shift"]["accuracy"]["estimate"], 0.0);
+    assert_eq!(report["groups_shared_with_training"], 0);
+    assert!(
+        report["other"]["intervals"]["macro_auc"].is_object(),
+        "{report}"
+    );
+    // --partition beside --data is a usage error.
+    let out = evaluate(&["--data", other.to_str().unwrap(), "--partition", "val"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // The dataset the run was split from is refused, named.
+    let manifest = dir.path().join("labels.csv");
+    let out = evaluate(&[
+        "--data",
+        manifest.to_str().unwrap(),
+        "--path-column",
+        "path",
+        "--group-column",
+        "patient",
+        "--label-column",
+        "label",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("split from"), "{}", stderr(&out));
+    // A class the model does not know is named.
+    std::fs::create_dir_all(other.join("cancer")).unwrap();
+    std::fs::copy(dir.path().join("img/0_0.png"), other.join("cancer/x.png")).unwrap();
+    let out = evaluate(&["--data", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("classes the model does not know: cancer"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(other.join("cancer")).unwrap();
+    // A truncated image is never scored as if whole: the file is named, nothing written.
+    std::fs::remove_file(run.join("eval-data-site-b.json")).unwrap();
+    let png = std::fs::read(dir.path().join("img/1_0.png")).unwrap();
+    std::fs::write(other.join("malignant/truncated.png"), &png[..png.len() / 2]).unwrap();
+    let out = evaluate(&["--data", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("truncated.png"), "{}", stderr(&out));
+    assert!(!run.join("eval-data-site-b.json").exists());
+}

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use scanside_trainer::config::EvalSettings;
-use scanside_trainer::data::{Partition, SampleFilter};
+use scanside_trainer::data::{Partition, SampleFilter, SourceSpec};
 
+use crate::data_args::SourceArgs;
 use crate::usage;
 
 #[derive(Args)]
@@ -40,9 +41,27 @@ pub struct EvaluateArgs {
     /// dx_type=histo, view=AP); written to eval-<partition>-<column>-<values>.json.
     #[arg(long = "where", value_name = "COLUMN=VALUES")]
     population: Option<String>,
+    /// Another site's labelled dataset, scored instead of a partition: all its images (or
+    /// --where's), intervals resampled by its groups, the shift from the run's own test
+    /// partition; written to eval-data-<name>.json.
+    #[command(flatten, next_help_heading = "Another site's data (--data)")]
+    other: SourceArgs,
 }
 
 impl EvaluateArgs {
+    /// Another dataset to evaluate on (`--data`); a usage error beside `--partition`.
+    pub fn other_data(&self) -> anyhow::Result<Option<SourceSpec>> {
+        let other = self.other.spec()?;
+        let partition_given =
+            self.old_partition.is_some() || self.partition != EvalSettings::default().partition;
+        if other.is_some() && partition_given {
+            return Err(usage(
+                "give --data (another dataset) or --partition (of the run's split), not both",
+            ));
+        }
+        Ok(other)
+    }
+
     /// The partition to evaluate; the old `--split PARTITION` still works, with a warning.
     pub fn partition(&self) -> anyhow::Result<Partition> {
         match self.old_partition {

@@ -76,6 +76,10 @@ Examples:
 
   # a sub-population only
   scanside-train evaluate --run runs/ft --partition test --where dx_type=histo
+
+  # another site's images (folder of class sub-folders, HAM10000 layout, CSV manifest...):
+  # all scored, intervals by its groups, and the shift from the run's own test partition
+  scanside-train evaluate --run runs/ft --data site-b/
 ";
 
 pub const REPORT: &str = "\

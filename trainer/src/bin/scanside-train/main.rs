@@ -95,7 +95,9 @@ enum Command {
     Probe(ProbeArgs),
     /// Evaluate a fine-tuned run: top-1/top-3/balanced accuracy, per-class and macro AUC,
     /// confusion matrix, 95 % intervals resampled by case, calibration before/after
-    /// temperature scaling (fitted on val), per-class thresholds for a target sensitivity.
+    /// temperature scaling (fitted on val), per-class thresholds for a target sensitivity;
+    /// or, with --data, on another site's labelled images with the shift from the run's own
+    /// test partition.
     #[command(after_help = examples::EVALUATE)]
     Evaluate(EvaluateArgs),
     /// Write an HTML page with plots (training curves, ROC, confusion matrix, reliability)
@@ -307,6 +309,12 @@ fn run<B: AutodiffBackend>(
         }
         Command::Evaluate(args) => {
             let settings = args.settings()?;
+            if let Some(data) = args.other_data()? {
+                let report = evaluate::evaluate_other_site::<B::InnerBackend>(
+                    &args.run, &data, &settings, device,
+                )?;
+                return print_result(json, report.table(), &report);
+            }
             let evaluation = evaluate::evaluate::<B::InnerBackend>(
                 &args.run,
                 args.partition()?,
