@@ -15,8 +15,8 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EvalSettings, FinetuneConfig, PretrainConfig, StudyConfig, SCRATCH};
-use crate::data::{open_split, DatasetIndex, Partition, SplitFile};
-use crate::evaluate::{evaluate, Evaluation};
+use crate::data::{open_split, DatasetIndex, Partition, SourceSpec, SplitFile};
+use crate::evaluate::{evaluate, evaluate_other_site, Evaluation};
 use crate::finetune::finetune;
 use crate::metrics::Interval;
 use crate::report::{escape, page};
@@ -41,6 +41,15 @@ pub struct Cell {
     pub accuracy: Option<Interval>,
     /// Test balanced accuracy with its interval (multi-class).
     pub balanced_accuracy: Option<Interval>,
+    /// Macro AUC on the study's other dataset (`other_data`), with its interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_auc: Option<Interval>,
+    /// Top-1 accuracy on the other dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_accuracy: Option<Interval>,
+    /// Balanced accuracy on the other dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_balanced_accuracy: Option<Interval>,
     /// Fine-tuning + evaluation wall time.
     pub seconds: f64,
 }
@@ -122,6 +131,9 @@ struct CellRequest {
     labelled: usize,
     /// Bootstrap resamples of the evaluation.
     bootstrap: usize,
+    /// The other dataset each cell is also evaluated on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    other_data: Option<SourceSpec>,
 }
 
 const REQUEST_FILE: &str = "request.json";
@@ -297,6 +309,7 @@ impl<'a> Grid<'a> {
             finetune,
             labelled,
             bootstrap: self.config.bootstrap,
+            other_data: self.config.other_data.clone(),
         }
     }
 
@@ -319,6 +332,13 @@ impl<'a> Grid<'a> {
         };
         let evaluation = evaluate::<B::InnerBackend>(dir, Partition::Test, &settings, device)?;
         let (auc, accuracy, balanced_accuracy) = cell_intervals(&evaluation);
+        let (other_auc, other_accuracy, other_balanced_accuracy) = match &request.other_data {
+            Some(data) => {
+                let report = evaluate_other_site::<B::InnerBackend>(dir, data, &settings, device)?;
+                cell_intervals(&Evaluation::MultiClass(report.other))
+            }
+            None => (None, None, None),
+        };
         Ok(Cell {
             pretraining: name.to_string(),
             fraction,
@@ -327,6 +347,9 @@ impl<'a> Grid<'a> {
             auc,
             accuracy,
             balanced_accuracy,
+            other_auc,
+            other_accuracy,
+            other_balanced_accuracy,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -392,7 +415,7 @@ fn write_outputs(
     out: &Path,
 ) -> Result<String> {
     type Pick = fn(&Cell) -> Option<Interval>;
-    let metrics: [(&str, &str, Pick); 3] = [
+    let metrics: [(&str, &str, Pick); 6] = [
         (
             "auc",
             "test AUC (macro one-vs-rest; mean per finding for multi-label)",
@@ -402,6 +425,16 @@ fn write_outputs(
         ("balanced-accuracy", "test balanced accuracy", |c| {
             c.balanced_accuracy
         }),
+        // Present only when the study names `other_data`.
+        ("other-auc", "other dataset: macro AUC", |c| c.other_auc),
+        ("other-accuracy", "other dataset: top-1 accuracy", |c| {
+            c.other_accuracy
+        }),
+        (
+            "other-balanced-accuracy",
+            "other dataset: balanced accuracy",
+            |c| c.other_balanced_accuracy,
+        ),
     ];
     let mut markdown = format!(
         "Label-efficiency study: {} fine-tuning epochs, {:?} mode, seeds {:?}; each cell the mean over \
@@ -498,6 +531,7 @@ mod tests {
             finetune,
             labelled: 10,
             bootstrap: 200,
+            other_data: None,
         }
     }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClassWeights, EvalSettings, FinetuneConfig, FinetuneMode};
 use crate::augment::Preset;
+use crate::data::SourceSpec;
 use crate::model::ResNetConfig;
 use crate::Result;
 
@@ -69,6 +70,10 @@ pub struct StudyConfig {
     /// Bootstrap resamples per evaluation.
     #[serde(default = "default_bootstrap")]
     pub bootstrap: usize,
+    /// Another site's labelled dataset every cell is also evaluated on, as by `evaluate
+    /// --data` (e.g. `[other_data]` with `layout = "folder"` and `path = "site-b"`).
+    #[serde(default)]
+    pub other_data: Option<SourceSpec>,
 }
 
 fn default_true() -> bool {

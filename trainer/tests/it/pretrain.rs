@@ -865,15 +865,29 @@ fn the_label_efficiency_study_runs_its_grid_resumes_and_reports() {
         stderr(&out)
     );
 
-    // `scratch = false`: only the pretrained rows (adding a row to an existing study).
+    // `scratch = false`: only the pretrained rows (adding a row to an existing study), each cell
+    // also evaluated on another dataset (the cases as a folder of class sub-folders).
+    let site = dir.path().join("site-b");
+    for case in 0..16 {
+        let class = ["benign", "malignant"][case % 2];
+        std::fs::create_dir_all(site.join(class)).unwrap();
+        let name = format!("{case}_0.png");
+        std::fs::copy(
+            dir.path().join("img").join(&name),
+            site.join(class).join(name),
+        )
+        .unwrap();
+    }
     let added = dir.path().join("added.toml");
     std::fs::write(
         &added,
         format!(
             "split = \"{}\"\nfractions = [1.0]\nepochs = 1\nbatch_size = 8\nbootstrap = 20\n\
-             scratch = false\n[pretrained]\nsimclr = \"{}\"\n",
+             scratch = false\n[pretrained]\nsimclr = \"{}\"\n\
+             [other_data]\nlayout = \"folder\"\npath = \"{}\"\n",
             split.display(),
-            pre.display()
+            pre.display(),
+            site.display()
         ),
     )
     .unwrap();
@@ -895,6 +909,11 @@ fn the_label_efficiency_study_runs_its_grid_resumes_and_reports() {
         table.contains("| simclr |") && !table.contains("| scratch |"),
         "{table}"
     );
+    assert!(table.contains("other dataset: macro AUC"), "{table}");
+    let cells: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(added_out.join("results.json")).unwrap())
+            .unwrap();
+    assert!(cells[0]["other_auc"]["estimate"].is_f64(), "{cells}");
     // …and without any pretrained row there is nothing to run: a usage-level error.
     let empty = dir.path().join("empty.toml");
     std::fs::write(
