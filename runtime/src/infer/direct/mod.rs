@@ -404,6 +404,26 @@ fn step_output(step: &Step) -> usize {
     }
 }
 
+/// Runs one convolution into `out`, its output rows shared among `threads` threads of the
+/// current rayon pool.
+fn run_conv(
+    kernel: &ConvKernel,
+    (input, residual, relu): (&[f32], Option<Residual>, bool),
+    (out, scratch): (&mut [f32], &mut [f32]),
+    threads: usize,
+) -> std::result::Result<(), String> {
+    match kernel {
+        ConvKernel::Direct(packed) if threads > 1 => packed
+            .geometry()
+            .output_bands(out, threads)
+            .into_par_iter()
+            .try_for_each(|rows| kernels::conv_rows(packed, input, rows, residual, relu)),
+        ConvKernel::Direct(packed) => kernels::conv(packed, input, out, residual, relu),
+        ConvKernel::Winograd(w) => w.run_on_threads(input, out, residual, relu, scratch, threads),
+    }
+    .map_err(|e| format!("convolution refused its buffers: {e:?}"))
+}
+
 /// Runs one step into `out` (taken out of the arena with the scratch, so inputs stay
 /// borrowable); convolutions share their work among `threads` threads of the current rayon
 /// pool.
@@ -428,18 +448,12 @@ fn run_step(
                 border: buffers[r].border,
             });
             let input = arena[*input].floats();
-            match &plan.convs[*conv] {
-                ConvKernel::Direct(packed) if threads > 1 => packed
-                    .geometry()
-                    .output_bands(out, threads)
-                    .into_par_iter()
-                    .try_for_each(|rows| kernels::conv_rows(packed, input, rows, residual, *relu)),
-                ConvKernel::Direct(packed) => kernels::conv(packed, input, out, residual, *relu),
-                ConvKernel::Winograd(w) => {
-                    w.run_on_threads(input, out, residual, *relu, scratch, threads)
-                }
-            }
-            .map_err(|e| format!("convolution refused its buffers: {e:?}"))
+            run_conv(
+                &plan.convs[*conv],
+                (input, residual, *relu),
+                (out, scratch),
+                threads,
+            )
         }
         Step::Add { a, b, output, relu } => {
             let (ba, bb, bo) = (buffers[*a], buffers[*b], buffers[*output]);
