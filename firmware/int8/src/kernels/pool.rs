@@ -79,17 +79,20 @@ pub fn max_pool(params: &ConvParams, input: &[i8], output: &mut [i8]) -> Result<
         return Err(KernelError::InvalidActivationRange);
     }
     let c = p.input_channels;
-    for oy in 0..p.output_height {
-        for ox in 0..p.output_width {
-            for ch in 0..c {
-                let best = p
-                    .window(oy, ox)
-                    .map(|(_, (iy, ix))| input[(iy * p.input_width + ix) * c + ch])
-                    .max()
-                    .unwrap_or(i8::MIN);
-                output[(oy * p.output_width + ox) * c + ch] =
-                    best.clamp(p.activation_min, p.activation_max);
+    // Per output pixel, the window's input pixels folded in whole: channels are contiguous
+    // (NHWC), so the element-wise max is a vector max on every target. Channel by channel
+    // with strided reads it was 10 % of ResNet-18's int8 inference at 224 px.
+    for (i, out) in output.chunks_exact_mut(c).enumerate() {
+        let (oy, ox) = (i / p.output_width, i % p.output_width);
+        out.fill(i8::MIN);
+        for (_, (iy, ix)) in p.window(oy, ox) {
+            let pixel = &input[(iy * p.input_width + ix) * c..][..c];
+            for (o, &v) in out.iter_mut().zip(pixel) {
+                *o = (*o).max(v);
             }
+        }
+        for o in out.iter_mut() {
+            *o = (*o).clamp(p.activation_min, p.activation_max);
         }
     }
     Ok(())
@@ -128,6 +131,60 @@ mod tests {
                 (f64::from(got) - want).abs() <= 1.0,
                 "{ch}: {got} vs {want}"
             );
+        }
+    }
+
+    /// Max pooling as first written: channel by channel over the window.
+    fn max_pool_reference(p: &ConvParams, input: &[i8]) -> Vec<i8> {
+        let c = p.input_channels;
+        let mut output = vec![0; p.output_height * p.output_width * c];
+        for oy in 0..p.output_height {
+            for ox in 0..p.output_width {
+                for ch in 0..c {
+                    let best = p
+                        .window(oy, ox)
+                        .map(|(_, (iy, ix))| input[(iy * p.input_width + ix) * c + ch])
+                        .max()
+                        .unwrap_or(i8::MIN);
+                    output[(oy * p.output_width + ox) * c + ch] =
+                        best.clamp(p.activation_min, p.activation_max);
+                }
+            }
+        }
+        output
+    }
+
+    #[test]
+    fn max_pool_equals_the_channel_by_channel_reference() {
+        // ResNet's stem pool (3×3, stride 2, padding 1), a 2×2 without padding, a clamp.
+        for (h, w, c, kernel, stride, padding, min) in [
+            (9, 7, 5, 3, 2, 1, -128),
+            (8, 8, 64, 3, 2, 1, -128),
+            (6, 5, 3, 2, 2, 0, -128),
+            (5, 5, 16, 3, 1, 1, -20),
+        ] {
+            let extent = |n: usize| (n + 2 * padding - kernel) / stride + 1;
+            let p = ConvParams {
+                input_height: h,
+                input_width: w,
+                input_channels: c,
+                output_height: extent(h),
+                output_width: extent(w),
+                output_channels: c,
+                kernel,
+                stride,
+                padding,
+                input_offset: 0,
+                output_offset: 0,
+                activation_min: min,
+                activation_max: 100,
+            };
+            let input: Vec<i8> = (0..h * w * c)
+                .map(|i| ((i * 7919 + 13) % 256) as u8 as i8)
+                .collect();
+            let mut out = vec![0; p.output_height * p.output_width * c];
+            max_pool(&p, &input, &mut out).unwrap();
+            assert_eq!(out, max_pool_reference(&p, &input), "{h}×{w}×{c} k{kernel}");
         }
     }
 
