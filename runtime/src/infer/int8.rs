@@ -94,19 +94,7 @@ impl Int8Classifier {
     /// Runs each inference's convolutions on `threads` threads, in bands of output rows (one:
     /// on the calling thread, as built); the outputs are the same, bit for bit.
     pub fn with_threads(mut self, threads: usize) -> Result<Self> {
-        self.pool = if threads > 1 {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(|i| format!("scanside-int8-{i}"))
-                .build()
-                .map_err(|e| Error::Model {
-                    path: self.path.clone(),
-                    reason: format!("cannot start {threads} threads: {e}"),
-                })?;
-            Some(Arc::new(pool))
-        } else {
-            None
-        };
+        self.pool = super::threads::inference_pool(threads, "int8", &self.path)?;
         Ok(self)
     }
 

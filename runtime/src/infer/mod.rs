@@ -23,6 +23,7 @@ use crate::{Error, Result};
 
 pub mod direct;
 pub mod int8;
+mod threads;
 
 pub use direct::DirectClassifier;
 pub use int8::Int8Classifier;

@@ -68,6 +68,25 @@ fn pretrain_args<'a>(split: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a
     args
 }
 
+/// A small fine-tuning run from random initialisation (12 px, 2 epochs) into `run`.
+fn finetune_from_scratch(split: &Path, run: &Path) {
+    let out = train(&[
+        "finetune",
+        "--split",
+        split.to_str().unwrap(),
+        "--from-scratch",
+        "--out",
+        run.to_str().unwrap(),
+        "--image-size",
+        "12",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// `scanside-train export` of a fine-tuned run with the int8 targets, small calibration and
 /// check sets, plus `extra` arguments.
 fn export_int8(run: &Path, bundle: &Path, extra: &[&str]) -> std::process::Output {
@@ -638,21 +657,7 @@ fn multi_label_findings_fine_tune_with_sigmoids_evaluate_per_finding_and_export_
     let dir = tempfile::tempdir().unwrap();
     let split = write_findings(dir.path(), 40);
     let run = dir.path().join("ft");
-    let out = train(&[
-        "finetune",
-        "--split",
-        split.to_str().unwrap(),
-        "--from-scratch",
-        "--out",
-        run.to_str().unwrap(),
-        "--image-size",
-        "12",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    finetune_from_scratch(&split, &run);
     let out = train(&[
         "evaluate",
         "--run",
@@ -1165,21 +1170,7 @@ fn evaluate_on_another_dataset_scores_all_its_images_and_reports_the_shift() {
     let dir = tempfile::tempdir().unwrap();
     let split = write_cases(dir.path(), 40);
     let run = dir.path().join("ft");
-    let out = train(&[
-        "finetune",
-        "--split",
-        split.to_str().unwrap(),
-        "--from-scratch",
-        "--out",
-        run.to_str().unwrap(),
-        "--image-size",
-        "12",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    finetune_from_scratch(&split, &run);
     // "Another site": the run's own test images, as a folder of class sub-folders. Same
     // images, another layout: every metric must equal the test partition's.
     let assignments: serde_json::Value =

@@ -228,16 +228,7 @@ impl DirectClassifier {
 
     /// Runs each inference on `threads` threads (one: on the calling thread, as built).
     pub fn with_threads(mut self, threads: usize) -> Result<Self> {
-        self.pool = if threads > 1 {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(|i| format!("scanside-fp32-{i}"))
-                .build()
-                .map_err(|e| self.error(format!("cannot start {threads} threads: {e}")))?;
-            Some(Arc::new(pool))
-        } else {
-            None
-        };
+        self.pool = super::threads::inference_pool(threads, "fp32", &self.path)?;
         Ok(self)
     }
 
